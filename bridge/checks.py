@@ -1,0 +1,166 @@
+"""`bridge check`: is the setup right? One verdict per item, each with what to do about it."""
+
+from __future__ import annotations
+
+import errno
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bridge.config import Config
+
+
+@dataclass(slots=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+
+async def _json(session: aiohttp.ClientSession, method: str, url: str,
+                **kwargs: Any) -> tuple[int, Any]:
+    async with session.request(method, url, **kwargs) as response:
+        try:
+            return response.status, await response.json(content_type=None)
+        except ValueError:
+            return response.status, None
+
+
+async def _check_versions(session: aiohttp.ClientSession, config: Config) -> CheckResult:
+    name = "homeserver reachable"
+    url = f"{config.homeserver.address}/_matrix/client/versions"
+    try:
+        status, body = await _json(session, "GET", url)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return CheckResult(name, False, f"{url}: {exc.__class__.__name__} {exc} "
+                                        "(check homeserver.address)")
+    if status != 200 or not isinstance(body, dict) or "versions" not in body:
+        return CheckResult(name, False, f"{url} answered HTTP {status}, not a Matrix homeserver")
+    versions = body["versions"]
+    return CheckResult(name, True, f"{config.homeserver.address} (spec {versions[-1]})")
+
+
+async def _check_whoami(session: aiohttp.ClientSession, config: Config) -> CheckResult:
+    name = "as_token accepted"
+    url = f"{config.homeserver.address}/_matrix/client/v3/account/whoami"
+    headers = {"Authorization": f"Bearer {config.appservice.as_token}"}
+    try:
+        status, body = await _json(session, "GET", url, headers=headers,
+                                   params={"user_id": config.bot_mxid})
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return CheckResult(name, False, f"homeserver unreachable: {exc.__class__.__name__}")
+    if status == 200 and isinstance(body, dict) and body.get("user_id") == config.bot_mxid:
+        return CheckResult(name, True, f"the homeserver knows the bot as {config.bot_mxid}")
+    errcode = body.get("errcode") if isinstance(body, dict) else None
+    hint = ("the homeserver does not know this appservice: add the registration file to its "
+            "app_service_config_files and restart it") if errcode == "M_UNKNOWN_TOKEN" else \
+        "check homeserver.domain and appservice.bot_username against the registration"
+    return CheckResult(name, False, f"HTTP {status} {errcode or ''}: {hint}")
+
+
+async def _ping_responder(config: Config) -> web.AppRunner | None:
+    """If the bridge is not running, answer the homeserver's ping ourselves for the check.
+
+    That way the network path homeserver -> appservice.address can be tested before the
+    first `bridge run`.
+    """
+    token = config.appservice.hs_token
+
+    async def ping(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {token}":
+            return web.json_response({"errcode": "M_FORBIDDEN"}, status=403)
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/_matrix/app/v1/ping", ping)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.appservice.hostname, config.appservice.port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno == errno.EADDRINUSE:
+            return None  # the bridge itself is listening: it answers the ping
+        raise
+    return runner
+
+
+async def _check_ping(session: aiohttp.ClientSession, config: Config) -> CheckResult:
+    name = "homeserver reaches the bridge"
+    url = (f"{config.homeserver.address}/_matrix/client/v1/appservice/"
+           f"{config.appservice.id}/ping")
+    headers = {"Authorization": f"Bearer {config.appservice.as_token}"}
+    try:
+        runner = await _ping_responder(config)
+    except OSError as exc:
+        return CheckResult(name, False, f"cannot listen on {config.appservice.hostname}:"
+                                        f"{config.appservice.port}: {exc.strerror}")
+    try:
+        status, body = await _json(session, "POST", url, headers=headers,
+                                   json={"transaction_id": f"check-{secrets.token_hex(6)}"})
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return CheckResult(name, False, f"homeserver unreachable: {exc.__class__.__name__}")
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+    if status == 200:
+        took = body.get("duration_ms") if isinstance(body, dict) else None
+        return CheckResult(name, True, f"{config.appservice.address} answered the homeserver's "
+                                       f"ping in {took} ms")
+    errcode = body.get("errcode") if isinstance(body, dict) else None
+    error = body.get("error") if isinstance(body, dict) else None
+    hints = {
+        "M_URL_NOT_SET": "the registration has no url",
+        "M_CONNECTION_FAILED": f"the homeserver cannot connect to {config.appservice.address} "
+                               "(check appservice.address, appservice.port and firewalls)",
+        "M_CONNECTION_TIMEOUT": "the bridge did not answer in time",
+        "M_BAD_STATUS": "the bridge answered with an error: are the hs_token of the config "
+                        "and of the registration the same?",
+        "M_FORBIDDEN": "the homeserver refuses: the as_token does not belong to appservice.id",
+    }
+    return CheckResult(name, False, f"HTTP {status} {errcode or ''}: "
+                                    f"{hints.get(errcode or '', error or 'unexpected answer')}")
+
+
+async def _check_database(config: Config) -> CheckResult:
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from bridge.db.engine import Database, current_revision, head_revision
+
+    name = "database reachable and migrated"
+    where = make_url(config.database.url).render_as_string(hide_password=True)
+    db = Database(config.database.url)
+    try:
+        async with db.sessions() as session:
+            await session.execute(text("SELECT 1"))
+        revision = await current_revision(db.engine)
+    except Exception as exc:
+        return CheckResult(name, False, f"{where}: {str(exc).splitlines()[0]}")
+    finally:
+        await db.close()
+    head = head_revision()
+    if revision != head:
+        return CheckResult(name, False, f"{where} is at schema {revision or 'empty'}, this "
+                                        f"version needs {head}: run `bridge db upgrade`")
+    return CheckResult(name, True, f"{where} (schema {revision})")
+
+
+async def run_checks(config: Config) -> list[CheckResult]:
+    timeout = aiohttp.ClientTimeout(total=20)
+    ssl = None if config.homeserver.verify_tls else False
+    async with aiohttp.ClientSession(timeout=timeout,
+                                     connector=aiohttp.TCPConnector(ssl=ssl)) as session:
+        results = [await _check_versions(session, config)]
+        if results[0].ok:
+            results.append(await _check_whoami(session, config))
+            results.append(await _check_ping(session, config))
+        else:
+            results.append(CheckResult("as_token accepted", False, "skipped: no homeserver"))
+            results.append(CheckResult("homeserver reaches the bridge", False,
+                                       "skipped: no homeserver"))
+    results.append(await _check_database(config))
+    return results

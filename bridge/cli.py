@@ -1,0 +1,199 @@
+"""The ``bridge`` command.
+
+Exit codes: 0 success; 2 invalid configuration or usage (one line naming the key, no
+traceback); 1 any other failure, with a clear message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bridge import __version__
+from bridge.config import Config, ConfigError, load_config
+from bridge.logs import setup_logging
+from bridge.registration import build_registration
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class Failure(Exception):
+    """A clear, expected failure: printed as is, exit code 1."""
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read: it holds the appservice tokens."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def example_config_text() -> str:
+    template = resources.files("bridge").joinpath("example-config.yaml").read_text("utf-8")
+    return (template.replace("@AS_TOKEN@", secrets.token_urlsafe(48))
+            .replace("@HS_TOKEN@", secrets.token_urlsafe(48)))
+
+
+def cmd_generate_config(args: argparse.Namespace) -> int:
+    path = Path(args.output)
+    if path.exists() and not args.force:
+        raise Failure(f"{path} already exists; pass --force to overwrite it")
+    _write_private(path, example_config_text())
+    print(f"Wrote {path}. Edit homeserver.*, appservice.address and bridge.admins, then run "
+          f"`bridge generate-registration -c {path}`.")
+    return 0
+
+
+def cmd_generate_registration(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    path = Path(args.registration)
+    _write_private(path, yaml.safe_dump(build_registration(config), sort_keys=False))
+    print(f"Wrote {path}. Add it to your homeserver's app_service_config_files and restart "
+          "the homeserver.")
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    setup_logging(config.logging.level, config.logging.format, config.secrets())
+
+    async def upgrade() -> tuple[str | None, str | None]:
+        from bridge.db.engine import Database
+
+        db = Database(config.database.url)
+        try:
+            return await db.upgrade()
+        finally:
+            await db.close()
+
+    before, after = _run_db(upgrade, config)
+    if before == after:
+        print(f"Database is up to date (revision {after}).")
+    else:
+        print(f"Database upgraded from {before or 'empty'} to revision {after}.")
+    return 0
+
+
+def _run_db(func: Callable[[], Awaitable[Any]], config: Config) -> Any:
+    try:
+        return asyncio.run(func())
+    except (OSError, ConnectionError) as exc:
+        raise Failure(f"cannot reach the database ({_safe_db(config)}): {exc}") from None
+    except Exception as exc:
+        if exc.__class__.__module__.startswith(("sqlalchemy", "asyncpg", "sqlite3")):
+            raise Failure(f"database error ({_safe_db(config)}): "
+                          f"{str(exc).splitlines()[0]}") from None
+        raise
+
+
+def _safe_db(config: Config) -> str:
+    """The database URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(config.database.url).render_as_string(hide_password=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    setup_logging(config.logging.level, config.logging.format, config.secrets())
+    from bridge.app import Bridge
+
+    bridge = Bridge(config)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await bridge.run_until_stopped(stop)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise Failure(f"cannot listen on {config.appservice.hostname}:"
+                          f"{config.appservice.port} (appservice.port): the address is already "
+                          "in use; is the bridge already running?") from None
+        raise Failure(f"cannot start: {exc}") from None
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    from bridge.checks import run_checks
+
+    results = asyncio.run(run_checks(config))
+    for result in results:
+        print(f"[{'OK' if result.ok else 'FAIL':>4}] {result.name}: {result.detail}")
+    failed = [r for r in results if not r.ok]
+    print("All checks passed." if not failed else f"{len(failed)} check(s) failed.")
+    return 0 if not failed else EXIT_FAILURE
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2, like a config error
+        self.print_usage(sys.stderr)
+        print(f"bridge: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bridge", description="Matrix hub bridge for Slack and email.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("generate-config", help="write a commented example config")
+    p.add_argument("-o", "--output", default="config.yaml", help="where (default config.yaml)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(func=cmd_generate_config)
+
+    p = sub.add_parser("generate-registration", help="write the homeserver registration file")
+    p.add_argument("-c", "--config", default="config.yaml")
+    p.add_argument("-r", "--registration", default="registration.yaml")
+    p.set_defaults(func=cmd_generate_registration)
+
+    p = sub.add_parser("db", help="database maintenance")
+    db_sub = p.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    up = db_sub.add_parser("upgrade", help="apply pending schema migrations")
+    up.add_argument("-c", "--config", default="config.yaml")
+    up.set_defaults(func=cmd_db_upgrade)
+
+    p = sub.add_parser("run", help="run the bridge until SIGINT or SIGTERM")
+    p.add_argument("-c", "--config", default="config.yaml")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="verify homeserver, tokens, reachability and database")
+    p.add_argument("-c", "--config", default="config.yaml")
+    p.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"bridge: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Failure as exc:
+        print(f"bridge: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        # Unexpected, but still one clear line rather than a traceback for the operator.
+        print(f"bridge: error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE

@@ -1,0 +1,292 @@
+"""Typed configuration: YAML file plus ``BRIDGE_SECTION__KEY`` environment overrides.
+
+Every problem is reported as one :class:`ConfigError` whose message starts with the dotted
+key path (``appservice.port: must be an integer between 1 and 65535``), so an operator
+knows which line to fix without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "BRIDGE_"
+
+# Matrix user-ID localparts (spec "historical" grammar minus upper case, which Synapse refuses).
+_LOCALPART = re.compile(r"^[a-z0-9._=\-/+]+$")
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message names the key path."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are almost always typos ("prot:" for "port:"); refusing them saves an
+    # afternoon of wondering why a setting has no effect.
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _check_url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+class HomeserverConfig(_Section):
+    address: str = "http://127.0.0.1:8008"
+    domain: str = "example.org"
+    verify_tls: bool = True
+
+    _address = field_validator("address")(_check_url)
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        if not _SERVER_NAME.match(value):
+            raise ValueError("must be a Matrix server name such as example.org")
+        return value
+
+
+class AppserviceConfig(_Section):
+    id: str = "hub-bridge"
+    address: str = "http://127.0.0.1:29330"
+    hostname: str = "127.0.0.1"
+    port: int = 29330
+    bot_username: str = "bridgebot"
+    bot_displayname: str = "Bridge bot"
+    as_token: str = ""
+    hs_token: str = ""
+
+    _address = field_validator("address")(_check_url)
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port(cls, value: Any) -> int:
+        # "before" so that "abc", 3.5 and 70000 all get the same operator-friendly sentence.
+        if isinstance(value, bool):
+            value = None
+        try:
+            port = int(value) if isinstance(value, int | str) else None
+        except ValueError:
+            port = None
+        if port is None or not 1 <= port <= 65535:
+            raise ValueError("must be an integer between 1 and 65535")
+        return port
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9._\-]+$", value):
+            raise ValueError("must contain only letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("bot_username")
+    @classmethod
+    def _bot(cls, value: str) -> str:
+        if not _LOCALPART.match(value):
+            raise ValueError("must be a valid Matrix localpart (lower case a-z, 0-9, ._=-/+)")
+        return value
+
+    @field_validator("as_token", "hs_token")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        if len(value) < 16:
+            raise ValueError(
+                "must be set to a random secret of at least 16 characters "
+                "(`bridge generate-config` makes one)"
+            )
+        return value
+
+
+class DatabaseConfig(_Section):
+    url: str = "sqlite+aiosqlite:///bridge.db"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "must start with sqlite+aiosqlite:// (embedded) or postgresql+asyncpg:// "
+                "(production)"
+            )
+        return value
+
+
+class OutboxConfig(_Section):
+    # How long a delivery that keeps failing temporarily is retried, before it is given up
+    # and the room is told. Generous by default: a relay down over a long weekend must not
+    # cost a single message.
+    retry_base_seconds: float = Field(default=1.0, gt=0)
+    retry_max_seconds: float = Field(default=600.0, gt=0)
+    give_up_after_hours: float = Field(default=96.0, gt=0)
+
+
+class BridgeSettings(_Section):
+    admins: list[str] = Field(default_factory=list)
+    command_prefix: str = "!bridge"
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+
+    @field_validator("admins")
+    @classmethod
+    def _admins(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if not re.match(r"^@[^:\s]+:[^\s]+$", entry):
+                raise ValueError(
+                    f"{entry!r} is not a Matrix user ID or pattern like @alice:example.org "
+                    "or @*:example.org"
+                )
+        return value
+
+    def is_admin(self, user_id: str) -> bool:
+        return any(fnmatch.fnmatchcase(user_id, pattern) for pattern in self.admins)
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class NetworkConfig(_Section):
+    enabled: bool = False
+    puppet_prefix: str
+
+    @field_validator("puppet_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or not _LOCALPART.match(value):
+            raise ValueError("must be a non-empty Matrix localpart prefix (a-z, 0-9, ._=-/+)")
+        return value
+
+
+class SlackConfig(NetworkConfig):
+    puppet_prefix: str = "slack_"
+
+
+class EmailConfig(NetworkConfig):
+    puppet_prefix: str = "email_"
+
+
+class Config(_Section):
+    homeserver: HomeserverConfig = Field(default_factory=HomeserverConfig)
+    appservice: AppserviceConfig
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    bridge: BridgeSettings = Field(default_factory=BridgeSettings)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    slack: SlackConfig = Field(default_factory=SlackConfig)
+    email: EmailConfig = Field(default_factory=EmailConfig)
+
+    @property
+    def bot_mxid(self) -> str:
+        return f"@{self.appservice.bot_username}:{self.homeserver.domain}"
+
+    def networks(self) -> dict[str, NetworkConfig]:
+        """Every network section, enabled or not, by name."""
+        return {"slack": self.slack, "email": self.email}
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in a log line."""
+        values = [self.appservice.as_token, self.appservice.hs_token]
+        password = _url_password(self.database.url)
+        if password:
+            values.append(password)
+        return [v for v in values if v]
+
+
+def _url_password(url: str) -> str | None:
+    match = re.match(r"^[^:]+://[^:/@]*:([^@]*)@", url)
+    return match.group(1) if match else None
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """``BRIDGE_APPSERVICE__AS_TOKEN=x`` sets ``appservice.as_token``, so secrets need no file."""
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        value: Any = raw
+        # Lists and maps (bridge.admins) are given in YAML flow style; everything else stays a
+        # string so that a numeric-looking token is not turned into an int.
+        if raw.strip().startswith(("[", "{")):
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{'.'.join(path)}: environment variable {name} is not valid "
+                                  f"YAML: {exc.__class__.__name__}") from None
+        node = data
+        for key in path[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = node[key] = {}
+            node = child
+        node[path[-1]] = value
+
+
+_MESSAGES = {
+    "missing": "is required",
+    "extra_forbidden": "unknown key (check the spelling; `bridge generate-config` lists every key)",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "model_type": "must be a mapping of keys",
+    "model_attributes_type": "must be a mapping of keys",
+    "float_parsing": "must be a number",
+    "int_parsing": "must be an integer",
+}
+
+
+def _format_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
+    message = _MESSAGES.get(err["type"])
+    if message is None:
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "literal_error":
+            message = message.replace("Input should be", "must be")
+        else:
+            message = message[:1].lower() + message[1:]
+    return f"{loc}: {message}"
+
+
+def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("(top level): the configuration must be a YAML mapping of sections")
+    _apply_env(data, os.environ if environ is None else environ)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (create one with "
+                          "`bridge generate-config -o " f"{path}`)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    return parse_config(data, environ)

@@ -1,0 +1,90 @@
+"""The small interface every network connector (Slack, email, ...) implements.
+
+A connector owns its remote side: its puppets' namespace, formatting, and how to deliver a
+Matrix event to its remote conversation. Inbound traffic goes into core through
+:class:`bridge.core.hub.Hub`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bridge.db.queues import Delivery
+from bridge.db.store import LinkInfo
+
+if TYPE_CHECKING:
+    from bridge.core.hub import Hub
+
+
+@dataclass(slots=True)
+class Health:
+    ok: bool
+    detail: str
+
+
+@dataclass(slots=True)
+class LinkTarget:
+    """What ``!bridge link <network> <remote-id>`` resolved to."""
+
+    remote_id: str
+    remote_name: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    # Shown in the bridge-info state event (MSC2346): the remote conversation's page, if any.
+    external_url: str | None = None
+
+
+# A bot sub-command a connector adds: (hub, room_id, sender, args) -> reply text.
+CommandHandler = Callable[["Hub", str, str, list[str]], Awaitable[str]]
+
+
+class Connector(ABC):
+    #: Short lower-case name used in commands, lanes and the database ("slack", "email").
+    network: str
+    #: Human name ("Slack").
+    display_name: str
+
+    def __init__(self, puppet_prefix: str, homeserver_domain: str) -> None:
+        self.puppet_prefix = puppet_prefix
+        self.homeserver_domain = homeserver_domain
+
+    def owns_user(self, user_id: str) -> bool:
+        """Is this Matrix user one of our puppets? Decides echo suppression."""
+        localpart, _, server = user_id[1:].partition(":")
+        return server == self.homeserver_domain and localpart.startswith(self.puppet_prefix)
+
+    async def start(self, hub: Hub) -> None:  # noqa: B027 - optional hook
+        """Connect to the remote side. Inbound traffic flows into ``hub`` from now on."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Disconnect; anything not yet delivered stays in the outbox."""
+
+    @abstractmethod
+    async def deliver(self, hub: Hub, delivery: Delivery, link: LinkInfo | None) -> str | None:
+        """Send one relayed Matrix event to the remote side.
+
+        ``delivery.payload["event"]`` is the Matrix event. Return an identifier of what was
+        sent (stored as the outbox result), raise :class:`TemporaryError` to be retried or
+        :class:`PermanentError` to give up. ``link`` is None if the room was unlinked while
+        the delivery waited; then usually nothing is sent.
+        """
+
+    @abstractmethod
+    async def resolve_link(self, hub: Hub, room_id: str, remote_id: str,
+                           args: list[str]) -> LinkTarget:
+        """Check that ``remote_id`` names a conversation this bridge can reach.
+
+        Raise :class:`bridge.core.errors.CommandError` with a helpful sentence if not.
+        """
+
+    async def on_unlinked(self, hub: Hub, link: LinkInfo) -> None:  # noqa: B027
+        """The room was unlinked; release remote resources if any."""
+
+    def health(self) -> Health:
+        return Health(True, "running")
+
+    def commands(self) -> dict[str, CommandHandler]:
+        """Extra ``!bridge <network> ...`` sub-commands, by name."""
+        return {}

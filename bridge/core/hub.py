@@ -1,0 +1,179 @@
+"""The hub: decides what each Matrix event means and who must receive it.
+
+The relay rule: whatever arrives in a portal (from a Matrix user, or from one link's puppets)
+goes to every *other* link of that room. A link never receives what its own puppets sent:
+the sender's network is derived from the puppet namespace, so echo suppression does not
+depend on remembering what we sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bridge.config import Config
+from bridge.core.connector import Connector
+from bridge.db import queues, store
+from bridge.db.engine import Database
+from bridge.db.queues import Delivery, InboxEntry, NewDelivery
+
+log = logging.getLogger("bridge.hub")
+
+MATRIX = "matrix"
+
+# State events the remote sides may care about (room renamed, topic changed).
+RELAYED_STATE = {"m.room.name", "m.room.topic", "m.room.avatar", "m.room.member"}
+# Message types a person can type a command in.
+COMMAND_MSGTYPES = {"m.text", "m.notice"}
+
+
+class MatrixSide(Protocol):
+    """What the hub needs from the Matrix side (bridge.matrix): deliver and report."""
+
+    async def deliver(self, delivery: Delivery) -> str | None: ...
+
+    async def note_state(self, event: dict[str, Any]) -> None: ...
+
+
+class Hub:
+    def __init__(self, config: Config, db: Database, connectors: list[Connector]) -> None:
+        self.config = config
+        self.db = db
+        self.connectors: dict[str, Connector] = {c.network: c for c in connectors}
+        self.bot_mxid = config.bot_mxid
+        self.prefix = config.bridge.command_prefix
+        self.matrix: MatrixSide | None = None
+        # Set by the app: wakes the outbox worker after something was enqueued.
+        self.wake_outbox: Callable[[], None] = lambda: None
+
+    # --- who is who ---------------------------------------------------------------------
+
+    def network_of(self, user_id: str) -> str | None:
+        """The network whose puppet this user is, or None for a real Matrix user."""
+        for connector in self.connectors.values():
+            if connector.owns_user(user_id):
+                return connector.network
+        return None
+
+    def is_admin(self, user_id: str) -> bool:
+        return self.config.bridge.is_admin(user_id)
+
+    # --- inbound: one Matrix event from the inbox ---------------------------------------
+
+    async def route(self, session: AsyncSession, entry: InboxEntry) -> list[NewDelivery]:
+        event = entry.event
+        room_id = entry.room_id
+        sender = event.get("sender", "")
+        etype = event.get("type", "")
+        state_key = event.get("state_key")
+        content = event.get("content") if isinstance(event.get("content"), dict) else {}
+        if state_key is not None and self.matrix is not None:
+            await self.matrix.note_state(event)
+
+        if etype == "m.room.member" and state_key == self.bot_mxid:
+            return await self._bot_membership(session, room_id, sender, content)
+        if sender == self.bot_mxid:
+            return []  # the bot's own notices and state are never relayed
+
+        portal = await store.get_portal(session, room_id)
+        if etype == "m.room.message" and portal is not None:
+            command = self._command_text(content, portal.is_direct, sender)
+            if command is not None:
+                return [self._matrix(room_id, "command", {
+                    "sender": sender, "command": command, "event_id": event.get("event_id"),
+                    "is_direct": portal.is_direct,
+                })]
+
+        if state_key is not None and etype not in RELAYED_STATE:
+            return []
+        links = await store.links_of_room(session, room_id)
+        sender_network = self.network_of(sender)
+        return [
+            NewDelivery(network=link.network, room_id=room_id, kind="relay",
+                        payload={"link_id": link.id, "event": event})
+            for link in links
+            if link.network in self.connectors and link.network != sender_network
+        ]
+
+    def _command_text(self, content: dict[str, Any], is_direct: bool, sender: str) -> str | None:
+        if content.get("msgtype") not in COMMAND_MSGTYPES or self.network_of(sender):
+            return None
+        body = content.get("body")
+        if not isinstance(body, str):
+            return None
+        body = body.strip()
+        if body == self.prefix or body.startswith(self.prefix + " "):
+            return body[len(self.prefix):].strip()
+        if is_direct:
+            return body
+        return None
+
+    async def _bot_membership(self, session: AsyncSession, room_id: str, sender: str,
+                              content: dict[str, Any]) -> list[NewDelivery]:
+        membership = content.get("membership")
+        if membership == "invite":
+            if self.is_admin(sender):
+                return [self._matrix(room_id, "join", {
+                    "inviter": sender, "is_direct": bool(content.get("is_direct")),
+                })]
+            return [self._matrix(room_id, "reject_invite", {
+                "reason": f"{sender} may not use this bridge: only the bridge's admins "
+                          "(bridge.admins in its config) can invite the bot.",
+            })]
+        if membership in ("leave", "ban"):
+            if sender != self.bot_mxid:
+                log.info("bot removed from %s by %s; forgetting its links", room_id, sender)
+            await store.forget_portal(session, room_id)
+        return []
+
+    @staticmethod
+    def _matrix(room_id: str, kind: str, payload: dict[str, Any]) -> NewDelivery:
+        return NewDelivery(network=MATRIX, room_id=room_id, kind=kind, payload=payload)
+
+    # --- outbound: one outbox item -------------------------------------------------------
+
+    async def deliver(self, delivery: Delivery) -> str | None:
+        if delivery.network == MATRIX:
+            assert self.matrix is not None
+            return await self.matrix.deliver(delivery)
+        connector = self.connectors.get(delivery.network)
+        if connector is None:
+            from bridge.core.errors import TemporaryError
+
+            # The network was switched off in the config: keep the item for when it returns.
+            raise TemporaryError(f"network {delivery.network!r} is not enabled")
+        link_id = delivery.payload.get("link_id")
+        link = None
+        if link_id is not None:
+            async with self.db.sessions() as session:
+                links = await store.links_of_room(session, delivery.room_id)
+            link = next((lk for lk in links if lk.id == link_id), None)
+        return await connector.deliver(self, delivery, link)
+
+    async def on_delivery_failed(self, delivery: Delivery, error: str, hint: str | None) -> None:
+        """Tell the room, once per failed item, unless the failed item was such a notice."""
+        if delivery.network == MATRIX and delivery.kind in ("notice", "reject_invite", "join"):
+            return
+        where = (self.connectors[delivery.network].display_name
+                 if delivery.network in self.connectors else "Matrix")
+        text = f"⚠️ Could not deliver to {where}: {error}"
+        if hint:
+            text += f"\n{hint}"
+        await self.enqueue([self.notice(delivery.room_id, text)])
+
+    # --- helpers for connectors and the bot ----------------------------------------------
+
+    def notice(self, room_id: str, text: str, html: str | None = None) -> NewDelivery:
+        return self._matrix(room_id, "notice", {"text": text, "html": html})
+
+    async def enqueue(self, deliveries: list[NewDelivery],
+                      also: Callable[[AsyncSession], Awaitable[None]] | None = None) -> None:
+        """Store deliveries durably (with optional other writes in the same transaction)."""
+        async with self.db.transaction() as session:
+            if also is not None:
+                await also(session)
+            await queues.enqueue(session, deliveries)
+        self.wake_outbox()

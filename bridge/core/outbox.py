@@ -1,0 +1,172 @@
+"""Delivers outbox items: retried with backoff until the receiving side confirms them.
+
+One item per lane is in flight at a time (order within a lane), lanes run in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+from bridge import metrics
+from bridge.config import OutboxConfig
+from bridge.core.errors import PermanentError, TemporaryError
+from bridge.db import queues
+from bridge.db.engine import Database
+from bridge.db.queues import Delivery
+
+log = logging.getLogger("bridge.outbox")
+
+# Delivers one item; returns the result to store (a remote ID, an event ID) or raises.
+Deliver = Callable[[Delivery], Awaitable[str | None]]
+# Told when an item is given up, to tell the room.
+OnFailed = Callable[[Delivery, str, str | None], Awaitable[None]]
+
+CLAIM_LIMIT = 64
+# A claim older than this is assumed to belong to a crashed worker.
+LEASE_SECONDS = 300.0
+
+
+class OutboxWorker:
+    def __init__(self, db: Database, deliver: Deliver, on_failed: OnFailed,
+                 settings: OutboxConfig) -> None:
+        self.db = db
+        self.deliver = deliver
+        self.on_failed = on_failed
+        self.settings = settings
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._busy_lanes: set[str] = set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox")
+
+    async def _run(self) -> None:
+        db_delay = 0.5
+        while not self._closing:
+            self._wake.clear()
+            try:
+                async with self.db.transaction() as session:
+                    items = await queues.claim_deliveries(session, CLAIM_LIMIT, LEASE_SECONDS)
+                db_delay = 0.5
+            except Exception:
+                log.exception("could not claim outbox items; retrying in %.1fs", db_delay)
+                await asyncio.sleep(db_delay)
+                db_delay = min(db_delay * 2, 30.0)
+                continue
+            for item in items:
+                if item.lane in self._busy_lanes:
+                    continue  # cannot happen with leases, but never run one lane twice
+                self._busy_lanes.add(item.lane)
+                task = asyncio.create_task(self._deliver_one(item), name=f"deliver:{item.id}")
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+            if items:
+                continue  # more may be due right away (the next item of each lane)
+            await self._sleep_until_due()
+
+    async def _sleep_until_due(self) -> None:
+        timeout = 5.0
+        try:
+            async with self.db.sessions() as session:
+                due = await queues.next_due_time(session)
+            if due is not None:
+                timeout = min(timeout, max(0.0, due - time.time()))
+        except Exception:
+            log.warning("could not read the outbox schedule", exc_info=True)
+        if self._in_flight and timeout > 0:
+            # A lane whose head is in flight has its next item ready the moment it finishes.
+            timeout = min(timeout, 0.05)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _backoff(self, attempts: int) -> float:
+        base = self.settings.retry_base_seconds * (2 ** min(attempts, 20))
+        delay = min(base, self.settings.retry_max_seconds)
+        return delay * random.uniform(0.8, 1.2)  # jitter: don't retry a whole room at once
+
+    async def _deliver_one(self, item: Delivery) -> None:
+        started = time.perf_counter()
+        try:
+            result = await self.deliver(item)
+        except TemporaryError as exc:
+            await self._retry(item, str(exc), exc.retry_after)
+        except PermanentError as exc:
+            await self._give_up(item, str(exc), exc.hint)
+        except Exception as exc:
+            # Connection resets, timeouts, bugs in a connector: treat as temporary; the
+            # give-up deadline still bounds how long it is tried.
+            log.warning("delivery %s (%s %s) failed: %r", item.id, item.network, item.kind, exc)
+            await self._retry(item, repr(exc), None)
+        else:
+            await self._settle(lambda s: queues.finish_delivery(s, item.id, result))
+            metrics.EVENTS.labels(network=item.network, direction="out").inc()
+            metrics.HANDLING_SECONDS.labels(network=item.network, direction="out").observe(
+                time.perf_counter() - started
+            )
+            metrics.END_TO_END_SECONDS.labels(network=item.network, direction="out").observe(
+                max(0.0, time.time() - item.created_at)
+            )
+        finally:
+            self._busy_lanes.discard(item.lane)
+            self._wake.set()
+
+    async def _retry(self, item: Delivery, error: str, retry_after: float | None) -> None:
+        metrics.FAILURES.labels(network=item.network, direction="out", stage="deliver").inc()
+        if time.time() - item.created_at > self.settings.give_up_after_hours * 3600:
+            await self._give_up(item, f"still failing after {self.settings.give_up_after_hours}"
+                                      f" hours: {error}", None)
+            return
+        delay = retry_after if retry_after is not None else self._backoff(item.attempts)
+        log.info("delivery %s to %s will be retried in %.1fs: %s", item.id, item.network,
+                 delay, error)
+        await self._settle(lambda s: queues.retry_delivery(s, item.id, time.time() + delay,
+                                                           error))
+
+    async def _give_up(self, item: Delivery, error: str, hint: str | None) -> None:
+        metrics.FAILURES.labels(network=item.network, direction="out", stage="gave_up").inc()
+        log.warning("delivery %s to %s failed for good: %s", item.id, item.network, error)
+        await self._settle(lambda s: queues.fail_delivery(s, item.id, error))
+        try:
+            await self.on_failed(item, error, hint)
+        except Exception:
+            log.exception("could not report failed delivery %s", item.id)
+
+    async def _settle(self, write: Callable[..., Awaitable[None]]) -> None:
+        """Record an outcome; if the DB is away, the lease expiry makes the item due again."""
+        delay = 0.2
+        for _ in range(8):
+            try:
+                async with self.db.transaction() as session:
+                    await write(session)
+                return
+            except Exception:
+                log.warning("could not record a delivery outcome; retrying", exc_info=True)
+                await asyncio.sleep(delay)
+                delay *= 2
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Wait until nothing is in flight (for shutdown and tests)."""
+        deadline = time.monotonic() + timeout
+        while self._in_flight and time.monotonic() < deadline:
+            await asyncio.wait(list(self._in_flight), timeout=deadline - time.monotonic())
+
+    async def stop(self) -> None:
+        """Let in-flight deliveries finish; everything else stays queued for next time."""
+        self._closing = True
+        self._wake.set()
+        if self._task:
+            await asyncio.wait([self._task], timeout=5)
+            self._task.cancel()
+        await self.drain(timeout=20)
+        for task in list(self._in_flight):
+            task.cancel()

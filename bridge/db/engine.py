@@ -1,0 +1,116 @@
+"""Engine creation and schema migrations (alembic), for SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from alembic import command
+
+
+def migrations_dir() -> Path:
+    """alembic/ at the repository top, or bridge/_migrations inside an installed wheel."""
+    packaged = Path(__file__).resolve().parent.parent / "_migrations"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent.parent / "alembic"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    # WAL lets readers (health checks, metrics) proceed while a writer commits; the busy
+    # timeout turns short lock waits into waiting rather than "database is locked".
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def create_engine(url: str) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def is_postgres(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def _alembic_config(connection: Connection | None = None) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def _current_revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as conn:
+        return await conn.run_sync(_current_revision)
+
+
+async def upgrade(engine: AsyncEngine) -> tuple[str | None, str | None]:
+    """Apply pending migrations; returns (revision before, revision after)."""
+
+    def run(connection: Connection) -> tuple[str | None, str | None]:
+        before = _current_revision(connection)
+        command.upgrade(_alembic_config(connection), "head")
+        return before, _current_revision(connection)
+
+    async with engine.begin() as conn:
+        return await conn.run_sync(run)
+
+
+class Database:
+    """The engine and a session factory; repositories take the sessions it hands out."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_engine(url)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.postgres = is_postgres(self.engine)
+        # SQLite allows one writer at a time; serialising our own writers in-process avoids
+        # busy-waiting on the file lock and keeps latency flat.
+        self._write_lock: asyncio.Lock | None = None if self.postgres else asyncio.Lock()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction that commits on success and rolls back on error."""
+        if self._write_lock is None:
+            async with self.sessions() as session, session.begin():
+                yield session
+            return
+        async with self._write_lock, self.sessions() as session, session.begin():
+            yield session
+
+    async def upgrade(self) -> tuple[str | None, str | None]:
+        return await upgrade(self.engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()

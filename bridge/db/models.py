@@ -1,0 +1,188 @@
+"""The bridge's tables. Every change here needs a migration in alembic/versions/.
+
+Times are UNIX seconds as floats: they compare the same way on SQLite and PostgreSQL and the
+queue queries need nothing but ``<``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants room to grow.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Matrix IDs are bounded at 255 bytes by the spec; remote IDs get the same room.
+ID = String(255)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class AppserviceTransaction(Base):
+    """Transaction IDs the homeserver has sent; a repeat is acknowledged and ignored."""
+
+    __tablename__ = "appservice_transaction"
+
+    txn_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+class InboxItem(Base):
+    """A Matrix event stored before the transaction is acknowledged, handled in room order."""
+
+    __tablename__ = "inbox"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    room_id: Mapped[str] = mapped_column(ID)
+    # Unique: the same event arriving in a second transaction must not take effect twice.
+    event_id: Mapped[str] = mapped_column(ID, unique=True)
+    event: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[float] = mapped_column(Float)
+    # pending -> done | failed (failed after repeated handler errors; logged, room goes on)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (Index("ix_inbox_pending", "state", "room_id", "id"),)
+
+
+class OutboxItem(Base):
+    """A delivery to one side (Matrix or a remote network), kept until that side confirms it.
+
+    Items of one *lane* (for example ``matrix:!room`` or ``email:!room``) are delivered
+    strictly in ``id`` order; different lanes proceed in parallel.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    lane: Mapped[str] = mapped_column(String(600))
+    network: Mapped[str] = mapped_column(String(32))
+    room_id: Mapped[str] = mapped_column(ID)
+    kind: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    # pending -> done | failed
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    # A worker that took the item holds it until then; after a crash it becomes free again.
+    claimed_until: Mapped[float] = mapped_column(Float, default=0.0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (
+        Index("ix_outbox_pending", "state", "next_attempt_at"),
+        Index("ix_outbox_lane", "lane", "state", "id"),
+    )
+
+
+class Portal(Base):
+    """A Matrix room the bot is in. With links it is a bridged conversation."""
+
+    __tablename__ = "portal"
+
+    room_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    # A direct chat with the bot: commands there need no prefix.
+    is_direct: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Link(Base):
+    """Ties a portal to one remote conversation (a Slack channel, an email address)."""
+
+    __tablename__ = "link"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    room_id: Mapped[str] = mapped_column(ID, ForeignKey("portal.room_id", ondelete="CASCADE"))
+    network: Mapped[str] = mapped_column(String(32))
+    remote_id: Mapped[str] = mapped_column(ID)
+    remote_name: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Connector-specific settings of this link (JSON object).
+    settings: Mapped[str] = mapped_column(Text, default="{}")
+    created_by: Mapped[str] = mapped_column(ID)
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (
+        # One link per network per room, and a remote conversation in one room only:
+        # otherwise a message would fan out twice.
+        UniqueConstraint("room_id", "network"),
+        UniqueConstraint("network", "remote_id"),
+    )
+
+
+class Puppet(Base):
+    """A Matrix ghost user standing for one remote person."""
+
+    __tablename__ = "puppet"
+
+    user_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    network: Mapped[str] = mapped_column(String(32))
+    remote_id: Mapped[str] = mapped_column(ID)
+    displayname: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The remote avatar's identity (URL or hash) and the mxc it was uploaded as.
+    avatar_source: Mapped[str | None] = mapped_column(Text, nullable=True)
+    avatar_mxc: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (UniqueConstraint("network", "remote_id"),)
+
+
+class MessageMapping(Base):
+    """Which Matrix event a remote message became (or came from), both ways."""
+
+    __tablename__ = "message_mapping"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    room_id: Mapped[str] = mapped_column(ID)
+    event_id: Mapped[str] = mapped_column(ID)
+    network: Mapped[str] = mapped_column(String(32))
+    # The remote conversation the message lives in (channel, mailbox) and its ID there.
+    remote_space: Mapped[str] = mapped_column(ID)
+    remote_id: Mapped[str] = mapped_column(String(998))
+    # A remote message can become several Matrix events (text plus attachments).
+    part: Mapped[int] = mapped_column(Integer, default=0)
+    # Matrix thread root of the message, if it is in a thread.
+    thread_root: Mapped[str | None] = mapped_column(ID, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (
+        UniqueConstraint("network", "remote_space", "remote_id", "part"),
+        Index("ix_message_mapping_event", "event_id"),
+    )
+
+
+class InboundKey(Base):
+    """Natural keys of remote inbound items (Slack event id, email Message-ID per room).
+
+    Checked in the same transaction that queues the item's effects, so a retry by the remote
+    side changes nothing.
+    """
+
+    __tablename__ = "inbound_key"
+
+    network: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(998), primary_key=True)
+    received_at: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,282 @@
+"""The durable inbox (Matrix events in) and outbox (deliveries out), and transaction dedup.
+
+Both queues are plain tables so that a restart resumes where the last process stopped, and
+so that several bridge processes can share one PostgreSQL: the inbox is drained per room
+under a room-scoped advisory lock, the outbox is claimed with ``FOR UPDATE SKIP LOCKED``
+plus a lease, so two workers never deliver the same item and a crashed worker's items come
+free again when the lease runs out.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from bridge.db.models import AppserviceTransaction, InboxItem, OutboxItem
+
+
+def _insert_ignoring_conflicts(session: AsyncSession, model: type) -> Any:
+    dialect = session.bind.dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(model).on_conflict_do_nothing()
+
+
+# --- appservice transactions and the inbox -------------------------------------------------
+
+
+async def store_transaction(
+    session: AsyncSession, txn_id: str, events: Sequence[dict[str, Any]]
+) -> set[str] | None:
+    """Record a transaction and put its room events into the inbox, in one DB transaction.
+
+    Returns the room IDs that got new work, or None when this transaction ID was seen before
+    (then nothing is stored). Events already in the inbox under the same event ID (the
+    homeserver re-sent them in a new transaction) are skipped.
+    """
+    now = time.time()
+    result = await session.execute(
+        _insert_ignoring_conflicts(session, AppserviceTransaction).values(
+            txn_id=txn_id, received_at=now
+        )
+    )
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        return None
+    rows = [
+        {
+            "room_id": event["room_id"],
+            "event_id": event["event_id"],
+            "event": json.dumps(event, separators=(",", ":")),
+            "received_at": now,
+            "state": "pending",
+            "attempts": 0,
+        }
+        for event in events
+        if isinstance(event.get("room_id"), str) and isinstance(event.get("event_id"), str)
+    ]
+    if not rows:
+        return set()
+    await session.execute(_insert_ignoring_conflicts(session, InboxItem), rows)
+    return {row["room_id"] for row in rows}
+
+
+async def inbox_rooms_with_work(session: AsyncSession) -> list[str]:
+    rows = await session.scalars(
+        select(InboxItem.room_id).where(InboxItem.state == "pending").distinct()
+    )
+    return list(rows)
+
+
+async def lock_room(session: AsyncSession, room_id: str) -> bool:
+    """Take the room's inbox for this DB transaction; False if another process has it.
+
+    On SQLite there is only one writer process, so the in-process lock suffices.
+    """
+    if session.bind.dialect.name != "postgresql":
+        return True
+    got = await session.scalar(
+        select(func.pg_try_advisory_xact_lock(func.hashtextextended(room_id, 0)))
+    )
+    return bool(got)
+
+
+@dataclass(slots=True)
+class InboxEntry:
+    id: int
+    room_id: str
+    event: dict[str, Any]
+    received_at: float
+    attempts: int
+
+
+async def next_inbox_batch(session: AsyncSession, room_id: str, limit: int) -> list[InboxEntry]:
+    rows = await session.execute(
+        select(
+            InboxItem.id, InboxItem.event, InboxItem.received_at, InboxItem.attempts
+        )
+        .where(InboxItem.room_id == room_id, InboxItem.state == "pending")
+        .order_by(InboxItem.id)
+        .limit(limit)
+    )
+    return [
+        InboxEntry(id=r.id, room_id=room_id, event=json.loads(r.event),
+                   received_at=r.received_at, attempts=r.attempts)
+        for r in rows
+    ]
+
+
+async def mark_inbox_done(session: AsyncSession, ids: Iterable[int]) -> None:
+    ids = list(ids)
+    if ids:
+        # The event body is no longer needed; the row stays as the event-ID dedup record.
+        await session.execute(
+            update(InboxItem).where(InboxItem.id.in_(ids)).values(state="done", event="{}")
+        )
+
+
+async def mark_inbox_failed(session: AsyncSession, item_id: int, error: str) -> None:
+    await session.execute(
+        update(InboxItem)
+        .where(InboxItem.id == item_id)
+        .values(state="failed", last_error=error[:4000], attempts=InboxItem.attempts + 1)
+    )
+
+
+async def count_pending(session: AsyncSession) -> tuple[int, int]:
+    """(inbox pending, outbox pending), for health and metrics."""
+    inbox = await session.scalar(
+        select(func.count()).select_from(InboxItem).where(InboxItem.state == "pending")
+    )
+    outbox = await session.scalar(
+        select(func.count()).select_from(OutboxItem).where(OutboxItem.state == "pending")
+    )
+    return int(inbox or 0), int(outbox or 0)
+
+
+async def prune_history(session: AsyncSession, older_than: float) -> None:
+    """Forget handled items and old transaction IDs; homeservers retry within minutes."""
+    await session.execute(
+        delete(AppserviceTransaction).where(AppserviceTransaction.received_at < older_than)
+    )
+    await session.execute(
+        delete(InboxItem).where(InboxItem.state == "done", InboxItem.received_at < older_than)
+    )
+    await session.execute(
+        delete(OutboxItem).where(OutboxItem.state == "done", OutboxItem.created_at < older_than)
+    )
+
+
+# --- the outbox ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class NewDelivery:
+    """What to enqueue: one delivery to one side of one room."""
+
+    network: str
+    room_id: str
+    kind: str
+    payload: dict[str, Any]
+    # Deliveries of one lane go out in order; by default one lane per network and room.
+    lane: str | None = None
+
+    def row(self, now: float) -> dict[str, Any]:
+        return {
+            "lane": self.lane or f"{self.network}:{self.room_id}",
+            "network": self.network,
+            "room_id": self.room_id,
+            "kind": self.kind,
+            "payload": json.dumps(self.payload, separators=(",", ":")),
+            "created_at": now,
+            "state": "pending",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "claimed_until": 0.0,
+        }
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A claimed outbox item."""
+
+    id: int
+    lane: str
+    network: str
+    room_id: str
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+    created_at: float
+
+
+async def enqueue(session: AsyncSession, deliveries: Iterable[NewDelivery]) -> int:
+    now = time.time()
+    rows = [d.row(now) for d in deliveries]
+    if rows:
+        await session.execute(OutboxItem.__table__.insert(), rows)
+    return len(rows)
+
+
+async def claim_deliveries(session: AsyncSession, limit: int, lease: float) -> list[Delivery]:
+    """Claim the due head item of up to ``limit`` lanes.
+
+    Only a lane's oldest pending item is eligible, so a lane whose head waits for a retry
+    holds back everything behind it: order within a lane is never broken.
+    """
+    now = time.time()
+    earlier = aliased(OutboxItem)
+    query = (
+        select(OutboxItem)
+        .where(
+            OutboxItem.state == "pending",
+            OutboxItem.next_attempt_at <= now,
+            OutboxItem.claimed_until <= now,
+            ~exists().where(
+                earlier.lane == OutboxItem.lane,
+                earlier.state == "pending",
+                earlier.id < OutboxItem.id,
+            ),
+        )
+        .order_by(OutboxItem.id)
+        .limit(limit)
+    )
+    if session.bind.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    items = list(await session.scalars(query))
+    if not items:
+        return []
+    await session.execute(
+        update(OutboxItem)
+        .where(OutboxItem.id.in_([i.id for i in items]))
+        .values(claimed_until=now + lease)
+    )
+    return [
+        Delivery(id=i.id, lane=i.lane, network=i.network, room_id=i.room_id, kind=i.kind,
+                 payload=json.loads(i.payload), attempts=i.attempts, created_at=i.created_at)
+        for i in items
+    ]
+
+
+async def next_due_time(session: AsyncSession) -> float | None:
+    """When the earliest waiting delivery becomes due (None: nothing is waiting)."""
+    value = await session.scalar(
+        select(func.min(func.max(OutboxItem.next_attempt_at, OutboxItem.claimed_until)))
+        .where(OutboxItem.state == "pending")
+    ) if session.bind.dialect.name == "sqlite" else await session.scalar(
+        select(func.min(func.greatest(OutboxItem.next_attempt_at, OutboxItem.claimed_until)))
+        .where(OutboxItem.state == "pending")
+    )
+    return float(value) if value is not None else None
+
+
+async def finish_delivery(session: AsyncSession, item_id: int, result: str | None) -> None:
+    await session.execute(
+        update(OutboxItem)
+        .where(OutboxItem.id == item_id)
+        .values(state="done", result=result, claimed_until=0.0, attempts=OutboxItem.attempts + 1)
+    )
+
+
+async def retry_delivery(session: AsyncSession, item_id: int, at: float, error: str) -> None:
+    await session.execute(
+        update(OutboxItem)
+        .where(OutboxItem.id == item_id)
+        .values(next_attempt_at=at, claimed_until=0.0, last_error=error[:4000],
+                attempts=OutboxItem.attempts + 1)
+    )
+
+
+async def fail_delivery(session: AsyncSession, item_id: int, error: str) -> None:
+    await session.execute(
+        update(OutboxItem)
+        .where(OutboxItem.id == item_id)
+        .values(state="failed", claimed_until=0.0, last_error=error[:4000],
+                attempts=OutboxItem.attempts + 1)
+    )

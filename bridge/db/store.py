@@ -1,0 +1,210 @@
+"""Queries on portals, links, puppets, message mappings and inbound dedup keys."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bridge.db.models import InboundKey, Link, MessageMapping, Portal, Puppet
+from bridge.db.queues import _insert_ignoring_conflicts
+
+# --- portals and links -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class LinkInfo:
+    id: int
+    room_id: str
+    network: str
+    remote_id: str
+    remote_name: str | None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def _link_info(row: Link) -> LinkInfo:
+    return LinkInfo(id=row.id, room_id=row.room_id, network=row.network,
+                    remote_id=row.remote_id, remote_name=row.remote_name,
+                    settings=json.loads(row.settings or "{}"))
+
+
+async def get_portal(session: AsyncSession, room_id: str) -> Portal | None:
+    return await session.get(Portal, room_id)
+
+
+async def ensure_portal(session: AsyncSession, room_id: str, *, is_direct: bool = False) -> None:
+    await session.execute(
+        _insert_ignoring_conflicts(session, Portal).values(
+            room_id=room_id, is_direct=is_direct, created_at=time.time()
+        )
+    )
+    if is_direct:
+        await session.execute(
+            update(Portal).where(Portal.room_id == room_id).values(is_direct=True)
+        )
+
+
+async def forget_portal(session: AsyncSession, room_id: str) -> None:
+    """The bot left or was removed: links of the room end with it."""
+    await session.execute(delete(Link).where(Link.room_id == room_id))
+    await session.execute(delete(Portal).where(Portal.room_id == room_id))
+
+
+async def links_of_room(session: AsyncSession, room_id: str) -> list[LinkInfo]:
+    rows = await session.scalars(select(Link).where(Link.room_id == room_id).order_by(Link.id))
+    return [_link_info(r) for r in rows]
+
+
+async def link_by_remote(session: AsyncSession, network: str, remote_id: str) -> LinkInfo | None:
+    row = await session.scalar(
+        select(Link).where(Link.network == network, Link.remote_id == remote_id)
+    )
+    return _link_info(row) if row else None
+
+
+async def links_of_network(session: AsyncSession, network: str) -> list[LinkInfo]:
+    rows = await session.scalars(select(Link).where(Link.network == network).order_by(Link.id))
+    return [_link_info(r) for r in rows]
+
+
+async def add_link(
+    session: AsyncSession,
+    *,
+    room_id: str,
+    network: str,
+    remote_id: str,
+    remote_name: str | None,
+    created_by: str,
+    settings: dict[str, Any] | None = None,
+) -> LinkInfo:
+    await ensure_portal(session, room_id)
+    row = Link(room_id=room_id, network=network, remote_id=remote_id, remote_name=remote_name,
+               settings=json.dumps(settings or {}), created_by=created_by,
+               created_at=time.time())
+    session.add(row)
+    await session.flush()
+    return _link_info(row)
+
+
+async def remove_link(session: AsyncSession, room_id: str, network: str) -> LinkInfo | None:
+    row = await session.scalar(
+        select(Link).where(Link.room_id == room_id, Link.network == network)
+    )
+    if row is None:
+        return None
+    info = _link_info(row)
+    await session.delete(row)
+    return info
+
+
+# --- puppets -----------------------------------------------------------------------------
+
+
+async def get_puppet(session: AsyncSession, user_id: str) -> Puppet | None:
+    return await session.get(Puppet, user_id)
+
+
+async def upsert_puppet(
+    session: AsyncSession,
+    *,
+    user_id: str,
+    network: str,
+    remote_id: str,
+    displayname: str | None,
+    avatar_source: str | None,
+    avatar_mxc: str | None,
+) -> tuple[bool, bool]:
+    """Store the puppet's profile; returns (displayname changed, avatar changed)."""
+    now = time.time()
+    row = await session.get(Puppet, user_id)
+    if row is None:
+        session.add(Puppet(user_id=user_id, network=network, remote_id=remote_id,
+                           displayname=displayname, avatar_source=avatar_source,
+                           avatar_mxc=avatar_mxc, created_at=now, updated_at=now))
+        return displayname is not None, avatar_mxc is not None
+    name_changed = row.displayname != displayname
+    avatar_changed = row.avatar_source != avatar_source
+    if name_changed or avatar_changed:
+        row.displayname = displayname
+        row.avatar_source = avatar_source
+        row.avatar_mxc = avatar_mxc
+        row.updated_at = now
+    return name_changed, avatar_changed
+
+
+# --- message mappings --------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class MappingInfo:
+    room_id: str
+    event_id: str
+    network: str
+    remote_space: str
+    remote_id: str
+    part: int
+    thread_root: str | None
+
+
+def _mapping_info(row: MessageMapping) -> MappingInfo:
+    return MappingInfo(room_id=row.room_id, event_id=row.event_id, network=row.network,
+                       remote_space=row.remote_space, remote_id=row.remote_id, part=row.part,
+                       thread_root=row.thread_root)
+
+
+async def add_mapping(
+    session: AsyncSession,
+    *,
+    room_id: str,
+    event_id: str,
+    network: str,
+    remote_space: str,
+    remote_id: str,
+    part: int = 0,
+    thread_root: str | None = None,
+) -> None:
+    await session.execute(
+        _insert_ignoring_conflicts(session, MessageMapping).values(
+            room_id=room_id, event_id=event_id, network=network, remote_space=remote_space,
+            remote_id=remote_id, part=part, thread_root=thread_root, created_at=time.time(),
+        )
+    )
+
+
+async def mappings_for_remote(
+    session: AsyncSession, network: str, remote_space: str, remote_id: str
+) -> list[MappingInfo]:
+    rows = await session.scalars(
+        select(MessageMapping)
+        .where(MessageMapping.network == network, MessageMapping.remote_space == remote_space,
+               MessageMapping.remote_id == remote_id)
+        .order_by(MessageMapping.part)
+    )
+    return [_mapping_info(r) for r in rows]
+
+
+async def mappings_for_event(
+    session: AsyncSession, event_id: str, network: str | None = None
+) -> list[MappingInfo]:
+    query = select(MessageMapping).where(MessageMapping.event_id == event_id)
+    if network is not None:
+        query = query.where(MessageMapping.network == network)
+    rows = await session.scalars(query.order_by(MessageMapping.id))
+    return [_mapping_info(r) for r in rows]
+
+
+# --- inbound dedup -----------------------------------------------------------------------
+
+
+async def claim_inbound_key(session: AsyncSession, network: str, key: str) -> bool:
+    """True the first time a remote item's natural key is seen; False for a repeat."""
+    result = await session.execute(
+        _insert_ignoring_conflicts(session, InboundKey).values(
+            network=network, key=key, received_at=time.time()
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""The appservice side: transaction endpoint, intents for bot and puppets, bot commands."""

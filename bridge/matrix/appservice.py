@@ -1,0 +1,166 @@
+"""The HTTP listener: the appservice API the homeserver calls, plus health and metrics.
+
+Written on aiohttp directly rather than mautrix's server mixin, because the bridge's
+guarantees live exactly here: the token is compared in constant time, a transaction is
+acknowledged only after its events are committed to the inbox, and a repeated transaction
+ID is recognised from the database, also after a restart.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from bridge import metrics
+from bridge.db import queues, store
+from bridge.db.engine import current_revision, head_revision
+
+if TYPE_CHECKING:
+    from bridge.app import Bridge
+
+log = logging.getLogger("bridge.appservice")
+
+
+def _error(status: int, errcode: str, message: str) -> web.Response:
+    return web.json_response({"errcode": errcode, "error": message}, status=status)
+
+
+class AppserviceServer:
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self.hs_token = bridge.config.appservice.hs_token.encode()
+        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.Response]]]] = [
+            ("PUT", "/_matrix/app/v1/transactions/{txn_id}", self.transaction),
+            ("GET", "/_matrix/app/v1/users/{user_id}", self.query_user),
+            ("GET", "/_matrix/app/v1/rooms/{alias}", self.query_alias),
+            ("POST", "/_matrix/app/v1/ping", self.ping),
+            # Legacy unprefixed paths that older homeservers still call.
+            ("PUT", "/transactions/{txn_id}", self.transaction),
+            ("GET", "/users/{user_id}", self.query_user),
+            ("GET", "/rooms/{alias}", self.query_alias),
+            ("GET", "/_bridge/health", self.health),
+            ("GET", "/metrics", self.metrics),
+        ]
+        for method, path, handler in routes:
+            self.app.router.add_route(method, path, handler)
+        self.runner: web.AppRunner | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        self.runner = web.AppRunner(self.app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        await site.start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    # --- authentication --------------------------------------------------------------
+
+    def _auth_error(self, request: web.Request) -> web.Response | None:
+        header = request.headers.get("Authorization", "")
+        token = header[7:] if header.startswith("Bearer ") else request.query.get("access_token")
+        if not token:
+            return _error(401, "M_UNAUTHORIZED", "Missing hs_token")
+        # Constant time, so the token cannot be guessed byte by byte from response times.
+        if not hmac.compare_digest(token.encode(), self.hs_token):
+            return _error(403, "M_FORBIDDEN", "Wrong hs_token")
+        return None
+
+    # --- appservice API ----------------------------------------------------------------
+
+    async def transaction(self, request: web.Request) -> web.Response:
+        if (refused := self._auth_error(request)) is not None:
+            metrics.TRANSACTIONS.labels(outcome="refused").inc()
+            return refused
+        txn_id = request.match_info["txn_id"]
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "M_NOT_JSON", "Body is not JSON")
+        events = body.get("events") if isinstance(body, dict) else None
+        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+            return _error(400, "M_BAD_JSON", "'events' must be a list of events")
+        try:
+            async with self.bridge.db.transaction() as session:
+                rooms = await queues.store_transaction(session, txn_id, events)
+        except Exception:
+            # Not acknowledged: the homeserver keeps the transaction and sends it again.
+            log.exception("could not store transaction %s", txn_id)
+            metrics.FAILURES.labels(network="matrix", direction="in", stage="store").inc()
+            return _error(500, "M_UNKNOWN", "The bridge could not store the transaction")
+        if rooms is None:
+            metrics.TRANSACTIONS.labels(outcome="duplicate").inc()
+            log.debug("transaction %s was already stored; ignoring the repeat", txn_id)
+        else:
+            metrics.TRANSACTIONS.labels(outcome="stored").inc()
+            self.bridge.inbox.notify(rooms)
+        return web.json_response({})
+
+    async def query_user(self, request: web.Request) -> web.Response:
+        if (refused := self._auth_error(request)) is not None:
+            return refused
+        user_id = request.match_info["user_id"]
+        if user_id == self.bridge.config.bot_mxid:
+            await self.bridge.matrix.bot_intent.ensure_registered()
+            return web.json_response({})
+        # Puppets exist only for remote people we know; the connector creates them.
+        async with self.bridge.db.sessions() as session:
+            puppet = await store.get_puppet(session, user_id)
+        if puppet is None:
+            return _error(404, "M_NOT_FOUND", "No such remote user")
+        await self.bridge.matrix.intent(user_id).ensure_registered()
+        return web.json_response({})
+
+    async def query_alias(self, request: web.Request) -> web.Response:
+        if (refused := self._auth_error(request)) is not None:
+            return refused
+        # The bridge claims no alias namespace; rooms are linked by command instead.
+        return _error(404, "M_NOT_FOUND", "The bridge does not provide room aliases")
+
+    async def ping(self, request: web.Request) -> web.Response:
+        if (refused := self._auth_error(request)) is not None:
+            return refused
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "M_NOT_JSON", "Body is not JSON")
+        txn = body.get("transaction_id") if isinstance(body, dict) else None
+        log.info("ping from the homeserver (transaction %s)", txn)
+        return web.json_response({})
+
+    # --- operations --------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        checks: dict[str, Any] = {"started": self.bridge.ready}
+        try:
+            async with self.bridge.db.sessions() as session:
+                await session.execute(text("SELECT 1"))
+                inbox, outbox = await queues.count_pending(session)
+            revision = await current_revision(self.bridge.db.engine)
+            checks["database"] = "ok" if revision == head_revision() else (
+                f"schema at {revision}, expected {head_revision()}")
+            checks["queues"] = {"inbox": inbox, "outbox": outbox}
+        except Exception as exc:
+            checks["database"] = f"unreachable: {exc.__class__.__name__}"
+        checks["networks"] = {name: {"ok": c.health().ok, "detail": c.health().detail}
+                              for name, c in self.bridge.hub.connectors.items()}
+        ready = checks["started"] is True and checks["database"] == "ok"
+        return web.json_response({"ready": ready, **checks}, status=200 if ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        try:
+            async with self.bridge.db.sessions() as session:
+                inbox, outbox = await queues.count_pending(session)
+            metrics.QUEUE_DEPTH.labels(queue="inbox").set(inbox)
+            metrics.QUEUE_DEPTH.labels(queue="outbox").set(outbox)
+        except Exception:
+            log.warning("could not read queue depth for /metrics", exc_info=True)
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

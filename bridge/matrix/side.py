@@ -1,0 +1,230 @@
+"""The Matrix side of deliveries: the bot and the puppets act through mautrix intents.
+
+Every send carries a transaction ID derived from the outbox item, so a delivery repeated
+after a crash is deduplicated by the homeserver instead of posted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from mautrix.appservice import AppServiceAPI, IntentAPI
+from mautrix.appservice.state_store import ASStateStore
+from mautrix.client.state_store import MemoryStateStore
+from mautrix.errors import IntentError, MatrixRequestError, MForbidden, MLimitExceeded
+from mautrix.types import EventType, PowerLevelStateEventContent, StateEvent
+
+from bridge.core.errors import PermanentError, TemporaryError
+from bridge.db import store
+from bridge.db.queues import Delivery
+
+if TYPE_CHECKING:
+    from bridge.core.hub import Hub
+    from bridge.matrix.bot import Bot
+
+log = logging.getLogger("bridge.matrix")
+
+
+class CacheStateStore(MemoryStateStore, ASStateStore):
+    """mautrix's in-memory membership and power-level cache, for the intents."""
+
+    def __init__(self) -> None:
+        MemoryStateStore.__init__(self)
+        ASStateStore.__init__(self)
+
+STATE_CACHED = {"m.room.power_levels", "m.room.create", "m.room.member"}
+
+
+@dataclass(slots=True)
+class MissingPower:
+    feature: str
+    what: str
+    needed: int
+
+
+@dataclass(slots=True)
+class PowerReport:
+    level: int
+    missing: list[MissingPower]
+
+    def describe(self) -> str:
+        lines = [f"⚠️ My power level here is {self.level}; until it is raised, I cannot:"]
+        lines += [f"• {m.feature}: needs power level {m.needed} ({m.what})"
+                  for m in self.missing]
+        return "\n".join(lines)
+
+
+class MatrixSide:
+    def __init__(self, hub: Hub, session: aiohttp.ClientSession) -> None:
+        self.hub = hub
+        config = hub.config
+        # A cache only: membership and power levels are re-read from the homeserver when a
+        # decision depends on them, so a restart with an empty cache changes nothing.
+        self.state_store = CacheStateStore()
+        self.api = AppServiceAPI(
+            base_url=config.homeserver.address,
+            bot_mxid=config.bot_mxid,
+            token=config.appservice.as_token,
+            log=logging.getLogger("bridge.matrix.api"),
+            state_store=self.state_store,
+            client_session=session,
+            bridge_name=config.appservice.id,
+        )
+        self.bot_intent: IntentAPI = self.api.bot_intent()
+        self.bot: Bot | None = None
+
+    def intent(self, user_id: str | None) -> IntentAPI:
+        if not user_id or user_id == self.hub.bot_mxid:
+            return self.bot_intent
+        return self.bot_intent.user(user_id)
+
+    async def note_state(self, event: dict[str, Any]) -> None:
+        """Keep the intents' membership and power-level cache in step with the room."""
+        if event.get("type") not in STATE_CACHED:
+            return
+        try:
+            parsed = StateEvent.deserialize(event)
+        except Exception:
+            return  # malformed state from the homeserver: the cache just stays as it was
+        await self.state_store.update_state(parsed)
+
+    # --- delivery ------------------------------------------------------------------------
+
+    async def deliver(self, delivery: Delivery) -> str | None:
+        handler = getattr(self, f"_deliver_{delivery.kind}", None)
+        if handler is None:
+            raise PermanentError(f"unknown Matrix delivery kind {delivery.kind!r}")
+        try:
+            return await handler(delivery, delivery.payload)
+        except MLimitExceeded as exc:
+            # mautrix does not expose retry_after_ms; the outbox backoff takes over instead.
+            raise TemporaryError("rate limited by the homeserver") from exc
+        except IntentError as exc:
+            raise PermanentError(str(exc), hint=await self._power_hint(delivery.room_id)) from exc
+        except MForbidden as exc:
+            raise PermanentError(f"the homeserver refused: {exc.message}",
+                                 hint=await self._power_hint(delivery.room_id)) from exc
+        except MatrixRequestError as exc:
+            if exc.http_status >= 500 or exc.http_status in (408, 429):
+                raise TemporaryError(f"homeserver error {exc.http_status}: {exc.message}") from exc
+            raise PermanentError(f"homeserver refused ({exc.errcode}): {exc.message}") from exc
+
+    async def _deliver_notice(self, d: Delivery, p: dict[str, Any]) -> str:
+        content: dict[str, Any] = {"msgtype": "m.notice", "body": p["text"]}
+        if p.get("html"):
+            content["format"] = "org.matrix.custom.html"
+            content["formatted_body"] = p["html"]
+        return await self.bot_intent.send_message_event(
+            d.room_id, EventType.ROOM_MESSAGE, content, txn_id=f"ob{d.id}"
+        )
+
+    async def _deliver_message(self, d: Delivery, p: dict[str, Any]) -> str:
+        """A message from a puppet (or the bot), with an optional mapping to its remote ID."""
+        intent = self.intent(p.get("sender"))
+        kwargs: dict[str, Any] = {"txn_id": f"ob{d.id}"}
+        if p.get("ts"):
+            kwargs["timestamp"] = int(p["ts"])
+        event_id = await intent.send_message_event(
+            d.room_id, EventType.find(p.get("event_type", "m.room.message")), p["content"],
+            **kwargs,
+        )
+        mapping = p.get("mapping")
+        if mapping:
+            async with self.hub.db.transaction() as session:
+                await store.add_mapping(session, room_id=d.room_id, event_id=event_id,
+                                        **mapping)
+        return str(event_id)
+
+    async def _deliver_state(self, d: Delivery, p: dict[str, Any]) -> str:
+        intent = self.intent(p.get("sender"))
+        event_id = await intent.send_state_event(
+            d.room_id, EventType.find(p["event_type"], EventType.Class.STATE), p["content"],
+            state_key=p.get("state_key", ""),
+        )
+        return str(event_id)
+
+    async def _deliver_redact(self, d: Delivery, p: dict[str, Any]) -> str:
+        intent = self.intent(p.get("sender"))
+        return str(await intent.redact(d.room_id, p["event_id"], reason=p.get("reason")))
+
+    async def _deliver_profile(self, d: Delivery, p: dict[str, Any]) -> None:
+        intent = self.intent(p["user"])
+        await intent.ensure_registered()
+        if "displayname" in p:
+            await intent.set_displayname(p["displayname"])
+        if p.get("avatar_mxc"):
+            await intent.set_avatar_url(p["avatar_mxc"])
+        return None
+
+    async def _deliver_leave(self, d: Delivery, p: dict[str, Any]) -> None:
+        await self.intent(p["user"]).leave_room(d.room_id, reason=p.get("reason"))
+        return None
+
+    async def _deliver_join(self, d: Delivery, p: dict[str, Any]) -> None:
+        """The bot accepts an admin's invitation, then says what it can and cannot do."""
+        await self.bot_intent.join_room_by_id(d.room_id)
+        is_direct = bool(p.get("is_direct"))
+        if not is_direct:
+            # Some clients start a direct chat without the is_direct flag: a room with
+            # just the inviter and the bot is treated as one.
+            members = await self.bot_intent.get_joined_members(d.room_id)
+            is_direct = set(members) <= {self.hub.bot_mxid, p.get("inviter")}
+        async with self.hub.db.transaction() as session:
+            await store.ensure_portal(session, d.room_id, is_direct=is_direct)
+        if is_direct:
+            text = "Hello! I am the bridge bot. Send `help` to see what I can do."
+        else:
+            text = (f"Hello! I am the bridge bot. Send `{self.hub.prefix} help` to see what "
+                    "I can do.")
+            report = await self.power_report(d.room_id)
+            if report.missing:
+                text += "\n" + report.describe()
+        await self.bot_intent.send_notice(d.room_id, text, txn_id=f"ob{d.id}")
+        return None
+
+    async def _deliver_reject_invite(self, d: Delivery, p: dict[str, Any]) -> None:
+        try:
+            await self.bot_intent.leave_room(d.room_id, reason=p.get("reason"))
+        except MatrixRequestError as exc:
+            if exc.http_status not in (403, 404):  # invite already withdrawn
+                raise
+        return None
+
+    async def _deliver_command(self, d: Delivery, p: dict[str, Any]) -> None:
+        assert self.bot is not None
+        await self.bot.run(d, p)
+        return None
+
+    # --- power levels --------------------------------------------------------------------
+
+    async def power_report(self, room_id: str) -> PowerReport:
+        """What the bot cannot do in the room for lack of power level, read fresh."""
+        levels: PowerLevelStateEventContent = await self.bot_intent.get_power_levels(
+            room_id, ignore_cache=True
+        )
+        # Room version 12 gives creators unlimited power outside the power-level event.
+        create = await self.bot_intent.get_state_event(room_id, EventType.ROOM_CREATE,
+                                                       format="event")
+        mine = levels.get_user_level(self.hub.bot_mxid, create)
+        wanted = [
+            ("invite remote users (puppets) into the room", "invite", levels.invite),
+            ("rename the room when the remote conversation is renamed", "m.room.name",
+             levels.get_event_level(EventType.ROOM_NAME)),
+            ("change the topic when the remote conversation's topic changes", "m.room.topic",
+             levels.get_event_level(EventType.ROOM_TOPIC)),
+            ("remove messages that were deleted on the remote side", "redact", levels.redact),
+            ("show which remote conversations are linked (m.bridge)", "m.bridge",
+             levels.get_event_level(EventType.find("m.bridge", EventType.Class.STATE))),
+        ]
+        return PowerReport(mine, [MissingPower(feature, what, needed)
+                                  for feature, what, needed in wanted if mine < needed])
+
+    async def _power_hint(self, room_id: str) -> str | None:
+        try:
+            report = await self.power_report(room_id)
+        except Exception:
+            return None
+        return report.describe() if report.missing else None

@@ -1,0 +1,32 @@
+"""Prometheus metrics served on the appservice listener at /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS = Counter(
+    "bridge_events_total", "Events handled, by network and direction", ["network", "direction"]
+)
+FAILURES = Counter(
+    "bridge_failures_total",
+    "Failures, by network, direction and stage (inbox, handle, deliver, ...)",
+    ["network", "direction", "stage"],
+)
+QUEUE_DEPTH = Gauge("bridge_queue_depth", "Items waiting in the durable queues", ["queue"])
+HANDLING_SECONDS = Histogram(
+    "bridge_event_handling_seconds",
+    "Time to handle one event (routing or delivery), by network and direction",
+    ["network", "direction"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+END_TO_END_SECONDS = Histogram(
+    "bridge_event_latency_seconds",
+    "Time from receipt of an event until it was handled or delivered",
+    ["network", "direction"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+TRANSACTIONS = Counter(
+    "bridge_appservice_transactions_total",
+    "Appservice transactions from the homeserver, by outcome (stored, duplicate, refused)",
+    ["outcome"],
+)
