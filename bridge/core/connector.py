@@ -19,6 +19,21 @@ if TYPE_CHECKING:
     from bridge.core.hub import Hub
 
 
+_LOCALPART_SAFE = set("abcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def escape_localpart(value: str) -> str:
+    """Lower-case, with every other character as ``=xx`` (UTF-8 bytes), so it is reversible
+    and valid in a Matrix user ID (an email address or a Slack ID both fit)."""
+    out = []
+    for char in value.lower():
+        if char in _LOCALPART_SAFE:
+            out.append(char)
+        else:
+            out.extend(f"={byte:02x}" for byte in char.encode("utf-8"))
+    return "".join(out)
+
+
 @dataclass(slots=True)
 class Health:
     ok: bool
@@ -49,6 +64,10 @@ class Connector(ABC):
     def __init__(self, puppet_prefix: str, homeserver_domain: str) -> None:
         self.puppet_prefix = puppet_prefix
         self.homeserver_domain = homeserver_domain
+
+    def puppet_user_id(self, remote_id: str) -> str:
+        """The Matrix user standing for a remote person: prefix plus the escaped remote ID."""
+        return f"@{self.puppet_prefix}{escape_localpart(remote_id)}:{self.homeserver_domain}"
 
     def owns_user(self, user_id: str) -> bool:
         """Is this Matrix user one of our puppets? Decides echo suppression."""

@@ -155,7 +155,9 @@ class Hub:
 
     async def on_delivery_failed(self, delivery: Delivery, error: str, hint: str | None) -> None:
         """Tell the room, once per failed item, unless the failed item was such a notice."""
-        if delivery.network == MATRIX and delivery.kind in ("notice", "reject_invite", "join"):
+        if not delivery.room_id or (
+                delivery.network == MATRIX and delivery.kind in ("notice", "reject_invite",
+                                                                 "join")):
             return
         where = (self.connectors[delivery.network].display_name
                  if delivery.network in self.connectors else "Matrix")
@@ -163,6 +165,71 @@ class Hub:
         if hint:
             text += f"\n{hint}"
         await self.enqueue([self.notice(delivery.room_id, text)])
+
+    # --- inbound from a remote network (called by connectors) ----------------------------
+
+    async def ensure_puppet(self, network: str, remote_id: str, displayname: str | None,
+                            avatar_source: str | None = None,
+                            avatar_mxc: str | None = None) -> str:
+        """The puppet's user ID; a changed name or avatar is queued to the homeserver."""
+        user_id = self.connectors[network].puppet_user_id(remote_id)
+
+        async def write(session: AsyncSession) -> list[NewDelivery]:
+            name_changed, avatar_changed = await store.upsert_puppet(
+                session, user_id=user_id, network=network, remote_id=remote_id,
+                displayname=displayname, avatar_source=avatar_source, avatar_mxc=avatar_mxc)
+            if not (name_changed or avatar_changed):
+                return []
+            payload: dict[str, Any] = {"user": user_id}
+            if name_changed and displayname is not None:
+                payload["displayname"] = displayname
+            if avatar_changed and avatar_mxc:
+                payload["avatar_mxc"] = avatar_mxc
+            # Profile changes are per user, not per room: their own lane keeps them ordered.
+            return [NewDelivery(network=MATRIX, room_id="", kind="profile", payload=payload,
+                                lane=f"matrix-profile:{user_id}")]
+
+        async with self.db.transaction() as session:
+            deliveries = await write(session)
+            await queues.enqueue(session, deliveries)
+        if deliveries:
+            self.wake_outbox()
+        return user_id
+
+    async def post_to_room(
+        self,
+        *,
+        network: str,
+        dedup_key: str | None,
+        room_id: str,
+        sender: str,
+        content: dict[str, Any],
+        event_type: str = "m.room.message",
+        remote_space: str | None = None,
+        remote_id: str | None = None,
+        part: int = 0,
+        timestamp_ms: int | None = None,
+    ) -> bool:
+        """Queue a remote message for the room, exactly once per ``dedup_key``.
+
+        Returns False (and queues nothing) when the key was seen before: the remote side
+        re-sent something it already delivered. With ``remote_space``/``remote_id`` the
+        resulting Matrix event is recorded in the message mapping.
+        """
+        payload: dict[str, Any] = {"sender": sender, "event_type": event_type,
+                                   "content": content}
+        if timestamp_ms is not None:
+            payload["ts"] = timestamp_ms
+        if remote_space is not None and remote_id is not None:
+            payload["mapping"] = {"network": network, "remote_space": remote_space,
+                                  "remote_id": remote_id, "part": part}
+        async with self.db.transaction() as session:
+            if dedup_key is not None and not await store.claim_inbound_key(
+                    session, network, dedup_key):
+                return False
+            await queues.enqueue(session, [self._matrix(room_id, "message", payload)])
+        self.wake_outbox()
+        return True
 
     # --- helpers for connectors and the bot ----------------------------------------------
 

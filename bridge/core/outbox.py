@@ -11,6 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from bridge import metrics
 from bridge.config import OutboxConfig
@@ -63,9 +64,14 @@ class OutboxWorker:
                 await asyncio.sleep(db_delay)
                 db_delay = min(db_delay * 2, 30.0)
                 continue
+            skipped = [item.id for item in items if item.lane in self._busy_lanes]
+            if skipped:
+                # Only after a lease ran out while its delivery still hangs: never run one
+                # lane twice, and hand the claim back rather than sit on it.
+                await self._settle(lambda s, ids=skipped: queues.release_claims(s, ids))
             for item in items:
                 if item.lane in self._busy_lanes:
-                    continue  # cannot happen with leases, but never run one lane twice
+                    continue
                 self._busy_lanes.add(item.lane)
                 task = asyncio.create_task(self._deliver_one(item), name=f"deliver:{item.id}")
                 self._in_flight.add(task)
@@ -96,28 +102,39 @@ class OutboxWorker:
 
     async def _deliver_one(self, item: Delivery) -> None:
         started = time.perf_counter()
+        outcome: tuple[str, Any]
         try:
-            result = await self.deliver(item)
+            outcome = ("done", await self.deliver(item))
         except TemporaryError as exc:
-            await self._retry(item, str(exc), exc.retry_after)
+            outcome = ("retry", (str(exc), exc.retry_after))
         except PermanentError as exc:
-            await self._give_up(item, str(exc), exc.hint)
+            outcome = ("give_up", (str(exc), exc.hint))
         except Exception as exc:
             # Connection resets, timeouts, bugs in a connector: treat as temporary; the
             # give-up deadline still bounds how long it is tried.
             log.warning("delivery %s (%s %s) failed: %r", item.id, item.network, item.kind, exc)
-            await self._retry(item, repr(exc), None)
-        else:
-            await self._settle(lambda s: queues.finish_delivery(s, item.id, result))
-            metrics.EVENTS.labels(network=item.network, direction="out").inc()
-            metrics.HANDLING_SECONDS.labels(network=item.network, direction="out").observe(
-                time.perf_counter() - started
-            )
-            metrics.END_TO_END_SECONDS.labels(network=item.network, direction="out").observe(
-                max(0.0, time.time() - item.created_at)
-            )
+            outcome = ("retry", (repr(exc), None))
         finally:
+            # Free the lane before recording the outcome: until that commit nothing else in
+            # the lane is claimable anyway, and right after it the next item must be.
             self._busy_lanes.discard(item.lane)
+        try:
+            kind, detail = outcome
+            if kind == "retry":
+                await self._retry(item, *detail)
+            elif kind == "give_up":
+                await self._give_up(item, *detail)
+            else:
+                await self._settle(lambda s: queues.finish_delivery(s, item.id, detail))
+                metrics.EVENTS.labels(network=item.network, direction="out").inc()
+                metrics.HANDLING_SECONDS.labels(network=item.network, direction="out").observe(
+                    time.perf_counter() - started
+                )
+                metrics.END_TO_END_SECONDS.labels(network=item.network,
+                                                  direction="out").observe(
+                    max(0.0, time.time() - item.created_at)
+                )
+        finally:
             self._wake.set()
 
     async def _retry(self, item: Delivery, error: str, retry_after: float | None) -> None:

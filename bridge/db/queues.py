@@ -244,6 +244,12 @@ async def claim_deliveries(session: AsyncSession, limit: int, lease: float) -> l
     ]
 
 
+async def release_claims(session: AsyncSession, ids: list[int]) -> None:
+    await session.execute(
+        update(OutboxItem).where(OutboxItem.id.in_(ids)).values(claimed_until=0.0)
+    )
+
+
 async def next_due_time(session: AsyncSession) -> float | None:
     """When the earliest waiting delivery becomes due (None: nothing is waiting)."""
     value = await session.scalar(

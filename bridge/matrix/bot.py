@@ -182,11 +182,13 @@ async def _status(bot: Bot, ctx: Context) -> str:
         label = f"{link.remote_id}" + (f" ({link.remote_name})" if link.remote_name else "")
         lines.append(f"- {name}: {label}")
     lines.append("**Networks**")
-    for network, section in bot.hub.config.networks().items():
+    sections = bot.hub.config.networks()
+    for network in sorted(set(sections) | set(bot.hub.connectors)):
         connector = bot.hub.connectors.get(network)
         if connector is None:
-            state = "enabled, but not available in this version" if section.enabled else \
-                "disabled"
+            section = sections.get(network)
+            state = ("enabled, but not available in this version"
+                     if section is not None and section.enabled else "disabled")
         else:
             health = connector.health()
             state = ("✅ " if health.ok else "❌ ") + health.detail

@@ -14,8 +14,14 @@ import aiohttp
 from mautrix.appservice import AppServiceAPI, IntentAPI
 from mautrix.appservice.state_store import ASStateStore
 from mautrix.client.state_store import MemoryStateStore
-from mautrix.errors import IntentError, MatrixRequestError, MForbidden, MLimitExceeded
-from mautrix.types import EventType, PowerLevelStateEventContent, StateEvent
+from mautrix.errors import (
+    IntentError,
+    MatrixRequestError,
+    MForbidden,
+    MLimitExceeded,
+    MNotFound,
+)
+from mautrix.types import EventType, Membership, PowerLevelStateEventContent, StateEvent
 
 from bridge.core.errors import PermanentError, TemporaryError
 from bridge.db import store
@@ -168,10 +174,7 @@ class MatrixSide:
         await self.bot_intent.join_room_by_id(d.room_id)
         is_direct = bool(p.get("is_direct"))
         if not is_direct:
-            # Some clients start a direct chat without the is_direct flag: a room with
-            # just the inviter and the bot is treated as one.
-            members = await self.bot_intent.get_joined_members(d.room_id)
-            is_direct = set(members) <= {self.hub.bot_mxid, p.get("inviter")}
+            is_direct = await self._looks_direct(d.room_id, p.get("inviter"))
         async with self.hub.db.transaction() as session:
             await store.ensure_portal(session, d.room_id, is_direct=is_direct)
         if is_direct:
@@ -184,6 +187,18 @@ class MatrixSide:
                 text += "\n" + report.describe()
         await self.bot_intent.send_notice(d.room_id, text, txn_id=f"ob{d.id}")
         return None
+
+    async def _looks_direct(self, room_id: str, inviter: str | None) -> bool:
+        """Some clients start a direct chat without the is_direct flag: an unnamed room
+        with only the inviter and the bot in it is treated as one."""
+        try:
+            await self.bot_intent.get_state_event(room_id, EventType.ROOM_NAME)
+            return False
+        except MNotFound:
+            pass
+        members = await self.bot_intent.get_room_members(
+            room_id, allowed_memberships=(Membership.JOIN, Membership.INVITE))
+        return set(members) <= {self.hub.bot_mxid, inviter}
 
     async def _deliver_reject_invite(self, d: Delivery, p: dict[str, Any]) -> None:
         try:

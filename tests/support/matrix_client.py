@@ -361,7 +361,7 @@ class MatrixTestClient:
         self,
         room_id: str,
         predicate: Callable[[dict[str, Any]], bool],
-        timeout: float = 10,  # noqa: ASYNC109 - deadline spans many /sync calls
+        timeout: float = 10,
     ) -> dict[str, Any]:
         """Return (and consume) the oldest unconsumed timeline event in ``room_id``
         matching ``predicate``. Raises TimeoutError listing what was seen instead.
@@ -381,7 +381,7 @@ class MatrixTestClient:
         room_id: str,
         user_id: str,
         membership: str,
-        timeout: float = 10,  # noqa: ASYNC109
+        timeout: float = 10,
     ) -> dict[str, Any]:
         """Wait until ``user_id`` has ``membership`` in ``room_id`` and return the
         m.room.member event: a matching one from /sync (consumed), else the current
@@ -427,7 +427,7 @@ class MatrixTestClient:
 
     async def wait_for_invite(
         self,
-        timeout: float = 10,  # noqa: ASYNC109
+        timeout: float = 10,
         *,
         inviter: str | None = None,
     ) -> str:

@@ -1,0 +1,185 @@
+"""Shared fixtures: one real Synapse per test session, a fresh database per test (SQLite and
+PostgreSQL), and a bridge running in-process against that Synapse.
+
+Set BRIDGE_TEST_POSTGRES_URL to use another PostgreSQL server than 127.0.0.1:5432.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import yaml
+
+from bridge.app import Bridge
+from bridge.cli import main as bridge_cli
+from bridge.config import Config, load_config
+from tests.support.matrix_client import MatrixTestClient
+from tests.support.recording import TEST_PREFIX, RecordingConnector
+from tests.support.synapse import SynapseServer, free_port
+
+SERVER_NAME = "bridge.test"
+POSTGRES_ADMIN_URL = os.environ.get("BRIDGE_TEST_POSTGRES_URL",
+                                    "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+class Homeserver:
+    """The session's Synapse plus what tests need to know about the bridge registered on it."""
+
+    def __init__(self, synapse: SynapseServer, config_path: Path, bridge_port: int) -> None:
+        self.synapse = synapse
+        self.config_path = config_path
+        self.bridge_port = bridge_port
+        self.url = synapse.url
+        self.bot = f"@bridgebot:{SERVER_NAME}"
+
+    def config(self, database_url: str, **overrides: Any) -> Config:
+        data = yaml.safe_load(self.config_path.read_text())
+        data["database"]["url"] = database_url
+        for dotted, value in overrides.items():
+            node = data
+            *parents, last = dotted.split("__")
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[last] = value
+        path = self.config_path.parent / f"config-{uuid.uuid4().hex[:8]}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return load_config(path, environ={})
+
+    async def user(self, localpart: str | None = None) -> MatrixTestClient:
+        localpart = localpart or f"user{uuid.uuid4().hex[:8]}"
+        user_id, token = await self.synapse.register_user(localpart)
+        client = MatrixTestClient(self.url, user_id, token)
+        await client.initial_sync()
+        return client
+
+
+@pytest.fixture(scope="session")
+def homeserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Homeserver]:
+    work = tmp_path_factory.mktemp("homeserver")
+    bridge_port, synapse_port = free_port(), free_port()
+    config_path = work / "config.yaml"
+    registration_path = work / "registration.yaml"
+    # The same commands an operator runs: generate the config, adjust it, derive the
+    # registration from it.
+    assert bridge_cli(["generate-config", "-o", str(config_path)]) == 0
+    data = yaml.safe_load(config_path.read_text())
+    data["homeserver"].update(address=f"http://127.0.0.1:{synapse_port}", domain=SERVER_NAME)
+    data["appservice"].update(address=f"http://127.0.0.1:{bridge_port}", port=bridge_port)
+    data["bridge"]["admins"] = [f"@admin*:{SERVER_NAME}"]
+    config_path.write_text(yaml.safe_dump(data))
+    assert bridge_cli(["generate-registration", "-c", str(config_path),
+                       "-r", str(registration_path)]) == 0
+    registration = yaml.safe_load(registration_path.read_text())
+    # The test network's puppets need a namespace of their own, like Slack's and email's.
+    registration["namespaces"]["users"].append(
+        {"exclusive": True, "regex": f"@{TEST_PREFIX}.*:bridge\\.test"})
+    registration_path.write_text(yaml.safe_dump(registration))
+    synapse = SynapseServer(work / "synapse", port=synapse_port, server_name=SERVER_NAME,
+                            registration_files=[registration_path])
+    synapse.start()
+    try:
+        yield Homeserver(synapse, config_path, bridge_port)
+    finally:
+        synapse.stop()
+
+
+async def _create_postgres_database() -> str:
+    name = f"bridge_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name
+
+
+async def _drop_postgres_database(name: str) -> None:
+    conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def _asyncpg_url(name: str) -> str:
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty database: an SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'bridge.db'}"
+        return
+    name = await _create_postgres_database()
+    try:
+        yield _asyncpg_url(name)
+    finally:
+        await _drop_postgres_database(name)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'bridge.db'}"
+
+
+class RunningBridge:
+    def __init__(self, homeserver: Homeserver, config: Config) -> None:
+        self.homeserver = homeserver
+        self.config = config
+        self.connector = RecordingConnector(SERVER_NAME)
+        self.bridge: Bridge | None = None
+
+    async def start(self) -> Bridge:
+        self.bridge = Bridge(self.config, connectors=[self.connector])
+        await self.bridge.start()
+        return self.bridge
+
+    async def stop(self) -> None:
+        if self.bridge is not None:
+            await self.bridge.stop()
+            self.bridge = None
+
+    async def restart(self) -> Bridge:
+        await self.stop()
+        return await self.start()
+
+    @property
+    def hub(self) -> Any:
+        assert self.bridge is not None
+        return self.bridge.hub
+
+
+@pytest.fixture
+async def bridge(homeserver: Homeserver, database_url: str) -> AsyncIterator[RunningBridge]:
+    running = RunningBridge(homeserver, homeserver.config(database_url))
+    await running.start()
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+@pytest.fixture
+async def admin(homeserver: Homeserver) -> AsyncIterator[MatrixTestClient]:
+    client = await homeserver.user(f"admin{uuid.uuid4().hex[:8]}")
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def outsider(homeserver: Homeserver) -> AsyncIterator[MatrixTestClient]:
+    client = await homeserver.user()
+    try:
+        yield client
+    finally:
+        await client.close()
