@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "BRIDGE_"
 
@@ -188,6 +195,20 @@ class Config(_Section):
     slack: SlackConfig = Field(default_factory=SlackConfig)
     email: EmailConfig = Field(default_factory=EmailConfig)
 
+    @model_validator(mode="after")
+    def _distinct_namespaces(self) -> Config:
+        # Whose puppet a user is decides echo suppression, so namespaces must not overlap.
+        enabled = [(n, s.puppet_prefix) for n, s in self.networks().items() if s.enabled]
+        for name, prefix in enabled:
+            if self.appservice.bot_username.startswith(prefix):
+                raise ValueError(f"{name}.puppet_prefix: {prefix!r} would also match the bot "
+                                 f"({self.appservice.bot_username!r})")
+            for other, other_prefix in enabled:
+                if other != name and other_prefix.startswith(prefix):
+                    raise ValueError(f"{name}.puppet_prefix: {prefix!r} overlaps "
+                                     f"{other}.puppet_prefix {other_prefix!r}")
+        return self
+
     @property
     def bot_mxid(self) -> str:
         return f"@{self.appservice.bot_username}:{self.homeserver.domain}"
@@ -250,8 +271,10 @@ _MESSAGES = {
 
 def _format_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
+    loc = ".".join(str(part) for part in err["loc"])
     message = _MESSAGES.get(err["type"])
+    if not loc:  # a check across keys: its message starts with the key path itself
+        return str(err["msg"]).removeprefix("Value error, ")
     if message is None:
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "literal_error":

@@ -53,10 +53,11 @@ class Hub:
 
     def network_of(self, user_id: str) -> str | None:
         """The network whose puppet this user is, or None for a real Matrix user."""
-        for connector in self.connectors.values():
-            if connector.owns_user(user_id):
-                return connector.network
-        return None
+        owners = [c for c in self.connectors.values() if c.owns_user(user_id)]
+        if not owners:
+            return None
+        # Longest prefix wins, should one network's prefix start with another's.
+        return max(owners, key=lambda c: len(c.puppet_prefix)).network
 
     def is_admin(self, user_id: str) -> bool:
         return self.config.bridge.is_admin(user_id)

@@ -1,0 +1,484 @@
+"""`make demo`: the bridge doing its main job on a throwaway local Synapse, nothing else needed.
+
+What it does, each step a function below:
+
+1. recreate ``demo/`` at the repo root (git-ignored);
+2. generate the bridge config and registration with the real ``bridge`` CLI, keeping the
+   embedded SQLite database (``demo/bridge.db``), and start Synapse with that registration;
+3. start ``bridge run`` as a subprocess, wait for ``/_bridge/health``, run ``bridge check``;
+4. as ``@admin:demo.test``: chat with the bot directly (``help``) and in a group room
+   (``!bridge status``), printing the exchanges as a transcript;
+5. print how to go on by hand, and keep everything running until Ctrl-C.
+
+``--once`` stops after step 4 (for CI smoke checks). Exit code 0 on success, 1 with a clear
+message if a step fails, 130 if interrupted before the demo was ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote
+
+import yaml
+
+# The demo runs from the checkout and borrows the test harness (a real Synapse, a small
+# Matrix client); it is not part of the installed package.
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.support.matrix_client import MatrixTestClient  # noqa: E402
+from tests.support.synapse import SynapseServer, SynapseStartError, free_port  # noqa: E402
+
+DEMO = REPO / "demo"
+SERVER_NAME = "demo.test"  # Synapse's server_name; unrelated to the port it listens on
+ADMIN_LOCALPART = "admin"
+ADMIN_PASSWORD = "demo"
+ADMIN_MXID = f"@{ADMIN_LOCALPART}:{SERVER_NAME}"
+GROUP_ROOM_NAME = "Demo department"
+HEALTH_TIMEOUT = 30.0  # first start migrates the database and registers the bot
+REPLY_TIMEOUT = 15.0  # the bot answers in well under a second; 15 s means "broken"
+
+
+class DemoError(Exception):
+    """A step failed; the message says which and where to look."""
+
+
+@dataclass
+class Demo:
+    """Everything the steps share, and what has to be stopped on exit."""
+
+    synapse_port: int = field(default_factory=free_port)
+    bridge_port: int = field(default_factory=free_port)
+    config_path: Path = DEMO / "config.yaml"
+    registration_path: Path = DEMO / "registration.yaml"
+    bridge_log_path: Path = DEMO / "bridge.log"
+    synapse: SynapseServer | None = None
+    bridge: subprocess.Popen[bytes] | None = None
+    bridge_log: IO[bytes] | None = None
+    bot_mxid: str = ""
+    dm_room: str = ""
+    group_room: str = ""
+
+    @property
+    def homeserver_url(self) -> str:
+        return f"http://127.0.0.1:{self.synapse_port}"
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.bridge_port}/_bridge/health"
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+def rel(path: Path) -> str:
+    """Paths as the user would type them from the repo root."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def heading(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def say(text: str) -> None:
+    print(f"   {text}", flush=True)
+
+
+def chat_line(who: str, text: str) -> None:
+    """One chat message, continuation lines indented under the first."""
+    label = f"   {who:>10} | "
+    lines = text.splitlines() or [""]
+    print(label + lines[0])
+    for line in lines[1:]:
+        print(" " * (len(label) - 2) + "| " + line)
+    sys.stdout.flush()
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no log file)"
+    return textwrap.indent("\n".join(text.splitlines()[-lines:]), "   | ")
+
+
+# --- step 1: a fresh demo directory --------------------------------------------------------
+
+
+def _pid_alive(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def fresh_demo_dir() -> None:
+    # Wiping the directory under a demo that is still running would leave it writing into
+    # deleted files on ports nobody knows about any more; refuse instead.
+    # (Synapse writes no pid file when it does not daemonize; the bridge's is ours.)
+    pid_file = DEMO / "bridge.pid"
+    pid = _pid_alive(pid_file)
+    if pid is not None:
+        raise DemoError(f"a previous demo still seems to run: its bridge is process {pid} "
+                        f"(see {rel(pid_file)}). Stop that demo with Ctrl-C, or remove "
+                        f"{rel(DEMO)}/ if that process is something else.")
+    shutil.rmtree(DEMO, ignore_errors=True)
+    DEMO.mkdir()
+    say(f"fresh directory {rel(DEMO)}/")
+
+
+# --- step 2: config, registration, Synapse ---------------------------------------------------
+
+
+def run_cli(*args: str) -> str:
+    """Run the real `bridge` CLI, as an operator would; return its output."""
+    cmd = [sys.executable, "-m", "bridge", *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+    output = (proc.stdout + proc.stderr).strip()
+    if proc.returncode != 0:
+        raise DemoError(f"`bridge {' '.join(args)}` failed (exit code {proc.returncode}):\n"
+                        f"{textwrap.indent(output, '   | ')}")
+    return output
+
+
+def _set_yaml_keys(text: str, values: dict[tuple[str, str], Any]) -> str:
+    """Set ``section.key`` values by editing lines, so the file keeps its comments.
+
+    Only handles the flat ``section:`` / two-space ``key: value`` shape of the example
+    config; the caller checks the result and falls back to a plain YAML dump.
+    """
+    out: list[str] = []
+    section = ""
+    for line in text.splitlines():
+        if line and not line[0].isspace() and not line.startswith("#") and ":" in line:
+            section = line.split(":", 1)[0]
+        elif line.startswith("  ") and not line[2].isspace() and ":" in line:
+            key = line[2:].split(":", 1)[0]
+            if (section, key) in values:
+                # JSON is valid YAML: quoted strings and flow lists, no surprises with ':'.
+                line = f"  {key}: {json.dumps(values[(section, key)])}"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def write_config(demo: Demo) -> None:
+    say(run_cli("generate-config", "-o", rel(demo.config_path)))
+    values: dict[tuple[str, str], Any] = {
+        ("homeserver", "address"): demo.homeserver_url,
+        ("homeserver", "domain"): SERVER_NAME,
+        ("appservice", "address"): f"http://127.0.0.1:{demo.bridge_port}",
+        ("appservice", "hostname"): "127.0.0.1",
+        ("appservice", "port"): demo.bridge_port,
+        ("bridge", "admins"): [ADMIN_MXID],
+        # The embedded default, but inside demo/ so each run starts empty.
+        ("database", "url"): f"sqlite+aiosqlite:///{DEMO / 'bridge.db'}",
+    }
+    original = demo.config_path.read_text()
+    edited = _set_yaml_keys(original, values)
+    data = yaml.safe_load(edited)
+    if any(data[s][k] != v for (s, k), v in values.items()):
+        # The template changed shape: lose its comments rather than the settings.
+        data = yaml.safe_load(original)
+        for (s, k), v in values.items():
+            data[s][k] = v
+        edited = yaml.safe_dump(data, sort_keys=False)
+    demo.config_path.write_text(edited)
+    say(f"set homeserver {demo.homeserver_url} ({SERVER_NAME}), bridge port "
+        f"{demo.bridge_port}, admin {ADMIN_MXID}, database {rel(DEMO / 'bridge.db')}")
+    say(run_cli("generate-registration", "-c", rel(demo.config_path),
+                "-r", rel(demo.registration_path)))
+    demo.bot_mxid = f"@{data['appservice']['bot_username']}:{SERVER_NAME}"
+
+
+def start_synapse(demo: Demo) -> None:
+    demo.synapse = SynapseServer(DEMO / "synapse", port=demo.synapse_port,
+                                 server_name=SERVER_NAME,
+                                 registration_files=[demo.registration_path])
+    started = time.monotonic()
+    try:
+        demo.synapse.start()
+    except SynapseStartError as exc:
+        raise DemoError(f"Synapse did not start: {exc}") from None
+    say(f"Synapse is up at {demo.homeserver_url} after {time.monotonic() - started:.1f} s "
+        f"(log: {rel(demo.synapse.log_path)})")
+
+
+# --- step 3: the bridge -------------------------------------------------------------------
+
+
+def start_bridge(demo: Demo) -> None:
+    demo.bridge_log = demo.bridge_log_path.open("wb")
+    demo.bridge = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "run", "-c", rel(demo.config_path)],
+        cwd=REPO, stdin=subprocess.DEVNULL, stdout=demo.bridge_log, stderr=subprocess.STDOUT,
+        # Own process group: Ctrl-C reaches only this script, which then stops the bridge
+        # before Synapse, so the bridge never sees its homeserver vanish first.
+        start_new_session=True,
+    )
+    (DEMO / "bridge.pid").write_text(f"{demo.bridge.pid}\n")
+    say(f"started `bridge run -c {rel(demo.config_path)}` (pid {demo.bridge.pid}, "
+        f"log: {rel(demo.bridge_log_path)})")
+
+
+def wait_for_health(demo: Demo) -> None:
+    assert demo.bridge is not None
+    started = time.monotonic()
+    last = "no answer yet"
+    while time.monotonic() - started < HEALTH_TIMEOUT:
+        code = demo.bridge.poll()
+        if code is not None:
+            raise DemoError(f"the bridge exited with code {code} during start-up; "
+                            f"{rel(demo.bridge_log_path)} ends with:\n"
+                            f"{tail(demo.bridge_log_path)}")
+        try:
+            with urllib.request.urlopen(demo.health_url, timeout=2) as resp:
+                if resp.status == 200:
+                    say(f"GET {demo.health_url} -> 200 after "
+                        f"{time.monotonic() - started:.1f} s: {resp.read().decode()}")
+                    return
+        except urllib.error.HTTPError as exc:  # 503 while starting
+            last = f"HTTP {exc.code}: {exc.read().decode(errors='replace')}"
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise DemoError(f"{demo.health_url} did not answer 200 within {HEALTH_TIMEOUT:.0f} s "
+                    f"(last: {last}); {rel(demo.bridge_log_path)} ends with:\n"
+                    f"{tail(demo.bridge_log_path)}")
+
+
+def run_check(demo: Demo) -> None:
+    # `bridge check` against the running bridge: the operator's "is my setup right?".
+    say(f"$ bridge check -c {rel(demo.config_path)}")
+    for line in run_cli("check", "-c", rel(demo.config_path)).splitlines():
+        say(f"  {line}")
+
+
+# --- step 4: talk to the bot ----------------------------------------------------------------
+
+
+def _bot_notice(bot: str, contains: str = "", reply_to: str | None = None) -> Any:
+    def predicate(event: dict[str, Any]) -> bool:
+        content = event["content"]
+        in_reply_to = content.get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id")
+        return (event["type"] == "m.room.message" and event["sender"] == bot
+                and content.get("msgtype") == "m.notice"
+                and contains in content.get("body", "")
+                and (reply_to is None or in_reply_to == reply_to))
+    return predicate
+
+
+async def _wait_for_bot(demo: Demo, client: MatrixTestClient, room_id: str, what: str,
+                        predicate: Any) -> str:
+    started = time.monotonic()
+    try:
+        event = await client.wait_for_event(room_id, predicate, timeout=REPLY_TIMEOUT)
+    except TimeoutError as exc:
+        raise DemoError(f"the bot did not send {what} within {REPLY_TIMEOUT:.0f} s.\n"
+                        f"   {exc}\n   {rel(demo.bridge_log_path)} ends with:\n"
+                        f"{tail(demo.bridge_log_path)}") from None
+    body = str(event["content"].get("body", ""))
+    chat_line("bot", body)
+    say(f"{'':>10}   ({what} after {time.monotonic() - started:.2f} s)")
+    return body
+
+
+async def _open_room(demo: Demo, client: MatrixTestClient, *, direct: bool) -> str:
+    name = None if direct else GROUP_ROOM_NAME
+    room_id = await client.create_room(invite=[demo.bot_mxid], is_direct=direct, name=name)
+    if direct:
+        # So that Matrix clients (Element, ...) list the room under "People" too.
+        await client.request("PUT", f"/user/{quote(client.user_id, safe='')}/account_data/"
+                                    "m.direct", json_body={demo.bot_mxid: [room_id]})
+    chat_line("*", f"{ADMIN_LOCALPART} created {room_id} and invited {demo.bot_mxid}")
+    await _wait_for_bot(demo, client, room_id, "its greeting",
+                        _bot_notice(demo.bot_mxid, "Hello"))
+    return room_id
+
+
+async def _command(demo: Demo, client: MatrixTestClient, room_id: str, text: str) -> None:
+    chat_line(ADMIN_LOCALPART, text)
+    event_id = await client.send_text(room_id, text)
+    await _wait_for_bot(demo, client, room_id, f"the answer to `{text}`",
+                        _bot_notice(demo.bot_mxid, reply_to=event_id))
+
+
+async def talk_to_bot(demo: Demo) -> None:
+    assert demo.synapse is not None
+    user_id, token = await demo.synapse.register_user(ADMIN_LOCALPART, password=ADMIN_PASSWORD)
+    say(f"registered {user_id} with password {ADMIN_PASSWORD!r} (shared-secret registration)")
+    client = MatrixTestClient(demo.homeserver_url, user_id, token)
+    try:
+        await client.initial_sync()
+
+        heading(f"Direct chat with the bot {demo.bot_mxid} (commands are plain words)")
+        demo.dm_room = await _open_room(demo, client, direct=True)
+        await _command(demo, client, demo.dm_room, "help")
+
+        heading(f'Group room "{GROUP_ROOM_NAME}" (commands start with !bridge)')
+        demo.group_room = await _open_room(demo, client, direct=False)
+        await _command(demo, client, demo.group_room, "!bridge status")
+    finally:
+        await client.close()
+
+
+# --- step 5: over to the user -------------------------------------------------------------
+
+
+def print_next_steps(demo: Demo) -> None:
+    hs = demo.homeserver_url
+    room = quote(demo.dm_room, safe="")
+    login_body = json.dumps({"type": "m.login.password",
+                             "identifier": {"type": "m.id.user", "user": ADMIN_LOCALPART},
+                             "password": ADMIN_PASSWORD}, separators=(",", ":"))
+    message = json.dumps({"msgtype": "m.text", "body": "!bridge ping"}, separators=(",", ":"))
+    token_of = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])'"
+    heading("The demo keeps running. Go on by hand:")
+    say(f"homeserver:       {hs}  (server name {SERVER_NAME})")
+    say(f"login:            {ADMIN_LOCALPART} / {ADMIN_PASSWORD}  ({ADMIN_MXID}, a bridge admin)")
+    say(f"bot:              {demo.bot_mxid}")
+    say(f"direct chat:      {demo.dm_room}")
+    say(f"group room:       {demo.group_room}  ({GROUP_ROOM_NAME})")
+    say(f"bridge config:    {rel(demo.config_path)}")
+    say(f"bridge log:       {rel(demo.bridge_log_path)}   (tail -f it in another terminal)")
+    assert demo.synapse is not None
+    say(f"Synapse log:      {rel(demo.synapse.log_path)}")
+    say(f"health:           curl {demo.health_url}")
+    print()
+    say("Log in (keeps the access token in $TOKEN):")
+    print(f"     TOKEN=$(curl -s -X POST {hs}/_matrix/client/v3/login "
+          f"-H 'Content-Type: application/json' -d {shlex.quote(login_body)} | {token_of})")
+    say("Send `!bridge ping` into the direct chat:")
+    print(f"     curl -s -X PUT \"{hs}/_matrix/client/v3/rooms/{room}/send/m.room.message/"
+          f"txn-$(date +%s)-$RANDOM\" -H \"Authorization: Bearer $TOKEN\" "
+          f"-H 'Content-Type: application/json' -d {shlex.quote(message)}")
+    say("Read the bot's answer (latest message first):")
+    print(f"     curl -s \"{hs}/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=2\" "
+          f"-H \"Authorization: Bearer $TOKEN\"")
+    print()
+    say("Any Matrix client that reaches 127.0.0.1 works too: homeserver "
+        f"{hs}, user {ADMIN_LOCALPART}, password {ADMIN_PASSWORD}.")
+    say("Press Ctrl-C to stop.")
+
+
+def wait_until_interrupted(demo: Demo) -> None:
+    # Returns only if a process dies on its own; Ctrl-C/SIGTERM arrive as KeyboardInterrupt.
+    assert demo.bridge is not None and demo.synapse is not None
+    while True:
+        code = demo.bridge.poll()
+        if code is not None:
+            raise DemoError(f"the bridge exited by itself with code {code}; "
+                            f"{rel(demo.bridge_log_path)} ends with:\n"
+                            f"{tail(demo.bridge_log_path)}")
+        if not demo.synapse.running:
+            raise DemoError(f"Synapse exited by itself; see {rel(demo.synapse.log_path)}")
+        time.sleep(0.5)
+
+
+# --- step 6: stop everything ----------------------------------------------------------------
+
+
+def stop_all(demo: Demo) -> None:
+    """The bridge first (it finishes in-flight work), then its homeserver."""
+    if demo.bridge is not None:
+        if demo.bridge.poll() is None:
+            demo.bridge.send_signal(signal.SIGTERM)
+            try:
+                demo.bridge.wait(15)
+            except subprocess.TimeoutExpired:
+                say("the bridge did not stop within 15 s after SIGTERM; killing it")
+                demo.bridge.kill()
+                demo.bridge.wait()
+        say(f"bridge stopped (exit code {demo.bridge.returncode})")
+        (DEMO / "bridge.pid").unlink(missing_ok=True)
+    if demo.bridge_log is not None:
+        demo.bridge_log.close()
+    if demo.synapse is not None:
+        was_running = demo.synapse.running
+        demo.synapse.stop()
+        if was_running:
+            say("Synapse stopped")
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (e.g. from a CI runner) like Ctrl-C, so the same cleanup runs."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--once", action="store_true",
+                        help="stop after the bot exchanges and exit 0 (for CI smoke checks)")
+    args = parser.parse_args(argv)
+
+    started = time.monotonic()
+    demo = Demo()
+    ready = False
+    with sigterm_as_interrupt():
+        try:
+            heading("1. Demo directory")
+            fresh_demo_dir()
+            heading("2. Bridge config and registration (the real `bridge` CLI), then Synapse")
+            write_config(demo)
+            start_synapse(demo)
+            heading("3. The bridge")
+            start_bridge(demo)
+            wait_for_health(demo)
+            run_check(demo)
+            heading(f"4. Chatting with the bot as {ADMIN_MXID}")
+            asyncio.run(talk_to_bot(demo))
+            ready = True
+            print(f"\nDemo ready in {time.monotonic() - started:.1f} s.", flush=True)
+            if not args.once:
+                print_next_steps(demo)
+                wait_until_interrupted(demo)
+        except KeyboardInterrupt:
+            print("\nStopping ...", flush=True)
+            if not ready:
+                return 130
+        except DemoError as exc:
+            print(f"\ndemo failed: {exc}", file=sys.stderr, flush=True)
+            return 1
+        finally:
+            # A second Ctrl-C must not leave half of it running.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            stop_all(demo)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

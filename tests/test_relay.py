@@ -1,0 +1,157 @@
+"""The hub's relay rule and the durable outbox, through a real connector for a test network."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from bridge.db import store
+from tests.conftest import Homeserver, RunningBridge
+from tests.support.helpers import command, is_notice_from, open_room
+from tests.support.matrix_client import MatrixTestClient
+
+
+async def _linked_room(homeserver: Homeserver, admin: MatrixTestClient,
+                       remote: str | None = None) -> str:
+    room = await open_room(homeserver.bot, admin, name="Jugendamt", bot_power=100)
+    remote = remote or f"C{uuid.uuid4().hex[:6]}"
+    await command(homeserver.bot, admin, room, f"!bridge link test {remote}", expect="Linked")
+    return room
+
+
+def _body_is(text: str) -> Any:
+    return lambda event: event.get("content", {}).get("body") == text
+
+
+async def test_matrix_message_is_relayed_to_the_link(homeserver: Homeserver,
+                                                     bridge: RunningBridge,
+                                                     admin: MatrixTestClient) -> None:
+    room = await _linked_room(homeserver, admin, remote="C100")
+    await admin.send_text(room, "Guten Morgen!")
+    item = await bridge.connector.wait_for(_body_is("Guten Morgen!"))
+    assert item["link"] == "C100"
+    assert item["event"]["sender"] == admin.user_id
+    # Commands to the bot are for the bot, not for the remote side.
+    assert not any(e["event"]["content"].get("body", "").startswith("!bridge")
+                   for e in bridge.connector.delivered)
+
+
+async def test_remote_message_appears_once_as_puppet_and_is_not_echoed(
+        homeserver: Homeserver, bridge: RunningBridge, admin: MatrixTestClient) -> None:
+    room = await _linked_room(homeserver, admin, remote="C200")
+    hub = bridge.hub
+    puppet = await hub.ensure_puppet("test", "U.Müller@example", "Ute Müller")
+    assert puppet == "@test_u.m=c3=bcller=40example:bridge.test"
+    for _ in range(2):  # the remote side delivers the same message twice
+        await hub.post_to_room(network="test", dedup_key="C200/msg-1", room_id=room,
+                               sender=puppet, content={"msgtype": "m.text", "body": "Hallo"},
+                               remote_space="C200", remote_id="msg-1")
+    event = await admin.wait_for_event(room, _body_is("Hallo"), timeout=15)
+    assert event["sender"] == puppet
+    members = await admin.get_joined_members(room)
+    assert members[puppet]["display_name"] == "Ute Müller"
+
+    # A Matrix message afterwards reaches the link; the puppet's own message never does.
+    await admin.send_text(room, "Danke")
+    await bridge.connector.wait_for(_body_is("Danke"))
+    assert not any(e["event"]["sender"] == puppet for e in bridge.connector.delivered)
+    hallos = [e for e in await admin.messages(room) if e["content"].get("body") == "Hallo"]
+    assert len(hallos) == 1
+    async with bridge.bridge.db.sessions() as session:  # type: ignore[union-attr]
+        mapped = await store.mappings_for_remote(session, "test", "C200", "msg-1")
+    assert [m.event_id for m in mapped] == [event["event_id"]]
+
+
+async def test_puppet_profile_follows_remote_changes(homeserver: Homeserver,
+                                                     bridge: RunningBridge,
+                                                     admin: MatrixTestClient) -> None:
+    room = await _linked_room(homeserver, admin)
+    hub = bridge.hub
+    puppet = await hub.ensure_puppet("test", "u7", "Old Name")
+    await hub.post_to_room(network="test", dedup_key=None, room_id=room, sender=puppet,
+                           content={"msgtype": "m.text", "body": "one"})
+    await admin.wait_for_event(room, _body_is("one"), timeout=15)
+    await hub.ensure_puppet("test", "u7", "New Name")
+    for _ in range(50):
+        members = await admin.get_joined_members(room)
+        if members[puppet]["display_name"] == "New Name":
+            break
+        await asyncio.sleep(0.1)
+    assert members[puppet]["display_name"] == "New Name"
+
+
+async def test_temporary_failures_are_retried_until_delivered(
+        homeserver: Homeserver, bridge: RunningBridge, admin: MatrixTestClient) -> None:
+    room = await _linked_room(homeserver, admin)
+    bridge.connector.failures = ["temporary", "temporary"]
+    attempts_before = bridge.connector.attempts
+    await admin.send_text(room, "bitte zustellen")
+    await admin.send_text(room, "und danach das")
+    await bridge.connector.wait_for(_body_is("und danach das"), timeout=20)
+    bodies = [e["event"]["content"]["body"] for e in bridge.connector.delivered]
+    # Still in order, each once, after two failed attempts.
+    assert bodies == ["bitte zustellen", "und danach das"]
+    assert bridge.connector.attempts - attempts_before == 4
+
+
+async def test_permanent_failure_is_reported_in_the_room(homeserver: Homeserver,
+                                                         bridge: RunningBridge,
+                                                         admin: MatrixTestClient) -> None:
+    room = await _linked_room(homeserver, admin)
+    bridge.connector.failures = ["permanent"]
+    await admin.send_text(room, "wird abgelehnt")
+    notice = await admin.wait_for_event(
+        room, is_notice_from(homeserver.bot, "Could not deliver to Test network"), timeout=15)
+    assert "remote side refused the message" in notice["content"]["body"]
+    assert "The test network said no." in notice["content"]["body"]
+
+
+async def test_pending_delivery_survives_a_restart(homeserver: Homeserver,
+                                                   bridge: RunningBridge,
+                                                   admin: MatrixTestClient) -> None:
+    room = await _linked_room(homeserver, admin)
+    bridge.config.bridge.outbox.retry_base_seconds = 1.0
+    bridge.connector.failures = ["temporary"]
+    await admin.send_text(room, "über Neustart hinweg")
+    for _ in range(100):
+        if bridge.connector.attempts and not bridge.connector.failures:
+            break
+        await asyncio.sleep(0.05)
+    await bridge.restart()  # the retry is still waiting in the outbox
+    item = await bridge.connector.wait_for(_body_is("über Neustart hinweg"), timeout=20)
+    assert item["event"]["sender"] == admin.user_id
+    assert [e["event"]["content"]["body"] for e in bridge.connector.delivered].count(
+        "über Neustart hinweg") == 1
+
+
+async def test_room_of_two_links_relays_between_them(homeserver: Homeserver,
+                                                     bridge: RunningBridge,
+                                                     admin: MatrixTestClient) -> None:
+    """One room, two networks: each link gets what the other sent, never its own."""
+    from tests.support.recording import RecordingConnector
+
+    other = RecordingConnector("bridge.test")
+    other.network, other.display_name, other.puppet_prefix = "other", "Other network", "test_o_"
+    bridge.hub.connectors["other"] = other
+    await other.start(bridge.hub)
+    room = await _linked_room(homeserver, admin, remote="T1")
+    await command(homeserver.bot, admin, room, "!bridge link other O1", expect="Linked")
+
+    hub = bridge.hub
+    from_test = await hub.ensure_puppet("test", "alice", "Alice (test)")
+    from_other = await hub.ensure_puppet("other", "bob", "Bob (other)")
+    assert hub.network_of(from_other) == "other" and hub.network_of(from_test) == "test"
+    await hub.post_to_room(network="test", dedup_key="t-1", room_id=room, sender=from_test,
+                           content={"msgtype": "m.text", "body": "von test"})
+    await hub.post_to_room(network="other", dedup_key="o-1", room_id=room, sender=from_other,
+                           content={"msgtype": "m.text", "body": "von other"})
+    await other.wait_for(_body_is("von test"), timeout=15)
+    await bridge.connector.wait_for(_body_is("von other"), timeout=15)
+    await admin.send_text(room, "von matrix")
+    await other.wait_for(_body_is("von matrix"))
+    await bridge.connector.wait_for(_body_is("von matrix"))
+    test_bodies = [e["event"]["content"].get("body") for e in bridge.connector.delivered]
+    other_bodies = [e["event"]["content"].get("body") for e in other.delivered]
+    assert "von test" not in test_bodies and test_bodies.count("von other") == 1
+    assert "von other" not in other_bodies and other_bodies.count("von test") == 1
