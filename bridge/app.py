@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import aiohttp
 
@@ -95,7 +96,8 @@ class Bridge:
                 delay = min(delay * 2, 60)
         try:
             # Synapse backs off after failed transactions; a ping makes it retry now.
-            await self.matrix.bot_intent.appservice_ping(self.config.appservice.id)
+            await self.matrix.bot_intent.appservice_ping(
+                self.config.appservice.id, txn_id=f"startup-{int(time.time())}")
         except Exception as exc:
             log.warning("appservice ping failed: %s (run `bridge check` for details)", exc)
 

@@ -52,7 +52,8 @@ def cmd_generate_config(args: argparse.Namespace) -> int:
     if path.exists() and not args.force:
         raise Failure(f"{path} already exists; pass --force to overwrite it")
     _write_private(path, example_config_text())
-    print(f"Wrote {path}. Edit homeserver.*, appservice.address and bridge.admins, then run "
+    print(f"Wrote {path}. Edit homeserver.*, appservice.address, appservice.port and "
+          "bridge.admins, then run "
           f"`bridge generate-registration -c {path}`.")
     return 0
 

@@ -50,5 +50,5 @@ def setup_logging(level: str, fmt: str, secrets: Iterable[str]) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     # Request-by-request chatter from libraries drowns the bridge's own lines.
-    for noisy in ("aiohttp.access", "sqlalchemy.engine", "alembic.runtime.migration"):
+    for noisy in ("aiohttp.access", "sqlalchemy.engine", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

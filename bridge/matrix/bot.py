@@ -83,6 +83,8 @@ class Bot:
             words = payload["command"].split()
         ctx = Context(room_id=delivery.room_id, sender=sender, args=words[1:],
                       is_direct=is_direct, is_admin=self.hub.is_admin(sender))
+        log.info("command %r from %s in %s", words[0] if words else "", sender,
+                 delivery.room_id)
         reply = await self._answer(ctx, words[0].lower() if words else "help")
         content = self._content(reply)
         if payload.get("event_id"):
@@ -173,6 +175,7 @@ async def _status(bot: Bot, ctx: Context) -> str:
     async with bot.hub.db.sessions() as session:
         links = await store.links_of_room(session, ctx.room_id)
         inbox, outbox = await queues.count_pending(session)
+    outbox -= 1  # this very command runs as an outbox item and is still pending
     lines = ["**Links of this room**"]
     if not links:
         lines.append("- none: this room is not linked to any remote conversation")

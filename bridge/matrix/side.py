@@ -177,6 +177,8 @@ class MatrixSide:
             is_direct = await self._looks_direct(d.room_id, p.get("inviter"))
         async with self.hub.db.transaction() as session:
             await store.ensure_portal(session, d.room_id, is_direct=is_direct)
+        log.info("joined %s on the invitation of %s%s", d.room_id, p.get("inviter"),
+                 " (direct chat)" if is_direct else "")
         if is_direct:
             text = "Hello! I am the bridge bot. Send `help` to see what I can do."
         else:
@@ -201,6 +203,7 @@ class MatrixSide:
         return set(members) <= {self.hub.bot_mxid, inviter}
 
     async def _deliver_reject_invite(self, d: Delivery, p: dict[str, Any]) -> None:
+        log.info("declining the invitation to %s: %s", d.room_id, p.get("reason"))
         try:
             await self.bot_intent.leave_room(d.room_id, reason=p.get("reason"))
         except MatrixRequestError as exc:
