@@ -61,7 +61,7 @@ class Bridge:
         self.http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=120, connect=10),
             connector=aiohttp.TCPConnector(
-                limit=100, ssl=None if self.config.homeserver.verify_tls else False
+                limit=100, ssl=self.config.homeserver.verify_tls
             ),
         )
         self._matrix = MatrixSide(self.hub, self.http)

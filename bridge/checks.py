@@ -151,7 +151,7 @@ async def _check_database(config: Config) -> CheckResult:
 
 async def run_checks(config: Config) -> list[CheckResult]:
     timeout = aiohttp.ClientTimeout(total=20)
-    ssl = None if config.homeserver.verify_tls else False
+    ssl = config.homeserver.verify_tls  # False only for a local test setup
     async with aiohttp.ClientSession(timeout=timeout,
                                      connector=aiohttp.TCPConnector(ssl=ssl)) as session:
         results = [await _check_versions(session, config)]

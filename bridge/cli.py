@@ -13,7 +13,7 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_db(func: Callable[[], Awaitable[Any]], config: Config) -> Any:
+def _run_db(func: Callable[[], Coroutine[Any, Any, Any]], config: Config) -> Any:
     try:
         return asyncio.run(func())
     except (OSError, ConnectionError) as exc:

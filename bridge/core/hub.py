@@ -70,7 +70,8 @@ class Hub:
         sender = event.get("sender", "")
         etype = event.get("type", "")
         state_key = event.get("state_key")
-        content = event.get("content") if isinstance(event.get("content"), dict) else {}
+        raw_content = event.get("content")
+        content: dict[str, Any] = raw_content if isinstance(raw_content, dict) else {}
         if state_key is not None and self.matrix is not None:
             await self.matrix.note_state(event)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -48,9 +49,9 @@ class InboxWorker:
                 continue
             task = asyncio.create_task(self._drain(room_id), name=f"inbox:{room_id}")
             self._tasks[room_id] = task
-            task.add_done_callback(lambda _t, r=room_id: self._finished(r))
+            task.add_done_callback(functools.partial(self._finished, room_id))
 
-    def _finished(self, room_id: str) -> None:
+    def _finished(self, room_id: str, _task: asyncio.Task[None]) -> None:
         self._tasks.pop(room_id, None)
         if room_id in self._again:
             self._again.discard(room_id)

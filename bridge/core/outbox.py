@@ -11,7 +11,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from bridge import metrics
 from bridge.config import OutboxConfig
@@ -102,30 +101,32 @@ class OutboxWorker:
 
     async def _deliver_one(self, item: Delivery) -> None:
         started = time.perf_counter()
-        outcome: tuple[str, Any]
+        # Exactly one of these is set by the attempt below.
+        result: str | None = None
+        retry: tuple[str, float | None] | None = None
+        give_up: tuple[str, str | None] | None = None
         try:
-            outcome = ("done", await self.deliver(item))
+            result = await self.deliver(item)
         except TemporaryError as exc:
-            outcome = ("retry", (str(exc), exc.retry_after))
+            retry = (str(exc), exc.retry_after)
         except PermanentError as exc:
-            outcome = ("give_up", (str(exc), exc.hint))
+            give_up = (str(exc), exc.hint)
         except Exception as exc:
             # Connection resets, timeouts, bugs in a connector: treat as temporary; the
             # give-up deadline still bounds how long it is tried.
             log.warning("delivery %s (%s %s) failed: %r", item.id, item.network, item.kind, exc)
-            outcome = ("retry", (repr(exc), None))
+            retry = (repr(exc), None)
         finally:
             # Free the lane before recording the outcome: until that commit nothing else in
             # the lane is claimable anyway, and right after it the next item must be.
             self._busy_lanes.discard(item.lane)
         try:
-            kind, detail = outcome
-            if kind == "retry":
-                await self._retry(item, *detail)
-            elif kind == "give_up":
-                await self._give_up(item, *detail)
+            if retry is not None:
+                await self._retry(item, *retry)
+            elif give_up is not None:
+                await self._give_up(item, *give_up)
             else:
-                await self._settle(lambda s: queues.finish_delivery(s, item.id, detail))
+                await self._settle(lambda s: queues.finish_delivery(s, item.id, result))
                 metrics.EVENTS.labels(network=item.network, direction="out").inc()
                 metrics.HANDLING_SECONDS.labels(network=item.network, direction="out").observe(
                     time.perf_counter() - started

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -23,8 +23,14 @@ from sqlalchemy.orm import aliased
 from bridge.db.models import AppserviceTransaction, InboxItem, OutboxItem
 
 
+def dialect_name(session: AsyncSession) -> str:
+    bind = session.bind
+    assert bind is not None, "sessions are always bound to the bridge's engine"
+    return bind.dialect.name
+
+
 def _insert_ignoring_conflicts(session: AsyncSession, model: type) -> Any:
-    dialect = session.bind.dialect.name
+    dialect = dialect_name(session)
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return insert(model).on_conflict_do_nothing()
 
@@ -79,7 +85,7 @@ async def lock_room(session: AsyncSession, room_id: str) -> bool:
 
     On SQLite there is only one writer process, so the in-process lock suffices.
     """
-    if session.bind.dialect.name != "postgresql":
+    if dialect_name(session) != "postgresql":
         return True
     got = await session.scalar(
         select(func.pg_try_advisory_xact_lock(func.hashtextextended(room_id, 0)))
@@ -200,7 +206,7 @@ async def enqueue(session: AsyncSession, deliveries: Iterable[NewDelivery]) -> i
     now = time.time()
     rows = [d.row(now) for d in deliveries]
     if rows:
-        await session.execute(OutboxItem.__table__.insert(), rows)
+        await session.execute(insert(OutboxItem), rows)
     return len(rows)
 
 
@@ -227,7 +233,7 @@ async def claim_deliveries(session: AsyncSession, limit: int, lease: float) -> l
         .order_by(OutboxItem.id)
         .limit(limit)
     )
-    if session.bind.dialect.name == "postgresql":
+    if dialect_name(session) == "postgresql":
         query = query.with_for_update(skip_locked=True)
     items = list(await session.scalars(query))
     if not items:
@@ -255,7 +261,7 @@ async def next_due_time(session: AsyncSession) -> float | None:
     value = await session.scalar(
         select(func.min(func.max(OutboxItem.next_attempt_at, OutboxItem.claimed_until)))
         .where(OutboxItem.state == "pending")
-    ) if session.bind.dialect.name == "sqlite" else await session.scalar(
+    ) if dialect_name(session) == "sqlite" else await session.scalar(
         select(func.min(func.greatest(OutboxItem.next_attempt_at, OutboxItem.claimed_until)))
         .where(OutboxItem.state == "pending")
     )

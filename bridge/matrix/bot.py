@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from markdown_it import MarkdownIt
-from mautrix.types import EventType
+from mautrix.types import EventType, RoomID
 from sqlalchemy.exc import IntegrityError
 
 from bridge import __version__
@@ -22,6 +22,7 @@ from bridge.core.errors import CommandError
 from bridge.db import queues, store
 from bridge.db.queues import Delivery
 from bridge.matrix.bridge_info import bridge_info_deliveries
+from bridge.matrix.side import raw
 
 if TYPE_CHECKING:
     from bridge.core.hub import Hub
@@ -91,7 +92,8 @@ class Bot:
             content["m.relates_to"] = {"m.in_reply_to": {"event_id": payload["event_id"]}}
         # The txn ID ties the reply to this outbox item: a repeat after a crash is a no-op.
         await self.matrix.bot_intent.send_message_event(
-            delivery.room_id, EventType.ROOM_MESSAGE, content, txn_id=f"ob{delivery.id}"
+            RoomID(delivery.room_id), EventType.ROOM_MESSAGE, raw(content),
+            txn_id=f"ob{delivery.id}"
         )
 
     async def _answer(self, ctx: Context, name: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 from mautrix.appservice import AppServiceAPI, IntentAPI
@@ -21,7 +21,15 @@ from mautrix.errors import (
     MLimitExceeded,
     MNotFound,
 )
-from mautrix.types import EventType, Membership, PowerLevelStateEventContent, StateEvent
+from mautrix.types import (
+    EventType,
+    Membership,
+    PowerLevelStateEventContent,
+    RoomID,
+    StateEvent,
+    UserID,
+)
+from mautrix.util.logging import TraceLogger
 
 from bridge.core.errors import PermanentError, TemporaryError
 from bridge.db import store
@@ -32,6 +40,12 @@ if TYPE_CHECKING:
     from bridge.matrix.bot import Bot
 
 log = logging.getLogger("bridge.matrix")
+
+
+def raw(content: dict[str, Any]) -> Any:
+    """Event content as plain JSON: mautrix sends dicts as they are (its types are for
+    parsed events; the bridge builds content as JSON and keeps it that way)."""
+    return content
 
 
 class CacheStateStore(MemoryStateStore, ASStateStore):
@@ -72,9 +86,9 @@ class MatrixSide:
         self.state_store = CacheStateStore()
         self.api = AppServiceAPI(
             base_url=config.homeserver.address,
-            bot_mxid=config.bot_mxid,
+            bot_mxid=UserID(config.bot_mxid),
             token=config.appservice.as_token,
-            log=logging.getLogger("bridge.matrix.api"),
+            log=cast(TraceLogger, logging.getLogger("bridge.matrix.api")),
             state_store=self.state_store,
             client_session=session,
             bridge_name=config.appservice.id,
@@ -85,14 +99,14 @@ class MatrixSide:
     def intent(self, user_id: str | None) -> IntentAPI:
         if not user_id or user_id == self.hub.bot_mxid:
             return self.bot_intent
-        return self.bot_intent.user(user_id)
+        return self.bot_intent.user(UserID(user_id))
 
     async def note_state(self, event: dict[str, Any]) -> None:
         """Keep the intents' membership and power-level cache in step with the room."""
         if event.get("type") not in STATE_CACHED:
             return
         try:
-            parsed = StateEvent.deserialize(event)
+            parsed = StateEvent.deserialize(raw(event))
         except Exception:
             return  # malformed state from the homeserver: the cache just stays as it was
         await self.state_store.update_state(parsed)
@@ -124,7 +138,7 @@ class MatrixSide:
             content["format"] = "org.matrix.custom.html"
             content["formatted_body"] = p["html"]
         return await self.bot_intent.send_message_event(
-            d.room_id, EventType.ROOM_MESSAGE, content, txn_id=f"ob{d.id}"
+            RoomID(d.room_id), EventType.ROOM_MESSAGE, raw(content), txn_id=f"ob{d.id}"
         )
 
     async def _deliver_message(self, d: Delivery, p: dict[str, Any]) -> str:
@@ -134,8 +148,8 @@ class MatrixSide:
         if p.get("ts"):
             kwargs["timestamp"] = int(p["ts"])
         event_id = await intent.send_message_event(
-            d.room_id, EventType.find(p.get("event_type", "m.room.message")), p["content"],
-            **kwargs,
+            RoomID(d.room_id), EventType.find(p.get("event_type", "m.room.message")),
+            raw(p["content"]), **kwargs,
         )
         mapping = p.get("mapping")
         if mapping:
@@ -147,14 +161,14 @@ class MatrixSide:
     async def _deliver_state(self, d: Delivery, p: dict[str, Any]) -> str:
         intent = self.intent(p.get("sender"))
         event_id = await intent.send_state_event(
-            d.room_id, EventType.find(p["event_type"], EventType.Class.STATE), p["content"],
+            RoomID(d.room_id), EventType.find(p["event_type"], EventType.Class.STATE), p["content"],
             state_key=p.get("state_key", ""),
         )
         return str(event_id)
 
     async def _deliver_redact(self, d: Delivery, p: dict[str, Any]) -> str:
         intent = self.intent(p.get("sender"))
-        return str(await intent.redact(d.room_id, p["event_id"], reason=p.get("reason")))
+        return str(await intent.redact(RoomID(d.room_id), p["event_id"], reason=p.get("reason")))
 
     async def _deliver_profile(self, d: Delivery, p: dict[str, Any]) -> None:
         intent = self.intent(p["user"])
@@ -166,15 +180,15 @@ class MatrixSide:
         return None
 
     async def _deliver_leave(self, d: Delivery, p: dict[str, Any]) -> None:
-        await self.intent(p["user"]).leave_room(d.room_id, reason=p.get("reason"))
+        await self.intent(p["user"]).leave_room(RoomID(d.room_id), reason=p.get("reason"))
         return None
 
     async def _deliver_join(self, d: Delivery, p: dict[str, Any]) -> None:
         """The bot accepts an admin's invitation, then says what it can and cannot do."""
-        await self.bot_intent.join_room_by_id(d.room_id)
+        await self.bot_intent.join_room_by_id(RoomID(d.room_id))
         is_direct = bool(p.get("is_direct"))
         if not is_direct:
-            is_direct = await self._looks_direct(d.room_id, p.get("inviter"))
+            is_direct = await self._looks_direct(RoomID(d.room_id), p.get("inviter"))
         async with self.hub.db.transaction() as session:
             await store.ensure_portal(session, d.room_id, is_direct=is_direct)
         log.info("joined %s on the invitation of %s%s", d.room_id, p.get("inviter"),
@@ -184,28 +198,28 @@ class MatrixSide:
         else:
             text = (f"Hello! I am the bridge bot. Send `{self.hub.prefix} help` to see what "
                     "I can do.")
-            report = await self.power_report(d.room_id)
+            report = await self.power_report(RoomID(d.room_id))
             if report.missing:
                 text += "\n" + report.describe()
-        await self.bot_intent.send_notice(d.room_id, text, txn_id=f"ob{d.id}")
+        await self.bot_intent.send_notice(RoomID(d.room_id), text, txn_id=f"ob{d.id}")
         return None
 
     async def _looks_direct(self, room_id: str, inviter: str | None) -> bool:
         """Some clients start a direct chat without the is_direct flag: an unnamed room
         with only the inviter and the bot in it is treated as one."""
         try:
-            await self.bot_intent.get_state_event(room_id, EventType.ROOM_NAME)
+            await self.bot_intent.get_state_event(RoomID(room_id), EventType.ROOM_NAME)
             return False
         except MNotFound:
             pass
         members = await self.bot_intent.get_room_members(
-            room_id, allowed_memberships=(Membership.JOIN, Membership.INVITE))
+            RoomID(room_id), allowed_memberships=(Membership.JOIN, Membership.INVITE))
         return set(members) <= {self.hub.bot_mxid, inviter}
 
     async def _deliver_reject_invite(self, d: Delivery, p: dict[str, Any]) -> None:
         log.info("declining the invitation to %s: %s", d.room_id, p.get("reason"))
         try:
-            await self.bot_intent.leave_room(d.room_id, reason=p.get("reason"))
+            await self.bot_intent.leave_room(RoomID(d.room_id), reason=p.get("reason"))
         except MatrixRequestError as exc:
             if exc.http_status not in (403, 404):  # invite already withdrawn
                 raise
@@ -221,12 +235,13 @@ class MatrixSide:
     async def power_report(self, room_id: str) -> PowerReport:
         """What the bot cannot do in the room for lack of power level, read fresh."""
         levels: PowerLevelStateEventContent = await self.bot_intent.get_power_levels(
-            room_id, ignore_cache=True
+            RoomID(room_id), ignore_cache=True
         )
         # Room version 12 gives creators unlimited power outside the power-level event.
-        create = await self.bot_intent.get_state_event(room_id, EventType.ROOM_CREATE,
+        create = await self.bot_intent.get_state_event(RoomID(room_id), EventType.ROOM_CREATE,
                                                        format="event")
-        mine = levels.get_user_level(self.hub.bot_mxid, create)
+        mine = levels.get_user_level(UserID(self.hub.bot_mxid),
+                                     create if isinstance(create, StateEvent) else None)
         wanted = [
             ("invite remote users (puppets) into the room", "invite", levels.invite),
             ("rename the room when the remote conversation is renamed", "m.room.name",
@@ -242,7 +257,7 @@ class MatrixSide:
 
     async def _power_hint(self, room_id: str) -> str | None:
         try:
-            report = await self.power_report(room_id)
+            report = await self.power_report(RoomID(room_id))
         except Exception:
             return None
         return report.describe() if report.missing else None
