@@ -89,9 +89,10 @@ class Demo:
 
 
 def rel(path: Path) -> str:
-    """Paths as the user would type them from the repo root."""
+    """A path relative to the repo root: what the user types there (`make demo` runs from
+    it), and what the CLI subprocesses, which run there, are given."""
     try:
-        return str(path.relative_to(Path.cwd()))
+        return str(path.relative_to(REPO))
     except ValueError:
         return str(path)
 
@@ -306,7 +307,11 @@ async def _wait_for_bot(demo: Demo, client: MatrixTestClient, room_id: str, what
 
 async def _open_room(demo: Demo, client: MatrixTestClient, *, direct: bool) -> str:
     name = None if direct else GROUP_ROOM_NAME
-    room_id = await client.create_room(invite=[demo.bot_mxid], is_direct=direct, name=name)
+    # In a department's room the bot is made moderator, as the README asks admins to do,
+    # so that it can invite remote users, rename the room and redact.
+    levels = None if direct else {"users": {demo.bot_mxid: 50}}
+    room_id = await client.create_room(invite=[demo.bot_mxid], is_direct=direct, name=name,
+                                       power_level_content_override=levels)
     if direct:
         # So that Matrix clients (Element, ...) list the room under "People" too.
         await client.request("PUT", f"/user/{quote(client.user_id, safe='')}/account_data/"
