@@ -31,6 +31,10 @@ def migrations_dir() -> Path:
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Python's sqlite3 starts a transaction only before the first write, so a "read, then
+    # write" transaction (claiming queued work) is not atomic across processes. Take over
+    # transaction control; _sqlite_begin then starts every transaction explicitly.
+    dbapi_conn.isolation_level = None
     cursor = dbapi_conn.cursor()
     # WAL lets readers (health checks, metrics) proceed while a writer commits; the busy
     # timeout turns short lock waits into waiting rather than "database is locked".
@@ -41,10 +45,17 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_begin(conn: Connection) -> None:
+    # IMMEDIATE takes the write lock up front: two bridge processes on one SQLite file
+    # then claim work one after the other instead of both reading the same free items.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def create_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 

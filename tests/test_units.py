@@ -1,0 +1,38 @@
+"""Small pure pieces: escaping, log masking."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.core.connector import escape_localpart
+from bridge.logs import _SecretMasking
+
+
+@given(st.text(min_size=1, max_size=80))
+def test_escaped_localparts_are_valid_and_distinct(value: str) -> None:
+    escaped = escape_localpart(value)
+    assert escaped and all(c in "abcdefghijklmnopqrstuvwxyz0123456789._-=" for c in escaped)
+    # Different lower-cased inputs never share a puppet.
+    assert escape_localpart(value + "x") != escaped
+
+
+def test_escape_examples() -> None:
+    assert escape_localpart("U024BE7LH") == "u024be7lh"
+    assert escape_localpart("Jörg.Schmidt@Stadt.example") == "j=c3=b6rg.schmidt=40stadt.example"
+
+
+def test_secrets_are_masked_in_text_and_json_logs() -> None:
+    record = logging.LogRecord("bridge", logging.INFO, __file__, 1,
+                               "token %s in url https://hs/?access_token=%s", ("as-secret-1",
+                                                                               "hs-secret-22"),
+                               None)
+    for as_json in (False, True):
+        line = _SecretMasking(["as-secret-1", "hs-secret-22", ""], as_json).format(record)
+        assert "as-secret-1" not in line and "hs-secret-22" not in line
+        assert "***" in line
+        if as_json:
+            assert json.loads(line)["level"] == "INFO"
