@@ -163,3 +163,10 @@ async def _wait_state(client: MatrixTestClient, room: str, event_type: str, key:
             return state
         await asyncio.sleep(0.1)
     raise AssertionError(f"{event_type}/{key} never became {'empty' if want_empty else 'set'}")
+
+
+async def test_rooms_of_older_versions_work_too(homeserver: Homeserver, bridge: RunningBridge,
+                                                admin: MatrixTestClient) -> None:
+    for version in ("10", "11"):
+        room = await open_room(homeserver.bot, admin, direct=True, room_version=version)
+        await command(homeserver.bot, admin, room, "ping", expect="Pong")

@@ -155,3 +155,43 @@ async def test_room_of_two_links_relays_between_them(homeserver: Homeserver,
     other_bodies = [e["event"]["content"].get("body") for e in other.delivered]
     assert "von test" not in test_bodies and test_bodies.count("von other") == 1
     assert "von other" not in other_bodies and other_bodies.count("von test") == 1
+
+
+async def test_puppet_avatar_is_uploaded_and_set(homeserver: Homeserver, bridge: RunningBridge,
+                                                 admin: MatrixTestClient) -> None:
+    room = await _linked_room(homeserver, admin)
+    hub = bridge.hub
+    png = bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082")
+    puppet = hub.connectors["test"].puppet_user_id("u-avatar")
+    mxc = await hub.upload_media(png, "image/png", "avatar.png", user_id=puppet)
+    assert mxc.startswith("mxc://bridge.test/")
+    await hub.ensure_puppet("test", "u-avatar", "Anna Bild", avatar_source="hash-1",
+                            avatar_mxc=mxc)
+    await hub.post_to_room(network="test", dedup_key=None, room_id=room, sender=puppet,
+                           content={"msgtype": "m.text", "body": "mit Bild"})
+    await admin.wait_for_event(room, _body_is("mit Bild"), timeout=15)
+    for _ in range(50):
+        members = await admin.get_joined_members(room)
+        if members[puppet].get("avatar_url") == mxc:
+            break
+        await asyncio.sleep(0.1)
+    assert members[puppet]["avatar_url"] == mxc
+    assert members[puppet]["display_name"] == "Anna Bild"
+
+
+async def test_bot_without_invite_power_says_so_when_a_puppet_cannot_join(
+        homeserver: Homeserver, bridge: RunningBridge, admin: MatrixTestClient) -> None:
+    room = await admin.create_room(invite=[homeserver.bot], name="Bürgeramt",
+                                   power_level_content_override={"invite": 50})
+    await admin.wait_for_event(room, is_notice_from(homeserver.bot, "Hello"), timeout=15)
+    await command(homeserver.bot, admin, room, "!bridge link test C-noinvite", expect="Linked")
+    hub = bridge.hub
+    puppet = await hub.ensure_puppet("test", "kein-zutritt", "Kim Zutritt")
+    await hub.post_to_room(network="test", dedup_key=None, room_id=room, sender=puppet,
+                           content={"msgtype": "m.text", "body": "darf nicht rein"})
+    notice = await admin.wait_for_event(
+        room, is_notice_from(homeserver.bot, "Could not deliver to Matrix"), timeout=15)
+    assert "invite remote users (puppets) into the room: needs power level 50 (invite)" in \
+        notice["content"]["body"]

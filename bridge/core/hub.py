@@ -35,6 +35,9 @@ class MatrixSide(Protocol):
 
     async def deliver(self, delivery: Delivery) -> str | None: ...
 
+    async def upload(self, data: bytes, mimetype: str, filename: str | None,
+                     user_id: str | None) -> str: ...
+
     async def note_state(self, event: dict[str, Any]) -> None: ...
 
 
@@ -169,6 +172,15 @@ class Hub:
         await self.enqueue([self.notice(delivery.room_id, text)])
 
     # --- inbound from a remote network (called by connectors) ----------------------------
+
+    async def upload_media(self, data: bytes, mimetype: str, filename: str | None = None,
+                           user_id: str | None = None) -> str:
+        """Upload to the homeserver's media repository (as ``user_id``); returns the mxc URI.
+
+        Called before the message that uses it is queued: an upload is harmless to repeat.
+        """
+        assert self.matrix is not None
+        return await self.matrix.upload(data, mimetype, filename, user_id)
 
     async def ensure_puppet(self, network: str, remote_id: str, displayname: str | None,
                             avatar_source: str | None = None,

@@ -96,6 +96,12 @@ class MatrixSide:
         self.bot_intent: IntentAPI = self.api.bot_intent()
         self.bot: Bot | None = None
 
+    async def upload(self, data: bytes, mimetype: str, filename: str | None,
+                     user_id: str | None) -> str:
+        intent = self.intent(user_id)
+        await intent.ensure_registered()
+        return str(await intent.upload_media(data, mime_type=mimetype, filename=filename))
+
     def intent(self, user_id: str | None) -> IntentAPI:
         if not user_id or user_id == self.hub.bot_mxid:
             return self.bot_intent
