@@ -118,3 +118,27 @@ async def test_retry_waits_and_keeps_the_lane_in_order(database_url: str) -> Non
         await worker.stop()
         await db.close()
     assert seen == [0, 1, 2]
+
+
+async def test_old_history_is_pruned_but_pending_work_is_kept(database_url: str) -> None:
+    import time
+
+    db = await _database(database_url)
+    try:
+        async with db.transaction() as session:
+            await queues.store_transaction(session, "old", [
+                {"room_id": "!a:x", "event_id": "$done"}, {"room_id": "!a:x", "event_id": "$p"}])
+        async with db.transaction() as session:
+            batch = await queues.next_inbox_batch(session, "!a:x", 1)
+            await queues.mark_inbox_done(session, [batch[0].id])
+        async with db.transaction() as session:
+            await queues.prune_history(session, time.time() + 1)
+        async with db.transaction() as session:
+            # The transaction ID and the handled event are forgotten, the pending one is not.
+            assert await queues.store_transaction(session, "old", [
+                {"room_id": "!a:x", "event_id": "$done"}]) == {"!a:x"}
+        async with db.sessions() as session:
+            pending = await queues.next_inbox_batch(session, "!a:x", 10)
+        assert [e.event["event_id"] for e in pending] == ["$p", "$done"]
+    finally:
+        await db.close()

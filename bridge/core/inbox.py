@@ -23,6 +23,10 @@ log = logging.getLogger("bridge.inbox")
 Router = Callable[[AsyncSession, InboxEntry], Awaitable[list[NewDelivery]]]
 
 BATCH = 200
+# Handled events and transaction IDs are kept this long as duplicate guards: homeservers
+# retry within minutes, so a week is ample and keeps the tables small.
+KEEP_HISTORY = 7 * 24 * 3600.0
+PRUNE_EVERY = 3600.0
 
 
 class InboxWorker:
@@ -111,11 +115,16 @@ class InboxWorker:
         return len(batch) == BATCH
 
     async def _sweep_forever(self) -> None:
+        last_prune = 0.0
         while not self._closing:
             try:
                 async with self.db.sessions() as session:
                     rooms = await queues.inbox_rooms_with_work(session)
                 self.notify(rooms)
+                if time.time() - last_prune > PRUNE_EVERY:
+                    async with self.db.transaction() as session:
+                        await queues.prune_history(session, time.time() - KEEP_HISTORY)
+                    last_prune = time.time()
             except Exception:
                 log.warning("inbox sweep failed (database unavailable?)", exc_info=True)
             await asyncio.sleep(30)

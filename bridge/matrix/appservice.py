@@ -150,8 +150,9 @@ class AppserviceServer:
             checks["queues"] = {"inbox": inbox, "outbox": outbox}
         except Exception as exc:
             checks["database"] = f"unreachable: {exc.__class__.__name__}"
-        checks["networks"] = {name: {"ok": c.health().ok, "detail": c.health().detail}
-                              for name, c in self.bridge.hub.connectors.items()}
+        networks = {name: c.health() for name, c in self.bridge.hub.connectors.items()}
+        checks["networks"] = {name: {"ok": h.ok, "detail": h.detail}
+                              for name, h in networks.items()}
         ready = checks["started"] is True and checks["database"] == "ok"
         return web.json_response({"ready": ready, **checks}, status=200 if ready else 503)
 
