@@ -44,7 +44,8 @@ def _write_private(path: Path, text: str) -> None:
 def example_config_text() -> str:
     template = resources.files("bridge").joinpath("example-config.yaml").read_text("utf-8")
     return (template.replace("@AS_TOKEN@", secrets.token_urlsafe(48))
-            .replace("@HS_TOKEN@", secrets.token_urlsafe(48)))
+            .replace("@HS_TOKEN@", secrets.token_urlsafe(48))
+            .replace("@EMAIL_SECRET@", secrets.token_urlsafe(32)))
 
 
 def cmd_generate_config(args: argparse.Namespace) -> int:

@@ -41,6 +41,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+def _check_port(value: Any) -> int:
+    # Used in "before" mode, so that "abc", 3.5 and 70000 all get the same sentence.
+    if isinstance(value, bool):
+        value = None
+    try:
+        port = int(value) if isinstance(value, int | str) else None
+    except ValueError:
+        port = None
+    if port is None or not 1 <= port <= 65535:
+        raise ValueError("must be an integer between 1 and 65535")
+    return port
+
+
 def _check_url(value: str) -> str:
     if not re.match(r"^https?://[^/\s]+", value):
         raise ValueError("must be an http:// or https:// URL")
@@ -74,19 +87,7 @@ class AppserviceConfig(_Section):
 
     _address = field_validator("address")(_check_url)
 
-    @field_validator("port", mode="before")
-    @classmethod
-    def _port(cls, value: Any) -> int:
-        # "before" so that "abc", 3.5 and 70000 all get the same operator-friendly sentence.
-        if isinstance(value, bool):
-            value = None
-        try:
-            port = int(value) if isinstance(value, int | str) else None
-        except ValueError:
-            port = None
-        if port is None or not 1 <= port <= 65535:
-            raise ValueError("must be an integer between 1 and 65535")
-        return port
+    _port = field_validator("port", mode="before")(_check_port)
 
     @field_validator("id")
     @classmethod
@@ -182,8 +183,59 @@ class SlackConfig(NetworkConfig):
     puppet_prefix: str = "slack_"
 
 
+class SmtpInConfig(_Section):
+    hostname: str = "127.0.0.1"
+    port: int = 2525
+    max_message_size: int = Field(default=25 * 1024 * 1024, gt=0)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    _port = field_validator("port", mode="before")(_check_port)
+
+
+class SmtpOutConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = 25
+    username: str | None = None
+    password: str | None = None
+    security: Literal["none", "starttls", "tls"] = "none"
+    # Connections to the relay are reused; this many deliveries run at once.
+    max_connections: int = Field(default=4, ge=1, le=64)
+
+    _port = field_validator("port", mode="before")(_check_port)
+
+
 class EmailConfig(NetworkConfig):
     puppet_prefix: str = "email_"
+    domain: str = ""
+    smtp_in: SmtpInConfig = Field(default_factory=SmtpInConfig)
+    smtp_out: SmtpOutConfig = Field(default_factory=SmtpOutConfig)
+    sender_auth: Literal["none", "authentication_results", "verify"] = "authentication_results"
+    authserv_id: str = ""
+    # Signs reply and unsubscribe addresses, so they cannot be forged into another room.
+    token_secret: str = ""
+    # Matrix files up to this size are attached to mails; larger ones are sent as a link.
+    max_attachment_size: int = Field(default=10 * 1024 * 1024, ge=0)
+    # After this many hard bounces in a row a subscriber is paused and the room told.
+    max_bounces: int = Field(default=3, ge=1)
+
+    @model_validator(mode="after")
+    def _needed_when_enabled(self) -> EmailConfig:
+        if not self.enabled:
+            return self
+        if not self.domain or not re.match(r"^[A-Za-z0-9.\-]+\.[A-Za-z]{2,}$|^localhost$",
+                                           self.domain):
+            raise ValueError("email.domain: must be the mail domain of room addresses, "
+                             "e.g. bridge.stadt.example")
+        if len(self.token_secret) < 16:
+            raise ValueError("email.token_secret: must be a random secret of at least 16 "
+                             "characters (`bridge generate-config` makes one)")
+        if self.sender_auth == "authentication_results" and not self.authserv_id:
+            raise ValueError("email.authserv_id: must name the MTA whose Authentication-Results "
+                             "header is trusted (or set email.sender_auth to verify)")
+        if bool(self.smtp_in.tls_cert) != bool(self.smtp_in.tls_key):
+            raise ValueError("email.smtp_in.tls_key: tls_cert and tls_key must be set together")
+        return self
 
 
 class Config(_Section):
@@ -223,6 +275,7 @@ class Config(_Section):
         password = _url_password(self.database.url)
         if password:
             values.append(password)
+        values += [self.email.token_secret, self.email.smtp_out.password or ""]
         return [v for v in values if v]
 
 
@@ -273,8 +326,9 @@ def _format_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(part) for part in err["loc"])
     message = _MESSAGES.get(err["type"])
-    if not loc:  # a check across keys: its message starts with the key path itself
-        return str(err["msg"]).removeprefix("Value error, ")
+    text = str(err["msg"]).removeprefix("Value error, ")
+    if not loc or text.startswith(loc + "."):
+        return text  # a check across keys: its message starts with the key path itself
     if message is None:
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "literal_error":

@@ -127,9 +127,12 @@ def test_generate_registration(tmp_path: Path, generated: Path) -> None:
     ({"bridge": {"admins": ["alice"]}}, "bridge.admins: 'alice' is not a Matrix user ID"),
     ({"logging": {"level": "LOUD"}}, "logging.level: must be 'DEBUG', 'INFO', 'WARNING' or"),
     ({"slack": {"enabled": "maybe"}}, "slack.enabled: must be true or false"),
+    ({"email": {"enabled": True, "authserv_id": ""}}, "email.authserv_id: must name the MTA"),
+    ({"email": {"smtp_out": {"security": "ssl"}}},
+     "email.smtp_out.security: must be 'none', 'starttls' or 'tls'"),
     ({"appservice": {"hs_token": "short"}}, "appservice.hs_token: must be set to a random"),
     ({"slack": {"enabled": True, "puppet_prefix": "x_"},
-      "email": {"enabled": True, "puppet_prefix": "x_mail_"}},
+      "email": {"enabled": True, "puppet_prefix": "x_mail_", "sender_auth": "none"}},
      "slack.puppet_prefix: 'x_' overlaps email.puppet_prefix 'x_mail_'"),
 ])
 def test_invalid_config_exits_2_naming_the_key(tmp_path: Path, generated: Path,
