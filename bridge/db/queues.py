@@ -29,7 +29,7 @@ def dialect_name(session: AsyncSession) -> str:
     return bind.dialect.name
 
 
-def _insert_ignoring_conflicts(session: AsyncSession, model: type) -> Any:
+def insert_ignoring_conflicts(session: AsyncSession, model: type) -> Any:
     dialect = dialect_name(session)
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return insert(model).on_conflict_do_nothing()
@@ -49,7 +49,7 @@ async def store_transaction(
     """
     now = time.time()
     result = await session.execute(
-        _insert_ignoring_conflicts(session, AppserviceTransaction).values(
+        insert_ignoring_conflicts(session, AppserviceTransaction).values(
             txn_id=txn_id, received_at=now
         )
     )
@@ -69,7 +69,7 @@ async def store_transaction(
     ]
     if not rows:
         return set()
-    await session.execute(_insert_ignoring_conflicts(session, InboxItem), rows)
+    await session.execute(insert_ignoring_conflicts(session, InboxItem), rows)
     return {row["room_id"] for row in rows}
 
 

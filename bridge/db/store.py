@@ -11,7 +11,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.db.models import InboundKey, Link, MessageMapping, Portal, Puppet
-from bridge.db.queues import _insert_ignoring_conflicts
+from bridge.db.queues import insert_ignoring_conflicts
 
 # --- portals and links -------------------------------------------------------------------
 
@@ -38,7 +38,7 @@ async def get_portal(session: AsyncSession, room_id: str) -> Portal | None:
 
 async def ensure_portal(session: AsyncSession, room_id: str, *, is_direct: bool = False) -> None:
     await session.execute(
-        _insert_ignoring_conflicts(session, Portal).values(
+        insert_ignoring_conflicts(session, Portal).values(
             room_id=room_id, is_direct=is_direct, created_at=time.time()
         )
     )
@@ -168,7 +168,7 @@ async def add_mapping(
     thread_root: str | None = None,
 ) -> None:
     await session.execute(
-        _insert_ignoring_conflicts(session, MessageMapping).values(
+        insert_ignoring_conflicts(session, MessageMapping).values(
             room_id=room_id, event_id=event_id, network=network, remote_space=remote_space,
             remote_id=remote_id, part=part, thread_root=thread_root, created_at=time.time(),
         )
@@ -203,7 +203,7 @@ async def mappings_for_event(
 async def claim_inbound_key(session: AsyncSession, network: str, key: str) -> bool:
     """True the first time a remote item's natural key is seen; False for a repeat."""
     result = await session.execute(
-        _insert_ignoring_conflicts(session, InboundKey).values(
+        insert_ignoring_conflicts(session, InboundKey).values(
             network=network, key=key, received_at=time.time()
         )
     )

@@ -1,0 +1,148 @@
+"""Queries of the email connector: subscribers, mail threads, a link's mail policy."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bridge.db.models import EmailSubscriber, EmailThread, Link
+from bridge.db.queues import insert_ignoring_conflicts
+
+
+@dataclass(slots=True)
+class Subscriber:
+    address: str
+    display_name: str | None
+    status: str
+    bounces: int
+
+
+def _subscriber(row: EmailSubscriber) -> Subscriber:
+    return Subscriber(address=row.address, display_name=row.display_name, status=row.status,
+                      bounces=row.bounces)
+
+
+async def subscribers(session: AsyncSession, room_id: str,
+                      active_only: bool = False) -> list[Subscriber]:
+    query = select(EmailSubscriber).where(EmailSubscriber.room_id == room_id)
+    if active_only:
+        query = query.where(EmailSubscriber.status == "active")
+    rows = await session.scalars(query.order_by(EmailSubscriber.address))
+    return [_subscriber(r) for r in rows]
+
+
+async def get_subscriber(session: AsyncSession, room_id: str, address: str) -> Subscriber | None:
+    row = await session.scalar(select(EmailSubscriber).where(
+        EmailSubscriber.room_id == room_id, EmailSubscriber.address == address.lower()))
+    return _subscriber(row) if row else None
+
+
+async def subscribe(session: AsyncSession, room_id: str, address: str,
+                    display_name: str | None, created_by: str) -> bool:
+    """True if new; an existing (perhaps paused) subscriber is reactivated instead."""
+    result = await session.execute(
+        insert_ignoring_conflicts(session, EmailSubscriber).values(
+            room_id=room_id, address=address.lower(), display_name=display_name,
+            status="active", bounces=0, created_by=created_by, created_at=time.time()))
+    if result.rowcount:  # type: ignore[attr-defined]
+        return True
+    values: dict[str, Any] = {"status": "active", "bounces": 0, "last_error": None}
+    if display_name:
+        values["display_name"] = display_name
+    await session.execute(update(EmailSubscriber).where(
+        EmailSubscriber.room_id == room_id, EmailSubscriber.address == address.lower())
+        .values(**values))
+    return False
+
+
+async def unsubscribe(session: AsyncSession, room_id: str, address: str) -> bool:
+    result = await session.execute(delete(EmailSubscriber).where(
+        EmailSubscriber.room_id == room_id, EmailSubscriber.address == address.lower()))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def record_delivery_failure(session: AsyncSession, room_id: str, address: str,
+                                  error: str, max_bounces: int) -> bool:
+    """Count a hard bounce; True exactly when this one paused the subscriber."""
+    row = await session.scalar(select(EmailSubscriber).where(
+        EmailSubscriber.room_id == room_id, EmailSubscriber.address == address.lower()))
+    if row is None or row.status != "active":
+        return False
+    row.bounces += 1
+    row.last_error = error[:2000]
+    if row.bounces >= max_bounces:
+        row.status = "paused"
+        return True
+    return False
+
+
+async def record_delivery_success(session: AsyncSession, room_id: str, address: str) -> None:
+    await session.execute(update(EmailSubscriber).where(
+        EmailSubscriber.room_id == room_id, EmailSubscriber.address == address.lower(),
+        EmailSubscriber.bounces > 0).values(bounces=0, last_error=None))
+
+
+async def rooms_of_subscriber(session: AsyncSession, address: str) -> list[str]:
+    rows = await session.scalars(select(EmailSubscriber.room_id).where(
+        EmailSubscriber.address == address.lower()))
+    return list(rows)
+
+
+# --- threads -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class MailThread:
+    thread_key: str
+    room_id: str
+    root_event_id: str | None
+    root_message_id: str
+    topic: str
+
+
+def _thread(row: EmailThread) -> MailThread:
+    return MailThread(thread_key=row.thread_key, room_id=row.room_id,
+                      root_event_id=row.root_event_id, root_message_id=row.root_message_id,
+                      topic=row.topic)
+
+
+async def get_thread(session: AsyncSession, thread_key: str) -> MailThread | None:
+    row = await session.get(EmailThread, thread_key)
+    return _thread(row) if row else None
+
+
+async def thread_by_root(session: AsyncSession, root_event_id: str) -> MailThread | None:
+    row = await session.scalar(select(EmailThread).where(
+        EmailThread.root_event_id == root_event_id))
+    return _thread(row) if row else None
+
+
+async def add_thread(session: AsyncSession, *, thread_key: str, room_id: str,
+                     root_event_id: str | None, root_message_id: str, topic: str) -> None:
+    await session.execute(insert_ignoring_conflicts(session, EmailThread).values(
+        thread_key=thread_key, room_id=room_id, root_event_id=root_event_id,
+        root_message_id=root_message_id, topic=topic, created_at=time.time()))
+
+
+async def set_thread_root(session: AsyncSession, thread_key: str, root_event_id: str) -> None:
+    await session.execute(update(EmailThread).where(EmailThread.thread_key == thread_key)
+                          .values(root_event_id=root_event_id))
+
+
+# --- link settings (the room's mail policy) ----------------------------------------------
+
+
+async def update_link_settings(session: AsyncSession, link_id: int,
+                               changes: dict[str, Any]) -> dict[str, Any]:
+    row = await session.get(Link, link_id)
+    if row is None:
+        raise LookupError(link_id)
+    settings = json.loads(row.settings or "{}")
+    settings.update(changes)
+    row.settings = json.dumps(settings)
+    return settings
