@@ -22,6 +22,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,19 +90,24 @@ class StubHomeserver:
         self.state = StubState()
         self._event_ids = itertools.count(1)
         self._txns: dict[tuple[str, str], str] = {}  # (user, txn_id) -> event id
-        self.on_sent: list[Any] = []
+        self.on_sent: list[Callable[[SentEvent], None]] = []
         self.app = web.Application(middlewares=[self._middleware])
         r = self.app.router
         r.add_get("/_matrix/client/versions", self.versions)
         r.add_post("/_matrix/client/v3/register", self.register)
         r.add_get("/_matrix/client/v3/account/whoami", self.whoami)
+        r.add_get("/_matrix/client/v3/profile/{user}/displayname", self.get_displayname)
         r.add_put("/_matrix/client/v3/profile/{user}/displayname", self.set_displayname)
+        r.add_get("/_matrix/client/v3/profile/{user}/avatar_url", self.ok)
         r.add_put("/_matrix/client/v3/profile/{user}/avatar_url", self.ok)
         r.add_post("/_matrix/client/v1/appservice/{id}/ping", self.appservice_ping)
         r.add_put("/_matrix/client/v3/rooms/{room}/send/{type}/{txn}", self.send)
         r.add_put("/_matrix/client/v3/rooms/{room}/state/{type}", self.put_state)
+        r.add_put("/_matrix/client/v3/rooms/{room}/state/{type}/", self.put_state)
         r.add_put("/_matrix/client/v3/rooms/{room}/state/{type}/{key}", self.put_state)
+        # mautrix asks for an empty state key with a trailing slash: .../state/m.room.name/
         r.add_get("/_matrix/client/v3/rooms/{room}/state/{type}", self.get_state)
+        r.add_get("/_matrix/client/v3/rooms/{room}/state/{type}/", self.get_state)
         r.add_get("/_matrix/client/v3/rooms/{room}/state/{type}/{key}", self.get_state)
         r.add_post("/_matrix/client/v3/rooms/{room}/join", self.join)
         r.add_post("/_matrix/client/v3/join/{room}", self.join)
@@ -160,6 +166,10 @@ class StubHomeserver:
             return _error(400, "M_USER_IN_USE", "User ID already taken.")
         self.state.registered.add(user_id)
         return web.json_response({"user_id": user_id, "home_server": self.domain})
+
+    async def get_displayname(self, request: web.Request) -> web.Response:
+        name = self.state.displaynames.get(request.match_info["user"])
+        return web.json_response({} if name is None else {"displayname": name})
 
     async def set_displayname(self, request: web.Request) -> web.Response:
         body = await request.json()
