@@ -24,12 +24,15 @@ log = logging.getLogger("bridge")
 def build_connectors(config: Config) -> list[Connector]:
     """The connectors of the networks enabled in the config."""
     connectors: list[Connector] = []
-    for name, section in config.networks().items():
-        if section.enabled:
-            # The Slack and email connectors arrive with their own issues; until then an
-            # enabled section would silently bridge nothing, which is worse than refusing.
-            raise ConfigError(f"{name}.enabled: the {name} connector is not available in this "
-                              "version of the bridge yet; set it to false")
+    if config.email.enabled:
+        from bridge.email.connector import EmailConnector
+
+        connectors.append(EmailConnector(config))
+    if config.slack.enabled:
+        # The Slack connector arrives with its own issue; until then an enabled section
+        # would silently bridge nothing, which is worse than refusing.
+        raise ConfigError("slack.enabled: the slack connector is not available in this "
+                          "version of the bridge yet; set it to false")
     return connectors
 
 
@@ -41,7 +44,7 @@ class Bridge:
                        connectors if connectors is not None else build_connectors(config))
         self.outbox = OutboxWorker(self.db, self.hub.deliver, self.hub.on_delivery_failed,
                                    config.bridge.outbox)
-        self.inbox = InboxWorker(self.db, self.hub.route, on_enqueued=self.outbox.wake)
+        self.inbox = InboxWorker(self.db, self.hub.route_batch, on_enqueued=self.outbox.wake)
         self.hub.wake_outbox = self.outbox.wake
         self.server = AppserviceServer(self)
         self.http: aiohttp.ClientSession | None = None

@@ -37,7 +37,7 @@ async def test_store_transaction_dedups_transaction_and_event_ids(database_url: 
             assert await queues.store_transaction(session, "t2", more) == {"!a:x", "!b:x"}
         async with db.sessions() as session:
             assert await queues.count_pending(session) == (4, 0)
-            batch = await queues.next_inbox_batch(session, "!a:x", 10)
+            batch = await queues.next_inbox_batch(session, 10, room_id="!a:x")
         assert [e.event["event_id"] for e in batch] == ["$e0", "$e1", "$e2"]
     finally:
         await db.close()
@@ -129,7 +129,7 @@ async def test_old_history_is_pruned_but_pending_work_is_kept(database_url: str)
             await queues.store_transaction(session, "old", [
                 {"room_id": "!a:x", "event_id": "$done"}, {"room_id": "!a:x", "event_id": "$p"}])
         async with db.transaction() as session:
-            batch = await queues.next_inbox_batch(session, "!a:x", 1)
+            batch = await queues.next_inbox_batch(session, 1, room_id="!a:x")
             await queues.mark_inbox_done(session, [batch[0].id])
         async with db.transaction() as session:
             await queues.prune_history(session, time.time() + 1)
@@ -138,7 +138,7 @@ async def test_old_history_is_pruned_but_pending_work_is_kept(database_url: str)
             assert await queues.store_transaction(session, "old", [
                 {"room_id": "!a:x", "event_id": "$done"}]) == {"!a:x"}
         async with db.sessions() as session:
-            pending = await queues.next_inbox_batch(session, "!a:x", 10)
+            pending = await queues.next_inbox_batch(session, 10, room_id="!a:x")
         assert [e.event["event_id"] for e in pending] == ["$p", "$done"]
     finally:
         await db.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,6 +31,37 @@ RELAYED_STATE = {"m.room.name", "m.room.topic", "m.room.avatar", "m.room.member"
 COMMAND_MSGTYPES = {"m.text", "m.notice"}
 
 
+@dataclass(slots=True)
+class RemotePart:
+    """One Matrix event a remote message becomes."""
+
+    sender: str
+    content: dict[str, Any]
+    event_type: str = "m.room.message"
+    # The remote message this event stands for (recorded in the message mapping).
+    remote_space: str | None = None
+    remote_id: str | None = None
+    part: int = 0
+    timestamp_ms: int | None = None
+    # Put the event into the thread of the remote message ``thread_of`` (in
+    # ``remote_space``), resolved when the event is sent: the root may itself still be
+    # waiting in the outbox when this part is queued.
+    thread_of: str | None = None
+
+    def payload(self, network: str) -> dict[str, Any]:
+        payload: dict[str, Any] = {"sender": self.sender, "event_type": self.event_type,
+                                   "content": self.content}
+        if self.timestamp_ms is not None:
+            payload["ts"] = self.timestamp_ms
+        if self.remote_space is not None and self.remote_id is not None:
+            payload["mapping"] = {"network": network, "remote_space": self.remote_space,
+                                  "remote_id": self.remote_id, "part": self.part}
+        if self.thread_of is not None:
+            payload["thread_of"] = {"network": network, "remote_space": self.remote_space,
+                                    "remote_id": self.thread_of}
+        return payload
+
+
 class MatrixSide(Protocol):
     """What the hub needs from the Matrix side (bridge.matrix): deliver and report."""
 
@@ -37,6 +69,12 @@ class MatrixSide(Protocol):
 
     async def upload(self, data: bytes, mimetype: str, filename: str | None,
                      user_id: str | None) -> str: ...
+
+    async def download(self, mxc: str) -> bytes: ...
+
+    async def member_name(self, room_id: str, user_id: str) -> str | None: ...
+
+    async def room_name(self, room_id: str) -> str | None: ...
 
     async def note_state(self, event: dict[str, Any]) -> None: ...
 
@@ -67,7 +105,29 @@ class Hub:
 
     # --- inbound: one Matrix event from the inbox ---------------------------------------
 
-    async def route(self, session: AsyncSession, entry: InboxEntry) -> list[NewDelivery]:
+    async def route_batch(
+        self, session: AsyncSession, batch: list[InboxEntry]
+    ) -> tuple[list[NewDelivery], list[tuple[InboxEntry, str]]]:
+        """Route a batch of events in order; returns the deliveries and the events that
+        could not be handled (with why), which are recorded and skipped."""
+        portals, links = await store.portals_and_links(session, {e.room_id for e in batch})
+        deliveries: list[NewDelivery] = []
+        failed: list[tuple[InboxEntry, str]] = []
+        for entry in batch:
+            try:
+                deliveries += await self.route(session, entry, portals, links)
+            except Exception as exc:
+                # A routing bug must not block the room forever: record it and go on.
+                log.exception("could not handle event %s in %s", entry.event.get("event_id"),
+                              entry.room_id)
+                failed.append((entry, repr(exc)))
+        return deliveries, failed
+
+    async def route(self, session: AsyncSession, entry: InboxEntry,
+                    portals: dict[str, store.PortalInfo],
+                    links: dict[str, list[store.LinkInfo]]) -> list[NewDelivery]:
+        """What one event means. ``portals``/``links`` are the batch's view of the rooms and
+        are kept current when an event changes them."""
         event = entry.event
         room_id = entry.room_id
         sender = event.get("sender", "")
@@ -79,11 +139,15 @@ class Hub:
             await self.matrix.note_state(event)
 
         if etype == "m.room.member" and state_key == self.bot_mxid:
-            return await self._bot_membership(session, room_id, sender, content)
+            routed = await self._bot_membership(session, room_id, sender, content)
+            if content.get("membership") in ("leave", "ban"):
+                portals.pop(room_id, None)
+                links[room_id] = []
+            return routed
         if sender == self.bot_mxid:
             return []  # the bot's own notices and state are never relayed
 
-        portal = await store.get_portal(session, room_id)
+        portal = portals.get(room_id)
         if etype == "m.room.message" and portal is not None:
             command = self._command_text(content, portal.is_direct, sender)
             if command is not None:
@@ -94,12 +158,14 @@ class Hub:
 
         if state_key is not None and etype not in RELAYED_STATE:
             return []
-        links = await store.links_of_room(session, room_id)
+        room_links = links.get(room_id) or []
+        if not room_links:
+            return []
         sender_network = self.network_of(sender)
         return [
             NewDelivery(network=link.network, room_id=room_id, kind="relay",
                         payload={"link_id": link.id, "event": event})
-            for link in links
+            for link in room_links
             if link.network in self.connectors and link.network != sender_network
         ]
 
@@ -182,6 +248,20 @@ class Hub:
         assert self.matrix is not None
         return await self.matrix.upload(data, mimetype, filename, user_id)
 
+    async def download_media(self, mxc: str) -> bytes:
+        """Read a file of the room (through the authenticated media API)."""
+        assert self.matrix is not None
+        return await self.matrix.download(mxc)
+
+    async def member_name(self, room_id: str, user_id: str) -> str | None:
+        """The display name ``user_id`` has in the room, if any."""
+        assert self.matrix is not None
+        return await self.matrix.member_name(room_id, user_id)
+
+    async def room_name(self, room_id: str) -> str | None:
+        assert self.matrix is not None
+        return await self.matrix.room_name(room_id)
+
     async def ensure_puppet(self, network: str, remote_id: str, displayname: str | None,
                             avatar_source: str | None = None,
                             avatar_mxc: str | None = None) -> str:
@@ -224,24 +304,28 @@ class Hub:
         part: int = 0,
         timestamp_ms: int | None = None,
     ) -> bool:
-        """Queue a remote message for the room, exactly once per ``dedup_key``.
+        """Queue one remote message for the room, exactly once per ``dedup_key``.
 
         Returns False (and queues nothing) when the key was seen before: the remote side
         re-sent something it already delivered. With ``remote_space``/``remote_id`` the
         resulting Matrix event is recorded in the message mapping.
         """
-        payload: dict[str, Any] = {"sender": sender, "event_type": event_type,
-                                   "content": content}
-        if timestamp_ms is not None:
-            payload["ts"] = timestamp_ms
-        if remote_space is not None and remote_id is not None:
-            payload["mapping"] = {"network": network, "remote_space": remote_space,
-                                  "remote_id": remote_id, "part": part}
+        return await self.post_parts(
+            network=network, dedup_key=dedup_key, room_id=room_id,
+            parts=[RemotePart(sender=sender, content=content, event_type=event_type,
+                              remote_space=remote_space, remote_id=remote_id, part=part,
+                              timestamp_ms=timestamp_ms)])
+
+    async def post_parts(self, *, network: str, dedup_key: str | None, room_id: str,
+                         parts: list[RemotePart]) -> bool:
+        """Queue the Matrix events one remote message becomes (text, then each file), all
+        or none, exactly once per ``dedup_key``."""
+        deliveries = [self._matrix(room_id, "message", p.payload(network)) for p in parts]
         async with self.db.transaction() as session:
             if dedup_key is not None and not await store.claim_inbound_key(
                     session, network, dedup_key):
                 return False
-            await queues.enqueue(session, [self._matrix(room_id, "message", payload)])
+            await queues.enqueue(session, deliveries)
         self.wake_outbox()
         return True
 

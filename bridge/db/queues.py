@@ -13,9 +13,9 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy import Table, delete, exists, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -73,24 +73,21 @@ async def store_transaction(
     return {row["room_id"] for row in rows}
 
 
-async def inbox_rooms_with_work(session: AsyncSession) -> list[str]:
-    rows = await session.scalars(
-        select(InboxItem.room_id).where(InboxItem.state == "pending").distinct()
-    )
-    return list(rows)
+async def lock_rooms(session: AsyncSession, room_ids: set[str]) -> set[str]:
+    """Take these rooms' inbox for this DB transaction; returns those we got.
 
-
-async def lock_room(session: AsyncSession, room_id: str) -> bool:
-    """Take the room's inbox for this DB transaction; False if another process has it.
-
-    On SQLite there is only one writer process, so the in-process lock suffices.
+    On PostgreSQL another bridge process may be draining some of them right now (a
+    room-scoped advisory lock says who). SQLite has one writer at a time anyway.
     """
-    if dialect_name(session) != "postgresql":
-        return True
-    got = await session.scalar(
-        select(func.pg_try_advisory_xact_lock(func.hashtextextended(room_id, 0)))
+    if dialect_name(session) != "postgresql" or not room_ids:
+        return room_ids
+    rooms = sorted(room_ids)  # a fixed order, so two processes cannot deadlock
+    result = await session.execute(
+        text("SELECT r FROM unnest(CAST(:rooms AS text[])) AS r "
+             "WHERE pg_try_advisory_xact_lock(hashtextextended(r, 0))"),
+        {"rooms": rooms},
     )
-    return bool(got)
+    return {row[0] for row in result}
 
 
 @dataclass(slots=True)
@@ -102,17 +99,25 @@ class InboxEntry:
     attempts: int
 
 
-async def next_inbox_batch(session: AsyncSession, room_id: str, limit: int) -> list[InboxEntry]:
-    rows = await session.execute(
-        select(
-            InboxItem.id, InboxItem.event, InboxItem.received_at, InboxItem.attempts
-        )
-        .where(InboxItem.room_id == room_id, InboxItem.state == "pending")
-        .order_by(InboxItem.id)
+# Core statements on the table: the hot path needs no ORM identity bookkeeping.
+_INBOX = cast(Table, InboxItem.__table__)
+
+
+async def next_inbox_batch(session: AsyncSession, limit: int,
+                           room_id: str | None = None) -> list[InboxEntry]:
+    """The oldest pending events (of one room, if given), in arrival order."""
+    query = (
+        select(_INBOX.c.id, _INBOX.c.room_id, _INBOX.c.event, _INBOX.c.received_at,
+               _INBOX.c.attempts)
+        .where(_INBOX.c.state == "pending")
+        .order_by(_INBOX.c.id)
         .limit(limit)
     )
+    if room_id is not None:
+        query = query.where(_INBOX.c.room_id == room_id)
+    rows = await session.execute(query)
     return [
-        InboxEntry(id=r.id, room_id=room_id, event=json.loads(r.event),
+        InboxEntry(id=r.id, room_id=r.room_id, event=json.loads(r.event),
                    received_at=r.received_at, attempts=r.attempts)
         for r in rows
     ]
@@ -123,7 +128,7 @@ async def mark_inbox_done(session: AsyncSession, ids: Iterable[int]) -> None:
     if ids:
         # The event body is no longer needed; the row stays as the event-ID dedup record.
         await session.execute(
-            update(InboxItem).where(InboxItem.id.in_(ids)).values(state="done", event="{}")
+            update(_INBOX).where(_INBOX.c.id.in_(ids)).values(state="done", event="{}")
         )
 
 

@@ -36,6 +36,29 @@ async def get_portal(session: AsyncSession, room_id: str) -> Portal | None:
     return await session.get(Portal, room_id)
 
 
+@dataclass(slots=True)
+class PortalInfo:
+    room_id: str
+    is_direct: bool
+
+
+async def portals_and_links(
+    session: AsyncSession, room_ids: set[str]
+) -> tuple[dict[str, PortalInfo], dict[str, list[LinkInfo]]]:
+    """Portals and their links for many rooms at once (two queries, whatever the count)."""
+    portals = {
+        row.room_id: PortalInfo(row.room_id, row.is_direct)
+        for row in await session.execute(
+            select(Portal.room_id, Portal.is_direct).where(Portal.room_id.in_(room_ids)))
+    }
+    links: dict[str, list[LinkInfo]] = {room: [] for room in room_ids}
+    if portals:
+        for link in await session.scalars(
+                select(Link).where(Link.room_id.in_(list(portals))).order_by(Link.id)):
+            links[link.room_id].append(_link_info(link))
+    return portals, links
+
+
 async def ensure_portal(session: AsyncSession, room_id: str, *, is_direct: bool = False) -> None:
     await session.execute(
         insert_ignoring_conflicts(session, Portal).values(
@@ -183,6 +206,16 @@ async def mappings_for_remote(
         .where(MessageMapping.network == network, MessageMapping.remote_space == remote_space,
                MessageMapping.remote_id == remote_id)
         .order_by(MessageMapping.part)
+    )
+    return [_mapping_info(r) for r in rows]
+
+
+async def mappings_for_remote_any_space(session: AsyncSession, network: str,
+                                        remote_id: str) -> list[MappingInfo]:
+    rows = await session.scalars(
+        select(MessageMapping)
+        .where(MessageMapping.network == network, MessageMapping.remote_id == remote_id)
+        .order_by(MessageMapping.id)
     )
     return [_mapping_info(r) for r in rows]
 
