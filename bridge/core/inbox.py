@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,6 +43,16 @@ _IN_FAILED = metrics.FAILURES.labels(network="matrix", direction="in", stage="ha
 _IN_DB_FAILED = metrics.FAILURES.labels(network="matrix", direction="in", stage="inbox")
 
 
+@dataclass(slots=True)
+class BatchOutcome:
+    handled: int
+    more: bool  # a full batch: more may be waiting
+    enqueued: bool  # deliveries were queued: wake the outbox
+    # Events of rooms that another transaction was handling at that moment: look again
+    # shortly (its commit does not know about our events).
+    skipped: bool = False
+
+
 class InboxWorker:
     def __init__(self, db: Database, route: BatchRouter, on_enqueued: Callable[[], None]) -> None:
         self.db = db
@@ -51,6 +62,7 @@ class InboxWorker:
         self._idle = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._skipped_delay = 0.005
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -89,31 +101,52 @@ class InboxWorker:
 
     async def _handle_batch(self) -> bool:
         """Handle up to BATCH pending events in one DB transaction; True if more remain."""
-        started = time.perf_counter()
         async with self.db.transaction() as session:
-            batch = await queues.next_inbox_batch(session, BATCH)
-            if not batch:
-                return False
-            mine = await queues.lock_rooms(session, {e.room_id for e in batch})
-            batch = [e for e in batch if e.room_id in mine]
-            deliveries, failed = await self.route(session, batch)
-            for entry, error in failed:
-                _IN_FAILED.inc()
-                await queues.mark_inbox_failed(session, entry.id, error)
-            failed_ids = {entry.id for entry, _ in failed}
-            await queues.mark_inbox_done(session, [e.id for e in batch
-                                                   if e.id not in failed_ids])
-            await queues.enqueue(session, deliveries)
-        now = time.time()
-        if batch:
-            _IN_EVENTS.inc(len(batch))
-            _IN_HANDLING.observe((time.perf_counter() - started) / len(batch))
-            for entry in batch:
-                _IN_LATENCY.observe(max(0.0, now - entry.received_at))
-        if deliveries:
+            outcome = await self.handle_pending(session)
+        if outcome.enqueued:
             self.on_enqueued()
-        # Rooms another process holds are left to it; only a full batch means "more now".
-        return len(batch) >= BATCH
+        if outcome.skipped:
+            # Someone else holds a room of ours; give them a moment, then look again.
+            self._skipped_delay = min(self._skipped_delay * 2, 1.0)
+            await asyncio.sleep(self._skipped_delay)
+            return True
+        self._skipped_delay = 0.005
+        return outcome.more
+
+    async def handle_pending(self, session: AsyncSession) -> BatchOutcome:
+        """Route the oldest pending events inside the caller's transaction.
+
+        The transaction endpoint calls this right after storing a transaction, so an event
+        is usually handled before the homeserver even gets its answer; the drainer only
+        takes what is left (a backlog, rooms another process held, a failed attempt).
+        """
+        started = time.perf_counter()
+        batch = await queues.next_inbox_batch(session, BATCH)
+        if not batch:
+            return BatchOutcome(0, False, False)
+        mine = await queues.lock_rooms(session, {e.room_id for e in batch})
+        handled = [e for e in batch if e.room_id in mine]
+        deliveries, failed = await self.route(session, handled)
+        for entry, error in failed:
+            _IN_FAILED.inc()
+            await queues.mark_inbox_failed(session, entry.id, error)
+        failed_ids = {entry.id for entry, _ in failed}
+        await queues.mark_inbox_done(session, [e.id for e in handled if e.id not in failed_ids])
+        await queues.enqueue(session, deliveries)
+        now = time.time()
+        if handled:
+            _IN_EVENTS.inc(len(handled))
+            _IN_HANDLING.observe((time.perf_counter() - started) / len(handled))
+            for entry in handled:
+                _IN_LATENCY.observe(max(0.0, now - entry.received_at))
+        return BatchOutcome(len(handled), len(batch) >= BATCH, bool(deliveries),
+                            skipped=len(handled) < len(batch))
+
+    def after_commit(self, outcome: BatchOutcome) -> None:
+        if outcome.enqueued:
+            self.on_enqueued()
+        if outcome.more or outcome.skipped:
+            self.notify()
 
     async def _sweep_forever(self) -> None:
         last_prune = 0.0

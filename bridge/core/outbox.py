@@ -55,8 +55,14 @@ class OutboxWorker:
         while not self._closing:
             self._wake.clear()
             try:
-                async with self.db.transaction() as session:
-                    items = await queues.claim_deliveries(session, CLAIM_LIMIT, LEASE_SECONDS)
+                # Look before taking the write lock: most wake-ups find nothing due.
+                async with self.db.sessions() as session:
+                    due = await queues.has_due_deliveries(session)
+                items = []
+                if due:
+                    async with self.db.transaction() as session:
+                        items = await queues.claim_deliveries(session, CLAIM_LIMIT,
+                                                              LEASE_SECONDS)
                 db_delay = 0.5
             except Exception:
                 log.exception("could not claim outbox items; retrying in %.1fs", db_delay)
@@ -88,9 +94,7 @@ class OutboxWorker:
                 timeout = min(timeout, max(0.0, due - time.time()))
         except Exception:
             log.warning("could not read the outbox schedule", exc_info=True)
-        if self._in_flight and timeout > 0:
-            # A lane whose head is in flight has its next item ready the moment it finishes.
-            timeout = min(timeout, 0.05)
+        # A finished delivery wakes us (its lane's next item is then due), so no polling.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 

@@ -122,6 +122,13 @@ async def thread_by_root(session: AsyncSession, root_event_id: str) -> MailThrea
     return _thread(row) if row else None
 
 
+async def thread_by_message_id(session: AsyncSession, room_id: str,
+                               message_id: str) -> MailThread | None:
+    row = await session.scalar(select(EmailThread).where(
+        EmailThread.room_id == room_id, EmailThread.root_message_id == message_id))
+    return _thread(row) if row else None
+
+
 async def add_thread(session: AsyncSession, *, thread_key: str, room_id: str,
                      root_event_id: str | None, root_message_id: str, topic: str) -> None:
     await session.execute(insert_ignoring_conflicts(session, EmailThread).values(

@@ -46,9 +46,13 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Connection) -> None:
-    # IMMEDIATE takes the write lock up front: two bridge processes on one SQLite file
-    # then claim work one after the other instead of both reading the same free items.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Writing transactions say IMMEDIATE, which takes the write lock up front: two bridge
+    # processes on one SQLite file then claim work one after the other instead of both
+    # reading the same free items. Reads stay deferred and never wait for a writer (WAL).
+    if conn.get_execution_options().get("writer"):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -103,7 +107,10 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = create_engine(url)
+        # Sessions for reading; transaction() hands out writing ones.
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._writers = async_sessionmaker(self.engine.execution_options(writer=True),
+                                           expire_on_commit=False)
         self.postgres = is_postgres(self.engine)
         # SQLite allows one writer at a time; serialising our own writers in-process avoids
         # busy-waiting on the file lock and keeps latency flat.
@@ -113,10 +120,10 @@ class Database:
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session in a transaction that commits on success and rolls back on error."""
         if self._write_lock is None:
-            async with self.sessions() as session, session.begin():
+            async with self._writers() as session, session.begin():
                 yield session
             return
-        async with self._write_lock, self.sessions() as session, session.begin():
+        async with self._write_lock, self._writers() as session, session.begin():
             yield session
 
     async def upgrade(self) -> tuple[str | None, str | None]:

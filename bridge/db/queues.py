@@ -215,6 +215,26 @@ async def enqueue(session: AsyncSession, deliveries: Iterable[NewDelivery]) -> i
     return len(rows)
 
 
+def _claimable(now: float) -> Any:
+    earlier = aliased(OutboxItem)
+    return (
+        OutboxItem.state == "pending",
+        OutboxItem.next_attempt_at <= now,
+        OutboxItem.claimed_until <= now,
+        ~exists().where(
+            earlier.lane == OutboxItem.lane,
+            earlier.state == "pending",
+            earlier.id < OutboxItem.id,
+        ),
+    )
+
+
+async def has_due_deliveries(session: AsyncSession) -> bool:
+    found = await session.scalar(
+        select(OutboxItem.id).where(*_claimable(time.time())).limit(1))
+    return found is not None
+
+
 async def claim_deliveries(session: AsyncSession, limit: int, lease: float) -> list[Delivery]:
     """Claim the due head item of up to ``limit`` lanes.
 
@@ -222,22 +242,7 @@ async def claim_deliveries(session: AsyncSession, limit: int, lease: float) -> l
     holds back everything behind it: order within a lane is never broken.
     """
     now = time.time()
-    earlier = aliased(OutboxItem)
-    query = (
-        select(OutboxItem)
-        .where(
-            OutboxItem.state == "pending",
-            OutboxItem.next_attempt_at <= now,
-            OutboxItem.claimed_until <= now,
-            ~exists().where(
-                earlier.lane == OutboxItem.lane,
-                earlier.state == "pending",
-                earlier.id < OutboxItem.id,
-            ),
-        )
-        .order_by(OutboxItem.id)
-        .limit(limit)
-    )
+    query = select(OutboxItem).where(*_claimable(now)).order_by(OutboxItem.id).limit(limit)
     if dialect_name(session) == "postgresql":
         query = query.with_for_update(skip_locked=True)
     items = list(await session.scalars(query))

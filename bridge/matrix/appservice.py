@@ -88,9 +88,13 @@ class AppserviceServer:
         events = body.get("events") if isinstance(body, dict) else None
         if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
             return _error(400, "M_BAD_JSON", "'events' must be a list of events")
+        inbox = self.bridge.inbox
         try:
             async with self.bridge.db.transaction() as session:
                 rooms = await queues.store_transaction(session, txn_id, events)
+                # Handled in the same database transaction when possible: one commit, and
+                # the events' effects are queued before the homeserver hears back.
+                outcome = await inbox.handle_pending(session) if rooms else None
         except Exception:
             # Not acknowledged: the homeserver keeps the transaction and sends it again.
             log.exception("could not store transaction %s", txn_id)
@@ -101,7 +105,8 @@ class AppserviceServer:
             log.debug("transaction %s was already stored; ignoring the repeat", txn_id)
         else:
             metrics.TRANSACTIONS.labels(outcome="stored").inc()
-            self.bridge.inbox.notify(rooms)
+            if outcome is not None:
+                inbox.after_commit(outcome)
         return web.json_response({})
 
     async def query_user(self, request: web.Request) -> web.Response:
