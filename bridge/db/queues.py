@@ -15,7 +15,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, exists, func, insert, select, text, update
+from sqlalchemy import (
+    Float,
+    Table,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -30,9 +41,10 @@ def dialect_name(session: AsyncSession) -> str:
 
 
 def insert_ignoring_conflicts(session: AsyncSession, model: type) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING, on the table (Core: no ORM bookkeeping)."""
     dialect = dialect_name(session)
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(model).on_conflict_do_nothing()
+    return insert(model.__table__).on_conflict_do_nothing()  # type: ignore[attr-defined]
 
 
 # --- appservice transactions and the inbox -------------------------------------------------
@@ -101,6 +113,7 @@ class InboxEntry:
 
 # Core statements on the table: the hot path needs no ORM identity bookkeeping.
 _INBOX = cast(Table, InboxItem.__table__)
+_OUTBOX = cast(Table, OutboxItem.__table__)
 
 
 async def next_inbox_batch(session: AsyncSession, limit: int,
@@ -211,11 +224,16 @@ async def enqueue(session: AsyncSession, deliveries: Iterable[NewDelivery]) -> i
     now = time.time()
     rows = [d.row(now) for d in deliveries]
     if rows:
-        await session.execute(insert(OutboxItem), rows)
+        await session.execute(insert(_OUTBOX), rows)
     return len(rows)
 
 
-def _claimable(now: float) -> Any:
+def _claimable() -> Any:
+    """Items that may go out now: pending, due, unclaimed, and the oldest of their lane.
+
+    Built once: constructing this statement costs more than running it.
+    """
+    now = bindparam("now", type_=Float)
     earlier = aliased(OutboxItem)
     return (
         OutboxItem.state == "pending",
@@ -229,9 +247,14 @@ def _claimable(now: float) -> Any:
     )
 
 
+_HAS_DUE = select(OutboxItem.id).where(*_claimable()).limit(1)
+_CLAIM = select(OutboxItem).where(*_claimable()).order_by(OutboxItem.id).limit(
+    bindparam("limit"))
+_CLAIM_FOR_UPDATE = _CLAIM.with_for_update(skip_locked=True)
+
+
 async def has_due_deliveries(session: AsyncSession) -> bool:
-    found = await session.scalar(
-        select(OutboxItem.id).where(*_claimable(time.time())).limit(1))
+    found = await session.scalar(_HAS_DUE, {"now": time.time()})
     return found is not None
 
 
@@ -242,10 +265,8 @@ async def claim_deliveries(session: AsyncSession, limit: int, lease: float) -> l
     holds back everything behind it: order within a lane is never broken.
     """
     now = time.time()
-    query = select(OutboxItem).where(*_claimable(now)).order_by(OutboxItem.id).limit(limit)
-    if dialect_name(session) == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    items = list(await session.scalars(query))
+    query = _CLAIM_FOR_UPDATE if dialect_name(session) == "postgresql" else _CLAIM
+    items = list(await session.scalars(query, {"now": now, "limit": limit}))
     if not items:
         return []
     await session.execute(
@@ -266,15 +287,18 @@ async def release_claims(session: AsyncSession, ids: list[int]) -> None:
     )
 
 
+def _next_due(greatest: Any) -> Any:
+    return select(func.min(greatest(OutboxItem.next_attempt_at, OutboxItem.claimed_until))) \
+        .where(OutboxItem.state == "pending")
+
+
+# SQLite spells GREATEST as the two-argument MAX.
+_NEXT_DUE = {"sqlite": _next_due(func.max), "postgresql": _next_due(func.greatest)}
+
+
 async def next_due_time(session: AsyncSession) -> float | None:
     """When the earliest waiting delivery becomes due (None: nothing is waiting)."""
-    value = await session.scalar(
-        select(func.min(func.max(OutboxItem.next_attempt_at, OutboxItem.claimed_until)))
-        .where(OutboxItem.state == "pending")
-    ) if dialect_name(session) == "sqlite" else await session.scalar(
-        select(func.min(func.greatest(OutboxItem.next_attempt_at, OutboxItem.claimed_until)))
-        .where(OutboxItem.state == "pending")
-    )
+    value = await session.scalar(_NEXT_DUE[dialect_name(session)])
     return float(value) if value is not None else None
 
 

@@ -53,9 +53,13 @@ async def portals_and_links(
     }
     links: dict[str, list[LinkInfo]] = {room: [] for room in room_ids}
     if portals:
-        for link in await session.scalars(
-                select(Link).where(Link.room_id.in_(list(portals))).order_by(Link.id)):
-            links[link.room_id].append(_link_info(link))
+        table = Link.__table__
+        rows = await session.execute(
+            select(table).where(table.c.room_id.in_(list(portals))).order_by(table.c.id))
+        for row in rows:
+            links[row.room_id].append(LinkInfo(
+                id=row.id, room_id=row.room_id, network=row.network, remote_id=row.remote_id,
+                remote_name=row.remote_name, settings=json.loads(row.settings or "{}")))
     return portals, links
 
 
