@@ -73,8 +73,16 @@ def homeserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Homeserver]
     data["appservice"].update(address=f"http://127.0.0.1:{bridge_port}", port=bridge_port)
     data["bridge"]["admins"] = [f"@admin*:{SERVER_NAME}"]
     config_path.write_text(yaml.safe_dump(data))
-    assert bridge_cli(["generate-registration", "-c", str(config_path),
-                       "-r", str(registration_path)]) == 0
+    # Registered with every network's namespace, so tests can switch networks on.
+    os.environ.update(BRIDGE_EMAIL__ENABLED="true", BRIDGE_EMAIL__SENDER_AUTH="none",
+                      BRIDGE_SLACK__ENABLED="true")
+    try:
+        assert bridge_cli(["generate-registration", "-c", str(config_path),
+                           "-r", str(registration_path)]) == 0
+    finally:
+        for name in ("BRIDGE_EMAIL__ENABLED", "BRIDGE_EMAIL__SENDER_AUTH",
+                     "BRIDGE_SLACK__ENABLED"):
+            del os.environ[name]
     registration = yaml.safe_load(registration_path.read_text())
     # The test network's puppets need a namespace of their own, like Slack's and email's.
     registration["namespaces"]["users"].append(
@@ -131,14 +139,21 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 class RunningBridge:
-    def __init__(self, homeserver: Homeserver, config: Config) -> None:
+    """A bridge in the test's event loop, with the test network and, if asked, the real
+    connectors the config enables."""
+
+    def __init__(self, homeserver: Homeserver, config: Config, with_email: bool = False) -> None:
         self.homeserver = homeserver
         self.config = config
         self.connector = RecordingConnector(SERVER_NAME)
+        self.with_email = with_email
         self.bridge: Bridge | None = None
 
     async def start(self) -> Bridge:
-        self.bridge = Bridge(self.config, connectors=[self.connector])
+        from bridge.app import build_connectors
+
+        extra = build_connectors(self.config) if self.with_email else []
+        self.bridge = Bridge(self.config, connectors=[self.connector, *extra])
         await self.bridge.start()
         return self.bridge
 

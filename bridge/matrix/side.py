@@ -22,6 +22,7 @@ from mautrix.errors import (
     MNotFound,
 )
 from mautrix.types import (
+    ContentURI,
     EventType,
     Membership,
     PowerLevelStateEventContent,
@@ -102,6 +103,26 @@ class MatrixSide:
         await intent.ensure_registered()
         return str(await intent.upload_media(data, mime_type=mimetype, filename=filename))
 
+    async def download(self, mxc: str) -> bytes:
+        return await self.bot_intent.download_media(ContentURI(mxc))
+
+    async def member_name(self, room_id: str, user_id: str) -> str | None:
+        try:
+            member = await self.bot_intent.get_state_event(
+                RoomID(room_id), EventType.ROOM_MEMBER, user_id)
+        except MatrixRequestError:
+            return None
+        name = getattr(member, "displayname", None)
+        return str(name) if name else None
+
+    async def room_name(self, room_id: str) -> str | None:
+        try:
+            state = await self.bot_intent.get_state_event(RoomID(room_id), EventType.ROOM_NAME)
+        except MatrixRequestError:
+            return None
+        name = getattr(state, "name", None)
+        return str(name) if name else None
+
     def intent(self, user_id: str | None) -> IntentAPI:
         if not user_id or user_id == self.hub.bot_mxid:
             return self.bot_intent
@@ -153,16 +174,37 @@ class MatrixSide:
         kwargs: dict[str, Any] = {"txn_id": f"ob{d.id}"}
         if p.get("ts"):
             kwargs["timestamp"] = int(p["ts"])
+        content = dict(p["content"])
+        thread_root = await self._thread_root(p.get("thread_of"))
+        if thread_root is not None:
+            content["m.relates_to"] = {"rel_type": "m.thread", "event_id": thread_root,
+                                       "is_falling_back": True,
+                                       "m.in_reply_to": {"event_id": thread_root}}
+        elif isinstance(content.get("m.relates_to"), dict):
+            relates = content["m.relates_to"]
+            if relates.get("rel_type") == "m.thread":
+                thread_root = relates.get("event_id")
         event_id = await intent.send_message_event(
             RoomID(d.room_id), EventType.find(p.get("event_type", "m.room.message")),
-            raw(p["content"]), **kwargs,
+            raw(content), **kwargs,
         )
         mapping = p.get("mapping")
         if mapping:
             async with self.hub.db.transaction() as session:
                 await store.add_mapping(session, room_id=d.room_id, event_id=event_id,
-                                        **mapping)
+                                        thread_root=thread_root, **mapping)
         return str(event_id)
+
+    async def _thread_root(self, ref: dict[str, Any] | None) -> str | None:
+        """The Matrix thread root for a part that names its root by remote message ID."""
+        if not ref:
+            return None
+        async with self.hub.db.sessions() as session:
+            mapped = await store.mappings_for_remote(session, ref["network"],
+                                                     ref["remote_space"], ref["remote_id"])
+        if not mapped:
+            return None  # the root never made it to Matrix: post in the main timeline
+        return mapped[0].thread_root or mapped[0].event_id
 
     async def _deliver_state(self, d: Delivery, p: dict[str, Any]) -> str:
         intent = self.intent(p.get("sender"))

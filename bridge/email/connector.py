@@ -1,0 +1,552 @@
+"""The email connector: room addresses, subscribers, and mail both ways.
+
+Inbound, a mail to ``bauamt@<email.domain>`` is posted into the linked room as the sender's
+puppet (after the sender is authenticated and allowed by the room's policy). Outbound, every
+message of the room is mailed to each active subscriber except its own author, threaded so
+that replies come back into the same Matrix thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import logging
+import re
+import time
+from email import message_from_bytes, policy
+from typing import TYPE_CHECKING, Any
+
+from bridge import metrics
+from bridge.config import Config, EmailConfig
+from bridge.core.connector import Connector, Health, LinkTarget
+from bridge.core.errors import CommandError, PermanentError
+from bridge.core.hub import RemotePart
+from bridge.db import email_store, queues, store
+from bridge.db.queues import Delivery, NewDelivery
+from bridge.db.store import LinkInfo
+from bridge.email.addresses import (
+    clean_display_name,
+    is_our_message_id,
+    make_reply_address,
+    make_unsubscribe_address,
+    message_id_for,
+    new_topic_subject,
+    reply_subject,
+    thread_key_for,
+    verify_unsubscribe,
+)
+from bridge.email.auth import authenticate
+from bridge.email.compose import LinkedFile, OutgoingAttachment, build_email, matrix_html_to_text
+from bridge.email.inbound import SmtpServer, Target
+from bridge.email.outbound import RelayPool
+from bridge.email.parse import MalformedMail, ParsedMail, parse_message
+from bridge.email.sanitize import sanitize_html
+
+if TYPE_CHECKING:
+    from bridge.core.hub import Hub
+
+log = logging.getLogger("bridge.email")
+
+NETWORK = "email"
+_LOCALPART = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,38}[a-z0-9])?$")
+_ADDRESS = re.compile(r"^[^@\s<>\"]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+MEDIA_MSGTYPES = {"m.image": "image", "m.file": "file", "m.video": "video", "m.audio": "audio"}
+
+
+def _strip_brackets(message_id: str) -> str:
+    return message_id.strip().strip("<>")
+
+
+def _msgtype_for(mimetype: str) -> str:
+    kind = mimetype.split("/", 1)[0]
+    return {"image": "m.image", "video": "m.video", "audio": "m.audio"}.get(kind, "m.file")
+
+
+class EmailConnector(Connector):
+    network = NETWORK
+    display_name = "Email"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config.email.puppet_prefix, config.homeserver.domain)
+        self.config = config
+        self.settings: EmailConfig = config.email
+        self.domain = config.email.domain.lower()
+        self.secret = config.email.token_secret.encode()
+        self.relay = RelayPool(config.email.smtp_out, local_hostname=self.domain)
+        self.server = SmtpServer(self)
+        self._hub: Hub | None = None
+        self._names: dict[tuple[str, str], str] = {}  # (room, user) -> display name cache
+
+    @property
+    def hub(self) -> Hub:
+        assert self._hub is not None, "the email connector is not started"
+        return self._hub
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self, hub: Hub) -> None:
+        self._hub = hub
+        await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop()
+        await self.relay.close()
+
+    def health(self) -> Health:
+        s = self.settings
+        where = f"receiving on {s.smtp_in.hostname}:{s.smtp_in.port}, relay " \
+                f"{s.smtp_out.host}:{s.smtp_out.port}"
+        if self.relay.last_error:
+            return Health(False, f"{where}: last delivery failed: {self.relay.last_error}")
+        return Health(True, where)
+
+    # --- links and commands --------------------------------------------------------------
+
+    def address_of(self, localpart: str) -> str:
+        return f"{localpart}@{self.domain}"
+
+    async def link_for(self, localpart: str) -> LinkInfo | None:
+        async with self.hub.db.sessions() as session:
+            return await store.link_by_remote(session, NETWORK, localpart.lower())
+
+    async def resolve_link(self, hub: Hub, room_id: str, remote_id: str,
+                           args: list[str]) -> LinkTarget:
+        localpart = remote_id.lower()
+        if "@" in localpart:
+            name, _, domain = localpart.partition("@")
+            if domain != self.domain:
+                raise CommandError(f"Room addresses end in `@{self.domain}`; give just the "
+                                   f"part before the @, e.g. `{name}`.")
+            localpart = name
+        if not _LOCALPART.match(localpart) or "+" in localpart:
+            raise CommandError("A room address may use a-z, 0-9, '.', '_' and '-' (up to 40 "
+                               f"characters), not `{remote_id}`.")
+        return LinkTarget(remote_id=localpart, remote_name=self.address_of(localpart),
+                          settings={"policy": "subscribers"})
+
+    def commands(self) -> dict[str, Any]:
+        return {"subscribe": self._cmd_subscribe, "unsubscribe": self._cmd_unsubscribe,
+                "list": self._cmd_list, "policy": self._cmd_policy}
+
+    async def _room_link(self, room_id: str) -> LinkInfo:
+        async with self.hub.db.sessions() as session:
+            links = await store.links_of_room(session, room_id)
+        link = next((lk for lk in links if lk.network == NETWORK), None)
+        if link is None:
+            raise CommandError(f"This room has no email address yet. Give it one with "
+                               f"`{self.hub.prefix} link email <name>`.")
+        return link
+
+    async def _cmd_subscribe(self, hub: Hub, room_id: str, sender: str,
+                             args: list[str]) -> str:
+        if not args:
+            raise CommandError(f"Usage: `{hub.prefix} email subscribe <address> [name]`")
+        link = await self._room_link(room_id)
+        address = args[0].strip("<>").lower()
+        if not _ADDRESS.match(address):
+            raise CommandError(f"`{args[0]}` is not an email address.")
+        if address.endswith("@" + self.domain):
+            raise CommandError("Room addresses cannot subscribe to rooms (that would loop).")
+        name = " ".join(args[1:]).strip() or None
+        async with hub.db.transaction() as session:
+            new = await email_store.subscribe(session, room_id, address, name, sender)
+        who = f"{name} <{address}>" if name else address
+        if new:
+            return (f"Subscribed {who}: they receive this room by email and may write to "
+                    f"{link.remote_name}.")
+        return f"{who} was already subscribed; their delivery is active again."
+
+    async def _cmd_unsubscribe(self, hub: Hub, room_id: str, sender: str,
+                               args: list[str]) -> str:
+        if len(args) != 1:
+            raise CommandError(f"Usage: `{hub.prefix} email unsubscribe <address>`")
+        await self._room_link(room_id)
+        async with hub.db.transaction() as session:
+            removed = await email_store.unsubscribe(session, room_id, args[0].strip("<>"))
+        if not removed:
+            raise CommandError(f"`{args[0]}` is not subscribed to this room.")
+        return f"Unsubscribed {args[0].lower()}."
+
+    async def _cmd_list(self, hub: Hub, room_id: str, sender: str, args: list[str]) -> str:
+        link = await self._room_link(room_id)
+        async with hub.db.sessions() as session:
+            subs = await email_store.subscribers(session, room_id)
+        policy = link.settings.get("policy", "subscribers")
+        if policy == "domain":
+            policy = f"domain {link.settings.get('policy_domain')}"
+        lines = [f"**{link.remote_name}** (who may write in: {policy})"]
+        if not subs:
+            lines.append("- no subscribers yet")
+        for sub in subs:
+            name = f"{sub.display_name} " if sub.display_name else ""
+            state = "" if sub.status == "active" else \
+                f" — paused after {sub.bounces} failed deliveries"
+            lines.append(f"- {name}<{sub.address}>{state}")
+        return "\n".join(lines)
+
+    async def _cmd_policy(self, hub: Hub, room_id: str, sender: str, args: list[str]) -> str:
+        usage = f"Usage: `{hub.prefix} email policy subscribers|domain <domain>|open`"
+        link = await self._room_link(room_id)
+        if not args or args[0] not in ("subscribers", "domain", "open"):
+            raise CommandError(usage)
+        changes: dict[str, Any] = {"policy": args[0], "policy_domain": None}
+        if args[0] == "domain":
+            if len(args) != 2 or not re.match(r"^[a-z0-9.-]+\.[a-z]{2,}$", args[1].lower()):
+                raise CommandError(usage)
+            changes["policy_domain"] = args[1].lower()
+        elif len(args) != 1:
+            raise CommandError(usage)
+        async with hub.db.transaction() as session:
+            await email_store.update_link_settings(session, link.id, changes)
+        explain = {
+            "subscribers": "only subscribers may write to",
+            "domain": f"subscribers and everyone at {changes['policy_domain']} may write to",
+            "open": "anyone may write to",
+        }[args[0]]
+        return f"From now on {explain} {link.remote_name}; others get a polite bounce."
+
+    # --- inbound: a mail arrived over SMTP -----------------------------------------------
+
+    async def receive(self, raw: bytes, targets: list[Target], mail_from: str) -> str:
+        """Handle one mail for the accepted recipients; returns the SMTP answer."""
+        try:
+            mail = parse_message(raw)
+        except MalformedMail as exc:
+            return f"550 5.6.0 The message could not be read: {exc}"
+        if mail.bounce is not None:
+            await self._handle_bounce(mail)
+            return "250 2.0.0 Delivery report received"
+        if mail.auto_reply:
+            log.info("dropped an automatic reply from %s: %s", mail.from_address,
+                     mail.auto_reply)
+            return "250 2.0.0 Automatic reply dropped"
+        if mail.message_id and is_our_message_id(f"<{mail.message_id}>", self.domain):
+            log.warning("dropped a mail loop: our own message %s came back", mail.message_id)
+            return "250 2.0.0 Loop detected; dropped"
+        if not mail.from_address or not _ADDRESS.match(mail.from_address):
+            return "550 5.1.7 The message has no valid From address"
+        verdict = authenticate(self.settings.sender_auth,
+                               message_from_bytes(raw, policy=policy.default), raw,  # type: ignore[arg-type]
+                               mail.from_address, self.settings.authserv_id)
+        if not verdict.ok:
+            log.warning("refused mail claiming to be from %s: %s", mail.from_address,
+                        verdict.reason)
+            return ("550 5.7.1 The sender could not be authenticated "
+                    f"({verdict.reason}); the message was not posted")
+        refused: list[str] = []
+        for target in targets:
+            if target.recipient.kind == "unsubscribe":
+                await self._unsubscribe_by_mail(target, mail)
+            elif await self._may_write(target, mail.from_address):
+                await self._post(target, mail, raw)
+            else:
+                refused.append(target.address)
+        if refused and len(refused) == len(targets):
+            return (f"550 5.7.1 Sorry, {mail.from_address} may not write to "
+                    f"{', '.join(refused)}: only its subscribers can. Ask someone in the "
+                    "room to subscribe you.")
+        return "250 2.0.0 Message accepted for the room"
+
+    async def _may_write(self, target: Target, address: str) -> bool:
+        policy = target.settings.get("policy", "subscribers")
+        if policy == "open":
+            return True
+        if policy == "domain" and address.lower().endswith(
+                "@" + str(target.settings.get("policy_domain"))):
+            return True
+        async with self.hub.db.sessions() as session:
+            return await email_store.get_subscriber(session, target.room_id, address) is not None
+
+    async def _unsubscribe_by_mail(self, target: Target, mail: ParsedMail) -> None:
+        token = target.recipient.thread_key or ""
+        if not verify_unsubscribe(target.recipient.localpart, mail.from_address, token,
+                                  self.secret):
+            log.warning("unsubscribe mail from %s does not match its token", mail.from_address)
+            return
+        async with self.hub.db.transaction() as session:
+            removed = await email_store.unsubscribe(session, target.room_id, mail.from_address)
+        if removed:
+            await self.hub.enqueue([self.hub.notice(
+                target.room_id, f"{mail.from_address} unsubscribed by mail.")])
+
+    async def _thread_for(self, target: Target, mail: ParsedMail) -> str | None:
+        """Message-ID of the mail that roots the Matrix thread this mail belongs to."""
+        localpart = target.recipient.localpart
+        async with self.hub.db.sessions() as session:
+            if target.recipient.kind == "reply" and target.recipient.thread_key:
+                thread = await email_store.get_thread(session, target.recipient.thread_key)
+                if thread is not None and thread.room_id == target.room_id:
+                    return thread.root_message_id
+            for ref in [*reversed(mail.in_reply_to), *reversed(mail.references)]:
+                mapped = await store.mappings_for_remote(session, NETWORK, localpart, ref)
+                if mapped:
+                    root_event = mapped[0].thread_root or mapped[0].event_id
+                    rooted = await store.mappings_for_event(session, root_event, NETWORK)
+                    return rooted[0].remote_id if rooted else ref
+        return None
+
+    async def _post(self, target: Target, mail: ParsedMail, raw: bytes) -> None:
+        hub = self.hub
+        room_id, localpart = target.room_id, target.recipient.localpart
+        message_id = mail.message_id or \
+            f"sha256-{hashlib.sha256(raw).hexdigest()[:32]}@{self.domain}"
+        async with hub.db.sessions() as session:
+            if await store.mappings_for_remote(session, NETWORK, localpart, message_id):
+                return  # this mail is already in the room
+        root = await self._thread_for(target, mail)
+        puppet = await hub.ensure_puppet(NETWORK, mail.from_address.lower(),
+                                         mail.from_name or mail.from_address)
+        cid_map: dict[str, str] = {}
+        files: list[tuple[str, dict[str, Any]]] = []
+        for attachment in mail.attachments:
+            mxc = await hub.upload_media(attachment.data, attachment.mimetype,
+                                         attachment.filename, user_id=puppet)
+            if attachment.inline and attachment.content_id and mail.html and \
+                    attachment.content_id in mail.html:
+                cid_map[attachment.content_id] = mxc
+                continue
+            files.append((mxc, {
+                "msgtype": _msgtype_for(attachment.mimetype), "body": attachment.filename,
+                "filename": attachment.filename, "url": mxc,
+                "info": {"mimetype": attachment.mimetype, "size": len(attachment.data)},
+            }))
+        content = self._text_content(mail, new_thread=root is None, cid_map=cid_map)
+        thread_of = root or message_id
+        parts = [RemotePart(sender=puppet, content=content, remote_space=localpart,
+                            remote_id=message_id, part=0,
+                            thread_of=root)]
+        for index, (_mxc, file_content) in enumerate(files, start=1):
+            parts.append(RemotePart(sender=puppet, content=file_content, remote_space=localpart,
+                                    remote_id=message_id, part=index, thread_of=thread_of))
+        posted = await hub.post_parts(network=NETWORK, dedup_key=f"{room_id}/{message_id}",
+                                      room_id=room_id, parts=parts)
+        if posted and root is None:
+            async with hub.db.transaction() as session:
+                await email_store.add_thread(
+                    session, thread_key=thread_key_for(message_id), room_id=room_id,
+                    root_event_id=None, root_message_id=message_id,
+                    topic=mail.topic or "(no subject)")
+        if posted:
+            metrics.EVENTS.labels(network=NETWORK, direction="in").inc()
+
+    @staticmethod
+    def _text_content(mail: ParsedMail, *, new_thread: bool,
+                      cid_map: dict[str, str]) -> dict[str, Any]:
+        text = mail.text.strip()
+        if mail.calendar:
+            text = f"{text}\n\n{mail.calendar}".strip()
+        body_html = sanitize_html(mail.html, cid_map) if mail.html else \
+            "<br>".join(html.escape(line) for line in mail.text.strip().splitlines())
+        if mail.calendar:
+            body_html += "<pre>" + html.escape(mail.calendar) + "</pre>"
+        if new_thread and mail.topic:
+            # The subject once, as the first line of a new thread.
+            text = f"{mail.topic}\n\n{text}"
+            body_html = f"<p><strong>{html.escape(mail.topic)}</strong></p>{body_html}"
+        if mail.quoted_text:
+            body_html += ("<details><summary>Quoted text</summary><pre>"
+                          f"{html.escape(mail.quoted_text)}</pre></details>")
+        return {"msgtype": "m.text", "body": text or "(empty message)",
+                "format": "org.matrix.custom.html", "formatted_body": body_html}
+
+    async def _handle_bounce(self, mail: ParsedMail) -> None:
+        bounce = mail.bounce
+        assert bounce is not None
+        if not bounce.permanent or not bounce.original_message_id or not is_our_message_id(
+                f"<{_strip_brackets(bounce.original_message_id)}>", self.domain):
+            log.info("ignored a delivery report (permanent=%s, ours=%s)", bounce.permanent,
+                     bool(bounce.original_message_id))
+            return
+        original = _strip_brackets(bounce.original_message_id)
+        async with self.hub.db.sessions() as session:
+            mapped = await store.mappings_for_remote_any_space(session, NETWORK, original)
+        if not mapped:
+            return
+        room_id = mapped[0].room_id
+        for address in bounce.recipients:
+            await self._record_failure(room_id, address,
+                                       bounce.diagnostic or bounce.status or "bounced")
+
+    async def _record_failure(self, room_id: str, address: str, error: str) -> None:
+        async with self.hub.db.transaction() as session:
+            paused = await email_store.record_delivery_failure(
+                session, room_id, address, error, self.settings.max_bounces)
+        if paused:
+            await self.hub.enqueue([self.hub.notice(
+                room_id, f"⚠️ Mail to {address} keeps failing ({error}); their delivery is "
+                         f"paused after {self.settings.max_bounces} failures. Send "
+                         f"`{self.hub.prefix} email subscribe {address}` to resume it.")])
+
+    # --- outbound: a room message to the subscribers -------------------------------------
+
+    async def deliver(self, hub: Hub, delivery: Delivery, link: LinkInfo | None) -> str | None:
+        if delivery.kind == "mail":
+            return await self._send(delivery)
+        if link is None:
+            return None  # unlinked while the message waited
+        return await self._fan_out(delivery, link)
+
+    async def _display_name(self, room_id: str, user_id: str) -> str:
+        key = (room_id, user_id)
+        if key not in self._names:
+            name = await self.hub.member_name(room_id, user_id)
+            self._names[key] = name or user_id.split(":", 1)[0].lstrip("@")
+        return self._names[key]
+
+    async def _fan_out(self, delivery: Delivery, link: LinkInfo) -> str | None:
+        event = delivery.payload["event"]
+        if event.get("type") != "m.room.message" or event.get("state_key") is not None:
+            return None  # reactions, redactions and state are not mailed
+        content = event.get("content") or {}
+        relates = content.get("m.relates_to") or {}
+        correction = relates.get("rel_type") == "m.replace"
+        if correction:
+            content = content.get("m.new_content") or content
+        event_id, room_id, sender = event["event_id"], delivery.room_id, event["sender"]
+        localpart = link.remote_id
+        hub = self.hub
+
+        async with hub.db.sessions() as session:
+            root = await self._root_of(session, relates, event_id)
+            thread = await self._thread(session, room_id, root)
+            recipients = await email_store.subscribers(session, room_id, active_only=True)
+            author = None
+            if hub.network_of(sender) == NETWORK:
+                puppet = await store.get_puppet(session, sender)
+                author = puppet.remote_id if puppet else None
+        recipients = [r for r in recipients if r.address != author]
+
+        message_id = message_id_for(event_id, self.domain)
+        if thread is None:  # a new topic: this message starts the mail thread
+            first_line = (content.get("body") or "").strip().splitlines()[:1]
+            room_name = await self._room_name(room_id)
+            topic = new_topic_subject(room_name, first_line[0] if first_line else None)
+            thread = email_store.MailThread(thread_key=thread_key_for(event_id),
+                                            room_id=room_id, root_event_id=event_id,
+                                            root_message_id=_strip_brackets(message_id),
+                                            topic=topic)
+            subject, in_reply_to = topic, None
+        else:
+            subject = reply_subject(thread.topic)
+            in_reply_to = f"<{thread.root_message_id}>"
+        sender_name = await self._display_name(room_id, sender)
+        mail = {
+            "localpart": localpart, "room_name": await self._room_name(room_id),
+            "sender_name": sender_name, "subject": subject,
+            "message_id": message_id, "in_reply_to": in_reply_to,
+            "references": [in_reply_to] if in_reply_to else [],
+            "reply_to": make_reply_address(localpart, self.domain, thread.thread_key,
+                                           self.secret),
+            "correction": correction, "event_id": event_id,
+            **self._mail_body(content, sender_name, room_id, event_id),
+        }
+
+        async def write(session: Any) -> None:
+            # Once per relayed event, even if this delivery is repeated after a crash.
+            if not await store.claim_inbound_key(session, "email-fanout", event_id):
+                return
+            await email_store.add_thread(session, thread_key=thread.thread_key,
+                                         room_id=room_id, root_event_id=thread.root_event_id,
+                                         root_message_id=thread.root_message_id,
+                                         topic=thread.topic)
+            await store.add_mapping(session, room_id=room_id, event_id=event_id,
+                                    network=NETWORK, remote_space=localpart,
+                                    remote_id=_strip_brackets(message_id),
+                                    thread_root=None if root == event_id else root)
+            await queues.enqueue(session, [
+                NewDelivery(network=NETWORK, room_id=room_id, kind="mail",
+                            payload={**mail, "to": r.address},
+                            lane=f"email:{room_id}:{r.address}")
+                for r in recipients
+            ])
+
+        await hub.enqueue([], also=write)
+        return f"{len(recipients)} recipient(s)"
+
+    async def _root_of(self, session: Any, relates: dict[str, Any], event_id: str) -> str:
+        """The Matrix thread root this event belongs to (itself for a new topic)."""
+        target = relates.get("event_id")
+        if relates.get("rel_type") in ("m.thread", "m.replace") and target:
+            if relates.get("rel_type") == "m.thread":
+                return str(target)
+            mapped = await store.mappings_for_event(session, target, NETWORK)
+            return (mapped[0].thread_root or target) if mapped else str(target)
+        reply_to = (relates.get("m.in_reply_to") or {}).get("event_id")
+        if reply_to:
+            mapped = await store.mappings_for_event(session, reply_to, NETWORK)
+            return (mapped[0].thread_root or reply_to) if mapped else str(reply_to)
+        return event_id
+
+    async def _thread(self, session: Any, room_id: str,
+                      root: str) -> email_store.MailThread | None:
+        thread = await email_store.thread_by_root(session, root)
+        if thread is not None:
+            return thread
+        mapped = await store.mappings_for_event(session, root, NETWORK)
+        if mapped:  # the thread started with a mail
+            return await email_store.thread_by_message_id(session, room_id,
+                                                          mapped[0].remote_id)
+        return None
+
+    async def _room_name(self, room_id: str) -> str:
+        return await self.hub.room_name(room_id) or "Matrix room"
+
+    def _mail_body(self, content: dict[str, Any], sender_name: str, room_id: str,
+                   event_id: str) -> dict[str, Any]:
+        msgtype = content.get("msgtype", "m.text")
+        body = str(content.get("body") or "")
+        formatted = content.get("formatted_body") \
+            if content.get("format") == "org.matrix.custom.html" else None
+        files: list[dict[str, Any]] = []
+        if msgtype in MEDIA_MSGTYPES and content.get("url"):
+            info = content.get("info") or {}
+            name = str(content.get("filename") or body or "file")
+            files.append({"mxc": content["url"], "filename": name,
+                          "mimetype": info.get("mimetype") or "application/octet-stream",
+                          "size": info.get("size"),
+                          "link": f"https://matrix.to/#/{room_id}/{event_id}"})
+            text = f"{sender_name} sent {MEDIA_MSGTYPES[msgtype]} {name}"
+            return {"text": text, "html": None, "files": files}
+        if msgtype == "m.emote":
+            text = f"* {sender_name} {body}"
+            return {"text": text, "html": None, "files": files}
+        text = matrix_html_to_text(formatted) if formatted and not body else body
+        return {"text": text, "html": formatted, "files": files}
+
+    async def _send(self, delivery: Delivery) -> str:
+        p = delivery.payload
+        attachments: list[OutgoingAttachment] = []
+        linked: list[LinkedFile] = []
+        for file in p.get("files", []):
+            size = file.get("size")
+            if size is not None and size > self.settings.max_attachment_size:
+                linked.append(LinkedFile(file["filename"], file["link"], size))
+                continue
+            data = await self.hub.download_media(file["mxc"])
+            if len(data) > self.settings.max_attachment_size:
+                linked.append(LinkedFile(file["filename"], file["link"], len(data)))
+            else:
+                attachments.append(OutgoingAttachment(file["filename"], file["mimetype"], data))
+        message = build_email(
+            room_localpart=p["localpart"], domain=self.domain, room_name=p["room_name"],
+            sender_name=clean_display_name(p["sender_name"], "Matrix"),
+            recipient=p["to"], subject=p["subject"], text=p["text"], html=p.get("html"),
+            message_id=p["message_id"], in_reply_to=p.get("in_reply_to"),
+            references=p.get("references", []), reply_to=p["reply_to"],
+            unsubscribe_address=make_unsubscribe_address(p["localpart"], self.domain, p["to"],
+                                                         self.secret),
+            attachments=attachments, linked_files=linked,
+            is_correction=bool(p.get("correction")))
+        sender = self.address_of(p["localpart"])
+        started = time.perf_counter()
+        try:
+            answer = await self.relay.send(message, sender=sender, recipient=p["to"])
+        except PermanentError as exc:
+            # A hard failure for this recipient: counted; the room hears once on pausing.
+            await self._record_failure(delivery.room_id, p["to"], str(exc))
+            return f"refused: {exc}"
+        metrics.HANDLING_SECONDS.labels(network=NETWORK, direction="out").observe(
+            time.perf_counter() - started)
+        async with self.hub.db.transaction() as session:
+            await email_store.record_delivery_success(session, delivery.room_id, p["to"])
+        return answer

@@ -1,0 +1,56 @@
+"""Fixtures for the email connector: a bridge with email on, and a real SMTP sink as the
+relay that staff's mailboxes sit behind."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.conftest import Homeserver, RunningBridge
+from tests.support.smtp_sink import SmtpSink
+from tests.support.synapse import free_port
+
+MAIL_DOMAIN = "mail.bridge.test"
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[SmtpSink]:
+    sink = SmtpSink()
+    await sink.start()
+    try:
+        yield sink
+    finally:
+        await sink.stop()
+
+
+class EmailBridge(RunningBridge):
+    smtp_port: int
+
+    @property
+    def email(self):  # type: ignore[no-untyped-def]
+        return self.hub.connectors["email"]
+
+
+@pytest.fixture
+async def email_bridge(homeserver: Homeserver, database_url: str,
+                       sink: SmtpSink) -> AsyncIterator[EmailBridge]:
+    smtp_port = free_port()
+    config = homeserver.config(
+        database_url,
+        email__enabled=True, email__domain=MAIL_DOMAIN, email__sender_auth="none",
+        email__token_secret="test-token-secret-0123456789",
+        email__smtp_in={"hostname": "127.0.0.1", "port": smtp_port,
+                        "max_message_size": 2 * 1024 * 1024},
+        email__smtp_out={"host": sink.host, "port": sink.port},
+        email__max_attachment_size=100_000,
+        bridge__outbox={"retry_base_seconds": 0.2, "retry_max_seconds": 1.0,
+                        "give_up_after_hours": 1.0},
+    )
+    running = EmailBridge(homeserver, config, with_email=True)
+    running.smtp_port = smtp_port
+    await running.start()
+    try:
+        yield running
+    finally:
+        await running.stop()

@@ -1,0 +1,327 @@
+"""Email <-> Matrix end to end: real SMTP both ways, a real Synapse, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import uuid
+from email.message import EmailMessage
+from email.utils import make_msgid
+from typing import Any
+
+import pytest
+
+from bridge.email.addresses import message_id_for
+from tests.conftest import Homeserver
+from tests.email.conftest import MAIL_DOMAIN, EmailBridge
+from tests.support.helpers import command, is_notice_from, open_room
+from tests.support.matrix_client import MatrixTestClient
+from tests.support.smtp_sink import SmtpSink
+
+
+async def _email_room(homeserver: Homeserver, admin: MatrixTestClient,
+                      localpart: str | None = None, *subscribers: str) -> tuple[str, str]:
+    room = await open_room(homeserver.bot, admin, name="Bauamt", bot_power=100)
+    localpart = localpart or f"amt-{uuid.uuid4().hex[:6]}"
+    reply = await command(homeserver.bot, admin, room, f"!bridge link email {localpart}",
+                          expect="Linked")
+    address = f"{localpart}@{MAIL_DOMAIN}"
+    assert address in reply["content"]["body"]
+    for subscriber in subscribers:
+        await command(homeserver.bot, admin, room, f"!bridge email subscribe {subscriber}",
+                      expect="Subscribed")
+    return room, address
+
+
+def _mail(sender: str, to: str, subject: str, body: str, **headers: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = headers.pop("message_id", make_msgid(domain="stadt.example"))
+    for name, value in headers.items():
+        msg[name.replace("_", "-")] = value
+    msg.set_content(body)
+    return msg
+
+
+async def _send(bridge: EmailBridge, msg: EmailMessage,
+                recipients: list[str] | None = None) -> dict[str, Any]:
+    def send() -> dict[str, Any]:
+        with smtplib.SMTP("127.0.0.1", bridge.smtp_port, timeout=30) as client:
+            return client.send_message(msg, to_addrs=recipients)
+
+    return await asyncio.to_thread(send)
+
+
+async def _smtp_error(bridge: EmailBridge, msg: EmailMessage | bytes,
+                      recipients: list[str], sender: str = "x@stadt.example") -> tuple[int, str]:
+    def send() -> tuple[int, str]:
+        with smtplib.SMTP("127.0.0.1", bridge.smtp_port, timeout=30) as client:
+            try:
+                if isinstance(msg, bytes):
+                    client.sendmail(sender, recipients, msg)
+                else:
+                    client.send_message(msg, to_addrs=recipients)
+            except smtplib.SMTPRecipientsRefused as exc:
+                code, text = next(iter(exc.recipients.values()))
+                return code, text.decode()
+            except smtplib.SMTPResponseException as exc:
+                return exc.smtp_code, exc.smtp_error.decode()
+        return 250, ""
+
+    return await asyncio.to_thread(send)
+
+
+def _body(text: str) -> Any:
+    return lambda e: text in e.get("content", {}).get("body", "")
+
+
+async def test_room_message_reaches_subscribers_by_mail(
+        homeserver: Homeserver, email_bridge: EmailBridge, sink: SmtpSink,
+        admin: MatrixTestClient) -> None:
+    room, address = await _email_room(homeserver, admin, None, "erika@stadt.example",
+                                      "max@stadt.example")
+    await admin.send_text(room, "Die Sitzung beginnt um 10 Uhr.")
+    mails = await sink.wait_for(lambda r: True, count=2)
+    assert sorted(m.rcpt_tos[0] for m in mails) == ["erika@stadt.example", "max@stadt.example"]
+    msg = mails[0].message
+    assert msg["From"].addresses[0].addr_spec == address
+    assert msg["From"].addresses[0].display_name.startswith("admin")
+    assert msg["Reply-To"].addresses[0].addr_spec.startswith(address.split("@")[0] + "+")
+    assert msg["Message-ID"].endswith(f"@{MAIL_DOMAIN}>")
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["X-Auto-Response-Suppress"] == "All"
+    assert msg["Precedence"] == "list"
+    assert "List-Id" in msg and "mailto:" in msg["List-Unsubscribe"]
+    assert msg.get_content_type() == "multipart/alternative"
+    assert "Die Sitzung beginnt um 10 Uhr." in msg.get_body(("plain",)).get_content()
+    assert "Die Sitzung beginnt um 10 Uhr." in msg.get_body(("html",)).get_content()
+    assert msg["Subject"] == "Bauamt: Die Sitzung beginnt um 10 Uhr." or \
+        "Bauamt" in msg["Subject"]
+
+
+async def test_mail_from_subscriber_appears_as_puppet_and_replies_thread(
+        homeserver: Homeserver, email_bridge: EmailBridge, sink: SmtpSink,
+        admin: MatrixTestClient) -> None:
+    room, address = await _email_room(homeserver, admin, None, "erika@stadt.example")
+    first = _mail("Erika Mustermann <erika@stadt.example>", address, "Bauantrag Müllerstraße",
+                  "Guten Tag,\n\nanbei meine Frage zum Bauantrag.\n\nGruß Erika")
+    await _send(email_bridge, first)
+    root = await admin.wait_for_event(room, _body("anbei meine Frage"), timeout=20)
+    assert root["sender"] == "@email_erika=40stadt.example:bridge.test"
+    assert root["content"]["body"].startswith("Bauantrag Müllerstraße\n")
+    members = await admin.get_joined_members(room)
+    assert members[root["sender"]]["display_name"] == "Erika Mustermann"
+
+    # A Matrix reply in the thread is mailed with In-Reply-To the original mail...
+    await admin.send_event(room, "m.room.message", {
+        "msgtype": "m.text", "body": "Danke, wir prüfen das.",
+        "m.relates_to": {"rel_type": "m.thread", "event_id": root["event_id"]}})
+    mails = await sink.wait_for(lambda r: "wir pr" in r.raw.decode("utf-8", "replace")
+                                or "Danke" in r.message.get_body(("plain",)).get_content())
+    answer = mails[0].message
+    assert answer["In-Reply-To"] == first["Message-ID"]
+    assert answer["Subject"] == "Re: Bauantrag Müllerstraße"
+
+    # ...and Erika's answer to it (to the Reply-To address) lands in the same thread.
+    reply = _mail("Erika Mustermann <erika@stadt.example>", str(answer["Reply-To"]),
+                  "AW: Bauantrag Müllerstraße",
+                  "Vielen Dank!\n\nAm 12.03.2025 um 10:15 schrieb Bauamt:\n> Danke, wir prüfen"
+                  " das.\n", In_Reply_To=str(answer["Message-ID"]))
+    await _send(email_bridge, reply)
+    event = await admin.wait_for_event(room, _body("Vielen Dank!"), timeout=20)
+    relates = event["content"]["m.relates_to"]
+    assert relates["rel_type"] == "m.thread" and relates["event_id"] == root["event_id"]
+    assert "schrieb" not in event["content"]["body"]  # the quote is stripped...
+    assert "schrieb" in event["content"]["formatted_body"]  # ...but kept, collapsed
+    assert "AW:" not in event["content"]["body"]
+
+
+async def test_unknown_and_foreign_recipients_are_refused(
+        homeserver: Homeserver, email_bridge: EmailBridge, admin: MatrixTestClient) -> None:
+    await _email_room(homeserver, admin, None, "erika@stadt.example")
+    msg = _mail("erika@stadt.example", "x", "Hallo", "Text")
+    code, text = await _smtp_error(email_bridge, msg, [f"nobody@{MAIL_DOMAIN}"])
+    assert code == 550 and "5.1.1" in text
+    code, text = await _smtp_error(email_bridge, msg, ["someone@elsewhere.example"])
+    assert code == 550 and "relay" in text
+
+
+async def test_only_subscribers_may_write_unless_the_policy_allows(
+        homeserver: Homeserver, email_bridge: EmailBridge, admin: MatrixTestClient) -> None:
+    room, address = await _email_room(homeserver, admin, None, "erika@stadt.example")
+    stranger = _mail("Fremd <fremd@anders.example>", address, "Werbung", "Kaufen Sie!")
+    code, text = await _smtp_error(email_bridge, stranger, [address])
+    assert code == 550 and "5.7.1" in text and "subscribe" in text
+    await command(homeserver.bot, admin, room, "!bridge email policy domain anders.example",
+                  expect="anders.example may write")
+    await _send(email_bridge, _mail("Fremd <fremd@anders.example>", address, "Frage",
+                                    "Darf ich jetzt?"))
+    await admin.wait_for_event(room, _body("Darf ich jetzt?"), timeout=20)
+    listing = await command(homeserver.bot, admin, room, "!bridge email list")
+    assert "erika@stadt.example" in listing["content"]["body"]
+    assert "domain anders.example" in listing["content"]["body"]
+
+
+async def test_auto_replies_duplicates_and_loops_are_not_posted(
+        homeserver: Homeserver, email_bridge: EmailBridge, admin: MatrixTestClient) -> None:
+    room, address = await _email_room(homeserver, admin, None, "erika@stadt.example")
+    sender = "Erika <erika@stadt.example>"
+    await _send(email_bridge, _mail(sender, address, "Abwesend", "Ich bin im Urlaub.",
+                                    Auto_Submitted="auto-replied"))
+    await _send(email_bridge, _mail(sender, address, "Abwesend", "Bulk.", Precedence="bulk"))
+    # One of our own mails coming back (a forwarding rule pointing at the room, say).
+    await _send(email_bridge, _mail(sender, address, "Schleife", "Loop!",
+                                    message_id=message_id_for("$loop", MAIL_DOMAIN)))
+    twice = _mail(sender, address, "Einmal", "Nur einmal bitte.")
+    await _send(email_bridge, twice)
+    await _send(email_bridge, twice)
+    await _send(email_bridge, _mail(sender, address, "Ende", "Letzte Nachricht."))
+    await admin.wait_for_event(room, _body("Letzte Nachricht."), timeout=20)
+    bodies = [e["content"].get("body", "") for e in await admin.messages(room, limit=50)]
+    assert not any("Urlaub" in b or "Bulk." in b or "Loop!" in b for b in bodies)
+    assert sum("Nur einmal bitte." in b for b in bodies) == 1
+
+
+async def test_attachments_become_media_in_the_same_thread(
+        homeserver: Homeserver, email_bridge: EmailBridge, admin: MatrixTestClient) -> None:
+    room, address = await _email_room(homeserver, admin, None, "erika@stadt.example")
+    msg = _mail("Erika <erika@stadt.example>", address, "Pläne", "Siehe Anhang.")
+    msg.add_attachment(b"%PDF-1.4 plan", maintype="application", subtype="pdf",
+                       filename="Übersicht März.pdf")
+    png = bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082")
+    msg.add_attachment(png, maintype="image", subtype="png", filename="foto.png")
+    await _send(email_bridge, msg)
+    text = await admin.wait_for_event(room, _body("Siehe Anhang."), timeout=20)
+    pdf = await admin.wait_for_event(room, lambda e: e["content"].get("msgtype") == "m.file",
+                                     timeout=20)
+    image = await admin.wait_for_event(room, lambda e: e["content"].get("msgtype") == "m.image",
+                                       timeout=20)
+    assert pdf["content"]["body"] == "Übersicht März.pdf"
+    assert pdf["content"]["info"] == {"mimetype": "application/pdf", "size": 13}
+    assert image["content"]["info"]["mimetype"] == "image/png"
+    for media in (pdf, image):
+        assert media["sender"] == text["sender"]
+        assert media["content"]["url"].startswith("mxc://")
+        assert media["content"]["m.relates_to"]["event_id"] == text["event_id"]
+
+
+async def test_oversized_mail_is_refused_with_552(homeserver: Homeserver,
+                                                  email_bridge: EmailBridge,
+                                                  admin: MatrixTestClient) -> None:
+    _, address = await _email_room(homeserver, admin, None, "erika@stadt.example")
+    big = _mail("erika@stadt.example", address, "Groß", "x" * (3 * 1024 * 1024))
+    code, _ = await _smtp_error(email_bridge, big, [address])
+    assert code == 552
+
+
+async def test_relay_down_delays_mail_but_loses_none(
+        homeserver: Homeserver, email_bridge: EmailBridge, sink: SmtpSink,
+        admin: MatrixTestClient) -> None:
+    room, _ = await _email_room(homeserver, admin, None, "erika@stadt.example")
+    await sink.stop()
+    await admin.send_text(room, "Während der Relay schläft.")
+    await asyncio.sleep(1.0)
+    await email_bridge.restart()  # also across a restart of the bridge
+    await sink.start()
+    mails = await sink.wait_for(lambda r: True, timeout=30)
+    assert "Während der Relay schläft." in mails[0].message.get_body(("plain",)).get_content()
+    assert len(sink.to("erika@stadt.example")) == 1
+
+
+async def test_hard_bounces_pause_the_subscriber_and_tell_the_room_once(
+        homeserver: Homeserver, email_bridge: EmailBridge, sink: SmtpSink,
+        admin: MatrixTestClient) -> None:
+    room, _ = await _email_room(homeserver, admin, None, "weg@stadt.example",
+                                "da@stadt.example")
+    sink.refuse["weg@stadt.example"] = "550 5.1.1 User unknown"
+    for n in range(4):
+        await admin.send_text(room, f"Nachricht {n}")
+    await sink.wait_for(lambda r: True, count=4)
+    notice = await admin.wait_for_event(room, is_notice_from(homeserver.bot, "paused"),
+                                        timeout=20)
+    assert "weg@stadt.example" in notice["content"]["body"]
+    listing = await command(homeserver.bot, admin, room, "!bridge email list",
+                            expect="paused")
+    assert "weg@stadt.example" in listing["content"]["body"]
+    bodies = [e["content"].get("body", "") for e in await admin.messages(room, limit=50)]
+    assert sum("paused" in b and "weg@" in b and "keeps failing" in b for b in bodies) == 1
+
+
+async def test_unsubscribe_by_mail(homeserver: Homeserver, email_bridge: EmailBridge,
+                                   sink: SmtpSink, admin: MatrixTestClient) -> None:
+    room, _ = await _email_room(homeserver, admin, None, "erika@stadt.example")
+    await admin.send_text(room, "Erste Nachricht")
+    mail = (await sink.wait_for(lambda r: True))[0].message
+    unsubscribe = str(mail["List-Unsubscribe"]).split("mailto:")[1].split("?")[0].rstrip(">")
+    await _send(email_bridge, _mail("erika@stadt.example", unsubscribe, "unsubscribe", ""))
+    await admin.wait_for_event(room, is_notice_from(homeserver.bot, "unsubscribed by mail"),
+                               timeout=20)
+    await admin.send_text(room, "Zweite Nachricht")
+    await command(homeserver.bot, admin, room, "!bridge email list", expect="no subscribers")
+    assert len(sink.received) == 1
+
+
+async def test_edits_are_mailed_as_corrections_reactions_are_not(
+        homeserver: Homeserver, email_bridge: EmailBridge, sink: SmtpSink,
+        admin: MatrixTestClient) -> None:
+    room, _ = await _email_room(homeserver, admin, None, "erika@stadt.example")
+    original = await admin.send_text(room, "Treffen um 9")
+    first = (await sink.wait_for(lambda r: True))[0].message
+    await admin.send_event(room, "m.reaction", {"m.relates_to": {
+        "rel_type": "m.annotation", "event_id": original, "key": "👍"}})
+    await admin.send_event(room, "m.room.message", {
+        "msgtype": "m.text", "body": "* Treffen um 10",
+        "m.new_content": {"msgtype": "m.text", "body": "Treffen um 10"},
+        "m.relates_to": {"rel_type": "m.replace", "event_id": original}})
+    mails = await sink.wait_for(lambda r: True, count=2)
+    correction = mails[1].message
+    assert "Treffen um 10" in correction.get_body(("plain",)).get_content()
+    assert "Correction" in correction.get_body(("plain",)).get_content()
+    assert correction["In-Reply-To"] == first["Message-ID"]
+    await asyncio.sleep(1)
+    assert len(sink.received) == 2  # the reaction was not mailed
+
+
+async def test_email_and_other_link_relay_through_the_room(
+        homeserver: Homeserver, email_bridge: EmailBridge, sink: SmtpSink,
+        admin: MatrixTestClient) -> None:
+    """A room with an email link and a second link: each message reaches every other side
+    exactly once, never its own."""
+    room, address = await _email_room(homeserver, admin, None, "erika@stadt.example")
+    await command(homeserver.bot, admin, room, "!bridge link test T-mail", expect="Linked")
+    hub = email_bridge.hub
+    colleague = await hub.ensure_puppet("test", "kollege", "Kollege vom Test-Netz")
+    await hub.post_to_room(network="test", dedup_key="t-1", room_id=room, sender=colleague,
+                           content={"msgtype": "m.text", "body": "Hallo aus dem Test-Netz"})
+    mail = (await sink.wait_for(lambda r: "Test-Netz" in r.raw.decode("utf-8", "replace")
+                                or "Test-Netz" in str(r.message["From"])))[0].message
+    assert mail["From"].addresses[0].display_name == "Kollege vom Test-Netz"
+
+    await _send(email_bridge, _mail("Erika <erika@stadt.example>", address, "Antwort",
+                                    "Hallo zurück per Mail"))
+    await email_bridge.connector.wait_for(_body("Hallo zurück per Mail"), timeout=20)
+    await admin.wait_for_event(room, _body("Hallo zurück per Mail"), timeout=20)
+    await asyncio.sleep(1)
+    # Erika does not get her own mail back; the test network not its own message.
+    assert all("Hallo zurück" not in r.raw.decode("utf-8", "replace") for r in sink.received)
+    assert not any("Hallo aus dem Test-Netz" in str(d["event"]["content"].get("body"))
+                   for d in email_bridge.connector.delivered)
+
+
+async def test_database_down_answers_451(homeserver: Homeserver, email_bridge: EmailBridge,
+                                         admin: MatrixTestClient) -> None:
+    url = email_bridge.config.database.url
+    if not url.startswith("postgresql"):
+        pytest.skip("an SQLite file cannot be taken away from an open connection; "
+                    "the PostgreSQL run covers this")
+    _, address = await _email_room(homeserver, admin, None, "erika@stadt.example")
+    from tests.conftest import _drop_postgres_database
+
+    await _drop_postgres_database(url.rsplit("/", 1)[1])
+    code, text = await _smtp_error(email_bridge, _mail("erika@stadt.example", address, "x",
+                                                       "y"), [address])
+    assert code == 451 and "4.3.0" in text
