@@ -12,6 +12,8 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from bridge import metrics
 from bridge.config import OutboxConfig
 from bridge.core.errors import PermanentError, TemporaryError
@@ -69,21 +71,30 @@ class OutboxWorker:
                 await asyncio.sleep(db_delay)
                 db_delay = min(db_delay * 2, 30.0)
                 continue
-            skipped = [item.id for item in items if item.lane in self._busy_lanes]
-            if skipped:
-                # Only after a lease ran out while its delivery still hangs: never run one
-                # lane twice, and hand the claim back rather than sit on it.
-                await self._settle(lambda s, ids=skipped: queues.release_claims(s, ids))
-            for item in items:
-                if item.lane in self._busy_lanes:
-                    continue
-                self._busy_lanes.add(item.lane)
-                task = asyncio.create_task(self._deliver_one(item), name=f"deliver:{item.id}")
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
+            await self.dispatch(items)
             if items:
                 continue  # more may be due right away (the next item of each lane)
             await self._sleep_until_due()
+
+    async def claim_within(self, session: AsyncSession) -> list[Delivery]:
+        """Claim due items inside the caller's transaction (the one that queued them), to
+        be passed to :meth:`dispatch` after it commits: saves a transaction per event."""
+        return await queues.claim_deliveries(session, CLAIM_LIMIT, LEASE_SECONDS)
+
+    async def dispatch(self, items: list[Delivery]) -> None:
+        """Start delivering claimed items, one task per lane."""
+        skipped = [item.id for item in items if item.lane in self._busy_lanes]
+        if skipped:
+            # Only after a lease ran out while its delivery still hangs: never run one
+            # lane twice, and hand the claim back rather than sit on it.
+            await self._settle(lambda s, ids=skipped: queues.release_claims(s, ids))
+        for item in items:
+            if item.lane in self._busy_lanes:
+                continue
+            self._busy_lanes.add(item.lane)
+            task = asyncio.create_task(self._deliver_one(item), name=f"deliver:{item.id}")
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
 
     async def _sleep_until_due(self) -> None:
         timeout = 5.0

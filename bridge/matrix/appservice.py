@@ -20,6 +20,7 @@ from sqlalchemy import text
 from bridge import metrics
 from bridge.db import queues, store
 from bridge.db.engine import current_revision, head_revision
+from bridge.db.queues import Delivery
 
 if TYPE_CHECKING:
     from bridge.app import Bridge
@@ -88,13 +89,17 @@ class AppserviceServer:
         events = body.get("events") if isinstance(body, dict) else None
         if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
             return _error(400, "M_BAD_JSON", "'events' must be a list of events")
-        inbox = self.bridge.inbox
+        inbox, outbox = self.bridge.inbox, self.bridge.outbox
+        claimed: list[Delivery] = []
         try:
             async with self.bridge.db.transaction() as session:
                 rooms = await queues.store_transaction(session, txn_id, events)
                 # Handled in the same database transaction when possible: one commit, and
-                # the events' effects are queued before the homeserver hears back.
+                # the events' effects are queued (and claimed for delivery) before the
+                # homeserver hears back.
                 outcome = await inbox.handle_pending(session) if rooms else None
+                if outcome is not None and outcome.enqueued:
+                    claimed = await outbox.claim_within(session)
         except Exception:
             # Not acknowledged: the homeserver keeps the transaction and sends it again.
             log.exception("could not store transaction %s", txn_id)
@@ -107,6 +112,7 @@ class AppserviceServer:
             metrics.TRANSACTIONS.labels(outcome="stored").inc()
             if outcome is not None:
                 inbox.after_commit(outcome)
+            await outbox.dispatch(claimed)
         return web.json_response({})
 
     async def query_user(self, request: web.Request) -> web.Response:
