@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -120,18 +121,42 @@ class InboxWorker:
         is usually handled before the homeserver even gets its answer; the drainer only
         takes what is left (a backlog, rooms another process held, a failed attempt).
         """
-        started = time.perf_counter()
         batch = await queues.next_inbox_batch(session, BATCH)
         if not batch:
             return BatchOutcome(0, False, False)
         mine = await queues.lock_rooms(session, {e.room_id for e in batch})
         handled = [e for e in batch if e.room_id in mine]
+        outcome = await self._route(session, handled, mark_done=True)
+        outcome.more = len(batch) >= BATCH
+        outcome.skipped = len(handled) < len(batch)
+        return outcome
+
+    async def handle_transaction(self, session: AsyncSession,
+                                 events: list[dict[str, Any]]) -> BatchOutcome:
+        """Store and handle a new transaction's events inside the caller's transaction.
+
+        With nothing pending before them (the usual case) they are routed straight away and
+        recorded as handled; otherwise they queue up behind the backlog, in order.
+        """
+        rooms = {e["room_id"] for e in events}
+        if not await queues.inbox_has_pending(session) and \
+                await queues.lock_rooms(session, rooms) == rooms:
+            entries = await queues.record_handled(session, events)
+            return await self._route(session, entries, mark_done=False)
+        await queues.store_pending(session, events)
+        return await self.handle_pending(session)
+
+    async def _route(self, session: AsyncSession, handled: list[InboxEntry],
+                     mark_done: bool) -> BatchOutcome:
+        started = time.perf_counter()
         deliveries, failed = await self.route(session, handled)
         for entry, error in failed:
             _IN_FAILED.inc()
-            await queues.mark_inbox_failed(session, entry.id, error)
-        failed_ids = {entry.id for entry, _ in failed}
-        await queues.mark_inbox_done(session, [e.id for e in handled if e.id not in failed_ids])
+            await queues.mark_inbox_failed(session, entry, error)
+        if mark_done:
+            failed_ids = {entry.id for entry, _ in failed}
+            await queues.mark_inbox_done(session, [e.id for e in handled
+                                                   if e.id not in failed_ids])
         await queues.enqueue(session, deliveries)
         now = time.time()
         if handled:
@@ -139,8 +164,7 @@ class InboxWorker:
             _IN_HANDLING.observe((time.perf_counter() - started) / len(handled))
             for entry in handled:
                 _IN_LATENCY.observe(max(0.0, now - entry.received_at))
-        return BatchOutcome(len(handled), len(batch) >= BATCH, bool(deliveries),
-                            skipped=len(handled) < len(batch))
+        return BatchOutcome(len(handled), False, bool(deliveries))
 
     def after_commit(self, outcome: BatchOutcome) -> None:
         if outcome.enqueued:

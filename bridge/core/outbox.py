@@ -59,9 +59,9 @@ class OutboxWorker:
             try:
                 # Look before taking the write lock: most wake-ups find nothing due.
                 async with self.db.sessions() as session:
-                    due = await queues.has_due_deliveries(session)
+                    due_at = await queues.next_due_time(session)
                 items = []
-                if due:
+                if due_at is not None and due_at <= time.time():
                     async with self.db.transaction() as session:
                         items = await queues.claim_deliveries(session, CLAIM_LIMIT,
                                                               LEASE_SECONDS)
@@ -74,7 +74,7 @@ class OutboxWorker:
             await self.dispatch(items)
             if items:
                 continue  # more may be due right away (the next item of each lane)
-            await self._sleep_until_due()
+            await self._sleep_until(due_at)
 
     async def claim_within(self, session: AsyncSession) -> list[Delivery]:
         """Claim due items inside the caller's transaction (the one that queued them), to
@@ -96,16 +96,10 @@ class OutboxWorker:
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
-    async def _sleep_until_due(self) -> None:
-        timeout = 5.0
-        try:
-            async with self.db.sessions() as session:
-                due = await queues.next_due_time(session)
-            if due is not None:
-                timeout = min(timeout, max(0.0, due - time.time()))
-        except Exception:
-            log.warning("could not read the outbox schedule", exc_info=True)
-        # A finished delivery wakes us (its lane's next item is then due), so no polling.
+    async def _sleep_until(self, due_at: float | None) -> None:
+        """Until the next retry is due, or until woken: new items, or a delivery finished
+        (then its lane's next item is due), so there is no polling."""
+        timeout = 5.0 if due_at is None else min(5.0, max(0.0, due_at - time.time()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 

@@ -49,6 +49,25 @@ def insert_ignoring_conflicts(session: AsyncSession, model: type) -> Any:
 
 # --- appservice transactions and the inbox -------------------------------------------------
 
+# Core statements on the table: the hot path needs no ORM identity bookkeeping.
+_INBOX = cast(Table, InboxItem.__table__)
+_OUTBOX = cast(Table, OutboxItem.__table__)
+_ANY_PENDING = select(_INBOX.c.id).where(_INBOX.c.state == "pending").limit(1)
+
+
+async def record_transaction_id(session: AsyncSession, txn_id: str) -> bool:
+    """True the first time the homeserver sends this transaction ID, False for a repeat."""
+    result = await session.execute(
+        insert_ignoring_conflicts(session, AppserviceTransaction).values(
+            txn_id=txn_id, received_at=time.time()))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def room_events(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events that belong in the inbox: those of a room, with an ID."""
+    return [e for e in events
+            if isinstance(e.get("room_id"), str) and isinstance(e.get("event_id"), str)]
+
 
 async def store_transaction(
     session: AsyncSession, txn_id: str, events: Sequence[dict[str, Any]]
@@ -59,14 +78,13 @@ async def store_transaction(
     (then nothing is stored). Events already in the inbox under the same event ID (the
     homeserver re-sent them in a new transaction) are skipped.
     """
-    now = time.time()
-    result = await session.execute(
-        insert_ignoring_conflicts(session, AppserviceTransaction).values(
-            txn_id=txn_id, received_at=now
-        )
-    )
-    if result.rowcount == 0:  # type: ignore[attr-defined]
+    if not await record_transaction_id(session, txn_id):
         return None
+    return await store_pending(session, room_events(events))
+
+
+async def store_pending(session: AsyncSession, events: list[dict[str, Any]]) -> set[str]:
+    now = time.time()
     rows = [
         {
             "room_id": event["room_id"],
@@ -77,12 +95,45 @@ async def store_transaction(
             "attempts": 0,
         }
         for event in events
-        if isinstance(event.get("room_id"), str) and isinstance(event.get("event_id"), str)
     ]
-    if not rows:
-        return set()
-    await session.execute(insert_ignoring_conflicts(session, InboxItem), rows)
+    if rows:
+        await session.execute(insert_ignoring_conflicts(session, InboxItem), rows)
     return {row["room_id"] for row in rows}
+
+
+async def inbox_has_pending(session: AsyncSession) -> bool:
+    return await session.scalar(_ANY_PENDING) is not None
+
+
+async def record_handled(session: AsyncSession,
+                         events: list[dict[str, Any]]) -> list[InboxEntry]:
+    """Record events that are handled right now (no backlog to wait behind); returns the
+    ones not seen before, in order, for routing. The row is the event-ID dedup record."""
+    if not events:
+        return []
+    now = time.time()
+    rows = [{"room_id": e["room_id"], "event_id": e["event_id"], "event": "{}",
+             "received_at": now, "state": "done", "attempts": 0} for e in events]
+    insert = insert_ignoring_conflicts(session, InboxItem)
+    if dialect_name(session) == "postgresql":
+        # Concurrent transactions are possible here: let the unique index decide who
+        # records (and so handles) an event, and learn the answer from RETURNING.
+        result = await session.execute(
+            insert.returning(_INBOX.c.event_id, sort_by_parameter_order=True), rows)
+        new = {row.event_id for row in result}
+    else:
+        # One writer at a time (the write lock is held): looking first is exact, and a
+        # plain multi-row INSERT is far cheaper than RETURNING, which SQLite runs per row.
+        seen = set(await session.scalars(select(_INBOX.c.event_id).where(
+            _INBOX.c.event_id.in_([e["event_id"] for e in events]))))
+        rows = [r for r in rows if r["event_id"] not in seen]
+        if rows:
+            await session.execute(insert, rows)
+        new = {r["event_id"] for r in rows}
+    # The inbox row ID is not needed for handled events (only failures refer to it, by
+    # event ID below); 0 marks "recorded as done".
+    return [InboxEntry(id=0, room_id=e["room_id"], event=e, received_at=now, attempts=0)
+            for e in events if e["event_id"] in new]
 
 
 async def lock_rooms(session: AsyncSession, room_ids: set[str]) -> set[str]:
@@ -111,9 +162,6 @@ class InboxEntry:
     attempts: int
 
 
-# Core statements on the table: the hot path needs no ORM identity bookkeeping.
-_INBOX = cast(Table, InboxItem.__table__)
-_OUTBOX = cast(Table, OutboxItem.__table__)
 
 
 async def next_inbox_batch(session: AsyncSession, limit: int,
@@ -145,11 +193,11 @@ async def mark_inbox_done(session: AsyncSession, ids: Iterable[int]) -> None:
         )
 
 
-async def mark_inbox_failed(session: AsyncSession, item_id: int, error: str) -> None:
+async def mark_inbox_failed(session: AsyncSession, entry: InboxEntry, error: str) -> None:
     await session.execute(
-        update(InboxItem)
-        .where(InboxItem.id == item_id)
-        .values(state="failed", last_error=error[:4000], attempts=InboxItem.attempts + 1)
+        update(_INBOX)
+        .where(_INBOX.c.event_id == entry.event["event_id"])
+        .values(state="failed", last_error=error[:4000], attempts=_INBOX.c.attempts + 1)
     )
 
 
@@ -247,15 +295,9 @@ def _claimable() -> Any:
     )
 
 
-_HAS_DUE = select(OutboxItem.id).where(*_claimable()).limit(1)
 _CLAIM = select(OutboxItem).where(*_claimable()).order_by(OutboxItem.id).limit(
     bindparam("limit"))
 _CLAIM_FOR_UPDATE = _CLAIM.with_for_update(skip_locked=True)
-
-
-async def has_due_deliveries(session: AsyncSession) -> bool:
-    found = await session.scalar(_HAS_DUE, {"now": time.time()})
-    return found is not None
 
 
 async def claim_deliveries(session: AsyncSession, limit: int, lease: float) -> list[Delivery]:
@@ -288,8 +330,14 @@ async def release_claims(session: AsyncSession, ids: list[int]) -> None:
 
 
 def _next_due(greatest: Any) -> Any:
+    # Only lane heads count: an item queued behind one in flight is not "due" however old it
+    # is (counting it made the worker spin until the head was delivered); the head's
+    # completion wakes the worker instead.
+    earlier = aliased(OutboxItem)
     return select(func.min(greatest(OutboxItem.next_attempt_at, OutboxItem.claimed_until))) \
-        .where(OutboxItem.state == "pending")
+        .where(OutboxItem.state == "pending",
+               ~exists().where(earlier.lane == OutboxItem.lane, earlier.state == "pending",
+                               earlier.id < OutboxItem.id))
 
 
 # SQLite spells GREATEST as the two-argument MAX.

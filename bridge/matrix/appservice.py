@@ -93,11 +93,14 @@ class AppserviceServer:
         claimed: list[Delivery] = []
         try:
             async with self.bridge.db.transaction() as session:
-                rooms = await queues.store_transaction(session, txn_id, events)
-                # Handled in the same database transaction when possible: one commit, and
-                # the events' effects are queued (and claimed for delivery) before the
-                # homeserver hears back.
-                outcome = await inbox.handle_pending(session) if rooms else None
+                outcome = None
+                fresh = await queues.record_transaction_id(session, txn_id)
+                if fresh:
+                    # Handled in the same database transaction when possible: one commit,
+                    # and the events' effects are queued (and claimed for delivery) before
+                    # the homeserver hears back.
+                    outcome = await inbox.handle_transaction(session,
+                                                             queues.room_events(events))
                 if outcome is not None and outcome.enqueued:
                     claimed = await outbox.claim_within(session)
         except Exception:
@@ -105,7 +108,7 @@ class AppserviceServer:
             log.exception("could not store transaction %s", txn_id)
             metrics.FAILURES.labels(network="matrix", direction="in", stage="store").inc()
             return _error(500, "M_UNKNOWN", "The bridge could not store the transaction")
-        if rooms is None:
+        if not fresh:
             metrics.TRANSACTIONS.labels(outcome="duplicate").inc()
             log.debug("transaction %s was already stored; ignoring the repeat", txn_id)
         else:
