@@ -122,14 +122,15 @@ async def record_handled(session: AsyncSession,
             insert.returning(_INBOX.c.event_id, sort_by_parameter_order=True), rows)
         new = {row.event_id for row in result}
     else:
-        # One writer at a time (the write lock is held): looking first is exact, and a
-        # plain multi-row INSERT is far cheaper than RETURNING, which SQLite runs per row.
-        seen = set(await session.scalars(select(_INBOX.c.event_id).where(
-            _INBOX.c.event_id.in_([e["event_id"] for e in events]))))
-        rows = [r for r in rows if r["event_id"] not in seen]
-        if rows:
-            await session.execute(insert, rows)
-        new = {r["event_id"] for r in rows}
+        # One writer at a time (the write lock is held), and a plain multi-row INSERT is
+        # far cheaper than RETURNING, which SQLite runs row by row.
+        result = await session.execute(insert, rows)
+        if result.rowcount == len(rows):  # type: ignore[attr-defined]
+            new = {r["event_id"] for r in rows}  # the usual case: all of them are new
+        else:  # some were known: ours are the rows stamped with this very moment
+            new = set(await session.scalars(select(_INBOX.c.event_id).where(
+                _INBOX.c.event_id.in_([e["event_id"] for e in events]),
+                _INBOX.c.received_at == now)))
     # The inbox row ID is not needed for handled events (only failures refer to it, by
     # event ID below); 0 marks "recorded as done".
     return [InboxEntry(id=0, room_id=e["room_id"], event=e, received_at=now, attempts=0)

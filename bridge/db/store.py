@@ -45,18 +45,19 @@ class PortalInfo:
 async def portals_and_links(
     session: AsyncSession, room_ids: set[str]
 ) -> tuple[dict[str, PortalInfo], dict[str, list[LinkInfo]]]:
-    """Portals and their links for many rooms at once (two queries, whatever the count)."""
-    portals = {
-        row.room_id: PortalInfo(row.room_id, row.is_direct)
-        for row in await session.execute(
-            select(Portal.room_id, Portal.is_direct).where(Portal.room_id.in_(room_ids)))
-    }
+    """Portals and their links for many rooms at once (one query, whatever the count)."""
+    portal, link = Portal.__table__, Link.__table__
+    rows = await session.execute(
+        select(portal.c.room_id, portal.c.is_direct, link.c.id, link.c.network,
+               link.c.remote_id, link.c.remote_name, link.c.settings)
+        .select_from(portal.outerjoin(link, link.c.room_id == portal.c.room_id))
+        .where(portal.c.room_id.in_(room_ids))
+        .order_by(link.c.id))
+    portals: dict[str, PortalInfo] = {}
     links: dict[str, list[LinkInfo]] = {room: [] for room in room_ids}
-    if portals:
-        table = Link.__table__
-        rows = await session.execute(
-            select(table).where(table.c.room_id.in_(list(portals))).order_by(table.c.id))
-        for row in rows:
+    for row in rows:
+        portals[row.room_id] = PortalInfo(row.room_id, row.is_direct)
+        if row.id is not None:
             links[row.room_id].append(LinkInfo(
                 id=row.id, room_id=row.room_id, network=row.network, remote_id=row.remote_id,
                 remote_name=row.remote_name, settings=json.loads(row.settings or "{}")))
