@@ -81,7 +81,7 @@ async def record_delivery_failure(session: AsyncSession, room_id: str, address: 
     return False
 
 
-async def record_delivery_success(session: AsyncSession, room_id: str, address: str) -> None:
+async def clear_bounces(session: AsyncSession, room_id: str, address: str) -> None:
     await session.execute(update(EmailSubscriber).where(
         EmailSubscriber.room_id == room_id, EmailSubscriber.address == address.lower(),
         EmailSubscriber.bounces > 0).values(bounces=0, last_error=None))

@@ -296,6 +296,9 @@ class EmailConnector(Connector):
         root = await self._thread_for(target, mail)
         puppet = await hub.ensure_puppet(NETWORK, mail.from_address.lower(),
                                          mail.from_name or mail.from_address)
+        async with hub.db.transaction() as session:
+            # Their mailbox evidently works: earlier bounces no longer count against them.
+            await email_store.clear_bounces(session, room_id, mail.from_address)
         cid_map: dict[str, str] = {}
         files: list[tuple[str, dict[str, Any]]] = []
         for attachment in mail.attachments:
@@ -361,8 +364,11 @@ class EmailConnector(Connector):
         async with self.hub.db.sessions() as session:
             mapped = await store.mappings_for_remote_any_space(session, NETWORK, original)
         if not mapped:
+            log.info("delivery report for %s, which is not in the database", original)
             return
         room_id = mapped[0].room_id
+        log.info("delivery of %s to %s failed: %s", original, ", ".join(bounce.recipients),
+                 bounce.status)
         for address in bounce.recipients:
             await self._record_failure(room_id, address,
                                        bounce.diagnostic or bounce.status or "bounced")
@@ -547,6 +553,7 @@ class EmailConnector(Connector):
             return f"refused: {exc}"
         metrics.HANDLING_SECONDS.labels(network=NETWORK, direction="out").observe(
             time.perf_counter() - started)
-        async with self.hub.db.transaction() as session:
-            await email_store.record_delivery_success(session, delivery.room_id, p["to"])
+        # The relay's 250 is no proof of delivery (a smarthost accepts everything and the
+        # bounce comes later), so it does not clear the subscriber's bounce count; mail
+        # *from* the subscriber does.
         return answer

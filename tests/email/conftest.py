@@ -33,12 +33,19 @@ class EmailBridge(RunningBridge):
 
 
 @pytest.fixture
-async def email_bridge(homeserver: Homeserver, database_url: str,
-                       sink: SmtpSink) -> AsyncIterator[EmailBridge]:
+def email_settings(request: pytest.FixtureRequest) -> dict[str, object]:
+    """Overrides of the email section; tests change it with pytest's indirect parametrize."""
+    return getattr(request, "param", {"sender_auth": "none"})
+
+
+@pytest.fixture
+async def email_bridge(homeserver: Homeserver, database_url: str, sink: SmtpSink,
+                       email_settings: dict[str, object]) -> AsyncIterator[EmailBridge]:
     smtp_port = free_port()
     config = homeserver.config(
         database_url,
-        email__enabled=True, email__domain=MAIL_DOMAIN, email__sender_auth="none",
+        email__enabled=True, email__domain=MAIL_DOMAIN,
+        **{f"email__{key}": value for key, value in email_settings.items()},
         email__token_secret="test-token-secret-0123456789",
         email__smtp_in={"hostname": "127.0.0.1", "port": smtp_port,
                         "max_message_size": 2 * 1024 * 1024},

@@ -325,3 +325,61 @@ async def test_database_down_answers_451(homeserver: Homeserver, email_bridge: E
     code, text = await _smtp_error(email_bridge, _mail("erika@stadt.example", address, "x",
                                                        "y"), [address])
     assert code == 451 and "4.3.0" in text
+
+
+def _dsn(original: EmailMessage, recipient: str, status: str, address: str) -> bytes:
+    """A delivery status notification (RFC 3464) as an MTA sends it back to the room."""
+    boundary = "dsn-boundary-42"
+    return (
+        f"From: Mail Delivery System <MAILER-DAEMON@stadt.example>\r\n"
+        f"To: {address}\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+        f"Message-ID: {make_msgid(domain='stadt.example')}\r\nAuto-Submitted: auto-replied\r\n"
+        f"MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; "
+        f'boundary="{boundary}"\r\n\r\n'
+        f"--{boundary}\r\nContent-Type: text/plain\r\n\r\nYour message could not be "
+        f"delivered.\r\n\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
+        f"Reporting-MTA: dns; mx.stadt.example\r\n\r\nFinal-Recipient: rfc822; {recipient}\r\n"
+        f"Action: failed\r\nStatus: {status}\r\nDiagnostic-Code: smtp; 550 {status} "
+        f"mailbox unknown\r\n\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"From: {original['From']}\r\nTo: {recipient}\r\nMessage-ID: {original['Message-ID']}\r\n"
+        f"Subject: x\r\n\r\n--{boundary}--\r\n"
+    ).encode()
+
+
+async def test_delivery_status_notifications_count_as_bounces(
+        homeserver: Homeserver, email_bridge: EmailBridge, sink: SmtpSink,
+        admin: MatrixTestClient) -> None:
+    room, address = await _email_room(homeserver, admin, None, "alt@stadt.example")
+    for n in range(3):  # email.max_bounces is 3
+        await admin.send_text(room, f"Rundschreiben {n}")
+        mail = (await sink.wait_for(lambda r, n=n: f"Rundschreiben {n}" in
+                                    r.message.get_body(("plain",)).get_content()))[0].message
+        # The relay accepted it; the recipient's server bounces it later.
+        code, _ = await _smtp_error(email_bridge, _dsn(mail, "alt@stadt.example", "5.1.1",
+                                                       address), [address], sender="")
+        assert code == 250
+    notice = await admin.wait_for_event(room, is_notice_from(homeserver.bot, "paused"),
+                                        timeout=20)
+    assert "alt@stadt.example" in notice["content"]["body"]
+    bodies = [e["content"].get("body", "") for e in await admin.messages(room, limit=30)]
+    assert not any("could not be delivered" in b for b in bodies)  # never posted as chat
+
+
+async def test_inline_images_are_shown_in_the_message(
+        homeserver: Homeserver, email_bridge: EmailBridge, admin: MatrixTestClient) -> None:
+    room, address = await _email_room(homeserver, admin, None, "erika@stadt.example")
+    msg = _mail("Erika <erika@stadt.example>", address, "Lageplan", "Siehe Lageplan.")
+    msg.add_alternative('<p>Siehe <b>Lageplan</b>:</p><img src="cid:plan@stadt" alt="Plan">'
+                        '<script>alert(1)</script>', subtype="html")
+    png = bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082")
+    html_part = msg.get_payload()[1]
+    html_part.add_related(png, maintype="image", subtype="png", cid="<plan@stadt>",
+                          filename="plan.png")
+    await _send(email_bridge, msg)
+    event = await admin.wait_for_event(room, _body("Siehe Lageplan"), timeout=20)
+    html = event["content"]["formatted_body"]
+    assert "<b>Lageplan</b>" in html or "<strong>Lageplan</strong>" in html
+    assert 'src="mxc://bridge.test/' in html
+    assert "<script" not in html and "alert(1)" not in html
