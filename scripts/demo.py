@@ -8,9 +8,13 @@ What it does, each step a function below:
 3. start ``bridge run`` as a subprocess, wait for ``/_bridge/health``, run ``bridge check``;
 4. as ``@admin:demo.test``: chat with the bot directly (``help``) and in a group room
    (``!bridge status``), printing the exchanges as a transcript;
-5. print how to go on by hand, and keep everything running until Ctrl-C.
+5. email in that group room: give it an address, subscribe a colleague, show a room message
+   land in her mailbox (a small SMTP sink the demo runs writes ``demo/mailbox/``) and her
+   mail, sent over real SMTP, appear in the room as her puppet;
+6. print how to go on by hand (including a one-line command that mails the room), and keep
+   everything running until Ctrl-C.
 
-``--once`` stops after step 4 (for CI smoke checks). Exit code 0 on success, 1 with a clear
+``--once`` stops after step 5 (for CI smoke checks). Exit code 0 on success, 1 with a clear
 message if a step fails, 130 if interrupted before the demo was ready.
 """
 
@@ -23,20 +27,26 @@ import os
 import shlex
 import shutil
 import signal
+import smtplib
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from email.utils import make_msgid
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
 import yaml
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 # The demo runs from the checkout and borrows the test harness (a real Synapse, a small
 # Matrix client); it is not part of the installed package.
@@ -54,6 +64,13 @@ ADMIN_MXID = f"@{ADMIN_LOCALPART}:{SERVER_NAME}"
 GROUP_ROOM_NAME = "Demo department"
 HEALTH_TIMEOUT = 30.0  # first start migrates the database and registers the bot
 REPLY_TIMEOUT = 15.0  # the bot answers in well under a second; 15 s means "broken"
+MAIL_DOMAIN = "mail.demo.test"  # room addresses: <localpart>@mail.demo.test
+ROOM_ADDRESS_LOCALPART = "department"
+ROOM_ADDRESS = f"{ROOM_ADDRESS_LOCALPART}@{MAIL_DOMAIN}"
+COLLEAGUE_ADDRESS = "erika@stadt.example"  # a member of staff who works by email
+COLLEAGUE_NAME = "Erika Mustermann"
+MAILBOX = DEMO / "mailbox"  # the demo's SMTP sink: <recipient>/<timestamp>-<n>.eml
+MAIL_TIMEOUT = 15.0  # mail goes through the outbox in well under a second
 
 
 class DemoError(Exception):
@@ -66,12 +83,15 @@ class Demo:
 
     synapse_port: int = field(default_factory=free_port)
     bridge_port: int = field(default_factory=free_port)
+    smtp_in_port: int = field(default_factory=free_port)  # the bridge receives mail here
+    sink_port: int = field(default_factory=free_port)  # ... and sends it to the sink here
     config_path: Path = DEMO / "config.yaml"
     registration_path: Path = DEMO / "registration.yaml"
     bridge_log_path: Path = DEMO / "bridge.log"
     synapse: SynapseServer | None = None
     bridge: subprocess.Popen[bytes] | None = None
     bridge_log: IO[bytes] | None = None
+    sink: MailSink | None = None
     bot_mxid: str = ""
     dm_room: str = ""
     group_room: str = ""
@@ -97,22 +117,30 @@ def rel(path: Path) -> str:
         return str(path)
 
 
+_OUTPUT = threading.Lock()  # the mail sink prints from its own thread
+
+
+def emit(text: str) -> None:
+    """Print whole lines at once, so that the sink's notices never split a line."""
+    with _OUTPUT:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+
 def heading(text: str) -> None:
-    print(f"\n== {text}", flush=True)
+    emit(f"\n== {text}")
 
 
 def say(text: str) -> None:
-    print(f"   {text}", flush=True)
+    emit(f"   {text}")
 
 
 def chat_line(who: str, text: str) -> None:
     """One chat message, continuation lines indented under the first."""
     label = f"   {who:>10} | "
     lines = text.splitlines() or [""]
-    print(label + lines[0])
-    for line in lines[1:]:
-        print(" " * (len(label) - 2) + "| " + line)
-    sys.stdout.flush()
+    emit("\n".join([label + lines[0],
+                    *(" " * (len(label) - 2) + "| " + line for line in lines[1:])]))
 
 
 def tail(path: Path, lines: int = 25) -> str:
@@ -164,29 +192,48 @@ def run_cli(*args: str) -> str:
     return output
 
 
-def _set_yaml_keys(text: str, values: dict[tuple[str, str], Any]) -> str:
-    """Set ``section.key`` values by editing lines, so the file keeps its comments.
+def _set_yaml_keys(text: str, values: dict[tuple[str, ...], Any]) -> str:
+    """Set ``section.key`` (or ``section.sub.key``) values by editing lines, so the file
+    keeps its comments.
 
-    Only handles the flat ``section:`` / two-space ``key: value`` shape of the example
-    config; the caller checks the result and falls back to a plain YAML dump.
+    Only handles the block-mapping shape of the example config (``key: value`` lines,
+    nesting by indentation); the caller checks the result and falls back to a YAML dump.
     """
     out: list[str] = []
-    section = ""
+    parents: list[tuple[int, str]] = []  # (indentation, key) of the enclosing mappings
     for line in text.splitlines():
-        if line and not line[0].isspace() and not line.startswith("#") and ":" in line:
-            section = line.split(":", 1)[0]
-        elif line.startswith("  ") and not line[2].isspace() and ":" in line:
-            key = line[2:].split(":", 1)[0]
-            if (section, key) in values:
+        stripped = line.lstrip(" ")
+        if stripped and not stripped.startswith(("#", "-")) and ":" in stripped:
+            indent = len(line) - len(stripped)
+            while parents and parents[-1][0] >= indent:
+                parents.pop()
+            key = stripped.split(":", 1)[0]
+            path = (*(k for _, k in parents), key)
+            if path in values:
                 # JSON is valid YAML: quoted strings and flow lists, no surprises with ':'.
-                line = f"  {key}: {json.dumps(values[(section, key)])}"
+                line = f"{' ' * indent}{key}: {json.dumps(values[path])}"
+            parents.append((indent, key))
         out.append(line)
     return "\n".join(out) + "\n"
 
 
+def _yaml_get(data: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def _yaml_set(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        if not isinstance(data.get(key), dict):
+            data[key] = {}
+        data = data[key]
+    data[path[-1]] = value
+
+
 def write_config(demo: Demo) -> None:
     say(run_cli("generate-config", "-o", rel(demo.config_path)))
-    values: dict[tuple[str, str], Any] = {
+    values: dict[tuple[str, ...], Any] = {
         ("homeserver", "address"): demo.homeserver_url,
         ("homeserver", "domain"): SERVER_NAME,
         ("appservice", "address"): f"http://127.0.0.1:{demo.bridge_port}",
@@ -195,19 +242,32 @@ def write_config(demo: Demo) -> None:
         ("bridge", "admins"): [ADMIN_MXID],
         # The embedded default, but inside demo/ so each run starts empty.
         ("database", "url"): f"sqlite+aiosqlite:///{DEMO / 'bridge.db'}",
+        # Email: the bridge receives on smtp_in and relays staff's mail to the demo's sink.
+        ("email", "enabled"): True,
+        ("email", "domain"): MAIL_DOMAIN,
+        ("email", "sender_auth"): "none",
+        ("email", "smtp_in", "hostname"): "127.0.0.1",
+        ("email", "smtp_in", "port"): demo.smtp_in_port,
+        ("email", "smtp_out", "host"): "127.0.0.1",
+        ("email", "smtp_out", "port"): demo.sink_port,
     }
     original = demo.config_path.read_text()
     edited = _set_yaml_keys(original, values)
     data = yaml.safe_load(edited)
-    if any(data[s][k] != v for (s, k), v in values.items()):
+    if any(_yaml_get(data, path) != v for path, v in values.items()):
         # The template changed shape: lose its comments rather than the settings.
         data = yaml.safe_load(original)
-        for (s, k), v in values.items():
-            data[s][k] = v
+        for path, v in values.items():
+            _yaml_set(data, path, v)
         edited = yaml.safe_dump(data, sort_keys=False)
     demo.config_path.write_text(edited)
     say(f"set homeserver {demo.homeserver_url} ({SERVER_NAME}), bridge port "
         f"{demo.bridge_port}, admin {ADMIN_MXID}, database {rel(DEMO / 'bridge.db')}")
+    say(f"email on: room addresses @{MAIL_DOMAIN}, the bridge receives mail on "
+        f"127.0.0.1:{demo.smtp_in_port} and relays to the demo's mail sink "
+        f"127.0.0.1:{demo.sink_port}")
+    say("email.sender_auth: none -- trusts the From header; for this demo only, never in "
+        "production (see the comment in the config)")
     say(run_cli("generate-registration", "-c", rel(demo.config_path),
                 "-r", rel(demo.registration_path)))
     demo.bot_mxid = f"@{data['appservice']['bot_username']}:{SERVER_NAME}"
@@ -226,7 +286,96 @@ def start_synapse(demo: Demo) -> None:
         f"(log: {rel(demo.synapse.log_path)})")
 
 
-# --- step 3: the bridge -------------------------------------------------------------------
+# --- step 3: staff's mailboxes, then the bridge --------------------------------------------
+
+
+class MailSink:
+    """The mail server behind which staff's mailboxes sit, as far as the demo is concerned:
+    an aiosmtpd server that accepts every mail and writes one file per recipient,
+    ``demo/mailbox/<recipient>/<timestamp>-<n>.eml``, printing a line for each.
+
+    It runs in the demo's own event loop, on a thread of its own, so that it keeps
+    answering the bridge while the main thread waits for processes or for Ctrl-C.
+    """
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.root = root
+        self.port = port
+        self.count = 0
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+
+    def start(self) -> None:
+        ready = threading.Event()
+        failed: list[BaseException] = []
+        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(ready, failed),),
+                                        name="mail-sink", daemon=True)
+        self._thread.start()
+        if not ready.wait(10) or failed:
+            reason = failed[0] if failed else "no answer within 10 s"
+            raise DemoError(f"the mail sink could not listen on 127.0.0.1:{self.port}: "
+                            f"{reason}")
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        """Close the server and end its loop (open sessions are cancelled)."""
+        if self._thread is None:
+            return
+        if self._loop is not None and self._stopping is not None:
+            with suppress(RuntimeError):  # the loop has already ended
+                self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(10)
+        self._thread = None
+
+    async def _serve(self, ready: threading.Event, failed: list[BaseException]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        try:
+            server = await self._loop.create_server(
+                lambda: SMTP(self, hostname="mailbox.demo.test", decode_data=False),
+                "127.0.0.1", self.port)
+        except OSError as exc:
+            failed.append(exc)
+            ready.set()
+            return
+        ready.set()
+        async with server:
+            await self._stopping.wait()
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = bytes(envelope.original_content or b"")
+        subject = message_from_bytes(raw, policy=policy.default).get("Subject", "(none)")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        try:
+            for recipient in envelope.rcpt_tos:
+                self.count += 1
+                # The address is the folder name; keep it from leaving the mailbox.
+                folder = "".join(c if c.isalnum() or c in "@.+_-" else "_"
+                                 for c in recipient.lower()).lstrip(".") or "_"
+                path = self.root / folder / f"{stamp}-{self.count}.eml"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                # Write, then rename: whoever waits for the file never sees half of it.
+                partial = path.with_suffix(".part")
+                partial.write_bytes(raw)
+                partial.replace(path)
+                say(f"[mail sink] mail for {recipient}: Subject {subject!r} -> {rel(path)}")
+        except OSError as exc:
+            say(f"[mail sink] could not store a mail: {exc}")
+            return "451 4.3.0 Mailbox not writable; try again later"
+        return "250 2.0.0 Delivered to the demo mailbox"
+
+
+def start_mail_sink(demo: Demo) -> None:
+    demo.sink = MailSink(MAILBOX, demo.sink_port)
+    demo.sink.start()
+    say(f"mail sink (staff's mailboxes) listening on 127.0.0.1:{demo.sink_port}; "
+        f"every mail it receives is a file in {rel(MAILBOX)}/<recipient>/")
+
+
 
 
 def start_bridge(demo: Demo) -> None:
@@ -344,11 +493,140 @@ async def talk_to_bot(demo: Demo) -> None:
         heading(f'Group room "{GROUP_ROOM_NAME}" (commands start with !bridge)')
         demo.group_room = await _open_room(demo, client, direct=False)
         await _command(demo, client, demo.group_room, "!bridge status")
+
+        await show_email(demo, client)
     finally:
         await client.close()
 
 
-# --- step 5: over to the user -------------------------------------------------------------
+# --- step 5: email ---------------------------------------------------------------------------
+
+
+def _mailbox_files(address: str) -> set[Path]:
+    return set((MAILBOX / address).glob("*.eml"))
+
+
+async def _wait_for_mail(demo: Demo, address: str, text: str,
+                         before: set[Path]) -> tuple[Path, EmailMessage]:
+    """The first new mail in ``address``'s mailbox whose text contains ``text``."""
+    started = time.monotonic()
+    while time.monotonic() - started < MAIL_TIMEOUT:
+        for path in sorted(_mailbox_files(address) - before):
+            message = message_from_bytes(path.read_bytes(), policy=policy.default)
+            body = message.get_body(("plain",))  # type: ignore[attr-defined]
+            if body is not None and text in body.get_content():
+                return path, message  # type: ignore[return-value]
+        await asyncio.sleep(0.1)
+    raise DemoError(f"no mail with {text!r} reached {rel(MAILBOX / address)}/ within "
+                    f"{MAIL_TIMEOUT:.0f} s; {rel(demo.bridge_log_path)} ends with:\n"
+                    f"{tail(demo.bridge_log_path)}")
+
+
+def _colleague_mail(subject: str, text: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = f"{COLLEAGUE_NAME} <{COLLEAGUE_ADDRESS}>"
+    message["To"] = ROOM_ADDRESS
+    message["Subject"] = subject
+    message["Message-ID"] = make_msgid(domain=COLLEAGUE_ADDRESS.split("@", 1)[1])
+    message.set_content(text)
+    return message
+
+
+def _smtp_send(demo: Demo, message: EmailMessage) -> str:
+    """Hand a mail to the bridge's SMTP server, as the colleague's mail server would;
+    returns the bridge's final answer (it says 250 only once the mail is taken)."""
+    where = f"the bridge's SMTP server 127.0.0.1:{demo.smtp_in_port}"
+    problem = reply = ""
+    try:
+        with smtplib.SMTP("127.0.0.1", demo.smtp_in_port, timeout=30) as smtp:
+            smtp.ehlo("mx.stadt.example")
+            code, answer = smtp.mail(COLLEAGUE_ADDRESS)
+            if code == 250:
+                code, answer = smtp.rcpt(ROOM_ADDRESS)
+            if code in (250, 251):
+                code, answer = smtp.data(message.as_bytes())
+            reply = f"{code} {answer.decode(errors='replace')}"
+            if code != 250:
+                problem = f"{where} refused the mail: {reply}"
+    except (smtplib.SMTPException, OSError) as exc:
+        problem = f"sending the mail to {where} failed: {exc}"
+    if problem:
+        raise DemoError(f"{problem}; {rel(demo.bridge_log_path)} ends with:\n"
+                        f"{tail(demo.bridge_log_path)}")
+    return reply
+
+
+def _puppet_message(demo: Demo, text: str) -> Any:
+    def predicate(event: dict[str, Any]) -> bool:
+        return (event["type"] == "m.room.message"
+                and event["sender"] not in (ADMIN_MXID, demo.bot_mxid)
+                and text in event["content"].get("body", ""))
+    return predicate
+
+
+async def show_email(demo: Demo, client: MatrixTestClient) -> None:
+    room = demo.group_room
+    heading(f'5. Email in "{GROUP_ROOM_NAME}" (colleague {COLLEAGUE_ADDRESS}, mailbox sink '
+            f"in {rel(MAILBOX)}/)")
+    await _command(demo, client, room, f"!bridge link email {ROOM_ADDRESS_LOCALPART}")
+    await _command(demo, client, room,
+                   f"!bridge email subscribe {COLLEAGUE_ADDRESS} {COLLEAGUE_NAME}")
+
+    # Matrix -> mail: the room's message lands in the subscriber's mailbox.
+    text = "The meeting starts tomorrow at 10:00 in room 2.14."
+    before = _mailbox_files(COLLEAGUE_ADDRESS)
+    chat_line(ADMIN_LOCALPART, text)
+    started = time.monotonic()
+    await client.send_text(room, text)
+    path, mail = await _wait_for_mail(demo, COLLEAGUE_ADDRESS, text, before)
+    say(f"{'':>10}   (in {COLLEAGUE_ADDRESS}'s mailbox after "
+        f"{time.monotonic() - started:.2f} s: {rel(path)})")
+    for header in ("From", "To", "Subject", "Reply-To"):
+        say(f"{header:>20}: {mail.get(header, '(none)')}")
+
+    # Mail -> Matrix: Erika writes to the room address over real SMTP.
+    subject, body = "Plans for tomorrow", "I will bring the plans for the meeting.\n\nErika"
+    message = _colleague_mail(subject, body)
+    say(f"SMTP to 127.0.0.1:{demo.smtp_in_port}: From {message['From']}, To {ROOM_ADDRESS}, "
+        f"Subject {subject!r}")
+    started = time.monotonic()
+    reply = await asyncio.to_thread(_smtp_send, demo, message)
+    say(f"{'':>10}   (the bridge answered: {reply})")
+    try:
+        event = await client.wait_for_event(room, _puppet_message(demo, body.splitlines()[0]),
+                                            timeout=MAIL_TIMEOUT)
+    except TimeoutError as exc:
+        raise DemoError(f"the mail did not appear in the room within {MAIL_TIMEOUT:.0f} s.\n"
+                        f"   {exc}\n   {rel(demo.bridge_log_path)} ends with:\n"
+                        f"{tail(demo.bridge_log_path)}") from None
+    members = await client.get_joined_members(room)
+    name = members.get(event["sender"], {}).get("display_name") or event["sender"]
+    chat_line(COLLEAGUE_NAME.split()[0].lower(), str(event["content"].get("body", "")))
+    say(f"{'':>10}   (posted by {event['sender']} \"{name}\", her puppet, after "
+        f"{time.monotonic() - started:.2f} s)")
+
+
+# --- step 6: over to the user -------------------------------------------------------------
+
+
+def mail_one_liner(demo: Demo) -> str:
+    """A shell command, standard library only, that mails the room as the colleague."""
+    code = "; ".join([
+        "import smtplib, email.message, email.utils",
+        "m = email.message.EmailMessage()",
+        f"m['From'] = '{COLLEAGUE_NAME} <{COLLEAGUE_ADDRESS}>'",
+        f"m['To'] = '{ROOM_ADDRESS}'",
+        "m['Subject'] = 'Hello from my mailbox'",
+        f"m['Message-ID'] = email.utils.make_msgid(domain='{COLLEAGUE_ADDRESS.split('@')[1]}')",
+        "m.set_content('Written in a mail program, read in Matrix.')",
+        f"s = smtplib.SMTP('127.0.0.1', {demo.smtp_in_port})",
+        "s.send_message(m)",
+        "s.quit()",
+        f"print('mail sent to {ROOM_ADDRESS}')",
+    ])
+    # Double quotes around it; nothing inside that a shell would expand or end on.
+    assert not any(c in code for c in '"$`\\!'), code
+    return f'python3 -c "{code}"'
 
 
 def print_next_steps(demo: Demo) -> None:
@@ -382,6 +660,19 @@ def print_next_steps(demo: Demo) -> None:
     print(f"     curl -s \"{hs}/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=2\" "
           f"-H \"Authorization: Bearer $TOKEN\"")
     print()
+    say(f"Email: the group room's address is {ROOM_ADDRESS}; the bridge takes mail on "
+        f"127.0.0.1:{demo.smtp_in_port}")
+    say("(email.sender_auth is none: the From header is trusted, for the demo only).")
+    say(f"Send a mail into \"{GROUP_ROOM_NAME}\" as {COLLEAGUE_NAME} (one line):")
+    print(f"     {mail_one_liner(demo)}")
+    say("See it in the group room (latest message first):")
+    print(f"     curl -s \"{hs}/_matrix/client/v3/rooms/{quote(demo.group_room, safe='')}/"
+          f"messages?dir=b&limit=2\" -H \"Authorization: Bearer $TOKEN\"")
+    say(f"Staff's mail lands in {rel(MAILBOX)}/<address>/, one .eml file per mail (the demo "
+        f"prints a line for each): whatever is said in \"{GROUP_ROOM_NAME}\" goes to")
+    say(f"{rel(MAILBOX / COLLEAGUE_ADDRESS)}/. Subscribe more with "
+        f"`!bridge email subscribe <address> [name]` in the room.")
+    print()
     say("Any Matrix client that reaches 127.0.0.1 works too: homeserver "
         f"{hs}, user {ADMIN_LOCALPART}, password {ADMIN_PASSWORD}.")
     say("Press Ctrl-C to stop.")
@@ -398,14 +689,17 @@ def wait_until_interrupted(demo: Demo) -> None:
                             f"{tail(demo.bridge_log_path)}")
         if not demo.synapse.running:
             raise DemoError(f"Synapse exited by itself; see {rel(demo.synapse.log_path)}")
+        if demo.sink is not None and not demo.sink.running:
+            raise DemoError("the mail sink stopped by itself")
         time.sleep(0.5)
 
 
-# --- step 6: stop everything ----------------------------------------------------------------
+# --- step 7: stop everything ----------------------------------------------------------------
 
 
 def stop_all(demo: Demo) -> None:
-    """The bridge first (it finishes in-flight work), then its homeserver."""
+    """The bridge first (it finishes in-flight work), then the mail sink it relays to,
+    then its homeserver."""
     if demo.bridge is not None:
         if demo.bridge.poll() is None:
             demo.bridge.send_signal(signal.SIGTERM)
@@ -419,6 +713,11 @@ def stop_all(demo: Demo) -> None:
         (DEMO / "bridge.pid").unlink(missing_ok=True)
     if demo.bridge_log is not None:
         demo.bridge_log.close()
+    if demo.sink is not None:
+        was_running = demo.sink.running
+        demo.sink.stop()
+        if was_running:
+            say("mail sink stopped")
     if demo.synapse is not None:
         was_running = demo.synapse.running
         demo.synapse.stop()
@@ -446,7 +745,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--once", action="store_true",
-                        help="stop after the bot exchanges and exit 0 (for CI smoke checks)")
+                        help="stop after the bot and email exchanges and exit 0 (for CI "
+                             "smoke checks)")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
@@ -459,7 +759,8 @@ def main(argv: list[str] | None = None) -> int:
             heading("2. Bridge config and registration (the real `bridge` CLI), then Synapse")
             write_config(demo)
             start_synapse(demo)
-            heading("3. The bridge")
+            heading("3. The mail sink for staff's mailboxes, then the bridge")
+            start_mail_sink(demo)
             start_bridge(demo)
             wait_for_health(demo)
             run_check(demo)
