@@ -64,6 +64,8 @@ class InboxWorker:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._skipped_delay = 0.005
+        # SQLite only: whether events may be waiting in the inbox (None: not known yet).
+        self._backlog: bool | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -123,12 +125,15 @@ class InboxWorker:
         """
         batch = await queues.next_inbox_batch(session, BATCH)
         if not batch:
+            self._backlog = False
             return BatchOutcome(0, False, False)
         mine = await queues.lock_rooms(session, {e.room_id for e in batch})
         handled = [e for e in batch if e.room_id in mine]
         outcome = await self._route(session, handled, mark_done=True)
         outcome.more = len(batch) >= BATCH
         outcome.skipped = len(handled) < len(batch)
+        if not outcome.more and not outcome.skipped:
+            self._backlog = False  # everything that was pending is handled by this commit
         return outcome
 
     async def handle_transaction(self, session: AsyncSession,
@@ -139,12 +144,23 @@ class InboxWorker:
         recorded as handled; otherwise they queue up behind the backlog, in order.
         """
         rooms = {e["room_id"] for e in events}
-        if not await queues.inbox_has_pending(session) and \
+        if not await self._has_backlog(session) and \
                 await queues.lock_rooms(session, rooms) == rooms:
             entries = await queues.record_handled(session, events)
             return await self._route(session, entries, mark_done=False)
         await queues.store_pending(session, events)
+        self._backlog = True
         return await self.handle_pending(session)
+
+    async def _has_backlog(self, session: AsyncSession) -> bool:
+        if self.db.postgres:
+            return await queues.inbox_has_pending(session)  # other processes add to it
+        # SQLite has this one process as its only writer, so it knows when the inbox was
+        # last seen empty and whether anything was left pending since; until the first
+        # look (after a start, say) it asks the database.
+        if self._backlog is None:
+            self._backlog = await queues.inbox_has_pending(session)
+        return self._backlog
 
     async def _route(self, session: AsyncSession, handled: list[InboxEntry],
                      mark_done: bool) -> BatchOutcome:
