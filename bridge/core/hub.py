@@ -89,6 +89,9 @@ class Hub:
         self.matrix: MatrixSide | None = None
         # Set by the app: wakes the outbox worker after something was enqueued.
         self.wake_outbox: Callable[[], None] = lambda: None
+        # Puppet profiles last written (user ID -> name, avatar source): a cache that saves a
+        # write per remote message; the database stays the truth.
+        self._profiles: dict[str, tuple[str | None, str | None]] = {}
 
     # --- who is who ---------------------------------------------------------------------
 
@@ -267,27 +270,44 @@ class Hub:
                             avatar_mxc: str | None = None) -> str:
         """The puppet's user ID; a changed name or avatar is queued to the homeserver."""
         user_id = self.connectors[network].puppet_user_id(remote_id)
+        if self.puppet_known(user_id, displayname, avatar_source):
+            return user_id  # known and unchanged: no database write
+        async with self.db.transaction() as session:
+            await self.write_puppet(session, network, remote_id, displayname, avatar_source,
+                                    avatar_mxc)
+        self.remember_puppet(user_id, displayname, avatar_source)
+        self.wake_outbox()
+        return user_id
 
-        async def write(session: AsyncSession) -> list[NewDelivery]:
-            name_changed, avatar_changed = await store.upsert_puppet(
-                session, user_id=user_id, network=network, remote_id=remote_id,
-                displayname=displayname, avatar_source=avatar_source, avatar_mxc=avatar_mxc)
-            if not (name_changed or avatar_changed):
-                return []
+    def puppet_known(self, user_id: str, displayname: str | None,
+                     avatar_source: str | None) -> bool:
+        """Was this profile already written (by this process)? Then writing can be skipped."""
+        return self._profiles.get(user_id) == (displayname, avatar_source)
+
+    def remember_puppet(self, user_id: str, displayname: str | None,
+                        avatar_source: str | None) -> None:
+        """Call after the transaction that wrote the profile committed."""
+        self._profiles[user_id] = (displayname, avatar_source)
+
+    async def write_puppet(self, session: AsyncSession, network: str, remote_id: str,
+                           displayname: str | None, avatar_source: str | None = None,
+                           avatar_mxc: str | None = None) -> str:
+        """:meth:`ensure_puppet` inside the caller's transaction (wake the outbox and
+        :meth:`remember_puppet` after it commits)."""
+        user_id = self.connectors[network].puppet_user_id(remote_id)
+        name_changed, avatar_changed = await store.upsert_puppet(
+            session, user_id=user_id, network=network, remote_id=remote_id,
+            displayname=displayname, avatar_source=avatar_source, avatar_mxc=avatar_mxc)
+        if name_changed or avatar_changed:
             payload: dict[str, Any] = {"user": user_id}
             if name_changed and displayname is not None:
                 payload["displayname"] = displayname
             if avatar_changed and avatar_mxc:
                 payload["avatar_mxc"] = avatar_mxc
             # Profile changes are per user, not per room: their own lane keeps them ordered.
-            return [NewDelivery(network=MATRIX, room_id="", kind="profile", payload=payload,
-                                lane=f"matrix-profile:{user_id}")]
-
-        async with self.db.transaction() as session:
-            deliveries = await write(session)
-            await queues.enqueue(session, deliveries)
-        if deliveries:
-            self.wake_outbox()
+            await queues.enqueue(session, [NewDelivery(
+                network=MATRIX, room_id="", kind="profile", payload=payload,
+                lane=f"matrix-profile:{user_id}")])
         return user_id
 
     async def post_to_room(
@@ -317,14 +337,18 @@ class Hub:
                               timestamp_ms=timestamp_ms)])
 
     async def post_parts(self, *, network: str, dedup_key: str | None, room_id: str,
-                         parts: list[RemotePart]) -> bool:
+                         parts: list[RemotePart],
+                         also: Callable[[AsyncSession], Awaitable[None]] | None = None) -> bool:
         """Queue the Matrix events one remote message becomes (text, then each file), all
-        or none, exactly once per ``dedup_key``."""
+        or none, exactly once per ``dedup_key``; ``also`` runs the connector's own writes
+        in the same transaction (only when the message is new)."""
         deliveries = [self._matrix(room_id, "message", p.payload(network)) for p in parts]
         async with self.db.transaction() as session:
             if dedup_key is not None and not await store.claim_inbound_key(
                     session, network, dedup_key):
                 return False
+            if also is not None:
+                await also(session)
             await queues.enqueue(session, deliveries)
         self.wake_outbox()
         return True

@@ -8,13 +8,17 @@ that replies come back into the same Matrix thread.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import html
 import logging
 import re
 import time
 from email import message_from_bytes, policy
+from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge import metrics
 from bridge.config import Config, EmailConfig
@@ -51,6 +55,15 @@ NETWORK = "email"
 _LOCALPART = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,38}[a-z0-9])?$")
 _ADDRESS = re.compile(r"^[^@\s<>\"]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 MEDIA_MSGTYPES = {"m.image": "image", "m.file": "file", "m.video": "video", "m.audio": "audio"}
+
+
+def _headers_of(raw: bytes) -> EmailMessage:
+    """Only the header block: sender authentication needs no body, and parsing a 20 MB
+    body a second time would cost hundreds of MB."""
+    end = raw.find(b"\r\n\r\n")
+    end = raw.find(b"\n\n") if end < 0 else end
+    header = raw if end < 0 else raw[:end + 2]
+    return message_from_bytes(header, policy=policy.default)  # type: ignore[return-value]
 
 
 def _strip_brackets(message_id: str) -> str:
@@ -210,7 +223,8 @@ class EmailConnector(Connector):
     async def receive(self, raw: bytes, targets: list[Target], mail_from: str) -> str:
         """Handle one mail for the accepted recipients; returns the SMTP answer."""
         try:
-            mail = parse_message(raw)
+            # Parsing a big mail takes a while; in a thread it does not stall the bridge.
+            mail = await asyncio.to_thread(parse_message, raw)
         except MalformedMail as exc:
             return f"550 5.6.0 The message could not be read: {exc}"
         if mail.bounce is not None:
@@ -225,8 +239,7 @@ class EmailConnector(Connector):
             return "250 2.0.0 Loop detected; dropped"
         if not mail.from_address or not _ADDRESS.match(mail.from_address):
             return "550 5.1.7 The message has no valid From address"
-        verdict = authenticate(self.settings.sender_auth,
-                               message_from_bytes(raw, policy=policy.default), raw,  # type: ignore[arg-type]
+        verdict = authenticate(self.settings.sender_auth, _headers_of(raw), raw,
                                mail.from_address, self.settings.authserv_id)
         if not verdict.ok:
             log.warning("refused mail claiming to be from %s: %s", mail.from_address,
@@ -237,9 +250,7 @@ class EmailConnector(Connector):
         for target in targets:
             if target.recipient.kind == "unsubscribe":
                 await self._unsubscribe_by_mail(target, mail)
-            elif await self._may_write(target, mail.from_address):
-                await self._post(target, mail, raw)
-            else:
+            elif not await self._post(target, mail, raw):
                 refused.append(target.address)
         if refused and len(refused) == len(targets):
             return (f"550 5.7.1 Sorry, {mail.from_address} may not write to "
@@ -247,15 +258,14 @@ class EmailConnector(Connector):
                     "room to subscribe you.")
         return "250 2.0.0 Message accepted for the room"
 
-    async def _may_write(self, target: Target, address: str) -> bool:
+    @staticmethod
+    def _may_write(target: Target, address: str,
+                   subscriber: email_store.Subscriber | None) -> bool:
         policy = target.settings.get("policy", "subscribers")
-        if policy == "open":
+        if policy == "open" or subscriber is not None:
             return True
-        if policy == "domain" and address.lower().endswith(
-                "@" + str(target.settings.get("policy_domain"))):
-            return True
-        async with self.hub.db.sessions() as session:
-            return await email_store.get_subscriber(session, target.room_id, address) is not None
+        return policy == "domain" and address.lower().endswith(
+            "@" + str(target.settings.get("policy_domain")))
 
     async def _unsubscribe_by_mail(self, target: Target, mail: ParsedMail) -> None:
         token = target.recipient.thread_key or ""
@@ -269,38 +279,45 @@ class EmailConnector(Connector):
             await self.hub.enqueue([self.hub.notice(
                 target.room_id, f"{mail.from_address} unsubscribed by mail.")])
 
-    async def _thread_for(self, target: Target, mail: ParsedMail) -> str | None:
+    @staticmethod
+    async def _thread_for(session: AsyncSession, target: Target,
+                          mail: ParsedMail) -> str | None:
         """Message-ID of the mail that roots the Matrix thread this mail belongs to."""
         localpart = target.recipient.localpart
-        async with self.hub.db.sessions() as session:
-            if target.recipient.kind == "reply" and target.recipient.thread_key:
-                thread = await email_store.get_thread(session, target.recipient.thread_key)
-                if thread is not None and thread.room_id == target.room_id:
-                    return thread.root_message_id
-            for ref in [*reversed(mail.in_reply_to), *reversed(mail.references)]:
-                mapped = await store.mappings_for_remote(session, NETWORK, localpart, ref)
-                if mapped:
-                    root_event = mapped[0].thread_root or mapped[0].event_id
-                    rooted = await store.mappings_for_event(session, root_event, NETWORK)
-                    return rooted[0].remote_id if rooted else ref
+        if target.recipient.kind == "reply" and target.recipient.thread_key:
+            thread = await email_store.get_thread(session, target.recipient.thread_key)
+            if thread is not None and thread.room_id == target.room_id:
+                return thread.root_message_id
+        for ref in [*reversed(mail.in_reply_to), *reversed(mail.references)]:
+            mapped = await store.mappings_for_remote(session, NETWORK, localpart, ref)
+            if mapped:
+                root_event = mapped[0].thread_root or mapped[0].event_id
+                rooted = await store.mappings_for_event(session, root_event, NETWORK)
+                return rooted[0].remote_id if rooted else ref
         return None
 
-    async def _post(self, target: Target, mail: ParsedMail, raw: bytes) -> None:
+    async def _post(self, target: Target, mail: ParsedMail, raw: bytes) -> bool:
+        """Post the mail into the target's room; False if the sender may not write there.
+
+        One read session before and one write transaction after the uploads, however many
+        things a mail touches (puppet, bounce count, thread): mail arrives in bursts.
+        """
         hub = self.hub
         room_id, localpart = target.room_id, target.recipient.localpart
+        address = mail.from_address.lower()
         message_id = mail.message_id or \
             f"sha256-{hashlib.sha256(raw).hexdigest()[:32]}@{self.domain}"
         async with hub.db.sessions() as session:
+            subscriber = await email_store.get_subscriber(session, room_id, address)
+            if not self._may_write(target, address, subscriber):
+                return False
             if await store.mappings_for_remote(session, NETWORK, localpart, message_id):
-                return  # this mail is already in the room
-        root = await self._thread_for(target, mail)
-        puppet = await hub.ensure_puppet(NETWORK, mail.from_address.lower(),
-                                         mail.from_name or mail.from_address)
-        async with hub.db.transaction() as session:
-            # Their mailbox evidently works: earlier bounces no longer count against them.
-            await email_store.clear_bounces(session, room_id, mail.from_address)
+                return True  # this mail is already in the room
+            root = await self._thread_for(session, target, mail)
+        name = mail.from_name or mail.from_address
+        puppet = self.puppet_user_id(address)
         cid_map: dict[str, str] = {}
-        files: list[tuple[str, dict[str, Any]]] = []
+        files: list[dict[str, Any]] = []
         for attachment in mail.attachments:
             mxc = await hub.upload_media(attachment.data, attachment.mimetype,
                                          attachment.filename, user_id=puppet)
@@ -308,29 +325,37 @@ class EmailConnector(Connector):
                     attachment.content_id in mail.html:
                 cid_map[attachment.content_id] = mxc
                 continue
-            files.append((mxc, {
+            files.append({
                 "msgtype": _msgtype_for(attachment.mimetype), "body": attachment.filename,
                 "filename": attachment.filename, "url": mxc,
                 "info": {"mimetype": attachment.mimetype, "size": len(attachment.data)},
-            }))
+            })
         content = self._text_content(mail, new_thread=root is None, cid_map=cid_map)
-        thread_of = root or message_id
         parts = [RemotePart(sender=puppet, content=content, remote_space=localpart,
-                            remote_id=message_id, part=0,
-                            thread_of=root)]
-        for index, (_mxc, file_content) in enumerate(files, start=1):
-            parts.append(RemotePart(sender=puppet, content=file_content, remote_space=localpart,
-                                    remote_id=message_id, part=index, thread_of=thread_of))
-        posted = await hub.post_parts(network=NETWORK, dedup_key=f"{room_id}/{message_id}",
-                                      room_id=room_id, parts=parts)
-        if posted and root is None:
-            async with hub.db.transaction() as session:
+                            remote_id=message_id, part=0, thread_of=root)]
+        parts += [RemotePart(sender=puppet, content=file, remote_space=localpart,
+                             remote_id=message_id, part=index, thread_of=root or message_id)
+                  for index, file in enumerate(files, start=1)]
+        write_profile = not hub.puppet_known(puppet, name, None)
+
+        async def also(session: AsyncSession) -> None:
+            if write_profile:
+                await hub.write_puppet(session, NETWORK, address, name)
+            if subscriber is not None and subscriber.bounces:
+                # Their mailbox evidently works: earlier bounces no longer count.
+                await email_store.clear_bounces(session, room_id, address)
+            if root is None:
                 await email_store.add_thread(
                     session, thread_key=thread_key_for(message_id), room_id=room_id,
                     root_event_id=None, root_message_id=message_id,
                     topic=mail.topic or "(no subject)")
-        if posted:
+
+        if await hub.post_parts(network=NETWORK, dedup_key=f"{room_id}/{message_id}",
+                                room_id=room_id, parts=parts, also=also):
+            if write_profile:
+                hub.remember_puppet(puppet, name, None)
             metrics.EVENTS.labels(network=NETWORK, direction="in").inc()
+        return True
 
     @staticmethod
     def _text_content(mail: ParsedMail, *, new_thread: bool,
