@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.config import Config
 from bridge.core.connector import Connector
+from bridge.core.errors import TemporaryError
 from bridge.db import queues, store
 from bridge.db.engine import Database
 from bridge.db.queues import Delivery, InboxEntry, NewDelivery
@@ -215,8 +216,6 @@ class Hub:
             return await self.matrix.deliver(delivery)
         connector = self.connectors.get(delivery.network)
         if connector is None:
-            from bridge.core.errors import TemporaryError
-
             # The network was switched off in the config: keep the item for when it returns.
             raise TemporaryError(f"network {delivery.network!r} is not enabled")
         link_id = delivery.payload.get("link_id")
