@@ -383,3 +383,44 @@ async def test_inline_images_are_shown_in_the_message(
     assert "<b>Lageplan</b>" in html or "<strong>Lageplan</strong>" in html
     assert 'src="mxc://bridge.test/' in html
     assert "<script" not in html and "alert(1)" not in html
+
+
+async def _upload(client: MatrixTestClient, data: bytes, mimetype: str, name: str) -> str:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{client.base_url}/_matrix/media/v3/upload", params={"filename": name},
+            data=data, headers={"Authorization": f"Bearer {client.access_token}",
+                                "Content-Type": mimetype}) as response:
+        assert response.status == 200, await response.text()
+        return str((await response.json())["content_uri"])
+
+
+async def test_matrix_files_are_attached_or_linked_and_redactions_not_mailed(
+        homeserver: Homeserver, email_bridge: EmailBridge, sink: SmtpSink,
+        admin: MatrixTestClient) -> None:
+    room, _ = await _email_room(homeserver, admin, None, "erika@stadt.example")
+    small = b"Protokoll der Sitzung\n" * 100
+    mxc = await _upload(admin, small, "text/plain", "Protokoll März.txt")
+    await admin.send_event(room, "m.room.message", {
+        "msgtype": "m.file", "body": "Protokoll März.txt", "url": mxc,
+        "info": {"mimetype": "text/plain", "size": len(small)}})
+    big = b"x" * 150_000  # above email.max_attachment_size in the tests (100 kB)
+    big_mxc = await _upload(admin, big, "application/octet-stream", "gross.bin")
+    big_event = await admin.send_event(room, "m.room.message", {
+        "msgtype": "m.file", "body": "gross.bin", "url": big_mxc,
+        "info": {"mimetype": "application/octet-stream", "size": len(big)}})
+    mails = await sink.wait_for(lambda r: True, count=2)
+    attached = [p for p in mails[0].message.iter_attachments()]
+    assert [a.get_filename() for a in attached] == ["Protokoll März.txt"]
+    assert attached[0].get_content().encode() == small
+    linked = mails[1].message
+    assert not list(linked.iter_attachments())
+    assert "gross.bin" in linked.get_body(("plain",)).get_content()
+    assert big_event in linked.get_body(("plain",)).get_content() or \
+        "matrix.to" in linked.get_body(("plain",)).get_content()
+
+    await admin.redact(room, big_event)
+    await admin.send_text(room, "Nach der Löschung")
+    await sink.wait_for(lambda r: "Nach der L" in r.message.get_body(("plain",)).get_content())
+    assert len(sink.received) == 3  # the redaction itself was not mailed
