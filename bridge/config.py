@@ -140,6 +140,16 @@ class OutboxConfig(_Section):
 class BridgeSettings(_Section):
     admins: list[str] = Field(default_factory=list)
     command_prefix: str = "!bridge"
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not re.match(r"^https://[^/\s]+", value):
+            raise ValueError("must be an https:// URL (it is handed out to mail clients)")
+        return value.rstrip("/")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
 
     @field_validator("admins")

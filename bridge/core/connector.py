@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from aiohttp import web
+
 from bridge.db.queues import Delivery
 from bridge.db.store import LinkInfo
 
@@ -103,6 +105,11 @@ class Connector(ABC):
 
     def health(self) -> Health:
         return Health(True, "running")
+
+    def http_routes(self) -> list[tuple[str, str, Callable[[web.Request],
+                                                         Awaitable[web.StreamResponse]]]]:
+        """Extra (method, path, handler) on the bridge's listener, under /_bridge/<network>/."""
+        return []
 
     def commands(self) -> dict[str, CommandHandler]:
         """Extra ``!bridge <network> ...`` sub-commands, by name."""

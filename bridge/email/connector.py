@@ -17,7 +17,9 @@ import time
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
+from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge import metrics
@@ -35,6 +37,7 @@ from bridge.email.addresses import (
     make_unsubscribe_address,
     message_id_for,
     new_topic_subject,
+    parse_recipient,
     reply_subject,
     thread_key_for,
     verify_unsubscribe,
@@ -136,6 +139,64 @@ class EmailConnector(Connector):
                                f"characters), not `{remote_id}`.")
         return LinkTarget(remote_id=localpart, remote_name=self.address_of(localpart),
                           settings={"policy": "subscribers"})
+
+    # --- one-click unsubscribe (RFC 8058), when bridge.public_url is set ----------------
+
+    def unsubscribe_url(self, localpart: str, subscriber: str) -> str | None:
+        base = self.config.bridge.public_url
+        if not base:
+            return None
+        address = make_unsubscribe_address(localpart, self.domain, subscriber, self.secret)
+        token = address.split("+", 1)[1].split("@", 1)[0]
+        query = urlencode({"room": localpart, "address": subscriber, "token": token})
+        return f"{base}/_bridge/email/unsubscribe?{query}"
+
+    def http_routes(self) -> list[tuple[str, str, Any]]:
+        return [("GET", "/_bridge/email/unsubscribe", self._unsubscribe_page),
+                ("POST", "/_bridge/email/unsubscribe", self._unsubscribe_post)]
+
+    def _unsubscribe_request(self, request: web.Request) -> tuple[str, str, str] | None:
+        room, address = request.query.get("room", ""), request.query.get("address", "")
+        token = request.query.get("token", "")
+        recipient = parse_recipient(f"{room}+{token}@{self.domain}", self.domain, self.secret) \
+            if room and token else None
+        if recipient is None or recipient.kind != "unsubscribe" or not verify_unsubscribe(
+                room, address, recipient.thread_key or "", self.secret):
+            return None
+        return room, address, token
+
+    async def _unsubscribe_page(self, request: web.Request) -> web.Response:
+        """GET only shows a button: link scanners open every URL, and must not unsubscribe."""
+        try:
+            found = self._unsubscribe_request(request)
+        except Exception:
+            found = None
+        if found is None:
+            return web.Response(status=400, text="This unsubscribe link is not valid.")
+        room, address, _ = found
+        page = (f"<!doctype html><meta charset=utf-8><title>Unsubscribe</title>"
+                f"<p>Stop sending {html.escape(self.address_of(room))} to "
+                f"{html.escape(address)}?</p><form method=post>"
+                f"<input type=hidden name=List-Unsubscribe value=One-Click>"
+                f"<button>Unsubscribe</button></form>")
+        return web.Response(text=page, content_type="text/html")
+
+    async def _unsubscribe_post(self, request: web.Request) -> web.Response:
+        try:
+            found = self._unsubscribe_request(request)
+        except Exception:
+            found = None
+        if found is None:
+            return web.Response(status=400, text="This unsubscribe link is not valid.")
+        room, address, _ = found
+        link = await self.link_for(room)
+        if link is not None:
+            async with self.hub.db.transaction() as session:
+                removed = await email_store.unsubscribe(session, link.room_id, address)
+            if removed:
+                await self.hub.enqueue([self.hub.notice(
+                    link.room_id, f"{address} unsubscribed (one-click link).")])
+        return web.Response(text=f"{address} will no longer receive {self.address_of(room)}.")
 
     def commands(self) -> dict[str, Any]:
         return {"subscribe": self._cmd_subscribe, "unsubscribe": self._cmd_unsubscribe,
@@ -566,6 +627,7 @@ class EmailConnector(Connector):
             references=p.get("references", []), reply_to=p["reply_to"],
             unsubscribe_address=make_unsubscribe_address(p["localpart"], self.domain, p["to"],
                                                          self.secret),
+            unsubscribe_url=self.unsubscribe_url(p["localpart"], p["to"]),
             attachments=attachments, linked_files=linked,
             is_correction=bool(p.get("correction")))
         sender = self.address_of(p["localpart"])

@@ -37,7 +37,7 @@ class AppserviceServer:
         self.bridge = bridge
         self.hs_token = bridge.config.appservice.hs_token.encode()
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
-        routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.Response]]]] = [
+        routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
             ("PUT", "/_matrix/app/v1/transactions/{txn_id}", self.transaction),
             ("GET", "/_matrix/app/v1/users/{user_id}", self.query_user),
             ("GET", "/_matrix/app/v1/rooms/{alias}", self.query_alias),
@@ -49,6 +49,8 @@ class AppserviceServer:
             ("GET", "/_bridge/health", self.health),
             ("GET", "/metrics", self.metrics),
         ]
+        for connector in bridge.hub.connectors.values():
+            routes += connector.http_routes()
         for method, path, handler in routes:
             self.app.router.add_route(method, path, handler)
         self.runner: web.AppRunner | None = None

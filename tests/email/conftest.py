@@ -12,6 +12,8 @@ from tests.support.smtp_sink import SmtpSink
 from tests.support.synapse import free_port
 
 MAIL_DOMAIN = "mail.bridge.test"
+# Where a reverse proxy would publish the bridge's listener; tests call the listener directly.
+PUBLIC_URL = "https://bridge.example.test"
 
 
 @pytest.fixture
@@ -53,6 +55,7 @@ async def email_bridge(homeserver: Homeserver, database_url: str, sink: SmtpSink
         email__max_attachment_size=100_000,
         bridge__outbox={"retry_base_seconds": 0.2, "retry_max_seconds": 1.0,
                         "give_up_after_hours": 1.0},
+        bridge__public_url=PUBLIC_URL,
     )
     running = EmailBridge(homeserver, config, with_email=True)
     running.smtp_port = smtp_port

@@ -424,3 +424,28 @@ async def test_matrix_files_are_attached_or_linked_and_redactions_not_mailed(
     await admin.send_text(room, "Nach der Löschung")
     await sink.wait_for(lambda r: "Nach der L" in r.message.get_body(("plain",)).get_content())
     assert len(sink.received) == 3  # the redaction itself was not mailed
+
+
+async def test_one_click_unsubscribe_link(homeserver: Homeserver, email_bridge: EmailBridge,
+                                          sink: SmtpSink, admin: MatrixTestClient) -> None:
+    import aiohttp
+
+    from tests.email.conftest import PUBLIC_URL
+
+    room, _ = await _email_room(homeserver, admin, None, "erika@stadt.example")
+    await admin.send_text(room, "Newsletter")
+    mail = (await sink.wait_for(lambda r: True))[0].message
+    assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    url = str(mail["List-Unsubscribe"]).split(f"<{PUBLIC_URL}")[1].split(">")[0]
+    local = f"http://127.0.0.1:{homeserver.bridge_port}{url}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(local) as response:  # a link scanner opening the URL
+            assert response.status == 200 and "<form method=post>" in await response.text()
+        async with http.post(local.replace("token=", "token=x")) as response:
+            assert response.status == 400
+        await command(homeserver.bot, admin, room, "!bridge email list",
+                      expect="erika@stadt.example")
+        async with http.post(local, data={"List-Unsubscribe": "One-Click"}) as response:
+            assert response.status == 200
+    await admin.wait_for_event(room, is_notice_from(homeserver.bot, "one-click"), timeout=20)
+    await command(homeserver.bot, admin, room, "!bridge email list", expect="no subscribers")
