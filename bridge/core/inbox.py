@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,7 +74,7 @@ class InboxWorker:
         self._task = asyncio.create_task(self._run(), name="inbox")
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="inbox-sweeper")
 
-    def notify(self, room_ids: Iterable[str] = ()) -> None:
+    def notify(self) -> None:
         """New events are committed; the drainer takes them in arrival order."""
         if not self._closing:
             self._idle.clear()
@@ -91,6 +91,7 @@ class InboxWorker:
                 except Exception:
                     # The database is away or a query failed: nothing was committed, so
                     # the batch is still pending. Try again with backoff, never drop it.
+                    self.transaction_failed()
                     log.exception("inbox batch failed; retrying in %.1fs", delay)
                     _IN_DB_FAILED.inc()
                     await asyncio.sleep(delay)
@@ -181,6 +182,11 @@ class InboxWorker:
             for entry in handled:
                 _IN_LATENCY.observe(max(0.0, now - entry.received_at))
         return BatchOutcome(len(handled), False, bool(deliveries))
+
+    def transaction_failed(self) -> None:
+        """A transaction that handled events rolled back: what this process believed about
+        the backlog may be wrong now, so ask the database next time."""
+        self._backlog = None
 
     def after_commit(self, outcome: BatchOutcome) -> None:
         if outcome.enqueued:

@@ -107,6 +107,7 @@ class AppserviceServer:
                     claimed = await outbox.claim_within(session)
         except Exception:
             # Not acknowledged: the homeserver keeps the transaction and sends it again.
+            inbox.transaction_failed()
             log.exception("could not store transaction %s", txn_id)
             metrics.FAILURES.labels(network="matrix", direction="in", stage="store").inc()
             return _error(500, "M_UNKNOWN", "The bridge could not store the transaction")
