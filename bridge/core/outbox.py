@@ -180,6 +180,8 @@ class OutboxWorker:
                 log.warning("could not record a delivery outcome; retrying", exc_info=True)
                 await asyncio.sleep(delay)
                 delay *= 2
+        log.error("gave up recording a delivery outcome; the item becomes due again when its "
+                  "lease runs out (%.0f s)", LEASE_SECONDS)
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Wait until nothing is in flight (for shutdown and tests)."""

@@ -487,6 +487,9 @@ class EmailConnector(Connector):
 
     async def _fan_out(self, delivery: Delivery, link: LinkInfo) -> str | None:
         event = delivery.payload["event"]
+        if event.get("type") == "m.room.member" and event.get("state_key"):
+            # Keep the From names current when someone renames themselves.
+            self._names.pop((delivery.room_id, event["state_key"]), None)
         if event.get("type") != "m.room.message" or event.get("state_key") is not None:
             return None  # reactions, redactions and state are not mailed
         content = event.get("content") or {}
