@@ -20,18 +20,22 @@ Gmail, Outlook, Thunderbird and Apple Mail.
 
 from __future__ import annotations
 
+import binascii
+import bisect
 import codecs
 import contextlib
+import contextvars
 import html as html_lib
+import itertools
 import logging
 import mimetypes
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from email import policy
 from email.message import EmailMessage, Message
-from email.parser import BytesParser
+from email.parser import BytesFeedParser, BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
@@ -262,7 +266,6 @@ _ENCODED_RUN = re.compile(r"(?:=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=[ \t\r\n]*)+")
 
 def _word_bytes(match: re.Match[str]) -> bytes:
     import base64
-    import binascii
 
     data = match.group(3)
     if match.group(2).lower() == "b":
@@ -323,7 +326,11 @@ def _charset_hint(msg: Message) -> str | None:
         if not parts:
             break
         part = parts.pop(0)
-        payload = part.get_payload()
+        payload = getattr(part, "_payload", None)
+        if not isinstance(payload, str) or not payload.isascii():
+            # get_payload() copies a text payload to look for raw 8-bit bytes: only called
+            # where there can be some (or where it is a list of parts anyway).
+            payload = part.get_payload()
         if isinstance(payload, list):
             parts.extend(p for p in payload if isinstance(p, Message))
             continue
@@ -341,8 +348,27 @@ def _decode_raw_header(msg: Message, raw: str) -> str:
 _MAX_HEADER = 16_384  # the email package needs seconds for a 200 kB encoded-word subject
 
 
+# What `_header`, `_addresses` and `_content_type` found, by (function, message, name),
+# while parse_message runs: the email package parses a header anew on every access, and one
+# mail needs its From, Subject and Content-Type many times. (The messages are parse_message's
+# own and never change; keys hold them, so no object id is reused meanwhile.)
+_MEMO: contextvars.ContextVar[dict[tuple[Any, ...], Any] | None] = contextvars.ContextVar(
+    "bridge_email_parse_memo", default=None)
+
+
 def _header(msg: Message, name: str) -> str | None:
     """The first `name` header as clean text, or None; never raises."""
+    memo = _MEMO.get()
+    if memo is None:
+        return _read_header(msg, name)
+    key = ("header", msg, name)
+    if key not in memo:
+        memo[key] = _read_header(msg, name)
+    value: str | None = memo[key]
+    return value
+
+
+def _read_header(msg: Message, name: str) -> str | None:
     raw = _raw_values(msg, name)
     if not raw:
         return None
@@ -366,7 +392,19 @@ def _all_headers(msg: Message, name: str) -> list[str]:
 
 
 def _addresses(msg: Message, name: str) -> list[tuple[str, str]]:
-    """(display name, address) pairs of an address header; never raises."""
+    """(display name, address) pairs of an address header; never raises. (Shared: do not
+    change the list.)"""
+    memo = _MEMO.get()
+    if memo is None:
+        return _read_addresses(msg, name)
+    key = ("addresses", msg, name)
+    if key not in memo:
+        memo[key] = _read_addresses(msg, name)
+    value: list[tuple[str, str]] = memo[key]
+    return value
+
+
+def _read_addresses(msg: Message, name: str) -> list[tuple[str, str]]:
     raw = _raw_values(msg, name)
     if not raw:
         return []
@@ -705,19 +743,56 @@ _WROTE_WORD = re.compile(
 
 class _Patterns:
     """mail-parser-reply's regexes, compiled once and per language (so one language's loose
-    pattern cannot hide another's match at the same position)."""
+    pattern cannot hide another's match at the same position).
+
+    Searching them as they are is slow: every quote-header pattern starts with an optional
+    group, so the regex engine tries each of them at every position of the text (about 1 ms
+    per kB for all of them), and the signature regex ends in ``(.|\\s)*``, which walks the
+    rest of the text a character at a time. So next to each pattern this keeps a *probe*: a
+    cheap regex that must match at the start of the line where a match of the pattern can
+    start. One pass over the line starts finds the lines any probe accepts, and the patterns
+    themselves only run there. The probes are taken from the library's own pattern text
+    (`_header_probe`, `_signature_head`); a pattern of a shape they do not understand is
+    searched the slow way, so the result is the same either way.
+    """
 
     def __init__(self) -> None:
         from mailparser_reply import EmailMessage as ReplyMessage
 
         flags = re.MULTILINE | re.IGNORECASE
         self.headers: list[re.Pattern[str]] = []
+        # Per header pattern: a probe for the line a match starts on (None: search the whole
+        # text), and a guard, a regex that finds every text where the probe is not enough.
+        self.header_probes: list[re.Pattern[str] | None] = []
+        self.header_guards: list[re.Pattern[str] | None] = []
+        line_probes: list[str] = []  # tried on every line
+        char_probes: dict[str, list[str]] = {}  # tried on the lines that hold the character
         for lang in _HEADER_LANGUAGES:
             spec = MAIL_LANGUAGES.get(lang, {})
             for key in ("wrote_header", "from_header"):
                 pattern = spec.get(key)
                 if isinstance(pattern, str) and pattern:
                     self.headers.append(re.compile(pattern, flags))
+                    probe = _header_probe(pattern)
+                    self.header_probes.append(re.compile(probe[0], flags) if probe else None)
+                    self.header_guards.append(
+                        re.compile(probe[1], flags) if probe and probe[1] else None)
+                    if probe:
+                        char = _probe_char(probe[0])
+                        if char:
+                            char_probes.setdefault(char, []).append(probe[0])
+                        else:
+                            line_probes.append(probe[0])
+        alternatives = _any_of(line_probes)
+        # A line start where some probe matches: the first line, and each line after a "\n".
+        self.header_first_line = re.compile(alternatives, flags)
+        self.header_lines = re.compile(rf"\n(?=(?:{alternatives}))", flags)
+        # Probes that match only on a line with a certain character ("From:" needs a ":"):
+        # lines without one (most lines of prose) need not be tried.
+        self.header_char_probes = [
+            (char, re.compile(_any_of(probes), flags))
+            for char, probes in char_probes.items()]
+
         # keep_hyphen_lists: a "- item" list is content, not the "-Name" signature style.
         self.signature = ReplyMessage(text="", languages=list(_SIGNATURE_LANGUAGES),
                                       keep_hyphen_lists=True).SIGNATURE_REGEX
@@ -727,6 +802,292 @@ class _Patterns:
             if MAIL_LANGUAGES.get(lang, {}).get("sent_from"))
         self.sent_from = re.compile(
             rf"^(?:> ?)*(?:{sent_from}) ?(?:(?:[\w.<>:// ]+)|(?:\w+ ){{1,3}})$", flags)
+        # The signature regex without its tail (a match starts where the whole one does),
+        # and probes for the lines where it can match; None: search with the whole regex.
+        # When nothing in them can match a line break, "Sent from" lines are probed for in
+        # the same pass (`sent_from_probed`).
+        self.signature_head: re.Pattern[str] | None = None
+        self.signature_first_line: re.Pattern[str] | None = None
+        self.signature_lines: re.Pattern[str] | None = None
+        self.sent_from_probed = False
+        found = _signature_head(self.signature.pattern)
+        if found:
+            head, signature_probes = found
+            if _stays_on_line(sent_from):
+                signature_probes.append(rf"(?:> ?)*(?:{sent_from})")
+                self.sent_from_probed = True
+            self.signature_head = re.compile(head, self.signature.flags)
+            alternatives = _any_of(signature_probes)
+            self.signature_first_line = re.compile(alternatives, self.signature.flags)
+            self.signature_lines = re.compile(rf"\n(?=(?:{alternatives}))",
+                                              self.signature.flags)
+
+
+def _any_of(regexes: list[str]) -> str:
+    """One regex (for re.IGNORECASE) that matches where any of these does, built so that the
+    regex engine tries it fast at each line start: the quote marks they all start with are
+    taken out in front, alternatives inside them are spread out into one list, and a letter
+    at the start of an alternative is written as a case-sensitive class (the engine skips an
+    alternative by its first character only when that is a plain literal or class)."""
+    if not regexes:
+        return "(?!)"
+    prefix = _QUOTE_PREFIX if all(r.startswith(_QUOTE_PREFIX) for r in regexes) else ""
+    by_letter: dict[str, list[str]] = {}  # alternatives by their first letter's class
+    others: list[str] = []
+    for regex in regexes:
+        for alternative in _spread(regex.removeprefix(prefix)):
+            letter, rest = _first_letter(alternative)
+            if letter:
+                by_letter.setdefault(letter, []).append(rest)
+            else:
+                others.append(f"(?:{alternative})")
+    branches = [f"{letter}(?:{'|'.join(dict.fromkeys(rests))})"
+                for letter, rests in by_letter.items()]
+    return prefix + "(?:" + "|".join(branches + list(dict.fromkeys(others))) + ")"
+
+
+def _spread(src: str, depth: int = 0) -> list[str]:
+    """`src` as a list of alternatives: (?:a|b)c becomes ac, bc, and (?:a)?b becomes ab, b
+    (a leading group only). The same matches, as far as where one exists goes."""
+    atoms = _regex_atoms(src)
+    if atoms is None:
+        alternatives = _regex_alternatives(src)
+        if depth > 3 or not alternatives or len(alternatives) < 2:
+            return [src]
+        return [x for alt in alternatives for x in _spread(alt, depth + 1)]
+    if depth > 3 or not atoms or atoms[0][1] not in ("", "?", "??") \
+            or not atoms[0][0].startswith("(?:"):
+        return [src]
+    rest = "".join(a + q for a, q in atoms[1:])
+    alternatives = _regex_alternatives(atoms[0][0][3:-1])
+    if not alternatives or len(alternatives) > 64:
+        return [src]
+    if atoms[0][1]:  # (?:a)?b: ab, b
+        alternatives.append("")
+    return [x for alt in alternatives for x in _spread(alt + rest, depth + 1)]
+
+
+# The characters that an ASCII letter matches under re.IGNORECASE are ASCII letters and
+# these four (the re module's documentation names them).
+_CASE_CANDIDATES = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\u0130\u0131\u017f\u212a"
+
+
+def _first_letter(src: str) -> tuple[str | None, str]:
+    """(case-sensitive class for the letter `src` starts with, the rest), or (None, src)."""
+    atoms = _regex_atoms(src)
+    if not atoms or atoms[0][1] or not re.fullmatch(r"[A-Za-z]|\[[A-Za-z]+\]", atoms[0][0]):
+        return None, src
+    chars = "".join(c for c in _CASE_CANDIDATES if re.fullmatch(atoms[0][0], c, re.IGNORECASE))
+    return f"(?-i:[{chars}])", "".join(a + q for a, q in atoms[1:])
+
+
+def _stays_on_line(src: str) -> bool:
+    """Whether a regex can neither match a line break nor look across one."""
+    return not any(token in src for token in
+                   ("\n", "\\s", "\\W", "\\D", "\\n", "\\x0", "\\A", "\\Z", "[^", "(?s",
+                    "(?<"))
+
+
+# Reading mail-parser-reply's regex source, just enough to take the probes from it. Anything
+# unexpected makes these return None, and the pattern is then searched as it is.
+
+def _class_end(src: str, start: int) -> int:
+    """Index just past the character class that opens at ``src[start]``, or -1."""
+    i = start + 1
+    if src.startswith("^", i):
+        i += 1
+    if src.startswith("]", i):
+        i += 1  # a "]" right at the start is a literal
+    while i < len(src):
+        if src[i] == "\\":
+            i += 2
+        elif src[i] == "]":
+            return i + 1
+        else:
+            i += 1
+    return -1
+
+
+def _group_end(src: str, start: int) -> int:
+    """Index just past the group that opens at ``src[start]``, or -1."""
+    depth = 0
+    i = start
+    while i < len(src):
+        ch = src[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "[":
+            i = _class_end(src, i)
+            if i < 0:
+                return -1
+            continue
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return -1
+
+
+_QUANTIFIER = re.compile(r"(?:[*+?]|\{\d*,?\d*\})[?+]?")
+
+
+def _regex_atoms(src: str) -> list[tuple[str, str]] | None:
+    """The top-level (atom, quantifier) sequence of a regex; None if it has a top-level "|"
+    or syntax this reader does not know (backreferences, named characters)."""
+    atoms: list[tuple[str, str]] = []
+    i = 0
+    while i < len(src):
+        ch = src[i]
+        if ch == "\\":
+            nxt = src[i + 1:i + 2]
+            if not nxt or nxt.isdigit() or nxt in "Ngk":
+                return None
+            end = i + {"x": 4, "u": 6, "U": 10}.get(nxt, 2)
+        elif ch == "[":
+            end = _class_end(src, i)
+        elif ch == "(":
+            end = _group_end(src, i)
+        elif ch in "|)*+?{":
+            return None
+        else:
+            end = i + 1
+        if end < 0 or end > len(src):
+            return None
+        quantifier = _QUANTIFIER.match(src, end)
+        stop = quantifier.end() if quantifier else end
+        atoms.append((src[i:end], src[end:stop]))
+        i = stop
+    return atoms
+
+
+def _regex_alternatives(src: str) -> list[str] | None:
+    """A regex split at its top-level "|"."""
+    parts: list[str] = []
+    depth = last = i = 0
+    while i < len(src):
+        ch = src[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "[":
+            i = _class_end(src, i)
+            if i < 0:
+                return None
+            continue
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            parts.append(src[last:i])
+            last = i + 1
+        i += 1
+    parts.append(src[last:])
+    return parts
+
+
+def _min_repeat(quantifier: str) -> int:
+    if quantifier in ("", "+", "+?", "++"):
+        return 1
+    match = re.match(r"\{(\d+)", quantifier)
+    return int(match.group(1)) if match else 0
+
+
+_QUOTE_PREFIX = r"(?:> ?)*"
+_BLOCK_LINE_START = r"(?:^|\n|\n(?:> ?)*)"
+
+
+def _header_probe(src: str) -> tuple[str, str | None] | None:
+    """(probe, guard) for a quote-header pattern of mail-parser-reply, or None.
+
+    The probe matches at the start of the line where a match of the pattern begins (the
+    pattern may begin at that line's start or at the line break just before it): it is the
+    pattern's first few elements, and a regex that matches implies that every prefix of it
+    matches. The guard, if any, finds texts where a match may begin elsewhere.
+    """
+    if src.startswith("^(?!"):
+        # "On … wrote:" lines: ^(?!…)((?:> ?)*On\s…)$ — a line that starts with the keyword.
+        lookahead_end = _group_end(src, 1)
+        if lookahead_end < 0 or not src.startswith("(", lookahead_end) \
+                or src.startswith("(?", lookahead_end):
+            return None
+        body_end = _group_end(src, lookahead_end)
+        atoms = _regex_atoms(src[lookahead_end + 1:body_end - 1]) if body_end > 0 else None
+        if not atoms or len(atoms) < 2 or atoms[0] != (_QUOTE_PREFIX[:-1], "*"):
+            return None
+        return "".join(a + q for a, q in atoms[:4]), None
+    if not src.startswith("(") or src.startswith("(?") or _group_end(src, 0) != len(src):
+        return None
+    # "From: … / Sent: …" blocks: ((?:(?:^|\n|\n(?:> ?)*)[* ]*(?:From|Sent|…):…){2,}…)
+    atoms = _regex_atoms(src[1:-1])
+    if not atoms:
+        return None
+    guard = None
+    if _min_repeat(atoms[0][1]) == 0:
+        # An optional lead-in (Danish: "-----Oprindelig meddelelse-----"). Where it is
+        # missing from the text, the match starts with the block; elsewhere search it all.
+        head, quantifier = atoms.pop(0)
+        inner = _regex_atoms(head[3:-1]) if head.startswith("(?:") and quantifier == "?" \
+            else None
+        while inner and _min_repeat(inner[0][1]) == 0:
+            inner.pop(0)
+        if not inner or not atoms:
+            return None
+        guard = "".join(a + q for a, q in inner)
+    block, quantifier = atoms[0]
+    if not block.startswith("(?:") or _min_repeat(quantifier) < 1:
+        return None
+    line = _regex_atoms(block[3:-1])
+    if not line or len(line) < 2 or line[0] != (_BLOCK_LINE_START, ""):
+        return None
+    return _QUOTE_PREFIX + "".join(a + q for a, q in line[1:4]), guard
+
+
+def _probe_char(probe: str) -> str | None:
+    """A character that every line where `probe` matches (at its start) contains: a
+    punctuation character the probe must match before anything that could cross a line
+    break."""
+    for atom, quantifier in _regex_atoms(probe) or []:
+        if len(atom) == 1 and not quantifier and not atom.isalnum() and not atom.isspace() \
+                and atom not in ".^$":
+            return atom
+        if not _stays_on_line(atom):
+            return None
+    return None
+
+
+# The signature regex's alternatives each start at a line start, after blank space before
+# one, or (the long ruler) on the line breaks before it.
+_SIGNATURE_RULER = r"(\n{2,} ?[_-]{32,})"
+_RULER_LINE = re.compile(r"\n\n(?= ?[_-]{32})")
+
+
+def _signature_head(src: str) -> tuple[str, list[str]] | None:
+    """mail-parser-reply's signature regex without the ``(.|\\s)*`` tail that takes in the
+    rest of the text (it matches anything, so a match starts where the head's does), and
+    probes: what its alternatives other than the long ruler must match at a line start."""
+    if not src.startswith("(") or _group_end(src, 0) != len(src):
+        return None
+    atoms = _regex_atoms(src[1:-1])
+    if not atoms or len(atoms) != 2 or atoms[1] != ("(.|\\s)", "*") or atoms[0][1] \
+            or not atoms[0][0].startswith("("):
+        return None
+    head = atoms[0][0]
+    probes = []
+    for alternative in _regex_alternatives(head[1:-1]) or []:
+        if alternative == _SIGNATURE_RULER:
+            continue
+        anchor = next((a for a in ("\\s*^", "(?<!\\A)^", "^") if alternative.startswith(a)),
+                      None)
+        rest = _regex_atoms(alternative[len(anchor):]) if anchor else None
+        if not rest:
+            return None
+        probes.append("".join(a + q for a, q in rest[:2]))
+    return (head, probes) if probes else None
 
 
 _patterns: _Patterns | None = None
@@ -768,11 +1129,60 @@ def _attribution_start(work: list[str], first_quoted: int) -> int:
     return k if _looks_like_attribution(work[k]) else first_quoted
 
 
+def _probe_lines(norm: str) -> list[int]:
+    """Starts of the lines of `norm` where some quote-header pattern's probe matches."""
+    patterns = _get_patterns()
+    starts = {match.start() + 1 for match in patterns.header_lines.finditer(norm)}
+    if patterns.header_first_line.match(norm):
+        starts.add(0)
+    for char, probe in patterns.header_char_probes:
+        at = norm.find(char)
+        while at >= 0:
+            start = norm.rfind("\n", 0, at) + 1
+            if probe.match(norm, start):
+                starts.add(start)
+            end = norm.find("\n", at)
+            at = norm.find(char, end) if end >= 0 else -1
+    return sorted(starts)
+
+
+def _header_matches(index: int, norm: str, lines: list[int]) -> Iterator[re.Match[str]]:
+    """The matches that ``headers[index].finditer(norm)`` yields, found by trying the pattern
+    only at the line starts in `lines` (and the line breaks just before them) that its
+    probe accepts."""
+    patterns = _get_patterns()
+    pattern = patterns.headers[index]
+    probe = patterns.header_probes[index]
+    guard = patterns.header_guards[index]
+    if probe is None or (guard is not None and guard.search(norm)):
+        yield from pattern.finditer(norm)
+        return
+    positions: set[int] = set()
+    for start in lines:
+        if probe.match(norm, start):
+            positions.update((start - 1, start) if start else (start,))
+    pos = 0  # where finditer would search on from
+    for candidate in sorted(positions):
+        if candidate < pos:
+            continue
+        match = pattern.match(norm, candidate)
+        if match is None:
+            continue
+        if match.end() == candidate:
+            # An empty match (none of the library's patterns has one): finditer's rules for
+            # what may follow it are its own, so let it go on from here.
+            yield from pattern.finditer(norm, pos)
+            return
+        yield match
+        pos = match.end()
+
+
 def _header_candidate(work: list[str], norm: str) -> int | None:
     """First line where mail-parser-reply's quote-header patterns match, after our checks."""
     best: int | None = None
-    for pattern in _get_patterns().headers:
-        for count, match in enumerate(pattern.finditer(norm)):
+    lines = _probe_lines(norm)
+    for index in range(len(_get_patterns().headers)):
+        for count, match in enumerate(_header_matches(index, norm, lines)):
             if count >= 20:
                 break
             start = match.start()
@@ -803,8 +1213,22 @@ def _header_candidate(work: list[str], norm: str) -> int | None:
     return best
 
 
-def _separator_candidate(work: list[str]) -> int | None:
-    for i, line in enumerate(work):
+# Both separator patterns need a line that starts with ">", a ruler character or a space,
+# or one that ends with ":": found at the line breaks next to them, all lines at once.
+_SEPARATOR_HINT = re.compile(r"\n(?:(?=[>\-=_*]|[^\S\n])|(?<=:\n))")
+
+
+def _separator_candidate(work: list[str], norm: str) -> int | None:
+    hinted = {0, len(work) - 1}  # the first and last line have a break on one side only
+    number = last = 0
+    for match in _SEPARATOR_HINT.finditer(norm):
+        number += norm.count("\n", last, match.start())
+        last = match.start()
+        hinted.update((number, number + 1))
+    for i in sorted(hinted):
+        line = work[i] if 0 <= i < len(work) else ""
+        if not line or not (line[0] in ">-=_*" or line[0].isspace() or line[-1] == ":"):
+            continue
         if _SEPARATOR.match(line):
             return i
         if _UNDERSCORE_LINE.match(line):
@@ -839,8 +1263,23 @@ def _is_strong_attribution(text: str) -> bool:
     return bool(_ADDRESS_END.search(text) and _TIME.search(text))
 
 
-def _attribution_candidate(work: list[str]) -> int | None:
-    for i, line in enumerate(work):
+# How a strong attribution ends (with a colon, or dashed): lines that end otherwise, and
+# whose next line does too, cannot be one (nor start one that is wrapped).
+_ATTRIBUTION_ENDS = (":", "\uff1a", "--", "-=", "=-", "==")
+_ATTRIBUTION_END = re.compile(r"\n(?:(?<=[:\uff1a]\n)|(?<=[-=][-=]\n))")  # before a break
+
+
+def _attribution_candidate(work: list[str], norm: str) -> int | None:
+    ends: set[int] = set()  # numbers of the lines that end like an attribution
+    number = last = 0
+    for match in _ATTRIBUTION_END.finditer(norm):
+        number += norm.count("\n", last, match.start())
+        last = match.start()
+        ends.update((number - 1, number))
+    if work and work[-1].endswith(_ATTRIBUTION_ENDS):
+        ends.update((len(work) - 2, len(work) - 1))
+    for i in sorted(ends):
+        line = work[i] if 0 <= i < len(work) else ""
         if not line or _is_quoted(line):
             continue
         if _is_strong_attribution(line):
@@ -856,7 +1295,7 @@ def _trailing_quote_candidate(work: list[str]) -> int | None:
     """Start of a ``>`` block that runs to the end (a trailing ``-- `` signature allowed)."""
     last_quoted = None
     for i in range(len(work) - 1, -1, -1):
-        if _is_quoted(work[i]):
+        if ">" in work[i] and _is_quoted(work[i]):
             last_quoted = i
             break
     if last_quoted is None:
@@ -895,35 +1334,66 @@ def _bottom_posted(lines: list[str], work: list[str]) -> ReplySplit | None:
 
 def _next_quoted(work: list[str], start: int) -> int:
     for j in range(start, len(work)):
-        if _is_quoted(work[j]):
+        if ">" in work[j] and _is_quoted(work[j]):
             return j
     return len(work)
 
 
-def _signature_start(work: list[str], end: int) -> int | None:
-    """Line where the sender's signature begins in work[:end], per mail-parser-reply."""
-    sent_from = next((i for i in range(1, end) if any(work[:i])
-                      and _get_patterns().sent_from.match(work[i])), None)
-    found = _signoff_start(work, sent_from if sent_from is not None else end)
+def _signature_start(work: list[str], end: int, norm: str | None = None) -> int | None:
+    """Line where the sender's signature begins in work[:end] (`norm`: those lines joined,
+    if at hand), per mail-parser-reply."""
+    patterns = _get_patterns()
+    first_text = next((i for i, line in enumerate(work) if line), len(work))
+    if norm is None:
+        norm = "\n".join(work[:end])
+    anchors = _signoff_anchors(norm)
+    lines_from = max(1, first_text + 1)  # a "Sent from" line needs text above it
+    candidates: Iterable[int] = range(lines_from, end)
+    if anchors is not None and patterns.sent_from_probed:
+        candidates = _line_numbers(norm, anchors)
+    sent_from = next((i for i in candidates if lines_from <= i < end
+                      and patterns.sent_from.match(work[i])), None)
+    if sent_from is not None:
+        norm = "\n".join(work[:sent_from])
+        anchors = _signoff_anchors(norm)
+    found = _signoff_start(work, sent_from if sent_from is not None else end, first_text, norm,
+                           anchors)
     return found if found is not None else sent_from
 
 
-def _signoff_start(work: list[str], end: int) -> int | None:
-    norm = "\n".join(work[:end])
-    regex = _get_patterns().signature
+def _line_numbers(norm: str, positions: list[int]) -> Iterator[int]:
+    """The line numbers of ascending positions in `norm`."""
+    line = last = 0
+    for pos in positions:
+        line += norm.count("\n", last, pos)
+        last = pos
+        yield line
+
+
+def _signoff_start(work: list[str], end: int, first_text: int, norm: str,
+                   anchors: list[int] | None) -> int | None:
+    """First sign-off line in work[:end] (`norm`: those lines joined, `anchors`: their
+    `_signoff_anchors`) that counts as the start of a signature. Only the first 20 places
+    where the signature regex matches are looked at; `first_text` is the index of the first
+    non-empty line."""
+    patterns = _get_patterns()
     pos = 0
     for _ in range(20):
-        match = regex.search(norm, pos)
-        if not match:
+        if anchors is None:
+            match = patterns.signature.search(norm, pos)
+            found = match.start() if match else None
+        else:
+            found = _signoff_search(norm, pos, anchors)
+        if found is None:
             return None
-        start = match.start()
+        start = found
         while start < len(norm) and norm[start] in "\n \t":
             start += 1
         line_no = norm.count("\n", 0, start)
         line = work[line_no] if line_no < len(work) else ""
         line_end = norm.find("\n", start)
         pos = len(norm) if line_end < 0 else line_end + 1
-        if not any(work[:line_no]):
+        if line_no <= first_text:
             continue  # nothing above it: this is the message, not its signature
         bare = line.lstrip("> ")
         if bare in ("--", "__") or re.fullmatch(r"[-_]{20,}", bare):
@@ -931,10 +1401,58 @@ def _signoff_start(work: list[str], end: int) -> int | None:
         # A sign-off ("Mit freundlichen Grüßen", "Thanks,") is only a signature when it
         # stands as a short line of its own ("Thanks, that works. Next step: …" is content)
         # and only a signature block follows, not half the message.
-        following = sum(1 for w in work[line_no + 1:end] if w)
         if (len(bare) <= 48 and len(bare.split()) <= 7 and not bare.endswith("?")
-                and following <= _MAX_SIGNATURE_LINES):
+                and _few_lines(work, line_no + 1, end, _MAX_SIGNATURE_LINES)):
             return line_no
+    return None
+
+
+def _few_lines(work: list[str], start: int, end: int, most: int) -> bool:
+    """Whether work[start:end] has at most `most` non-empty lines."""
+    count = 0
+    for i in range(start, end):
+        if work[i]:
+            count += 1
+            if count > most:
+                return False
+    return True
+
+
+def _signoff_anchors(norm: str) -> list[int] | None:
+    """Starts of the lines where a match of the signature regex can end its leading blank
+    space, in order (None: the regex is not of the shape `_signature_head` knows). Every
+    line that `sent_from` matches is among them too, when `sent_from_probed`.
+
+    A match begins on such a line or in the blank space right before it: the regex's
+    alternatives start with ``\\s*^`` or ``^`` (then the regex matches at the line start
+    too) or are the long ruler after an empty line. The probes may pick more lines than
+    that; `_signoff_search` tries the regex itself.
+    """
+    patterns = _get_patterns()
+    first, lines = patterns.signature_first_line, patterns.signature_lines
+    if first is None or lines is None:
+        return None
+    anchors = {match.start() + 1 for match in lines.finditer(norm)}
+    anchors.update(match.end() for match in _RULER_LINE.finditer(norm))
+    if first.match(norm):
+        anchors.add(0)
+    return sorted(anchors)
+
+
+def _signoff_search(norm: str, pos: int, anchors: list[int]) -> int | None:
+    """Where ``signature.search(norm, pos)`` would match, trying only the blank space before
+    each anchor line and its start."""
+    head = _get_patterns().signature_head
+    assert head is not None
+    tried = pos  # positions below this one are known not to match
+    for anchor in anchors[bisect.bisect_left(anchors, pos):]:
+        first = anchor
+        while first > tried and norm[first - 1].isspace():
+            first -= 1
+        for candidate in range(first, anchor + 1):
+            if head.match(norm, candidate):
+                return candidate
+        tried = anchor + 1
     return None
 
 
@@ -951,9 +1469,14 @@ def split_reply(text: str) -> ReplySplit:
         head, tail = text[:cut], text[cut:]
     lines = head.split("\n")
     # A stripped, length-capped copy, one entry per line, so that matches map back to lines.
-    work = [line.strip().lstrip("\ufeff\u200b")[:_MAX_LINE] for line in lines]
+    if "\ufeff" in head or "\u200b" in head:
+        work = [line.strip().lstrip("\ufeff\u200b")[:_MAX_LINE] for line in lines]
+    else:
+        work = [line.strip()[:_MAX_LINE] for line in lines]
+    # Without a ">" there are no quoted lines: no bottom-posted quote, no trailing quote.
+    quoted = ">" in head
 
-    bottom = _bottom_posted(lines, work) if not tail else None
+    bottom = _bottom_posted(lines, work) if not tail and quoted else None
     if bottom is not None:
         lines = bottom.text.split("\n")
         work = [line.strip()[:_MAX_LINE] for line in lines]
@@ -965,8 +1488,9 @@ def split_reply(text: str) -> ReplySplit:
         return bottom
 
     norm = "\n".join(work)
-    candidates = [c for c in (_header_candidate(work, norm), _separator_candidate(work),
-                              _attribution_candidate(work), _trailing_quote_candidate(work))
+    candidates = [c for c in (_header_candidate(work, norm), _separator_candidate(work, norm),
+                              _attribution_candidate(work, norm),
+                              _trailing_quote_candidate(work) if quoted else None)
                   if c is not None]
     quote_start = min(candidates) if candidates else None
     if quote_start is not None:
@@ -981,7 +1505,7 @@ def split_reply(text: str) -> ReplySplit:
     if quote_start is not None and not any(work[:quote_start]):
         quote_start = None  # the quote is all there is (a forward, or a misdetection)
     end = quote_start if quote_start is not None else len(lines)
-    sig_start = _signature_start(work, end)
+    sig_start = _signature_start(work, end, norm if end == len(work) else None)
 
     new_end = sig_start if sig_start is not None else end
     new_text = "\n".join(lines[:new_end]).strip("\n")
@@ -1406,6 +1930,17 @@ _MIME_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
 
 
 def _content_type(part: Message) -> str:
+    memo = _MEMO.get()
+    if memo is None:
+        return _read_content_type(part)
+    key = ("content-type", part)
+    if key not in memo:
+        memo[key] = _read_content_type(part)
+    value: str = memo[key]
+    return value
+
+
+def _read_content_type(part: Message) -> str:
     try:
         ctype = part.get_content_type().lower()
     except Exception:
@@ -1471,8 +2006,11 @@ def _part_bytes(part: Message) -> bytes:
                     import quopri
 
                     return quopri.decodestring(encoded)
+    data: Any
     try:
-        data = part.get_payload(decode=True)
+        data = _base64_payload(part)
+        if data is None:
+            data = part.get_payload(decode=True)
     except Exception:
         data = None
     if isinstance(data, bytes):
@@ -1481,6 +2019,28 @@ def _part_bytes(part: Message) -> bytes:
     if isinstance(payload, str):
         return payload.encode("utf-8", "surrogateescape")
     return b""
+
+
+def _base64_payload(part: Message) -> bytes | None:
+    """``part.get_payload(decode=True)`` of a base64 part, decoded straight from the payload
+    text; None where only get_payload knows the answer.
+
+    get_payload takes the text through three copies on the way (bytes, a list of lines, the
+    lines joined): 120 MB for a 20 MB attachment. Where binascii's lenient decoder accepts
+    the text, its result is the one get_payload returns: get_payload drops the line breaks,
+    which the lenient decoder skips anyway, tries the strict decoder (which agrees with the
+    lenient one on all it accepts) and falls back to the lenient one. Padding it would add,
+    raw 8-bit bytes and the like make the lenient decoder fail here.
+    """
+    payload = getattr(part, "_payload", None)  # get_payload() copies a big one to check it
+    if part.is_multipart() or not isinstance(payload, str):
+        return None
+    if str(part.get("content-transfer-encoding", "")).lower() != "base64":
+        return None  # exactly get_payload's test
+    try:
+        return binascii.a2b_base64(payload)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def _part_text(part: Message) -> str:
@@ -1875,20 +2435,184 @@ _UNQUOTED_BOUNDARY = re.compile(
     rb"([^\"\s;]*[=/?:@(),<>\[\]][^\"\s;]*)")
 
 
+# The parser is fed in pieces of this size: the email package splits what it is fed into
+# line objects, and a whole 27 MB mail at once costs some 200 MB on the way.
+_FEED_CHUNK = 64 * 1024
+# A long run of base64 lines (an attachment) is kept out of the parser, which would hold each
+# 76-character line as an object of its own (about 50 bytes of overhead each) and join them
+# only at the end of the part. The run goes in as one placeholder line and is put back into
+# the payload afterwards. To the parser the two are alike: neither a line of base64
+# characters nor the placeholder is a header, boundary or blank line, wherever it stands.
+# (Possessive: a plain repeat keeps a backtracking record per line, 70 MB for 20 MB.)
+_BASE64_RUN = re.compile(rb"\n((?:[A-Za-z0-9+/=]++(?:\r\n|\n|\r)){1024,}+)")
+_RUN_SCAN_MIN = 256 * 1024  # bodies smaller than this are fed as they are
+
+
 def _parse_bytes(raw: bytes) -> EmailMessage:
     # Leading blank lines or spaces would end the header block before it starts; an mbox
-    # "From " line is not a header either.
+    # "From " line is not a header either. (No copies of the mail: lstrip returns the same
+    # object when there is nothing to strip, the rest works with positions in it.)
     data = raw.lstrip(b" \t\r\n")
-    data = _MBOX_FROM.sub(b"", data, count=1)
-    # Unquoted boundaries with "=" in them (Outlook Express: boundary=----=_NextPart_…)
-    # defeat the email package's new header parser; quoting them is always legal.
-    data = _UNQUOTED_BOUNDARY.sub(rb'\1"\2"', data)
-    end = min((i for i in (data.find(b"\n\n"), data.find(b"\n\r\n")) if i >= 0),
+    mbox = _MBOX_FROM.match(data)
+    start = mbox.end() if mbox else 0
+    # Quoting a boundary adds quote marks inside one line (`_quote_boundaries`), so the
+    # header block ends in the same place with or without them.
+    end = min((i for i in (data.find(b"\n\n", start), data.find(b"\n\r\n", start)) if i >= 0),
               default=len(data))
-    data = _repair_header_block(data[:end]) + data[end:]
-    msg = BytesParser(policy=policy.default).parsebytes(data)
+    header = _repair_header_block(b"".join(_quote_boundaries(data, start, end)))
+    single = _parse_single_part(data, header, end)
+    if single is not None:
+        return single
+    parser = BytesFeedParser(policy=policy.default)
+    parser.feed(header)
+    marker = _run_marker(data) if len(data) - end >= _RUN_SCAN_MIN else None
+    runs: dict[str, tuple[int, int]] = {}
+    pos = end
+    if marker is not None:
+        for match in _BASE64_RUN.finditer(data, end):
+            first, last = match.span(1)
+            eol = 2 if data.endswith(b"\r\n", first, last) else 1
+            _feed(parser, _quote_boundaries(data, pos, first))
+            key = f"{marker}{len(runs)}"
+            runs[key] = (first, last - eol)
+            parser.feed(key.encode("ascii") + data[last - eol:last])
+            pos = last
+    _feed(parser, _quote_boundaries(data, pos, len(data)))
+    msg = parser.close()
+    if marker is not None and runs:
+        _restore_runs(msg, data, marker, runs)
     assert isinstance(msg, EmailMessage)
     return msg
+
+
+# A header line to the email package's parser (feedparser.headerRE, in bytes).
+_HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")  # the parser's (universal newlines)
+# Saves parsing the header block twice for most multipart mails (the content type the
+# parser reads decides, this is only a guess).
+_MAYBE_COMPOUND = re.compile(rb"content-type\s*:\s*\"?(?:multipart|message)", re.IGNORECASE)
+
+
+def _parse_single_part(data: bytes, header: bytes, end: int) -> EmailMessage | None:
+    """The mail parsed without putting its body through the parser line by line, where it
+    is not a multipart or message/*: the parser then makes the whole rest the payload, as it
+    is. None where that is not certain (and for the others).
+
+    `header` is the header block as it is fed, ending where data[end:] begins with its last
+    line break and the blank line. The parser's header block ends at that blank line when
+    every line before it is a header line to the parser.
+    """
+    if end >= len(data) or _MAYBE_COMPOUND.search(header):
+        return None
+    body = end + (2 if data.startswith(b"\n\n", end) else 3)
+    lines = _LINE_BREAK.split(header)
+    if header.endswith(b"\r"):
+        lines.pop()  # that "\r" and the "\n" at data[end] are one line break
+    if not all(_HEADER_LINE.match(line) for line in lines):
+        return None
+    msg = BytesParser(policy=policy.default).parsebytes(header + data[end:body],
+                                                        headersonly=True)
+    if msg.get_content_maintype() in ("multipart", "message"):
+        return None
+    if next(_boundary_matches(data, body, len(data)), None) is None:
+        payload = str(memoryview(data)[body:], "ascii", "surrogateescape")
+    else:
+        payload = b"".join(_quote_boundaries(data, body, len(data))).decode(
+            "ascii", "surrogateescape")
+    # After what the parser has put there itself: a last header line "From …" goes back to
+    # the body.
+    head = getattr(msg, "_payload", None)
+    msg.set_payload(head + payload if isinstance(head, str) else payload)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def _quote_boundaries(data: bytes, start: int, end: int) -> Iterator[bytes]:
+    """data[start:end] in pieces, with unquoted boundaries quoted.
+
+    Unquoted boundaries with "=" in them (Outlook Express: boundary=----=_NextPart_…) defeat
+    the email package's new header parser; quoting them is always legal. A match lies within
+    one line, so the mail can be done in parts that begin and end at line breaks.
+    """
+    pos = start
+    for match in _boundary_matches(data, start, end):
+        yield from _slices(data, pos, match.start())
+        yield match.expand(rb'\1"\2"')
+        pos = match.end()
+    yield from _slices(data, pos, end)
+
+
+# The lines where _UNQUOTED_BOUNDARY can match: it starts with "content-type:" or blank
+# space at a line start (found at the line breaks at C speed; the regex would try every
+# position).
+_BOUNDARY_LINE = re.compile(rb"\n(?=[cC \t])")
+
+
+def _boundary_matches(data: bytes, start: int, end: int) -> Iterator[re.Match[bytes]]:
+    """``_UNQUOTED_BOUNDARY.finditer(data, start, end)``: each match lies within a line
+    that starts with one."""
+    pos = start
+    starts = itertools.chain((start,), (m.start() + 1 for m in
+                                        _BOUNDARY_LINE.finditer(data, start, end)))
+    for line_start in starts:
+        if line_start < pos:
+            continue
+        match = _UNQUOTED_BOUNDARY.match(data, line_start, end)
+        if match:
+            yield match
+            pos = match.end()
+
+
+def _slices(data: bytes, start: int, end: int) -> Iterator[bytes]:
+    for at in range(start, end, _FEED_CHUNK):
+        yield data[at:min(at + _FEED_CHUNK, end)]
+
+
+def _feed(parser: BytesFeedParser, pieces: Iterator[bytes]) -> None:
+    for piece in pieces:
+        parser.feed(piece)
+
+
+def _run_marker(data: bytes) -> str:
+    """A placeholder prefix that the mail does not contain."""
+    number = 0
+    while f"Xb64run{number}X".encode("ascii") in data:
+        number += 1
+    return f"Xb64run{number}X"
+
+
+def _restore_runs(msg: Message, data: bytes, marker: str,
+                  runs: dict[str, tuple[int, int]]) -> None:
+    """Put the base64 runs back in place of their placeholders."""
+    view = memoryview(data)
+    placeholder = re.compile(re.escape(marker) + r"\d+")
+
+    def text(match: re.Match[str]) -> str:
+        first, last = runs[match.group(0)]
+        return str(view[first:last], "ascii")
+
+    parts = [msg]  # msg.walk(), without its recursion
+    while parts:
+        part = parts.pop()
+        payload = getattr(part, "_payload", None)
+        if isinstance(payload, list):
+            parts.extend(p for p in payload if isinstance(p, Message))
+        # The attributes themselves: get_payload() would hand back a converted copy of a
+        # payload with raw 8-bit bytes in it.
+        for name in ("_payload", "preamble", "epilogue"):
+            value = getattr(part, name, None)
+            if not isinstance(value, str) or marker not in value:
+                continue
+            whole = placeholder.match(value)
+            if whole and len(value) - whole.end() <= 2:
+                # The usual case, a payload that is one run (and its line break): made in
+                # one piece, without a second copy for joining.
+                first, last = runs[whole.group(0)]
+                rest = value[whole.end():].encode("ascii", "surrogateescape")
+                if data[last:last + len(rest)] == rest:
+                    setattr(part, name, str(view[first:last + len(rest)], "ascii"))
+                    continue
+            setattr(part, name, placeholder.sub(text, value))
 
 
 def _repair_header_block(block: bytes) -> bytes:
@@ -1918,6 +2642,7 @@ def parse_message(raw: bytes) -> ParsedMail:
         raise MalformedMail(f"unparseable: {exc}") from exc
     if not names & _KNOWN_FIELDS:
         raise MalformedMail("no header block: not a mail")
+    memo = _MEMO.set({})
     try:
         return _parse(msg)
     except RecursionError as exc:
@@ -1926,6 +2651,8 @@ def parse_message(raw: bytes) -> ParsedMail:
         # A bug of ours, not the sender's fault; the connector must still not crash.
         log.exception("internal error while parsing a mail")
         raise MalformedMail(f"internal error: {exc!r}") from exc
+    finally:
+        _MEMO.reset(memo)
 
 
 def _parse(msg: EmailMessage) -> ParsedMail:

@@ -1,0 +1,350 @@
+"""The parser stays fast and lean on big mails, and its shortcuts change no result.
+
+Timings are not asserted (they depend on the machine). What is asserted is what makes the
+parser fast: mail-parser-reply's quote-header patterns run only on the few lines that a cheap
+probe picks, never over the whole text; the signature regex is never searched over the whole
+text; a big base64 attachment does not go through the email package line by line. And each
+shortcut is checked against the plain way it replaces, on tricky input and on the sample
+corpus (../shared/email-samples, when it is there).
+"""
+
+# German mail text has typographic quotes and dashes; they are the test data, not typos.
+# ruff: noqa: RUF001
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import re
+import tracemalloc
+from collections import Counter
+from email import policy
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import bridge.email.parse as parse_module
+from bridge.email.parse import parse_message, split_reply
+
+CORPUS = Path(__file__).parents[2].parent / "shared" / "email-samples"
+
+
+class Counting:
+    """A compiled regex that counts the calls of its methods."""
+
+    def __init__(self, regex: Any) -> None:
+        self.regex = regex
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.regex, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+# Words that start no quote header, sign-off or "Sent from" line in any language we know.
+WORDS = [
+    "Sitzung", "Protokoll", "Bericht", "Gemeinde", "Verwaltung", "Abteilung", "Unterlagen",
+    "Beschluss", "bitte", "Frage", "Rückmeldung", "Vorlage", "Stellungnahme", "sowie", "jedoch",
+    "außerdem", "gemäß", "bezüglich", "hierzu", "Projekt", "Kosten", "Auftrag", "Haushalt",
+    "Förderung", "Antrag", "Schreiben", "zuständig", "Woche", "wir", "haben", "werden", "ist",
+    "nicht", "eine", "Entwurf", "Planung", "Zustimmung", "Kenntnis",
+]
+# Lines that a probe does pick, though none of them opens a quote.
+TEMPTING = [
+    "Am Montag treffen wir uns im Rathaus.", "An die Kolleginnen der Abteilung", "Datum: 12.03.",
+    "Von der Verwaltung kam noch nichts.", "12 Teilnehmer haben zugesagt.",
+    "On top of that, the budget is fixed.", "Den Entwurf schicke ich morgen.",
+    "Le budget est fixé.", "Il progetto è pronto.", "Op de agenda staat niets.",
+]
+
+
+def prose(size: int, seed: int = 7) -> tuple[str, int]:
+    """About `size` characters of German prose wrapped at 72, with a tempting line now and
+    then; and how many tempting lines it holds."""
+    rnd = random.Random(seed)
+    lines: list[str] = []
+    tempting = 0
+    total = 0
+    while total < size:
+        if lines and rnd.random() < 0.12:
+            lines.append("")
+        if rnd.random() < 0.005:
+            lines.append(rnd.choice(TEMPTING))
+            tempting += 1
+        else:
+            words: list[str] = []
+            while sum(len(w) + 1 for w in words) < 65:
+                words.append(rnd.choice(WORDS))
+            lines.append(" ".join(words).capitalize() + ".")
+        total += len(lines[-1]) + 1
+    return "\n".join(lines), tempting
+
+
+def test_quote_header_patterns_run_only_on_candidate_lines(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    body, tempting = prose(150_000)  # below _MAX_SPLIT_CHARS
+    assert tempting >= 5
+    patterns = parse_module._get_patterns()
+    headers = [Counting(p) for p in patterns.headers]
+    signature = Counting(patterns.signature)
+    head = Counting(patterns.signature_head)
+    monkeypatch.setattr(patterns, "headers", headers)
+    monkeypatch.setattr(patterns, "signature", signature)
+    monkeypatch.setattr(patterns, "signature_head", head)
+
+    msg = EmailMessage()
+    msg["From"] = "Erika Mustermann <erika@example.org>"
+    msg["To"] = "team@example.org"
+    msg["Subject"] = "Protokoll"
+    msg.set_content("Hallo zusammen,\n\n" + body + "\n\nMit freundlichen Grüßen\nErika\n")
+    mail = parse_message(msg.as_bytes())
+
+    assert mail.quoted_text == "Mit freundlichen Grüßen\nErika"  # the sign-off, nothing else
+    calls = sum((h.calls for h in headers), Counter())
+    # Never over the whole text (24 patterns, 150 000 positions), only at tempting lines:
+    # a pattern is tried at a line start and at the line break before it.
+    assert calls["finditer"] == calls["search"] == 0
+    assert calls["match"] <= 2 * 3 * tempting
+    assert signature.calls["search"] == 0
+    assert head.calls["match"] <= 10
+
+    # The same patterns still find a quote header where there is one.
+    quoted = body + ("\n\nAm 12.03.2024 um 10:15 schrieb Max <max@example.org>:\n"
+                     "> Bitte um Rückmeldung.\n")
+    split = split_reply(quoted)
+    assert split.quote is not None
+    assert split.quote.startswith("Am 12.03.2024 um 10:15 schrieb Max")
+    assert sum((h.calls for h in headers), Counter())["finditer"] == 0
+
+
+# --------------------------------------------------------------------------------------------
+# The probes find what the whole-text search finds
+# --------------------------------------------------------------------------------------------
+
+TRICKY_LINES = [
+    "Am 12.03.2024 um 10:15 schrieb Erika <erika@example.org>:", "Erika <e@x.org> wrote:",
+    "On Tue, Mar 12, 2024 at 10:15 AM", "Von: Erika", "Gesendet: Dienstag", "An: team",
+    "Betreff: Test", "From: a@b", "Sent: now", "To: x", "Subject: y", "*From:* a@b",
+    "**Von:** x", "> *Von:* y", "-- ", "--", "__", "_" * 40, "-" * 40, " " + "-" * 35,
+    "Mit freundlichen Grüßen", "Viele Grüße", "Thanks,", "Best regards", "Gruß", "Best,",
+    "Gesendet von meinem iPhone", "Sent from my iPhone", "Sendt fra min iPad", "> quoted",
+    ">> deeper", "-----Ursprüngliche Nachricht-----", "-----Oprindelig meddelelse-----",
+    "Fra: a", "Til: b", "Emne: c", "Dato: d", "12 jan 2020 skrev Anna <a@b>:",
+    "2020年3月12日(火) 10:15 Taro <t@x.jp>:",
+    "2020년 3월 12일 (화) 오전 10:15, 홍길동님이 작성하였습니다:",
+    "2020年3月12日 写道：", "보낸", "사람: 홍길동", "보낸 사람: 홍",
+    "Le 12 mars 2020 à 10:15, Jean <j@x.fr> a écrit :", "De : Jean", "Envoyé : lundi",
+    "Il giorno 12 mar 2020, alle ore 10:15, Gio <g@x.it> ha scritto:",
+    "El 12 mar 2020, a las 10:15, Juan <j@x.es> escribió:", "Den 12. mar. 2020 skrev Ole:",
+    "Dne 12. 3. 2020 v 10:15 Jan <j@x.cz> napsal(a):", "\ufeff\xa0Von: x", "Grüße\xa0",
+    "x" * 450 + " wrote:", "A" * 399 + "\xa0", "\x0bMit freundlichen Grüßen", "Den", "12",
+    "ſent from my iPhone", "İl 12 mar ha scritto:", "Kind regards", "  ", "\t", "", "", "",
+    "text of the message.", "Noch eine Zeile Text.", "   :",
+]
+
+
+def texts() -> list[str]:
+    rnd = random.Random(3)
+    out = []
+    for _ in range(250):
+        lines = [rnd.choice(TRICKY_LINES) for _ in range(rnd.randint(0, 40))]
+        out.append(rnd.choice(["\n", "\n\n"]).join(lines))
+    if CORPUS.is_dir():
+        for folder in ("alfonsrv-mail-parser-reply", "discourse-email_reply_trimmer",
+                       "crisp-email-reply-parser", "zapier-email-reply-parser", "mailgun-talon"):
+            for path in sorted((CORPUS / folder).rglob("*")):
+                if path.is_file() and path.stat().st_size < 30_000:
+                    out.append(path.read_bytes().decode("utf-8", "replace"))
+    return out
+
+
+def work_lines(text: str) -> list[str]:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return [line.strip().lstrip("\ufeff\u200b")[:parse_module._MAX_LINE]
+            for line in text.split("\n")]
+
+
+def test_quote_header_probes_find_every_match() -> None:
+    patterns = parse_module._get_patterns()
+    assert all(probe is not None for probe in patterns.header_probes), \
+        "a quote-header pattern of mail-parser-reply has a shape the probes do not know"
+    for text in texts():
+        norm = "\n".join(work_lines(text))
+        lines = parse_module._probe_lines(norm)
+        for index, pattern in enumerate(patterns.headers):
+            fast = [m.span() for m in parse_module._header_matches(index, norm, lines)]
+            assert fast == [m.span() for m in pattern.finditer(norm)], (pattern.pattern, text)
+
+
+def plain_signature_start(work: list[str], end: int) -> int | None:
+    """The signature search without shortcuts: every line, the whole regex."""
+    patterns = parse_module._get_patterns()
+    sent_from = next((i for i in range(1, end)
+                      if any(work[:i]) and patterns.sent_from.match(work[i])), None)
+    stop = sent_from if sent_from is not None else end
+    norm = "\n".join(work[:stop])
+    pos = 0
+    for _ in range(20):
+        match = patterns.signature.search(norm, pos)
+        if not match:
+            break
+        start = match.start()
+        while start < len(norm) and norm[start] in "\n \t":
+            start += 1
+        line_no = norm.count("\n", 0, start)
+        line = work[line_no] if line_no < len(work) else ""
+        line_end = norm.find("\n", start)
+        pos = len(norm) if line_end < 0 else line_end + 1
+        if not any(work[:line_no]):
+            continue
+        bare = line.lstrip("> ")
+        if bare in ("--", "__") or re.fullmatch(r"[-_]{20,}", bare):
+            return line_no
+        following = sum(1 for w in work[line_no + 1:stop] if w)
+        if (len(bare) <= 48 and len(bare.split()) <= 7 and not bare.endswith("?")
+                and following <= parse_module._MAX_SIGNATURE_LINES):
+            return line_no
+    return sent_from
+
+
+def test_signature_probes_find_what_the_whole_regex_finds() -> None:
+    patterns = parse_module._get_patterns()
+    assert patterns.signature_head is not None, \
+        "mail-parser-reply's signature regex has a shape the probes do not know"
+    rnd = random.Random(5)
+    for text in texts():
+        work = work_lines(text)
+        for end in {len(work), rnd.randint(0, len(work))}:
+            assert parse_module._signature_start(work, end) == plain_signature_start(work, end), \
+                (end, text)
+
+
+# --------------------------------------------------------------------------------------------
+# Big attachments
+# --------------------------------------------------------------------------------------------
+
+def tree(msg: Message) -> list[Any]:
+    """Everything the parser puts into a message tree."""
+    out = []
+    parts = [msg]
+    while parts:
+        part = parts.pop(0)
+        payload = getattr(part, "_payload", None)
+        if isinstance(payload, list):
+            parts.extend(payload)
+        out.append((list(part.raw_items()), payload if isinstance(payload, str) else None,
+                    part.preamble, part.epilogue, [type(d).__name__ for d in part.defects]))
+    return out
+
+
+@pytest.mark.parametrize("shape", ["attachment", "single part"])
+def test_big_attachment_is_parsed_lean_and_unchanged(shape: str) -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    msg = EmailMessage()
+    msg["From"] = "Erika Mustermann <erika@example.org>"
+    msg["To"] = "team@example.org"
+    msg["Subject"] = "Unterlagen"
+    if shape == "attachment":
+        msg.set_content("Hallo,\n\nanbei die Unterlagen.\n\nGrüße\nErika\n")
+        msg.add_attachment(data, maintype="application", subtype="pdf", filename="plan.pdf")
+        msg.add_attachment(b"%PDF-1.4 small", maintype="application", subtype="pdf",
+                           filename="klein.pdf")
+        expected = [("plan.pdf", data), ("klein.pdf", b"%PDF-1.4 small")]
+    else:
+        msg.set_content(data, maintype="application", subtype="pdf", filename="plan.pdf")
+        expected = [("plan.pdf", data)]
+    raw = msg.as_bytes()
+
+    tracemalloc.start()
+    try:
+        mail = parse_message(raw)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [(a.filename, a.data) for a in mail.attachments] == expected
+    if shape == "attachment":
+        assert mail.text == "Hallo,\n\nanbei die Unterlagen."
+    # The base64 text (4 MB) and the decoded attachment (3 MB) are all it may take; line by
+    # line through the email package it was 13 times the attachment.
+    assert peak < 3 * len(data)
+
+    assert tree(parse_module._parse_bytes(raw)) == tree(
+        BytesParser(policy=policy.default).parsebytes(raw))
+
+
+def plain_parse_bytes(raw: bytes) -> Message:
+    """`_parse_bytes` the plain way: edit the whole mail, parse it at once."""
+    data = raw.lstrip(b" \t\r\n")
+    data = parse_module._MBOX_FROM.sub(b"", data, count=1)
+    data = parse_module._UNQUOTED_BOUNDARY.sub(rb'\1"\2"', data)
+    end = min((i for i in (data.find(b"\n\n"), data.find(b"\n\r\n")) if i >= 0),
+              default=len(data))
+    data = parse_module._repair_header_block(data[:end]) + data[end:]
+    return BytesParser(policy=policy.default).parsebytes(data)
+
+
+B64 = base64.encodebytes(bytes(range(256)) * 3)
+TRICKY_MAILS = [
+    # nested multiparts, unquoted Outlook Express boundaries, base64 everywhere
+    b"From: a@b\nContent-Type: multipart/mixed; boundary=----=_NextPart_000\n\n"
+    + B64 + b"------=_NextPart_000\nContent-Type: multipart/alternative;\n"
+    b"\tboundary=----=_NextPart_001\n\n------=_NextPart_001\nContent-Type: text/plain\n"
+    b"Content-Transfer-Encoding: base64\n\n" + B64 + b"------=_NextPart_001--\n" + B64
+    + b"------=_NextPart_000\nContent-Type: message/rfc822\n\nSubject: inner\n\n" + B64
+    + b"------=_NextPart_000--\n" + B64,
+    # CRLF and bare CR line ends, a part without a blank line after its headers
+    b"From: a@b\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\n"
+    b"Content-Type: application/pdf\r\n" + B64.replace(b"\n", b"\r\n") + b"--b1\r\n\r\n"
+    + B64.replace(b"\n", b"\r") + b"\r\n--b1",
+    # no closing boundary, the placeholder's own text in the mail, an mbox line
+    b"From sender Tue Mar 12 10:15:00 2024\nFrom: a@b\nSubject: Xb64run0X0\n"
+    b"Content-Type: multipart/mixed; boundary=b2\n\nXb64run0X0\n" + B64 + b"--b2\n\n" + B64,
+    # a delivery report
+    b"From: MAILER-DAEMON@x\nContent-Type: multipart/report; report-type=delivery-status;"
+    b" boundary=b3\n\n--b3\n\n" + B64 + b"--b3\nContent-Type: message/delivery-status\n\n"
+    + B64 + b"\nAction: failed\n" + B64 + b"--b3--",
+    # a single-part body, with 8-bit bytes on its way
+    b"From: a@b\nContent-Transfer-Encoding: base64\n\n" + B64 + b"\xc3\xa4\n" + B64,
+    # single-part mails whose header block the parser reads its own way: a last line
+    # "From …" (goes to the body), a continuation first, a bare CR blank line, leading space
+    b"From: a@b\nSubject: x\nFrom somewhere\n\nbody\n",
+    b" folded\nFrom: a@b\n\nbody\n",
+    b"From: a@b\r\rSubject: x\n\nbody\n",
+    b"  \r\nFrom: a@b\nContent-Type: text/plain\n\n" + B64,
+    # an unquoted boundary in a single-part body, and one in a text/plain header
+    b"From: a@b\nContent-Type: text/plain; boundary=a=b\n\n"
+    b"Content-Type: multipart/mixed; boundary=----=_X\n boundary=c=d\n",
+    # a content type that only the parser's reading makes a multipart
+    b"From: a@b\nContent-Type:\n Multipart/Mixed; boundary=q\n\n--q\n\nx\n--q--\n",
+]
+
+
+def corpus_mails() -> list[bytes]:
+    if not CORPUS.is_dir():
+        return []
+    return [p.read_bytes() for p in sorted(CORPUS.rglob("*"))
+            if p.is_file() and p.suffix not in (".json", ".html", ".md", ".tsv")
+            and p.stat().st_size < 200_000]
+
+
+@pytest.mark.parametrize("runs", ["as they are", "every run"])
+def test_shortcuts_change_nothing(runs: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Single-part bodies handed over whole, runs of base64 lines taken out of the parser
+    (with "every run": however short, in any mail): the same tree as the plain way."""
+    if runs == "every run":
+        monkeypatch.setattr(parse_module, "_RUN_SCAN_MIN", 0)
+        monkeypatch.setattr(parse_module, "_BASE64_RUN",
+                            re.compile(rb"\n((?:[A-Za-z0-9+/=]++(?:\r\n|\n|\r)){1,}+)"))
+    for raw in TRICKY_MAILS + corpus_mails():
+        assert tree(parse_module._parse_bytes(raw)) == tree(plain_parse_bytes(raw)), raw[:300]
