@@ -19,22 +19,29 @@ async def _database(url: str) -> Database:
     return db
 
 
-async def test_store_transaction_dedups_transaction_and_event_ids(database_url: str) -> None:
+async def _store(session: object, txn_id: str, events: list[dict]) -> set[str] | None:
+    """What the transaction endpoint does when events must wait behind a backlog."""
+    if not await queues.record_transaction_id(session, txn_id):  # type: ignore[arg-type]
+        return None
+    return await queues.store_pending(session, queues.room_events(events))  # type: ignore[arg-type]
+
+
+async def test_transaction_and_event_ids_are_deduplicated(database_url: str) -> None:
     db = await _database(database_url)
     try:
         events = [{"room_id": "!a:x", "event_id": f"$e{i}", "type": "m.room.message"}
                   for i in range(3)]
         async with db.transaction() as session:
-            assert await queues.store_transaction(session, "t1", events) == {"!a:x"}
+            assert await _store(session, "t1", events) == {"!a:x"}
         async with db.transaction() as session:
-            assert await queues.store_transaction(session, "t1", events) is None
+            assert await _store(session, "t1", events) is None
         async with db.transaction() as session:  # same events, new transaction ID
             more = [
                 *events,
                 {"room_id": "!b:x", "event_id": "$new", "type": "m.room.message"},
                 {"type": "m.presence"},  # no room: not for the inbox
             ]
-            assert await queues.store_transaction(session, "t2", more) == {"!a:x", "!b:x"}
+            assert await _store(session, "t2", more) == {"!a:x", "!b:x"}
         async with db.sessions() as session:
             assert await queues.count_pending(session) == (4, 0)
             batch = await queues.next_inbox_batch(session, 10, room_id="!a:x")
@@ -126,7 +133,7 @@ async def test_old_history_is_pruned_but_pending_work_is_kept(database_url: str)
     db = await _database(database_url)
     try:
         async with db.transaction() as session:
-            await queues.store_transaction(session, "old", [
+            await _store(session, "old", [
                 {"room_id": "!a:x", "event_id": "$done"}, {"room_id": "!a:x", "event_id": "$p"}])
         async with db.transaction() as session:
             batch = await queues.next_inbox_batch(session, 1, room_id="!a:x")
@@ -135,7 +142,7 @@ async def test_old_history_is_pruned_but_pending_work_is_kept(database_url: str)
             await queues.prune_history(session, time.time() + 1)
         async with db.transaction() as session:
             # The transaction ID and the handled event are forgotten, the pending one is not.
-            assert await queues.store_transaction(session, "old", [
+            assert await _store(session, "old", [
                 {"room_id": "!a:x", "event_id": "$done"}]) == {"!a:x"}
         async with db.sessions() as session:
             pending = await queues.next_inbox_batch(session, 10, room_id="!a:x")

@@ -60,7 +60,6 @@ class InboxWorker:
         self.route = route
         self.on_enqueued = on_enqueued
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._skipped_delay = 0.005
@@ -77,7 +76,6 @@ class InboxWorker:
     def notify(self) -> None:
         """New events are committed; the drainer takes them in arrival order."""
         if not self._closing:
-            self._idle.clear()
             self._wake.set()
 
     async def _run(self) -> None:
@@ -100,8 +98,6 @@ class InboxWorker:
                 delay = 0.5
                 if not more:
                     break
-            if not self._wake.is_set():
-                self._idle.set()
 
     async def _handle_batch(self) -> bool:
         """Handle up to BATCH pending events in one DB transaction; True if more remain."""
@@ -206,10 +202,6 @@ class InboxWorker:
                     last_prune = time.time()
                 except Exception:
                     log.warning("pruning old queue history failed", exc_info=True)
-
-    async def drain_all(self) -> None:
-        """Wait until everything committed so far is handled (for tests and shutdown)."""
-        await self._idle.wait()
 
     async def stop(self) -> None:
         """Finish the batch in flight; unhandled events stay in the inbox for next time."""

@@ -87,12 +87,6 @@ async def clear_bounces(session: AsyncSession, room_id: str, address: str) -> No
         EmailSubscriber.bounces > 0).values(bounces=0, last_error=None))
 
 
-async def rooms_of_subscriber(session: AsyncSession, address: str) -> list[str]:
-    rows = await session.scalars(select(EmailSubscriber.room_id).where(
-        EmailSubscriber.address == address.lower()))
-    return list(rows)
-
-
 # --- threads -----------------------------------------------------------------------------
 
 
@@ -134,11 +128,6 @@ async def add_thread(session: AsyncSession, *, thread_key: str, room_id: str,
     await session.execute(insert_ignoring_conflicts(session, EmailThread).values(
         thread_key=thread_key, room_id=room_id, root_event_id=root_event_id,
         root_message_id=root_message_id, topic=topic, created_at=time.time()))
-
-
-async def set_thread_root(session: AsyncSession, thread_key: str, root_event_id: str) -> None:
-    await session.execute(update(EmailThread).where(EmailThread.thread_key == thread_key)
-                          .values(root_event_id=root_event_id))
 
 
 # --- link settings (the room's mail policy) ----------------------------------------------

@@ -69,20 +69,6 @@ def room_events(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             if isinstance(e.get("room_id"), str) and isinstance(e.get("event_id"), str)]
 
 
-async def store_transaction(
-    session: AsyncSession, txn_id: str, events: Sequence[dict[str, Any]]
-) -> set[str] | None:
-    """Record a transaction and put its room events into the inbox, in one DB transaction.
-
-    Returns the room IDs that got new work, or None when this transaction ID was seen before
-    (then nothing is stored). Events already in the inbox under the same event ID (the
-    homeserver re-sent them in a new transaction) are skipped.
-    """
-    if not await record_transaction_id(session, txn_id):
-        return None
-    return await store_pending(session, room_events(events))
-
-
 async def store_pending(session: AsyncSession, events: list[dict[str, Any]]) -> set[str]:
     now = time.time()
     rows = [

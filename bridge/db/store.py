@@ -32,10 +32,6 @@ def _link_info(row: Link) -> LinkInfo:
                     settings=json.loads(row.settings or "{}"))
 
 
-async def get_portal(session: AsyncSession, room_id: str) -> Portal | None:
-    return await session.get(Portal, room_id)
-
-
 @dataclass(slots=True)
 class PortalInfo:
     room_id: str
@@ -92,11 +88,6 @@ async def link_by_remote(session: AsyncSession, network: str, remote_id: str) ->
         select(Link).where(Link.network == network, Link.remote_id == remote_id)
     )
     return _link_info(row) if row else None
-
-
-async def links_of_network(session: AsyncSession, network: str) -> list[LinkInfo]:
-    rows = await session.scalars(select(Link).where(Link.network == network).order_by(Link.id))
-    return [_link_info(r) for r in rows]
 
 
 async def add_link(
