@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -78,6 +79,7 @@ def _alembic_config(connection: Connection | None = None) -> AlembicConfig:
     return cfg
 
 
+@functools.cache  # the migrations shipped with this process do not change while it runs
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 

@@ -512,9 +512,9 @@ class EmailConnector(Connector):
         recipients = [r for r in recipients if r.address != author]
 
         message_id = message_id_for(event_id, self.domain)
+        room_name = await self._room_name(room_id)
         if thread is None:  # a new topic: this message starts the mail thread
             first_line = (content.get("body") or "").strip().splitlines()[:1]
-            room_name = await self._room_name(room_id)
             topic = new_topic_subject(room_name, first_line[0] if first_line else None)
             thread = email_store.MailThread(thread_key=thread_key_for(event_id),
                                             room_id=room_id, root_event_id=event_id,
@@ -526,7 +526,7 @@ class EmailConnector(Connector):
             in_reply_to = f"<{thread.root_message_id}>"
         sender_name = await self._display_name(room_id, sender)
         mail = {
-            "localpart": localpart, "room_name": await self._room_name(room_id),
+            "localpart": localpart, "room_name": room_name,
             "sender_name": sender_name, "subject": subject,
             "message_id": message_id, "in_reply_to": in_reply_to,
             "references": [in_reply_to] if in_reply_to else [],

@@ -162,8 +162,9 @@ class AppserviceServer:
                 await session.execute(text("SELECT 1"))
                 inbox, outbox = await queues.count_pending(session)
             revision = await current_revision(self.bridge.db.engine)
-            checks["database"] = "ok" if revision == head_revision() else (
-                f"schema at {revision}, expected {head_revision()}")
+            head = head_revision()
+            checks["database"] = "ok" if revision == head else (
+                f"schema at {revision}, expected {head}")
             checks["queues"] = {"inbox": inbox, "outbox": outbox}
         except Exception as exc:
             checks["database"] = f"unreachable: {exc.__class__.__name__}"
