@@ -8,7 +8,7 @@ import time
 
 import aiohttp
 
-from bridge.config import Config, ConfigError
+from bridge.config import Config
 from bridge.core.connector import Connector
 from bridge.core.hub import Hub
 from bridge.core.inbox import InboxWorker
@@ -29,10 +29,9 @@ def build_connectors(config: Config) -> list[Connector]:
 
         connectors.append(EmailConnector(config))
     if config.slack.enabled:
-        # The Slack connector arrives with its own issue; until then an enabled section
-        # would silently bridge nothing, which is worse than refusing.
-        raise ConfigError("slack.enabled: the slack connector is not available in this "
-                          "version of the bridge yet; set it to false")
+        from bridge.slack.connector import SlackConnector
+
+        connectors.append(SlackConnector(config))
     return connectors
 
 

@@ -250,6 +250,9 @@ class SlackConfig(NetworkConfig):
     workspaces: list[SlackWorkspace] = Field(default_factory=list)
     events_api: EventsApiConfig = Field(default_factory=EventsApiConfig)
     backfill_limit: int = Field(default=50, ge=0, le=1000)
+    # Pace Web API calls to Slack's published per-method limits. Only turned off against a
+    # Slack simulator (benchmarks); Slack itself answers 429 to a bridge that does not pace.
+    rate_limits: bool = True
 
     @field_validator("api_url")
     @classmethod

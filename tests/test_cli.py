@@ -20,6 +20,8 @@ from tests.support.matrix_client import MatrixTestClient
 
 REPO = Path(__file__).resolve().parent.parent
 
+SLACK_WORKSPACES = "[{name: rathaus, bot_token: xoxb-1, app_token: xapp-1}]"
+
 
 def bridge_cmd(*args: str, env: dict[str, str] | None = None,
                cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -96,7 +98,8 @@ def test_generated_config_documents_every_key(generated: Path) -> None:
 def test_generate_registration(tmp_path: Path, generated: Path) -> None:
     registration = tmp_path / "registration.yaml"
     result = bridge_cmd("generate-registration", "-c", str(generated), "-r", str(registration),
-                        env={"BRIDGE_SLACK__ENABLED": "true"})
+                        env={"BRIDGE_SLACK__ENABLED": "true",
+                             "BRIDGE_SLACK__WORKSPACES": SLACK_WORKSPACES})
     assert result.returncode == 0, result.stderr
     reg = yaml.safe_load(registration.read_text())
     config = yaml.safe_load(generated.read_text())
@@ -131,7 +134,16 @@ def test_generate_registration(tmp_path: Path, generated: Path) -> None:
     ({"email": {"smtp_out": {"security": "ssl"}}},
      "email.smtp_out.security: must be 'none', 'starttls' or 'tls'"),
     ({"appservice": {"hs_token": "short"}}, "appservice.hs_token: must be set to a random"),
-    ({"slack": {"enabled": True, "puppet_prefix": "x_"},
+    ({"slack": {"enabled": True}}, "slack.workspaces: list at least one workspace"),
+    ({"slack": {"enabled": True, "workspaces": [{"name": "a", "bot_token": "xoxb-1"}]}},
+     "slack.workspaces.0: needs an app_token (Socket Mode) or a signing_secret"),
+    ({"slack": {"enabled": True, "workspaces": [{"name": "a", "bot_token": "xoxp-1",
+                                                 "app_token": "xapp-1"}]}},
+     "slack.workspaces.0.bot_token: must be the app's bot token (xoxb-...)"),
+    ({"slack": {"enabled": True, "api_url": "slack.com"}},
+     "slack.api_url: must be an http:// or https:// URL"),
+    ({"slack": {"enabled": True, "puppet_prefix": "x_",
+                "workspaces": [{"name": "a", "bot_token": "xoxb-1", "app_token": "xapp-1"}]},
       "email": {"enabled": True, "puppet_prefix": "x_mail_", "sender_auth": "none"}},
      "slack.puppet_prefix: 'x_' overlaps email.puppet_prefix 'x_mail_'"),
 ])

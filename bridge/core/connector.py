@@ -100,6 +100,9 @@ class Connector(ABC):
         Raise :class:`bridge.core.errors.CommandError` with a helpful sentence if not.
         """
 
+    async def on_linked(self, hub: Hub, link: LinkInfo) -> None:  # noqa: B027
+        """The room was just linked (bring in recent history, for example)."""
+
     async def on_unlinked(self, hub: Hub, link: LinkInfo) -> None:  # noqa: B027
         """The room was unlinked; release remote resources if any."""
 

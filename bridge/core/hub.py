@@ -75,6 +75,11 @@ class MatrixSide(Protocol):
 
     async def member_name(self, room_id: str, user_id: str) -> str | None: ...
 
+    async def member_profile(self, room_id: str,
+                             user_id: str) -> tuple[str | None, str | None]: ...
+
+    async def may_mention_room(self, room_id: str, user_id: str) -> bool: ...
+
     async def room_name(self, room_id: str) -> str | None: ...
 
     async def note_state(self, event: dict[str, Any]) -> None: ...
@@ -259,6 +264,16 @@ class Hub:
         """The display name ``user_id`` has in the room, if any."""
         assert self.matrix is not None
         return await self.matrix.member_name(room_id, user_id)
+
+    async def member_profile(self, room_id: str, user_id: str) -> tuple[str | None, str | None]:
+        """(display name, avatar mxc) ``user_id`` has in the room."""
+        assert self.matrix is not None
+        return await self.matrix.member_profile(room_id, user_id)
+
+    async def may_mention_room(self, room_id: str, user_id: str) -> bool:
+        """Do the room's power levels let ``user_id`` notify everyone (@room)?"""
+        assert self.matrix is not None
+        return await self.matrix.may_mention_room(room_id, user_id)
 
     async def room_name(self, room_id: str) -> str | None:
         assert self.matrix is not None

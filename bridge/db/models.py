@@ -223,3 +223,16 @@ class EmailThread(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (Index("ix_email_thread_root", "root_event_id"),)
+
+
+class SlackChannel(Base):
+    """How far a linked Slack channel has been bridged: catch-up after a restart or a lost
+    connection reads the channel from here on."""
+
+    __tablename__ = "slack_channel"
+
+    team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # The newest Slack ts (a "seconds.micros" string) bridged from this channel.
+    last_ts: Mapped[str] = mapped_column(String(32))
+    updated_at: Mapped[float] = mapped_column(Float)

@@ -237,3 +237,18 @@ async def claim_inbound_key(session: AsyncSession, network: str, key: str) -> bo
         )
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def delete_mappings_for_remote(session: AsyncSession, network: str, remote_space: str,
+                                     remote_id: str) -> None:
+    """Forget a remote item that is gone (a removed reaction can be added again later)."""
+    await session.execute(
+        delete(MessageMapping).where(MessageMapping.network == network,
+                                     MessageMapping.remote_space == remote_space,
+                                     MessageMapping.remote_id == remote_id))
+
+
+async def delete_mappings_for_event(session: AsyncSession, event_id: str, network: str) -> None:
+    await session.execute(
+        delete(MessageMapping).where(MessageMapping.event_id == event_id,
+                                     MessageMapping.network == network))

@@ -234,10 +234,13 @@ async def _link(bot: Bot, ctx: Context) -> str:
                            "another room; a remote conversation can be linked to one room only.")
     target = await connector.resolve_link(hub, ctx.room_id, remote_id, extra)
 
+    created: list[Any] = []
+
     async def write(session: Any) -> None:
         link = await store.add_link(session, room_id=ctx.room_id, network=network,
                                     remote_id=target.remote_id, remote_name=target.remote_name,
                                     created_by=ctx.sender, settings=target.settings)
+        created.append(link)
         await queues.enqueue(session, bridge_info_deliveries(hub, link, ctx.sender, target))
 
     try:
@@ -245,6 +248,7 @@ async def _link(bot: Bot, ctx: Context) -> str:
     except IntegrityError:
         raise CommandError("Someone linked this room or that conversation a moment ago; send "
                            f"`{hub.prefix} status` to see the links.") from None
+    await connector.on_linked(hub, created[0])
     name = f" ({target.remote_name})" if target.remote_name else ""
     reply = f"Linked this room to {connector.display_name} `{target.remote_id}`{name}."
     report = await bot.matrix.power_report(ctx.room_id)

@@ -107,13 +107,29 @@ class MatrixSide:
         return await self.bot_intent.download_media(ContentURI(mxc))
 
     async def member_name(self, room_id: str, user_id: str) -> str | None:
+        name, _ = await self.member_profile(room_id, user_id)
+        return name
+
+    async def member_profile(self, room_id: str, user_id: str) -> tuple[str | None, str | None]:
+        """(display name, avatar mxc) the user has in the room."""
         try:
             member = await self.bot_intent.get_state_event(
                 RoomID(room_id), EventType.ROOM_MEMBER, user_id)
         except MatrixRequestError:
-            return None
+            return None, None
         name = getattr(member, "displayname", None)
-        return str(name) if name else None
+        avatar = getattr(member, "avatar_url", None)
+        return (str(name) if name else None), (str(avatar) if avatar else None)
+
+    async def may_mention_room(self, room_id: str, user_id: str) -> bool:
+        """May ``user_id`` notify the whole room (@room), by the room's power levels?"""
+        try:
+            levels: PowerLevelStateEventContent = await self.bot_intent.get_power_levels(
+                RoomID(room_id))
+        except MatrixRequestError:
+            return False
+        needed = (levels.notifications.room if levels.notifications else None)
+        return levels.get_user_level(UserID(user_id)) >= (50 if needed is None else needed)
 
     async def room_name(self, room_id: str) -> str | None:
         try:
@@ -225,6 +241,13 @@ class MatrixSide:
             await intent.set_displayname(p["displayname"])
         if p.get("avatar_mxc"):
             await intent.set_avatar_url(p["avatar_mxc"])
+        return None
+
+    async def _deliver_puppet_join(self, d: Delivery, p: dict[str, Any]) -> None:
+        """A remote person joined the remote conversation: their puppet joins the room."""
+        intent = self.intent(p["user"])
+        await intent.ensure_registered()
+        await intent.ensure_joined(RoomID(d.room_id))
         return None
 
     async def _deliver_leave(self, d: Delivery, p: dict[str, Any]) -> None:

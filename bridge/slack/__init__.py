@@ -1,0 +1,1 @@
+"""The Slack connector: channels mirrored into Matrix rooms, both ways."""

@@ -1,0 +1,543 @@
+"""The Slack connector: linked channels mirrored into Matrix rooms, both ways.
+
+Inbound, each workspace's events arrive over Socket Mode or the Events API
+(:mod:`bridge.slack.receive`), are stored in the outbox under one lane per channel and
+acknowledged; the outbox then hands them back here, in order, to become Matrix events
+(:mod:`bridge.slack.inbound`). Outbound, relayed Matrix events become Web API calls
+(:mod:`bridge.slack.outbound`). After every (re)connection each linked channel is read from
+its last bridged message on, so nothing sent while the bridge was away is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bridge import metrics
+from bridge.config import Config, SlackConfig
+from bridge.core.connector import Connector, Health, LinkTarget
+from bridge.core.errors import CommandError, PermanentError, TemporaryError
+from bridge.db import queues, slack_store, store
+from bridge.db.queues import Delivery, NewDelivery
+from bridge.db.store import LinkInfo
+from bridge.slack.inbound import (
+    NETWORK,
+    POSTING_SUBTYPES,
+    SlackToMatrix,
+    message_key,
+    space_of,
+)
+from bridge.slack.outbound import MatrixToSlack, avatar_signature
+from bridge.slack.receive import EventsApiServer, Intake, SocketModeReceiver
+from bridge.slack.workspace import Workspace
+
+if TYPE_CHECKING:
+    from bridge.core.hub import Hub
+
+log = logging.getLogger("bridge.slack")
+
+# How far back catch-up looks for thread replies to older messages.
+THREAD_LOOKBACK_SECONDS = 24 * 3600
+CATCH_UP_MAX_MESSAGES = 1000
+
+
+@dataclass(slots=True)
+class Profile:
+    name: str
+    avatar_url: str | None
+
+
+class UserDirectory:
+    """Slack users by ID, looked up with users.info once and kept current by user_change."""
+
+    def __init__(self) -> None:
+        self._profiles: dict[tuple[str, str], Profile] = {}
+
+    def remember(self, ws: Workspace, user: dict[str, Any]) -> Profile:
+        profile = user.get("profile") or {}
+        name = (profile.get("display_name") or profile.get("real_name")
+                or user.get("real_name") or user.get("name") or str(user.get("id")))
+        avatar = next((profile[k] for k in ("image_512", "image_192", "image_72", "image_48")
+                       if profile.get(k)), None)
+        entry = Profile(str(name), str(avatar) if avatar else None)
+        self._profiles[(ws.team_id, str(user.get("id")))] = entry
+        return entry
+
+    async def get(self, ws: Workspace, user_id: str) -> Profile:
+        cached = self._profiles.get((ws.team_id, user_id))
+        if cached is not None:
+            return cached
+        data = await ws.call("users.info", user=user_id)
+        return self.remember(ws, data.get("user") or {"id": user_id})
+
+
+class SlackConnector(Connector):
+    network = NETWORK
+    display_name = "Slack"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config.slack.puppet_prefix, config.homeserver.domain)
+        self.config = config
+        self.settings: SlackConfig = config.slack
+        self.workspaces: list[Workspace] = []
+        self.users = UserDirectory()
+        self.inbound = SlackToMatrix(self)
+        self.outbound = MatrixToSlack(self)
+        self._hub: Hub | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._intakes: dict[str, Intake] = {}
+        self._sockets: list[SocketModeReceiver] = []
+        self._events_api: EventsApiServer | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._catch_up_tasks: dict[str, asyncio.Task[None]] = {}
+        self._channels: dict[tuple[str, str], dict[str, Any]] = {}
+        self._profiles: dict[tuple[str, str], tuple[str | None, str | None]] = {}
+        self._avatar_secret = config.appservice.as_token.encode()
+        self._avatars: dict[str, tuple[bytes, str]] = {}
+
+    @property
+    def hub(self) -> Hub:
+        assert self._hub is not None, "the Slack connector is not started"
+        return self._hub
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        assert self._http is not None, "the Slack connector is not started"
+        return self._http
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self, hub: Hub) -> None:
+        self._hub = hub
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120,
+                                                                         connect=10))
+        self.workspaces = [Workspace(w, self.settings.api_url, self._http,
+                                     rate_limits=self.settings.rate_limits)
+                           for w in self.settings.workspaces]
+        for ws in self.workspaces:
+            self._intakes[ws.name] = Intake(ws, self.store_events)
+            self._spawn(self._connect(ws), f"slack-connect-{ws.name}")
+        http_workspaces = [ws for ws in self.workspaces if not ws.socket_mode]
+        if http_workspaces:
+            api = self.settings.events_api
+            self._events_api = EventsApiServer(api.hostname, api.port, api.path,
+                                               http_workspaces, self._intakes)
+            await self._events_api.start()
+
+    async def _connect(self, ws: Workspace) -> None:
+        """Learn who we are in the workspace (retried while Slack is unreachable), then
+        start receiving."""
+        delay = 1.0
+        while True:
+            try:
+                await ws.identify()
+                break
+            except TemporaryError as exc:
+                ws.last_error = str(exc)
+                log.warning("Slack workspace %s not reachable (%s); retrying in %.0fs",
+                            ws.name, exc, delay)
+            except PermanentError as exc:
+                ws.last_error = f"{exc} {exc.hint or ''}".strip()
+                log.error("Slack workspace %s refused the bridge: %s", ws.name, ws.last_error)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60)
+        log.info("Slack workspace %s is team %s (%s); app user %s", ws.name, ws.team_id,
+                 ws.team_name, ws.bot_user_id)
+        self._intakes[ws.name].start()
+        if ws.socket_mode:
+            receiver = SocketModeReceiver(ws, self.settings.api_url, self._intakes[ws.name],
+                                          on_connected=lambda: self.schedule_catch_up(ws))
+            self._sockets.append(receiver)
+            await receiver.start()
+        else:
+            self.schedule_catch_up(ws)
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def stop(self) -> None:
+        for receiver in self._sockets:
+            await receiver.stop()
+        if self._events_api is not None:
+            await self._events_api.stop()
+        for task in [*self._tasks, *self._catch_up_tasks.values()]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._catch_up_tasks.values(),
+                             return_exceptions=True)
+        for intake in self._intakes.values():
+            await intake.stop()
+        if self._http is not None:
+            await self._http.close()
+
+    def health(self) -> Health:
+        problems = [f"{ws.name}: {ws.last_error}" for ws in self.workspaces if ws.last_error]
+        states = [f"{ws.name} ({ws.team_id or '?'}): "
+                  f"{'connected' if ws.connected else 'not connected'}"
+                  for ws in self.workspaces]
+        ok = not problems and all(ws.connected for ws in self.workspaces)
+        return Health(ok, "; ".join(states + problems) or "no workspaces")
+
+    # --- workspaces, channels, people ----------------------------------------------------
+
+    def workspace_named(self, name: str | None) -> Workspace:
+        ready = [ws for ws in self.workspaces if ws.team_id]
+        if name is None:
+            if len(self.workspaces) == 1 and ready:
+                return ready[0]
+            if not ready:
+                raise CommandError("Slack is not connected yet; try again in a moment "
+                                   f"(`{self.hub.prefix} status` shows why).")
+            raise CommandError("Several Slack workspaces are configured; name one: "
+                               + ", ".join(f"`{ws.name}`" for ws in self.workspaces))
+        for ws in self.workspaces:
+            if name in (ws.name, ws.team_id):
+                if not ws.team_id:
+                    raise CommandError(f"Slack workspace `{ws.name}` is not connected yet.")
+                return ws
+        raise CommandError(f"No Slack workspace `{name}`; configured: "
+                           + ", ".join(f"`{ws.name}`" for ws in self.workspaces))
+
+    def workspace_of_team(self, team_id: str) -> Workspace | None:
+        return next((ws for ws in self.workspaces if ws.team_id == team_id), None)
+
+    def workspace_for_link(self, link: LinkInfo) -> Workspace:
+        team = str(link.settings.get("team") or link.remote_id.split(":", 1)[0])
+        ws = self.workspace_of_team(team)
+        if ws is None:
+            raise TemporaryError(f"Slack workspace {team} is not connected")
+        return ws
+
+    async def channel_info(self, ws: Workspace, channel: str,
+                           fresh: bool = False) -> dict[str, Any]:
+        key = (ws.team_id, channel)
+        if fresh or key not in self._channels:
+            data = await ws.read("conversations.info", channel=channel)
+            self._channels[key] = data.get("channel") or {}
+        return self._channels[key]
+
+    async def channel_name(self, ws: Workspace, channel: str) -> str | None:
+        try:
+            info = await self.channel_info(ws, channel)
+        except (PermanentError, TemporaryError):
+            return None
+        name = info.get("name")
+        return str(name) if name else None
+
+    def linked_matrix_user(self, ws: Workspace, slack_user_id: str) -> str | None:
+        """A Matrix account the Slack user is known to be (no such links are made yet:
+        without double puppeting every Slack user is their puppet)."""
+        return None
+
+    def slack_user_of(self, ws: Workspace, matrix_user_id: str) -> str | None:
+        """The Slack user a puppet of this workspace stands for."""
+        localpart, _, server = matrix_user_id[1:].partition(":")
+        prefix = f"{self.puppet_prefix}{ws.team_id.lower()}_"
+        if server != self.homeserver_domain or not localpart.startswith(prefix):
+            return None
+        return localpart[len(prefix):].upper()
+
+    async def linked_channel_ids(self, ws: Workspace) -> dict[str, str]:
+        """Matrix room -> Slack channel, for the workspace's linked channels."""
+        async with self.hub.db.sessions() as session:
+            linked = await slack_store.linked_channels(session)
+        prefix = f"{ws.team_id}:"
+        return {room: remote.removeprefix(prefix) for remote, room in linked.items()
+                if remote.startswith(prefix)}
+
+    async def may_mention_room(self, room_id: str, sender: str) -> bool:
+        return await self.hub.may_mention_room(room_id, sender)
+
+    async def profile(self, room_id: str, user_id: str) -> tuple[str | None, str | None]:
+        key = (room_id, user_id)
+        if key not in self._profiles:
+            self._profiles[key] = await self.hub.member_profile(room_id, user_id)
+        return self._profiles[key]
+
+    def forget_profile(self, room_id: str, user_id: str) -> None:
+        self._profiles.pop((room_id, user_id), None)
+
+    async def download_private(self, ws: Workspace, url: str) -> bytes:
+        """A file of a Slack message: ``url_private`` needs the bot token."""
+        try:
+            async with self.http.get(
+                    url, headers={"Authorization": f"Bearer {ws.settings.bot_token}"}) as resp:
+                if resp.status in (429,) or resp.status >= 500:
+                    raise TemporaryError(f"Slack file download answered {resp.status}")
+                if resp.status != 200:
+                    raise PermanentError(f"Slack refused the file download ({resp.status})")
+                return await resp.read()
+        except aiohttp.ClientError as exc:
+            raise TemporaryError(f"Slack file download failed: {exc!r}") from exc
+
+    # --- avatars for Slack's icon_url ----------------------------------------------------
+
+    def avatar_url(self, mxc: str | None) -> str | None:
+        """A URL Slack can fetch the avatar from: the bridge serves it (homeserver media
+        need authentication), so only with ``bridge.public_url``."""
+        base = self.config.bridge.public_url
+        if not base or not mxc or not mxc.startswith("mxc://"):
+            return None
+        server_media = mxc.removeprefix("mxc://")
+        return (f"{base}/_bridge/slack/avatar/{server_media}"
+                f"?sig={avatar_signature(self._avatar_secret, mxc)}")
+
+    def http_routes(self) -> list[tuple[str, str, Any]]:
+        return [("GET", "/_bridge/slack/avatar/{server}/{media}", self._serve_avatar)]
+
+    async def _serve_avatar(self, request: web.Request) -> web.Response:
+        mxc = f"mxc://{request.match_info['server']}/{request.match_info['media']}"
+        if request.query.get("sig") != avatar_signature(self._avatar_secret, mxc):
+            return web.Response(status=404, text="No such avatar.")
+        if mxc not in self._avatars:
+            try:
+                data = await self.hub.download_media(mxc)
+            except Exception as exc:
+                log.info("could not read avatar %s: %r", mxc, exc)
+                return web.Response(status=502, text="The avatar could not be read.")
+            if len(self._avatars) > 500:
+                self._avatars.clear()
+            self._avatars[mxc] = (data, _image_type(data))
+        data, content_type = self._avatars[mxc]
+        return web.Response(body=data, content_type=content_type,
+                            headers={"Cache-Control": "public, max-age=86400"})
+
+    # --- inbound: store, then acknowledge ------------------------------------------------
+
+    async def store_events(self, ws: Workspace, payloads: list[dict[str, Any]]) -> None:
+        """Store a batch of Slack events in one transaction, each once (by its natural key),
+        in a lane per channel. Called by the intake before it acknowledges them."""
+        items: list[tuple[str, NewDelivery]] = []
+        spaces = {space_of(ws.team_id, c) for c in
+                  (self._channel_of(p.get("event") or {}) for p in payloads) if c}
+        async with self.hub.db.sessions() as session:
+            linked = await slack_store.linked_channels(session, spaces) if spaces else {}
+        for payload in payloads:
+            event = payload.get("event")
+            if not isinstance(event, dict):
+                continue
+            channel = self._channel_of(event)
+            room_id = linked.get(space_of(ws.team_id, channel)) if channel else None
+            if event.get("type") != "user_change" and room_id is None:
+                continue  # a channel that is not linked: nothing to do
+            key = self._event_key(ws, event, str(payload.get("event_id") or ""))
+            if key is None:
+                continue
+            items.append((key, NewDelivery(
+                network=NETWORK, room_id=room_id or "", kind="inbound",
+                payload={"team": ws.team_id, "event_id": payload.get("event_id"),
+                         "event": event},
+                lane=f"slack-in:{ws.team_id}:{channel or 'users'}")))
+        if not items:
+            return
+
+        async def write(session: AsyncSession) -> None:
+            fresh = [item for key, item in items
+                     if await store.claim_inbound_key(session, NETWORK, key)]
+            await queues.enqueue(session, fresh)
+
+        await self.hub.enqueue([], also=write)
+        metrics.EVENTS.labels(network=NETWORK, direction="in").inc(len(items))
+
+    @staticmethod
+    def _channel_of(event: dict[str, Any]) -> str | None:
+        channel = event.get("channel")
+        if isinstance(channel, dict):
+            channel = channel.get("id")
+        if not channel and isinstance(event.get("item"), dict):
+            channel = event["item"].get("channel")
+        return str(channel) if channel else None
+
+    @staticmethod
+    def _event_key(ws: Workspace, event: dict[str, Any], event_id: str) -> str | None:
+        """A new message is known by channel and ts (live and catch-up alike); anything
+        else by Slack's event_id, which its retries keep."""
+        channel = SlackConnector._channel_of(event)
+        if event.get("type") == "message" and event.get("subtype") in POSTING_SUBTYPES \
+                and event.get("ts") and channel:
+            return message_key(ws.team_id, channel, str(event["ts"]))
+        return event_id or None
+
+    # --- catch-up and backfill -----------------------------------------------------------
+
+    def schedule_catch_up(self, ws: Workspace) -> None:
+        """After a (re)connection: read every linked channel from where it was left."""
+        running = self._catch_up_tasks.get(ws.name)
+        if running is not None and not running.done():
+            running.cancel()
+        self._catch_up_tasks[ws.name] = asyncio.create_task(
+            self._catch_up(ws), name=f"slack-catch-up-{ws.name}")
+
+    async def _catch_up(self, ws: Workspace) -> None:
+        try:
+            channels = await self.linked_channel_ids(ws)
+            for room_id, channel in channels.items():
+                async with self.hub.db.sessions() as session:
+                    last = await slack_store.cursor(session, ws.team_id, channel)
+                await self._read_since(ws, room_id, channel, last)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("catch-up of Slack workspace %s failed; it runs again on the next "
+                          "connection", ws.name)
+
+    async def _read_since(self, ws: Workspace, room_id: str, channel: str,
+                          last: str | None) -> None:
+        if last is None:
+            return  # linked before any message: the backfill set no cursor; nothing to do
+        seconds, _ = slack_store.ts_key(last)
+        history = await ws.paginate("conversations.history", "messages",
+                                    limit=CATCH_UP_MAX_MESSAGES, channel=channel,
+                                    oldest=str(max(0, seconds - THREAD_LOOKBACK_SECONDS)))
+        last_key = slack_store.ts_key(last)
+        missed: list[dict[str, Any]] = []
+        for message in history:
+            if slack_store.ts_key(str(message.get("ts") or "0")) > last_key:
+                missed.append(message)
+            latest_reply = str(message.get("latest_reply") or "")
+            if message.get("reply_count") and latest_reply and \
+                    slack_store.ts_key(latest_reply) > last_key:
+                replies = await ws.paginate("conversations.replies", "messages",
+                                            limit=CATCH_UP_MAX_MESSAGES, channel=channel,
+                                            ts=str(message["ts"]), oldest=last)
+                missed += [r for r in replies if r.get("ts") != message.get("ts")
+                           and slack_store.ts_key(str(r.get("ts") or "0")) > last_key]
+        if missed:
+            log.info("catching up %d Slack message(s) of %s in %s", len(missed), channel,
+                     room_id)
+            await self._submit_messages(ws, channel, missed)
+
+    async def _submit_messages(self, ws: Workspace, channel: str,
+                               messages: list[dict[str, Any]]) -> None:
+        """Past messages, oldest first, through the same store as live events."""
+        messages = sorted(messages, key=lambda m: slack_store.ts_key(str(m.get("ts") or "0")))
+        payloads = [{"event_id": None, "event": {"type": "message", "channel": channel, **m}}
+                    for m in messages]
+        await self.store_events(ws, payloads)
+
+    async def on_linked(self, hub: Hub, link: LinkInfo) -> None:
+        ws = self.workspace_for_link(link)
+        channel = str(link.settings.get("channel"))
+        messages: list[dict[str, Any]] = []
+        if self.settings.backfill_limit:
+            try:
+                messages = await ws.paginate("conversations.history", "messages",
+                                             limit=self.settings.backfill_limit,
+                                             channel=channel)
+            except (TemporaryError, PermanentError) as exc:
+                log.warning("could not read the history of %s: %s", channel, exc)
+        newest = max((str(m["ts"]) for m in messages if m.get("ts")),
+                     key=slack_store.ts_key, default=f"{time.time():.6f}")
+
+        async def start_cursor(session: AsyncSession) -> None:
+            await slack_store.advance_cursor(session, ws.team_id, channel, newest)
+
+        await self.hub.enqueue([], also=start_cursor)
+        if messages:
+            await self._submit_messages(ws, channel, messages)
+
+    # --- links and commands --------------------------------------------------------------
+
+    async def resolve_link(self, hub: Hub, room_id: str, remote_id: str,
+                           args: list[str]) -> LinkTarget:
+        ws = self.workspace_named(args[0] if args else None)
+        channel = remote_id.strip().lstrip("#").upper()
+        if ":" in channel:
+            channel = channel.split(":", 1)[1]
+        try:
+            info = await self.channel_info(ws, channel, fresh=True)
+        except PermanentError as exc:
+            if "channel_not_found" in str(exc):
+                raise CommandError(
+                    f"Slack workspace `{ws.name}` has no channel `{remote_id}` that the app "
+                    f"can see. Give the channel ID (like C0123ABCD; `{hub.prefix} slack "
+                    "channels` lists them); for a private channel, first invite the app "
+                    "there in Slack.") from None
+            raise CommandError(f"Slack refused: {exc}") from None
+        except TemporaryError as exc:
+            raise CommandError(f"Slack is not reachable right now ({exc}); try again.") \
+                from None
+        if not info.get("is_member"):
+            if info.get("is_private"):
+                raise CommandError(f"The app is not in the private channel #{info.get('name')}"
+                                   "; invite it there in Slack first (/invite @<app>).")
+            try:
+                await ws.read("conversations.join", channel=channel)
+            except (PermanentError, TemporaryError) as exc:
+                raise CommandError(f"The app could not join #{info.get('name')}: {exc}") \
+                    from None
+        name = str(info.get("name") or channel)
+        url = f"{ws.team_url.rstrip('/')}/archives/{channel}" if ws.team_url else None
+        return LinkTarget(remote_id=space_of(ws.team_id, channel), remote_name=f"#{name}",
+                          settings={"team": ws.team_id, "channel": channel,
+                                    "workspace": ws.name},
+                          external_url=url)
+
+    def commands(self) -> dict[str, Any]:
+        return {"channels": self._cmd_channels}
+
+    async def _cmd_channels(self, hub: Hub, room_id: str, sender: str,
+                            args: list[str]) -> str:
+        workspaces = [self.workspace_named(args[0])] if args else \
+            [ws for ws in self.workspaces if ws.team_id]
+        if not workspaces:
+            raise CommandError("Slack is not connected yet; try again in a moment.")
+        async with hub.db.sessions() as session:
+            linked = await slack_store.linked_channels(session)
+        lines: list[str] = []
+        for ws in workspaces:
+            try:
+                channels = await ws.paginate("conversations.list", "channels", limit=1000,
+                                             types="public_channel,private_channel",
+                                             exclude_archived=True)
+            except (TemporaryError, PermanentError) as exc:
+                raise CommandError(f"Slack did not list the channels: {exc}") from None
+            lines.append(f"**{ws.name}** ({ws.team_name}, {ws.team_id}):")
+            for channel in sorted(channels, key=lambda c: str(c.get("name"))):
+                room = linked.get(space_of(ws.team_id, str(channel.get("id"))))
+                state = f"linked to {room}" if room else \
+                    ("not linked" if channel.get("is_member") else "not linked, app not in it")
+                lock = "🔒 " if channel.get("is_private") else ""
+                lines.append(f"- {lock}#{channel.get('name')} `{channel.get('id')}`: {state}")
+            if not channels:
+                lines.append("- no channels visible to the app")
+        lines.append(f"Link one here with `{hub.prefix} link slack <channel id>"
+                     f"{' <workspace>' if len(self.workspaces) > 1 else ''}`.")
+        return "\n".join(lines)
+
+    # --- the outbox hands work back ------------------------------------------------------
+
+    async def deliver(self, hub: Hub, delivery: Delivery, link: LinkInfo | None) -> str | None:
+        if delivery.kind == "inbound":
+            ws = self.workspace_of_team(str(delivery.payload.get("team")))
+            if ws is None:
+                raise TemporaryError("the Slack workspace is not connected yet")
+            started = time.perf_counter()
+            result = await self.inbound.handle(ws, delivery.room_id, delivery.payload)
+            metrics.HANDLING_SECONDS.labels(network=NETWORK, direction="in").observe(
+                time.perf_counter() - started)
+            return result
+        if link is None:
+            return None  # unlinked while the message waited
+        return await self.outbound.deliver(delivery, link)
+
+
+def _image_type(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if data[8:12] == b"WEBP":
+        return "image/webp"
+    return "application/octet-stream"
