@@ -255,6 +255,9 @@ class MatrixToSlack:
             await ws.call("reactions.add", channel=channel, timestamp=mapped.remote_id,
                           name=name)
         except PermanentError as exc:
+            if "invalid_name" in str(exc):
+                log.info("Slack has no emoji %s for the reaction %s", name, relates.get("key"))
+                return None
             if "already_reacted" not in str(exc):
                 raise
         key = f"{mapped.remote_id}/reaction/{ws.bot_user_id}/{name}"
