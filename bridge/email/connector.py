@@ -424,7 +424,8 @@ class EmailConnector(Connector):
         text = mail.text.strip()
         if mail.calendar:
             text = f"{text}\n\n{mail.calendar}".strip()
-        body_html = sanitize_html(mail.html, cid_map) if mail.html else \
+        # No HTML part, or one with nothing Matrix may show: the plain text.
+        body_html = (sanitize_html(mail.html, cid_map) if mail.html else "") or \
             "<br>".join(html.escape(line) for line in mail.text.strip().splitlines())
         if mail.calendar:
             body_html += "<pre>" + html.escape(mail.calendar) + "</pre>"
@@ -435,8 +436,10 @@ class EmailConnector(Connector):
         if mail.quoted_text:
             body_html += ("<details><summary>Quoted text</summary><pre>"
                           f"{html.escape(mail.quoted_text)}</pre></details>")
-        return {"msgtype": "m.text", "body": text or "(empty message)",
-                "format": "org.matrix.custom.html", "formatted_body": body_html}
+        content = {"msgtype": "m.text", "body": text.rstrip() or "(empty message)"}
+        if body_html:  # an empty formatted_body would show as an empty message
+            content |= {"format": "org.matrix.custom.html", "formatted_body": body_html}
+        return content
 
     async def _handle_bounce(self, mail: ParsedMail) -> None:
         bounce = mail.bounce

@@ -307,6 +307,9 @@ def _decode_rfc2047(text: str) -> str:
 def _clean_header_text(text: str, hint: str | None = None) -> str:
     text = _fix_surrogates(text, hint)
     text = re.sub(r"\r?\n[ \t]*", " ", text)  # unfold
+    # C1 controls are windows-1252 read as Latin-1 (the email package decodes an
+    # "=?iso-8859-1?Q?=96?=" from Outlook strictly): the same rule as for bodies.
+    text = text.translate(_LATIN1_TO_CP1252)
     return _CONTROL.sub("", text).strip()
 
 
@@ -2157,6 +2160,8 @@ def _walk(part: Message, ctx: _Collected, want: frozenset[str], depth: int = 0) 
         return
     if ctype in ("text/calendar", "application/ics"):
         summary = calendar_summary(_part_bytes(part))
+        if summary and summary in ctx.calendars:
+            return  # Google Calendar sends the invitation twice: an alternative and a file
         if summary:
             ctx.calendars.append(summary)
         _attach(part, ctx, inline=False)

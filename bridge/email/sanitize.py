@@ -247,6 +247,11 @@ def _inscriptis_text(source: str) -> str:
     for para in tree.iter("p"):
         if "MsoNormal" in (para.get("class") or ""):
             para.tag = "div"
+    for link in tree.iter("a"):
+        # Shown as [text](url) only where a reader can follow it, as in `sanitize_html`:
+        # "javascript:alert(1)", data: and relative links keep just their text.
+        if not (link.get("href") or "").strip().lower().startswith(_LINK_SCHEMES):
+            link.attrib.pop("href", None)
     return Inscriptis(tree, _TEXT_CONFIG).get_text()
 
 
