@@ -4,6 +4,7 @@ relay that staff's mailboxes sit behind."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -43,6 +44,14 @@ def email_settings(request: pytest.FixtureRequest) -> dict[str, object]:
 @pytest.fixture
 async def email_bridge(homeserver: Homeserver, database_url: str, sink: SmtpSink,
                        email_settings: dict[str, object]) -> AsyncIterator[EmailBridge]:
+    async with running_email_bridge(homeserver, database_url, sink, email_settings) as running:
+        yield running
+
+
+@asynccontextmanager
+async def running_email_bridge(homeserver: Homeserver, database_url: str, sink: SmtpSink,
+                               email_settings: dict[str, object]) -> AsyncIterator[EmailBridge]:
+    """The bridge of `email_bridge`, for fixtures of a wider scope (one bridge per module)."""
     smtp_port = free_port()
     config = homeserver.config(
         database_url,
