@@ -323,7 +323,7 @@ class SlackConnector(Connector):
             linked = await slack_store.linked_channels(session, spaces) if spaces else {}
         for payload in payloads:
             event = payload.get("event")
-            if not isinstance(event, dict):
+            if not isinstance(event, dict) or self._is_echo(ws, event):
                 continue
             channel = self._channel_of(event)
             room_id = linked.get(space_of(ws.team_id, channel)) if channel else None
@@ -347,6 +347,21 @@ class SlackConnector(Connector):
 
         await self.hub.enqueue([], also=write)
         metrics.EVENTS.labels(network=NETWORK, direction="in").inc(len(items))
+
+    @staticmethod
+    def _is_echo(ws: Workspace, event: dict[str, Any]) -> bool:
+        """Slack telling us about what we did for Matrix: not worth a database write."""
+        if event.get("type") == "message":
+            subtype = event.get("subtype")
+            if subtype == "message_changed":
+                return ws.is_own(event.get("message") or {})
+            if subtype == "message_deleted":
+                return ws.is_own(event.get("previous_message") or {})
+            return subtype in POSTING_SUBTYPES and ws.is_own(event)
+        if event.get("type") in ("reaction_added", "reaction_removed",
+                                 "member_joined_channel", "member_left_channel"):
+            return bool(ws.bot_user_id) and event.get("user") == ws.bot_user_id
+        return False
 
     @staticmethod
     def _channel_of(event: dict[str, Any]) -> str | None:

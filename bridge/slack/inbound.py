@@ -170,7 +170,11 @@ class SlackToMatrix:
             user = event.get("user") or {}
             if isinstance(user, dict) and user.get("id"):
                 self.connector.users.remember(ws, user)
-                await self.puppet(ws, str(user["id"]))
+                puppet = self.connector.puppet_user_id(f"{ws.team_id}_{user['id']}")
+                async with self.hub.db.sessions() as session:
+                    known = await store.get_puppet(session, puppet) is not None
+                if known:  # someone who never wrote in a linked channel needs no puppet
+                    await self.puppet(ws, str(user["id"]))
             return "profile"
         return None
 
