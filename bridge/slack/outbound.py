@@ -155,7 +155,9 @@ class MatrixToSlack:
                 name, _ = await self.connector.profile(room_id, user_id)
                 if name:
                     names[user_id] = name
-        channels = await self.connector.linked_channel_ids(ws)
+        # Room pills are rare: read the links only for a message that has one.
+        channels = await self.connector.linked_channel_ids(ws) \
+            if "matrix.to/#/!" in text or "matrix.to/#/%21" in text else {}
         return matrix_to_slack(body, formatted, _Resolver(users, names, channels))
 
     # --- messages ------------------------------------------------------------------------
