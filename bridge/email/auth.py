@@ -87,10 +87,13 @@ def check_dkim(raw: bytes, from_address: str, dnsfunc: DnsFunc | None = None) ->
     return AuthVerdict(False, f"no valid DKIM signature aligned with {from_domain}")
 
 
-def authenticate(mode: str, msg: EmailMessage, raw: bytes, from_address: str,
+def authenticate(mode: str, msg: EmailMessage | None, raw: bytes, from_address: str,
                  authserv_id: str, dnsfunc: DnsFunc | None = None) -> AuthVerdict:
+    """``msg`` (the header block) is only read for ``authentication_results``, ``raw`` (the
+    whole mail) only for ``verify``: the caller may leave out what the mode does not use."""
     if mode == "none":
         return AuthVerdict(True, "sender authentication is off (email.sender_auth: none)")
     if mode == "authentication_results":
+        assert msg is not None
         return check_authentication_results(msg, from_address, authserv_id)
     return check_dkim(raw, from_address, dnsfunc)

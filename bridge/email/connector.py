@@ -60,12 +60,12 @@ _ADDRESS = re.compile(r"^[^@\s<>\"]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 MEDIA_MSGTYPES = {"m.image": "image", "m.file": "file", "m.video": "video", "m.audio": "audio"}
 
 
-def _headers_of(raw: bytes) -> EmailMessage:
+def _headers_of(raw: bytes | bytearray) -> EmailMessage:
     """Only the header block: sender authentication needs no body, and parsing a 20 MB
     body a second time would cost hundreds of MB."""
     end = raw.find(b"\r\n\r\n")
     end = raw.find(b"\n\n") if end < 0 else end
-    header = raw if end < 0 else raw[:end + 2]
+    header = bytes(raw if end < 0 else raw[:end + 2])
     return message_from_bytes(header, policy=policy.default)  # type: ignore[return-value]
 
 
@@ -281,8 +281,13 @@ class EmailConnector(Connector):
 
     # --- inbound: a mail arrived over SMTP -----------------------------------------------
 
-    async def receive(self, raw: bytes, targets: list[Target], mail_from: str) -> str:
-        """Handle one mail for the accepted recipients; returns the SMTP answer."""
+    async def receive(self, raw: bytes | bytearray, targets: list[Target],
+                      mail_from: str) -> str:
+        """Handle one mail for the accepted recipients; returns the SMTP answer.
+
+        ``raw`` may be the bytearray the SMTP server collected the mail in: it is read, never
+        changed, and not copied (a big mail would take its size again).
+        """
         try:
             # Parsing a big mail takes a while; in a thread it does not stall the bridge.
             mail = await asyncio.to_thread(parse_message, raw)
@@ -300,8 +305,11 @@ class EmailConnector(Connector):
             return "250 2.0.0 Loop detected; dropped"
         if not mail.from_address or not _ADDRESS.match(mail.from_address):
             return "550 5.1.7 The message has no valid From address"
-        verdict = authenticate(self.settings.sender_auth, _headers_of(raw), raw,
-                               mail.from_address, self.settings.authserv_id)
+        mode = self.settings.sender_auth
+        verdict = authenticate(
+            mode, _headers_of(raw) if mode == "authentication_results" else None,
+            bytes(raw) if mode == "verify" else b"", mail.from_address,
+            self.settings.authserv_id)
         if not verdict.ok:
             log.warning("refused mail claiming to be from %s: %s", mail.from_address,
                         verdict.reason)
@@ -357,7 +365,7 @@ class EmailConnector(Connector):
                 return rooted[0].remote_id if rooted else ref
         return None
 
-    async def _post(self, target: Target, mail: ParsedMail, raw: bytes) -> bool:
+    async def _post(self, target: Target, mail: ParsedMail, raw: bytes | bytearray) -> bool:
         """Post the mail into the target's room; False if the sender may not write there.
 
         One read session before and one write transaction after the uploads, however many

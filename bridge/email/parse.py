@@ -1997,6 +1997,7 @@ def _part_bytes(part: Message) -> bytes:
     if cte not in ("", "7bit", "8bit", "binary", "base64", "quotedprintable"):
         # Misspelt encodings ("quoted printable", "base64;"): the email package would hand
         # back the encoded text, so decode what is recognisable ourselves.
+        _materialize(part)
         payload = part.get_payload()
         if isinstance(payload, str):
             encoded = payload.encode("utf-8", "surrogateescape")
@@ -2041,8 +2042,11 @@ def _base64_payload(part: Message) -> bytes | None:
     if str(part.get("content-transfer-encoding", "")).lower() != "base64":
         return None  # exactly get_payload's test
     try:
-        return binascii.a2b_base64(payload)
+        # A lazy payload is decoded from the mail itself (the same ASCII text).
+        return binascii.a2b_base64(payload.view if isinstance(payload, _Run) else payload)
     except (binascii.Error, ValueError):
+        if isinstance(payload, _Run):
+            part._payload = payload.text()  # type: ignore[attr-defined]  # for get_payload
         return None
 
 
@@ -2273,6 +2277,7 @@ def _inner_message(part: Message) -> Message | None:
             import base64
             import quopri
 
+            _materialize(message)
             encoded = message.as_bytes()
             raw = (base64.b64decode(encoded, validate=False) if cte == "base64"
                    else quopri.decodestring(encoded))
@@ -2453,11 +2458,18 @@ _BASE64_RUN = re.compile(rb"\n((?:[A-Za-z0-9+/=]++(?:\r\n|\n|\r)){1024,}+)")
 _RUN_SCAN_MIN = 256 * 1024  # bodies smaller than this are fed as they are
 
 
-def _parse_bytes(raw: bytes) -> EmailMessage:
+_LEADING_SPACE = re.compile(rb"[ \t\r\n]*")
+
+
+def _parse_bytes(raw: bytes | bytearray, lazy_runs: bool = False) -> EmailMessage:
+    """The mail as the email package parses it. With ``lazy_runs``, attachments' base64
+    payloads may be left as `_Run` (for parse_message, which reads them through
+    _part_bytes)."""
     # Leading blank lines or spaces would end the header block before it starts; an mbox
-    # "From " line is not a header either. (No copies of the mail: lstrip returns the same
-    # object when there is nothing to strip, the rest works with positions in it.)
-    data = raw.lstrip(b" \t\r\n")
+    # "From " line is not a header either. (No copies of the mail: the rest works with
+    # positions in it; lstrip would copy a bytearray even with nothing to strip.)
+    skip = _LEADING_SPACE.match(raw)
+    data = raw[skip.end():] if skip and skip.end() else raw
     mbox = _MBOX_FROM.match(data)
     start = mbox.end() if mbox else 0
     # Quoting a boundary adds quote marks inside one line (`_quote_boundaries`), so the
@@ -2465,7 +2477,7 @@ def _parse_bytes(raw: bytes) -> EmailMessage:
     end = min((i for i in (data.find(b"\n\n", start), data.find(b"\n\r\n", start)) if i >= 0),
               default=len(data))
     header = _repair_header_block(b"".join(_quote_boundaries(data, start, end)))
-    single = _parse_single_part(data, header, end)
+    single = _parse_single_part(data, header, end, lazy_runs)
     if single is not None:
         return single
     parser = BytesFeedParser(policy=policy.default)
@@ -2485,7 +2497,7 @@ def _parse_bytes(raw: bytes) -> EmailMessage:
     _feed(parser, _quote_boundaries(data, pos, len(data)))
     msg = parser.close()
     if marker is not None and runs:
-        _restore_runs(msg, data, marker, runs)
+        _restore_runs(msg, data, marker, runs, lazy_runs)
     assert isinstance(msg, EmailMessage)
     return msg
 
@@ -2498,7 +2510,8 @@ _LINE_BREAK = re.compile(rb"\r\n|\r|\n")  # the parser's (universal newlines)
 _MAYBE_COMPOUND = re.compile(rb"content-type\s*:\s*\"?(?:multipart|message)", re.IGNORECASE)
 
 
-def _parse_single_part(data: bytes, header: bytes, end: int) -> EmailMessage | None:
+def _parse_single_part(data: bytes | bytearray, header: bytes, end: int,
+                       lazy: bool = False) -> EmailMessage | None:
     """The mail parsed without putting its body through the parser line by line, where it
     is not a multipart or message/*: the parser then makes the whole rest the payload, as it
     is. None where that is not certain (and for the others).
@@ -2519,20 +2532,27 @@ def _parse_single_part(data: bytes, header: bytes, end: int) -> EmailMessage | N
                                                         headersonly=True)
     if msg.get_content_maintype() in ("multipart", "message"):
         return None
+    head = getattr(msg, "_payload", None)
+    payload: str
     if next(_boundary_matches(data, body, len(data)), None) is None:
-        payload = str(memoryview(data)[body:], "ascii", "surrogateescape")
+        view = memoryview(data)[body:]
+        if lazy and not head and _lazy_leaf(msg) and view.nbytes >= _RUN_SCAN_MIN and \
+                data.isascii():
+            payload = _Run("", view)  # a whole-mail attachment (scanners send them)
+        else:
+            payload = str(view, "ascii", "surrogateescape")
     else:
         payload = b"".join(_quote_boundaries(data, body, len(data))).decode(
             "ascii", "surrogateescape")
     # After what the parser has put there itself: a last header line "From …" goes back to
     # the body.
-    head = getattr(msg, "_payload", None)
-    msg.set_payload(head + payload if isinstance(head, str) else payload)
+    msg.set_payload(head + payload if isinstance(head, str) and head else payload)
     assert isinstance(msg, EmailMessage)
     return msg
 
 
-def _quote_boundaries(data: bytes, start: int, end: int) -> Iterator[bytes]:
+def _quote_boundaries(data: bytes | bytearray, start: int,
+                      end: int) -> Iterator[bytes | bytearray]:
     """data[start:end] in pieces, with unquoted boundaries quoted.
 
     Unquoted boundaries with "=" in them (Outlook Express: boundary=----=_NextPart_…) defeat
@@ -2553,7 +2573,8 @@ def _quote_boundaries(data: bytes, start: int, end: int) -> Iterator[bytes]:
 _BOUNDARY_LINE = re.compile(rb"\n(?=[cC \t])")
 
 
-def _boundary_matches(data: bytes, start: int, end: int) -> Iterator[re.Match[bytes]]:
+def _boundary_matches(data: bytes | bytearray, start: int,
+                      end: int) -> Iterator[re.Match[bytes]]:
     """``_UNQUOTED_BOUNDARY.finditer(data, start, end)``: each match lies within a line
     that starts with one."""
     pos = start
@@ -2568,17 +2589,17 @@ def _boundary_matches(data: bytes, start: int, end: int) -> Iterator[re.Match[by
             pos = match.end()
 
 
-def _slices(data: bytes, start: int, end: int) -> Iterator[bytes]:
+def _slices(data: bytes | bytearray, start: int, end: int) -> Iterator[bytes | bytearray]:
     for at in range(start, end, _FEED_CHUNK):
         yield data[at:min(at + _FEED_CHUNK, end)]
 
 
-def _feed(parser: BytesFeedParser, pieces: Iterator[bytes]) -> None:
+def _feed(parser: BytesFeedParser, pieces: Iterator[bytes | bytearray]) -> None:
     for piece in pieces:
         parser.feed(piece)
 
 
-def _run_marker(data: bytes) -> str:
+def _run_marker(data: bytes | bytearray) -> str:
     """A placeholder prefix that the mail does not contain."""
     number = 0
     while f"Xb64run{number}X".encode("ascii") in data:
@@ -2586,9 +2607,49 @@ def _run_marker(data: bytes) -> str:
     return f"Xb64run{number}X"
 
 
-def _restore_runs(msg: Message, data: bytes, marker: str,
-                  runs: dict[str, tuple[int, int]]) -> None:
-    """Put the base64 runs back in place of their placeholders."""
+class _Run(str):
+    """The base64 payload of an attachment, left in the mail instead of copied out of it.
+
+    Its text is the placeholder the parser saw; :func:`_base64_payload` decodes the run
+    straight from the mail (a 20 MB attachment is 27 MB of base64 text, which need not
+    exist as a str next to the decoded bytes), and :func:`_materialize` turns it into the
+    real payload text wherever the text itself is needed.
+    """
+
+    view: memoryview
+
+    def __new__(cls, placeholder: str, view: memoryview) -> _Run:
+        run = super().__new__(cls, placeholder)
+        run.view = view
+        return run
+
+    def text(self) -> str:
+        return str(self.view, "ascii")
+
+
+def _materialize(msg: Message) -> None:
+    """Every lazy payload (`_Run`) in the tree as its text."""
+    parts = [msg]
+    while parts:
+        part = parts.pop()
+        payload = getattr(part, "_payload", None)
+        if isinstance(payload, list):
+            parts.extend(p for p in payload if isinstance(p, Message))
+        elif isinstance(payload, _Run):
+            part._payload = payload.text()  # type: ignore[attr-defined]
+
+
+def _lazy_leaf(part: Message) -> bool:
+    """Only an attachment's payload is left lazy: base64 as get_payload decodes it, and a
+    type that the parser reads only through _part_bytes (no text, no message, no parts)."""
+    return (str(part.get("content-transfer-encoding", "")).lower() == "base64"
+            and part.get_content_maintype() not in ("text", "message", "multipart"))
+
+
+def _restore_runs(msg: Message, data: bytes | bytearray, marker: str,
+                  runs: dict[str, tuple[int, int]], lazy: bool = False) -> None:
+    """Put the base64 runs back in place of their placeholders (with ``lazy``, a payload
+    of an attachment that is one run as a `_Run`)."""
     view = memoryview(data)
     placeholder = re.compile(re.escape(marker) + r"\d+")
 
@@ -2615,7 +2676,10 @@ def _restore_runs(msg: Message, data: bytes, marker: str,
                 first, last = runs[whole.group(0)]
                 rest = value[whole.end():].encode("ascii", "surrogateescape")
                 if data[last:last + len(rest)] == rest:
-                    setattr(part, name, str(view[first:last + len(rest)], "ascii"))
+                    if lazy and name == "_payload" and _lazy_leaf(part):
+                        setattr(part, name, _Run(value, view[first:last + len(rest)]))
+                    else:
+                        setattr(part, name, str(view[first:last + len(rest)], "ascii"))
                     continue
             setattr(part, name, placeholder.sub(text, value))
 
@@ -2635,13 +2699,14 @@ def _repair_header_block(block: bytes) -> bytes:
     return b"\n".join(lines)
 
 
-def parse_message(raw: bytes) -> ParsedMail:
+def parse_message(raw: bytes | bytearray) -> ParsedMail:
     """Parse a raw RFC 5322 message; raises only `MalformedMail`."""
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise MalformedMail("a mail is bytes")
-    raw = bytes(raw)
+    if isinstance(raw, memoryview):
+        raw = bytes(raw)  # (a bytearray is read as it is: copying a big mail costs its size)
     try:
-        msg = _parse_bytes(raw)
+        msg = _parse_bytes(raw, lazy_runs=True)
         names = {str(key).lower() for key in msg}
     except Exception as exc:
         raise MalformedMail(f"unparseable: {exc}") from exc
