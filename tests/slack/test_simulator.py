@@ -1119,6 +1119,30 @@ async def test_human_endpoint_posts_as_a_person(sim: SlackSimulator, rathaus: Te
     assert state["teams"][0]["id"] == TEAM_ID
 
 
+async def test_messages_endpoint_shows_a_channel_as_people_read_it(
+        sim: SlackSimulator, rathaus: Team, web_client: AsyncWebClient) -> None:
+    root = await sim.post_message(rathaus, BAUAMT, ANNA, text="Wer kommt *morgen*?")
+    await sim.post_message(rathaus, BAUAMT, BERND, text="Ich", thread_ts=root)
+    await web_client.chat_postMessage(channel=BAUAMT, text="Ich auch", username="Erika (Matrix)")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{sim.base_url}_sim/messages",
+                            params={"team": "rathaus", "channel": "bauamt"}) as response:
+            assert response.status == 200
+            listed = await response.json()
+        async with http.get(f"{sim.base_url}_sim/messages",
+                            params={"channel": BAUAMT, "limit": "1"}) as response:
+            last = await response.json()
+        async with http.get(f"{sim.base_url}_sim/messages",
+                            params={"channel": "nirgends"}) as response:
+            assert response.status == 400 and "nirgends" in (await response.json())["error"]
+    assert listed["channel"] == BAUAMT and listed["channel_name"] == "bauamt"
+    assert [(m["from"], m["text"]) for m in listed["messages"]] == [
+        ("Anna", "Wer kommt *morgen*?"), ("Erika (Matrix)", "Ich auch")]
+    assert [(r["from"], r["text"]) for r in listed["messages"][0]["replies"]] == [("Bernd Ott",
+                                                                                    "Ich")]
+    assert [m["text"] for m in last["messages"]] == ["Ich auch"]
+
+
 async def test_many_messages_per_second(sim: SlackSimulator, rathaus: Team) -> None:
     """A smoke test of the hot path, not a benchmark: 600 posts, all events acked."""
     async with SocketApp(sim, rathaus) as app, aiohttp.ClientSession() as session:

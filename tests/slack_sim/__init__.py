@@ -20,7 +20,12 @@ A person can then write into a channel with one line (ids or names both work):
 
     curl 'http://127.0.0.1:8790/_sim/post?team=rathaus&channel=bauamt&user=anna&text=Hallo'
 
-and GET /_sim/state lists teams, users and channels. See simulator.py for the whole API.
+GET /_sim/state lists teams, users and channels, and what was said in a channel (the app's
+posts included, under the name they were posted with) is one more line:
+
+    curl 'http://127.0.0.1:8790/_sim/messages?team=rathaus&channel=bauamt'
+
+See simulator.py for the whole API.
 """
 
 from tests.slack_sim.events import sign

@@ -11,6 +11,8 @@ Mode websocket, and /_sim/ endpoints for people poking at a demo.
     /_sim/post                         a person posts: JSON body or query string
                                        {team, channel, user, text[, thread_ts]}
     /_sim/state                        teams, users and channels as JSON
+    /_sim/messages                     a channel's latest messages, as people read them:
+                                       ?team=...&channel=...[&limit=20] (read-only)
 """
 
 from __future__ import annotations
@@ -167,6 +169,12 @@ def build_app(sim: SlackSimulator) -> web.Application:
     async def state(request: web.Request) -> web.Response:
         return _json(sim.describe())
 
+    async def messages(request: web.Request) -> web.Response:
+        try:
+            return _json(sim.transcript(dict(request.query)))
+        except SimulatorError as exc:
+            return _json({"ok": False, "error": str(exc)}, 400)
+
     app.router.add_route("*", "/api/{method}", api)
     app.router.add_post("/upload/v1/{key}", upload)
     app.router.add_get("/files-pri/{ref}/{download:download}/{name}", file_private)
@@ -177,4 +185,5 @@ def build_app(sim: SlackSimulator) -> web.Application:
     app.router.add_get("/link/", link)
     app.router.add_route("*", "/_sim/post", human_post)
     app.router.add_get("/_sim/state", state)
+    app.router.add_get("/_sim/messages", messages)
     return app

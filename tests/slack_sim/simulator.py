@@ -862,6 +862,51 @@ class SlackSimulator:
                                      thread_ts=params.get("thread_ts") or None)
         return {"ok": True, "team": team.id, "channel": channel.id, "user": user.id, "ts": ts}
 
+    def transcript(self, params: dict[str, str]) -> JsonDict:
+        """GET /_sim/messages: {"team"?, "channel", "limit"?} by id or name: the channel's
+        latest top-level messages (default 20), oldest first, as a person reads them: who
+        wrote it (a person's name, or the name an app posted under), the text, and a
+        thread's replies under its parent. Read-only."""
+        team = self.team(params.get("team") or next(iter(self.teams)))
+        channel = team.find_channel(params.get("channel", ""))
+        if channel is None:
+            raise SimulatorError(f"no channel {params.get('channel')!r} in {team.id}")
+        try:
+            limit = int(params.get("limit") or 20)
+        except ValueError:
+            raise SimulatorError(f"limit {params.get('limit')!r} is not a number") from None
+        if limit < 1:
+            raise SimulatorError("limit must be at least 1")
+
+        def entry(message: JsonDict) -> JsonDict:
+            user = team.users.get(str(message.get("user") or ""))
+            author = (message.get("username") if message.get("bot_id") else None) or (
+                (user.display_name or user.real_name or user.name) if user else None)
+            out: JsonDict = {"ts": message.get("ts"),
+                             "from": author or message.get("bot_id") or "?",
+                             "text": message.get("text", "")}
+            for key in ("user", "subtype"):
+                if message.get(key):
+                    out[key] = message[key]
+            if message.get("files"):
+                out["files"] = [f.get("name") for f in message["files"]]
+            if message.get("reactions"):
+                out["reactions"] = {r["name"]: r["count"] for r in message["reactions"]}
+            if message.get("edited"):
+                out["edited"] = True
+            return out
+
+        listed = []
+        for message in channel.history()[-limit:]:
+            item = entry(message)
+            if message.get("thread_ts") in (None, message.get("ts")):
+                thread = channel.thread(str(message.get("ts")))
+                if thread is not None and thread[1]:
+                    item["replies"] = [entry(reply) for reply in thread[1]]
+            listed.append(item)
+        return {"ok": True, "team": team.id, "channel": channel.id,
+                "channel_name": channel.name, "messages": copy.deepcopy(listed)}
+
     def describe(self) -> JsonDict:
         """GET /_sim/state: teams, channels and users, for a human poking at a demo."""
         return {"teams": [{
