@@ -5,16 +5,21 @@ What it does, each step a function below:
 1. recreate ``demo/`` at the repo root (git-ignored);
 2. generate the bridge config and registration with the real ``bridge`` CLI, keeping the
    embedded SQLite database (``demo/bridge.db``), and start Synapse with that registration;
-3. start ``bridge run`` as a subprocess, wait for ``/_bridge/health``, run ``bridge check``;
+3. start the mail sink and the Slack simulator (tests/slack_sim, standing in for Slack: a
+   workspace "demo" with Anna and Ben in #bauamt), then ``bridge run`` as a subprocess
+   (Socket Mode to the simulator), wait for ``/_bridge/health``, run ``bridge check``;
 4. as ``@admin:demo.test``: chat with the bot directly (``help``) and in a group room
    (``!bridge status``), printing the exchanges as a transcript;
 5. email in that group room: give it an address, subscribe a colleague, show a room message
    land in her mailbox (a small SMTP sink the demo runs writes ``demo/mailbox/``) and her
    mail, sent over real SMTP, appear in the room as her puppet;
-6. print how to go on by hand (including a one-line command that mails the room), and keep
-   everything running until Ctrl-C.
+6. Slack in the same room: link it to #bauamt, show Anna's Slack message appear as her
+   puppet (and go on to the colleague on email: the room is the hub) and a room message
+   reach the Slack channel;
+7. print how to go on by hand (including one-line commands that mail the room and post into
+   the Slack channel), and keep everything running until Ctrl-C.
 
-``--once`` stops after step 5 (for CI smoke checks). Exit code 0 on success, 1 with a clear
+``--once`` stops after step 6 (for CI smoke checks). Exit code 0 on success, 1 with a clear
 message if a step fails, 130 if interrupted before the demo was ready.
 """
 
@@ -35,14 +40,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 from urllib.parse import quote
 
 import yaml
@@ -53,6 +58,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.slack_sim import SlackSimulator, Team  # noqa: E402
 from tests.support.matrix_client import MatrixTestClient  # noqa: E402
 from tests.support.synapse import SynapseServer, SynapseStartError, free_port  # noqa: E402
 
@@ -71,6 +77,17 @@ COLLEAGUE_ADDRESS = "erika@stadt.example"  # a member of staff who works by emai
 COLLEAGUE_NAME = "Erika Mustermann"
 MAILBOX = DEMO / "mailbox"  # the demo's SMTP sink: <recipient>/<timestamp>-<n>.eml
 MAIL_TIMEOUT = 15.0  # mail goes through the outbox in well under a second
+# The Slack simulator's workspace: team "demo", two people, one channel the app is in.
+SLACK_TEAM_ID = "T0DEMO"
+SLACK_TEAM = "demo"
+SLACK_BOT_TOKEN = "xoxb-demo-bot-token"
+SLACK_APP_TOKEN = "xapp-demo-app-token"  # with an app token the bridge uses Socket Mode
+SLACK_CHANNEL_ID = "C0BAUAMT"
+SLACK_CHANNEL = "bauamt"
+SLACK_PEOPLE = [("U0ANNA", "anna", "Anna Schmidt", "Anna"), ("U0BEN", "ben", "Ben Weber", "")]
+SLACK_TIMEOUT = 15.0  # a message crosses in well under a second
+
+T = TypeVar("T")
 
 
 class DemoError(Exception):
@@ -85,6 +102,7 @@ class Demo:
     bridge_port: int = field(default_factory=free_port)
     smtp_in_port: int = field(default_factory=free_port)  # the bridge receives mail here
     sink_port: int = field(default_factory=free_port)  # ... and sends it to the sink here
+    slack_port: int = field(default_factory=free_port)  # the Slack simulator
     config_path: Path = DEMO / "config.yaml"
     registration_path: Path = DEMO / "registration.yaml"
     bridge_log_path: Path = DEMO / "bridge.log"
@@ -92,6 +110,7 @@ class Demo:
     bridge: subprocess.Popen[bytes] | None = None
     bridge_log: IO[bytes] | None = None
     sink: MailSink | None = None
+    slack: SlackSide | None = None
     bot_mxid: str = ""
     dm_room: str = ""
     group_room: str = ""
@@ -103,6 +122,10 @@ class Demo:
     @property
     def health_url(self) -> str:
         return f"http://127.0.0.1:{self.bridge_port}/_bridge/health"
+
+    @property
+    def slack_url(self) -> str:
+        return f"http://127.0.0.1:{self.slack_port}"
 
 
 # --- output ------------------------------------------------------------------------------
@@ -250,6 +273,12 @@ def write_config(demo: Demo) -> None:
         ("email", "smtp_in", "port"): demo.smtp_in_port,
         ("email", "smtp_out", "host"): "127.0.0.1",
         ("email", "smtp_out", "port"): demo.sink_port,
+        # Slack: the simulator's Web API; the app token means Socket Mode (the bridge
+        # connects out, as it would to Slack, with no public URL).
+        ("slack", "enabled"): True,
+        ("slack", "api_url"): f"{demo.slack_url}/api/",
+        ("slack", "workspaces"): [{"name": SLACK_TEAM, "bot_token": SLACK_BOT_TOKEN,
+                                   "app_token": SLACK_APP_TOKEN}],
     }
     original = demo.config_path.read_text()
     edited = _set_yaml_keys(original, values)
@@ -268,6 +297,8 @@ def write_config(demo: Demo) -> None:
         f"127.0.0.1:{demo.sink_port}")
     say("email.sender_auth: none -- trusts the From header; for this demo only, never in "
         "production (see the comment in the config)")
+    say(f"slack on: workspace {SLACK_TEAM!r} in Socket Mode, Web API {demo.slack_url}/api/ "
+        "(the Slack simulator, standing in for slack.com)")
     say(run_cli("generate-registration", "-c", rel(demo.config_path),
                 "-r", rel(demo.registration_path)))
     demo.bot_mxid = f"@{data['appservice']['bot_username']}:{SERVER_NAME}"
@@ -286,7 +317,7 @@ def start_synapse(demo: Demo) -> None:
         f"(log: {rel(demo.synapse.log_path)})")
 
 
-# --- step 3: staff's mailboxes, then the bridge --------------------------------------------
+# --- step 3: staff's mailboxes, Slack, then the bridge --------------------------------------
 
 
 class MailSink:
@@ -374,6 +405,91 @@ def start_mail_sink(demo: Demo) -> None:
     demo.sink.start()
     say(f"mail sink (staff's mailboxes) listening on 127.0.0.1:{demo.sink_port}; "
         f"every mail it receives is a file in {rel(MAILBOX)}/<recipient>/")
+
+
+class SlackSide:
+    """Slack, as far as the demo is concerned: the simulator of tests/slack_sim (Web API,
+    Socket Mode, and /_sim/ endpoints for people), with a workspace "demo" where Anna and Ben
+    are in #bauamt and so is the app's bot user.
+
+    Like the mail sink it runs in an event loop on a thread of its own, so that it keeps
+    answering the bridge while the main thread waits. :meth:`run` hands it work from the
+    demo's main loop.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sim: SlackSimulator | None = None
+        self.team: Team | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+
+    def start(self) -> None:
+        ready = threading.Event()
+        failed: list[BaseException] = []
+        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(ready, failed),),
+                                        name="slack-simulator", daemon=True)
+        self._thread.start()
+        if not ready.wait(10) or failed:
+            reason = failed[0] if failed else "no answer within 10 s"
+            raise DemoError(f"the Slack simulator could not listen on 127.0.0.1:{self.port}: "
+                            f"{reason}")
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        if self._loop is not None and self._stopping is not None:
+            with suppress(RuntimeError):  # the loop has already ended
+                self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(10)
+        self._thread = None
+
+    async def _serve(self, ready: threading.Event, failed: list[BaseException]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        sim = SlackSimulator(host="127.0.0.1", port=self.port)
+        try:
+            await sim.start()
+        except OSError as exc:
+            failed.append(exc)
+            ready.set()
+            await sim.stop()
+            return
+        try:
+            team = sim.add_team(team_id=SLACK_TEAM_ID, name=SLACK_TEAM,
+                                bot_token=SLACK_BOT_TOKEN, app_token=SLACK_APP_TOKEN,
+                                bot_name="matrix-bridge")
+            for user_id, name, real_name, display_name in SLACK_PEOPLE:
+                sim.add_user(team, user_id, name=name, real_name=real_name,
+                             display_name=display_name)
+            sim.add_channel(team, SLACK_CHANNEL_ID, name=SLACK_CHANNEL,
+                            topic="Bauanträge und Pläne",
+                            members=[*(p[0] for p in SLACK_PEOPLE), team.bot_user_id])
+            self.sim, self.team = sim, team
+            ready.set()
+            await self._stopping.wait()
+        finally:
+            await sim.stop()
+
+    async def run(self, work: Callable[[SlackSimulator, Team], Awaitable[T]]) -> T:
+        """Run ``work`` in the simulator's loop (its state is not to be touched from
+        another thread) and wait for its result."""
+        assert self._loop is not None and self.sim is not None and self.team is not None
+        future = asyncio.run_coroutine_threadsafe(work(self.sim, self.team), self._loop)
+        return await asyncio.wrap_future(future)
+
+
+def start_slack(demo: Demo) -> None:
+    demo.slack = SlackSide(demo.slack_port)
+    demo.slack.start()
+    people = ", ".join(f"{real} ({name})" for _, name, real, _ in SLACK_PEOPLE)
+    say(f"Slack simulator at {demo.slack_url} (Web API {demo.slack_url}/api/, Socket Mode): "
+        f"workspace {SLACK_TEAM!r}, #{SLACK_CHANNEL} ({SLACK_CHANNEL_ID}) with {people}")
 
 
 
@@ -471,11 +587,11 @@ async def _open_room(demo: Demo, client: MatrixTestClient, *, direct: bool) -> s
     return room_id
 
 
-async def _command(demo: Demo, client: MatrixTestClient, room_id: str, text: str) -> None:
+async def _command(demo: Demo, client: MatrixTestClient, room_id: str, text: str) -> str:
     chat_line(ADMIN_LOCALPART, text)
     event_id = await client.send_text(room_id, text)
-    await _wait_for_bot(demo, client, room_id, f"the answer to `{text}`",
-                        _bot_notice(demo.bot_mxid, reply_to=event_id))
+    return await _wait_for_bot(demo, client, room_id, f"the answer to `{text}`",
+                               _bot_notice(demo.bot_mxid, reply_to=event_id))
 
 
 async def talk_to_bot(demo: Demo) -> None:
@@ -495,6 +611,7 @@ async def talk_to_bot(demo: Demo) -> None:
         await _command(demo, client, demo.group_room, "!bridge status")
 
         await show_email(demo, client)
+        await show_slack(demo, client)
     finally:
         await client.close()
 
@@ -606,7 +723,81 @@ async def show_email(demo: Demo, client: MatrixTestClient) -> None:
         f"{time.monotonic() - started:.2f} s)")
 
 
-# --- step 6: over to the user -------------------------------------------------------------
+# --- step 6: Slack ---------------------------------------------------------------------------
+
+
+async def _slack_messages(demo: Demo) -> list[dict[str, Any]]:
+    """#bauamt as people in Slack read it (the simulator's /_sim/messages)."""
+    assert demo.slack is not None
+
+    async def read(sim: SlackSimulator, team: Team) -> list[dict[str, Any]]:
+        return list(sim.transcript({"team": team.id, "channel": SLACK_CHANNEL_ID,
+                                    "limit": "100"})["messages"])
+
+    return await demo.slack.run(read)
+
+
+async def show_slack(demo: Demo, client: MatrixTestClient) -> None:
+    assert demo.slack is not None
+    room = demo.group_room
+    heading(f'6. Slack in "{GROUP_ROOM_NAME}" (workspace {SLACK_TEAM!r}, channel '
+            f"#{SLACK_CHANNEL}; the Slack simulator stands in for Slack)")
+    await _command(demo, client, room, "!bridge slack channels")
+    answer = await _command(demo, client, room, f"!bridge link slack {SLACK_CHANNEL_ID}")
+    if "Linked" not in answer:
+        raise DemoError(f"`!bridge link slack {SLACK_CHANNEL_ID}` was answered: {answer}")
+
+    # Slack -> Matrix (-> email): Anna writes in #bauamt; her puppet says it in the room,
+    # and the colleague on email gets it too: the room is the hub.
+    anna_id, _, anna_name, _ = SLACK_PEOPLE[0]
+    text = "Guten Morgen! Die *Pläne* für die Sitzung liegen im Laufwerk :page_facing_up:"
+    chat_line("anna/slack", text)
+    mails_before = _mailbox_files(COLLEAGUE_ADDRESS)
+    started = time.monotonic()
+
+    async def post(sim: SlackSimulator, team: Team) -> str:
+        return await sim.post_message(team, SLACK_CHANNEL_ID, anna_id, text=text)
+
+    await demo.slack.run(post)
+    try:
+        event = await client.wait_for_event(room, _puppet_message(demo, "Guten Morgen!"),
+                                            timeout=SLACK_TIMEOUT)
+    except TimeoutError as exc:
+        raise DemoError(f"Anna's Slack message did not appear in the room within "
+                        f"{SLACK_TIMEOUT:.0f} s.\n   {exc}\n   {rel(demo.bridge_log_path)} "
+                        f"ends with:\n{tail(demo.bridge_log_path)}") from None
+    members = await client.get_joined_members(room)
+    name = members.get(event["sender"], {}).get("display_name") or event["sender"]
+    content = event["content"]
+    chat_line("anna", str(content.get("body", "")))
+    say(f"{'':>10}   (posted by {event['sender']} \"{name}\", the puppet of {anna_name}, "
+        f"after {time.monotonic() - started:.2f} s;")
+    say(f"{'':>10}    HTML: {content.get('formatted_body', '(none)')})")
+    path, _ = await _wait_for_mail(demo, COLLEAGUE_ADDRESS, "Guten Morgen!", mails_before)
+    say(f"{'':>10}   (and mailed to {COLLEAGUE_ADDRESS}: {rel(path)})")
+
+    # Matrix -> Slack: the admin answers in the room; the app posts it in #bauamt under
+    # the admin's display name.
+    text = "Danke Anna, ich bringe sie ausgedruckt mit."
+    chat_line(ADMIN_LOCALPART, text)
+    started = time.monotonic()
+    await client.send_text(room, text)
+    deadline = started + SLACK_TIMEOUT
+    posted = None
+    while posted is None:
+        posted = next((m for m in await _slack_messages(demo) if text in m.get("text", "")),
+                      None)
+        if posted is None:
+            if time.monotonic() > deadline:
+                raise DemoError(f"the room message did not reach Slack #{SLACK_CHANNEL} "
+                                f"within {SLACK_TIMEOUT:.0f} s; {rel(demo.bridge_log_path)} "
+                                f"ends with:\n{tail(demo.bridge_log_path)}")
+            await asyncio.sleep(0.1)
+    say(f"{'':>10}   (in Slack #{SLACK_CHANNEL} after {time.monotonic() - started:.2f} s, "
+        f"posted by the app as {posted['from']!r})")
+
+
+# --- step 7: over to the user -------------------------------------------------------------
 
 
 def mail_one_liner(demo: Demo) -> str:
@@ -627,6 +818,13 @@ def mail_one_liner(demo: Demo) -> str:
     # Double quotes around it; nothing inside that a shell would expand or end on.
     assert not any(c in code for c in '"$`\\!'), code
     return f'python3 -c "{code}"'
+
+
+def slack_post_one_liner(demo: Demo) -> str:
+    """A curl command that posts into #bauamt as Anna (the simulator's /_sim/post)."""
+    _, anna, _, _ = SLACK_PEOPLE[0]
+    return (f"curl -s {demo.slack_url}/_sim/post -d team={SLACK_TEAM} -d channel={SLACK_CHANNEL} "
+            f"-d user={anna} --data-urlencode 'text=Hallo aus Slack, die Statik ist da.'")
 
 
 def print_next_steps(demo: Demo) -> None:
@@ -673,6 +871,17 @@ def print_next_steps(demo: Demo) -> None:
     say(f"{rel(MAILBOX / COLLEAGUE_ADDRESS)}/. Subscribe more with "
         f"`!bridge email subscribe <address> [name]` in the room.")
     print()
+    say(f"Slack: the simulator at {demo.slack_url} stands in for Slack; \"{GROUP_ROOM_NAME}\" is "
+        f"linked to #{SLACK_CHANNEL} of workspace {SLACK_TEAM!r} too.")
+    say(f"Post into #{SLACK_CHANNEL} as {SLACK_PEOPLE[0][2]} (one line; it appears in the group "
+        f"room and is mailed to {COLLEAGUE_NAME.split()[0]}):")
+    print(f"     {slack_post_one_liner(demo)}")
+    say(f"See #{SLACK_CHANNEL} as Slack users see it (what the room says, from Matrix or from "
+        "Erika's mail, arrives there under the sender's name):")
+    print(f"     curl -s '{demo.slack_url}/_sim/messages?team={SLACK_TEAM}&channel="
+          f"{SLACK_CHANNEL}' | python3 -m json.tool --no-ensure-ascii")
+    say(f"The workspace's people and channels: curl -s {demo.slack_url}/_sim/state")
+    print()
     say("Any Matrix client that reaches 127.0.0.1 works too: homeserver "
         f"{hs}, user {ADMIN_LOCALPART}, password {ADMIN_PASSWORD}.")
     say("Press Ctrl-C to stop.")
@@ -691,15 +900,17 @@ def wait_until_interrupted(demo: Demo) -> None:
             raise DemoError(f"Synapse exited by itself; see {rel(demo.synapse.log_path)}")
         if demo.sink is not None and not demo.sink.running:
             raise DemoError("the mail sink stopped by itself")
+        if demo.slack is not None and not demo.slack.running:
+            raise DemoError("the Slack simulator stopped by itself")
         time.sleep(0.5)
 
 
-# --- step 7: stop everything ----------------------------------------------------------------
+# --- step 8: stop everything ----------------------------------------------------------------
 
 
 def stop_all(demo: Demo) -> None:
-    """The bridge first (it finishes in-flight work), then the mail sink it relays to,
-    then its homeserver."""
+    """The bridge first (it finishes in-flight work), then the Slack simulator and the mail
+    sink it talks to, then its homeserver."""
     if demo.bridge is not None:
         if demo.bridge.poll() is None:
             demo.bridge.send_signal(signal.SIGTERM)
@@ -713,6 +924,11 @@ def stop_all(demo: Demo) -> None:
         (DEMO / "bridge.pid").unlink(missing_ok=True)
     if demo.bridge_log is not None:
         demo.bridge_log.close()
+    if demo.slack is not None:
+        was_running = demo.slack.running
+        demo.slack.stop()
+        if was_running:
+            say("Slack simulator stopped")
     if demo.sink is not None:
         was_running = demo.sink.running
         demo.sink.stop()
@@ -745,8 +961,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--once", action="store_true",
-                        help="stop after the bot and email exchanges and exit 0 (for CI "
-                             "smoke checks)")
+                        help="stop after the bot, email and Slack exchanges and exit 0 (for "
+                             "CI smoke checks)")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
@@ -759,8 +975,10 @@ def main(argv: list[str] | None = None) -> int:
             heading("2. Bridge config and registration (the real `bridge` CLI), then Synapse")
             write_config(demo)
             start_synapse(demo)
-            heading("3. The mail sink for staff's mailboxes, then the bridge")
+            heading("3. The mail sink for staff's mailboxes, the Slack simulator, then the "
+                    "bridge")
             start_mail_sink(demo)
+            start_slack(demo)
             start_bridge(demo)
             wait_for_health(demo)
             run_check(demo)
