@@ -1,12 +1,13 @@
 # The two commands of the README's quick start, and a few more for developers.
 #   make demo   set up, then run the bridge against a throwaway local Synapse (SQLite)
 #   make test   set up, then run the linters and the whole test suite
+#   make bench, make bench-slack   benchmarks (bench/README.md)
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-slack clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,12 @@ test: $(VENV)/.installed lint
 
 bench: $(VENV)/.installed
 	$(PY) bench/transactions.py
+
+# Issue 4's numbers: Slack -> Matrix vs. direct on one Synapse, added latency, Matrix -> Slack.
+# All three run; the exit code is that of the last one that missed (3) or failed (1).
+bench-slack: $(VENV)/.installed
+	@status=0; for b in slack_synapse slack_latency slack_outbound; do \
+		$(PY) bench/$$b.py || status=$$?; done; exit $$status
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache .mypy_cache
