@@ -442,15 +442,30 @@ class SlackConnector(Connector):
     async def on_linked(self, hub: Hub, link: LinkInfo) -> None:
         ws = self.workspace_for_link(link)
         channel = str(link.settings.get("channel"))
+        limit = self.settings.backfill_limit
+        history: list[dict[str, Any]] = []
         messages: list[dict[str, Any]] = []
-        if self.settings.backfill_limit:
+        if limit:
             try:
-                messages = await ws.paginate("conversations.history", "messages",
-                                             limit=self.settings.backfill_limit,
-                                             channel=channel)
+                # Slack's notices (the app's own join, topic changes) are history too: read
+                # past them, so the limit counts messages people wrote.
+                history = await ws.paginate("conversations.history", "messages",
+                                            limit=min(CATCH_UP_MAX_MESSAGES, 2 * limit + 20),
+                                            channel=channel)
+                messages = [m for m in history if m.get("subtype") in POSTING_SUBTYPES
+                            and m.get("ts") and not ws.is_own(m)][:limit]
+                # Their threads come along: a root without its replies is half a talk.
+                seen = {str(m["ts"]) for m in messages}
+                for root in [m for m in messages if m.get("reply_count")]:
+                    replies = await ws.paginate("conversations.replies", "messages",
+                                                limit=CATCH_UP_MAX_MESSAGES, channel=channel,
+                                                ts=str(root["ts"]))
+                    fresh = [r for r in replies if r.get("ts") and str(r["ts"]) not in seen]
+                    seen.update(str(r["ts"]) for r in fresh)
+                    messages += fresh
             except (TemporaryError, PermanentError) as exc:
                 log.warning("could not read the history of %s: %s", channel, exc)
-        newest = max((str(m["ts"]) for m in messages if m.get("ts")),
+        newest = max((str(m["ts"]) for m in [*history, *messages] if m.get("ts")),
                      key=slack_store.ts_key, default=f"{time.time():.6f}")
 
         async def start_cursor(session: AsyncSession) -> None:
