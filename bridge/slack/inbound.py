@@ -188,7 +188,14 @@ class SlackToMatrix:
         name, avatar = profile.name, profile.avatar_url
         if self.hub.puppet_known(user_mxid, name, avatar):
             return user_mxid
-        avatar_mxc = await self._avatar(avatar, user_mxid) if avatar else None
+        # Known from before a restart: the picture is on the homeserver already, so it is
+        # not fetched and uploaded again.
+        async with self.hub.db.sessions() as session:
+            stored = await store.get_puppet(session, user_mxid)
+        if stored is not None and stored.avatar_mxc and stored.avatar_source == avatar:
+            avatar_mxc: str | None = stored.avatar_mxc
+        else:
+            avatar_mxc = await self._avatar(avatar, user_mxid) if avatar else None
         return await self.hub.ensure_puppet(NETWORK, remote_id, name, avatar, avatar_mxc)
 
     async def _bot_puppet(self, ws: Workspace, event: dict[str, Any]) -> str:
