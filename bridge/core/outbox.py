@@ -109,11 +109,22 @@ class OutboxWorker:
         return delay * random.uniform(0.8, 1.2)  # jitter: don't retry a whole room at once
 
     async def _deliver_one(self, item: Delivery) -> None:
+        """Deliver the item, then the lane's next ones as long as each is due when the one
+        before is recorded: a busy lane (a mail burst into one room) goes on without a
+        round through the claim loop per item."""
+        next_item: Delivery | None = item
+        while next_item is not None:
+            next_item = await self._deliver_item(next_item)
+
+    async def _deliver_item(self, item: Delivery) -> Delivery | None:
+        """One attempt; returns the lane's next item if it was claimed with the outcome."""
         started = time.perf_counter()
         # Exactly one of these is set by the attempt below.
         result: str | None = None
         retry: tuple[str, float | None] | None = None
         give_up: tuple[str, str | None] | None = None
+        next_item: Delivery | None = None
+        item.with_outcome = []
         try:
             result = await self.deliver(item)
         except TemporaryError as exc:
@@ -126,16 +137,18 @@ class OutboxWorker:
             log.warning("delivery %s (%s %s) failed: %r", item.id, item.network, item.kind, exc)
             retry = (repr(exc), None)
         finally:
-            # Free the lane before recording the outcome: until that commit nothing else in
-            # the lane is claimable anyway, and right after it the next item must be.
-            self._busy_lanes.discard(item.lane)
+            if retry is not None or give_up is not None or self._closing:
+                # Free the lane before recording the outcome: until that commit nothing
+                # else in the lane is claimable anyway, and right after it the next item
+                # must be.
+                self._busy_lanes.discard(item.lane)
         try:
             if retry is not None:
                 await self._retry(item, *retry)
             elif give_up is not None:
                 await self._give_up(item, *give_up)
             else:
-                await self._settle(lambda s: queues.finish_delivery(s, item.id, result))
+                next_item = await self._finish(item, result)
                 metrics.EVENTS.labels(network=item.network, direction="out").inc()
                 metrics.HANDLING_SECONDS.labels(network=item.network, direction="out").observe(
                     time.perf_counter() - started
@@ -145,7 +158,28 @@ class OutboxWorker:
                     max(0.0, time.time() - item.created_at)
                 )
         finally:
-            self._wake.set()
+            if next_item is None:
+                self._busy_lanes.discard(item.lane)
+                self._wake.set()
+        return next_item
+
+    async def _finish(self, item: Delivery, result: str | None) -> Delivery | None:
+        """Record the success and, in the same transaction, claim the lane's next item
+        if it is due (the lane is still ours: nobody else may deliver in it meanwhile)."""
+        claimed: list[Delivery] = []
+
+        async def write(session: AsyncSession) -> None:
+            claimed.clear()  # (a retried write claims afresh)
+            for also in item.with_outcome or ():
+                await also(session)
+            await queues.finish_delivery(session, item.id, result)
+            if not self._closing:
+                head = await queues.claim_lane_head(session, item.lane, LEASE_SECONDS)
+                if head is not None:
+                    claimed.append(head)
+
+        recorded = await self._settle(write)
+        return claimed[0] if recorded and claimed else None
 
     async def _retry(self, item: Delivery, error: str, retry_after: float | None) -> None:
         metrics.FAILURES.labels(network=item.network, direction="out", stage="deliver").inc()
@@ -168,20 +202,22 @@ class OutboxWorker:
         except Exception:
             log.exception("could not report failed delivery %s", item.id)
 
-    async def _settle(self, write: Callable[..., Awaitable[None]]) -> None:
-        """Record an outcome; if the DB is away, the lease expiry makes the item due again."""
+    async def _settle(self, write: Callable[..., Awaitable[None]]) -> bool:
+        """Record an outcome (True when it was); if the DB is away, the lease expiry makes
+        the item due again."""
         delay = 0.2
         for _ in range(8):
             try:
                 async with self.db.transaction() as session:
                     await write(session)
-                return
+                return True
             except Exception:
                 log.warning("could not record a delivery outcome; retrying", exc_info=True)
                 await asyncio.sleep(delay)
                 delay *= 2
         log.error("gave up recording a delivery outcome; the item becomes due again when its "
                   "lease runs out (%.0f s)", LEASE_SECONDS)
+        return False
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Wait until nothing is in flight (for shutdown and tests)."""

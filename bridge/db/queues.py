@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -29,7 +29,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 
 from bridge.db.models import AppserviceTransaction, InboxItem, OutboxItem
 
@@ -40,11 +39,22 @@ def dialect_name(session: AsyncSession) -> str:
     return bind.dialect.name
 
 
+_IGNORING: dict[tuple[str, type], Any] = {}
+
+
 def insert_ignoring_conflicts(session: AsyncSession, model: type) -> Any:
-    """INSERT ... ON CONFLICT DO NOTHING, on the table (Core: no ORM bookkeeping)."""
+    """INSERT ... ON CONFLICT DO NOTHING, on the table (Core: no ORM bookkeeping).
+
+    Built once per dialect and table. Hot paths pass the row as execute()'s parameters
+    instead of calling .values() on it, which builds and keys a new statement each time.
+    """
     dialect = dialect_name(session)
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(model.__table__).on_conflict_do_nothing()  # type: ignore[attr-defined]
+    statement = _IGNORING.get((dialect, model))
+    if statement is None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = insert(model.__table__).on_conflict_do_nothing()  # type: ignore[attr-defined]
+        _IGNORING[(dialect, model)] = statement
+    return statement
 
 
 # --- appservice transactions and the inbox -------------------------------------------------
@@ -253,6 +263,10 @@ class Delivery:
     payload: dict[str, Any]
     attempts: int
     created_at: float
+    # Set by the outbox worker while it delivers the item: writes that belong with the
+    # success (a message mapping, say) go here, and are made in the transaction that
+    # records it, instead of one transaction each. None: nobody records it, write now.
+    with_outcome: list[Callable[[AsyncSession], Awaitable[None]]] | None = None
 
 
 async def enqueue(session: AsyncSession, deliveries: Iterable[NewDelivery]) -> int:
@@ -263,28 +277,45 @@ async def enqueue(session: AsyncSession, deliveries: Iterable[NewDelivery]) -> i
     return len(rows)
 
 
-def _claimable() -> Any:
+def _claimable(lane: Any = None) -> Any:
     """Items that may go out now: pending, due, unclaimed, and the oldest of their lane.
 
-    Built once: constructing this statement costs more than running it.
+    Built once: constructing this statement costs more than running it. (Core, on the table:
+    claiming needs no ORM objects.)
     """
     now = bindparam("now", type_=Float)
-    earlier = aliased(OutboxItem)
+    earlier = _OUTBOX.alias("earlier")
     return (
-        OutboxItem.state == "pending",
-        OutboxItem.next_attempt_at <= now,
-        OutboxItem.claimed_until <= now,
+        *((_OUTBOX.c.lane == lane,) if lane is not None else ()),
+        _OUTBOX.c.state == "pending",
+        _OUTBOX.c.next_attempt_at <= now,
+        _OUTBOX.c.claimed_until <= now,
         ~exists().where(
-            earlier.lane == OutboxItem.lane,
-            earlier.state == "pending",
-            earlier.id < OutboxItem.id,
+            earlier.c.lane == _OUTBOX.c.lane,
+            earlier.c.state == "pending",
+            earlier.c.id < _OUTBOX.c.id,
         ),
     )
 
 
-_CLAIM = select(OutboxItem).where(*_claimable()).order_by(OutboxItem.id).limit(
+_DELIVERY_COLUMNS = (_OUTBOX.c.id, _OUTBOX.c.lane, _OUTBOX.c.network, _OUTBOX.c.room_id,
+                     _OUTBOX.c.kind, _OUTBOX.c.payload, _OUTBOX.c.attempts,
+                     _OUTBOX.c.created_at)
+_CLAIM = select(*_DELIVERY_COLUMNS).where(*_claimable()).order_by(_OUTBOX.c.id).limit(
     bindparam("limit"))
 _CLAIM_FOR_UPDATE = _CLAIM.with_for_update(skip_locked=True)
+# The head of one lane, if it may go out now.
+_CLAIM_LANE = select(*_DELIVERY_COLUMNS).where(*_claimable(bindparam("lane"))).order_by(
+    _OUTBOX.c.id).limit(1)
+_CLAIM_LANE_FOR_UPDATE = _CLAIM_LANE.with_for_update(skip_locked=True)
+_SET_CLAIMED = update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True))) \
+    .values(claimed_until=bindparam("until"))
+
+
+def _deliveries(rows: Any) -> list[Delivery]:
+    return [Delivery(id=r.id, lane=r.lane, network=r.network, room_id=r.room_id, kind=r.kind,
+                     payload=json.loads(r.payload), attempts=r.attempts,
+                     created_at=r.created_at) for r in rows]
 
 
 async def claim_deliveries(session: AsyncSession, limit: int, lease: float) -> list[Delivery]:
@@ -295,36 +326,42 @@ async def claim_deliveries(session: AsyncSession, limit: int, lease: float) -> l
     """
     now = time.time()
     query = _CLAIM_FOR_UPDATE if dialect_name(session) == "postgresql" else _CLAIM
-    items = list(await session.scalars(query, {"now": now, "limit": limit}))
+    items = _deliveries(await session.execute(query, {"now": now, "limit": limit}))
+    if items:
+        await session.execute(_SET_CLAIMED, {"ids": [i.id for i in items],
+                                             "until": now + lease})
+    return items
+
+
+async def claim_lane_head(session: AsyncSession, lane: str, lease: float) -> Delivery | None:
+    """Claim the head item of one lane if it may go out now (the worker that just finished
+    the item before it goes on with the lane, without a round through the claim loop)."""
+    now = time.time()
+    query = _CLAIM_LANE_FOR_UPDATE if dialect_name(session) == "postgresql" else _CLAIM_LANE
+    items = _deliveries(await session.execute(query, {"now": now, "lane": lane}))
     if not items:
-        return []
-    await session.execute(
-        update(OutboxItem)
-        .where(OutboxItem.id.in_([i.id for i in items]))
-        .values(claimed_until=now + lease)
-    )
-    return [
-        Delivery(id=i.id, lane=i.lane, network=i.network, room_id=i.room_id, kind=i.kind,
-                 payload=json.loads(i.payload), attempts=i.attempts, created_at=i.created_at)
-        for i in items
-    ]
+        return None
+    await session.execute(_SET_CLAIMED, {"ids": [items[0].id], "until": now + lease})
+    return items[0]
+
+
+_RELEASE = update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True))) \
+    .values(claimed_until=0.0)
 
 
 async def release_claims(session: AsyncSession, ids: list[int]) -> None:
-    await session.execute(
-        update(OutboxItem).where(OutboxItem.id.in_(ids)).values(claimed_until=0.0)
-    )
+    await session.execute(_RELEASE, {"ids": ids})
 
 
 def _next_due(greatest: Any) -> Any:
     # Only lane heads count: an item queued behind one in flight is not "due" however old it
     # is (counting it made the worker spin until the head was delivered); the head's
     # completion wakes the worker instead.
-    earlier = aliased(OutboxItem)
-    return select(func.min(greatest(OutboxItem.next_attempt_at, OutboxItem.claimed_until))) \
-        .where(OutboxItem.state == "pending",
-               ~exists().where(earlier.lane == OutboxItem.lane, earlier.state == "pending",
-                               earlier.id < OutboxItem.id))
+    earlier = _OUTBOX.alias("earlier")
+    return select(func.min(greatest(_OUTBOX.c.next_attempt_at, _OUTBOX.c.claimed_until))) \
+        .where(_OUTBOX.c.state == "pending",
+               ~exists().where(earlier.c.lane == _OUTBOX.c.lane, earlier.c.state == "pending",
+                               earlier.c.id < _OUTBOX.c.id))
 
 
 # SQLite spells GREATEST as the two-argument MAX.
@@ -337,27 +374,24 @@ async def next_due_time(session: AsyncSession) -> float | None:
     return float(value) if value is not None else None
 
 
+_FINISH = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("item_id")).values(
+    state="done", result=bindparam("result"), claimed_until=0.0,
+    attempts=_OUTBOX.c.attempts + 1)
+_RETRY = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("item_id")).values(
+    next_attempt_at=bindparam("at"), claimed_until=0.0, last_error=bindparam("error"),
+    attempts=_OUTBOX.c.attempts + 1)
+_FAIL = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("item_id")).values(
+    state="failed", claimed_until=0.0, last_error=bindparam("error"),
+    attempts=_OUTBOX.c.attempts + 1)
+
+
 async def finish_delivery(session: AsyncSession, item_id: int, result: str | None) -> None:
-    await session.execute(
-        update(OutboxItem)
-        .where(OutboxItem.id == item_id)
-        .values(state="done", result=result, claimed_until=0.0, attempts=OutboxItem.attempts + 1)
-    )
+    await session.execute(_FINISH, {"item_id": item_id, "result": result})
 
 
 async def retry_delivery(session: AsyncSession, item_id: int, at: float, error: str) -> None:
-    await session.execute(
-        update(OutboxItem)
-        .where(OutboxItem.id == item_id)
-        .values(next_attempt_at=at, claimed_until=0.0, last_error=error[:4000],
-                attempts=OutboxItem.attempts + 1)
-    )
+    await session.execute(_RETRY, {"item_id": item_id, "at": at, "error": error[:4000]})
 
 
 async def fail_delivery(session: AsyncSession, item_id: int, error: str) -> None:
-    await session.execute(
-        update(OutboxItem)
-        .where(OutboxItem.id == item_id)
-        .values(state="failed", claimed_until=0.0, last_error=error[:4000],
-                attempts=OutboxItem.attempts + 1)
-    )
+    await session.execute(_FAIL, {"item_id": item_id, "error": error[:4000]})

@@ -232,9 +232,15 @@ class MatrixSide:
         )
         mapping = p.get("mapping")
         if mapping:
-            async with self.hub.db.transaction() as session:
+            async def record(session: Any) -> None:
                 await store.add_mapping(session, room_id=d.room_id, event_id=event_id,
                                         thread_root=thread_root, **mapping)
+
+            if d.with_outcome is not None:
+                d.with_outcome.append(record)  # recorded with the delivery's success
+            else:
+                async with self.hub.db.transaction() as session:
+                    await record(session)
         return str(event_id)
 
     async def _thread_root(self, ref: dict[str, Any] | None) -> str | None:
