@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.db.models import EmailSubscriber, EmailThread, Link
@@ -36,10 +36,18 @@ async def subscribers(session: AsyncSession, room_id: str,
     return [_subscriber(r) for r in rows]
 
 
+_SUBSCRIBER = select(*(EmailSubscriber.__table__.c[name] for name in (
+    "address", "display_name", "status", "bounces"))).where(
+    EmailSubscriber.__table__.c.room_id == bindparam("room_id"),
+    EmailSubscriber.__table__.c.address == bindparam("address"))
+
+
 async def get_subscriber(session: AsyncSession, room_id: str, address: str) -> Subscriber | None:
-    row = await session.scalar(select(EmailSubscriber).where(
-        EmailSubscriber.room_id == room_id, EmailSubscriber.address == address.lower()))
-    return _subscriber(row) if row else None
+    # Built once, on the table: asked for every mail that comes in.
+    row = (await session.execute(_SUBSCRIBER, {"room_id": room_id,
+                                               "address": address.lower()})).first()
+    return Subscriber(address=row.address, display_name=row.display_name, status=row.status,
+                      bounces=row.bounces) if row else None
 
 
 async def subscribe(session: AsyncSession, room_id: str, address: str,
@@ -125,9 +133,9 @@ async def thread_by_message_id(session: AsyncSession, room_id: str,
 
 async def add_thread(session: AsyncSession, *, thread_key: str, room_id: str,
                      root_event_id: str | None, root_message_id: str, topic: str) -> None:
-    await session.execute(insert_ignoring_conflicts(session, EmailThread).values(
-        thread_key=thread_key, room_id=room_id, root_event_id=root_event_id,
-        root_message_id=root_message_id, topic=topic, created_at=time.time()))
+    await session.execute(insert_ignoring_conflicts(session, EmailThread), {
+        "thread_key": thread_key, "room_id": room_id, "root_event_id": root_event_id,
+        "root_message_id": root_message_id, "topic": topic, "created_at": time.time()})
 
 
 # --- link settings (the room's mail policy) ----------------------------------------------

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Row, bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.db.models import InboundKey, Link, MessageMapping, Portal, Puppet
@@ -26,7 +26,7 @@ class LinkInfo:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def _link_info(row: Link) -> LinkInfo:
+def _link_info(row: Link | Row[Any]) -> LinkInfo:
     return LinkInfo(id=row.id, room_id=row.room_id, network=row.network,
                     remote_id=row.remote_id, remote_name=row.remote_name,
                     settings=json.loads(row.settings or "{}"))
@@ -83,10 +83,17 @@ async def links_of_room(session: AsyncSession, room_id: str) -> list[LinkInfo]:
     return [_link_info(r) for r in rows]
 
 
+_LINK_BY_REMOTE = select(
+    *(Link.__table__.c[name] for name in ("id", "room_id", "network", "remote_id",
+                                          "remote_name", "settings"))
+).where(Link.__table__.c.network == bindparam("network"),
+        Link.__table__.c.remote_id == bindparam("remote_id"))
+
+
 async def link_by_remote(session: AsyncSession, network: str, remote_id: str) -> LinkInfo | None:
-    row = await session.scalar(
-        select(Link).where(Link.network == network, Link.remote_id == remote_id)
-    )
+    # Built once, on the table: looked up for every mail's recipient (SMTP RCPT).
+    row = (await session.execute(_LINK_BY_REMOTE, {"network": network,
+                                                   "remote_id": remote_id})).first()
     return _link_info(row) if row else None
 
 
@@ -186,24 +193,31 @@ async def add_mapping(
     part: int = 0,
     thread_root: str | None = None,
 ) -> None:
-    await session.execute(
-        insert_ignoring_conflicts(session, MessageMapping).values(
-            room_id=room_id, event_id=event_id, network=network, remote_space=remote_space,
-            remote_id=remote_id, part=part, thread_root=thread_root, created_at=time.time(),
-        )
-    )
+    await session.execute(insert_ignoring_conflicts(session, MessageMapping), {
+        "room_id": room_id, "event_id": event_id, "network": network,
+        "remote_space": remote_space, "remote_id": remote_id, "part": part,
+        "thread_root": thread_root, "created_at": time.time(),
+    })
+
+
+_MAPPING_COLUMNS = tuple(MessageMapping.__table__.c[name] for name in (
+    "room_id", "event_id", "network", "remote_space", "remote_id", "part", "thread_root"))
+_MAPPINGS_FOR_REMOTE = select(*_MAPPING_COLUMNS).where(
+    MessageMapping.__table__.c.network == bindparam("network"),
+    MessageMapping.__table__.c.remote_space == bindparam("remote_space"),
+    MessageMapping.__table__.c.remote_id == bindparam("remote_id"),
+).order_by(MessageMapping.__table__.c.part)
 
 
 async def mappings_for_remote(
     session: AsyncSession, network: str, remote_space: str, remote_id: str
 ) -> list[MappingInfo]:
-    rows = await session.scalars(
-        select(MessageMapping)
-        .where(MessageMapping.network == network, MessageMapping.remote_space == remote_space,
-               MessageMapping.remote_id == remote_id)
-        .order_by(MessageMapping.part)
-    )
-    return [_mapping_info(r) for r in rows]
+    # Built once, on the table: asked for every mail (and every part sent in a thread).
+    rows = await session.execute(_MAPPINGS_FOR_REMOTE, {
+        "network": network, "remote_space": remote_space, "remote_id": remote_id})
+    return [MappingInfo(room_id=r.room_id, event_id=r.event_id, network=r.network,
+                        remote_space=r.remote_space, remote_id=r.remote_id, part=r.part,
+                        thread_root=r.thread_root) for r in rows]
 
 
 async def mappings_for_remote_any_space(session: AsyncSession, network: str,
@@ -231,11 +245,8 @@ async def mappings_for_event(
 
 async def claim_inbound_key(session: AsyncSession, network: str, key: str) -> bool:
     """True the first time a remote item's natural key is seen; False for a repeat."""
-    result = await session.execute(
-        insert_ignoring_conflicts(session, InboundKey).values(
-            network=network, key=key, received_at=time.time()
-        )
-    )
+    result = await session.execute(insert_ignoring_conflicts(session, InboundKey), {
+        "network": network, "key": key, "received_at": time.time()})
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
