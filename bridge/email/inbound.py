@@ -230,7 +230,11 @@ class SmtpProtocol(SMTP):
         if match is None or (self.local_part_limit and
                              len(match.group(1).rpartition("@")[0]) > self.local_part_limit):
             return super()._getaddr(arg)
-        return match.group(1), arg[match.end():]
+        # The general parser also takes the blank space (and comments) after the ">".
+        rest = arg[match.end():].lstrip(" \t")
+        if rest.startswith("("):
+            return super()._getaddr(arg)
+        return match.group(1), rest
 
 
 class SmtpServer:

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from email import policy
+from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage, Message
 from email.parser import BytesFeedParser, BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
@@ -62,6 +63,26 @@ __all__ = [
     "strip_subject_prefixes",
     "unflow",
 ]
+
+
+class _HeaderClasses(HeaderRegistry):
+    """The email package's header registry, making each header class once: it builds a new
+    class (type()) for every header it parses, a fifth of parsing a plain mail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: dict[str, type] = {}
+
+    def __getitem__(self, name: str) -> type:
+        key = name.lower()
+        cls = self._classes.get(key)
+        if cls is None:
+            cls = self._classes[key] = super().__getitem__(name)
+        return cls
+
+
+# policy.default, with the header classes made once.
+_POLICY = policy.default.clone(header_factory=_HeaderClasses())
 
 
 class MalformedMail(ValueError):
@@ -371,6 +392,24 @@ def _header(msg: Message, name: str) -> str | None:
     return value
 
 
+def _get(msg: Message, name: str) -> Any:
+    """``msg.get(name)``: the parsed header object (the same one each time while
+    parse_message runs), or None."""
+    memo = _MEMO.get()
+    if memo is None:
+        return msg.get(name)
+    key = ("get", msg, name)
+    if key not in memo:
+        memo[key] = msg.get(name)
+    return memo[key]
+
+
+def _transfer_encoding(part: Message) -> str:
+    """``str(part.get("content-transfer-encoding", "")).lower()``, get_payload's test."""
+    value = _get(part, "content-transfer-encoding")
+    return "" if value is None else str(value).lower()
+
+
 def _read_header(msg: Message, name: str) -> str | None:
     raw = _raw_values(msg, name)
     if not raw:
@@ -380,7 +419,7 @@ def _read_header(msg: Message, name: str) -> str | None:
     if _SURROGATES.search(raw[0]):
         return _decode_raw_header(msg, raw[0])  # raw 8-bit bytes in the header
     try:
-        value = str(msg.get(name))
+        value = str(_get(msg, name))
     except Exception:
         return _decode_raw_header(msg, raw[0])
     if "\ufffd" in value or "=?" in value:
@@ -469,7 +508,7 @@ def _date(msg: Message) -> tuple[datetime | None, str | None]:
         return None, None
     value: datetime | None = None
     with contextlib.suppress(Exception):
-        header = msg.get("date")
+        header = _get(msg, "date")
         value = getattr(header, "datetime", None)
     if value is None:
         with contextlib.suppress(Exception):
@@ -2039,7 +2078,7 @@ def _base64_payload(part: Message) -> bytes | None:
     payload = getattr(part, "_payload", None)  # get_payload() copies a big one to check it
     if part.is_multipart() or not isinstance(payload, str):
         return None
-    if str(part.get("content-transfer-encoding", "")).lower() != "base64":
+    if _transfer_encoding(part) != "base64":
         return None  # exactly get_payload's test
     try:
         # A lazy payload is decoded from the mail itself (the same ASCII text).
@@ -2281,7 +2320,7 @@ def _inner_message(part: Message) -> Message | None:
             encoded = message.as_bytes()
             raw = (base64.b64decode(encoded, validate=False) if cte == "base64"
                    else quopri.decodestring(encoded))
-            return BytesParser(policy=policy.default).parsebytes(raw)
+            return BytesParser(policy=_POLICY).parsebytes(raw)
     return message
 
 
@@ -2480,7 +2519,7 @@ def _parse_bytes(raw: bytes | bytearray, lazy_runs: bool = False) -> EmailMessag
     single = _parse_single_part(data, header, end, lazy_runs)
     if single is not None:
         return single
-    parser = BytesFeedParser(policy=policy.default)
+    parser = BytesFeedParser(policy=_POLICY)
     parser.feed(header)
     marker = _run_marker(data) if len(data) - end >= _RUN_SCAN_MIN else None
     runs: dict[str, tuple[int, int]] = {}
@@ -2528,15 +2567,14 @@ def _parse_single_part(data: bytes | bytearray, header: bytes, end: int,
         lines.pop()  # that "\r" and the "\n" at data[end] are one line break
     if not all(_HEADER_LINE.match(line) for line in lines):
         return None
-    msg = BytesParser(policy=policy.default).parsebytes(header + data[end:body],
-                                                        headersonly=True)
+    msg = BytesParser(policy=_POLICY).parsebytes(header + data[end:body], headersonly=True)
     if msg.get_content_maintype() in ("multipart", "message"):
         return None
     head = getattr(msg, "_payload", None)
     payload: str
     if next(_boundary_matches(data, body, len(data)), None) is None:
         view = memoryview(data)[body:]
-        if lazy and not head and _lazy_leaf(msg) and view.nbytes >= _RUN_SCAN_MIN and \
+        if lazy and not head and view.nbytes >= _RUN_SCAN_MIN and _lazy_leaf(msg) and \
                 data.isascii():
             payload = _Run("", view)  # a whole-mail attachment (scanners send them)
         else:
@@ -2642,7 +2680,7 @@ def _materialize(msg: Message) -> None:
 def _lazy_leaf(part: Message) -> bool:
     """Only an attachment's payload is left lazy: base64 as get_payload decodes it, and a
     type that the parser reads only through _part_bytes (no text, no message, no parts)."""
-    return (str(part.get("content-transfer-encoding", "")).lower() == "base64"
+    return (_transfer_encoding(part) == "base64"
             and part.get_content_maintype() not in ("text", "message", "multipart"))
 
 

@@ -1,0 +1,43 @@
+"""Shortcuts on the per-mail path give exactly what the general way gives."""
+
+from __future__ import annotations
+
+import html
+
+from aiosmtpd.smtp import SMTP
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.email.connector import _text_to_html
+from bridge.email.inbound import SmtpProtocol
+
+TEXT = st.lists(st.sampled_from(
+    ["a", "ü", " ", "\n", "\r", "\r\n", "<", "&", '"', "'", "\x0b", "\x1d", "\x85",
+     "\u2028", "\t", "x"]), max_size=40).map("".join)
+
+
+@settings(max_examples=300)
+@given(TEXT)
+def test_text_to_html_is_escaping_line_by_line(text: str) -> None:
+    text = text.strip()
+    assert _text_to_html(text) == "<br>".join(html.escape(line) for line in text.splitlines())
+
+
+ADDRESSES = [
+    "<erika@stadt.example>", "<erika.mustermann@stadt.example> SIZE=1234",
+    "<a+b=c@x-y.example> BODY=8BITMIME", "<bauamt+t0k3n@bridge.example>", "<a@b>",
+    "<'ok'@b.example>", "<a.@b.example>", "<.a@b.example>", "<a..b@b.example>",
+    '<"quoted local"@b.example>', "<a@[127.0.0.1]>", "<@route:a@b.example>",
+    "erika@stadt.example", "<erika@stadt.example", "<>", "<a@b.example>x", "",
+    "<ü@b.example>", "<a@b.example.>", "<a@-b.example>", "<a@b.example>  SIZE=1",
+    "<a@b.example> (comment) SIZE=1", "<a@b.example>(c)", "<a@b.example>\tBODY=7BIT",
+]
+
+
+def test_plain_addresses_parse_as_aiosmtpd_parses_them() -> None:
+    ours = SmtpProtocol.__new__(SmtpProtocol)
+    theirs = SMTP.__new__(SMTP)
+    for limit in (0, 5):
+        ours.local_part_limit = theirs.local_part_limit = limit
+        for arg in ADDRESSES:
+            assert ours._getaddr(arg) == theirs._getaddr(arg), arg
