@@ -58,6 +58,7 @@ from transactions import (
     machine_busy_seconds,
     metric_sum,
     metric_value,
+    print_profile,
     proc_cpu_seconds,
     proc_status_kb,
     wait_started,
@@ -246,9 +247,15 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="also write the numbers to FILE as JSON")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temp directory (config, SQLite file, bridge log)")
+    parser.add_argument("--profile", default=None, metavar="FILE",
+                        help="run the bridge under cProfile, write the stats to FILE and print "
+                             "the top functions (cProfile slows the bridge down)")
+    parser.add_argument("--profile-top", type=int, default=30)
 
 
 def check_common_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.profile:
+        args.profile = Path(args.profile).resolve()
     available = os.sched_getaffinity(0)
     for name in ("bridge_cpu", "bench_cpu"):
         value = getattr(args, name)
@@ -307,7 +314,8 @@ class Harness:
         self.database_name = self.database.describe()
         config_path = self.workdir / "config.yaml"
         self.write_config(config_path, db_url)
-        self.bridge = BridgeProcess(config_path, self.workdir, self.args.bridge_cpu, None)
+        self.bridge = BridgeProcess(config_path, self.workdir, self.args.bridge_cpu,
+                                    self.args.profile)
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
         bridge_url = f"http://127.0.0.1:{self.as_port}"
         self.client = BridgeClient(self.session, bridge_url)
@@ -575,4 +583,6 @@ def run(args: argparse.Namespace, benchmark: Callable[[argparse.Namespace, Path]
     if args.json:
         Path(args.json).write_text(json.dumps(results.summary(met), indent=2) + "\n",
                                    encoding="utf-8")
+    if args.profile:
+        print_profile(Path(args.profile), args.profile_top)
     return 0 if met else 3
