@@ -148,10 +148,17 @@ async def upsert_puppet(
     now = time.time()
     row = await session.get(Puppet, user_id)
     if row is None:
-        session.add(Puppet(user_id=user_id, network=network, remote_id=remote_id,
-                           displayname=displayname, avatar_source=avatar_source,
-                           avatar_mxc=avatar_mxc, created_at=now, updated_at=now))
-        return displayname is not None, avatar_mxc is not None
+        # Insert-or-nothing: two lanes meeting the same new person at once (one Slack user
+        # writing in two channels) must not fail on the key and go round a retry.
+        result = await session.execute(insert_ignoring_conflicts(session, Puppet), {
+            "user_id": user_id, "network": network, "remote_id": remote_id,
+            "displayname": displayname, "avatar_source": avatar_source,
+            "avatar_mxc": avatar_mxc, "created_at": now, "updated_at": now})
+        if result.rowcount:  # type: ignore[attr-defined]
+            return displayname is not None, avatar_mxc is not None
+        row = await session.get(Puppet, user_id, populate_existing=True)
+        if row is None:
+            raise RuntimeError(f"puppet {user_id} neither inserted nor found")
     name_changed = row.displayname != displayname
     avatar_changed = row.avatar_source != avatar_source
     if name_changed or avatar_changed:
