@@ -181,10 +181,13 @@ class SlackConnector(Connector):
 
     def health(self) -> Health:
         problems = [f"{ws.name}: {ws.last_error}" for ws in self.workspaces if ws.last_error]
+        up = {ws.name: ws.connected and all(r.is_open for r in self._sockets
+                                            if r.workspace is ws)
+              for ws in self.workspaces}
         states = [f"{ws.name} ({ws.team_id or '?'}): "
-                  f"{'connected' if ws.connected else 'not connected'}"
+                  f"{'connected' if up[ws.name] else 'not connected'}"
                   for ws in self.workspaces]
-        ok = not problems and all(ws.connected for ws in self.workspaces)
+        ok = not problems and all(up.values())
         return Health(ok, "; ".join(states + problems) or "no workspaces")
 
     # --- workspaces, channels, people ----------------------------------------------------

@@ -112,6 +112,13 @@ class SocketModeReceiver:
         await self.client.close()
         self.workspace.connected = False
 
+    @property
+    def is_open(self) -> bool:
+        """Is the websocket up right now? A lost one (no ``disconnect`` first) leaves
+        ``connected`` set while slack-sdk reconnects, for as long as Slack is away."""
+        session = self.client.current_session
+        return session is not None and not session.closed
+
     async def _on_message(self, client: Any, message: dict[str, Any], raw: str | None) -> None:
         kind = message.get("type")
         if kind == "hello":
