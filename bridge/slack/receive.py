@@ -1,9 +1,9 @@
 """How Slack's events reach the bridge: Socket Mode or the Events API, then the intake.
 
 Both ways end in :class:`Intake`, which stores events durably, in arrival order, a batch
-per database transaction, and only then acknowledges them to Slack. An event that could not
-be stored is not acknowledged, so Slack sends it again (the intake drops the repeat by its
-``event_id``).
+per database transaction, and only then acknowledges them to Slack. While the database is
+away, the batch is tried again before anything later, and nothing is acknowledged meanwhile
+(Slack's re-sends are dropped by their natural keys once stored).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy.exc import SQLAlchemyError
 
 from bridge.slack.workspace import Workspace
 
@@ -29,6 +30,9 @@ StoreEvents = Callable[[Workspace, list[dict[str, Any]]], Awaitable[None]]
 Ack = Callable[[bool], Awaitable[None]]
 
 MAX_BATCH = 200
+# Storing a batch again while the database is away: first after this, doubling up to max.
+RETRY_FIRST = 0.2
+RETRY_MAX = 5.0
 
 
 class Intake:
@@ -61,20 +65,34 @@ class Intake:
             batch = [await self._queue.get()]
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            try:
-                await self._store(self.workspace, [payload for payload, _ in batch])
-                stored = True
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("could not store %d Slack event(s) of %s; Slack will send them "
-                              "again", len(batch), self.workspace.name)
-                stored = False
+            stored = await self._store_in_order(batch)
             for _, ack in batch:
                 try:
                     await ack(stored)
                 except Exception as exc:  # the connection went away: Slack re-sends
                     log.info("could not acknowledge a Slack event: %r", exc)
+
+
+    async def _store_in_order(self, batch: list[tuple[dict[str, Any], Ack]]) -> bool:
+        """Store the batch. While the database is unreachable, the same batch is tried
+        again before anything received after it: Slack re-sends an unacknowledged event
+        only later (and may give up), so moving on would let later events of a channel
+        overtake it. Anything else (a bug with one event) is left to Slack's retries."""
+        payloads = [payload for payload, _ in batch]
+        delay = RETRY_FIRST
+        while True:
+            try:
+                await self._store(self.workspace, payloads)
+                return True
+            except (SQLAlchemyError, OSError, TimeoutError) as exc:
+                log.warning("could not store %d Slack event(s) of %s (%r); trying again in "
+                            "%.1fs", len(batch), self.workspace.name, exc, delay)
+            except Exception:
+                log.exception("could not store %d Slack event(s) of %s; Slack will send them "
+                              "again", len(batch), self.workspace.name)
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
 
 
 class SocketModeReceiver:

@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from tests.conftest import Homeserver
 from tests.slack.conftest import (
@@ -117,6 +118,35 @@ async def test_socket_mode_acks_only_after_the_event_is_stored(
     await marker_from_slack(sim, team, admin, room, "danach")
     assert bodies(await room_events(admin, room), "Während") == ["Während die Datenbank hängt"]
     assert not sim.dropped(team)
+
+
+async def test_a_failed_store_is_retried_before_anything_later_of_the_workspace(
+        slack_bridge: SlackBridge, admin: MatrixTestClient, team: Any) -> None:
+    """The database refuses a batch (a connection reset, a failover): the bridge neither
+    acks it nor lets later events overtake it, so the channel keeps its order."""
+    sim = slack_bridge.sim
+    room = await linked_room(slack_bridge, admin)
+    intake = slack_bridge.slack._intakes["rathaus"]
+    store = intake._store
+    gate = asyncio.Event()
+    failed: list[list[dict[str, Any]]] = []
+
+    async def flaky(ws: Any, payloads: list[dict[str, Any]]) -> None:
+        if not failed:
+            failed.append(payloads)
+            await gate.wait()
+            raise OperationalError("INSERT INTO inbound_key ...", {},
+                                   ConnectionResetError("the database went away"))
+        await store(ws, payloads)
+
+    intake._store = flaky
+    await sim.post_message(team, CHANNEL, ANNA, text="Erste Nachricht")
+    await sim.wait_for(lambda: failed, timeout=10)
+    await sim.post_message(team, CHANNEL, BEN, text="Zweite Nachricht")
+    await sim.wait_for(lambda: len(sim.pending_envelopes(team)) == 2, timeout=10)
+    gate.set()
+    await in_room_once(admin, room, ["Erste Nachricht", "Zweite Nachricht"])
+    await sim.wait_for(lambda: not sim.pending_envelopes(team), timeout=15)
 
 
 async def test_bridge_stopped_between_delivery_and_ack_loses_and_doubles_nothing(
