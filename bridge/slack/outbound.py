@@ -181,13 +181,13 @@ class MatrixToSlack:
         return ts
 
     async def _remember(self, ws: Workspace, channel: str, room_id: str, event_id: str,
-                        remote_id: str, thread_root: str | None) -> None:
+                        remote_id: str, thread_root: str | None, part: int = 0) -> None:
         if not remote_id:
             return
         async with self.hub.db.transaction() as session:
             await store.add_mapping(session, room_id=room_id, event_id=event_id,
                                     network=NETWORK, remote_space=space_of(ws.team_id, channel),
-                                    remote_id=remote_id, thread_root=thread_root)
+                                    remote_id=remote_id, thread_root=thread_root, part=part)
 
     async def _edit(self, ws: Workspace, channel: str, room_id: str, event: dict[str, Any],
                     relates: dict[str, Any]) -> str | None:
@@ -216,7 +216,9 @@ class MatrixToSlack:
                       if m.remote_space == space]
         done = []
         for m in mapped:
-            if "/reaction/" in m.remote_id:
+            if "/reaction/" in m.remote_id and await self._shared_reaction(space, m, redacts):
+                pass  # another Matrix user's same reaction: the app's one in Slack stays
+            elif "/reaction/" in m.remote_id:
                 ts, _, rest = m.remote_id.partition("/reaction/")
                 name = rest.split("/", 1)[1] if "/" in rest else rest
                 try:
@@ -263,8 +265,21 @@ class MatrixToSlack:
             if "already_reacted" not in str(exc):
                 raise
         key = f"{mapped.remote_id}/reaction/{ws.bot_user_id}/{name}"
-        await self._remember(ws, channel, room_id, event["event_id"], key, None)
+        # Several Matrix users' same reaction is one reaction of the app in Slack: each is
+        # remembered (a part each), so it is removed only when the last one is redacted.
+        async with self.hub.db.sessions() as session:
+            same = await store.mappings_for_remote(session, NETWORK,
+                                                   space_of(ws.team_id, channel), key)
+        if not any(m.event_id == event["event_id"] for m in same):
+            await self._remember(ws, channel, room_id, event["event_id"], key, None,
+                                 part=max((m.part for m in same), default=-1) + 1)
         return key
+
+    async def _shared_reaction(self, space: str, mapping: MappingInfo, redacts: str) -> bool:
+        """Does another Matrix reaction still stand for the app's reaction in Slack?"""
+        async with self.hub.db.sessions() as session:
+            same = await store.mappings_for_remote(session, NETWORK, space, mapping.remote_id)
+        return any(m.event_id != redacts for m in same)
 
     async def _file(self, ws: Workspace, channel: str, room_id: str, event: dict[str, Any],
                     relates: dict[str, Any]) -> str | None:

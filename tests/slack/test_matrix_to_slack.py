@@ -85,8 +85,15 @@ async def test_text_notice_emote_with_name_avatar_mrkdwn_and_mentions(
     status, _, _ = await _fetch(slack_bridge, f"{other_path}?{parts.query}")
     assert status == 404
 
+    # A new name in the room is the name of the next post.
+    await admin.send_state(room, "m.room.member", admin.user_id, {
+        "membership": "join", "displayname": "Erika Neu", "avatar_url": avatar_mxc})
+    await admin.send_text(room, "Nach der Umbenennung")
+    assert (await posted(sim, team, "Nach der Umbenennung"))["username"] == "Erika Neu"
+
     await assert_no_echo(sim, team, admin, room,
-                         ["Bitte pruefen", "Sitzung verschoben", "holt Kaffee"], {anna})
+                         ["Bitte pruefen", "Sitzung verschoben", "holt Kaffee",
+                          "Nach der Umbenennung"], {anna})
 
 
 async def test_replies_threads_edits_and_redactions(
@@ -152,19 +159,24 @@ async def test_replies_threads_edits_and_redactions(
 
 
 async def test_reactions_add_and_remove_with_slack_emoji_names(
-        slack_bridge: SlackBridge, admin: MatrixTestClient, team: Any) -> None:
+        slack_bridge: SlackBridge, admin: MatrixTestClient, outsider: MatrixTestClient,
+        team: Any) -> None:
     sim = slack_bridge.sim
     room = await linked_room(slack_bridge, admin)
+    await admin.invite(room, outsider.user_id)
+    await outsider.join(room)
     ts = await sim.post_message(team, CHANNEL, ANNA, text="Termin am Montag?")
     target = await admin.wait_for_event(room, has_body("Termin am Montag"), timeout=15)
     mine_id = await admin.send_text(room, "Ja, 10 Uhr")
     mine = await posted(sim, team, "Ja, 10 Uhr")
 
-    def react(event_id: str, key: str) -> Any:
-        return admin.send_event(room, "m.reaction", {"m.relates_to": {
+    def react(event_id: str, key: str, who: MatrixTestClient = admin) -> Any:
+        return who.send_event(room, "m.reaction", {"m.relates_to": {
             "rel_type": "m.annotation", "event_id": event_id, "key": key}})
 
     thumbs = await react(target["event_id"], "👍")
+    # A colleague agrees: in Slack the app can react with 👍 only once.
+    their_thumbs = await react(target["event_id"], "👍", outsider)
     await react(target["event_id"], "🎉")
     await react(mine_id, "❤️")
     await react(target["event_id"], "Zustimmung")  # a text reaction: Slack has no emoji for it
@@ -176,13 +188,20 @@ async def test_reactions_add_and_remove_with_slack_emoji_names(
 
     await sim.wait_for(lambda: names(ts) == {"+1", "tada"} and names(mine["ts"]) == {"heart"},
                        timeout=15)
+    # One of the two takes theirs back: the colleague's 👍 still stands in Slack.
     await admin.redact(room, thumbs)
+    await admin.send_text(room, "Nach dem ersten Zurücknehmen")
+    await posted(sim, team, "Nach dem ersten Zurücknehmen")
+    assert names(ts) == {"+1", "tada"}
+    await outsider.redact(room, their_thumbs)
     await sim.wait_for(lambda: names(ts) == {"tada"}, timeout=15)
     removed = sim.calls_to("reactions.remove")
     assert [(r["name"], r["timestamp"]) for r in removed] == [("+1", ts)]
-    assert sorted(r["name"] for r in sim.calls_to("reactions.add")) == ["+1", "heart", "tada"]
+    assert sorted(r["name"] for r in sim.calls_to("reactions.add")) == [
+        "+1", "+1", "heart", "tada"]
 
-    await assert_no_echo(sim, team, admin, room, ["Ja, 10 Uhr"], {puppet_of(team, ANNA)})
+    await assert_no_echo(sim, team, admin, room, ["Ja, 10 Uhr", "Nach dem ersten Zurücknehmen"],
+                         {puppet_of(team, ANNA)})
     echoed = [e for e in await admin.messages(room, limit=100)
               if e["type"] == "m.reaction" and e["sender"].startswith("@slack_")]
     assert not echoed, echoed
