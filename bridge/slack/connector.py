@@ -320,14 +320,17 @@ class SlackConnector(Connector):
         """Store a batch of Slack events in one transaction, each once (by its natural key),
         in a lane per channel. Called by the intake before it acknowledges them."""
         items: list[tuple[str, NewDelivery]] = []
+        # Echoes of what we posted for Matrix are dropped before anything is read: a busy
+        # Matrix -> Slack direction sends one back per post.
+        wanted = [(p, e) for p in payloads
+                  if isinstance(e := p.get("event"), dict) and not self._is_echo(ws, e)]
         spaces = {space_of(ws.team_id, c) for c in
-                  (self._channel_of(p.get("event") or {}) for p in payloads) if c}
+                  (self._channel_of(event) for _, event in wanted) if c}
+        if not spaces and not any(e.get("type") == "user_change" for _, e in wanted):
+            return
         async with self.hub.db.sessions() as session:
             linked = await slack_store.linked_channels(session, spaces) if spaces else {}
-        for payload in payloads:
-            event = payload.get("event")
-            if not isinstance(event, dict) or self._is_echo(ws, event):
-                continue
+        for payload, event in wanted:
             channel = self._channel_of(event)
             room_id = linked.get(space_of(ws.team_id, channel)) if channel else None
             if event.get("type") != "user_change" and room_id is None:
