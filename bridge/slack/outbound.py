@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("bridge.slack")
 
 TEXT_MSGTYPES = {"m.text", "m.notice", "m.emote"}
+# A delivery's writes that go with its success (Delivery.with_outcome), or None.
+Outcome = list[Callable[[AsyncSession], Awaitable[None]]] | None
 FILE_MSGTYPES = {"m.image", "m.file", "m.video", "m.audio"}
 
 
@@ -80,8 +83,11 @@ class MatrixToSlack:
         if etype == "m.room.redaction":
             redacts = event.get("redacts") or content.get("redacts")
             return await self._redact(ws, channel, str(redacts)) if redacts else None
+        # Mappings of what was posted are written with the delivery's success (one
+        # transaction instead of two per message).
+        outcome = delivery.with_outcome
         if etype == "m.reaction":
-            return await self._react(ws, channel, delivery.room_id, event)
+            return await self._react(ws, channel, delivery.room_id, event, outcome)
         if etype != "m.room.message" or not isinstance(content, dict):
             return None
         relates = content.get("m.relates_to") or {}
@@ -89,9 +95,9 @@ class MatrixToSlack:
             return await self._edit(ws, channel, delivery.room_id, event, relates)
         msgtype = content.get("msgtype")
         if msgtype in FILE_MSGTYPES and content.get("url"):
-            return await self._file(ws, channel, delivery.room_id, event, relates)
+            return await self._file(ws, channel, delivery.room_id, event, relates, outcome)
         if msgtype in TEXT_MSGTYPES:
-            return await self._post(ws, channel, delivery.room_id, event, relates)
+            return await self._post(ws, channel, delivery.room_id, event, relates, outcome)
         return None
 
     # --- who and where -------------------------------------------------------------------
@@ -163,7 +169,7 @@ class MatrixToSlack:
     # --- messages ------------------------------------------------------------------------
 
     async def _post(self, ws: Workspace, channel: str, room_id: str, event: dict[str, Any],
-                    relates: dict[str, Any]) -> str:
+                    relates: dict[str, Any], outcome: Outcome = None) -> str:
         content = event["content"]
         text = await self._mrkdwn(ws, room_id, content)
         sender = await self._sender(room_id, event["sender"])
@@ -177,17 +183,28 @@ class MatrixToSlack:
             params["thread_ts"] = thread_ts
         data = await ws.call("chat.postMessage", channel_key=channel, **params)
         ts = str(data.get("ts") or (data.get("message") or {}).get("ts") or "")
-        await self._remember(ws, channel, room_id, event["event_id"], ts, thread_root)
+        await self._remember(ws, channel, room_id, event["event_id"], ts, thread_root,
+                             outcome=outcome)
         return ts
 
     async def _remember(self, ws: Workspace, channel: str, room_id: str, event_id: str,
-                        remote_id: str, thread_root: str | None, part: int = 0) -> None:
+                        remote_id: str, thread_root: str | None, part: int = 0,
+                        outcome: Outcome = None) -> None:
+        """Record what the Slack message stands for; with ``outcome`` (the delivery's
+        ``with_outcome``) in the transaction that records the delivery's success."""
         if not remote_id:
             return
-        async with self.hub.db.transaction() as session:
+
+        async def record(session: AsyncSession) -> None:
             await store.add_mapping(session, room_id=room_id, event_id=event_id,
                                     network=NETWORK, remote_space=space_of(ws.team_id, channel),
                                     remote_id=remote_id, thread_root=thread_root, part=part)
+
+        if outcome is not None:
+            outcome.append(record)
+        else:
+            async with self.hub.db.transaction() as session:
+                await record(session)
 
     async def _edit(self, ws: Workspace, channel: str, room_id: str, event: dict[str, Any],
                     relates: dict[str, Any]) -> str | None:
@@ -245,7 +262,7 @@ class MatrixToSlack:
         return ",".join(done) or None
 
     async def _react(self, ws: Workspace, channel: str, room_id: str,
-                     event: dict[str, Any]) -> str | None:
+                     event: dict[str, Any], outcome: Outcome = None) -> str | None:
         relates = (event.get("content") or {}).get("m.relates_to") or {}
         if relates.get("rel_type") != "m.annotation":
             return None
@@ -272,7 +289,8 @@ class MatrixToSlack:
                                                    space_of(ws.team_id, channel), key)
         if not any(m.event_id == event["event_id"] for m in same):
             await self._remember(ws, channel, room_id, event["event_id"], key, None,
-                                 part=max((m.part for m in same), default=-1) + 1)
+                                 part=max((m.part for m in same), default=-1) + 1,
+                                 outcome=outcome)
         return key
 
     async def _shared_reaction(self, space: str, mapping: MappingInfo, redacts: str) -> bool:
@@ -282,7 +300,7 @@ class MatrixToSlack:
         return any(m.event_id != redacts for m in same)
 
     async def _file(self, ws: Workspace, channel: str, room_id: str, event: dict[str, Any],
-                    relates: dict[str, Any]) -> str | None:
+                    relates: dict[str, Any], outcome: Outcome = None) -> str | None:
         content = event["content"]
         name = str(content.get("filename") or content.get("body") or "file")
         data = await self.hub.download_media(str(content["url"]))
@@ -305,7 +323,8 @@ class MatrixToSlack:
             params["thread_ts"] = thread_ts
         done = await ws.call("files.completeUploadExternal", **params)
         ts = self._share_ts(done, channel) or f"file:{upload['file_id']}"
-        await self._remember(ws, channel, room_id, event["event_id"], ts, thread_root)
+        await self._remember(ws, channel, room_id, event["event_id"], ts, thread_root,
+                             outcome=outcome)
         return ts
 
     @staticmethod
