@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Integer, String, Table, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.db.models import Link, SlackChannel
+from bridge.db.queues import insert_ignoring_conflicts
 
 
 def ts_key(ts: str) -> tuple[int, int]:
@@ -25,16 +27,38 @@ async def cursor(session: AsyncSession, team_id: str, channel_id: str) -> str | 
                                            SlackChannel.channel_id == channel_id))
 
 
+def canonical_ts(ts: str) -> str:
+    """A ts as Slack writes it, "seconds.micros" with six digits of micros: two of them
+    compare as numbers do when compared by (length, text)."""
+    seconds, micros = ts_key(ts)
+    return f"{seconds}.{micros:06d}"
+
+
+_CHANNEL = cast(Table, SlackChannel.__table__)
+_TS: Any = bindparam("new_ts", type_=String)
+_TS_LENGTH: Any = bindparam("ts_length", type_=Integer)
+# Built once, on the table: run for every bridged message. Moves the cursor forward only;
+# cursors are stored canonical, so (length, text) order is numeric order.
+_ADVANCE = update(_CHANNEL).where(
+    _CHANNEL.c.team_id == bindparam("team"),
+    _CHANNEL.c.channel_id == bindparam("channel"),
+    or_(func.length(_CHANNEL.c.last_ts) < _TS_LENGTH,
+        (func.length(_CHANNEL.c.last_ts) == _TS_LENGTH) & (_CHANNEL.c.last_ts < _TS)),
+).values(last_ts=_TS, updated_at=bindparam("now"))
+
+
 async def advance_cursor(session: AsyncSession, team_id: str, channel_id: str, ts: str) -> None:
-    """Move the channel's cursor to ``ts`` unless it is already further."""
-    row = await session.get(SlackChannel, (team_id, channel_id))
-    if row is None:
-        session.add(SlackChannel(team_id=team_id, channel_id=channel_id, last_ts=ts,
-                                 updated_at=time.time()))
-    elif ts_key(ts) > ts_key(row.last_ts):
-        row.last_ts = ts
-        row.updated_at = time.time()
-    await session.flush()
+    """Move the channel's cursor to ``ts`` unless it is already further (one statement for a
+    new message; a second one only when the cursor is further already or not there yet)."""
+    canonical = canonical_ts(ts)
+    now = time.time()
+    moved = await session.execute(_ADVANCE, {"team": team_id, "channel": channel_id,
+                                             "new_ts": canonical,
+                                             "ts_length": len(canonical), "now": now})
+    if not moved.rowcount:  # type: ignore[attr-defined]
+        await session.execute(insert_ignoring_conflicts(session, SlackChannel), {
+            "team_id": team_id, "channel_id": channel_id, "last_ts": canonical,
+            "updated_at": now})
 
 
 async def linked_channels(session: AsyncSession,
