@@ -94,7 +94,8 @@ class Hub:
         self.prefix = config.bridge.command_prefix
         self.matrix: MatrixSide | None = None
         # Set by the app: wakes the outbox worker after something was enqueued.
-        self.wake_outbox: Callable[[], None] = lambda: None
+        # (Given the lanes it queued in, if known: the outbox need not wake for busy ones.)
+        self.wake_outbox: Callable[..., None] = lambda lanes=None: None
         # Puppet profiles last written (user ID -> name, avatar source): a cache that saves a
         # write per remote message; the database stays the truth.
         self._profiles: dict[str, tuple[str | None, str | None]] = {}
@@ -364,7 +365,7 @@ class Hub:
             if also is not None:
                 await also(session)
             await queues.enqueue(session, deliveries)
-        self.wake_outbox()
+        self.wake_outbox(queues.enqueued_lanes(session))
         return True
 
     # --- helpers for connectors and the bot ----------------------------------------------

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -46,7 +46,13 @@ class OutboxWorker:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._busy_lanes: set[str] = set()
 
-    def wake(self) -> None:
+    def wake(self, lanes: Collection[str] | None = None) -> None:
+        """Something was queued (in ``lanes``, if known). Lanes being delivered need no
+        wake-up: their worker claims the lane's next item with the outcome of the one in
+        flight, or wakes the claim loop when it finds none (see _deliver_item). A burst
+        into one room then costs no claim-loop look at the whole outbox per item."""
+        if lanes and all(lane in self._busy_lanes for lane in lanes):
+            return
         self._wake.set()
 
     async def start(self) -> None:

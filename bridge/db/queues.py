@@ -274,10 +274,20 @@ async def enqueue(session: AsyncSession, deliveries: Iterable[NewDelivery]) -> i
     rows = [d.row(now) for d in deliveries]
     if rows:
         await session.execute(insert(_OUTBOX), rows)
+        session.info.setdefault(_ENQUEUED_LANES, set()).update(r["lane"] for r in rows)
     return len(rows)
 
 
-def _claimable(lane: Any = None) -> Any:
+_ENQUEUED_LANES = "bridge.enqueued_lanes"
+
+
+def enqueued_lanes(session: AsyncSession) -> set[str]:
+    """The lanes that ``session`` has enqueued deliveries in (to wake the outbox for)."""
+    lanes: set[str] = session.info.get(_ENQUEUED_LANES, set())
+    return lanes
+
+
+def _claimable() -> Any:
     """Items that may go out now: pending, due, unclaimed, and the oldest of their lane.
 
     Built once: constructing this statement costs more than running it. (Core, on the table:
@@ -286,7 +296,6 @@ def _claimable(lane: Any = None) -> Any:
     now = bindparam("now", type_=Float)
     earlier = _OUTBOX.alias("earlier")
     return (
-        *((_OUTBOX.c.lane == lane,) if lane is not None else ()),
         _OUTBOX.c.state == "pending",
         _OUTBOX.c.next_attempt_at <= now,
         _OUTBOX.c.claimed_until <= now,
@@ -304,10 +313,16 @@ _DELIVERY_COLUMNS = (_OUTBOX.c.id, _OUTBOX.c.lane, _OUTBOX.c.network, _OUTBOX.c.
 _CLAIM = select(*_DELIVERY_COLUMNS).where(*_claimable()).order_by(_OUTBOX.c.id).limit(
     bindparam("limit"))
 _CLAIM_FOR_UPDATE = _CLAIM.with_for_update(skip_locked=True)
-# The head of one lane, if it may go out now.
-_CLAIM_LANE = select(*_DELIVERY_COLUMNS).where(*_claimable(bindparam("lane"))).order_by(
-    _OUTBOX.c.id).limit(1)
-_CLAIM_LANE_FOR_UPDATE = _CLAIM_LANE.with_for_update(skip_locked=True)
+# The head of one lane: found through ix_outbox_lane, however long the lane's backlog
+# (_claimable's form walks every pending item of every lane).
+_LANE_HEAD = select(*_DELIVERY_COLUMNS, _OUTBOX.c.next_attempt_at, _OUTBOX.c.claimed_until) \
+    .where(_OUTBOX.c.lane == bindparam("lane"), _OUTBOX.c.state == "pending") \
+    .order_by(_OUTBOX.c.id).limit(1)
+# Claim an item if it is still pending, due and free (re-checked under the row's lock).
+_CLAIM_IF_FREE = update(_OUTBOX).where(
+    _OUTBOX.c.id == bindparam("item_id"), _OUTBOX.c.state == "pending",
+    _OUTBOX.c.next_attempt_at <= bindparam("now"), _OUTBOX.c.claimed_until <= bindparam("now"),
+).values(claimed_until=bindparam("until"))
 _SET_CLAIMED = update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True))) \
     .values(claimed_until=bindparam("until"))
 
@@ -337,12 +352,14 @@ async def claim_lane_head(session: AsyncSession, lane: str, lease: float) -> Del
     """Claim the head item of one lane if it may go out now (the worker that just finished
     the item before it goes on with the lane, without a round through the claim loop)."""
     now = time.time()
-    query = _CLAIM_LANE_FOR_UPDATE if dialect_name(session) == "postgresql" else _CLAIM_LANE
-    items = _deliveries(await session.execute(query, {"now": now, "lane": lane}))
-    if not items:
+    head = (await session.execute(_LANE_HEAD, {"lane": lane})).first()
+    if head is None or head.next_attempt_at > now or head.claimed_until > now:
         return None
-    await session.execute(_SET_CLAIMED, {"ids": [items[0].id], "until": now + lease})
-    return items[0]
+    claimed = await session.execute(_CLAIM_IF_FREE, {"item_id": head.id, "now": now,
+                                                     "until": now + lease})
+    if not claimed.rowcount:  # type: ignore[attr-defined]
+        return None  # another worker took it meanwhile
+    return _deliveries([head])[0]
 
 
 _RELEASE = update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True))) \

@@ -1,0 +1,121 @@
+"""The outbox worker going on with a lane: claiming the lane's next item together with the
+previous one's outcome, and writes recorded with that outcome (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bridge.config import OutboxConfig
+from bridge.core.errors import TemporaryError
+from bridge.core.outbox import OutboxWorker
+from bridge.db import queues, store
+from bridge.db.engine import Database
+from bridge.db.queues import Delivery, NewDelivery
+
+
+async def _database(url: str) -> Database:
+    db = Database(url)
+    await db.upgrade()
+    return db
+
+
+async def _enqueue(db: Database, lane_items: int, room: str = "!r:x") -> None:
+    async with db.transaction() as session:
+        await queues.enqueue(session, [NewDelivery(network="test", room_id=room, kind="relay",
+                                                   payload={"n": n})
+                                       for n in range(lane_items)])
+
+
+async def test_claim_lane_head_takes_only_a_due_free_head(database_url: str) -> None:
+    db = await _database(database_url)
+    lane = "test:!r:x"
+    try:
+        await _enqueue(db, 3)
+        await _enqueue(db, 1, room="!other:x")
+        async with db.transaction() as session:
+            head = await queues.claim_lane_head(session, lane, 60)
+        assert head is not None and head.payload == {"n": 0} and head.lane == lane
+        async with db.transaction() as session:  # claimed: not again, and nothing behind it
+            assert await queues.claim_lane_head(session, lane, 60) is None
+        async with db.transaction() as session:  # waiting for a retry: not due
+            await queues.retry_delivery(session, head.id, time.time() + 60, "down")
+            assert await queues.claim_lane_head(session, lane, 60) is None
+        async with db.transaction() as session:
+            await queues.finish_delivery(session, head.id, "ok")
+            second = await queues.claim_lane_head(session, lane, 60)
+        assert second is not None and second.payload == {"n": 1}
+        async with db.sessions() as session:
+            claimed_until = await session.scalar(
+                select(queues._OUTBOX.c.claimed_until).where(queues._OUTBOX.c.id == second.id))
+        assert claimed_until is not None and claimed_until > time.time() + 30
+    finally:
+        await db.close()
+
+
+async def test_a_lane_is_delivered_in_order_with_its_outcome_writes(database_url: str) -> None:
+    """Each success is recorded with the writes its delivery asked for (here a message
+    mapping, as the Matrix side does); a failed attempt's writes are dropped."""
+    db = await _database(database_url)
+    seen: list[int] = []
+    fail_once = {1}
+
+    async def deliver(item: Delivery) -> str:
+        n = item.payload["n"]
+        assert item.with_outcome is not None
+
+        async def record(session: AsyncSession) -> None:
+            await store.add_mapping(session, room_id=item.room_id,
+                                    event_id=f"$e{n}-{item.attempts}", network="test",
+                                    remote_space="s", remote_id=f"m{n}")
+
+        item.with_outcome.append(record)
+        if n in fail_once:
+            fail_once.discard(n)
+            raise TemporaryError("down", retry_after=0.05)
+        seen.append(n)
+        return f"$e{n}"
+
+    async def on_failed(item: Delivery, error: str, hint: str | None) -> None:
+        raise AssertionError(error)
+
+    await _enqueue(db, 5)
+    worker = OutboxWorker(db, deliver, on_failed, OutboxConfig())
+    await worker.start()
+    try:
+        for _ in range(300):
+            if len(seen) == 5:
+                break
+            await asyncio.sleep(0.02)
+        await worker.drain()
+    finally:
+        await worker.stop()
+    try:
+        assert seen == [0, 1, 2, 3, 4]
+        mapped = []
+        async with db.sessions() as session:
+            for n in range(5):
+                mapped += [(m.remote_id, m.event_id) for m in
+                           await store.mappings_for_remote(session, "test", "s", f"m{n}")]
+            pending = await queues.count_pending(session)
+        # One mapping per delivered item; the failed attempt's (attempts 0 of item 1) is not.
+        assert mapped == [("m0", "$e0-0"), ("m1", "$e1-1"), ("m2", "$e2-0"), ("m3", "$e3-0"),
+                          ("m4", "$e4-0")]
+        assert pending == (0, 0)
+    finally:
+        await db.close()
+
+
+async def test_an_item_taken_meanwhile_is_not_claimed_again(database_url: str) -> None:
+    db = await _database(database_url)
+    lane = "test:!r:x"
+    try:
+        await _enqueue(db, 1)
+        async with db.transaction() as session:  # as if another process holds it
+            await session.execute(update(queues._OUTBOX).values(claimed_until=time.time() + 60))
+            assert await queues.claim_lane_head(session, lane, 60) is None
+    finally:
+        await db.close()
