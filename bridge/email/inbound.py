@@ -78,9 +78,6 @@ class _Handler:
 
 
 TERMINATOR = b"\r\n.\r\n"
-# A line of more than 1001 bytes with its CRLF (RFC 5321 4.5.3.1.6: 1000, plus a stuffed
-# dot), as aiosmtpd refuses it: 1001 bytes or more between two LFs (its CR included).
-_LONG_LINE = re.compile(rb"\n[^\n]{1001}")
 READ_SIZE = 1 << 20
 TOO_MUCH = "552 Error: Too much mail data"
 TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
@@ -99,13 +96,14 @@ class DataDecoder:
     """
 
     def __init__(self, size_limit: int | None, line_limit: int = 1001) -> None:
+        """``line_limit``: the longest line allowed, its CRLF included (RFC 5321 4.5.3.1.6:
+        1000, plus a stuffed dot; aiosmtpd's limit). Counted from LF to LF (a bare LF, not
+        allowed in SMTP, ends a line here too)."""
         self.content = bytearray()
         self.error: str | None = None
         self.done = False
         self._size_limit = size_limit
         self._line_limit = line_limit
-        self._long_line = _LONG_LINE if line_limit == 1001 else \
-            re.compile(rb"\n[^\n]{%d}" % line_limit)
         # Received but not decoded yet: up to 4 bytes that may begin the terminator. At
         # first the line break of the DATA command itself, so that a terminator right at
         # the start is found like any other (it is not part of the mail: see _skip).
@@ -139,18 +137,18 @@ class DataDecoder:
         if self._size_limit and self._size > self._size_limit:
             self._fail(TOO_MUCH)
             return
-        first = raw.find(b"\n", 0, end)
-        if first < 0:
-            self._line += end
-        else:
-            if self._line + first >= self._line_limit or \
-                    self._long_line.search(raw, first, end) is not None:
+        # Every line must end within line_limit bytes of its start. From a line's start,
+        # the last LF in the next line_limit bytes starts the next line to check: steps of
+        # up to a kilobyte, not a look at every line.
+        start = -self._line  # where the unfinished line began (before raw, if carried)
+        while start + self._line_limit <= end:
+            lf = raw.rfind(b"\n", max(start, 0), start + self._line_limit)
+            if lf < 0:
                 self._fail(TOO_LONG)
                 return
-            self._line = end - raw.rfind(b"\n", 0, end) - 1
-        if self._line >= self._line_limit:
-            self._fail(TOO_LONG)
-            return
+            start = lf + 1
+        lf = raw.rfind(b"\n", max(start, 0), end)
+        self._line = end - (start if lf < 0 else lf + 1)
         # Transparency: a dot at the start of a line was added by the sender. Lines start
         # after a CRLF, which may end the bytes decoded before.
         tail = self._tail
