@@ -80,6 +80,9 @@ class MatrixSide(Protocol):
 
     async def may_mention_room(self, room_id: str, user_id: str) -> bool: ...
 
+    async def set_profile(self, user_id: str, displayname: str | None,
+                          avatar_mxc: str | None) -> None: ...
+
     async def room_name(self, room_id: str) -> str | None: ...
 
     async def note_state(self, event: dict[str, Any]) -> None: ...
@@ -275,6 +278,13 @@ class Hub:
         """Do the room's power levels let ``user_id`` notify everyone (@room)?"""
         assert self.matrix is not None
         return await self.matrix.may_mention_room(room_id, user_id)
+
+    async def apply_profile(self, user_id: str, displayname: str | None,
+                            avatar_mxc: str | None) -> None:
+        """Set a puppet's profile on the homeserver right away (the queued profile update
+        repeats it harmlessly); homeserver trouble is a :class:`TemporaryError`."""
+        assert self.matrix is not None
+        await self.matrix.set_profile(user_id, displayname, avatar_mxc)
 
     async def room_name(self, room_id: str) -> str | None:
         assert self.matrix is not None

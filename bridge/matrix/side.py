@@ -266,6 +266,18 @@ class MatrixSide:
         intent = self.intent(p.get("sender"))
         return str(await intent.redact(RoomID(d.room_id), p["event_id"], reason=p.get("reason")))
 
+    async def set_profile(self, user_id: str, displayname: str | None,
+                          avatar_mxc: str | None) -> None:
+        intent = self.intent(user_id)
+        try:
+            await intent.ensure_registered()
+            if displayname is not None:
+                await intent.set_displayname(displayname)
+            if avatar_mxc:
+                await intent.set_avatar_url(ContentURI(avatar_mxc))
+        except MatrixRequestError as exc:
+            raise TemporaryError(f"could not set the profile of {user_id}: {exc}") from exc
+
     async def _deliver_profile(self, d: Delivery, p: dict[str, Any]) -> None:
         intent = self.intent(p["user"])
         await intent.ensure_registered()

@@ -196,7 +196,13 @@ class SlackToMatrix:
             avatar_mxc: str | None = stored.avatar_mxc
         else:
             avatar_mxc = await self._avatar(avatar, user_mxid) if avatar else None
-        return await self.hub.ensure_puppet(NETWORK, remote_id, name, avatar, avatar_mxc)
+        await self.hub.ensure_puppet(NETWORK, remote_id, name, avatar, avatar_mxc)
+        if stored is None or stored.displayname != name or stored.avatar_source != avatar:
+            # Now, not only through the queue: clients name a message's sender by the
+            # profile they had when it was sent, so a first message must not go out as
+            # "@slack_t…_u…".
+            await self.hub.apply_profile(user_mxid, name, avatar_mxc)
+        return user_mxid
 
     async def _bot_puppet(self, ws: Workspace, event: dict[str, Any]) -> str:
         """Another app's or integration's message: a puppet per bot, named as it posted."""
