@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import html
 
+import pytest
 from aiosmtpd.smtp import SMTP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import bridge.email.parse as parse_module
 from bridge.email.connector import _text_to_html
 from bridge.email.inbound import SmtpProtocol
 
@@ -41,3 +43,25 @@ def test_plain_addresses_parse_as_aiosmtpd_parses_them() -> None:
         ours.local_part_limit = theirs.local_part_limit = limit
         for arg in ADDRESSES:
             assert ours._getaddr(arg) == theirs._getaddr(arg), arg
+
+
+def test_header_objects_made_once_give_the_same_mails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parser's header objects are shared between mails with the same header (name and
+    value): every sample parses to the same result as with a header object of its own, the
+    second time (from the cache) too."""
+    from tests.email.test_parse_speed import TRICKY_MAILS, corpus_mails
+
+    mails = TRICKY_MAILS + corpus_mails()
+    monkeypatch.setattr(parse_module._HeaderClasses, "_MAX_VALUE", -1)  # nothing kept
+    own = [_parsed(raw) for raw in mails]
+    monkeypatch.setattr(parse_module._HeaderClasses, "_MAX_VALUE", 512)
+    parse_module._POLICY.header_factory._made.clear()  # type: ignore[attr-defined]
+    for _ in range(2):
+        assert [_parsed(raw) for raw in mails] == own
+
+
+def _parsed(raw: bytes) -> object:
+    try:
+        return parse_module.parse_message(raw)
+    except parse_module.MalformedMail as exc:
+        return str(exc)
