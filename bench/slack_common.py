@@ -141,7 +141,7 @@ class Planned:
 
 
 class Messages:
-    """Builds the messages of each phase (seeded), spread round-robin over the channels and
+    """Builds the messages of each phase, spread round-robin over the channels and
     the users, and remembers when each was emitted and when it arrived (time.monotonic())."""
 
     def __init__(self, workspace: BenchWorkspace) -> None:
