@@ -61,10 +61,12 @@ def _sqlite_begin(conn: Connection) -> None:
 def create_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         # Every session ends its own transaction, so the pool's extra rollback on return
-        # is a wasted round trip. sqlite_driver: one trip to aiosqlite's thread per
-        # statement instead of four or five.
+        # is a wasted round trip. sqlite_driver: at most one trip to aiosqlite's thread per
+        # statement, none for those that cannot wait for a lock (which run in the event
+        # loop: hence check_same_thread off; a connection is never used by two at once).
         engine = create_async_engine(url, pool_reset_on_return=None,
-                                     module=sqlite_driver.dbapi())
+                                     module=sqlite_driver.dbapi(),
+                                     connect_args={"check_same_thread": False})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
