@@ -71,14 +71,15 @@ def _headers_of(raw: bytes | bytearray) -> EmailMessage:
 
 
 # Line breaks str.splitlines knows besides "\n".
-_OTHER_LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+_OTHER_LINE_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 
 
 def _text_to_html(text: str) -> str:
     """Each line escaped, joined with <br>: on the whole text at once where "\n" is its
     only kind of line break (the parser's text), which is the same and five times faster
-    on a long mail than line by line."""
-    if _OTHER_LINE_BREAKS.search(text) is None:
+    on a long mail than line by line. (Looking for the other breaks one by one with `in`
+    is a fast scan each; a character-class regex takes longer than the escaping.)"""
+    if not any(brk in text for brk in _OTHER_LINE_BREAKS):
         return html.escape(text).replace("\n", "<br>")
     return "<br>".join(html.escape(line) for line in text.splitlines())
 
