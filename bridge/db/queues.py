@@ -313,16 +313,16 @@ _DELIVERY_COLUMNS = (_OUTBOX.c.id, _OUTBOX.c.lane, _OUTBOX.c.network, _OUTBOX.c.
 _CLAIM = select(*_DELIVERY_COLUMNS).where(*_claimable()).order_by(_OUTBOX.c.id).limit(
     bindparam("limit"))
 _CLAIM_FOR_UPDATE = _CLAIM.with_for_update(skip_locked=True)
-# The head of one lane: found through ix_outbox_lane, however long the lane's backlog
-# (_claimable's form walks every pending item of every lane).
-_LANE_HEAD = select(*_DELIVERY_COLUMNS, _OUTBOX.c.next_attempt_at, _OUTBOX.c.claimed_until) \
-    .where(_OUTBOX.c.lane == bindparam("lane"), _OUTBOX.c.state == "pending") \
-    .order_by(_OUTBOX.c.id).limit(1)
-# Claim an item if it is still pending, due and free (re-checked under the row's lock).
-_CLAIM_IF_FREE = update(_OUTBOX).where(
-    _OUTBOX.c.id == bindparam("item_id"), _OUTBOX.c.state == "pending",
+# Claim the head of one lane if it is due and free, in one statement: the head is found
+# through ix_outbox_lane however long the lane's backlog (_claimable's form walks every
+# pending item of every lane), and the conditions are re-checked under the row's lock.
+_CLAIM_LANE_HEAD = update(_OUTBOX).where(
+    _OUTBOX.c.id == select(_OUTBOX.c.id).where(
+        _OUTBOX.c.lane == bindparam("head_lane"), _OUTBOX.c.state == "pending",
+    ).order_by(_OUTBOX.c.id).limit(1).scalar_subquery(),
+    _OUTBOX.c.state == "pending",
     _OUTBOX.c.next_attempt_at <= bindparam("now"), _OUTBOX.c.claimed_until <= bindparam("now"),
-).values(claimed_until=bindparam("until"))
+).values(claimed_until=bindparam("until")).returning(*_DELIVERY_COLUMNS)
 _SET_CLAIMED = update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True))) \
     .values(claimed_until=bindparam("until"))
 
@@ -352,14 +352,9 @@ async def claim_lane_head(session: AsyncSession, lane: str, lease: float) -> Del
     """Claim the head item of one lane if it may go out now (the worker that just finished
     the item before it goes on with the lane, without a round through the claim loop)."""
     now = time.time()
-    head = (await session.execute(_LANE_HEAD, {"lane": lane})).first()
-    if head is None or head.next_attempt_at > now or head.claimed_until > now:
-        return None
-    claimed = await session.execute(_CLAIM_IF_FREE, {"item_id": head.id, "now": now,
-                                                     "until": now + lease})
-    if not claimed.rowcount:  # type: ignore[attr-defined]
-        return None  # another worker took it meanwhile
-    return _deliveries([head])[0]
+    claimed = _deliveries(await session.execute(_CLAIM_LANE_HEAD, {
+        "head_lane": lane, "now": now, "until": now + lease}))
+    return claimed[0] if claimed else None  # none: empty, waiting, or taken meanwhile
 
 
 _RELEASE = update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True))) \

@@ -120,6 +120,7 @@ class MatrixSide:
         )
         self.bot_intent: IntentAPI = self.api.bot_intent()
         self.bot: Bot | None = None
+        self._intents: dict[str, IntentAPI] = {}
 
     async def upload(self, data: bytes, mimetype: str, filename: str | None,
                      user_id: str | None) -> str:
@@ -168,7 +169,14 @@ class MatrixSide:
     def intent(self, user_id: str | None) -> IntentAPI:
         if not user_id or user_id == self.hub.bot_mxid:
             return self.bot_intent
-        return self.bot_intent.user(UserID(user_id))
+        # mautrix builds a new IntentAPI (wrapping some thirty methods) per call: kept per
+        # puppet instead, as it holds no state of its own.
+        intent = self._intents.get(user_id)
+        if intent is None:
+            if len(self._intents) >= 10_000:
+                self._intents.clear()
+            intent = self._intents[user_id] = self.bot_intent.user(UserID(user_id))
+        return intent
 
     async def note_state(self, event: dict[str, Any]) -> None:
         """Keep the intents' membership and power-level cache in step with the room."""
