@@ -318,9 +318,13 @@ class Setup:
         self.admin = MatrixTestClient(self.synapse_url, user_id, token)
         await self.admin.initial_sync()
         for i, channel in enumerate(self.workspace.channels):
-            room = await open_room(BOT, self.admin, bot_power=100, name=f"Amt {i:03d}")
-            await command(BOT, self.admin, room, f"{PREFIX} link slack {channel}",
-                          expect="Linked")
+            try:
+                room = await open_room(BOT, self.admin, bot_power=100, name=f"Amt {i:03d}")
+                await command(BOT, self.admin, room, f"{PREFIX} link slack {channel}",
+                              expect="Linked")
+            except TimeoutError as exc:
+                raise BenchError(f"setting up the room for {channel} failed: "
+                                 f"{str(exc).splitlines()[0]}\n{self.log_tail()}") from None
             self.rooms[channel] = room
 
     async def delivered(self) -> float:
