@@ -6,6 +6,11 @@ from typing import Any
 
 from tests.support.matrix_client import MatrixTestClient
 
+# Seconds to wait for the bot. Normally it answers within a second; with the whole suite on
+# two cores, Synapse's back-off towards an appservice that a previous test just stopped can
+# hold a transaction for several seconds, which is not what these steps test.
+SLOW_STEP = 40
+
 
 def is_notice_from(bot: str, contains: str = "") -> Any:
     def predicate(event: dict[str, Any]) -> bool:
@@ -21,7 +26,7 @@ async def open_room(bot: str, user: MatrixTestClient, *, direct: bool = False,
     if bot_power is not None:
         kwargs["power_level_content_override"] = {"users": {bot: bot_power}}
     room_id = await user.create_room(invite=[bot], is_direct=direct, **kwargs)
-    await user.wait_for_event(room_id, is_notice_from(bot, "Hello"), timeout=15)
+    await user.wait_for_event(room_id, is_notice_from(bot, "Hello"), timeout=SLOW_STEP)
     return room_id
 
 
@@ -35,5 +40,5 @@ async def command(bot: str, user: MatrixTestClient, room_id: str, text: str,
         return (is_notice_from(bot, expect)(event)
                 and relates.get("event_id") == event_id)
 
-    return await user.wait_for_event(room_id, reply, timeout=15)
+    return await user.wait_for_event(room_id, reply, timeout=SLOW_STEP)
 
