@@ -36,6 +36,12 @@ def escape_localpart(value: str) -> str:
     return "".join(out)
 
 
+def media_msgtype(mimetype: str) -> str:
+    """The Matrix msgtype a remote file of this MIME type becomes."""
+    kind = mimetype.split("/", 1)[0]
+    return {"image": "m.image", "video": "m.video", "audio": "m.audio"}.get(kind, "m.file")
+
+
 @dataclass(slots=True)
 class Health:
     ok: bool

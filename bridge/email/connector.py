@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge import metrics
 from bridge.config import Config, EmailConfig
-from bridge.core.connector import Connector, Health, LinkTarget
+from bridge.core.connector import Connector, Health, LinkTarget, media_msgtype
 from bridge.core.errors import CommandError, PermanentError
 from bridge.core.hub import RemotePart
 from bridge.db import email_store, queues, store
@@ -87,10 +87,6 @@ def _text_to_html(text: str) -> str:
 def _strip_brackets(message_id: str) -> str:
     return message_id.strip().strip("<>")
 
-
-def _msgtype_for(mimetype: str) -> str:
-    kind = mimetype.split("/", 1)[0]
-    return {"image": "m.image", "video": "m.video", "audio": "m.audio"}.get(kind, "m.file")
 
 
 class EmailConnector(Connector):
@@ -171,10 +167,15 @@ class EmailConnector(Connector):
                 ("POST", "/_bridge/email/unsubscribe", self._unsubscribe_post)]
 
     def _unsubscribe_request(self, request: web.Request) -> tuple[str, str, str] | None:
+        """(room, address, token) of a valid one-click link, else None (whatever is wrong
+        with it: a link from a mail is untrusted input)."""
         room, address = request.query.get("room", ""), request.query.get("address", "")
         token = request.query.get("token", "")
-        recipient = parse_recipient(f"{room}+{token}@{self.domain}", self.domain, self.secret) \
-            if room and token else None
+        try:
+            recipient = parse_recipient(f"{room}+{token}@{self.domain}", self.domain,
+                                        self.secret) if room and token else None
+        except Exception:
+            return None
         if recipient is None or recipient.kind != "unsubscribe" or not verify_unsubscribe(
                 room, address, recipient.thread_key or "", self.secret):
             return None
@@ -182,10 +183,7 @@ class EmailConnector(Connector):
 
     async def _unsubscribe_page(self, request: web.Request) -> web.Response:
         """GET only shows a button: link scanners open every URL, and must not unsubscribe."""
-        try:
-            found = self._unsubscribe_request(request)
-        except Exception:
-            found = None
+        found = self._unsubscribe_request(request)
         if found is None:
             return web.Response(status=400, text="This unsubscribe link is not valid.")
         room, address, _ = found
@@ -197,10 +195,7 @@ class EmailConnector(Connector):
         return web.Response(text=page, content_type="text/html")
 
     async def _unsubscribe_post(self, request: web.Request) -> web.Response:
-        try:
-            found = self._unsubscribe_request(request)
-        except Exception:
-            found = None
+        found = self._unsubscribe_request(request)
         if found is None:
             return web.Response(status=400, text="This unsubscribe link is not valid.")
         room, address, _ = found
@@ -425,7 +420,7 @@ class EmailConnector(Connector):
                 cid_map[attachment.content_id] = mxc
                 continue
             files.append({
-                "msgtype": _msgtype_for(attachment.mimetype), "body": attachment.filename,
+                "msgtype": media_msgtype(attachment.mimetype), "body": attachment.filename,
                 "filename": attachment.filename, "url": mxc,
                 "info": {"mimetype": attachment.mimetype, "size": len(attachment.data)},
             })

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bridge.core.connector import media_msgtype
 from bridge.core.errors import PermanentError
 from bridge.core.hub import MATRIX, RemotePart
 from bridge.db import slack_store, store
@@ -98,10 +99,6 @@ def _mentioned_ids(text: str, blocks: Any) -> tuple[set[str], set[str], bool]:
     walk(blocks)
     return users, channels, broadcast
 
-
-def _msgtype_for(mimetype: str) -> str:
-    kind = mimetype.split("/", 1)[0]
-    return {"image": "m.image", "video": "m.video", "audio": "m.audio"}.get(kind, "m.file")
 
 
 def render_attachments(attachments: Any) -> tuple[str, str]:
@@ -355,7 +352,7 @@ class SlackToMatrix:
         info: dict[str, Any] = {"mimetype": mimetype, "size": len(data)}
         if file.get("original_w") and file.get("original_h"):
             info["w"], info["h"] = int(file["original_w"]), int(file["original_h"])
-        return {"msgtype": _msgtype_for(mimetype), "body": name, "filename": name,
+        return {"msgtype": media_msgtype(mimetype), "body": name, "filename": name,
                 "url": mxc, "info": info}
 
     async def _event_of(self, space: str, ts: str) -> str | None:
