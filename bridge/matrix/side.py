@@ -6,7 +6,9 @@ after a crash is deduplicated by the homeserver instead of posted twice.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -121,6 +123,13 @@ class MatrixSide:
         self.bot_intent: IntentAPI = self.api.bot_intent()
         self.bot: Bot | None = None
         self._intents: dict[str, IntentAPI] = {}
+        # Profile writes go one at a time per user, and what each last set is remembered:
+        # the write made right before a puppet's first message and the queued one would
+        # otherwise race, and Synapse answers two concurrent changes of one user's profile
+        # with a 500 ("Expected at most one task to cancel").
+        self._profile_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = \
+            weakref.WeakValueDictionary()
+        self._profiles_set: dict[str, tuple[str | None, str | None]] = {}
 
     async def upload(self, data: bytes, mimetype: str, filename: str | None,
                      user_id: str | None) -> str:
@@ -276,24 +285,30 @@ class MatrixSide:
 
     async def set_profile(self, user_id: str, displayname: str | None,
                           avatar_mxc: str | None) -> None:
-        intent = self.intent(user_id)
         try:
-            await intent.ensure_registered()
-            if displayname is not None:
-                await intent.set_displayname(displayname)
-            if avatar_mxc:
-                await intent.set_avatar_url(ContentURI(avatar_mxc))
+            await self._set_profile(user_id, displayname, avatar_mxc)
         except MatrixRequestError as exc:
             raise TemporaryError(f"could not set the profile of {user_id}: {exc}") from exc
 
+    async def _set_profile(self, user_id: str, displayname: str | None,
+                           avatar_mxc: str | None) -> None:
+        lock = self._profile_locks.get(user_id)
+        if lock is None:
+            lock = self._profile_locks[user_id] = asyncio.Lock()
+        async with lock:
+            name_set, avatar_set = self._profiles_set.get(user_id, (None, None))
+            intent = self.intent(user_id)
+            await intent.ensure_registered()
+            if displayname is not None and displayname != name_set:
+                await intent.set_displayname(displayname)
+                name_set = displayname
+                self._profiles_set[user_id] = (name_set, avatar_set)
+            if avatar_mxc and avatar_mxc != avatar_set:
+                await intent.set_avatar_url(ContentURI(avatar_mxc))
+                self._profiles_set[user_id] = (name_set, avatar_mxc)
+
     async def _deliver_profile(self, d: Delivery, p: dict[str, Any]) -> None:
-        intent = self.intent(p["user"])
-        await intent.ensure_registered()
-        if "displayname" in p:
-            await intent.set_displayname(p["displayname"])
-        if p.get("avatar_mxc"):
-            await intent.set_avatar_url(p["avatar_mxc"])
-        return None
+        await self._set_profile(p["user"], p.get("displayname"), p.get("avatar_mxc"))
 
     async def _deliver_puppet_join(self, d: Delivery, p: dict[str, Any]) -> None:
         """A remote person joined the remote conversation: their puppet joins the room."""
