@@ -56,6 +56,7 @@ from transactions import (
     free_port,
     git_revision,
     machine_busy_seconds,
+    metric_samples,
     metric_sum,
     metric_value,
     print_profile,
@@ -470,6 +471,7 @@ class Harness:
         metrics = await self.metrics()
         return Outcome(
             failures=metric_sum(metrics, "bridge_failures_total"),
+            failure_kinds=metric_samples(metrics, "bridge_failures_total"),
             log_lines=self.bridge.log_lines(),
             log_tail=self.bridge.log_tail(15) if self.bridge.log_lines() else "",
             calls=self.stub.calls_summary(),
@@ -480,6 +482,8 @@ class Harness:
 @dataclass
 class Outcome:
     failures: float = 0.0
+    # (labels, count) per kind: a delivery retried once reads differently from a lost event.
+    failure_kinds: list[tuple[str, float]] = field(default_factory=list)
     log_lines: int = 0
     log_tail: str = ""
     calls: str = ""
@@ -490,6 +494,8 @@ class Outcome:
         print(f"stub homeserver: calls it did not know: {self.unknown}")
         print(f"bridge failures (bridge_failures_total): {self.failures:.0f}; log lines at "
               f"WARNING or above: {self.log_lines}")
+        for labels, count in self.failure_kinds:
+            print(f"  {count:.0f} x {labels}")
 
 
 @dataclass

@@ -76,6 +76,7 @@ from transactions import (
     free_port,
     git_revision,
     machine_busy_seconds,
+    metric_samples,
     metric_sum,
     metric_value,
     proc_cpu_seconds,
@@ -179,6 +180,7 @@ class Results:
     setup_seconds: float = math.nan
     rounds: list[tuple[Phase, Phase]] = field(default_factory=list)
     failures: float = 0.0
+    failure_kinds: list[tuple[str, float]] = field(default_factory=list)
     log_lines: int = 0
     log_tail: str = ""
     wall_seconds: float = math.nan
@@ -535,7 +537,9 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> Results:
         print("reading the rooms back from Synapse ...")
         await check_in_synapse(setup, messages, checked)
         assert setup.client is not None
-        results.failures = metric_sum(await setup.client.metrics(), "bridge_failures_total")
+        metrics = await setup.client.metrics()
+        results.failures = metric_sum(metrics, "bridge_failures_total")
+        results.failure_kinds = metric_samples(metrics, "bridge_failures_total")
         results.log_lines = setup.bridge.log_lines()
         results.log_tail = setup.bridge.log_tail(15) if results.log_lines else ""
     finally:
@@ -591,6 +595,8 @@ def report(args: argparse.Namespace, r: Results) -> bool:
         print(f"  bridge / direct: {100 * b.per_second / d.per_second:.0f}%")
     print(f"bridge failures (bridge_failures_total): {r.failures:.0f}; log lines at WARNING or "
           f"above: {r.log_lines}")
+    for labels, count in r.failure_kinds:
+        print(f"  {count:.0f} x {labels}")
     if r.log_tail:
         print(f"bridge log (WARNING and above), last lines:\n{r.log_tail}")
     print(f"whole run: {r.wall_seconds:.0f} s")

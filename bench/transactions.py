@@ -126,6 +126,16 @@ def metric_sum(text: str, name: str) -> float:
     return total
 
 
+def metric_samples(text: str, name: str) -> list[tuple[str, float]]:
+    """Each non-zero sample of a metric as (its labels as written, value)."""
+    samples = []
+    for line in text.splitlines():
+        match = _METRIC_LINE.match(line)
+        if match is not None and match["name"] == name and float(match["value"]):
+            samples.append((match["labels"] or "", float(match["value"])))
+    return samples
+
+
 def metric_value(text: str, name: str, **labels: str) -> float | None:
     """A sample's value from Prometheus text format (labels in any order)."""
     for line in text.splitlines():
@@ -526,6 +536,7 @@ class Results:
     stub_calls: dict[str, int] = field(default_factory=dict)
     log_lines: int = 0
     failures: float = 0.0
+    failure_kinds: list[tuple[str, float]] = field(default_factory=list)
     wall_seconds: float = math.nan
 
 
@@ -591,7 +602,7 @@ def write_config(path: Path, hs_port: int, as_port: int, db_url: str, tokens: tu
                        "hs_token": tokens[1]},
         "database": {"url": db_url},
         "bridge": {"admins": [ADMIN]},
-        "logging": {"level": "WARNING", "format": "text"},
+        "logging": {"level": os.environ.get("BENCH_BRIDGE_LOG_LEVEL", "WARNING"), "format": "text"},
     }
     # Refuse a config the bridge would refuse, here with a clear message.
     from bridge.config import parse_config
@@ -698,6 +709,7 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> Results:
             await asyncio.sleep(0.5)
             metrics = await client.metrics()
             results.failures = metric_sum(metrics, "bridge_failures_total")
+            results.failure_kinds = metric_samples(metrics, "bridge_failures_total")
             results.rss_after_mb = bridge.rss_mb()
             results.peak_rss_mb = bridge.hwm_mb()
             results.log_lines = bridge.log_lines()
@@ -806,6 +818,8 @@ def report(args: argparse.Namespace, r: Results) -> bool:
     print(f"stub homeserver: calls it did not know: {unknown}")
     print(f"bridge failures (bridge_failures_total): {r.failures:.0f}; log lines at WARNING or "
           f"above: {r.log_lines}")
+    for labels, count in r.failure_kinds:
+        print(f"  {count:.0f} x {labels}")
     print(f"whole run: {r.wall_seconds:.0f} s")
     print("-" * 78)
     print(f"events/s: {eps:.0f} (target >= {TARGET_EVENTS_PER_SECOND:.0f}) {verdict(eps_ok)}")
