@@ -14,7 +14,7 @@ import tracemalloc
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 
-import bridge.email.parse as parse_module
+import bridge.email.parse.raw as parse_module
 from bridge.email.inbound import DataDecoder
 from bridge.email.parse import parse_message
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import bridge.email.parse as parse_module
 from bridge.email.connector import _text_to_html
 from bridge.email.inbound import SmtpProtocol
+from bridge.email.parse.headers import _POLICY, _HeaderClasses
 
 TEXT = st.lists(st.sampled_from(
     ["a", "ü", " ", "\n", "\r", "\r\n", "<", "&", '"', "'", "\x0b", "\x1d", "\x85",
@@ -52,10 +53,10 @@ def test_header_objects_made_once_give_the_same_mails(monkeypatch: pytest.Monkey
     from tests.email.test_parse_speed import TRICKY_MAILS, corpus_mails
 
     mails = TRICKY_MAILS + corpus_mails()
-    monkeypatch.setattr(parse_module._HeaderClasses, "_MAX_VALUE", -1)  # nothing kept
+    monkeypatch.setattr(_HeaderClasses, "_MAX_VALUE", -1)  # nothing kept
     own = [_parsed(raw) for raw in mails]
-    monkeypatch.setattr(parse_module._HeaderClasses, "_MAX_VALUE", 512)
-    parse_module._POLICY.header_factory._made.clear()  # type: ignore[attr-defined]
+    monkeypatch.setattr(_HeaderClasses, "_MAX_VALUE", 512)
+    _POLICY.header_factory._made.clear()  # type: ignore[attr-defined]
     for _ in range(2):
         assert [_parsed(raw) for raw in mails] == own
 

@@ -1,0 +1,378 @@
+"""Header fields as clean text, never raising: RFC 2047 encoded words (with our own decoder where
+the email package gets them wrong), raw 8-bit bytes, addresses, message ids, dates,
+parameters such as charset= and filename=, and the stacks of Re:/AW:/Fwd:/WG: prefixes in
+subjects (`strip_subject_prefixes`). The readers called most keep what they found in `_MEMO`
+while `parse_message` runs, and `_POLICY` is the email package's policy the parser works with,
+making header classes and header objects once.
+"""
+
+from __future__ import annotations
+
+import binascii
+import contextlib
+import contextvars
+import re
+from datetime import UTC, datetime
+from email import policy
+from email.headerregistry import HeaderRegistry
+from email.message import Message
+from email.utils import getaddresses, parsedate_to_datetime
+from typing import Any
+
+from bridge.email.parse.charsets import (
+    _LATIN1_TO_CP1252,
+    _SURROGATES,
+    _codec_for,
+    _fix_surrogates,
+    decode_text,
+)
+
+
+class _HeaderClasses(HeaderRegistry):
+    """The email package's header registry, making each header class once (it builds a new
+    class with type() for every header it parses), and each header object once per name
+    and value: the same Content-Type, To or From comes in mail after mail, and parsing one
+    takes the email package's header parser tens of microseconds. Header objects are
+    immutable (str with read-only attributes), so one can stand in for another of the same
+    name and value wherever it is used."""
+
+    _MAX_VALUE = 512  # longer values (rare) are parsed each time
+    _MAX_KEPT = 2048  # header objects kept; the cache starts over when it is full
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: dict[str, type] = {}
+        self._made: dict[tuple[str, str], Any] = {}
+
+    def __getitem__(self, name: str) -> type:
+        key = name.lower()
+        cls = self._classes.get(key)
+        if cls is None:
+            cls = self._classes[key] = super().__getitem__(name)
+        return cls
+
+    def __call__(self, name: str, value: str) -> Any:
+        if len(value) > self._MAX_VALUE:
+            return super().__call__(name, value)
+        key = (name, value)
+        header = self._made.get(key)
+        if header is None:
+            header = super().__call__(name, value)
+            if len(self._made) >= self._MAX_KEPT:
+                self._made.clear()
+            self._made[key] = header
+        return header
+
+
+# policy.default, with the header classes made once.
+_POLICY = policy.default.clone(header_factory=_HeaderClasses())
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# RFC 2047 encoded words; adjacent ones are decoded together, because clients split
+# multi-byte characters (and ISO-2022-JP escape sequences) across words.
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+_ENCODED_RUN = re.compile(r"(?:=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=[ \t\r\n]*)+")
+
+
+def _word_bytes(match: re.Match[str]) -> bytes:
+    import base64
+
+    data = match.group(3)
+    if match.group(2).lower() == "b":
+        try:
+            return base64.b64decode(data + "=" * (-len(data) % 4))
+        except (binascii.Error, ValueError):
+            return data.encode("ascii", "replace")
+    import quopri
+
+    return quopri.decodestring(data.replace("_", " ").encode("ascii", "replace"))
+
+
+def _decode_rfc2047(text: str) -> str:
+    """Our own RFC 2047 decoder, for the headers the email package gets wrong.
+
+    Unlike the email package it knows the charset aliases of `decode_text` (iso-8859-8-i,
+    ks_c_5601-1987, unknown-8bit …) and decodes adjacent words of one charset as one run.
+    """
+    def run(match: re.Match[str]) -> str:
+        words = list(_ENCODED_WORD.finditer(match.group(0)))
+        out: list[str] = []
+        charset: str | None = None
+        chunk = b""
+        for word in words:
+            label = word.group(1).split("*", 1)[0]  # RFC 2231 language suffix
+            if charset is not None and label.lower() != charset.lower():
+                out.append(decode_text(chunk, charset))
+                chunk = b""
+            charset = label
+            chunk += _word_bytes(word)
+        if charset is not None:
+            out.append(decode_text(chunk, charset))
+        trailing = match.group(0)[len(match.group(0).rstrip()):]
+        return "".join(out) + (" " if trailing else "")
+
+    return _ENCODED_RUN.sub(run, text)
+
+
+def _clean_header_text(text: str, hint: str | None = None) -> str:
+    text = _fix_surrogates(text, hint)
+    text = re.sub(r"\r?\n[ \t]*", " ", text)  # unfold
+    # C1 controls are windows-1252 read as Latin-1 (the email package decodes an
+    # "=?iso-8859-1?Q?=96?=" from Outlook strictly): the same rule as for bodies.
+    text = text.translate(_LATIN1_TO_CP1252)
+    return _CONTROL.sub("", text).strip()
+
+
+def _raw_values(msg: Message, name: str) -> list[str]:
+    lname = name.lower()
+    values = []
+    for key, value in msg.raw_items():
+        if key.lower() == lname:
+            values.append(value if isinstance(value, str) else str(value))
+    return values
+
+
+def _charset_hint(msg: Message) -> str | None:
+    """The first charset the message declares for a text part (for raw 8-bit headers)."""
+    parts: list[Message] = [msg]
+    for _ in range(50):
+        if not parts:
+            break
+        part = parts.pop(0)
+        payload = getattr(part, "_payload", None)
+        if not isinstance(payload, str) or not payload.isascii():
+            # get_payload() copies a text payload to look for raw 8-bit bytes: only called
+            # where there can be some (or where it is a list of parts anyway).
+            payload = part.get_payload()
+        if isinstance(payload, list):
+            parts.extend(p for p in payload if isinstance(p, Message))
+            continue
+        charset = _param(part, "charset")
+        if charset and _codec_for(charset):
+            return charset
+    return None
+
+
+def _param(part: Message, name: str, header: str = "content-type") -> str | None:
+    """A header parameter, parsed leniently; never raises.
+
+    The old (compat32) parameter parser reads the raw header: unlike the new one it keeps
+    unquoted values with "=" or spaces in them (Outlook Express boundaries, filenames).
+    """
+    raw = _raw_values(part, header)
+    if not raw:
+        return None
+    text = raw[0]
+    if _SURROGATES.search(text):  # raw 8-bit bytes, e.g. a filename straight from Outlook
+        declared = re.search(r"charset\s*=\s*\"?([\w.:-]+)", "".join(_raw_values(part,
+                                                                              "content-type")))
+        text = _fix_surrogates(text, declared.group(1) if declared else None)
+    try:
+        holder = Message()  # compat32 policy
+        holder[header] = text
+        value = holder.get_param(name, header=header)
+    except Exception:
+        return None
+    if value is None:
+        return None
+    if isinstance(value, tuple):  # RFC 2231: (charset, language, text)
+        try:
+            # The parser has %-decoded the value into one character per byte already.
+            charset, _, decoded = value
+            return decode_text(str(decoded).encode("latin-1", "replace"), charset or None)
+        except Exception:
+            return str(value[2])
+    return str(value).strip().strip('"')
+
+
+def _decode_raw_header(msg: Message, raw: str) -> str:
+    hint = _charset_hint(msg) if _SURROGATES.search(raw) else None
+    return _clean_header_text(_decode_rfc2047(_fix_surrogates(raw, hint)))
+
+
+_MAX_HEADER = 16_384  # the email package needs seconds for a 200 kB encoded-word subject
+
+
+# What `_header`, `_addresses` and `_content_type` found, by (function, message, name),
+# while parse_message runs: the email package parses a header anew on every access, and one
+# mail needs its From, Subject and Content-Type many times. (The messages are parse_message's
+# own and never change; keys hold them, so no object id is reused meanwhile.)
+_MEMO: contextvars.ContextVar[dict[tuple[Any, ...], Any] | None] = contextvars.ContextVar(
+    "bridge_email_parse_memo", default=None)
+
+
+def _header(msg: Message, name: str) -> str | None:
+    """The first `name` header as clean text, or None; never raises."""
+    memo = _MEMO.get()
+    if memo is None:
+        return _read_header(msg, name)
+    key = ("header", msg, name)
+    if key not in memo:
+        memo[key] = _read_header(msg, name)
+    value: str | None = memo[key]
+    return value
+
+
+def _get(msg: Message, name: str) -> Any:
+    """``msg.get(name)``: the parsed header object (the same one each time while
+    parse_message runs), or None."""
+    memo = _MEMO.get()
+    if memo is None:
+        return msg.get(name)
+    key = ("get", msg, name)
+    if key not in memo:
+        memo[key] = msg.get(name)
+    return memo[key]
+
+
+def _transfer_encoding(part: Message) -> str:
+    """``str(part.get("content-transfer-encoding", "")).lower()``, get_payload's test."""
+    value = _get(part, "content-transfer-encoding")
+    return "" if value is None else str(value).lower()
+
+
+def _read_header(msg: Message, name: str) -> str | None:
+    raw = _raw_values(msg, name)
+    if not raw:
+        return None
+    if len(raw[0]) > _MAX_HEADER:
+        return _decode_raw_header(msg, raw[0][:_MAX_HEADER])
+    if _SURROGATES.search(raw[0]):
+        return _decode_raw_header(msg, raw[0])  # raw 8-bit bytes in the header
+    try:
+        value = str(_get(msg, name))
+    except Exception:
+        return _decode_raw_header(msg, raw[0])
+    if "\ufffd" in value or "=?" in value:
+        # An encoded word the email package could not decode (unknown charset, split
+        # multi-byte sequence): try our decoder on the raw text.
+        return _decode_raw_header(msg, raw[0])
+    return _clean_header_text(value)
+
+
+def _all_headers(msg: Message, name: str) -> list[str]:
+    return [_decode_raw_header(msg, v) for v in _raw_values(msg, name)]
+
+
+def _addresses(msg: Message, name: str) -> list[tuple[str, str]]:
+    """(display name, address) pairs of an address header; never raises. (Shared: do not
+    change the list.)"""
+    memo = _MEMO.get()
+    if memo is None:
+        return _read_addresses(msg, name)
+    key = ("addresses", msg, name)
+    if key not in memo:
+        memo[key] = _read_addresses(msg, name)
+    value: list[tuple[str, str]] = memo[key]
+    return value
+
+
+def _read_addresses(msg: Message, name: str) -> list[tuple[str, str]]:
+    raw = _raw_values(msg, name)
+    if not raw:
+        return []
+    pairs: list[tuple[str, str]] = []
+    if not any(_SURROGATES.search(v) for v in raw):
+        try:
+            for header in msg.get_all(name) or []:
+                for addr in getattr(header, "addresses", ()):
+                    pairs.append((addr.display_name or "", addr.addr_spec or ""))
+        except Exception:
+            pairs = []
+    angled = {a.lower() for v in raw for a in re.findall(r"<([^<>\s@]+@[^<>\s]+)>", v)}
+    if angled - {a.lower() for _, a in pairs}:
+        pairs = []  # 'a@b <a@b.example>': the new parser took the name for the address
+    if not pairs or any("\ufffd" in d for d, _ in pairs):
+        # Raw 8-bit names, or syntax the new parser gives up on: the lenient old parser.
+        with contextlib.suppress(Exception):
+            pairs = [(_decode_raw_header(msg, d), a)
+                     for d, a in getaddresses([_fix_surrogates(v, _charset_hint(msg))
+                                               for v in raw])]
+    cleaned = []
+    for display, addr in pairs:
+        display = _clean_header_text(display)
+        addr = _clean_header_text(addr).strip("<>").strip()
+        if display or addr:
+            cleaned.append((display, addr))
+    return cleaned
+
+
+_MSGID = re.compile(r"<([^<>\s]+)>")
+
+
+def _msgid(value: str | None) -> str | None:
+    if not value:
+        return None
+    match = _MSGID.search(value)
+    if match:
+        return match.group(1)
+    token = value.strip().strip("<>").split()
+    return token[0] if token else None
+
+
+def _msgid_list(value: str | None) -> list[str]:
+    if not value:
+        return []
+    ids = _MSGID.findall(value)
+    if not ids:
+        ids = [token.strip("<>,") for token in value.split() if "@" in token]
+    seen: dict[str, None] = {}
+    for mid in ids:
+        if mid:
+            seen.setdefault(mid, None)
+    return list(seen)
+
+
+def _date(msg: Message) -> tuple[datetime | None, str | None]:
+    raw = _header(msg, "date")
+    if not raw:
+        return None, None
+    value: datetime | None = None
+    with contextlib.suppress(Exception):
+        header = _get(msg, "date")
+        value = getattr(header, "datetime", None)
+    if value is None:
+        with contextlib.suppress(Exception):
+            value = parsedate_to_datetime(raw)
+    if value is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)  # "-0000": UTC, origin unknown
+    return value, raw
+
+
+# Reply and forward prefixes of the mail clients in use around us. "WG" is German Outlook's
+# forward, "AW" its reply; "R"/"RIF" Italian, "SV"/"VS" Nordic, "TR" French forward …
+_REPLY_WORDS = ("re", "aw", "antw", "antwort", "sv", "vs", "odp", "ynt", "res", "r", "rif",
+                "réf", "ref", "atb", "vá", "回复", "回覆", "答复", "رد", "השב", "תגובה")
+_FORWARD_WORDS = ("fwd", "fw", "wg", "tr", "rv", "enc", "pd", "vb", "vl", "doorst", "i",
+                  "továbbítás", "İlt", "ilt", "转发", "轉寄", "轉發", "הועבר")
+_PREFIX = re.compile(
+    r"^\s*(?:(?P<word>" + "|".join(sorted(map(re.escape, _REPLY_WORDS + _FORWARD_WORDS),
+                                          key=len, reverse=True))
+    + r")\s*(?:\[\d+\]|\(\d+\)|\^\d+)?\s*[:\uff1a]|(?P<tag>\[[^\[\]\n]{1,60}\]))\s*",
+    re.IGNORECASE,
+)
+
+
+def strip_subject_prefixes(subject: str) -> tuple[str, bool]:
+    """(topic, is_forward): `subject` without any stack of Re:/AW:/Fwd:/WG: prefixes.
+
+    List tags like "[Abt-3]" are kept (once, in front): they name the list or team.
+    `is_forward` says whether the outermost prefix is a forward prefix.
+    """
+    rest = subject
+    tags: list[str] = []
+    is_forward: bool | None = None
+    for _ in range(50):
+        match = _PREFIX.match(rest)
+        if not match or match.end() == 0:
+            break
+        if match.group("tag"):
+            tag = match.group("tag")
+            if tag.lower() not in (t.lower() for t in tags):
+                tags.append(tag)
+        elif is_forward is None:
+            is_forward = match.group("word").lower() in {w.lower() for w in _FORWARD_WORDS}
+        rest = rest[match.end():]
+    topic = " ".join([*tags, rest.strip()]).strip()
+    return topic, bool(is_forward)
