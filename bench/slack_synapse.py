@@ -362,6 +362,7 @@ class _Resolver:
     """The bridge's view of the workspace for the formatter: members are their puppets."""
 
     allow_room_mention = False
+    via_server: str | None = None
 
     def __init__(self, workspace: BenchWorkspace) -> None:
         self.names = {u.id: u.display_name or u.real_name

@@ -50,6 +50,10 @@ class SlackResolver(Protocol):
     allow_room_mention: bool
     """Whether <!here>/<!channel>/<!everyone> may become @room in this room."""
 
+    via_server: str | None
+    """The homeserver a room link names as ``?via=``: room IDs carry no server any more
+    (room version 12), and a client needs one to open a room its user is not in yet."""
+
     def user(self, slack_user_id: str) -> tuple[str, str] | None:
         """(Matrix user ID, display name), or None for a user the bridge does not know."""
         ...
@@ -227,7 +231,9 @@ class _Ctx:
         room_id, name = found if found else (None, "")
         shown = "#" + (name or label.lstrip("#") or channel_id or "unknown")
         if room_id and not plain:
-            href = _attr(_MATRIX_TO + quote(room_id, safe="@:!#$&+,;=?/"))
+            via = getattr(self.resolver, "via_server", None)
+            href = _attr(_MATRIX_TO + quote(room_id, safe="@:!#$&+,;=/")
+                         + (f"?via={quote(via, safe='')}" if via else ""))
             return f'<a href="{href}">{_esc(shown)}</a>', shown
         return _esc(shown), shown
 

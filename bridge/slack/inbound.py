@@ -66,6 +66,7 @@ class _Resolver:
     users: dict[str, tuple[str, str]] = field(default_factory=dict)
     channels: dict[str, tuple[str | None, str]] = field(default_factory=dict)
     allow_room_mention: bool = False
+    via_server: str | None = None
 
     def user(self, slack_user_id: str) -> tuple[str, str] | None:
         return self.users.get(slack_user_id)
@@ -223,7 +224,7 @@ class SlackToMatrix:
     async def _resolver(self, ws: Workspace, room_id: str, sender: str, text: str,
                         blocks: Any) -> _Resolver:
         users, channels, broadcast = _mentioned_ids(text, blocks)
-        resolver = _Resolver()
+        resolver = _Resolver(via_server=self.hub.config.homeserver.domain)
         for user_id in users:
             try:
                 profile = await self.connector.users.get(ws, user_id)

@@ -41,8 +41,9 @@ SAFE_SCHEMES = ("https://", "http://", "mailto:", "ftp://", "tel:", "matrix:")
 class SlackSide:
     """What the bridge knows about Slack users and channels."""
 
-    def __init__(self, allow_room_mention: bool = False) -> None:
+    def __init__(self, allow_room_mention: bool = False, via_server: str | None = None) -> None:
         self.allow_room_mention = allow_room_mention
+        self.via_server = via_server
 
     def user(self, slack_user_id: str) -> tuple[str, str] | None:
         return {
@@ -229,6 +230,16 @@ def test_mention_inside_code_is_text() -> None:
     result = to_matrix("`<@U1>`")
     assert result.html == "<code>@Alice</code>"
     assert result.mentions == []
+
+
+def test_channel_link_names_the_homeserver_to_join_through() -> None:
+    # Room IDs of room version 12 name no server: without ?via= Element cannot open the
+    # room for someone who is not in it yet.
+    result = to_matrix("see <#C1>", via_server="bridge.example.org")
+    assert result.html == f'see <a href="https://matrix.to/#/{ROOM}?via=bridge.example.org">' \
+        '#general</a>'
+    unversioned = to_matrix("see <#C1>", via_server=None)
+    assert unversioned.html == f'see <a href="https://matrix.to/#/{ROOM}">#general</a>'
 
 
 def test_no_text_no_blocks() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import Homeserver
+from tests.conftest import SERVER_NAME, Homeserver
 from tests.slack.conftest import (
     ANNA,
     BEN,
@@ -158,8 +158,10 @@ async def test_mentions_and_emoji(slack_bridge: SlackBridge, admin: MatrixTestCl
     html = content["formatted_body"]
     assert f'<a href="https://matrix.to/#/{BEN_PUPPET}">Ben Weber</a>' in html, html
     assert f'<a href="https://matrix.to/#/{ANNA_PUPPET}">Anna</a>' in html, html
-    assert f'<a href="https://matrix.to/#/{loud_room}">#schule</a>' in html, html
-    assert f'<a href="https://matrix.to/#/{room}">#bauamt</a>' in html, html
+    # ?via= lets Element open the room for someone who is not in it yet.
+    via = f"?via={SERVER_NAME}"
+    assert f'<a href="https://matrix.to/#/{loud_room}{via}">#schule</a>' in html, html
+    assert f'<a href="https://matrix.to/#/{room}{via}">#bauamt</a>' in html, html
     assert html.endswith(" und #kita @here"), html
     assert set(content["m.mentions"]["user_ids"]) == {BEN_PUPPET, ANNA_PUPPET}
     assert "room" not in content["m.mentions"]
