@@ -156,6 +156,7 @@ class RunningBridge:
         extra = build_connectors(self.config) if self.with_email else []
         self.bridge = Bridge(self.config, connectors=[self.connector, *extra])
         await self.bridge.start()
+        await self.homeserver.synapse.wait_appservice_up(self.config.appservice.id)
         return self.bridge
 
     async def stop(self) -> None:

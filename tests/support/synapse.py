@@ -18,12 +18,15 @@ every rate limit raised far out of reach and cheap password hashing.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextlib
 import hashlib
 import hmac
 import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -281,6 +284,32 @@ class SynapseServer:
         self.stop()
 
     # -- helpers ----------------------------------------------------------------------
+
+    def appservice_state(self, as_id: str) -> str | None:
+        """What Synapse's database says of an appservice: "up", "down" (recovering from
+        failed transactions) or None (none ever failed)."""
+        uri = f"file:{self.workdir / 'homeserver.db'}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
+            row = db.execute("SELECT state FROM application_services_state WHERE as_id = ?",
+                             (as_id,)).fetchone()
+        return str(row[0]) if row and row[0] else None
+
+    async def wait_appservice_up(self, as_id: str, timeout: float = 20.0) -> None:
+        """Until Synapse counts the appservice as up again.
+
+        Between two tests Synapse's transactions to the bridge that just stopped fail, so
+        it recovers once the next bridge pings it. An event created at the very end of that
+        recovery can land in a transaction nobody sends until the next failure (a race in
+        Synapse's appservice scheduler: the recoverer finds no transaction left, the event's
+        sender still saw "down" and stored one). Seen as a bot that never got its invitation;
+        a test starts its rooms only after the recovery is over.
+        """
+        deadline = time.monotonic() + timeout
+        while self.appservice_state(as_id) == "down":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Synapse still counts appservice {as_id} as down after "
+                                   f"{timeout:.0f} s; its log:\n{self.log_tail(30)}")
+            await asyncio.sleep(0.05)
 
     def log_tail(self, lines: int = 60) -> str:
         try:
