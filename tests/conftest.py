@@ -143,17 +143,18 @@ class RunningBridge:
     """A bridge in the test's event loop, with the test network and, if asked, the real
     connectors the config enables."""
 
-    def __init__(self, homeserver: Homeserver, config: Config, with_email: bool = False) -> None:
+    def __init__(self, homeserver: Homeserver, config: Config,
+                 with_connectors: bool = False) -> None:
         self.homeserver = homeserver
         self.config = config
         self.connector = RecordingConnector(SERVER_NAME)
-        self.with_email = with_email
+        self.with_connectors = with_connectors
         self.bridge: Bridge | None = None
 
     async def start(self) -> Bridge:
         from bridge.app import build_connectors
 
-        extra = build_connectors(self.config) if self.with_email else []
+        extra = build_connectors(self.config) if self.with_connectors else []
         self.bridge = Bridge(self.config, connectors=[self.connector, *extra])
         await self.bridge.start()
         await self.homeserver.synapse.wait_appservice_up(self.config.appservice.id)

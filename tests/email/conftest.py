@@ -66,7 +66,7 @@ async def running_email_bridge(homeserver: Homeserver, database_url: str, sink: 
                         "give_up_after_hours": 1.0},
         bridge__public_url=PUBLIC_URL,
     )
-    running = EmailBridge(homeserver, config, with_email=True)
+    running = EmailBridge(homeserver, config, with_connectors=True)
     running.smtp_port = smtp_port
     await running.start()
     try:

@@ -137,7 +137,7 @@ async def test_starttls_is_offered_when_configured(
         email__smtp_in={"hostname": "127.0.0.1", "port": port, "tls_cert": str(cert),
                         "tls_key": str(key)},
         email__smtp_out={"host": sink.host, "port": sink.port})
-    running = Running(homeserver, config, with_email=True)
+    running = Running(homeserver, config, with_connectors=True)
     running.smtp_port = port
     await running.start()
     try:

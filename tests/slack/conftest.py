@@ -107,7 +107,7 @@ async def running_slack_bridge(homeserver: Homeserver, database_url: str,
         bridge__public_url=PUBLIC_URL,
         **overrides,
     )
-    running = SlackBridge(homeserver, config, with_email=True)
+    running = SlackBridge(homeserver, config, with_connectors=True)
     running.sim = sim
     running.events_port = events_port
     await running.start()
