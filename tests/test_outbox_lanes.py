@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
+import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -119,3 +121,65 @@ async def test_an_item_taken_meanwhile_is_not_claimed_again(database_url: str) -
             assert await queues.claim_lane_head(session, lane, 60) is None
     finally:
         await db.close()
+
+
+async def test_lanes_finishing_together_are_recorded_together_and_isolated(
+        database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Successes of many lanes at once are recorded in shared transactions, and each lane
+    then goes on with its next item. A success whose write fails is retried on its own
+    while the other lanes go on, and its own lane waits for it: order before speed."""
+    db = await _database(database_url)
+    rooms = [f"!r{n}:x" for n in range(12)]
+    delivered: list[tuple[str, int]] = []
+    broken_writes = 3
+    batches: list[int] = []
+    finish_deliveries = queues.finish_deliveries
+
+    async def counting(session: AsyncSession, outcomes: Any) -> None:
+        batches.append(len(outcomes))
+        await finish_deliveries(session, outcomes)
+
+    monkeypatch.setattr(queues, "finish_deliveries", counting)
+
+    async def deliver(item: Delivery) -> str:
+        n = item.payload["n"]
+        assert item.with_outcome is not None
+        if item.room_id == "!r3:x" and n == 0:
+            async def flaky(session: AsyncSession) -> None:
+                nonlocal broken_writes
+                if broken_writes:
+                    broken_writes -= 1
+                    raise RuntimeError("this delivery's own write failed")
+
+            item.with_outcome.append(flaky)
+        await asyncio.sleep(0.01)  # the lanes' deliveries overlap, as HTTP calls do
+        delivered.append((item.room_id, n))
+        return f"${item.room_id}{n}"
+
+    async def on_failed(item: Delivery, error: str, hint: str | None) -> None:
+        raise AssertionError(error)
+
+    for room in rooms:
+        await _enqueue(db, 3, room=room)
+    worker = OutboxWorker(db, deliver, on_failed, OutboxConfig())
+    await worker.start()
+    try:
+        for _ in range(500):
+            if len(delivered) >= 36:
+                break
+            await asyncio.sleep(0.02)
+        await worker.drain()
+        async with db.sessions() as session:
+            pending = await queues.count_pending(session)
+    finally:
+        await worker.stop()
+        await db.close()
+
+    for room in rooms:  # every lane in order, each item once
+        assert [n for r, n in delivered if r == room] == [0, 1, 2], room
+    assert pending == (0, 0)
+    # The other lanes did not wait for the failing write's retries (its lane did).
+    waited = delivered.index(("!r3:x", 1))
+    assert all(delivered.index((r, 2)) < waited for r in rooms if r != "!r3:x")
+    # Shared transactions: fewer finishing statements than successes.
+    assert max(batches) > 1 and len(batches) < 36, batches

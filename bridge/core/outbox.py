@@ -11,6 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,6 +34,20 @@ CLAIM_LIMIT = 64
 LEASE_SECONDS = 300.0
 
 
+@dataclass(slots=True)
+class _Finished:
+    """A delivered item waiting to be recorded, and where its lane's next item goes."""
+
+    item: Delivery
+    result: str | None
+    next_item: asyncio.Future[Delivery | None]
+
+
+def _resolve(done: _Finished, next_item: Delivery | None) -> None:
+    if not done.next_item.done():
+        done.next_item.set_result(next_item)
+
+
 class OutboxWorker:
     def __init__(self, db: Database, deliver: Deliver, on_failed: OnFailed,
                  settings: OutboxConfig) -> None:
@@ -45,6 +60,12 @@ class OutboxWorker:
         self._task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._busy_lanes: set[str] = set()
+        # Successes waiting to be recorded, and the task that records them: deliveries of
+        # other lanes that finish while a record is being written are recorded together in
+        # the next transaction (one commit for many under load, no wait when it is quiet).
+        self._finished: list[_Finished] = []
+        self._recorder: asyncio.Task[None] | None = None
+        self._recording_alone: set[asyncio.Task[None]] = set()
 
     def wake(self, lanes: Collection[str] | None = None) -> None:
         """Something was queued (in ``lanes``, if known). Lanes being delivered need no
@@ -172,20 +193,59 @@ class OutboxWorker:
     async def _finish(self, item: Delivery, result: str | None) -> Delivery | None:
         """Record the success and, in the same transaction, claim the lane's next item
         if it is due (the lane is still ours: nobody else may deliver in it meanwhile)."""
-        claimed: list[Delivery] = []
+        done = _Finished(item, result, asyncio.get_running_loop().create_future())
+        self._finished.append(done)
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self._record_finished(), name="outbox-record")
+        return await done.next_item
+
+    async def _record_finished(self) -> None:
+        while self._finished:
+            batch, self._finished = self._finished, []
+            heads = None
+            try:
+                heads = await self._write_finished(batch, attempts=1)
+            finally:
+                if heads is not None:
+                    for done, head in zip(batch, heads, strict=True):
+                        _resolve(done, head)
+                elif not self._closing:
+                    # Each on its own, with retries, and beside the next batches: one
+                    # item's failing write must hold back neither the others nor later
+                    # successes while it backs off.
+                    for done in batch:
+                        task = asyncio.create_task(self._record_alone(done),
+                                                   name=f"record:{done.item.id}")
+                        self._recording_alone.add(task)
+                        task.add_done_callback(self._recording_alone.discard)
+                else:
+                    for done in batch:
+                        _resolve(done, None)
+
+    async def _record_alone(self, done: _Finished) -> None:
+        heads = None
+        try:
+            heads = await self._write_finished([done], attempts=8)
+        finally:
+            # Not recorded (or cancelled at shutdown) reads as "no next item": the lease
+            # runs out and the item is delivered again.
+            _resolve(done, heads[0] if heads else None)
+
+    async def _write_finished(self, batch: list[_Finished],
+                              attempts: int) -> list[Delivery | None] | None:
+        heads: list[Delivery | None] = []
 
         async def write(session: AsyncSession) -> None:
-            claimed.clear()  # (a retried write claims afresh)
-            for also in item.with_outcome or ():
-                await also(session)
-            await queues.finish_delivery(session, item.id, result)
-            if not self._closing:
-                head = await queues.claim_lane_head(session, item.lane, LEASE_SECONDS)
-                if head is not None:
-                    claimed.append(head)
+            heads.clear()  # (a retried write claims afresh)
+            for done in batch:
+                for also in done.item.with_outcome or ():
+                    await also(session)
+            await queues.finish_deliveries(session, [(d.item.id, d.result) for d in batch])
+            for done in batch:
+                heads.append(None if self._closing else await queues.claim_lane_head(
+                    session, done.item.lane, LEASE_SECONDS))
 
-        recorded = await self._settle(write)
-        return claimed[0] if recorded and claimed else None
+        return heads if await self._settle(write, attempts) else None
 
     async def _retry(self, item: Delivery, error: str, retry_after: float | None) -> None:
         metrics.FAILURES.labels(network=item.network, direction="out", stage="deliver").inc()
@@ -208,16 +268,20 @@ class OutboxWorker:
         except Exception:
             log.exception("could not report failed delivery %s", item.id)
 
-    async def _settle(self, write: Callable[..., Awaitable[None]]) -> bool:
+    async def _settle(self, write: Callable[..., Awaitable[None]], attempts: int = 8) -> bool:
         """Record an outcome (True when it was); if the DB is away, the lease expiry makes
         the item due again."""
         delay = 0.2
-        for _ in range(8):
+        for _ in range(attempts):
             try:
                 async with self.db.transaction() as session:
                     await write(session)
                 return True
             except Exception:
+                if attempts == 1:  # a first try; each item is tried again on its own
+                    log.info("could not record delivery outcomes at once; retrying each",
+                             exc_info=True)
+                    return False
                 log.warning("could not record a delivery outcome; retrying", exc_info=True)
                 await asyncio.sleep(delay)
                 delay *= 2
@@ -240,4 +304,8 @@ class OutboxWorker:
             self._task.cancel()
         await self.drain(timeout=20)
         for task in list(self._in_flight):
+            task.cancel()
+        recording = [*self._recording_alone] + ([self._recorder] if self._recorder else [])
+        for task in recording:
+            await asyncio.wait([task], timeout=5)
             task.cancel()

@@ -401,6 +401,16 @@ async def finish_delivery(session: AsyncSession, item_id: int, result: str | Non
     await session.execute(_FINISH, {"item_id": item_id, "result": result})
 
 
+async def finish_deliveries(session: AsyncSession,
+                            outcomes: Sequence[tuple[int, str | None]]) -> None:
+    """Several successes, one statement (executemany)."""
+    if len(outcomes) == 1:
+        await finish_delivery(session, *outcomes[0])
+    elif outcomes:
+        await session.execute(_FINISH, [{"item_id": item_id, "result": result}
+                                        for item_id, result in outcomes])
+
+
 async def retry_delivery(session: AsyncSession, item_id: int, at: float, error: str) -> None:
     await session.execute(_RETRY, {"item_id": item_id, "at": at, "error": error[:4000]})
 
