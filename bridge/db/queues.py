@@ -9,7 +9,6 @@ free again when the lease runs out.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bridge import json_codec
 from bridge.db.models import AppserviceTransaction, InboxItem, OutboxItem
 
 
@@ -85,7 +85,7 @@ async def store_pending(session: AsyncSession, events: list[dict[str, Any]]) -> 
         {
             "room_id": event["room_id"],
             "event_id": event["event_id"],
-            "event": json.dumps(event, separators=(",", ":")),
+            "event": json_codec.dumps(event),
             "received_at": now,
             "state": "pending",
             "attempts": 0,
@@ -175,7 +175,7 @@ async def next_inbox_batch(session: AsyncSession, limit: int,
         query = query.where(_INBOX.c.room_id == room_id)
     rows = await session.execute(query)
     return [
-        InboxEntry(id=r.id, room_id=r.room_id, event=json.loads(r.event),
+        InboxEntry(id=r.id, room_id=r.room_id, event=json_codec.loads(r.event),
                    received_at=r.received_at, attempts=r.attempts)
         for r in rows
     ]
@@ -242,7 +242,7 @@ class NewDelivery:
             "network": self.network,
             "room_id": self.room_id,
             "kind": self.kind,
-            "payload": json.dumps(self.payload, separators=(",", ":")),
+            "payload": json_codec.dumps(self.payload),
             "created_at": now,
             "state": "pending",
             "attempts": 0,
@@ -329,7 +329,7 @@ _SET_CLAIMED = update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding
 
 def _deliveries(rows: Any) -> list[Delivery]:
     return [Delivery(id=r.id, lane=r.lane, network=r.network, room_id=r.room_id, kind=r.kind,
-                     payload=json.loads(r.payload), attempts=r.attempts,
+                     payload=json_codec.loads(r.payload), attempts=r.attempts,
                      created_at=r.created_at) for r in rows]
 
 

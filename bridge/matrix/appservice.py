@@ -17,7 +17,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from bridge import metrics
+from bridge import json_codec, metrics
 from bridge.db import queues, store
 from bridge.db.engine import current_revision, head_revision
 from bridge.db.queues import Delivery
@@ -85,7 +85,7 @@ class AppserviceServer:
             return refused
         txn_id = request.match_info["txn_id"]
         try:
-            body = await request.json()
+            body = await request.json(loads=json_codec.loads)
         except ValueError:
             return _error(400, "M_NOT_JSON", "Body is not JSON")
         events = body.get("events") if isinstance(body, dict) else None
@@ -146,7 +146,7 @@ class AppserviceServer:
         if (refused := self._auth_error(request)) is not None:
             return refused
         try:
-            body = await request.json()
+            body = await request.json(loads=json_codec.loads)
         except ValueError:
             return _error(400, "M_NOT_JSON", "Body is not JSON")
         txn = body.get("transaction_id") if isinstance(body, dict) else None

@@ -22,7 +22,7 @@ from bridge.core.errors import CommandError
 from bridge.db import queues, store
 from bridge.db.queues import Delivery
 from bridge.matrix.bridge_info import bridge_info_deliveries
-from bridge.matrix.side import raw
+from bridge.matrix.side import json_body
 
 if TYPE_CHECKING:
     from bridge.core.hub import Hub
@@ -92,7 +92,7 @@ class Bot:
             content["m.relates_to"] = {"m.in_reply_to": {"event_id": payload["event_id"]}}
         # The txn ID ties the reply to this outbox item: a repeat after a crash is a no-op.
         await self.matrix.bot_intent.send_message_event(
-            RoomID(delivery.room_id), EventType.ROOM_MESSAGE, raw(content),
+            RoomID(delivery.room_id), EventType.ROOM_MESSAGE, json_body(content),
             txn_id=f"ob{delivery.id}"
         )
 

@@ -35,6 +35,7 @@ from mautrix.types import (
 )
 from mautrix.util.logging import TraceLogger
 
+from bridge import json_codec
 from bridge.core.errors import PermanentError, TemporaryError
 from bridge.db import store
 from bridge.db.queues import Delivery
@@ -50,6 +51,14 @@ def raw(content: dict[str, Any]) -> Any:
     """Event content as plain JSON: mautrix sends dicts as they are (its types are for
     parsed events; the bridge builds content as JSON and keeps it that way)."""
     return content
+
+
+def json_body(content: dict[str, Any]) -> Any:
+    """Event content as the request body, encoded here: mautrix sends bytes as they are,
+    and a long mail's text encodes several times faster than through its json.dumps.
+    (mautrix adds a double-puppeting key to dict content only for real users' intents,
+    which the bridge does not use.)"""
+    return json_codec.dumps_bytes(content)
 
 
 class CacheStateStore(MemoryStateStore, ASStateStore):
@@ -224,7 +233,8 @@ class MatrixSide:
             content["format"] = "org.matrix.custom.html"
             content["formatted_body"] = p["html"]
         return await self.bot_intent.send_message_event(
-            RoomID(d.room_id), EventType.ROOM_MESSAGE, raw(content), txn_id=f"ob{d.id}"
+            RoomID(d.room_id), EventType.ROOM_MESSAGE, json_body(content),
+            txn_id=f"ob{d.id}"
         )
 
     async def _deliver_message(self, d: Delivery, p: dict[str, Any]) -> str:
@@ -245,7 +255,7 @@ class MatrixSide:
                 thread_root = relates.get("event_id")
         event_id = await intent.send_message_event(
             RoomID(d.room_id), EventType.find(p.get("event_type", "m.room.message")),
-            raw(content), **kwargs,
+            json_body(content), **kwargs,
         )
         mapping = p.get("mapping")
         if mapping:
