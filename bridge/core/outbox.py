@@ -64,7 +64,13 @@ class OutboxWorker:
         # other lanes that finish while a record is being written are recorded together in
         # the next transaction (one commit for many under load, no wait when it is quiet).
         self._finished: list[_Finished] = []
-        self._recorder: asyncio.Task[None] | None = None
+        self._recorders: set[asyncio.Task[None]] = set()
+        # Recorders started that have not taken their batch yet: they will take what is
+        # waiting, so no other needs starting for it.
+        self._recorders_to_take = 0
+        # SQLite has one writer at a time anyway; PostgreSQL commits several in parallel,
+        # which hides its round trips.
+        self._max_recorders = 4 if db.postgres else 1
         self._recording_alone: set[asyncio.Task[None]] = set()
 
     def wake(self, lanes: Collection[str] | None = None) -> None:
@@ -195,11 +201,17 @@ class OutboxWorker:
         if it is due (the lane is still ours: nobody else may deliver in it meanwhile)."""
         done = _Finished(item, result, asyncio.get_running_loop().create_future())
         self._finished.append(done)
-        if self._recorder is None or self._recorder.done():
-            self._recorder = asyncio.create_task(self._record_finished(), name="outbox-record")
+        # (A recorder that is done may still be in the set until its callback runs.)
+        running = sum(not task.done() for task in self._recorders)
+        if not self._recorders_to_take and running < self._max_recorders:
+            self._recorders_to_take += 1
+            task = asyncio.create_task(self._record_finished(), name="outbox-record")
+            self._recorders.add(task)
+            task.add_done_callback(self._recorders.discard)
         return await done.next_item
 
     async def _record_finished(self) -> None:
+        self._recorders_to_take -= 1  # it takes what is waiting right now, without a pause
         while self._finished:
             batch, self._finished = self._finished, []
             heads = None
@@ -305,7 +317,7 @@ class OutboxWorker:
         await self.drain(timeout=20)
         for task in list(self._in_flight):
             task.cancel()
-        recording = [*self._recording_alone] + ([self._recorder] if self._recorder else [])
+        recording = [*self._recording_alone, *self._recorders]
         for task in recording:
             await asyncio.wait([task], timeout=5)
             task.cancel()
