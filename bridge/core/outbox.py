@@ -318,6 +318,7 @@ class OutboxWorker:
         for task in list(self._in_flight):
             task.cancel()
         recording = [*self._recording_alone, *self._recorders]
+        if recording:
+            await asyncio.wait(recording, timeout=5)
         for task in recording:
-            await asyncio.wait([task], timeout=5)
             task.cancel()
