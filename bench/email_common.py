@@ -44,6 +44,7 @@ from stub_homeserver import SentEvent, StubHomeserver
 from transactions import (
     ADMIN,
     BOT,
+    DATABASE_HELP,
     DOMAIN,
     PREFIX,
     USER,
@@ -234,10 +235,7 @@ class EmailStub(StubHomeserver):
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--database", default=None,
-                        help="default: a temp SQLite file. PostgreSQL: "
-                             "postgresql+asyncpg://user@host:5432/postgres names the server and "
-                             "an admin database; a fresh database is created there and dropped")
+    parser.add_argument("--database", default=None, help=DATABASE_HELP)
     parser.add_argument("--bridge-cpu", type=int, default=0,
                         help="core the bridge is pinned to (default 0; -1: not pinned)")
     parser.add_argument("--bench-cpu", type=int, default=1,

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 from email_common import BenchError, Harness
-from transactions import ADMIN, BOT, DOMAIN, PREFIX, git_revision
+from transactions import ADMIN, BOT, DATABASE_HELP, DOMAIN, PREFIX, git_revision
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # the simulator lives in tests/, not in the installed package
@@ -375,20 +375,7 @@ def slack_header(title: str, args: argparse.Namespace, database: str) -> None:
     print("-" * 78)
 
 
-POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-
-
 def database_arg(parser: argparse.ArgumentParser) -> None:
     """``--database`` as the other benchmarks have it (for scripts that do not take
     email_common's common arguments)."""
-    parser.add_argument("--database", default=None,
-                        help="default: a temp SQLite file. `postgres` for a local PostgreSQL "
-                             f"({POSTGRES_URL}), or a postgresql+asyncpg://user@host:port/db "
-                             "URL naming the server and an admin database: a fresh database "
-                             "is created there and dropped")
-
-
-def resolve_database(args: argparse.Namespace) -> None:
-    """``--database postgres`` is short for the local server's URL."""
-    if args.database in ("postgres", "postgresql"):
-        args.database = POSTGRES_URL
+    parser.add_argument("--database", default=None, help=DATABASE_HELP)

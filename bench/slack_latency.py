@@ -37,7 +37,6 @@ from slack_common import (
     SlackHarness,
     add_slack_args,
     resent_envelopes,
-    resolve_database,
     slack_header,
 )
 from transactions import ms, percentile
@@ -193,7 +192,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.channels, args.users) < 1 or args.rate <= 0 or args.seconds <= 0:
         parser.error("--channels, --users, --rate and --seconds must be positive")
     check_common_args(parser, args)
-    resolve_database(args)
     return args
 
 

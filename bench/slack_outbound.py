@@ -43,7 +43,6 @@ from slack_common import (
     SlackHarness,
     add_slack_args,
     chunked,
-    resolve_database,
     slack_header,
 )
 from transactions import ms, percentile
@@ -261,7 +260,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.messages, args.batch, args.channels, args.users) < 1:
         parser.error("--messages, --batch, --channels and --users must be positive")
     check_common_args(parser, args)
-    resolve_database(args)
     return args
 
 

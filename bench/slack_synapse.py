@@ -66,7 +66,6 @@ from slack_common import (
     database_arg,
     puppet_of,
     resent_envelopes,
-    resolve_database,
     slack_config,
 )
 from transactions import (
@@ -638,7 +637,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if min(args.messages, args.rounds, args.channels, args.users) < 1:
         parser.error("--messages, --rounds, --channels and --users must be positive")
-    resolve_database(args)
     if args.synapse_cpu is None:
         args.synapse_cpu = args.bench_cpu
     available = os.sched_getaffinity(0)

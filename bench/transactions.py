@@ -255,16 +255,23 @@ class BridgeProcess:
 # --- the database ----------------------------------------------------------------------
 
 
+POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+DATABASE_HELP = ("default: a temp SQLite file. `postgres` for the local PostgreSQL "
+                 f"({POSTGRES_URL}), or a postgresql+asyncpg://user@host:port/db URL naming "
+                 "the server and an admin database: a fresh database is created there and "
+                 "dropped")
+
+
 class BenchDatabase:
     """The bridge's database: a temp SQLite file, or a fresh PostgreSQL database.
 
     For PostgreSQL, ``--database`` names a server and a database to connect to for
     administration (default ``postgres``); the bench creates ``bench_<random>`` there and
-    drops it at the end.
+    drops it at the end. ``--database postgres`` is short for the local server.
     """
 
     def __init__(self, url: str | None, workdir: Path) -> None:
-        self.given = url
+        self.given = POSTGRES_URL if url in ("postgres", "postgresql") else url
         self.workdir = workdir
         self.url = ""
         self.kind = "sqlite"
@@ -888,10 +895,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rooms", type=int, default=20, help="rooms (default 20)")
     parser.add_argument("--batch", type=int, default=50,
                         help="events per transaction (default 50)")
-    parser.add_argument("--database", default=None,
-                        help="default: a temp SQLite file. PostgreSQL: "
-                             "postgresql+asyncpg://user@host:5432/postgres names the server and "
-                             "an admin database; a fresh database is created there and dropped")
+    parser.add_argument("--database", default=None, help=DATABASE_HELP)
     parser.add_argument("--rate", type=float, default=TARGET_EVENTS_PER_SECOND,
                         help="events/s offered in the latency phase (default the target, 2000)")
     parser.add_argument("--latency-seconds", type=float, default=5.0,
