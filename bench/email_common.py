@@ -51,14 +51,13 @@ from transactions import (
     BenchDatabase,
     BenchError,
     BridgeClient,
+    BridgeFailures,
     BridgeProcess,
     Load,
     chunks,
     free_port,
     git_revision,
     machine_busy_seconds,
-    metric_samples,
-    metric_sum,
     metric_value,
     print_profile,
     proc_cpu_seconds,
@@ -69,7 +68,7 @@ from transactions import (
 
 __all__ = [
     "ADMIN", "BOT", "DOMAIN", "PREFIX", "USER", "BenchError", "SentEvent",
-    "machine_busy_seconds", "metric_sum", "metric_value", "proc_cpu_seconds",
+    "machine_busy_seconds", "metric_value", "proc_cpu_seconds",
     "proc_status_kb",
 ]
 
@@ -468,8 +467,7 @@ class Harness:
         assert self.bridge is not None
         metrics = await self.metrics()
         return Outcome(
-            failures=metric_sum(metrics, "bridge_failures_total"),
-            failure_kinds=metric_samples(metrics, "bridge_failures_total"),
+            failures=BridgeFailures.read(metrics),
             log_lines=self.bridge.log_lines(),
             log_tail=self.bridge.log_tail(15) if self.bridge.log_lines() else "",
             calls=self.stub.calls_summary(),
@@ -479,21 +477,20 @@ class Harness:
 
 @dataclass
 class Outcome:
-    failures: float = 0.0
-    # (labels, count) per kind: a delivery retried once reads differently from a lost event.
-    failure_kinds: list[tuple[str, float]] = field(default_factory=list)
+    failures: BridgeFailures = field(default_factory=BridgeFailures)
     log_lines: int = 0
     log_tail: str = ""
     calls: str = ""
     unknown: str = "none"
 
-    def print(self) -> None:
+    def print(self, wall_seconds: float) -> None:
+        """The end of a report, before its verdict."""
         print(f"stub homeserver: calls: {self.calls}")
         print(f"stub homeserver: calls it did not know: {self.unknown}")
-        print(f"bridge failures (bridge_failures_total): {self.failures:.0f}; log lines at "
-              f"WARNING or above: {self.log_lines}")
-        for labels, count in self.failure_kinds:
-            print(f"  {count:.0f} x {labels}")
+        self.failures.print(self.log_lines)
+        if self.log_tail:
+            print(f"bridge log (WARNING and above), last lines:\n{self.log_tail}")
+        print(f"whole run: {wall_seconds:.0f} s")
 
 
 @dataclass

@@ -91,7 +91,7 @@ class Results:
             "subscribe_seconds": round(self.subscribe_seconds, 2),
             "relay_connections": self.connections,
             "bridge_cpu_share": round(self.cpu.bridge / self.cpu.seconds, 2) if self.cpu else None,
-            "failures": self.outcome.failures,
+            "failures": self.outcome.failures.total,
         }
 
 
@@ -204,10 +204,7 @@ def report(args: argparse.Namespace, r: Results) -> bool:
     if r.cpu is not None:
         print(f"  {r.cpu.line()}")
         print(f"  bridge CPU per mail: {1000 * r.cpu.bridge / max(r.mails, 1):.2f} ms")
-    r.outcome.print()
-    if r.outcome.log_tail:
-        print(f"bridge log (WARNING and above), last lines:\n{r.outcome.log_tail}")
-    print(f"whole run: {r.wall_seconds:.0f} s")
+    r.outcome.print(r.wall_seconds)
     print("-" * 78)
     print(f"one message to {r.subscribers} subscribers: {r.seconds:.2f} s (target < "
           f"{TARGET_SECONDS:.0f} s, every subscriber exactly once) {verdict(ok)}")

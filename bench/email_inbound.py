@@ -107,7 +107,7 @@ class Results:
             "accept_ms": {"p50": ms(self.accept_times, 50), "p99": ms(self.accept_times, 99)},
             "to_matrix_ms": {"p50": ms(self.to_matrix, 50), "p99": ms(self.to_matrix, 99)},
             "bridge_cpu_share": round(self.cpu.bridge / self.cpu.seconds, 2) if self.cpu else None,
-            "failures": self.outcome.failures,
+            "failures": self.outcome.failures.total,
         }
 
 
@@ -316,10 +316,7 @@ def report(args: argparse.Namespace, r: Results) -> bool:
         print(f"  {r.cpu.line()}")
         print(f"  bridge CPU per mail: {1000 * r.cpu.bridge / max(r.mails, 1):.2f} ms"
               f"{r.cpu_split()}")
-    r.outcome.print()
-    if r.outcome.log_tail:
-        print(f"bridge log (WARNING and above), last lines:\n{r.outcome.log_tail}")
-    print(f"whole run: {r.wall_seconds:.0f} s")
+    r.outcome.print(r.wall_seconds)
     print("-" * 78)
     print(f"accepted mails/s: {accepted:.1f} (target >= {TARGET_MAILS_PER_SECOND:.0f}) "
           f"{verdict(accepted_ok)}")

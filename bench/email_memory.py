@@ -318,10 +318,7 @@ def report(args: argparse.Namespace, r: Results) -> bool:
         curve.append("-" if math.isnan(value) else f"{value:.0f}")
         tick += 0.1
     print("  max per 0.1 s: " + " ".join(curve))
-    r.outcome.print()
-    if r.outcome.log_tail:
-        print(f"bridge log (WARNING and above), last lines:\n{r.outcome.log_tail}")
-    print(f"whole run: {r.wall_seconds:.0f} s")
+    r.outcome.print(r.wall_seconds)
     print("-" * 78)
     print(f"peak memory growth: {r.growth_mb:.1f} MiB (target < {TARGET_FACTOR:.0f}x the "
           f"attachment = {r.limit_mb:.0f} MiB) {verdict(ok)}")

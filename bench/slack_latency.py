@@ -86,7 +86,7 @@ class Results:
             "bridge_means_ms": {k: None if math.isnan(v) else round(v * 1000, 2)
                                 for k, v in self.breakdown.items()},
             "bridge_cpu_share": round(self.cpu.bridge / self.cpu.seconds, 2) if self.cpu else None,
-            "failures": self.outcome.failures,
+            "failures": self.outcome.failures.total,
         }
 
 
@@ -167,10 +167,7 @@ def report(args: argparse.Namespace, r: Results) -> bool:
     if r.cpu is not None:
         print(f"  {r.cpu.line()}")
         print(f"  bridge CPU per message: {1000 * r.cpu.bridge / max(r.sent, 1):.2f} ms")
-    r.outcome.print()
-    if r.outcome.log_tail:
-        print(f"bridge log (WARNING and above), last lines:\n{r.outcome.log_tail}")
-    print(f"whole run: {r.wall_seconds:.0f} s")
+    r.outcome.print(r.wall_seconds)
     print("-" * 78)
     print(f"Slack -> Matrix p99 latency at {r.sent / r.send_seconds:.0f} msg/s: {ms(p99)} "
           f"(target < {TARGET_P99_MS:.0f} ms, every message once) {verdict(ok)}")

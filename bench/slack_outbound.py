@@ -129,7 +129,7 @@ class Results:
             "bridge_means_ms": {k: None if math.isnan(v) else round(v * 1000, 2)
                                 for k, v in self.breakdown.items()},
             "bridge_cpu_share": round(self.cpu.bridge / self.cpu.seconds, 2) if self.cpu else None,
-            "failures": self.outcome.failures,
+            "failures": self.outcome.failures.total,
         }
 
 
@@ -235,10 +235,7 @@ def report(args: argparse.Namespace, r: Results) -> bool:
     if r.cpu is not None:
         print(f"  {r.cpu.line()}")
         print(f"  bridge CPU per message: {1000 * r.cpu.bridge / max(r.messages, 1):.2f} ms")
-    r.outcome.print()
-    if r.outcome.log_tail:
-        print(f"bridge log (WARNING and above), last lines:\n{r.outcome.log_tail}")
-    print(f"whole run: {r.wall_seconds:.0f} s")
+    r.outcome.print(r.wall_seconds)
     print("-" * 78)
     print(f"Matrix -> Slack: {rate:.0f} messages/s (target >= {TARGET_PER_SECOND:.0f}, every "
           f"message once) {verdict(ok)}")

@@ -71,12 +71,11 @@ from slack_common import (
 from transactions import (
     BenchDatabase,
     BridgeClient,
+    BridgeFailures,
     BridgeProcess,
     free_port,
     git_revision,
     machine_busy_seconds,
-    metric_samples,
-    metric_sum,
     metric_value,
     proc_cpu_seconds,
     write_config,
@@ -178,8 +177,7 @@ class Results:
     startup_seconds: float = math.nan
     setup_seconds: float = math.nan
     rounds: list[tuple[Phase, Phase]] = field(default_factory=list)
-    failures: float = 0.0
-    failure_kinds: list[tuple[str, float]] = field(default_factory=list)
+    failures: BridgeFailures = field(default_factory=BridgeFailures)
     log_lines: int = 0
     log_tail: str = ""
     wall_seconds: float = math.nan
@@ -199,7 +197,7 @@ class Results:
                 "bridge_share": round(bridge / direct, 3) if direct else None,
                 "rounds": [{"direct": d.summary(), "bridge": b.summary()}
                            for d, b in self.rounds],
-                "failures": self.failures}
+                "failures": self.failures.total}
 
 
 # --- the set-up ----------------------------------------------------------------------------
@@ -537,9 +535,7 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> Results:
         print("reading the rooms back from Synapse ...")
         await check_in_synapse(setup, messages, checked)
         assert setup.client is not None
-        metrics = await setup.client.metrics()
-        results.failures = metric_sum(metrics, "bridge_failures_total")
-        results.failure_kinds = metric_samples(metrics, "bridge_failures_total")
+        results.failures = BridgeFailures.read(await setup.client.metrics())
         results.log_lines = setup.bridge.log_lines()
         results.log_tail = setup.bridge.log_tail(15) if results.log_lines else ""
     finally:
@@ -593,10 +589,7 @@ def report(args: argparse.Namespace, r: Results) -> bool:
                   f"{phase.duplicates} duplicates, {phase.misplaced} in a wrong room{extra})")
             print(f"      {phase.cpu_line()}")
         print(f"  bridge / direct: {100 * b.per_second / d.per_second:.0f}%")
-    print(f"bridge failures (bridge_failures_total): {r.failures:.0f}; log lines at WARNING or "
-          f"above: {r.log_lines}")
-    for labels, count in r.failure_kinds:
-        print(f"  {count:.0f} x {labels}")
+    r.failures.print(r.log_lines)
     if r.log_tail:
         print(f"bridge log (WARNING and above), last lines:\n{r.log_tail}")
     print(f"whole run: {r.wall_seconds:.0f} s")

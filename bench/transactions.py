@@ -116,16 +116,6 @@ _METRIC_LINE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
-def metric_sum(text: str, name: str) -> float:
-    """The sum of all samples of a metric (every label combination)."""
-    total = 0.0
-    for line in text.splitlines():
-        match = _METRIC_LINE.match(line)
-        if match is not None and match["name"] == name:
-            total += float(match["value"])
-    return total
-
-
 def metric_samples(text: str, name: str) -> list[tuple[str, float]]:
     """Each non-zero sample of a metric as (its labels as written, value)."""
     samples = []
@@ -134,6 +124,28 @@ def metric_samples(text: str, name: str) -> list[tuple[str, float]]:
         if match is not None and match["name"] == name and float(match["value"]):
             samples.append((match["labels"] or "", float(match["value"])))
     return samples
+
+
+@dataclass
+class BridgeFailures:
+    """``bridge_failures_total`` by kind, (labels, count): a delivery retried once reads
+    differently from a lost event."""
+
+    kinds: list[tuple[str, float]] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, metrics_text: str) -> BridgeFailures:
+        return cls(metric_samples(metrics_text, "bridge_failures_total"))
+
+    @property
+    def total(self) -> float:
+        return sum(count for _, count in self.kinds)
+
+    def print(self, log_lines: int) -> None:
+        print(f"bridge failures (bridge_failures_total): {self.total:.0f}; log lines at "
+              f"WARNING or above: {log_lines}")
+        for labels, count in self.kinds:
+            print(f"  {count:.0f} x {labels}")
 
 
 def metric_value(text: str, name: str, **labels: str) -> float | None:
@@ -542,8 +554,7 @@ class Results:
     stub_unknown: dict[str, int] = field(default_factory=dict)
     stub_calls: dict[str, int] = field(default_factory=dict)
     log_lines: int = 0
-    failures: float = 0.0
-    failure_kinds: list[tuple[str, float]] = field(default_factory=list)
+    failures: BridgeFailures = field(default_factory=BridgeFailures)
     wall_seconds: float = math.nan
 
 
@@ -715,8 +726,7 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> Results:
 
             await asyncio.sleep(0.5)
             metrics = await client.metrics()
-            results.failures = metric_sum(metrics, "bridge_failures_total")
-            results.failure_kinds = metric_samples(metrics, "bridge_failures_total")
+            results.failures = BridgeFailures.read(metrics)
             results.rss_after_mb = bridge.rss_mb()
             results.peak_rss_mb = bridge.hwm_mb()
             results.log_lines = bridge.log_lines()
@@ -823,10 +833,7 @@ def report(args: argparse.Namespace, r: Results) -> bool:
     print(f"stub homeserver: calls: {calls}")
     unknown = ", ".join(f"{k} x{v}" for k, v in sorted(r.stub_unknown.items())) or "none"
     print(f"stub homeserver: calls it did not know: {unknown}")
-    print(f"bridge failures (bridge_failures_total): {r.failures:.0f}; log lines at WARNING or "
-          f"above: {r.log_lines}")
-    for labels, count in r.failure_kinds:
-        print(f"  {count:.0f} x {labels}")
+    r.failures.print(r.log_lines)
     print(f"whole run: {r.wall_seconds:.0f} s")
     print("-" * 78)
     print(f"events/s: {eps:.0f} (target >= {TARGET_EVENTS_PER_SECOND:.0f}) {verdict(eps_ok)}")
@@ -869,7 +876,7 @@ def summary(r: Results, met: bool) -> dict[str, Any]:
         "idle_rss_mb": round(r.idle_rss_mb, 1),
         "peak_rss_mb": round(r.peak_rss_mb, 1),
         "startup_seconds": round(r.startup_seconds, 2),
-        "failures": r.failures,
+        "failures": r.failures.total,
     }
 
 
