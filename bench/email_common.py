@@ -549,12 +549,13 @@ def header(title: str, args: argparse.Namespace, database: str) -> None:
 
 def run(args: argparse.Namespace, benchmark: Callable[[argparse.Namespace, Path],
                                                       Awaitable[Any]],
-        report: Callable[[argparse.Namespace, Any], bool]) -> int:
+        report: Callable[[argparse.Namespace, Any], bool],
+        prefix: str = "bridge-email-bench-") -> int:
     """Pin this process, run ``benchmark`` in a temp dir, print the report; the exit code:
     0 targets met, 3 a target missed, 1 the benchmark failed."""
     if args.bench_cpu is not None:
         os.sched_setaffinity(0, {args.bench_cpu})
-    workdir = Path(tempfile.mkdtemp(prefix="bridge-email-bench-"))
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     started = time.monotonic()
 
     async def main() -> Any:
@@ -584,6 +585,6 @@ def run(args: argparse.Namespace, benchmark: Callable[[argparse.Namespace, Path]
     if args.json:
         Path(args.json).write_text(json.dumps(results.summary(met), indent=2) + "\n",
                                    encoding="utf-8")
-    if args.profile:
+    if getattr(args, "profile", None):  # (slack_synapse.py takes no --profile)
         print_profile(Path(args.profile), args.profile_top)
     return 0 if met else 3

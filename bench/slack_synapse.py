@@ -38,10 +38,7 @@ import contextlib
 import json
 import math
 import os
-import shutil
-import signal
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -52,7 +49,7 @@ from urllib.parse import quote
 
 import aiohttp
 import yaml
-from email_common import BenchError, verdict
+from email_common import BenchError, run, verdict
 from slack_common import (
     ADMIN,
     BOT,
@@ -489,9 +486,6 @@ async def check_in_synapse(setup: Setup, messages: Messages,
 async def benchmark(args: argparse.Namespace, workdir: Path) -> Results:
     results = Results()
     setup = Setup(args, workdir)
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     try:
         results.startup_seconds = await setup.start()
         results.database = setup.database.describe()
@@ -644,32 +638,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.bench_cpu is not None:
-        os.sched_setaffinity(0, {args.bench_cpu})
-    workdir = Path(tempfile.mkdtemp(prefix="bridge-slack-bench-"))
-    started = time.monotonic()
-    try:
-        results = asyncio.run(benchmark(args, workdir))
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except asyncio.CancelledError:
-        print("benchmark terminated", file=sys.stderr)
-        return 143
-    finally:
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    results.wall_seconds = time.monotonic() - started
-    met = report(args, results)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results.summary(met), indent=2) + "\n",
-                                   encoding="utf-8")
-    return 0 if met else 3
+    return run(parse_args(argv), benchmark, report, prefix="bridge-slack-bench-")
 
 
 if __name__ == "__main__":
