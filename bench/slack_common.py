@@ -343,15 +343,17 @@ class SlackHarness(Harness):
 
         self.sent_listeners.append(on_sent)
 
-    async def wait_arrived(self, messages: Messages, planned: list[Planned],
-                           timeout: float) -> None:
-        """Until every planned message reached the stub homeserver."""
+    async def wait_arrived(self, messages: Messages, planned: list[Planned], timeout: float,
+                           where: str = "the homeserver",
+                           why: Callable[[], str] = lambda: "") -> None:
+        """Until every planned message reached ``where`` (noted in ``messages``); ``why``
+        adds what that side said, should they not."""
         deadline = time.monotonic() + timeout
         while messages.missing(planned):
             if time.monotonic() > deadline:
                 raise BenchError(f"{len(planned) - messages.missing(planned)} of "
-                                 f"{len(planned)} Slack messages reached the homeserver within "
-                                 f"{timeout:.0f}s:\n{self.log_tail()}")
+                                 f"{len(planned)} messages reached {where} within "
+                                 f"{timeout:.0f}s{why()}:\n{self.log_tail()}")
             self.check_alive()
             await asyncio.sleep(0.01)
 

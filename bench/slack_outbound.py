@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from email_common import (
-    BenchError,
     CpuMeter,
     Outcome,
     add_common_args,
@@ -150,17 +149,9 @@ async def send(harness: SlackHarness, messages: Messages, planned: list[Planned]
             results.last_ack = done
 
 
-async def wait_posted(harness: SlackHarness, messages: Messages, planned: list[Planned],
-                      timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while messages.missing(planned):
-        if time.monotonic() > deadline:
-            raise BenchError(f"{len(planned) - messages.missing(planned)} of {len(planned)} "
-                             f"messages reached Slack within {timeout:.0f}s (Slack refused "
-                             f"{len(harness.posts.refused)} posts: "
-                             f"{sorted(set(harness.posts.refused))[:5]}):\n{harness.log_tail()}")
-        harness.check_alive()
-        await asyncio.sleep(0.01)
+def refusals(harness: SlackHarness) -> str:
+    return (f" (Slack refused {len(harness.posts.refused)} posts: "
+            f"{sorted(set(harness.posts.refused))[:5]})")
 
 
 async def benchmark(args: argparse.Namespace, workdir: Path) -> Results:
@@ -183,7 +174,8 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> Results:
         warm = messages.plan(args.channels * len(SENDERS))
         print(f"warm-up: {len(warm)} messages (every sender once in every room) ...")
         await send(harness, messages, warm, rooms, args.batch, None)
-        await wait_posted(harness, messages, warm, args.timeout)
+        await harness.wait_arrived(messages, warm, args.timeout, "Slack",
+                                   lambda: refusals(harness))
         await asyncio.sleep(0.5)
 
         planned = messages.plan(args.messages)
@@ -193,7 +185,8 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> Results:
         before = await harness.metrics()
         cpu = CpuMeter(harness.bridge.pid)
         await send(harness, messages, planned, rooms, args.batch, results)
-        await wait_posted(harness, messages, planned, args.timeout)
+        await harness.wait_arrived(messages, planned, args.timeout, "Slack",
+                                   lambda: refusals(harness))
         results.cpu = cpu.stop()
         results.messages = len(planned)
         results.last_post = max(messages.arrived[m.n] for m in planned)
