@@ -40,7 +40,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -320,19 +320,15 @@ def start_synapse(demo: Demo) -> None:
 # --- step 3: staff's mailboxes, Slack, then the bridge --------------------------------------
 
 
-class MailSink:
-    """The mail server behind which staff's mailboxes sit, as far as the demo is concerned:
-    an aiosmtpd server that accepts every mail and writes one file per recipient,
-    ``demo/mailbox/<recipient>/<timestamp>-<n>.eml``, printing a line for each.
-
-    It runs in the demo's own event loop, on a thread of its own, so that it keeps
+class ThreadedServer:
+    """A server of the demo's in an event loop on a thread of its own, so that it keeps
     answering the bridge while the main thread waits for processes or for Ctrl-C.
-    """
+    Subclasses open it in :meth:`_open` and close it in :meth:`_close`."""
 
-    def __init__(self, root: Path, port: int) -> None:
-        self.root = root
+    name = "server"  # for the thread and for errors
+
+    def __init__(self, port: int) -> None:
         self.port = port
-        self.count = 0
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -341,11 +337,11 @@ class MailSink:
         ready = threading.Event()
         failed: list[BaseException] = []
         self._thread = threading.Thread(target=asyncio.run, args=(self._serve(ready, failed),),
-                                        name="mail-sink", daemon=True)
+                                        name=self.name.replace(" ", "-"), daemon=True)
         self._thread.start()
         if not ready.wait(10) or failed:
             reason = failed[0] if failed else "no answer within 10 s"
-            raise DemoError(f"the mail sink could not listen on 127.0.0.1:{self.port}: "
+            raise DemoError(f"the {self.name} could not listen on 127.0.0.1:{self.port}: "
                             f"{reason}")
 
     @property
@@ -366,16 +362,48 @@ class MailSink:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         try:
-            server = await self._loop.create_server(
-                lambda: SMTP(self, hostname="mailbox.demo.test", decode_data=False),
-                "127.0.0.1", self.port)
-        except OSError as exc:
-            failed.append(exc)
+            try:
+                await self._open()
+            except OSError as exc:
+                failed.append(exc)
+                ready.set()
+                return
             ready.set()
-            return
-        ready.set()
-        async with server:
             await self._stopping.wait()
+        finally:
+            await self._close()
+
+    async def _open(self) -> None:
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        raise NotImplementedError
+
+
+class MailSink(ThreadedServer):
+    """The mail server behind which staff's mailboxes sit, as far as the demo is concerned:
+    an aiosmtpd server that accepts every mail and writes one file per recipient,
+    ``demo/mailbox/<recipient>/<timestamp>-<n>.eml``, printing a line for each.
+    """
+
+    name = "mail sink"
+
+    def __init__(self, root: Path, port: int) -> None:
+        super().__init__(port)
+        self.root = root
+        self.count = 0
+        self._server: asyncio.Server | None = None
+
+    async def _open(self) -> None:
+        assert self._loop is not None
+        self._server = await self._loop.create_server(
+            lambda: SMTP(self, hostname="mailbox.demo.test", decode_data=False),
+            "127.0.0.1", self.port)
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = bytes(envelope.original_content or b"")
@@ -407,76 +435,40 @@ def start_mail_sink(demo: Demo) -> None:
         f"every mail it receives is a file in {rel(MAILBOX)}/<recipient>/")
 
 
-class SlackSide:
+class SlackSide(ThreadedServer):
     """Slack, as far as the demo is concerned: the simulator of tests/slack_sim (Web API,
     Socket Mode, and /_sim/ endpoints for people), with a workspace "demo" where Anna and Ben
     are in #bauamt and so is the app's bot user.
 
-    Like the mail sink it runs in an event loop on a thread of its own, so that it keeps
-    answering the bridge while the main thread waits. :meth:`run` hands it work from the
-    demo's main loop.
+    :meth:`run` hands it work from the demo's main loop.
     """
 
+    name = "Slack simulator"
+
     def __init__(self, port: int) -> None:
-        self.port = port
+        super().__init__(port)
         self.sim: SlackSimulator | None = None
         self.team: Team | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
 
-    def start(self) -> None:
-        ready = threading.Event()
-        failed: list[BaseException] = []
-        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(ready, failed),),
-                                        name="slack-simulator", daemon=True)
-        self._thread.start()
-        if not ready.wait(10) or failed:
-            reason = failed[0] if failed else "no answer within 10 s"
-            raise DemoError(f"the Slack simulator could not listen on 127.0.0.1:{self.port}: "
-                            f"{reason}")
+    async def _open(self) -> None:
+        self.sim = sim = SlackSimulator(host="127.0.0.1", port=self.port)
+        await sim.start()
+        team = sim.add_team(team_id=SLACK_TEAM_ID, name=SLACK_TEAM,
+                            bot_token=SLACK_BOT_TOKEN, app_token=SLACK_APP_TOKEN,
+                            bot_name="matrix-bridge")
+        for user_id, name, real_name, display_name in SLACK_PEOPLE:
+            sim.add_user(team, user_id, name=name, real_name=real_name,
+                         display_name=display_name)
+        sim.add_channel(team, SLACK_CHANNEL_ID, name=SLACK_CHANNEL,
+                        topic="Bauanträge und Pläne",
+                        members=[*(p[0] for p in SLACK_PEOPLE), team.bot_user_id])
+        self.team = team
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+    async def _close(self) -> None:
+        if self.sim is not None:
+            await self.sim.stop()
 
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        if self._loop is not None and self._stopping is not None:
-            with suppress(RuntimeError):  # the loop has already ended
-                self._loop.call_soon_threadsafe(self._stopping.set)
-        self._thread.join(10)
-        self._thread = None
-
-    async def _serve(self, ready: threading.Event, failed: list[BaseException]) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
-        sim = SlackSimulator(host="127.0.0.1", port=self.port)
-        try:
-            await sim.start()
-        except OSError as exc:
-            failed.append(exc)
-            ready.set()
-            await sim.stop()
-            return
-        try:
-            team = sim.add_team(team_id=SLACK_TEAM_ID, name=SLACK_TEAM,
-                                bot_token=SLACK_BOT_TOKEN, app_token=SLACK_APP_TOKEN,
-                                bot_name="matrix-bridge")
-            for user_id, name, real_name, display_name in SLACK_PEOPLE:
-                sim.add_user(team, user_id, name=name, real_name=real_name,
-                             display_name=display_name)
-            sim.add_channel(team, SLACK_CHANNEL_ID, name=SLACK_CHANNEL,
-                            topic="Bauanträge und Pläne",
-                            members=[*(p[0] for p in SLACK_PEOPLE), team.bot_user_id])
-            self.sim, self.team = sim, team
-            ready.set()
-            await self._stopping.wait()
-        finally:
-            await sim.stop()
-
-    async def run(self, work: Callable[[SlackSimulator, Team], Awaitable[T]]) -> T:
+    async def run(self, work: Callable[[SlackSimulator, Team], Coroutine[Any, Any, T]]) -> T:
         """Run ``work`` in the simulator's loop (its state is not to be touched from
         another thread) and wait for its result."""
         assert self._loop is not None and self.sim is not None and self.team is not None
