@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.db.queues import Delivery
 from bridge.db.store import LinkInfo
@@ -68,6 +69,13 @@ class Connector(ABC):
     network: str
     #: Human name ("Slack").
     display_name: str
+    #: Does one link stand for many remote participants who cannot see each other's
+    #: messages without the bridge (email: one room address, many subscribers)? Then the
+    #: relay rule hands the connector its own link's messages too, and the connector skips
+    #: their author (and whoever the origin marker says already has them).
+    relays_within_link: bool = False
+    #: How many links of this network one room may have (None: any number).
+    max_links_per_room: int | None = None
 
     def __init__(self, puppet_prefix: str, homeserver_domain: str) -> None:
         self.puppet_prefix = puppet_prefix
@@ -106,8 +114,14 @@ class Connector(ABC):
         Raise :class:`bridge.core.errors.CommandError` with a helpful sentence if not.
         """
 
+    async def on_link_written(self, session: AsyncSession, link: LinkInfo) -> None:  # noqa: B027
+        """Runs inside the transaction that writes the new link: the connector's own state
+        for it (a catch-up cursor, for example) is written with the link or not at all.
+        Raising here leaves no link behind."""
+
     async def on_linked(self, hub: Hub, link: LinkInfo) -> None:  # noqa: B027
-        """The room was just linked (bring in recent history, for example)."""
+        """The room was just linked, the link committed (bring in recent history, for
+        example)."""
 
     async def on_unlinked(self, hub: Hub, link: LinkInfo) -> None:  # noqa: B027
         """The room was unlinked; release remote resources if any."""

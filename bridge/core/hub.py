@@ -1,8 +1,12 @@
 """The hub: decides what each Matrix event means and who must receive it.
 
 The relay rule: whatever arrives in a portal (from a Matrix user, or from one link's puppets)
-goes to every *other* link of that room. A link never receives what its own puppets sent:
-the sender's network is derived from the puppet namespace, so echo suppression does not
+goes to every link of that room except the one it came from. A puppet's event names its
+link in the origin marker (:mod:`bridge.core.origin`), trusted only when the sender is a
+puppet of that link's network; a connector whose link stands for many participants
+(``relays_within_link``, email) also gets its own link's events and skips their author
+itself. Events without a marker (older ones, puppets' membership) skip every link of the
+sender's network, as the puppet namespace tells it. Either way echo suppression does not
 depend on remembering what we sent.
 """
 
@@ -10,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bridge.config import Config
 from bridge.core.connector import Connector
 from bridge.core.errors import TemporaryError
+from bridge.core.origin import Origin, read_origin
 from bridge.db import queues, store
 from bridge.db.engine import Database
 from bridge.db.queues import Delivery, InboxEntry, NewDelivery
@@ -175,12 +180,25 @@ class Hub:
         if not room_links:
             return []
         sender_network = self.network_of(sender)
-        return [
-            NewDelivery(network=link.network, room_id=room_id, kind="relay",
-                        payload={"link_id": link.id, "event": event})
-            for link in room_links
-            if link.network in self.connectors and link.network != sender_network
-        ]
+        origin = read_origin(content) if sender_network is not None else None
+        if origin is not None and origin.network != sender_network:
+            origin = None  # a puppet cannot speak for another network's link
+        deliveries = []
+        for link in room_links:
+            connector = self.connectors.get(link.network)
+            if connector is None:
+                continue
+            if origin is not None:
+                if link.id == origin.link_id and not connector.relays_within_link:
+                    continue  # the message came from there
+            elif link.network == sender_network:
+                continue  # unmarked: all we know is the sender's network
+            payload: dict[str, Any] = {"link_id": link.id, "event": event}
+            if origin is not None:
+                payload["origin"] = origin.marker()  # checked: connectors may rely on it
+            deliveries.append(NewDelivery(network=link.network, room_id=room_id,
+                                          kind="relay", payload=payload))
+        return deliveries
 
     def _command_text(self, content: dict[str, Any], is_direct: bool, sender: str) -> str | None:
         if content.get("msgtype") not in COMMAND_MSGTYPES or self.network_of(sender):
@@ -348,6 +366,7 @@ class Hub:
         remote_id: str | None = None,
         part: int = 0,
         timestamp_ms: int | None = None,
+        origin: Origin | None = None,
     ) -> bool:
         """Queue one remote message for the room, exactly once per ``dedup_key``.
 
@@ -356,17 +375,22 @@ class Hub:
         resulting Matrix event is recorded in the message mapping.
         """
         return await self.post_parts(
-            network=network, dedup_key=dedup_key, room_id=room_id,
+            network=network, dedup_key=dedup_key, room_id=room_id, origin=origin,
             parts=[RemotePart(sender=sender, content=content, event_type=event_type,
                               remote_space=remote_space, remote_id=remote_id, part=part,
                               timestamp_ms=timestamp_ms)])
 
     async def post_parts(self, *, network: str, dedup_key: str | None, room_id: str,
-                         parts: list[RemotePart],
+                         parts: list[RemotePart], origin: Origin | None = None,
                          also: Callable[[AsyncSession], Awaitable[None]] | None = None) -> bool:
         """Queue the Matrix events one remote message becomes (text, then each file), all
         or none, exactly once per ``dedup_key``; ``also`` runs the connector's own writes
-        in the same transaction (only when the message is new)."""
+        in the same transaction (only when the message is new).
+
+        ``origin`` is the link the message came in through: every part carries it (the
+        relay rule sends the events to every other link); give it whenever it is known."""
+        if origin is not None:
+            parts = [replace(p, content=origin.mark(p.content)) for p in parts]
         deliveries = [self._matrix(room_id, "message", p.payload(network)) for p in parts]
         async with self.db.transaction() as session:
             if dedup_key is not None and not await store.claim_inbound_key(

@@ -125,9 +125,9 @@ class Link(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (
-        # One link per network per room, and a remote conversation in one room only:
-        # otherwise a message would fan out twice.
-        UniqueConstraint("room_id", "network"),
+        # A remote conversation in one room only: otherwise a message would fan out twice.
+        # A room may have several links of one network (two Slack channels); how many a
+        # network allows is its connector's to say (Connector.max_links_per_room).
         UniqueConstraint("network", "remote_id"),
     )
 

@@ -116,10 +116,14 @@ async def add_link(
     return _link_info(row)
 
 
-async def remove_link(session: AsyncSession, room_id: str, network: str) -> LinkInfo | None:
-    row = await session.scalar(
-        select(Link).where(Link.room_id == room_id, Link.network == network)
-    )
+async def remove_link(session: AsyncSession, room_id: str, network: str,
+                      remote_id: str | None = None) -> LinkInfo | None:
+    """Remove the room's link of ``network`` (the one to ``remote_id``, if given: a room may
+    have several links of one network); returns what was removed, or None."""
+    query = select(Link).where(Link.room_id == room_id, Link.network == network)
+    if remote_id is not None:
+        query = query.where(Link.remote_id == remote_id)
+    row = await session.scalar(query.order_by(Link.id).limit(1))
     if row is None:
         return None
     info = _link_info(row)

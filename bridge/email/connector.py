@@ -27,6 +27,7 @@ from bridge.config import Config, EmailConfig
 from bridge.core.connector import Connector, Health, LinkTarget, media_msgtype
 from bridge.core.errors import CommandError, PermanentError
 from bridge.core.hub import RemotePart
+from bridge.core.origin import ORIGIN_KEY, Origin, read_origin
 from bridge.db import email_store, queues, store
 from bridge.db.queues import Delivery, NewDelivery
 from bridge.db.store import LinkInfo
@@ -92,6 +93,9 @@ def _strip_brackets(message_id: str) -> str:
 class EmailConnector(Connector):
     network = NETWORK
     display_name = "Email"
+    # One room address, many subscribers: a subscriber's mail goes to the others.
+    relays_within_link = True
+    max_links_per_room = 1
 
     def __init__(self, config: Config) -> None:
         super().__init__(config.email.puppet_prefix, config.homeserver.domain)
@@ -444,8 +448,12 @@ class EmailConnector(Connector):
                     root_event_id=None, root_message_id=message_id,
                     topic=mail.topic or "(no subject)")
 
+        # The other subscribers get the mail through the room (the relay rule hands it back
+        # to this link), except those it was addressed to directly: they have it already.
+        origin = Origin(network=NETWORK, link_id=target.link_id, also_received=tuple(
+            sorted({a.lower() for a in [*mail.to, *mail.cc]} - {address})))
         if await hub.post_parts(network=NETWORK, dedup_key=f"{room_id}/{message_id}",
-                                room_id=room_id, parts=parts, also=also):
+                                room_id=room_id, parts=parts, also=also, origin=origin):
             if write_profile:
                 hub.remember_puppet(puppet, name, None)
             metrics.EVENTS.labels(network=NETWORK, direction="in").inc()
@@ -545,7 +553,11 @@ class EmailConnector(Connector):
             if hub.network_of(sender) == NETWORK:
                 puppet = await store.get_puppet(session, sender)
                 author = puppet.remote_id if puppet else None
-        recipients = [r for r in recipients if r.address != author]
+        # Its author has the message, and so have those a subscriber's mail was addressed
+        # to directly (the origin marker, checked by the hub, names them).
+        origin = read_origin({ORIGIN_KEY: delivery.payload.get("origin")})
+        received = set(origin.also_received) if origin and origin.link_id == link.id else set()
+        recipients = [r for r in recipients if r.address != author and r.address not in received]
 
         message_id = message_id_for(event_id, self.domain)
         room_name = await self._room_name(room_id)

@@ -223,16 +223,25 @@ async def _link(bot: Bot, ctx: Context) -> str:
                            f"and send `{hub.prefix} link {network} {remote_id}` there.")
     async with hub.db.sessions() as session:
         existing = await store.links_of_room(session, ctx.room_id)
-        taken = await store.link_by_remote(session, network, remote_id)
-    mine = next((lk for lk in existing if lk.network == network), None)
-    if mine is not None:
+    mine = [lk for lk in existing if lk.network == network]
+    limit = connector.max_links_per_room
+    if limit is not None and len(mine) >= limit:
         raise CommandError(f"This room is already linked to {connector.display_name} "
-                           f"`{mine.remote_id}`. Unlink it first with "
+                           f"{_link_list(mine)}; a room can have {limit} {network} link"
+                           f"{'' if limit == 1 else 's'}. Unlink it first with "
                            f"`{hub.prefix} unlink {network}`.")
-    if taken is not None:
-        raise CommandError(f"{connector.display_name} `{remote_id}` is already linked to "
-                           "another room; a remote conversation can be linked to one room only.")
     target = await connector.resolve_link(hub, ctx.room_id, remote_id, extra)
+    # Checked with the ID the connector resolved (what is stored, e.g. TEAM:CHANNEL), not
+    # with what was typed.
+    async with hub.db.sessions() as session:
+        taken = await store.link_by_remote(session, network, target.remote_id)
+    if taken is not None and taken.room_id == ctx.room_id:
+        raise CommandError(f"This room is already linked to {connector.display_name} "
+                           f"`{taken.remote_id}`.")
+    if taken is not None:
+        raise CommandError(f"{connector.display_name} `{target.remote_id}` is already linked to "
+                           f"another room ({taken.room_id}); a remote conversation can be "
+                           "linked to one room only. Unlink it there first.")
 
     created: list[Any] = []
 
@@ -240,6 +249,9 @@ async def _link(bot: Bot, ctx: Context) -> str:
         link = await store.add_link(session, room_id=ctx.room_id, network=network,
                                     remote_id=target.remote_id, remote_name=target.remote_name,
                                     created_by=ctx.sender, settings=target.settings)
+        # The connector's own state for the link (a catch-up cursor) commits with it or
+        # not at all: a half-made link would never be caught up.
+        await connector.on_link_written(session, link)
         created.append(link)
         await queues.enqueue(session, bridge_info_deliveries(hub, link, ctx.sender, target))
 
@@ -248,6 +260,11 @@ async def _link(bot: Bot, ctx: Context) -> str:
     except IntegrityError:
         raise CommandError("Someone linked this room or that conversation a moment ago; send "
                            f"`{hub.prefix} status` to see the links.") from None
+    except Exception:
+        log.exception("linking %s to %s %s failed", ctx.room_id, network, target.remote_id)
+        raise CommandError(f"Could not link this room to {connector.display_name} "
+                           f"`{target.remote_id}`: the bridge's log has the details. Nothing "
+                           "was linked; please try again later.") from None
     await connector.on_linked(hub, created[0])
     name = f" ({target.remote_name})" if target.remote_name else ""
     reply = f"Linked this room to {connector.display_name} `{target.remote_id}`{name}."
@@ -257,29 +274,67 @@ async def _link(bot: Bot, ctx: Context) -> str:
     return reply
 
 
-@command("unlink", "unlink <network>", "end this room's link to a network", admin_only=True)
+@command("unlink", "unlink <network> [<remote-id>]",
+         "end this room's link to a network (name the remote ID if it has several)",
+         admin_only=True)
 async def _unlink(bot: Bot, ctx: Context) -> str:
     hub = bot.hub
-    if len(ctx.args) != 1:
-        raise CommandError(f"Usage: `{bot._prefixed('unlink <network>', ctx.is_direct)}`")
+    if len(ctx.args) not in (1, 2):
+        raise CommandError(
+            f"Usage: `{bot._prefixed('unlink <network> [<remote-id>]', ctx.is_direct)}`")
     network = ctx.args[0].lower()
+    async with hub.db.sessions() as session:
+        links = [lk for lk in await store.links_of_room(session, ctx.room_id)
+                 if lk.network == network]
+    if not links:
+        raise CommandError(f"This room has no `{network}` link. Send "
+                           f"`{bot._prefixed('status', ctx.is_direct)}` to see its links.")
+    connector = hub.connectors.get(network)
+    display = connector.display_name if connector else network
+    usage = bot._prefixed(f"unlink {network} <remote-id>", ctx.is_direct)
+    if len(ctx.args) == 2:
+        chosen = _pick_link(links, ctx.args[1])
+        if chosen is None:
+            raise CommandError(f"This room has no {display} link `{ctx.args[1]}`; its "
+                               f"{display} links: {_link_list(links)}.")
+    elif len(links) > 1:
+        raise CommandError(f"This room has {len(links)} {display} links: "
+                           f"{_link_list(links)}. Say which one: `{usage}`.")
+    else:
+        chosen = links[0]
     removed: list[Any] = []
 
     async def write(session: Any) -> None:
-        link = await store.remove_link(session, ctx.room_id, network)
+        link = await store.remove_link(session, ctx.room_id, network, chosen.remote_id)
         if link is not None:
             removed.append(link)
             await queues.enqueue(session, bridge_info_deliveries(hub, link, ctx.sender, None))
 
     await hub.enqueue([], also=write)
-    if not removed:
-        raise CommandError(f"This room has no `{network}` link. Send "
-                           f"`{bot._prefixed('status', ctx.is_direct)}` to see its links.")
-    connector = hub.connectors.get(network)
+    if not removed:  # someone else unlinked it meanwhile
+        raise CommandError(f"This room has no {display} link `{chosen.remote_id}` any more. "
+                           f"Send `{bot._prefixed('status', ctx.is_direct)}` to see its links.")
     if connector is not None:
         await connector.on_unlinked(hub, removed[0])
-    display = connector.display_name if connector else network
     return f"Unlinked this room from {display} `{removed[0].remote_id}`."
+
+
+def _link_list(links: list[store.LinkInfo]) -> str:
+    return ", ".join(f"`{lk.remote_id}`" + (f" ({lk.remote_name})" if lk.remote_name else "")
+                     for lk in links)
+
+
+def _pick_link(links: list[store.LinkInfo], wanted: str) -> store.LinkInfo | None:
+    """The link ``wanted`` names: its stored remote ID (``T0123:C0456``), the part after the
+    workspace (``C0456``, as Slack shows a channel ID) or its name (``#general``); case does
+    not matter."""
+    wanted = wanted.strip().lower()
+    by_id = [lk for lk in links
+             if wanted in (lk.remote_id.lower(), lk.remote_id.rsplit(":", 1)[-1].lower())]
+    # A name counts only if it is unambiguous (two workspaces may both have a #general).
+    by_name = [lk for lk in links if (lk.remote_name or "").lower() == wanted]
+    found = by_id or by_name
+    return found[0] if len(found) == 1 else None
 
 
 def _networks_sentence(hub: Hub) -> str:

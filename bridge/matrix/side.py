@@ -37,6 +37,7 @@ from mautrix.util.logging import TraceLogger
 
 from bridge import json_codec
 from bridge.core.errors import PermanentError, TemporaryError
+from bridge.core.origin import ORIGIN_KEY
 from bridge.db import store
 from bridge.db.queues import Delivery
 
@@ -291,7 +292,11 @@ class MatrixSide:
 
     async def _deliver_redact(self, d: Delivery, p: dict[str, Any]) -> str:
         intent = self.intent(p.get("sender"))
-        return str(await intent.redact(RoomID(d.room_id), p["event_id"], reason=p.get("reason")))
+        # The origin marker rides in the redaction's content (the homeserver keeps extra
+        # keys of the PUT /redact body), so the relay rule knows which link deleted it.
+        extra = {ORIGIN_KEY: p["origin"]} if p.get("origin") else None
+        return str(await intent.redact(RoomID(d.room_id), p["event_id"], reason=p.get("reason"),
+                                       extra_content=extra))
 
     async def set_profile(self, user_id: str, displayname: str | None,
                           avatar_mxc: str | None) -> None:

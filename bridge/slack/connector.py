@@ -249,13 +249,14 @@ class SlackConnector(Connector):
             return None
         return localpart[len(prefix):].upper()
 
-    async def linked_channel_ids(self, ws: Workspace) -> dict[str, str]:
-        """Matrix room -> Slack channel, for the workspace's linked channels."""
+    async def linked_channel_ids(self, ws: Workspace) -> list[tuple[str, str]]:
+        """(Matrix room, Slack channel) of the workspace's linked channels (a room may have
+        several)."""
         async with self.hub.db.sessions() as session:
             linked = await slack_store.linked_channels(session)
         prefix = f"{ws.team_id}:"
-        return {room: remote.removeprefix(prefix) for remote, room in linked.items()
-                if remote.startswith(prefix)}
+        return [(room, remote.removeprefix(prefix)) for remote, room in linked.items()
+                if remote.startswith(prefix)]
 
     async def may_mention_room(self, room_id: str, sender: str) -> bool:
         return await self.hub.may_mention_room(room_id, sender)
@@ -401,7 +402,7 @@ class SlackConnector(Connector):
     async def _catch_up(self, ws: Workspace) -> None:
         try:
             channels = await self.linked_channel_ids(ws)
-            for room_id, channel in channels.items():
+            for room_id, channel in channels:
                 async with self.hub.db.sessions() as session:
                     last = await slack_store.cursor(session, ws.team_id, channel)
                 await self._read_since(ws, room_id, channel, last)
@@ -471,15 +472,16 @@ class SlackConnector(Connector):
                     messages += fresh
             except (TemporaryError, PermanentError) as exc:
                 log.warning("could not read the history of %s: %s", channel, exc)
-        newest = max((str(m["ts"]) for m in [*history, *messages] if m.get("ts")),
-                     key=slack_store.ts_key, default=f"{time.time():.6f}")
-
-        async def start_cursor(session: AsyncSession) -> None:
-            await slack_store.advance_cursor(session, ws.team_id, channel, newest)
-
-        await self.hub.enqueue([], also=start_cursor)
         if messages:
             await self._submit_messages(ws, channel, messages)
+
+    async def on_link_written(self, session: AsyncSession, link: LinkInfo) -> None:
+        """The channel's catch-up cursor starts at the moment of linking, written with the
+        link: a link without a cursor would never be caught up after an outage. (The
+        backfill afterwards only brings older messages; the cursor moves forward only.)"""
+        team = str(link.settings.get("team"))
+        channel = str(link.settings.get("channel"))
+        await slack_store.advance_cursor(session, team, channel, f"{time.time():.6f}")
 
     # --- links and commands --------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bridge.core.connector import media_msgtype
 from bridge.core.errors import PermanentError
 from bridge.core.hub import MATRIX, RemotePart
+from bridge.core.origin import Origin
 from bridge.db import slack_store, store
 from bridge.db.queues import NewDelivery
 from bridge.slack.format import MatrixText, slack_emoji_to_unicode, slack_to_matrix
@@ -271,6 +272,7 @@ class SlackToMatrix:
         async with self.hub.db.sessions() as session:
             if await store.mappings_for_remote(session, NETWORK, space, ts):
                 return None  # already in the room (posted from Matrix, or bridged before)
+            origin = await self._origin(session, space)
         if message.get("user") and message.get("subtype") != "bot_message":
             sender = await self.puppet(ws, str(message["user"]))
         else:
@@ -314,7 +316,8 @@ class SlackToMatrix:
             await slack_store.advance_cursor(session, team_id, channel, ts)
 
         await self.hub.post_parts(network=NETWORK, room_id=room_id, parts=parts, also=advance,
-                                  dedup_key=f"posted:{message_key(team_id, channel, ts)}")
+                                  dedup_key=f"posted:{message_key(team_id, channel, ts)}",
+                                  origin=origin)
         return f"{len(parts)} event(s)"
 
     @staticmethod
@@ -361,6 +364,13 @@ class SlackToMatrix:
             mapped = await store.mappings_for_remote(session, NETWORK, space, ts)
         return mapped[0].event_id if mapped else None
 
+    @staticmethod
+    async def _origin(session: AsyncSession, space: str) -> Origin | None:
+        """The link of the channel (``space``) an event came from, for the origin marker: a
+        room may be linked to several channels, which must hear each other."""
+        link = await store.link_by_remote(session, NETWORK, space)
+        return Origin(network=NETWORK, link_id=link.id) if link is not None else None
+
     async def _edit(self, ws: Workspace, room_id: str, channel: str, event: dict[str, Any],
                     event_id: str | None) -> str | None:
         new = event.get("message") or {}
@@ -373,6 +383,7 @@ class SlackToMatrix:
         space = space_of(ws.team_id, channel)
         async with self.hub.db.sessions() as session:
             mapped = await store.mappings_for_remote(session, NETWORK, space, str(new["ts"]))
+            origin = await self._origin(session, space)
         # The text is part 0; a broadcast reply's copy in the main timeline is the last part.
         last = max((m.part for m in mapped), default=0)
         text_events = [m for m in mapped if m.part == 0 or (
@@ -399,7 +410,8 @@ class SlackToMatrix:
                 edit["formatted_body"] = f"* {content['formatted_body']}"
             parts.append(RemotePart(sender=sender, content=edit))
         await self.hub.post_parts(network=NETWORK, room_id=room_id, parts=parts,
-                                  dedup_key=f"posted:{event_id}" if event_id else None)
+                                  dedup_key=f"posted:{event_id}" if event_id else None,
+                                  origin=origin)
         return "edited"
 
     async def _delete(self, ws: Workspace, room_id: str, channel: str,
@@ -411,6 +423,7 @@ class SlackToMatrix:
         space = space_of(ws.team_id, channel)
         async with self.hub.db.sessions() as session:
             mapped = await store.mappings_for_remote(session, NETWORK, space, str(deleted_ts))
+            origin = await self._origin(session, space)
         if not mapped:
             return None
         sender = None
@@ -419,7 +432,8 @@ class SlackToMatrix:
         await self.hub.enqueue([
             NewDelivery(network=MATRIX, room_id=room_id, kind="redact",
                         payload={"sender": sender, "event_id": m.event_id,
-                                 "reason": "Deleted in Slack"})
+                                 "reason": "Deleted in Slack",
+                                 "origin": origin.marker() if origin else None})
             for m in mapped])
         return f"redacted {len(mapped)}"
 
@@ -464,6 +478,7 @@ class SlackToMatrix:
         if event["type"] == "reaction_removed":
             async with self.hub.db.sessions() as session:
                 mapped = await store.mappings_for_remote(session, NETWORK, space, key)
+                origin = await self._origin(session, space)
             if not mapped:
                 return None
             sender = self.connector.puppet_user_id(f"{ws.team_id}_{user}")
@@ -473,19 +488,23 @@ class SlackToMatrix:
 
             await self.hub.enqueue([
                 NewDelivery(network=MATRIX, room_id=room_id, kind="redact",
-                            payload={"sender": sender, "event_id": m.event_id})
+                            payload={"sender": sender, "event_id": m.event_id,
+                                     "origin": origin.marker() if origin else None})
                 for m in mapped], also=forget)
             return "unreacted"
-        target = await self._event_of(space, str(item.get("ts")))
-        if target is None:
+        async with self.hub.db.sessions() as session:
+            mapped = await store.mappings_for_remote(session, NETWORK, space, str(item.get("ts")))
+            origin = await self._origin(session, space)
+        if not mapped:
             return None
+        target = mapped[0].event_id
         sender = await self.puppet(ws, user)
         emoji = slack_emoji_to_unicode(name) or f":{name}:"
         part = RemotePart(sender=sender, event_type="m.reaction", remote_space=space,
                           remote_id=key, content={"m.relates_to": {
                               "rel_type": "m.annotation", "event_id": target, "key": emoji}})
         await self.hub.post_parts(network=NETWORK, room_id=room_id, parts=[part],
-                                  dedup_key=f"posted:{event_id or key}")
+                                  dedup_key=f"posted:{event_id or key}", origin=origin)
         return "reacted"
 
     async def _membership(self, ws: Workspace, room_id: str,

@@ -162,7 +162,7 @@ class MatrixToSlack:
                 if name:
                     names[user_id] = name
         # Room pills are rare: read the links only for a message that has one.
-        channels = await self.connector.linked_channel_ids(ws) \
+        channels = dict(await self.connector.linked_channel_ids(ws)) \
             if "matrix.to/#/!" in text or "matrix.to/#/%21" in text else {}
         return matrix_to_slack(body, formatted, _Resolver(users, names, channels))
 
