@@ -257,10 +257,12 @@ async def _link(bot: Bot, ctx: Context) -> str:
 
     try:
         await hub.enqueue([], also=write)
-    except IntegrityError:
-        raise CommandError("Someone linked this room or that conversation a moment ago; send "
-                           f"`{hub.prefix} status` to see the links.") from None
-    except Exception:
+    except Exception as exc:
+        async with hub.db.sessions() as session:
+            raced = await store.link_by_remote(session, network, target.remote_id)
+        if isinstance(exc, IntegrityError) and raced is not None:
+            raise CommandError("Someone linked that conversation a moment ago; send "
+                               f"`{hub.prefix} status` to see the links.") from None
         log.exception("linking %s to %s %s failed", ctx.room_id, network, target.remote_id)
         raise CommandError(f"Could not link this room to {connector.display_name} "
                            f"`{target.remote_id}`: the bridge's log has the details. Nothing "
@@ -293,10 +295,13 @@ async def _unlink(bot: Bot, ctx: Context) -> str:
     display = connector.display_name if connector else network
     usage = bot._prefixed(f"unlink {network} <remote-id>", ctx.is_direct)
     if len(ctx.args) == 2:
-        chosen = _pick_link(links, ctx.args[1])
-        if chosen is None:
-            raise CommandError(f"This room has no {display} link `{ctx.args[1]}`; its "
-                               f"{display} links: {_link_list(links)}.")
+        named = _links_named(links, ctx.args[1])
+        if len(named) != 1:
+            what = "no" if not named else "more than one"
+            raise CommandError(f"This room has {what} {display} link `{ctx.args[1]}`; its "
+                               f"{display} links: {_link_list(links)}. Name one of them "
+                               "as shown.")
+        chosen = named[0]
     elif len(links) > 1:
         raise CommandError(f"This room has {len(links)} {display} links: "
                            f"{_link_list(links)}. Say which one: `{usage}`.")
@@ -324,17 +329,14 @@ def _link_list(links: list[store.LinkInfo]) -> str:
                      for lk in links)
 
 
-def _pick_link(links: list[store.LinkInfo], wanted: str) -> store.LinkInfo | None:
-    """The link ``wanted`` names: its stored remote ID (``T0123:C0456``), the part after the
-    workspace (``C0456``, as Slack shows a channel ID) or its name (``#general``); case does
-    not matter."""
+def _links_named(links: list[store.LinkInfo], wanted: str) -> list[store.LinkInfo]:
+    """The links ``wanted`` names: by stored remote ID (``T0123:C0456``), by the part after
+    the workspace (``C0456``, as Slack shows a channel ID; two workspaces may both have it)
+    or else by name (``#general``); case does not matter."""
     wanted = wanted.strip().lower()
     by_id = [lk for lk in links
              if wanted in (lk.remote_id.lower(), lk.remote_id.rsplit(":", 1)[-1].lower())]
-    # A name counts only if it is unambiguous (two workspaces may both have a #general).
-    by_name = [lk for lk in links if (lk.remote_name or "").lower() == wanted]
-    found = by_id or by_name
-    return found[0] if len(found) == 1 else None
+    return by_id or [lk for lk in links if (lk.remote_name or "").lower() == wanted]
 
 
 def _networks_sentence(hub: Hub) -> str:
