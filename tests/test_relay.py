@@ -6,7 +6,10 @@ import asyncio
 import uuid
 from typing import Any
 
+from bridge.core.hub import MATRIX
+from bridge.core.origin import ORIGIN_KEY, Origin
 from bridge.db import store
+from bridge.db.queues import NewDelivery
 from tests.conftest import Homeserver, RunningBridge
 from tests.support.helpers import command, is_notice_from, open_room
 from tests.support.matrix_client import MatrixTestClient
@@ -195,3 +198,59 @@ async def test_bot_without_invite_power_says_so_when_a_puppet_cannot_join(
         room, is_notice_from(homeserver.bot, "Could not deliver to Matrix"), timeout=15)
     assert "invite remote users (puppets) into the room: needs power level 50 (invite)" in \
         notice["content"]["body"]
+
+
+async def test_a_remote_message_reaches_every_link_but_its_own(
+        homeserver: Homeserver, bridge: RunningBridge, admin: MatrixTestClient) -> None:
+    """Two links of one network in a room: what comes in through one goes to the other
+    (the origin marker), edits and deletions too; a Matrix user cannot forge the marker."""
+    room = await _linked_room(homeserver, admin, remote="C-one")
+    await command(homeserver.bot, admin, room, "!bridge link test C-two", expect="Linked")
+    hub = bridge.hub
+    async with hub.db.sessions() as session:
+        one, two = await store.links_of_room(session, room)
+    puppet = await hub.ensure_puppet("test", "u-origin", "Olga Origin")
+    from_one = Origin(network="test", link_id=one.id)
+    await hub.post_to_room(network="test", dedup_key=None, room_id=room, sender=puppet,
+                           content={"msgtype": "m.text", "body": "aus eins"}, origin=from_one)
+    posted = await admin.wait_for_event(room, _body_is("aus eins"), timeout=15)
+    # Deleted on the remote side: the puppet's redaction carries the marker through the
+    # homeserver (it keeps extra keys of the redaction's content).
+    await hub.enqueue([NewDelivery(network=MATRIX, room_id=room, kind="redact", payload={
+        "sender": puppet, "event_id": posted["event_id"], "origin": from_one.marker()})])
+    # Without a marker (older events), and with one for another network's link: all that
+    # is known is the sender's network, so none of its links gets it.
+    await hub.post_to_room(network="test", dedup_key=None, room_id=room, sender=puppet,
+                           content={"msgtype": "m.text", "body": "ohne Marke"})
+    await hub.post_to_room(network="test", dedup_key=None, room_id=room, sender=puppet,
+                           content={"msgtype": "m.text", "body": "fremde Marke"},
+                           origin=Origin(network="email", link_id=two.id))
+    # (In the room before the admin writes: then the homeserver hands them to us first.)
+    await admin.wait_for_event(room, _body_is("fremde Marke"), timeout=15)
+    # A Matrix user copying the marker into a message does not stop its relay.
+    await admin.send_event(room, "m.room.message", {
+        "msgtype": "m.text", "body": "gefälscht", ORIGIN_KEY: from_one.marker()})
+    await admin.send_text(room, "Ende")  # after everything above in the links' lanes
+    await _delivered_to(bridge, "Ende", {"C-one", "C-two"})
+
+    def links_of(predicate: Any) -> list[str]:
+        return sorted(item["link"] for item in bridge.connector.delivered
+                      if predicate(item["event"]))
+
+    assert links_of(_body_is("aus eins")) == ["C-two"]
+    redactions = [item for item in bridge.connector.delivered
+                  if item["event"]["type"] == "m.room.redaction"]
+    assert [item["link"] for item in redactions] == ["C-two"]
+    assert redactions[0]["event"]["content"][ORIGIN_KEY] == from_one.marker()
+    assert links_of(_body_is("ohne Marke")) == []
+    assert links_of(_body_is("fremde Marke")) == []
+    assert links_of(_body_is("gefälscht")) == ["C-one", "C-two"]
+
+
+async def _delivered_to(bridge: RunningBridge, body: str, links: set[str]) -> None:
+    for _ in range(150):
+        if {item["link"] for item in bridge.connector.delivered
+                if item["event"].get("content", {}).get("body") == body} == links:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{body!r} did not reach {links}")
