@@ -8,6 +8,7 @@ from email.utils import make_msgid
 from tests.conftest import Homeserver
 from tests.email.conftest import EmailBridge
 from tests.email.test_email_bridge import _body, _email_room, _mail, _send
+from tests.support.helpers import command
 from tests.support.matrix_client import MatrixTestClient
 from tests.support.smtp_sink import SmtpSink
 
@@ -68,3 +69,13 @@ async def test_a_subscribers_mail_reaches_the_other_subscribers_once(
     history = await admin.messages(room, limit=50)
     assert sum("Der Kran kommt" in (e["content"].get("body") or "") for e in history) == 1
     assert sum("Bauhof" in (e["content"].get("body") or "") for e in history) == 1
+
+
+async def test_a_room_has_one_email_address(
+        homeserver: Homeserver, email_bridge: EmailBridge, admin: MatrixTestClient) -> None:
+    room, address = await _email_room(homeserver, admin, None)
+    reply = await command(homeserver.bot, admin, room, "!bridge link email zweite-adresse")
+    body = reply["content"]["body"]
+    assert f"already linked to Email `{address.split('@')[0]}`" in body, body
+    assert "can have 1 email link" in body
+    assert await email_bridge.email.link_for("zweite-adresse") is None
