@@ -14,6 +14,7 @@ from tests.slack.conftest import (
     BEN,
     CHANNEL,
     OTHER_CHANNEL,
+    PUBLIC_URL,
     TEAM_ID,
     SlackBridge,
     add_workspace,
@@ -52,6 +53,8 @@ async def test_two_channels_of_one_workspace_hear_each_other(
     copy = await posted(sim, team, "Die Turnhalle ist gesperrt", channel=OTHER_CHANNEL)
     assert copy["username"] == "Ben Weber"
     assert copy.get("bot_id")  # posted by the app, as for a Matrix user
+    # With Ben's picture, served by the bridge as for a Matrix user's.
+    assert copy["icons"]["image_48"].startswith(f"{PUBLIC_URL}/_bridge/slack/avatar/")
     # ... and #schule -> #bauamt the same way.
     await sim.post_message(team, OTHER_CHANNEL, ANNA, text="Dann turnen wir draussen")
     back = await posted(sim, team, "Dann turnen wir draussen", channel=CHANNEL)
