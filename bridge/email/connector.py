@@ -402,10 +402,17 @@ class EmailConnector(Connector):
         address = mail.from_address.lower()
         message_id = mail.message_id or \
             f"sha256-{hashlib.sha256(raw).hexdigest()[:32]}@{self.domain}"
+        # Subscribers the mail was addressed to directly (To/Cc) have it already: the copy
+        # the room's other subscribers get through the relay skips them.
+        addressed = {a.lower() for a in [*mail.to, *mail.cc]} - {address}
+        addressed = {a for a in addressed if not a.endswith("@" + self.domain)}
         async with hub.db.sessions() as session:
             subscriber = await email_store.get_subscriber(session, room_id, address)
             if not self._may_write(target, address, subscriber):
                 return False
+            if addressed:  # (only then: most mail is addressed to the room alone)
+                addressed &= {s.address for s in await email_store.subscribers(
+                    session, room_id, active_only=True)}
             # Already in the room? post_parts knows for sure (the dedup key); asking here
             # too only saves uploading the attachments again.
             if mail.attachments and await store.mappings_for_remote(session, NETWORK,
@@ -449,9 +456,9 @@ class EmailConnector(Connector):
                     topic=mail.topic or "(no subject)")
 
         # The other subscribers get the mail through the room (the relay rule hands it back
-        # to this link), except those it was addressed to directly: they have it already.
-        origin = Origin(network=NETWORK, link_id=target.link_id, also_received=tuple(
-            sorted({a.lower() for a in [*mail.to, *mail.cc]} - {address})))
+        # to this link), except those it was addressed to directly.
+        origin = Origin(network=NETWORK, link_id=target.link_id,
+                        also_received=tuple(sorted(addressed)))
         if await hub.post_parts(network=NETWORK, dedup_key=f"{room_id}/{message_id}",
                                 room_id=room_id, parts=parts, also=also, origin=origin):
             if write_profile:
