@@ -168,10 +168,13 @@ class AppserviceServer:
             checks["queues"] = {"inbox": inbox, "outbox": outbox}
         except Exception as exc:
             checks["database"] = f"unreachable: {exc.__class__.__name__}"
-        networks = {name: c.health() for name, c in self.bridge.hub.connectors.items()}
+        # Without the homeserver nothing reaches Matrix: not ready, and why.
+        checks["homeserver"] = await self.bridge.homeserver_state()
+        networks = {name: c.state() for name, c in self.bridge.hub.connectors.items()}
         checks["networks"] = {name: {"ok": h.ok, "detail": h.detail}
                               for name, h in networks.items()}
-        ready = checks["started"] is True and checks["database"] == "ok"
+        ready = (checks["started"] is True and checks["database"] == "ok"
+                 and checks["homeserver"] == "ok")
         return web.json_response({"ready": ready, **checks}, status=200 if ready else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
