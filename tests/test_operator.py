@@ -132,3 +132,40 @@ async def test_health_is_not_ready_while_the_homeserver_is_unreachable(
     finally:
         await running.stop()
         await proxy.stop()
+
+
+async def test_a_bridge_started_before_its_homeserver_opens_email_once_it_answers(
+        homeserver: Homeserver, sqlite_url: str) -> None:
+    proxy = TcpProxy("127.0.0.1", homeserver.synapse.port)  # not started: unreachable
+    smtp_port = free_port()
+    config = homeserver.config(sqlite_url, homeserver__address=proxy.url, email__enabled=True,
+                               email__domain="mail.bridge.test", email__sender_auth="none",
+                               email__smtp_in={"hostname": "127.0.0.1", "port": smtp_port})
+    bridge = Bridge(config, build_connectors(config))
+    starting = asyncio.create_task(bridge.start())
+    try:
+        await asyncio.sleep(1.5)
+        # Whether the homeserver accepts email's puppets is not known yet: accept no mail.
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", smtp_port)
+        state = bridge.hub.connectors["email"].state()
+        assert state.detail == ("not started: waiting for the homeserver to confirm this "
+                                "network's namespace")
+
+        await proxy.start()
+        await starting
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", smtp_port)
+                writer.close()
+                break
+            except OSError:
+                assert asyncio.get_running_loop().time() < deadline, "email never started"
+                await asyncio.sleep(0.2)
+        assert bridge.hub.connectors["email"].not_started is None
+    finally:
+        if not starting.done():
+            starting.cancel()
+        await bridge.stop()
+        await proxy.stop()
