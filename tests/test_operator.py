@@ -72,6 +72,11 @@ async def test_a_network_missing_from_the_registration_is_not_started(
                 await asyncio.open_connection("127.0.0.1", smtp_port)
             async with aiohttp.ClientSession() as http:
                 _, health = await _health(http, bridge_port)
+                # Its pages too: an unsubscribe link from an old mail gets "not now".
+                async with http.get(f"http://127.0.0.1:{bridge_port}/_bridge/email/"
+                                    "unsubscribe?room=x&address=a@b.example&token=t") as page:
+                    assert page.status == 503
+                    assert "try again later" in await page.text()
             email = health["networks"]["email"]
             assert email["ok"] is False
             assert email["detail"].startswith("not started: the homeserver's registration")
