@@ -82,7 +82,17 @@ class Bridge:
         """Start everything; on failure, close what was opened and raise (StartError for a
         reason the operator must fix, such as a port in use)."""
         self._state_defaults()
-        before, after = await self.db.upgrade()
+        try:
+            before, after = await self.db.upgrade()
+        except Exception as exc:
+            await self.db.close()
+            if isinstance(exc, OSError) or exc.__class__.__module__.startswith(
+                    ("sqlalchemy", "asyncpg", "sqlite3")):
+                where = make_url(self.config.database.url).render_as_string(hide_password=True)
+                detail = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+                raise StartError(f"cannot use the database {where} (database.url): "
+                                 f"{detail}") from None
+            raise
         if before != after:
             log.info("database schema upgraded from %s to %s", before or "empty", after)
         self.http = aiohttp.ClientSession(

@@ -417,3 +417,16 @@ def test_a_busy_port_is_named_by_its_own_key(homeserver: Homeserver, tmp_path: P
     assert "Traceback" not in result.stderr
     # Every session and socket opened before the failure was closed again.
     assert "Unclosed" not in result.stderr, result.stderr
+
+
+def test_run_names_an_unreachable_database(tmp_path: Path, generated: Path) -> None:
+    data = yaml.safe_load(generated.read_text())
+    data["database"]["url"] = "postgresql+asyncpg://bridge:s3cret-pw@127.0.0.1:1/bridge"
+    result = bridge_cmd("run", "-c", str(_write_config(tmp_path / "db.yaml", data)))
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("bridge: error")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "bridge: error: cannot use the database postgresql+asyncpg://bridge:***@127.0.0.1:1/"
+        "bridge (database.url): "), result.stderr
+    assert "s3cret-pw" not in result.stderr
+    assert "Traceback" not in result.stderr and "Unclosed" not in result.stderr
