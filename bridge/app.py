@@ -151,9 +151,13 @@ class Bridge:
             raise StartError(f"cannot listen on {listener.hostname}:{listener.port} "
                              f"({listener.key}): {exc.strerror or exc}") from None
 
-    async def _start_networks(self) -> bool:
+    async def _start_networks(self, *, at_start: bool = True) -> bool:
         """Ask the homeserver whether each network's puppets are ours, then start those that
-        are. False if the homeserver could not be asked (nothing started then)."""
+        are. False if the homeserver could not be asked (nothing started then).
+
+        A network that cannot start (its port in use) fails the bridge's start; later, when
+        the rest of the bridge already runs, it only stays "not started" with the reason.
+        """
         assert self.http is not None
         refusals: dict[str, str | None] = {}
         for network, connector in self.hub.connectors.items():
@@ -177,10 +181,14 @@ class Bridge:
                     await self._listen(listeners[network], connector.start(self.hub))
                 else:
                     await connector.start(self.hub)
-            except BaseException:
-                # Its half-opened resources (sessions, sockets) are closed with the rest.
-                connector.not_started = "failed to start"
-                raise
+            except Exception as exc:
+                # Its half-opened resources (sessions, sockets) are closed by stop().
+                connector.not_started = f"failed to start: {exc}"
+                if at_start:
+                    raise
+                log.error("%s failed to start: %s", connector.display_name, exc,
+                          exc_info=not isinstance(exc, StartError))
+                continue
             connector.not_started = None
         return True
 
@@ -188,17 +196,9 @@ class Bridge:
         delay = 1.0
         while True:
             await asyncio.sleep(delay)
+            if await self._start_networks(at_start=False):
+                return
             delay = min(delay * 2, 60)
-            try:
-                if await self._start_networks():
-                    return
-            except StartError as exc:
-                # Too late to refuse the start: the rest of the bridge is running.
-                log.error("%s", exc)
-                return
-            except Exception:
-                log.exception("starting the networks failed")
-                return
 
     async def _setup_bot(self) -> None:
         """Register the bot and ask the homeserver to send what it held back while we were away.
