@@ -242,9 +242,9 @@ async def run_checks(config: Config, config_path: str = "config.yaml") -> list[C
                                      connector=aiohttp.TCPConnector(ssl=ssl)) as session:
         results = [await _check_versions(session, config)]
         if results[0].ok:
-            results.append(await _check_whoami(session, config))
-            results.append(await _check_ping(session, config))
-            if results[-2].ok:
+            whoami = await _check_whoami(session, config)
+            results += [whoami, await _check_ping(session, config)]
+            if whoami.ok:  # else the homeserver does not know the as_token to ask with
                 results += await _check_namespaces(session, config, config_path)
         else:
             results.append(CheckResult("as_token accepted", False, "skipped: no homeserver"))
