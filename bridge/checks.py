@@ -5,10 +5,12 @@ from __future__ import annotations
 import errno
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from sqlalchemy.engine import URL
 
 from bridge.config import Config
 
@@ -18,6 +20,12 @@ class CheckResult:
     name: str
     ok: bool
     detail: str
+    # Works, but probably not as the operator wants (printed as WARN; does not fail the check).
+    warning: bool = False
+
+    @property
+    def verdict(self) -> str:
+        return "FAIL" if not self.ok else "WARN" if self.warning else "OK"
 
 
 async def _json(session: aiohttp.ClientSession, method: str, url: str,
@@ -59,6 +67,41 @@ async def _check_whoami(session: aiohttp.ClientSession, config: Config) -> Check
             "app_service_config_files and restart it") if errcode == "M_UNKNOWN_TOKEN" else \
         "check homeserver.domain and appservice.bot_username against the registration"
     return CheckResult(name, False, f"HTTP {status} {errcode or ''}: {hint}")
+
+
+async def _check_namespaces(session: aiohttp.ClientSession, config: Config,
+                            config_path: str) -> list[CheckResult]:
+    """Each enabled network's puppets, as the homeserver's copy of the registration sees
+    them: `bridge run` refuses to start a network whose puppets it would refuse."""
+    from bridge.registration import HomeserverUnavailable, namespace_refusal, regenerate_hint
+
+    results = []
+    for network, section in config.networks().items():
+        if not section.enabled:
+            continue
+        name = f"{network} puppets in the registration"
+        namespace = f"@{section.puppet_prefix}…:{config.homeserver.domain}"
+        try:
+            refusal = await namespace_refusal(session, config, section.puppet_prefix)
+        except HomeserverUnavailable as exc:
+            results.append(CheckResult(name, False, f"homeserver unreachable: {exc}"))
+            continue
+        if refusal is None:
+            results.append(CheckResult(name, True, f"the homeserver lets the bridge act as "
+                                                   f"{namespace}"))
+        else:
+            results.append(CheckResult(name, False, f"{refusal}; `bridge run` will not start "
+                                                    f"{network}: {regenerate_hint(config_path)}"))
+    return results
+
+
+def _check_admins(config: Config) -> CheckResult:
+    name = "bridge admins"
+    if not config.bridge.admins:
+        return CheckResult(name, True, "bridge.admins is empty: nobody can invite the bot, link "
+                                       "rooms or use its admin commands; add your Matrix user "
+                                       "ID", warning=True)
+    return CheckResult(name, True, ", ".join(config.bridge.admins))
 
 
 async def _ping_responder(config: Config) -> web.AppRunner | None:
@@ -125,6 +168,15 @@ async def _check_ping(session: aiohttp.ClientSession, config: Config) -> CheckRe
                                     f"{hints.get(errcode or '', error or 'unexpected answer')}")
 
 
+def _missing_sqlite_file(url: URL) -> Path | None:
+    """The SQLite file the URL names, if it does not exist. Opening it would create an empty
+    one, and a check must change nothing."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    path = Path(url.database or "").resolve()
+    return None if path.is_file() else path
+
+
 async def _check_database(config: Config) -> CheckResult:
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
@@ -132,7 +184,13 @@ async def _check_database(config: Config) -> CheckResult:
     from bridge.db.engine import Database, current_revision, head_revision
 
     name = "database reachable and migrated"
-    where = make_url(config.database.url).render_as_string(hide_password=True)
+    url = make_url(config.database.url)
+    where = url.render_as_string(hide_password=True)
+    if config.database_is_default:
+        where += " (the default: the config has no database section)"
+    if (missing := _missing_sqlite_file(url)) is not None:
+        return CheckResult(name, False, f"{where}: {missing} does not exist yet: run "
+                                        "`bridge db upgrade` to create it")
     db = Database(config.database.url)
     try:
         async with db.sessions() as session:
@@ -177,15 +235,17 @@ async def _check_slack(session: aiohttp.ClientSession, config: Config) -> list[C
     return results
 
 
-async def run_checks(config: Config) -> list[CheckResult]:
+async def run_checks(config: Config, config_path: str = "config.yaml") -> list[CheckResult]:
     timeout = aiohttp.ClientTimeout(total=20)
     ssl = config.homeserver.verify_tls  # False only for a local test setup
     async with aiohttp.ClientSession(timeout=timeout,
                                      connector=aiohttp.TCPConnector(ssl=ssl)) as session:
         results = [await _check_versions(session, config)]
         if results[0].ok:
-            results.append(await _check_whoami(session, config))
-            results.append(await _check_ping(session, config))
+            whoami = await _check_whoami(session, config)
+            results += [whoami, await _check_ping(session, config)]
+            if whoami.ok:  # else the homeserver does not know the as_token to ask with
+                results += await _check_namespaces(session, config, config_path)
         else:
             results.append(CheckResult("as_token accepted", False, "skipped: no homeserver"))
             results.append(CheckResult("homeserver reaches the bridge", False,
@@ -193,4 +253,5 @@ async def run_checks(config: Config) -> list[CheckResult]:
         if config.slack.enabled:
             results += await _check_slack(session, config)
     results.append(await _check_database(config))
+    results.append(_check_admins(config))
     return results

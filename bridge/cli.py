@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import os
 import secrets
 import signal
@@ -111,7 +110,7 @@ def _safe_db(config: Config) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     setup_logging(config.logging.level, config.logging.format, config.secrets())
-    from bridge.app import Bridge
+    from bridge.app import Bridge, StartError
 
     bridge = Bridge(config)
 
@@ -124,11 +123,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
+    except StartError as exc:
+        raise Failure(str(exc)) from None
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise Failure(f"cannot listen on {config.appservice.hostname}:"
-                          f"{config.appservice.port} (appservice.port): the address is already "
-                          "in use; is the bridge already running?") from None
         raise Failure(f"cannot start: {exc}") from None
     return 0
 
@@ -137,11 +134,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     from bridge.checks import run_checks
 
-    results = asyncio.run(run_checks(config))
+    results = asyncio.run(run_checks(config, config_path=args.config))
     for result in results:
-        print(f"[{'OK' if result.ok else 'FAIL':>4}] {result.name}: {result.detail}")
+        print(f"[{result.verdict:>4}] {result.name}: {result.detail}")
     failed = [r for r in results if not r.ok]
-    print("All checks passed." if not failed else f"{len(failed)} check(s) failed.")
+    warned = sum(1 for r in results if r.warning)
+    also = f" ({warned} warning(s))" if warned else ""
+    print(f"All checks passed{also}." if not failed else f"{len(failed)} check(s) failed{also}.")
     return 0 if not failed else EXIT_FAILURE
 
 

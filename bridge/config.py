@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import (
@@ -62,7 +62,9 @@ def _check_url(value: str) -> str:
 
 class HomeserverConfig(_Section):
     address: str = "http://127.0.0.1:8008"
-    domain: str = "example.org"
+    # No default: a guessed server name gives the bot and every puppet a user ID the
+    # homeserver refuses, which shows only much later and far from the cause.
+    domain: str
     verify_tls: bool = True
 
     _address = field_validator("address")(_check_url)
@@ -327,8 +329,17 @@ class EmailConfig(NetworkConfig):
         return self
 
 
+class Listener(NamedTuple):
+    """A port the bridge opens, with the config key that sets it (for "port in use")."""
+
+    key: str
+    network: str | None  # None: the appservice listener of the bridge itself
+    hostname: str
+    port: int
+
+
 class Config(_Section):
-    homeserver: HomeserverConfig = Field(default_factory=HomeserverConfig)
+    homeserver: HomeserverConfig
     appservice: AppserviceConfig
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     bridge: BridgeSettings = Field(default_factory=BridgeSettings)
@@ -353,6 +364,23 @@ class Config(_Section):
     @property
     def bot_mxid(self) -> str:
         return f"@{self.appservice.bot_username}:{self.homeserver.domain}"
+
+    @property
+    def database_is_default(self) -> bool:
+        """No ``database`` section (nor BRIDGE_DATABASE__URL): the embedded SQLite default."""
+        return "database" not in self.model_fields_set
+
+    def listeners(self) -> list[Listener]:
+        """Every port ``bridge run`` listens on with this config."""
+        found = [Listener("appservice.port", None, self.appservice.hostname,
+                          self.appservice.port)]
+        if self.email.enabled:
+            smtp = self.email.smtp_in
+            found.append(Listener("email.smtp_in.port", "email", smtp.hostname, smtp.port))
+        if self.slack.enabled and any(w.app_token is None for w in self.slack.workspaces):
+            api = self.slack.events_api
+            found.append(Listener("slack.events_api.port", "slack", api.hostname, api.port))
+        return found
 
     def networks(self) -> dict[str, NetworkConfig]:
         """Every network section, enabled or not, by name."""
@@ -410,11 +438,21 @@ _MESSAGES = {
     "int_parsing": "must be an integer",
 }
 
+# Keys without a default, whose "is required" deserves a word on what to put there.
+_REQUIRED_HINTS = {
+    "homeserver": "is required: a section with at least homeserver.domain and "
+                  "homeserver.address",
+    "homeserver.domain": "is required: the server name of your homeserver, the part after "
+                         "the colon in its user IDs (@alice:example.org -> example.org)",
+}
+
 
 def _format_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(part) for part in err["loc"])
     message = _MESSAGES.get(err["type"])
+    if err["type"] == "missing":
+        message = _REQUIRED_HINTS.get(loc, message)
     text = str(err["msg"]).removeprefix("Value error, ")
     if not loc or text.startswith(loc + "."):
         return text  # a check across keys: its message starts with the key path itself

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import aiohttp
+
 from bridge.config import Config
 
 
@@ -28,3 +30,61 @@ def build_registration(config: Config) -> dict[str, Any]:
         # The name under which Synapse read this before MSC2409 became stable.
         "de.sorunome.msc2409.push_ephemeral": True,
     }
+
+
+# The localpart a network's namespace is probed with. A '-' keeps it apart from every real
+# puppet: puppet localparts escape '@' and upper case, and Slack and email IDs give no '-'
+# right after the prefix. (Registering it is harmless: it never joins a room.)
+PROBE_LOCALPART = "bridge-namespace-probe"
+
+
+class HomeserverUnavailable(Exception):
+    """The homeserver could not be asked (unreachable, timed out, or answered 5xx)."""
+
+
+def regenerate_hint(config_path: str = "config.yaml") -> str:
+    return (f"regenerate the registration (`bridge generate-registration -c {config_path} "
+            "-r registration.yaml`), give it to the homeserver (app_service_config_files) "
+            "and restart the homeserver")
+
+
+async def namespace_refusal(http: aiohttp.ClientSession, config: Config,
+                            puppet_prefix: str) -> str | None:
+    """Would the homeserver let this appservice act as users with ``puppet_prefix``?
+
+    Asks the homeserver itself, since its copy of the registration is the one that counts:
+    registering a probe user of that namespace with the as_token succeeds (or finds it taken)
+    only if the namespace is ours. Returns None if it is, else why not (a sentence).
+    Raises :class:`HomeserverUnavailable` if the homeserver cannot be asked right now.
+    """
+    user_id = f"@{puppet_prefix}{PROBE_LOCALPART}:{config.homeserver.domain}"
+    try:
+        async with http.post(
+            f"{config.homeserver.address}/_matrix/client/v3/register",
+            headers={"Authorization": f"Bearer {config.appservice.as_token}"},
+            json={"type": "m.login.application_service",
+                  "username": f"{puppet_prefix}{PROBE_LOCALPART}", "inhibit_login": True},
+            timeout=aiohttp.ClientTimeout(total=10),
+        ) as response:
+            try:
+                body = await response.json(content_type=None)
+            except ValueError:
+                body = None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise HomeserverUnavailable(f"{exc.__class__.__name__} {exc}".strip()) from None
+    if response.status >= 500 or response.status == 429:
+        raise HomeserverUnavailable(f"HTTP {response.status}")
+    errcode = body.get("errcode") if isinstance(body, dict) else None
+    if response.status == 200 or errcode == "M_USER_IN_USE":
+        return None
+    if errcode == "M_EXCLUSIVE":
+        namespace = f"@{puppet_prefix}…:{config.homeserver.domain}"
+        return (f"the homeserver's registration of appservice {config.appservice.id!r} has no "
+                f"namespace for {namespace}, so it would refuse every message of this "
+                "network's puppets")
+    if errcode == "M_UNKNOWN_TOKEN":
+        return ("the homeserver does not know the as_token: add the registration file to its "
+                "app_service_config_files and restart it")
+    error = body.get("error") if isinstance(body, dict) else None
+    answer = " ".join(part for part in (f"HTTP {response.status}", errcode, error) if part)
+    return f"the homeserver answered {answer} when asked to register {user_id}"

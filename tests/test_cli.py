@@ -224,13 +224,13 @@ def _session_config(homeserver: Homeserver, tmp_path: Path, database_url: str,
     return _write_config(tmp_path / "run.yaml", data)
 
 
-def _start_bridge(config: Path) -> subprocess.Popen[str]:
+def _start_bridge(config: Path, cwd: Path = REPO) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     # The log goes to a file: a pipe nobody reads until the end fills up and blocks it.
     log = open(config.with_suffix(".log"), "w")  # noqa: SIM115 - closed with the process
     return subprocess.Popen([sys.executable, "-m", "bridge", "run", "-c", str(config)],
                             stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
-                            cwd=REPO)
+                            cwd=cwd)
 
 
 async def _wait_healthy(homeserver: Homeserver, process: subprocess.Popen[str]) -> None:
@@ -312,3 +312,121 @@ def test_check_reports_an_unreachable_homeserver(tmp_path: Path, generated: Path
     assert result.returncode == 1
     assert "[FAIL] homeserver reachable" in result.stdout
     assert "check homeserver.address" in result.stdout
+
+
+def test_a_missing_homeserver_domain_is_an_error_not_example_org(tmp_path: Path,
+                                                                 generated: Path) -> None:
+    data = yaml.safe_load(generated.read_text())
+    del data["homeserver"]["domain"]
+    path = _write_config(tmp_path / "nodomain.yaml", data)
+    registration = tmp_path / "r.yaml"
+    for args in (["check", "-c", str(path)], ["run", "-c", str(path)],
+                 ["generate-registration", "-c", str(path), "-r", str(registration)]):
+        result = bridge_cmd(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.strip().splitlines() == [
+            "bridge: config error: homeserver.domain: is required: the server name of your "
+            "homeserver, the part after the colon in its user IDs (@alice:example.org -> "
+            "example.org)"]
+    assert not registration.exists()
+
+
+def test_check_warns_about_no_admins_and_creates_no_database_file(
+        homeserver: Homeserver, tmp_path: Path) -> None:
+    db_file = tmp_path / "fresh.db"
+    config = _session_config(homeserver, tmp_path, f"sqlite+aiosqlite:///{db_file}",
+                             bridge__admins=[], email__enabled=True,
+                             email__domain="mail.bridge.test", email__sender_auth="none")
+    result = bridge_cmd("check", "-c", str(config))
+    assert result.returncode == 1
+    assert (f"[FAIL] database reachable and migrated: sqlite+aiosqlite:///{db_file}: "
+            f"{db_file} does not exist yet: run `bridge db upgrade`") in result.stdout
+    assert not db_file.exists()  # a check changes nothing
+    assert "[WARN] bridge admins: bridge.admins is empty" in result.stdout
+
+    assert bridge_cmd("db", "upgrade", "-c", str(config)).returncode == 0
+    result = bridge_cmd("check", "-c", str(config))
+    assert result.returncode == 0, result.stdout
+    assert "[WARN] bridge admins" in result.stdout
+    # The session homeserver's registration has every network's namespace.
+    assert ("[  OK] email puppets in the registration: the homeserver lets the bridge act as "
+            "@email_…:bridge.test") in result.stdout
+    assert result.stdout.strip().endswith("All checks passed (1 warning(s)).")
+
+
+async def test_run_states_its_default_database_and_missing_admins(
+        homeserver: Homeserver, tmp_path: Path) -> None:
+    data = yaml.safe_load(homeserver.config_path.read_text())
+    del data["database"]
+    data["bridge"]["admins"] = []
+    config = _write_config(tmp_path / "defaults.yaml", data)
+    # Run from tmp_path: the default SQLite file lands in the working directory.
+    process = _start_bridge(config, cwd=tmp_path)
+    try:
+        await _wait_healthy(homeserver, process)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    output = config.with_suffix(".log").read_text()
+    assert process.returncode == 0, output
+    assert (f"WARNING bridge: the config has no database section: using the SQLite file "
+            f"{tmp_path / 'bridge.db'}") in output
+    assert "WARNING bridge: bridge.admins is empty: nobody can invite the bot" in output
+    assert (tmp_path / "bridge.db").is_file()
+
+
+def _busy_port_config(homeserver: Homeserver, tmp_path: Path, key: str,
+                      port: int) -> Path:
+    from tests.support.synapse import free_port
+
+    data = yaml.safe_load(homeserver.config_path.read_text())
+    data["database"]["url"] = f"sqlite+aiosqlite:///{tmp_path / 'bridge.db'}"
+    data["email"].update(enabled=True, domain="mail.bridge.test", sender_auth="none",
+                         smtp_in={"hostname": "127.0.0.1", "port": free_port()})
+    # An Events API workspace, so the bridge opens slack.events_api.port; Slack itself is
+    # never reached (nothing listens at api_url), which does not stop the start.
+    data["slack"].update(enabled=True, api_url=f"http://127.0.0.1:{free_port()}/api/",
+                         events_api={"hostname": "127.0.0.1", "port": free_port()},
+                         workspaces=[{"name": "t", "bot_token": "xoxb-1",
+                                      "signing_secret": "s" * 32}])
+    section, _, option = key.rpartition(".")
+    node = data
+    for part in section.split("."):
+        node = node[part]
+    node[option] = port
+    return _write_config(tmp_path / "busy.yaml", data)
+
+
+@pytest.mark.parametrize("key", ["appservice.port", "email.smtp_in.port",
+                                 "slack.events_api.port"])
+def test_a_busy_port_is_named_by_its_own_key(homeserver: Homeserver, tmp_path: Path,
+                                             key: str) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = _busy_port_config(homeserver, tmp_path, key, port)
+        result = bridge_cmd("run", "-c", str(config))
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("bridge: error")]
+    assert errors == [f"bridge: error: cannot listen on 127.0.0.1:{port} ({key}): the address "
+                      "is already in use; is another program (or the bridge itself) already "
+                      "listening there?"], result.stderr
+    assert "Traceback" not in result.stderr
+    # Every session and socket opened before the failure was closed again.
+    assert "Unclosed" not in result.stderr, result.stderr
+
+
+def test_run_names_an_unreachable_database(tmp_path: Path, generated: Path) -> None:
+    data = yaml.safe_load(generated.read_text())
+    data["database"]["url"] = "postgresql+asyncpg://bridge:s3cret-pw@127.0.0.1:1/bridge"
+    result = bridge_cmd("run", "-c", str(_write_config(tmp_path / "db.yaml", data)))
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("bridge: error")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "bridge: error: cannot use the database postgresql+asyncpg://bridge:***@127.0.0.1:1/"
+        "bridge (database.url): "), result.stderr
+    assert "s3cret-pw" not in result.stderr
+    assert "Traceback" not in result.stderr and "Unclosed" not in result.stderr

@@ -80,6 +80,9 @@ class Connector(ABC):
     def __init__(self, puppet_prefix: str, homeserver_domain: str) -> None:
         self.puppet_prefix = puppet_prefix
         self.homeserver_domain = homeserver_domain
+        # Why the bridge did not start this connector (set by the app), or None once started:
+        # a network whose puppets the homeserver would refuse must accept nothing.
+        self.not_started: str | None = None
 
     def puppet_user_id(self, remote_id: str) -> str:
         """The Matrix user standing for a remote person: prefix plus the escaped remote ID."""
@@ -128,6 +131,12 @@ class Connector(ABC):
 
     def health(self) -> Health:
         return Health(True, "running")
+
+    def state(self) -> Health:
+        """What status and health show: why it is not started, else its own health."""
+        if self.not_started is not None:
+            return Health(False, f"not started: {self.not_started}")
+        return self.health()
 
     def http_routes(self) -> list[tuple[str, str, Callable[[web.Request],
                                                          Awaitable[web.StreamResponse]]]]:

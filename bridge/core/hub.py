@@ -245,6 +245,10 @@ class Hub:
         if connector is None:
             # The network was switched off in the config: keep the item for when it returns.
             raise TemporaryError(f"network {delivery.network!r} is not enabled")
+        if connector.not_started is not None:
+            # Kept for when the network starts (registration fixed, bridge restarted).
+            raise TemporaryError(f"{connector.display_name} is not started: "
+                                 f"{connector.not_started}")
         link_id = delivery.payload.get("link_id")
         link = None
         if link_id is not None:

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from bridge import json_codec, metrics
+from bridge.core.connector import Connector
 from bridge.db import queues, store
 from bridge.db.engine import current_revision, head_revision
 from bridge.db.queues import Delivery
@@ -32,12 +33,27 @@ def _error(status: int, errcode: str, message: str) -> web.Response:
     return web.json_response({"errcode": errcode, "error": message}, status=status)
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _while_started(connector: Connector, handler: Handler) -> Handler:
+    """A network's page answers 503 while the network is not started (its state is not set
+    up); the reason is for the operator, not for whoever follows a link from a mail."""
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        if connector.not_started is not None:
+            return web.Response(status=503, text=f"{connector.display_name} is not available "
+                                                  "on this bridge right now; try again later.")
+        return await handler(request)
+
+    return guarded
+
+
 class AppserviceServer:
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
         self.hs_token = bridge.config.appservice.hs_token.encode()
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
-        routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
+        routes: list[tuple[str, str, Handler]] = [
             ("PUT", "/_matrix/app/v1/transactions/{txn_id}", self.transaction),
             ("GET", "/_matrix/app/v1/users/{user_id}", self.query_user),
             ("GET", "/_matrix/app/v1/rooms/{alias}", self.query_alias),
@@ -50,7 +66,8 @@ class AppserviceServer:
             ("GET", "/metrics", self.metrics),
         ]
         for connector in bridge.hub.connectors.values():
-            routes += connector.http_routes()
+            routes += [(method, path, _while_started(connector, handler))
+                       for method, path, handler in connector.http_routes()]
         for method, path, handler in routes:
             self.app.router.add_route(method, path, handler)
         self.runner: web.AppRunner | None = None
@@ -168,10 +185,13 @@ class AppserviceServer:
             checks["queues"] = {"inbox": inbox, "outbox": outbox}
         except Exception as exc:
             checks["database"] = f"unreachable: {exc.__class__.__name__}"
-        networks = {name: c.health() for name, c in self.bridge.hub.connectors.items()}
+        # Without the homeserver nothing reaches Matrix: not ready, and why.
+        checks["homeserver"] = await self.bridge.homeserver_state()
+        networks = {name: c.state() for name, c in self.bridge.hub.connectors.items()}
         checks["networks"] = {name: {"ok": h.ok, "detail": h.detail}
                               for name, h in networks.items()}
-        ready = checks["started"] is True and checks["database"] == "ok"
+        ready = (checks["started"] is True and checks["database"] == "ok"
+                 and checks["homeserver"] == "ok")
         return web.json_response({"ready": ready, **checks}, status=200 if ready else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:

@@ -118,6 +118,8 @@ class Bot:
 
     async def _network_command(self, ctx: Context, network: str) -> str:
         connector = self.hub.connectors[network]
+        if connector.not_started is not None:
+            return f"{connector.display_name} is not started: {connector.not_started}"
         sub = connector.commands()
         if not ctx.args or ctx.args[0] not in sub:
             names = ", ".join(f"`{n}`" for n in sorted(sub)) or "none"
@@ -195,7 +197,7 @@ async def _status(bot: Bot, ctx: Context) -> str:
             state = ("enabled, but not available in this version"
                      if section is not None and section.enabled else "disabled")
         else:
-            health = connector.health()
+            health = connector.state()
             state = ("✅ " if health.ok else "❌ ") + health.detail
         lines.append(f"- {network}: {state}")
     lines.append(f"**Queues**: {inbox} event(s) waiting to be handled, "
@@ -218,6 +220,8 @@ async def _link(bot: Bot, ctx: Context) -> str:
     connector = hub.connectors.get(network)
     if connector is None:
         raise CommandError(f"Unknown or disabled network `{network}`.{_networks_sentence(hub)}")
+    if connector.not_started is not None:
+        raise CommandError(f"{connector.display_name} is not started: {connector.not_started}")
     if ctx.is_direct:
         raise CommandError("This is our direct chat. Invite me to the room you want to link "
                            f"and send `{hub.prefix} link {network} {remote_id}` there.")
