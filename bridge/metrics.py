@@ -13,6 +13,10 @@ FAILURES = Counter(
     ["network", "direction", "stage"],
 )
 QUEUE_DEPTH = Gauge("bridge_queue_depth", "Items waiting in the durable queues", ["queue"])
+FAILED_DELIVERIES = Gauge(
+    "bridge_failed_deliveries",
+    "Deliveries that failed for good and wait for an admin (`!bridge failed`, `!bridge retry`)",
+)
 HANDLING_SECONDS = Histogram(
     "bridge_event_handling_seconds",
     "Time to handle one event (routing or delivery), by network and direction",

@@ -178,8 +178,10 @@ class AppserviceServer:
         try:
             async with self.bridge.db.sessions() as session:
                 inbox, outbox = await queues.count_pending(session)
+                failed = await queues.count_failed(session)
             metrics.QUEUE_DEPTH.labels(queue="inbox").set(inbox)
             metrics.QUEUE_DEPTH.labels(queue="outbox").set(outbox)
+            metrics.FAILED_DELIVERIES.set(failed)
         except Exception:
-            log.warning("could not read queue depth for /metrics", exc_info=True)
+            log.warning("could not read queue depths for /metrics", exc_info=True)
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
