@@ -31,6 +31,7 @@ END_TO_END_SECONDS = Histogram(
 )
 TRANSACTIONS = Counter(
     "bridge_appservice_transactions_total",
-    "Appservice transactions from the homeserver, by outcome (stored, duplicate, refused)",
+    "Appservice transactions from the homeserver, by outcome (stored, duplicate, refused; "
+    "reused_id: an ID seen before that carried new events, handled and also counted as stored)",
     ["outcome"],
 )

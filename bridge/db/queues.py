@@ -66,11 +66,26 @@ _ANY_PENDING = select(_INBOX.c.id).where(_INBOX.c.state == "pending").limit(1)
 
 
 async def record_transaction_id(session: AsyncSession, txn_id: str) -> bool:
-    """True the first time the homeserver sends this transaction ID, False for a repeat."""
+    """True the first time the homeserver sends this transaction ID, False for a repeat.
+
+    A repeated ID is only a hint: Synapse on SQLite numbers transactions from 1 again after
+    each restart, so whether a repeat is a retry is decided by its events
+    (:func:`unknown_event_ids`)."""
     result = await session.execute(
         insert_ignoring_conflicts(session, AppserviceTransaction).values(
             txn_id=txn_id, received_at=time.time()))
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def unknown_event_ids(session: AsyncSession, events: list[dict[str, Any]]) -> list[str]:
+    """The IDs of these (room) events that the inbox has never seen."""
+    wanted = [e["event_id"] for e in events]
+    known: set[str] = set()
+    for start in range(0, len(wanted), 500):  # (bounded IN lists)
+        chunk = wanted[start:start + 500]
+        known.update(await session.scalars(
+            select(_INBOX.c.event_id).where(_INBOX.c.event_id.in_(chunk))))
+    return [event_id for event_id in wanted if event_id not in known]
 
 
 def room_events(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
