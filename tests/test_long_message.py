@@ -76,3 +76,14 @@ def test_the_beginning_fits_and_says_where_the_rest_is() -> None:
     assert markup.encode() in data and b'charset="utf-8"' in data
     assert full_text_file({"msgtype": "m.text", "body": text})[:2] == (text.encode(),
                                                                        "text/plain")
+
+
+def test_an_over_long_edit_is_cut_in_both_its_texts() -> None:
+    text = "Neue Fassung der Satzung, Paragraph für Paragraph.\n" * 2000
+    content = {"msgtype": "m.text", "body": "* " + text,
+               "m.new_content": {"msgtype": "m.text", "body": text},
+               "m.relates_to": {"rel_type": "m.replace", "event_id": "$old"}}
+    short = beginning(content)
+    assert content_size(short) <= CONTENT_LIMIT
+    assert short["m.new_content"]["body"].endswith(CONTINUED)
+    assert short["m.relates_to"] == content["m.relates_to"]

@@ -87,7 +87,13 @@ class Bot:
                       is_direct=is_direct, is_admin=self.hub.is_admin(sender))
         log.info("command %r from %s in %s", words[0] if words else "", sender,
                  delivery.room_id)
-        reply = await self._answer(ctx, words[0].lower() if words else "help")
+        name = words[0].lower() if words else "help"
+        try:
+            reply = await self._answer(ctx, name)
+        except Exception:
+            # (Handlers' failures are answered in _run_handler; this is for the bot's own.)
+            log.exception("command %r failed in %s", name, delivery.room_id)
+            reply = _went_wrong(name)
         content = self._content(reply)
         if payload.get("event_id"):
             content["m.relates_to"] = {"m.in_reply_to": {"event_id": payload["event_id"]}}
@@ -121,8 +127,7 @@ class Bot:
             return str(exc)
         except Exception:
             log.exception("command %r failed in %s", name, ctx.room_id)
-            return (f"Something went wrong while running `{name}`; the bridge's log has the "
-                    "details. Please try again later.")
+            return _went_wrong(name)
 
     async def _network_command(self, ctx: Context, network: str) -> str:
         connector = self.hub.connectors[network]
@@ -145,6 +150,11 @@ class Bot:
             "format": "org.matrix.custom.html",
             "formatted_body": _markdown.render(markdown).strip(),
         }
+
+
+def _went_wrong(name: str) -> str:
+    return (f"Something went wrong while running `{name}`; the bridge's log has the details. "
+            "Please try again later.")
 
 
 # --- the commands ------------------------------------------------------------------------

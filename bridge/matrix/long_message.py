@@ -145,6 +145,9 @@ def _cut_escaped(escaped: str, max_bytes: int) -> str:
 def beginning(content: dict[str, Any], limit: int = CONTENT_LIMIT) -> dict[str, Any]:
     """``content`` with its text cut to fit ``limit`` bytes as JSON, and a note that the
     rest is in the attached file."""
+    nested = content.get("m.new_content")  # an edit carries its new text twice
+    if isinstance(nested, dict) and can_shorten(nested) and too_large(nested, limit // 2):
+        content = {**content, "m.new_content": beginning(nested, limit // 2)}
     text: str = content["body"]
     markup = content.get("formatted_body") if \
         content.get("format") == "org.matrix.custom.html" else None
