@@ -1,12 +1,16 @@
-"""Cutting an over-long message's text for its first event (pure functions)."""
+"""Over-long messages: cutting the text for the first event (pure functions), and the
+homeserver's own M_TOO_LARGE answer handled the same way."""
 
 from __future__ import annotations
 
 from html.parser import HTMLParser
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge.db import store
+from bridge.matrix import long_message
 from bridge.matrix.long_message import (
     CONTENT_LIMIT,
     CONTINUED,
@@ -16,6 +20,9 @@ from bridge.matrix.long_message import (
     cut_text,
     full_text_file,
 )
+from tests.conftest import Homeserver, RunningBridge
+from tests.support.helpers import command, open_room
+from tests.support.matrix_client import MatrixTestClient
 
 
 class _Balance(HTMLParser):
@@ -87,3 +94,29 @@ def test_an_over_long_edit_is_cut_in_both_its_texts() -> None:
     assert content_size(short) <= CONTENT_LIMIT
     assert short["m.new_content"]["body"].endswith(CONTINUED)
     assert short["m.relates_to"] == content["m.relates_to"]
+
+
+async def test_the_homeservers_m_too_large_is_answered_by_cutting_deeper(
+        homeserver: Homeserver, bridge: RunningBridge, admin: MatrixTestClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should the bridge's estimate of an event's envelope be short, the homeserver's
+    refusal (M_TOO_LARGE) leads to the same beginning-plus-file, never to a drop."""
+    room = await open_room(homeserver.bot, admin, name="Stadtarchiv", bot_power=100)
+    await command(homeserver.bot, admin, room, "!bridge link test C-archiv", expect="Linked")
+    monkeypatch.setattr(long_message, "CONTENT_LIMIT", 70_000)  # no check before sending
+    puppet = await bridge.hub.ensure_puppet("test", "archiv", "Stadtarchiv")
+    text = "Findbuch Bestand A, Akte 17: Bauakten der Altstadt.\n" * 1300
+    assert 65_536 < content_size({"msgtype": "m.text", "body": text}) < 70_000
+    await bridge.hub.post_to_room(network="test", dedup_key=None, room_id=room,
+                                  sender=puppet, content={"msgtype": "m.text", "body": text},
+                                  remote_space="C-archiv", remote_id="m-1")
+    first = await admin.wait_for_event(
+        room, lambda e: CONTINUED in e["content"].get("body", ""), timeout=15)
+    assert first["sender"] == puppet and first["content"]["body"].startswith("Findbuch")
+    attachment = await admin.wait_for_event(
+        room, lambda e: e["content"].get("msgtype") == "m.file", timeout=15)
+    assert attachment["content"]["body"] == "message.txt"
+    assert await bridge.hub.download_media(attachment["content"]["url"]) == text.encode()
+    async with bridge.bridge.db.sessions() as session:  # type: ignore[union-attr]
+        mapped = await store.mappings_for_remote(session, "test", "C-archiv", "m-1")
+    assert [m.event_id for m in mapped] == [first["event_id"]]

@@ -261,13 +261,13 @@ class MatrixSide:
                 thread_root = relates.get("event_id")
         event_type = p.get("event_type", "m.room.message")
         long_text = event_type == "m.room.message" and long_message.can_shorten(content)
-        if long_text and long_message.too_large(content):
+        encoded = json_body(content)
+        if long_text and len(encoded) > long_message.CONTENT_LIMIT:
             event_id = await self._send_long_message(d, intent, content, thread_root, kwargs)
         else:
             try:
                 event_id = await intent.send_message_event(
-                    RoomID(d.room_id), EventType.find(event_type), json_body(content),
-                    **kwargs,
+                    RoomID(d.room_id), EventType.find(event_type), encoded, **kwargs,
                 )
             except MatrixRequestError as exc:
                 # Our estimate of the envelope was short for this homeserver: cut deeper.
@@ -275,8 +275,7 @@ class MatrixSide:
                     raise
                 event_id = await self._send_long_message(
                     d, intent, content, thread_root, kwargs,
-                    limit=min(long_message.CONTENT_LIMIT,
-                              long_message.content_size(content)) // 2)
+                    limit=min(long_message.CONTENT_LIMIT, len(encoded)) // 2)
         mapping = p.get("mapping")
         if mapping:
             async def record(session: Any) -> None:
