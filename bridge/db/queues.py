@@ -481,13 +481,6 @@ async def list_failed(session: AsyncSession, room_id: str | None,
             for r in rows]
 
 
-async def failed_room(session: AsyncSession, item_id: int) -> str | None:
-    """The room of a failed delivery, None when there is no failed delivery ``item_id``."""
-    room: str | None = await session.scalar(
-        select(_OUTBOX.c.room_id).where(_failed(None), _OUTBOX.c.id == item_id))
-    return room
-
-
 async def retry_failed(session: AsyncSession, *, item_id: int | None = None,
                        room_id: str | None = None) -> list[str]:
     """Put failed deliveries back: pending, attempts reset, due now (the outbox's give-up

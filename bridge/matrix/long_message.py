@@ -18,11 +18,10 @@ from typing import Any
 
 from bridge import json_codec
 
-# Synapse's limit for a whole event (its canonical JSON); the event's envelope (sender,
-# room, auth and previous events, hashes, signatures) takes its share of it.
-MAX_EVENT_BYTES = 65536
-# What the content may take: the envelope of a Synapse event is well under 2 KB; the rest is
-# kept free for it with a wide margin.
+# What the content may take of the 65536 bytes a homeserver allows a whole event: the
+# envelope (sender, room, auth and previous events, hashes, signatures) of a Synapse event
+# is well under 2 KB; the rest is kept free for it with a wide margin. (Should it not
+# suffice, the homeserver's M_TOO_LARGE makes the Matrix side cut deeper.)
 CONTENT_LIMIT = 60_000
 
 CONTINUED = "(continued in the attached file)"
