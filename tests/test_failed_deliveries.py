@@ -65,7 +65,7 @@ async def test_failed_delivery_is_told_once_counted_listed_and_retried(
     bot = homeserver.bot
     bridge.connector.failures = ["permanent"]
     await admin.send_text(room, "Antrag Nr. 7")
-    await admin.wait_for_event(room, is_notice_from(bot, FAILED_NOTICE), timeout=15)
+    notice = await admin.wait_for_event(room, is_notice_from(bot, FAILED_NOTICE), timeout=15)
 
     status = (await command(bot, admin, room, "!bridge status"))["content"]["body"]
     assert "Failed deliveries**: 1 in this room, 1 overall" in status
@@ -75,6 +75,7 @@ async def test_failed_delivery_is_told_once_counted_listed_and_retried(
                       r"\d\d:\d\d UTC): remote side refused the message", listed)
     assert match, listed
     item_id = match.group(1)
+    assert f"`!bridge retry {item_id}` to try again" in notice["content"]["body"]
     assert match.group(2) == room
 
     # Put back, and it fails again: the room was told already, so no second notice.
