@@ -11,7 +11,9 @@ import uuid
 from typing import Any
 
 import aiohttp
+import sqlalchemy.exc
 
+from bridge.core.outbox import cannot_succeed_on_retry
 from bridge.db import queues
 from tests.conftest import Homeserver, RunningBridge
 from tests.support.helpers import command, is_notice_from, open_room
@@ -162,3 +164,14 @@ async def test_a_failing_network_command_is_answered_once_and_not_retried(
     assert bridge.connector.command_runs == 1
     assert len(await _notices(admin, room, "Something went wrong")) == 1
     assert await _failed_count(bridge) == 0
+
+
+def test_failures_are_classified_by_whether_a_retry_can_fix_them() -> None:
+    never = [ValueError("bad"), TypeError("bug"), KeyError("missing"),
+             UnicodeEncodeError("ascii", "jürgen", 1, 2, "ordinal not in range")]
+    maybe = [ConnectionResetError(), TimeoutError(), OSError("unreachable"),
+             aiohttp.ClientConnectionError(), asyncio.IncompleteReadError(b"", 10),
+             sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed")),
+             RuntimeError("something unknown")]
+    assert [cannot_succeed_on_retry(exc) for exc in never] == [True] * len(never)
+    assert [cannot_succeed_on_retry(exc) for exc in maybe] == [False] * len(maybe)
