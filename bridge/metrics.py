@@ -13,6 +13,10 @@ FAILURES = Counter(
     ["network", "direction", "stage"],
 )
 QUEUE_DEPTH = Gauge("bridge_queue_depth", "Items waiting in the durable queues", ["queue"])
+FAILED_DELIVERIES = Gauge(
+    "bridge_failed_deliveries",
+    "Deliveries that failed for good and wait for an admin (`!bridge failed`, `!bridge retry`)",
+)
 HANDLING_SECONDS = Histogram(
     "bridge_event_handling_seconds",
     "Time to handle one event (routing or delivery), by network and direction",
@@ -27,6 +31,7 @@ END_TO_END_SECONDS = Histogram(
 )
 TRANSACTIONS = Counter(
     "bridge_appservice_transactions_total",
-    "Appservice transactions from the homeserver, by outcome (stored, duplicate, refused)",
+    "Appservice transactions from the homeserver, by outcome (stored, duplicate, refused; "
+    "reused_id: an ID seen before that carried new events, handled and also counted as stored)",
     ["outcome"],
 )

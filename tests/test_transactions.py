@@ -67,6 +67,30 @@ async def test_replayed_transaction_has_no_second_effect_also_after_restart(
     assert await _count_replies(admin, room, event["event_id"]) == 1
 
 
+async def test_a_reused_transaction_id_with_new_events_is_handled(
+        homeserver: Homeserver, bridge: RunningBridge, admin: MatrixTestClient,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A homeserver that counts its transaction IDs anew (Synapse on SQLite after a
+    restart) is heard: an ID is a duplicate only when its events are known."""
+    room = await open_room(homeserver.bot, admin, direct=True)
+    token = bridge.config.appservice.hs_token
+    txn = f"reused-{uuid.uuid4().hex}"
+    first = _command_event(room, admin.user_id, "ping")
+    assert await _put_transaction(homeserver, txn, [first], token) == (200, {})
+    await admin.wait_for_event(room, _replies_to(first["event_id"]))
+
+    second = _command_event(room, admin.user_id, "ping")
+    with caplog.at_level("WARNING", logger="bridge.appservice"):
+        assert await _put_transaction(homeserver, txn, [first, second], token) == (200, {})
+        await admin.wait_for_event(room, _replies_to(second["event_id"]))
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and txn in r.getMessage()]
+    assert len(warnings) == 1 and "used before for other events" in warnings[0].getMessage()
+    # The known event inside it had no second effect.
+    await command(homeserver.bot, admin, room, "ping", expect="Pong")
+    assert await _count_replies(admin, room, first["event_id"]) == 1
+    assert await _count_replies(admin, room, second["event_id"]) == 1
+
+
 async def test_wrong_or_missing_hs_token_is_refused_without_effect(
         homeserver: Homeserver, bridge: RunningBridge, admin: MatrixTestClient) -> None:
     room = await open_room(homeserver.bot, admin, direct=True)

@@ -268,6 +268,8 @@ class Hub:
         text = f"⚠️ Could not deliver to {where}: {error}"
         if hint:
             text += f"\n{hint}"
+        text += (f"\nAn admin can send `{self.prefix} retry {delivery.id}` to try again "
+                 f"(`{self.prefix} failed` lists what failed).")
         await self.enqueue([self.notice(delivery.room_id, text)])
 
     # --- inbound from a remote network (called by connectors) ----------------------------

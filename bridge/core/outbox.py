@@ -13,6 +13,8 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
+import aiohttp
+import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge import metrics
@@ -28,6 +30,23 @@ log = logging.getLogger("bridge.outbox")
 Deliver = Callable[[Delivery], Awaitable[str | None]]
 # Told when an item is given up, to tell the room.
 OnFailed = Callable[[Delivery, str, str | None], Awaitable[None]]
+
+# Failures that a retry cannot fix: a bug, or data the code cannot handle. Checked after
+# the network's own errors, some of which derive from ValueError (aiohttp's InvalidURL).
+_CANNOT_SUCCEED = (ValueError, TypeError, LookupError, AttributeError, AssertionError,
+                   NotImplementedError)
+# Trouble on the way: the next attempt may well succeed.
+_TRANSIENT = (OSError, TimeoutError, aiohttp.ClientError, asyncio.IncompleteReadError,
+              asyncio.LimitOverrunError, sqlalchemy.exc.OperationalError,
+              sqlalchemy.exc.InterfaceError)
+
+
+def cannot_succeed_on_retry(exc: BaseException) -> bool:
+    """Does ``exc`` (not a Temporary/PermanentError) say that retrying is pointless?"""
+    if isinstance(exc, _TRANSIENT):
+        return False
+    return isinstance(exc, _CANNOT_SUCCEED)
+
 
 CLAIM_LIMIT = 64
 # A claim older than this is assumed to belong to a crashed worker.
@@ -165,10 +184,19 @@ class OutboxWorker:
         except PermanentError as exc:
             give_up = (str(exc), exc.hint)
         except Exception as exc:
-            # Connection resets, timeouts, bugs in a connector: treat as temporary; the
-            # give-up deadline still bounds how long it is tried.
-            log.warning("delivery %s (%s %s) failed: %r", item.id, item.network, item.kind, exc)
-            retry = (repr(exc), None)
+            if cannot_succeed_on_retry(exc):
+                # A bug or data the code cannot handle: the same attempt fails the same way
+                # every time, so waiting days for it only hides it. It fails for good now,
+                # visibly, and an admin can retry it once the cause is fixed.
+                log.error("delivery %s (%s %s) cannot succeed: %r", item.id, item.network,
+                          item.kind, exc, exc_info=exc)
+                give_up = (f"internal error: {exc!r}", None)
+            else:
+                # Connection resets, timeouts, anything unknown: temporary; the give-up
+                # deadline still bounds how long it is tried.
+                log.warning("delivery %s (%s %s) failed: %r", item.id, item.network,
+                            item.kind, exc)
+                retry = (repr(exc), None)
         finally:
             if retry is not None or give_up is not None or self._closing:
                 # Free the lane before recording the outcome: until that commit nothing
@@ -261,7 +289,9 @@ class OutboxWorker:
 
     async def _retry(self, item: Delivery, error: str, retry_after: float | None) -> None:
         metrics.FAILURES.labels(network=item.network, direction="out", stage="deliver").inc()
-        if time.time() - item.created_at > self.settings.give_up_after_hours * 3600:
+        # An item an admin put back after it failed gets a full deadline again.
+        trying_since = max(item.created_at, item.failed_at or 0.0)
+        if time.time() - trying_since > self.settings.give_up_after_hours * 3600:
             await self._give_up(item, f"still failing after {self.settings.give_up_after_hours}"
                                       f" hours: {error}", None)
             return
@@ -274,7 +304,16 @@ class OutboxWorker:
     async def _give_up(self, item: Delivery, error: str, hint: str | None) -> None:
         metrics.FAILURES.labels(network=item.network, direction="out", stage="gave_up").inc()
         log.warning("delivery %s to %s failed for good: %s", item.id, item.network, error)
-        await self._settle(lambda s: queues.fail_delivery(s, item.id, error))
+        untold: list[bool] = []
+
+        async def fail(session: AsyncSession) -> None:
+            untold[:] = [await queues.fail_delivery(session, item.id, error)]
+
+        await self._settle(fail)
+        if untold != [True]:
+            # Told when it first failed (this is a retry by an admin), or the failure was
+            # not recorded: then it is delivered again when its lease runs out.
+            return
         try:
             await self.on_failed(item, error, hint)
         except Exception:

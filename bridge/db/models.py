@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -91,6 +92,12 @@ class OutboxItem(Base):
     claimed_until: Mapped[float] = mapped_column(Float, default=0.0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     result: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # When the item last failed for good (``!bridge failed`` lists newest first), and
+    # whether its room was told: an item put back by ``!bridge retry`` that fails again is
+    # not announced twice.
+    failed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    failure_reported: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                   server_default=false())
 
     __table_args__ = (
         Index("ix_outbox_pending", "state", "next_attempt_at"),

@@ -66,11 +66,26 @@ _ANY_PENDING = select(_INBOX.c.id).where(_INBOX.c.state == "pending").limit(1)
 
 
 async def record_transaction_id(session: AsyncSession, txn_id: str) -> bool:
-    """True the first time the homeserver sends this transaction ID, False for a repeat."""
+    """True the first time the homeserver sends this transaction ID, False for a repeat.
+
+    A repeated ID is only a hint: Synapse on SQLite numbers transactions from 1 again after
+    each restart, so whether a repeat is a retry is decided by its events
+    (:func:`unknown_event_ids`)."""
     result = await session.execute(
         insert_ignoring_conflicts(session, AppserviceTransaction).values(
             txn_id=txn_id, received_at=time.time()))
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def unknown_event_ids(session: AsyncSession, events: list[dict[str, Any]]) -> list[str]:
+    """The IDs of these (room) events that the inbox has never seen."""
+    wanted = [e["event_id"] for e in events]
+    known: set[str] = set()
+    for start in range(0, len(wanted), 500):  # (bounded IN lists)
+        chunk = wanted[start:start + 500]
+        known.update(await session.scalars(
+            select(_INBOX.c.event_id).where(_INBOX.c.event_id.in_(chunk))))
+    return [event_id for event_id in wanted if event_id not in known]
 
 
 def room_events(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -263,6 +278,8 @@ class Delivery:
     payload: dict[str, Any]
     attempts: int
     created_at: float
+    # When the item last failed for good, if it did and an admin put it back since.
+    failed_at: float | None = None
     # Set by the outbox worker while it delivers the item: writes that belong with the
     # success (a message mapping, say) go here, and are made in the transaction that
     # records it, instead of one transaction each. None: nobody records it, write now.
@@ -309,7 +326,7 @@ def _claimable() -> Any:
 
 _DELIVERY_COLUMNS = (_OUTBOX.c.id, _OUTBOX.c.lane, _OUTBOX.c.network, _OUTBOX.c.room_id,
                      _OUTBOX.c.kind, _OUTBOX.c.payload, _OUTBOX.c.attempts,
-                     _OUTBOX.c.created_at)
+                     _OUTBOX.c.created_at, _OUTBOX.c.failed_at)
 _CLAIM = select(*_DELIVERY_COLUMNS).where(*_claimable()).order_by(_OUTBOX.c.id).limit(
     bindparam("limit"))
 _CLAIM_FOR_UPDATE = _CLAIM.with_for_update(skip_locked=True)
@@ -330,7 +347,7 @@ _SET_CLAIMED = update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding
 def _deliveries(rows: Any) -> list[Delivery]:
     return [Delivery(id=r.id, lane=r.lane, network=r.network, room_id=r.room_id, kind=r.kind,
                      payload=json_codec.loads(r.payload), attempts=r.attempts,
-                     created_at=r.created_at) for r in rows]
+                     created_at=r.created_at, failed_at=r.failed_at) for r in rows]
 
 
 async def claim_deliveries(session: AsyncSession, limit: int, lease: float) -> list[Delivery]:
@@ -394,7 +411,7 @@ _RETRY = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("item_id")).values(
     attempts=_OUTBOX.c.attempts + 1)
 _FAIL = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("item_id")).values(
     state="failed", claimed_until=0.0, last_error=bindparam("error"),
-    attempts=_OUTBOX.c.attempts + 1)
+    attempts=_OUTBOX.c.attempts + 1, failed_at=bindparam("now"), failure_reported=True)
 
 
 async def finish_delivery(session: AsyncSession, item_id: int, result: str | None) -> None:
@@ -415,5 +432,68 @@ async def retry_delivery(session: AsyncSession, item_id: int, at: float, error: 
     await session.execute(_RETRY, {"item_id": item_id, "at": at, "error": error[:4000]})
 
 
-async def fail_delivery(session: AsyncSession, item_id: int, error: str) -> None:
-    await session.execute(_FAIL, {"item_id": item_id, "error": error[:4000]})
+async def fail_delivery(session: AsyncSession, item_id: int, error: str) -> bool:
+    """Mark the item failed for good; True when its room is yet to be told (False for an
+    item that failed before, was put back by ``!bridge retry``, and failed again)."""
+    reported = await session.scalar(select(_OUTBOX.c.failure_reported).where(
+        _OUTBOX.c.id == item_id))
+    await session.execute(_FAIL, {"item_id": item_id, "error": error[:4000],
+                                  "now": time.time()})
+    return not reported
+
+
+# --- failed deliveries: seen and retried by admins -------------------------------------
+
+
+@dataclass(slots=True)
+class FailedDelivery:
+    id: int
+    network: str
+    room_id: str
+    kind: str
+    error: str
+    failed_at: float
+
+
+def _failed(room_id: str | None) -> Any:
+    condition = _OUTBOX.c.state == "failed"
+    return condition if room_id is None else condition & (_OUTBOX.c.room_id == room_id)
+
+
+async def count_failed(session: AsyncSession, room_id: str | None = None) -> int:
+    """Deliveries that failed for good (of one room, if given) and wait for a retry."""
+    return int(await session.scalar(
+        select(func.count()).select_from(_OUTBOX).where(_failed(room_id))) or 0)
+
+
+async def list_failed(session: AsyncSession, room_id: str | None,
+                      limit: int) -> list[FailedDelivery]:
+    """The newest failed deliveries first (of one room, if given)."""
+    rows = await session.execute(
+        select(_OUTBOX.c.id, _OUTBOX.c.network, _OUTBOX.c.room_id, _OUTBOX.c.kind,
+               _OUTBOX.c.last_error, _OUTBOX.c.failed_at, _OUTBOX.c.created_at)
+        .where(_failed(room_id))
+        .order_by(_OUTBOX.c.failed_at.desc(), _OUTBOX.c.id.desc())
+        .limit(limit))
+    return [FailedDelivery(id=r.id, network=r.network, room_id=r.room_id, kind=r.kind,
+                           error=r.last_error or "",
+                           failed_at=r.failed_at if r.failed_at is not None else r.created_at)
+            for r in rows]
+
+
+async def retry_failed(session: AsyncSession, *, item_id: int | None = None,
+                       room_id: str | None = None) -> list[str]:
+    """Put failed deliveries back: pending, attempts reset, due now (the outbox's give-up
+    deadline counts from the failure, see ``Delivery.failed_at``). One item, a room's, or
+    all (neither given). Returns their lanes (to wake the outbox for)."""
+    condition = _failed(room_id)
+    if item_id is not None:
+        condition = condition & (_OUTBOX.c.id == item_id)
+    now = time.time()
+    result = await session.execute(
+        update(_OUTBOX).where(condition).values(
+            state="pending", attempts=0, next_attempt_at=now, claimed_until=0.0,
+        ).returning(_OUTBOX.c.lane))
+    lanes = [row.lane for row in result]
+    session.info.setdefault(_ENQUEUED_LANES, set()).update(lanes)
+    return lanes

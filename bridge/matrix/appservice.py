@@ -3,7 +3,8 @@
 Written on aiohttp directly rather than mautrix's server mixin, because the bridge's
 guarantees live exactly here: the token is compared in constant time, a transaction is
 acknowledged only after its events are committed to the inbox, and a repeated transaction
-ID is recognised from the database, also after a restart.
+is recognised from the database, also after a restart (by its ID *and* its events: a
+homeserver may use an ID again for other events after it restarts).
 """
 
 from __future__ import annotations
@@ -109,17 +110,29 @@ class AppserviceServer:
         if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
             return _error(400, "M_BAD_JSON", "'events' must be a list of events")
         inbox, outbox = self.bridge.inbox, self.bridge.outbox
+        room_events = queues.room_events(events)
         claimed: list[Delivery] = []
         try:
             async with self.bridge.db.transaction() as session:
                 outcome = None
                 fresh = await queues.record_transaction_id(session, txn_id)
+                if not fresh and room_events:
+                    # A transaction ID is a retry marker, not an identity: Synapse on SQLite
+                    # counts from 1 again after a restart. A repeat is a retry only when it
+                    # carries events we already have; otherwise handle it (the inbox still
+                    # skips any event it has seen, by event ID).
+                    new = await queues.unknown_event_ids(session, room_events)
+                    if new:
+                        log.warning("transaction ID %s was used before for other events "
+                                    "(the homeserver restarted and counts anew?); handling "
+                                    "its %d new event(s)", txn_id, len(new))
+                        metrics.TRANSACTIONS.labels(outcome="reused_id").inc()
+                        fresh = True
                 if fresh:
                     # Handled in the same database transaction when possible: one commit,
                     # and the events' effects are queued (and claimed for delivery) before
                     # the homeserver hears back.
-                    outcome = await inbox.handle_transaction(session,
-                                                             queues.room_events(events))
+                    outcome = await inbox.handle_transaction(session, room_events)
                 if outcome is not None and outcome.enqueued:
                     claimed = await outbox.claim_within(session)
         except Exception:
@@ -198,8 +211,10 @@ class AppserviceServer:
         try:
             async with self.bridge.db.sessions() as session:
                 inbox, outbox = await queues.count_pending(session)
+                failed = await queues.count_failed(session)
             metrics.QUEUE_DEPTH.labels(queue="inbox").set(inbox)
             metrics.QUEUE_DEPTH.labels(queue="outbox").set(outbox)
+            metrics.FAILED_DELIVERIES.set(failed)
         except Exception:
-            log.warning("could not read queue depth for /metrics", exc_info=True)
+            log.warning("could not read queue depths for /metrics", exc_info=True)
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -11,6 +11,7 @@ import logging
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from markdown_it import MarkdownIt
@@ -86,7 +87,13 @@ class Bot:
                       is_direct=is_direct, is_admin=self.hub.is_admin(sender))
         log.info("command %r from %s in %s", words[0] if words else "", sender,
                  delivery.room_id)
-        reply = await self._answer(ctx, words[0].lower() if words else "help")
+        name = words[0].lower() if words else "help"
+        try:
+            reply = await self._answer(ctx, name)
+        except Exception:
+            # (Handlers' failures are answered in _run_handler; this is for the bot's own.)
+            log.exception("command %r failed in %s", name, delivery.room_id)
+            reply = _went_wrong(name)
         content = self._content(reply)
         if payload.get("event_id"):
             content["m.relates_to"] = {"m.in_reply_to": {"event_id": payload["event_id"]}}
@@ -107,14 +114,20 @@ class Bot:
         if cmd.admin_only and not ctx.is_admin:
             return (f"Sorry, only bridge admins may use `{name}`. Ask your bridge "
                     "administrator to add you to `bridge.admins`.")
+        return await self._run_handler(ctx, name, cmd.handler(self, ctx))
+
+    @staticmethod
+    async def _run_handler(ctx: Context, name: str, running: Awaitable[str]) -> str:
+        """The handler's answer; any failure becomes one error answer. A command is never
+        left to the outbox to retry: its effects may be half done, and the person who
+        typed it is waiting for an answer now, not a repeat hours later."""
         try:
-            return await cmd.handler(self, ctx)
+            return await running
         except CommandError as exc:
             return str(exc)
         except Exception:
             log.exception("command %r failed in %s", name, ctx.room_id)
-            return (f"Something went wrong while running `{name}`; the bridge's log has the "
-                    "details. Please try again later.")
+            return _went_wrong(name)
 
     async def _network_command(self, ctx: Context, network: str) -> str:
         connector = self.hub.connectors[network]
@@ -127,10 +140,9 @@ class Bot:
                     f"`{self._prefixed(network + ' <command> ...', ctx.is_direct)}`")
         if not ctx.is_admin:
             return f"Sorry, only bridge admins may use `{network} {ctx.args[0]}`."
-        try:
-            return await sub[ctx.args[0]](self.hub, ctx.room_id, ctx.sender, ctx.args[1:])
-        except CommandError as exc:
-            return str(exc)
+        return await self._run_handler(
+            ctx, f"{network} {ctx.args[0]}",
+            sub[ctx.args[0]](self.hub, ctx.room_id, ctx.sender, ctx.args[1:]))
 
     @staticmethod
     def _content(markdown: str) -> dict[str, Any]:
@@ -140,6 +152,11 @@ class Bot:
             "format": "org.matrix.custom.html",
             "formatted_body": _markdown.render(markdown).strip(),
         }
+
+
+def _went_wrong(name: str) -> str:
+    return (f"Something went wrong while running `{name}`; the bridge's log has the details. "
+            "Please try again later.")
 
 
 # --- the commands ------------------------------------------------------------------------
@@ -179,6 +196,8 @@ async def _status(bot: Bot, ctx: Context) -> str:
     async with bot.hub.db.sessions() as session:
         links = await store.links_of_room(session, ctx.room_id)
         inbox, outbox = await queues.count_pending(session)
+        failed_here = await queues.count_failed(session, ctx.room_id)
+        failed_overall = await queues.count_failed(session)
     outbox -= 1  # this very command runs as an outbox item and is still pending
     lines = ["**Links of this room**"]
     if not links:
@@ -202,6 +221,13 @@ async def _status(bot: Bot, ctx: Context) -> str:
         lines.append(f"- {network}: {state}")
     lines.append(f"**Queues**: {inbox} event(s) waiting to be handled, "
                  f"{outbox} delivery(ies) waiting")
+    if ctx.is_direct:
+        failed = f"{failed_overall} overall"
+    else:
+        failed = f"{failed_here} in this room, {failed_overall} overall"
+    lines.append(f"**Failed deliveries**: {failed}"
+                 + (f" (see `{bot._prefixed('failed', ctx.is_direct)}`)"
+                    if failed_overall else ""))
     if not ctx.is_direct:
         report = await bot.matrix.power_report(ctx.room_id)
         if report.missing:
@@ -341,6 +367,67 @@ def _links_named(links: list[store.LinkInfo], wanted: str) -> list[store.LinkInf
     by_id = [lk for lk in links
              if wanted in (lk.remote_id.lower(), lk.remote_id.rsplit(":", 1)[-1].lower())]
     return by_id or [lk for lk in links if (lk.remote_name or "").lower() == wanted]
+
+
+FAILED_LISTED = 10
+
+
+@command("failed", "failed", "deliveries that failed for good (this room's; all in a "
+         "direct chat), newest first", admin_only=True)
+async def _failed(bot: Bot, ctx: Context) -> str:
+    room = None if ctx.is_direct else ctx.room_id
+    async with bot.hub.db.sessions() as session:
+        total = await queues.count_failed(session, room)
+        items = await queues.list_failed(session, room, FAILED_LISTED)
+    where = "" if room is None else " in this room"
+    if not items:
+        return f"No failed deliveries{where}."
+    lines = [f"**Failed deliveries{where}** (newest first)"]
+    for item in items:
+        connector = bot.hub.connectors.get(item.network)
+        network = connector.display_name if connector else item.network
+        when = datetime.fromtimestamp(item.failed_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        reason = " ".join(item.error.split())
+        if len(reason) > 200:
+            reason = reason[:199] + "…"
+        lines.append(f"- `{item.id}` to {network} ({item.kind}) in {item.room_id}, "
+                     f"{when}: {reason}")
+    if total > len(items):
+        lines.append(f"… and {total - len(items)} more")
+    lines.append(f"Send `{bot._prefixed('retry <id>', ctx.is_direct)}` or "
+                 f"`{bot._prefixed('retry all', ctx.is_direct)}` to try again.")
+    return "\n".join(lines)
+
+
+@command("retry", "retry <id>|all", "try failed deliveries again (`all`: this room's; "
+         "every room's in a direct chat)", admin_only=True)
+async def _retry(bot: Bot, ctx: Context) -> str:
+    usage = f"Usage: `{bot._prefixed('retry <id>|all', ctx.is_direct)}`"
+    if len(ctx.args) != 1:
+        raise CommandError(usage)
+    which = ctx.args[0].lower()
+    item_id: int | None = None
+    if which != "all":
+        if not which.isdigit():
+            raise CommandError(f"`{ctx.args[0]}` is not a delivery ID. {usage}; "
+                               f"`{bot._prefixed('failed', ctx.is_direct)}` lists the IDs.")
+        item_id = int(which)
+    room = None if ctx.is_direct or item_id is not None else ctx.room_id
+    lanes: list[str] = []
+
+    async def put_back(session: Any) -> None:
+        lanes.extend(await queues.retry_failed(session, item_id=item_id, room_id=room))
+
+    await bot.hub.enqueue([], also=put_back)
+    if item_id is not None:
+        if not lanes:
+            raise CommandError(f"There is no failed delivery `{item_id}`; "
+                               f"`{bot._prefixed('failed', ctx.is_direct)}` lists them.")
+        return f"Delivery `{item_id}` will be tried again now."
+    where = "" if room is None else " of this room"
+    if not lanes:
+        return f"No failed deliveries{where} to retry."
+    return f"{len(lanes)} failed delivery(ies){where} will be tried again now."
 
 
 def _networks_sentence(hub: Hub) -> str:

@@ -26,6 +26,7 @@ from mautrix.errors import (
 )
 from mautrix.types import (
     ContentURI,
+    EventID,
     EventType,
     Membership,
     PowerLevelStateEventContent,
@@ -40,6 +41,7 @@ from bridge.core.errors import PermanentError, TemporaryError
 from bridge.core.origin import ORIGIN_KEY
 from bridge.db import store
 from bridge.db.queues import Delivery
+from bridge.matrix import long_message
 
 if TYPE_CHECKING:
     from bridge.core.hub import Hub
@@ -60,6 +62,10 @@ def json_body(content: dict[str, Any]) -> Any:
     (mautrix adds a double-puppeting key to dict content only for real users' intents,
     which the bridge does not use.)"""
     return json_codec.dumps_bytes(content)
+
+
+def _is_too_large(exc: MatrixRequestError) -> bool:
+    return exc.errcode == "M_TOO_LARGE" or exc.http_status == 413
 
 
 class CacheStateStore(MemoryStateStore, ASStateStore):
@@ -254,10 +260,23 @@ class MatrixSide:
             relates = content["m.relates_to"]
             if relates.get("rel_type") == "m.thread":
                 thread_root = relates.get("event_id")
-        event_id = await intent.send_message_event(
-            RoomID(d.room_id), EventType.find(p.get("event_type", "m.room.message")),
-            json_body(content), **kwargs,
-        )
+        event_type = p.get("event_type", "m.room.message")
+        long_text = event_type == "m.room.message" and long_message.can_shorten(content)
+        encoded = json_body(content)
+        if long_text and len(encoded) > long_message.CONTENT_LIMIT:
+            event_id = await self._send_long_message(d, intent, content, thread_root, kwargs)
+        else:
+            try:
+                event_id = await intent.send_message_event(
+                    RoomID(d.room_id), EventType.find(event_type), encoded, **kwargs,
+                )
+            except MatrixRequestError as exc:
+                # Our estimate of the envelope was short for this homeserver: cut deeper.
+                if not (long_text and _is_too_large(exc)):
+                    raise
+                event_id = await self._send_long_message(
+                    d, intent, content, thread_root, kwargs,
+                    limit=min(long_message.CONTENT_LIMIT, len(encoded)) // 2)
         mapping = p.get("mapping")
         if mapping:
             async def record(session: Any) -> None:
@@ -270,6 +289,36 @@ class MatrixSide:
                 async with self.hub.db.transaction() as session:
                     await record(session)
         return str(event_id)
+
+    async def _send_long_message(self, d: Delivery, intent: IntentAPI, content: dict[str, Any],
+                                 thread_root: str | None, kwargs: dict[str, Any],
+                                 limit: int = long_message.CONTENT_LIMIT) -> EventID:
+        """A message over the homeserver's event size limit: its beginning, then the whole
+        text as a file from the same sender. Returns the first event's ID (the one the
+        message mapping points at: replies, edits and deletions refer to it)."""
+        data, mimetype, filename = long_message.full_text_file(content)
+        # Uploaded first: repeating an upload after a failure is harmless, and the note
+        # "continued in the attached file" never stands without its file.
+        mxc = await self.upload(data, mimetype, filename, str(intent.mxid))
+        first = await intent.send_message_event(
+            RoomID(d.room_id), EventType.ROOM_MESSAGE,
+            json_body(long_message.beginning(content, limit)), **kwargs)
+        attachment: dict[str, Any] = {
+            "msgtype": "m.file", "body": filename, "filename": filename, "url": mxc,
+            "info": {"mimetype": mimetype, "size": len(data)},
+        }
+        if thread_root is not None:
+            attachment["m.relates_to"] = {"rel_type": "m.thread", "event_id": thread_root,
+                                          "is_falling_back": True,
+                                          "m.in_reply_to": {"event_id": first}}
+        else:
+            attachment["m.relates_to"] = {"m.in_reply_to": {"event_id": first}}
+        await intent.send_message_event(
+            RoomID(d.room_id), EventType.ROOM_MESSAGE, json_body(attachment),
+            **{**kwargs, "txn_id": f"{kwargs['txn_id']}-file"})
+        log.info("delivery %s: message of %d bytes posted as its beginning and %s",
+                 d.id, len(data), filename)
+        return first
 
     async def _thread_root(self, ref: dict[str, Any] | None) -> str | None:
         """The Matrix thread root for a part that names its root by remote message ID."""

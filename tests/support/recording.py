@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from bridge.core.connector import Connector, Health, LinkTarget
+from sqlalchemy import text
+
+from bridge.core.connector import CommandHandler, Connector, Health, LinkTarget
 from bridge.core.errors import CommandError, PermanentError, TemporaryError
 from bridge.core.hub import Hub
 from bridge.db.queues import Delivery
@@ -27,8 +29,12 @@ class RecordingConnector(Connector):
         super().__init__(TEST_PREFIX, homeserver_domain)
         self.delivered: list[dict[str, Any]] = []
         self.arrived = asyncio.Condition()
-        # Failures to inject, consumed one per delivery attempt: "temporary" / "permanent".
+        # Failures to inject, consumed one per delivery attempt: "temporary" / "permanent"
+        # (the connector's own errors), "bug" (a ValueError, as from bad data) or
+        # "connection" (the connection dropped).
         self.failures: list[str] = []
+        # Runs of the `!bridge test break` command, which fails with a database error.
+        self.command_runs = 0
         self.attempts = 0
         self.hub: Hub | None = None
 
@@ -41,6 +47,10 @@ class RecordingConnector(Connector):
             failure = self.failures.pop(0)
             if failure == "temporary":
                 raise TemporaryError("remote side unavailable", retry_after=0.2)
+            if failure == "bug":
+                raise ValueError("cannot encode this message")
+            if failure == "connection":
+                raise ConnectionResetError("connection reset by peer")
             raise PermanentError("remote side refused the message",
                                  hint="The test network said no.")
         if link is None:
@@ -67,6 +77,16 @@ class RecordingConnector(Connector):
             raise CommandError(f"There is no conversation `{remote_id}` on the test network.")
         return LinkTarget(remote_id=remote_id, remote_name=f"Conversation {remote_id}",
                           external_url=f"https://test.invalid/{remote_id}")
+
+    def commands(self) -> dict[str, CommandHandler]:
+        return {"break": self._break}
+
+    async def _break(self, hub: Hub, room_id: str, sender: str, args: list[str]) -> str:
+        """A command whose database work fails (a query on a table that does not exist)."""
+        self.command_runs += 1
+        async with hub.db.transaction() as session:
+            await session.execute(text("SELECT * FROM no_such_table"))
+        return "never reached"
 
     def health(self) -> Health:
         return Health(True, "connected to the test network")

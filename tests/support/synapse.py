@@ -294,6 +294,14 @@ class SynapseServer:
                              (as_id,)).fetchone()
         return str(row[0]) if row and row[0] else None
 
+    def unsent_appservice_transactions(self, as_id: str) -> int:
+        """Transactions to the appservice that Synapse has not seen acknowledged yet."""
+        uri = f"file:{self.workdir / 'homeserver.db'}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
+            row = db.execute("SELECT count(*) FROM application_services_txns WHERE as_id = ?",
+                             (as_id,)).fetchone()
+        return int(row[0])
+
     async def wait_appservice_up(self, as_id: str, timeout: float = 20.0) -> None:
         """Until Synapse counts the appservice as up again.
 
