@@ -72,18 +72,17 @@ CACHE_MAX_AGE_SECONDS = 3600.0
 class CacheStateStore(MemoryStateStore, ASStateStore):
     """mautrix's in-memory membership and power-level cache, for the intents, holding the
     rooms last seen (at most ``max_rooms``, none unseen for longer than ``max_age_seconds``)
-    and the puppets last known to be registered (as many).
+    and the puppets last known to be registered (at most ``max_users``, as long).
 
     mautrix's own stores only grow. Forgetting is safe: an intent that finds no membership
     joins again (a no-op for a member) and one that finds no registration registers again
     (answered "user in use", which mautrix takes as done)."""
 
-    def __init__(self, max_rooms: int, max_age_seconds: float) -> None:
+    def __init__(self, max_rooms: int, max_users: int, max_age_seconds: float) -> None:
         MemoryStateStore.__init__(self)
         ASStateStore.__init__(self)
         self._rooms_seen: BoundedCache[str, bool] = BoundedCache(max_rooms, max_age_seconds)
-        self._users_seen: BoundedCache[str, bool] = BoundedCache(max_rooms * 5,
-                                                                 max_age_seconds)
+        self._users_seen: BoundedCache[str, bool] = BoundedCache(max_users, max_age_seconds)
 
     def _rooms(self) -> set[str]:
         return (set(self.members) | set(self.full_member_list) | set(self.power_levels)
@@ -111,6 +110,7 @@ class CacheStateStore(MemoryStateStore, ASStateStore):
                 for store_of_room in (self.members, self.full_member_list, self.power_levels,
                                       self.encryption, self.create):
                     store_of_room.pop(RoomID(room_id), None)
+
 
 STATE_CACHED = {"m.room.power_levels", "m.room.create", "m.room.member"}
 
@@ -163,7 +163,8 @@ class MatrixSide:
         config = hub.config
         # A cache only: membership and power levels are re-read from the homeserver when a
         # decision depends on them, so a restart with an empty cache changes nothing.
-        self.state_store = CacheStateStore(CACHE_MAX_ROOMS, CACHE_MAX_AGE_SECONDS)
+        self.state_store = CacheStateStore(CACHE_MAX_ROOMS, CACHE_MAX_USERS,
+                                           CACHE_MAX_AGE_SECONDS)
         self.api = AppServiceAPI(
             base_url=config.homeserver.address,
             bot_mxid=UserID(config.bot_mxid),
