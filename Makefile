@@ -22,9 +22,11 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# -rs lists every skipped test with its reason, so a run that skipped half the suite
+# (no PostgreSQL, no ../shared samples) does not pass unnoticed.
 test: $(VENV)/.installed lint
 	scripts/ensure-postgres.sh
-	$(PY) -m pytest
+	$(PY) -m pytest -rs
 
 bench: $(VENV)/.installed
 	$(PY) bench/transactions.py

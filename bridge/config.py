@@ -7,12 +7,14 @@ knows which line to fix without reading a traceback.
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
+from urllib.parse import unquote
 
 import yaml
 from pydantic import (
@@ -387,12 +389,22 @@ class Config(_Section):
         return {"slack": self.slack, "email": self.email}
 
     def secrets(self) -> list[str]:
-        """Values that must never appear in a log line."""
+        """Values that must never appear in a log line (bridge/logs.py also masks the forms
+        they take when URL-, JSON- or base64-encoded)."""
         values = [self.appservice.as_token, self.appservice.hs_token]
         password = _url_password(self.database.url)
         if password:
-            values.append(password)
-        values += [self.email.token_secret, self.email.smtp_out.password or ""]
+            # As written in the URL (percent-encoded) and as the driver gets it.
+            values += [password, unquote(password)]
+        for workspace in self.slack.workspaces:
+            values += [workspace.bot_token, workspace.app_token or "",
+                       workspace.signing_secret or ""]
+        smtp = self.email.smtp_out
+        values += [self.email.token_secret, smtp.password or ""]
+        if smtp.username and smtp.password:
+            # SMTP AUTH PLAIN sends user and password as one base64 blob.
+            values.append(base64.b64encode(
+                f"\0{smtp.username}\0{smtp.password}".encode()).decode())
         return [v for v in values if v]
 
 

@@ -26,6 +26,31 @@ from tests.support.synapse import SynapseServer, free_port
 SERVER_NAME = "bridge.test"
 POSTGRES_ADMIN_URL = os.environ.get("BRIDGE_TEST_POSTGRES_URL",
                                     "postgresql://postgres@127.0.0.1:5432/postgres")
+# Public mail and Slack samples beside the repository, read in place (never copied in).
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED_PARTS = ("email-samples", "slack-fixtures")
+
+
+def _missing_shared() -> list[Path]:
+    return [SHARED / part for part in SHARED_PARTS if not (SHARED / part).is_dir()]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Without the samples a run still passes, but proves much less: say so where a person
+    # reading the output will see it, not only in the skip list.
+    missing = _missing_shared()
+    if missing:
+        config.issue_config_time_warning(pytest.PytestWarning(
+            "test samples not found: " + ", ".join(str(p) for p in missing)
+            + "; the tests that read them are skipped and the parser corpus tests run "
+            "without them"), stacklevel=2)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for path in _missing_shared():
+        terminalreporter.write_line(
+            f"MISSING TEST SAMPLES: {path} is not there; tests that need it were skipped",
+            red=True, bold=True)
 
 
 class Homeserver:

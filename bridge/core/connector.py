@@ -64,6 +64,23 @@ class LinkTarget:
 CommandHandler = Callable[["Hub", str, str, list[str]], Awaitable[str]]
 
 
+@dataclass(frozen=True, slots=True)
+class SubCommand:
+    """One ``!bridge <network> <name> ...`` command a connector adds: everything ``help``
+    shows about it, and the handler, in one declaration."""
+
+    name: str
+    #: What follows the name, in usage notation: ``<address> [name]``; "" for no arguments.
+    arguments: str
+    summary: str
+    handler: CommandHandler
+    admin_only: bool = True
+
+    def usage(self, network: str) -> str:
+        """``email subscribe <address> [name]``: the command as a user types it."""
+        return " ".join(part for part in (network, self.name, self.arguments) if part)
+
+
 class Connector(ABC):
     #: Short lower-case name used in commands, lanes and the database ("slack", "email").
     network: str
@@ -143,6 +160,8 @@ class Connector(ABC):
         """Extra (method, path, handler) on the bridge's listener, under /_bridge/<network>/."""
         return []
 
-    def commands(self) -> dict[str, CommandHandler]:
-        """Extra ``!bridge <network> ...`` sub-commands, by name."""
-        return {}
+    def commands(self) -> list[SubCommand]:
+        """Extra ``!bridge <network> ...`` sub-commands. A handler raises
+        :class:`bridge.core.errors.UsageError` when the arguments do not fit; the bot then
+        answers with the declared usage."""
+        return []

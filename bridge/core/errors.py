@@ -25,3 +25,11 @@ class PermanentError(DeliveryError):
 
 class CommandError(Exception):
     """A bot command cannot be carried out; the message is shown to the user as is."""
+
+
+class UsageError(CommandError):
+    """A bot command was given the wrong words. The bot answers with the command's declared
+    usage line (after ``message``, if given), so that line is written in one place only."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.config import Config
+from bridge.core.cache import BoundedCache
 from bridge.core.connector import Connector
 from bridge.core.errors import TemporaryError
 from bridge.core.origin import Origin, read_origin
@@ -35,6 +36,9 @@ MATRIX = "matrix"
 RELAYED_STATE = {"m.room.name", "m.room.topic", "m.room.avatar", "m.room.member"}
 # Message types a person can type a command in.
 COMMAND_MSGTYPES = {"m.text", "m.notice"}
+# Puppet profiles remembered as written; older or further ones are compared in the database.
+PROFILE_CACHE_MAX_ITEMS = 10_000
+PROFILE_CACHE_MAX_AGE_SECONDS = 3600.0
 
 
 @dataclass(slots=True)
@@ -105,8 +109,10 @@ class Hub:
         # (Given the lanes it queued in, if known: the outbox need not wake for busy ones.)
         self.wake_outbox: Callable[..., None] = lambda lanes=None: None
         # Puppet profiles last written (user ID -> name, avatar source): a cache that saves a
-        # write per remote message; the database stays the truth.
-        self._profiles: dict[str, tuple[str | None, str | None]] = {}
+        # write per remote message; the database stays the truth, so an entry that aged out
+        # or was pushed out by newer ones costs one write that changes nothing.
+        self._profiles: BoundedCache[str, tuple[str | None, str | None]] = BoundedCache(
+            PROFILE_CACHE_MAX_ITEMS, PROFILE_CACHE_MAX_AGE_SECONDS)
 
     # --- who is who ---------------------------------------------------------------------
 
@@ -336,7 +342,7 @@ class Hub:
     def remember_puppet(self, user_id: str, displayname: str | None,
                         avatar_source: str | None) -> None:
         """Call after the transaction that wrote the profile committed."""
-        self._profiles[user_id] = (displayname, avatar_source)
+        self._profiles.set(user_id, (displayname, avatar_source))
 
     async def write_puppet(self, session: AsyncSession, network: str, remote_id: str,
                            displayname: str | None, avatar_source: str | None = None,

@@ -24,8 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge import metrics
 from bridge.config import Config, EmailConfig
-from bridge.core.connector import Connector, Health, LinkTarget, media_msgtype
-from bridge.core.errors import CommandError, PermanentError
+from bridge.core.connector import Connector, Health, LinkTarget, SubCommand, media_msgtype
+from bridge.core.errors import CommandError, PermanentError, UsageError
 from bridge.core.hub import RemotePart
 from bridge.core.origin import ORIGIN_KEY, Origin, read_origin
 from bridge.db import email_store, queues, store
@@ -212,9 +212,19 @@ class EmailConnector(Connector):
                     link.room_id, f"{address} unsubscribed (one-click link).")])
         return web.Response(text=f"{address} will no longer receive {self.address_of(room)}.")
 
-    def commands(self) -> dict[str, Any]:
-        return {"subscribe": self._cmd_subscribe, "unsubscribe": self._cmd_unsubscribe,
-                "list": self._cmd_list, "policy": self._cmd_policy}
+    def commands(self) -> list[SubCommand]:
+        return [
+            SubCommand("subscribe", "<address> [name]",
+                       "mail this room to an address, which may then write in",
+                       self._cmd_subscribe),
+            SubCommand("unsubscribe", "<address>", "stop mailing this room to an address",
+                       self._cmd_unsubscribe),
+            SubCommand("list", "", "this room's address, its subscribers and who may write in",
+                       self._cmd_list),
+            SubCommand("policy", "subscribers|domain <domain>|open",
+                       "who besides subscribers may write to this room's address",
+                       self._cmd_policy),
+        ]
 
     async def _room_link(self, room_id: str) -> LinkInfo:
         async with self.hub.db.sessions() as session:
@@ -228,7 +238,7 @@ class EmailConnector(Connector):
     async def _cmd_subscribe(self, hub: Hub, room_id: str, sender: str,
                              args: list[str]) -> str:
         if not args:
-            raise CommandError(f"Usage: `{hub.prefix} email subscribe <address> [name]`")
+            raise UsageError()
         link = await self._room_link(room_id)
         address = args[0].strip("<>").lower()
         if not _ADDRESS.match(address):
@@ -247,7 +257,7 @@ class EmailConnector(Connector):
     async def _cmd_unsubscribe(self, hub: Hub, room_id: str, sender: str,
                                args: list[str]) -> str:
         if len(args) != 1:
-            raise CommandError(f"Usage: `{hub.prefix} email unsubscribe <address>`")
+            raise UsageError()
         await self._room_link(room_id)
         async with hub.db.transaction() as session:
             removed = await email_store.unsubscribe(session, room_id, args[0].strip("<>"))
@@ -273,17 +283,16 @@ class EmailConnector(Connector):
         return "\n".join(lines)
 
     async def _cmd_policy(self, hub: Hub, room_id: str, sender: str, args: list[str]) -> str:
-        usage = f"Usage: `{hub.prefix} email policy subscribers|domain <domain>|open`"
         link = await self._room_link(room_id)
         if not args or args[0] not in ("subscribers", "domain", "open"):
-            raise CommandError(usage)
+            raise UsageError()
         changes: dict[str, Any] = {"policy": args[0], "policy_domain": None}
         if args[0] == "domain":
             if len(args) != 2 or not re.match(r"^[a-z0-9.-]+\.[a-z]{2,}$", args[1].lower()):
-                raise CommandError(usage)
+                raise UsageError()
             changes["policy_domain"] = args[1].lower()
         elif len(args) != 1:
-            raise CommandError(usage)
+            raise UsageError()
         async with hub.db.transaction() as session:
             await email_store.update_link_settings(session, link.id, changes)
         explain = {

@@ -19,7 +19,7 @@ from mautrix.types import EventType, RoomID
 from sqlalchemy.exc import IntegrityError
 
 from bridge import __version__
-from bridge.core.errors import CommandError
+from bridge.core.errors import CommandError, UsageError
 from bridge.db import queues, store
 from bridge.db.queues import Delivery
 from bridge.matrix.bridge_info import bridge_info_deliveries
@@ -56,6 +56,16 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class HelpEntry:
+    """One line of ``help``: a bot command, or a network's sub-command (``network`` set)."""
+
+    usage: str
+    summary: str
+    admin_only: bool
+    network: str | None
 
 
 def command(
@@ -114,15 +124,17 @@ class Bot:
         if cmd.admin_only and not ctx.is_admin:
             return (f"Sorry, only bridge admins may use `{name}`. Ask your bridge "
                     "administrator to add you to `bridge.admins`.")
-        return await self._run_handler(ctx, name, cmd.handler(self, ctx))
+        return await self._run_handler(ctx, name, cmd.handler(self, ctx), cmd.usage)
 
-    @staticmethod
-    async def _run_handler(ctx: Context, name: str, running: Awaitable[str]) -> str:
+    async def _run_handler(self, ctx: Context, name: str, running: Awaitable[str],
+                           usage: str) -> str:
         """The handler's answer; any failure becomes one error answer. A command is never
         left to the outbox to retry: its effects may be half done, and the person who
         typed it is waiting for an answer now, not a repeat hours later."""
         try:
             return await running
+        except UsageError as exc:
+            return self._usage_reply(usage, exc, ctx.is_direct)
         except CommandError as exc:
             return str(exc)
         except Exception:
@@ -133,16 +145,40 @@ class Bot:
         connector = self.hub.connectors[network]
         if connector.not_started is not None:
             return f"{connector.display_name} is not started: {connector.not_started}"
-        sub = connector.commands()
-        if not ctx.args or ctx.args[0] not in sub:
-            names = ", ".join(f"`{n}`" for n in sorted(sub)) or "none"
-            return (f"{connector.display_name} commands: {names}. Usage: "
-                    f"`{self._prefixed(network + ' <command> ...', ctx.is_direct)}`")
-        if not ctx.is_admin:
-            return f"Sorry, only bridge admins may use `{network} {ctx.args[0]}`."
+        subs = {sub.name: sub for sub in connector.commands()}
+        chosen = subs.get(ctx.args[0].lower()) if ctx.args else None
+        if chosen is None:
+            opening = (f"{connector.display_name} has no command `{ctx.args[0]}`; it has:"
+                       if ctx.args else f"{connector.display_name} commands:")
+            entries = [e for e in self.declared() if e.network == network]
+            return "\n".join([opening, *(self._entry_line(e, ctx) for e in entries)])
+        if chosen.admin_only and not ctx.is_admin:
+            return f"Sorry, only bridge admins may use `{network} {chosen.name}`."
         return await self._run_handler(
-            ctx, f"{network} {ctx.args[0]}",
-            sub[ctx.args[0]](self.hub, ctx.room_id, ctx.sender, ctx.args[1:]))
+            ctx, f"{network} {chosen.name}",
+            chosen.handler(self.hub, ctx.room_id, ctx.sender, ctx.args[1:]),
+            chosen.usage(network))
+
+    # --- help: built from the declarations only ---------------------------------------
+
+    def declared(self) -> list[HelpEntry]:
+        """Every command with its usage and summary: the bot's own in the order they are
+        declared, then each enabled network's sub-commands."""
+        entries = [HelpEntry(cmd.usage, cmd.summary, cmd.admin_only, network=None)
+                   for cmd in COMMANDS.values()]
+        for network in sorted(self.hub.connectors):
+            entries += [HelpEntry(sub.usage(network), sub.summary, sub.admin_only, network)
+                        for sub in self.hub.connectors[network].commands()]
+        return entries
+
+    def _entry_line(self, entry: HelpEntry, ctx: Context) -> str:
+        admins = " (bridge admins only)" if entry.admin_only and not ctx.is_admin else ""
+        return f"- `{entry.usage}`: {entry.summary}{admins}"
+
+    def _usage_reply(self, usage: str, error: UsageError, is_direct: bool) -> str:
+        # The usage line ends the sentence it is in; anything more goes on a line of its own.
+        line = f"Usage: `{self._prefixed(usage, is_direct)}`"
+        return f"{line}\n{error}" if str(error) else line
 
     @staticmethod
     def _content(markdown: str) -> dict[str, Any]:
@@ -162,22 +198,47 @@ def _went_wrong(name: str) -> str:
 # --- the commands ------------------------------------------------------------------------
 
 
-@command("help", "help", "this list", admin_only=False)
+@command("help", "help [<command>]", "this list, or how to use one command",
+         admin_only=False)
 async def _help(bot: Bot, ctx: Context) -> str:
+    if ctx.args:
+        return _help_for(bot, ctx, " ".join(ctx.args).lower())
     lines = ["**Bridge bot commands**"]
     if not ctx.is_direct:
         lines.append(f"Start each command with `{bot.hub.prefix}`.")
-    for cmd in COMMANDS.values():
-        if cmd.admin_only and not ctx.is_admin:
-            continue
-        lines.append(f"- `{cmd.usage}`: {cmd.summary}")
-    if ctx.is_admin:
-        for network, connector in bot.hub.connectors.items():
-            for sub in sorted(connector.commands()):
-                lines.append(f"- `{network} {sub} ...`: {connector.display_name}")
+    lines += [bot._entry_line(entry, ctx) for entry in bot.declared()
+              if ctx.is_admin or not entry.admin_only]
     if not ctx.is_admin:
         lines.append("Managing links is reserved to the bridge's admins.")
+    lines.append(f"Send `{bot._prefixed('help <command>', ctx.is_direct)}` to see one "
+                 "command alone.")
     return "\n".join(lines)
+
+
+def _help_for(bot: Bot, ctx: Context, asked: str) -> str:
+    """``help link``, ``help email`` (the network's commands), ``help email subscribe``."""
+    entries = bot.declared()
+    # A command's name is its usage up to the first argument: "link", "email subscribe".
+    exact = [e for e in entries if _command_words(e.usage) == asked]
+    found = exact or [e for e in entries if e.network == asked]
+    if not found:
+        return (f"There is no command `{asked}`. Send "
+                f"`{bot._prefixed('help', ctx.is_direct)}` for the list of commands.")
+    lines = []
+    for entry in found:
+        admins = " Only bridge admins may use it." if entry.admin_only else ""
+        lines.append(f"`{bot._prefixed(entry.usage, ctx.is_direct)}`: {entry.summary}."
+                     f"{admins}")
+    return "\n".join(lines)
+
+
+def _command_words(usage: str) -> str:
+    words = []
+    for word in usage.split():
+        if word[0] in "<[" or "|" in word:
+            break
+        words.append(word)
+    return " ".join(words)
 
 
 @command("ping", "ping", "check that the bridge answers", admin_only=False)
@@ -235,13 +296,13 @@ async def _status(bot: Bot, ctx: Context) -> str:
     return "\n".join(lines)
 
 
-@command("link", "link <network> <remote-id>", "link this room to a remote conversation",
-         admin_only=True)
+@command("link", "link <network> <remote-id> [workspace]",
+         "link this room to a remote conversation (Slack: name the workspace when there are "
+         "several)", admin_only=True)
 async def _link(bot: Bot, ctx: Context) -> str:
     hub = bot.hub
     if len(ctx.args) < 2:
-        raise CommandError(f"Usage: `{bot._prefixed('link <network> <remote-id>', ctx.is_direct)}`"
-                           f"{_networks_sentence(hub)}")
+        raise UsageError(_networks_sentence(hub).strip())
     network, remote_id, extra = ctx.args[0].lower(), ctx.args[1], ctx.args[2:]
     connector = hub.connectors.get(network)
     if connector is None:
@@ -307,13 +368,12 @@ async def _link(bot: Bot, ctx: Context) -> str:
 
 
 @command("unlink", "unlink <network> [<remote-id>]",
-         "end this room's link to a network (name the remote ID if it has several)",
+         "end a link of this room (the remote ID is needed when there are several)",
          admin_only=True)
 async def _unlink(bot: Bot, ctx: Context) -> str:
     hub = bot.hub
     if len(ctx.args) not in (1, 2):
-        raise CommandError(
-            f"Usage: `{bot._prefixed('unlink <network> [<remote-id>]', ctx.is_direct)}`")
+        raise UsageError()
     network = ctx.args[0].lower()
     async with hub.db.sessions() as session:
         links = [lk for lk in await store.links_of_room(session, ctx.room_id)
@@ -402,15 +462,14 @@ async def _failed(bot: Bot, ctx: Context) -> str:
 @command("retry", "retry <id>|all", "try failed deliveries again (`all`: this room's; "
          "every room's in a direct chat)", admin_only=True)
 async def _retry(bot: Bot, ctx: Context) -> str:
-    usage = f"Usage: `{bot._prefixed('retry <id>|all', ctx.is_direct)}`"
     if len(ctx.args) != 1:
-        raise CommandError(usage)
+        raise UsageError()
     which = ctx.args[0].lower()
     item_id: int | None = None
     if which != "all":
         if not which.isdigit():
-            raise CommandError(f"`{ctx.args[0]}` is not a delivery ID. {usage}; "
-                               f"`{bot._prefixed('failed', ctx.is_direct)}` lists the IDs.")
+            raise UsageError(f"`{ctx.args[0]}` is not a delivery ID; "
+                             f"`{bot._prefixed('failed', ctx.is_direct)}` lists the IDs.")
         item_id = int(which)
     room = None if ctx.is_direct or item_id is not None else ctx.room_id
     lanes: list[str] = []

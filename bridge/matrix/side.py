@@ -37,6 +37,7 @@ from mautrix.types import (
 from mautrix.util.logging import TraceLogger
 
 from bridge import json_codec
+from bridge.core.cache import BoundedCache
 from bridge.core.errors import PermanentError, TemporaryError
 from bridge.core.origin import ORIGIN_KEY
 from bridge.db import store
@@ -68,12 +69,55 @@ def _is_too_large(exc: MatrixRequestError) -> bool:
     return exc.errcode == "M_TOO_LARGE" or exc.http_status == 413
 
 
-class CacheStateStore(MemoryStateStore, ASStateStore):
-    """mautrix's in-memory membership and power-level cache, for the intents."""
+# Bounds of the in-process caches (see bridge/core/cache.py): a bridge in many rooms with
+# many remote people keeps a steady size, and what ages out is simply looked up again.
+CACHE_MAX_USERS = 10_000
+CACHE_MAX_ROOMS = 2_000
+CACHE_MAX_AGE_SECONDS = 3600.0
 
-    def __init__(self) -> None:
+
+class CacheStateStore(MemoryStateStore, ASStateStore):
+    """mautrix's in-memory membership and power-level cache, for the intents, holding the
+    rooms last seen (at most ``max_rooms``, none unseen for longer than ``max_age_seconds``)
+    and the puppets last known to be registered (at most ``max_users``, as long).
+
+    mautrix's own stores only grow. Forgetting is safe: an intent that finds no membership
+    joins again (a no-op for a member) and one that finds no registration registers again
+    (answered "user in use", which mautrix takes as done)."""
+
+    def __init__(self, max_rooms: int, max_users: int, max_age_seconds: float) -> None:
         MemoryStateStore.__init__(self)
         ASStateStore.__init__(self)
+        self._rooms_seen: BoundedCache[str, bool] = BoundedCache(max_rooms, max_age_seconds)
+        self._users_seen: BoundedCache[str, bool] = BoundedCache(max_users, max_age_seconds)
+
+    def _rooms(self) -> set[str]:
+        return (set(self.members) | set(self.full_member_list) | set(self.power_levels)
+                | set(self.encryption) | set(self.create))
+
+    async def update_state(self, evt: StateEvent) -> None:
+        await super().update_state(evt)
+        self._rooms_seen.set(evt.room_id, True)
+        # Forgetting costs a scan of the stores' keys, so it is done only once they hold
+        # a quarter more rooms than the bound.
+        if len(self.members) > self._rooms_seen.max_items * 5 // 4:
+            self.forget_unseen()
+
+    async def registered(self, user_id: UserID) -> None:
+        await super().registered(user_id)
+        self._users_seen.set(user_id, True)
+        if len(self._registered) > self._users_seen.max_items * 5 // 4:
+            for user in [u for u in self._registered if self._users_seen.get(u) is None]:
+                del self._registered[user]
+
+    def forget_unseen(self) -> None:
+        """Drop every room not among those last seen (or seen too long ago)."""
+        for room_id in self._rooms():
+            if self._rooms_seen.get(room_id) is None:
+                for store_of_room in (self.members, self.full_member_list, self.power_levels,
+                                      self.encryption, self.create):
+                    store_of_room.pop(RoomID(room_id), None)
+
 
 STATE_CACHED = {"m.room.power_levels", "m.room.create", "m.room.member"}
 
@@ -126,7 +170,8 @@ class MatrixSide:
         config = hub.config
         # A cache only: membership and power levels are re-read from the homeserver when a
         # decision depends on them, so a restart with an empty cache changes nothing.
-        self.state_store = CacheStateStore()
+        self.state_store = CacheStateStore(CACHE_MAX_ROOMS, CACHE_MAX_USERS,
+                                           CACHE_MAX_AGE_SECONDS)
         self.api = AppServiceAPI(
             base_url=config.homeserver.address,
             bot_mxid=UserID(config.bot_mxid),
@@ -138,14 +183,18 @@ class MatrixSide:
         )
         self.bot_intent: IntentAPI = self.api.bot_intent()
         self.bot: Bot | None = None
-        self._intents: dict[str, IntentAPI] = {}
+        self._intents: BoundedCache[str, IntentAPI] = BoundedCache(CACHE_MAX_USERS,
+                                                                    CACHE_MAX_AGE_SECONDS)
         # Profile writes go one at a time per user, and what each last set is remembered:
         # the write made right before a puppet's first message and the queued one would
         # otherwise race, and Synapse answers two concurrent changes of one user's profile
         # with a 500 ("Expected at most one task to cancel").
         self._profile_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = \
             weakref.WeakValueDictionary()
-        self._profiles_set: dict[str, tuple[str | None, str | None]] = {}
+        # Forgetting one costs a profile read: mautrix compares with the homeserver's before
+        # it writes, so an aged-out name is not written again (a member event in every room).
+        self._profiles_set: BoundedCache[str, tuple[str | None, str | None]] = BoundedCache(
+            CACHE_MAX_USERS, CACHE_MAX_AGE_SECONDS)
 
     async def upload(self, data: bytes, mimetype: str, filename: str | None,
                      user_id: str | None) -> str:
@@ -198,9 +247,8 @@ class MatrixSide:
         # puppet instead, as it holds no state of its own.
         intent = self._intents.get(user_id)
         if intent is None:
-            if len(self._intents) >= 10_000:
-                self._intents.clear()
-            intent = self._intents[user_id] = self.bot_intent.user(UserID(user_id))
+            intent = self.bot_intent.user(UserID(user_id))
+            self._intents.set(user_id, intent)
         return intent
 
     async def note_state(self, event: dict[str, Any]) -> None:
@@ -360,16 +408,16 @@ class MatrixSide:
         if lock is None:
             lock = self._profile_locks[user_id] = asyncio.Lock()
         async with lock:
-            name_set, avatar_set = self._profiles_set.get(user_id, (None, None))
+            name_set, avatar_set = self._profiles_set.get(user_id) or (None, None)
             intent = self.intent(user_id)
             await intent.ensure_registered()
             if displayname is not None and displayname != name_set:
                 await intent.set_displayname(displayname)
                 name_set = displayname
-                self._profiles_set[user_id] = (name_set, avatar_set)
+                self._profiles_set.set(user_id, (name_set, avatar_set))
             if avatar_mxc and avatar_mxc != avatar_set:
                 await intent.set_avatar_url(ContentURI(avatar_mxc))
-                self._profiles_set[user_id] = (name_set, avatar_mxc)
+                self._profiles_set.set(user_id, (name_set, avatar_mxc))
 
     async def _deliver_profile(self, d: Delivery, p: dict[str, Any]) -> None:
         await self._set_profile(p["user"], p.get("displayname"), p.get("avatar_mxc"))

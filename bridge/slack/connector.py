@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge import metrics
 from bridge.config import Config, SlackConfig
-from bridge.core.connector import Connector, Health, LinkTarget
+from bridge.core.connector import Connector, Health, LinkTarget, SubCommand
 from bridge.core.errors import CommandError, PermanentError, TemporaryError
 from bridge.db import queues, slack_store, store
 from bridge.db.queues import Delivery, NewDelivery
@@ -520,8 +520,10 @@ class SlackConnector(Connector):
                                     "workspace": ws.name},
                           external_url=url)
 
-    def commands(self) -> dict[str, Any]:
-        return {"channels": self._cmd_channels}
+    def commands(self) -> list[SubCommand]:
+        return [SubCommand("channels", "[workspace]",
+                           "the channels the app sees and the rooms they are linked to",
+                           self._cmd_channels)]
 
     async def _cmd_channels(self, hub: Hub, room_id: str, sender: str,
                             args: list[str]) -> str:
