@@ -80,6 +80,8 @@ class RelayPool:
         )
         try:
             await client.connect()
+            if client.is_ehlo_or_helo_needed:
+                await client.ehlo()  # what the relay offers (SMTPUTF8) is known from here
             if s.username:
                 await client.login(s.username, s.password or "")
         except BaseException:
