@@ -47,7 +47,7 @@ from bridge.email.addresses import (
     thread_key_for,
     verify_unsubscribe,
 )
-from bridge.email.auth import authenticate
+from bridge.email.auth import DnsFunc, authenticate
 from bridge.email.cache import BoundedCache
 from bridge.email.compose import LinkedFile, OutgoingAttachment, build_email, matrix_html_to_text
 from bridge.email.inbound import SmtpServer, Target
@@ -125,6 +125,9 @@ class EmailConnector(Connector):
         self.server = SmtpServer(self)
         self._hub: Hub | None = None
         self._rooms_told_of_outage: set[str] = set()
+        # DKIM key look-ups (name -> TXT record) for email.sender_auth: verify; None is the
+        # system's DNS. Blocking either way: called in a thread.
+        self.dns_lookup: DnsFunc | None = None
         self._probing: asyncio.Task[None] | None = None
         # (room, user) -> display name in the From of mails. Bounded: a big deployment has
         # many members; aged: a rename the bridge missed is picked up within the hour.
@@ -379,7 +382,8 @@ class EmailConnector(Connector):
             # DNS look-ups and hashing up to the whole mail: in a thread, so the bridge
             # does not stall meanwhile.
             verdict = await asyncio.to_thread(authenticate, mode, None, bytes(raw),
-                                              mail.from_address, self.settings.authserv_id)
+                                              mail.from_address, self.settings.authserv_id,
+                                              self.dns_lookup)
         else:
             verdict = authenticate(
                 mode, _headers_of(raw) if mode == "authentication_results" else None,

@@ -449,3 +449,24 @@ async def test_one_click_unsubscribe_link(homeserver: Homeserver, email_bridge: 
             assert response.status == 200
     await admin.wait_for_event(room, is_notice_from(homeserver.bot, "one-click"), timeout=20)
     await command(homeserver.bot, admin, room, "!bridge email list", expect="no subscribers")
+
+
+async def test_room_addresses_are_checked_by_the_address_code(
+        homeserver: Homeserver, email_bridge: EmailBridge, admin: MatrixTestClient) -> None:
+    room = await open_room(homeserver.bot, admin, name="Bauamt", bot_power=100)
+    # Refused, not shortened to "bad"; and not longer than reply addresses leave room for.
+    for typed in ("Bad Name!", "a" * 36, "amt+x", "amt..x", "straße"):
+        reply = await command(homeserver.bot, admin, room, f"!bridge link email {typed}",
+                              expect="cannot be a room address")
+        assert f"`{typed}`" in reply["content"]["body"]
+    status = await command(homeserver.bot, admin, room, "!bridge status", expect="email")
+    assert "@" + MAIL_DOMAIN not in status["content"]["body"]  # nothing was linked
+    # The longest address the link accepts is one mail reaches.
+    localpart = "a" * 34 + uuid.uuid4().hex[:1]
+    await command(homeserver.bot, admin, room, f"!bridge link email {localpart.upper()}",
+                  expect="Linked")
+    await command(homeserver.bot, admin, room, "!bridge email subscribe erika@stadt.example",
+                  expect="Subscribed")
+    await _send(email_bridge, _mail("erika@stadt.example", f"{localpart}@{MAIL_DOMAIN}",
+                                    "Lang", "Eine lange Adresse."))
+    await admin.wait_for_event(room, _body("Eine lange Adresse."), timeout=20)
