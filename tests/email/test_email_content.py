@@ -20,6 +20,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
@@ -421,7 +422,15 @@ async def test_forward_as_attached_message(desk: Desk) -> None:
         assert "Bürger" in text and "buerger@example.net" in text
         assert "anbei mein Antrag." in text
     assert "<details>" not in html  # a forward is content, not a quote to fold away
-    (pdf,) = await _media(desk, event["event_id"], 1)
+    # The forwarded mail as an .eml file (its own headers and attachments kept), then its PDF.
+    eml, pdf = await _media(desk, event["event_id"], 2)
+    assert (eml["content"]["msgtype"], eml["content"]["body"]) == (
+        "m.file", "Antrag auf Sondernutzung.eml")
+    assert eml["content"]["info"]["mimetype"] == "message/rfc822"
+    forwarded = message_from_bytes(await desk.bridge.hub.download_media(eml["content"]["url"]),
+                                   policy=policy.default)
+    assert forwarded["Message-ID"] == "<inner-1@example.net>"
+    assert [a.get_filename() for a in forwarded.iter_attachments()] == ["Antrag.pdf"]
     assert pdf["content"]["body"] == "Antrag.pdf"
 
 
@@ -432,7 +441,8 @@ async def test_corpus_forwards_as_attached_messages(desk: Desk) -> None:
     body = event["content"]["body"]
     assert "Subject: Another PDF" in body and "Test Tester" in body
     assert "Just attaching another PDF" in body
-    (pdf,) = await _media(desk, event["event_id"], 1)
+    eml, pdf = await _media(desk, event["event_id"], 2)
+    assert eml["content"]["body"] == "ForwardedMessage.eml"
     assert (pdf["content"]["msgtype"], pdf["content"]["body"]) == ("m.file", "broken.pdf")
     # Thunderbird, with Cyrillic in the forwarded message (flanker).
     event = await _arrives(desk, _corpus("mailgun-flanker/enclosed.eml"), "kicking ass")
