@@ -470,3 +470,22 @@ async def test_room_addresses_are_checked_by_the_address_code(
     await _send(email_bridge, _mail("erika@stadt.example", f"{localpart}@{MAIL_DOMAIN}",
                                     "Lang", "Eine lange Adresse."))
     await admin.wait_for_event(room, _body("Eine lange Adresse."), timeout=20)
+
+
+async def test_a_member_cannot_make_subscribers_mail_clients_fetch_a_url(
+        homeserver: Homeserver, email_bridge: EmailBridge, sink: SmtpSink,
+        admin: MatrixTestClient) -> None:
+    room, _ = await _email_room(homeserver, admin, None, "erika@stadt.example")
+    await admin.send_event(room, "m.room.message", {
+        "msgtype": "m.text", "body": "Schaut mal", "format": "org.matrix.custom.html",
+        "formatted_body": '<p style="background:url(https://tracker.example/bg)">Schaut mal'
+                          ' <img src="https://tracker.example/pixel.png" alt="Bild"></p>'
+                          '<table background="https://tracker.example/t"><tr><td>Zelle</td>'
+                          "</tr></table>"})
+    (mail,) = await sink.wait_for(lambda r: True)
+    html = mail.message.get_body(("html",)).get_content()
+    assert "Schaut mal" in html and "Zelle" in html
+    # The image is a link the reader may follow; nothing in the mail loads by itself.
+    assert '<a href="https://tracker.example/pixel.png">Bild</a>' in html
+    assert "<img" not in html and "url(" not in html and "background=" not in html
+    assert html.count("tracker.example") == 1
