@@ -377,6 +377,32 @@ async def test_outlook_html_only_reply(desk: Desk) -> None:
     assert "Ist der Termin bestätigt?" in html.split("<details>")[1]
 
 
+@pytest.mark.parametrize("closing", ["Gruß, Bob", "Viele Grüße", "Best, Ann",
+                                     "Viele Grüße<br>Bob"])
+async def test_a_closing_greeting_ending_an_html_only_mail_is_kept(
+        desk: Desk, closing: str) -> None:
+    words = f"Der Termin passt {uuid.uuid4().hex[:6]}."
+    msg = _mail("Bob <bob@stadt.example>", desk.address, "Termin", "x")
+    msg.set_content(f"<p>Hallo,</p><p>{words}</p><p>{closing}</p>", subtype="html")
+    event = await _arrives(desk, msg, words)
+    body, html = event["content"]["body"], event["content"]["formatted_body"]
+    greeting = closing.replace("<br>", "\n")
+    # Part of the message, as written, not folded away as a signature.
+    assert body.endswith(f"{words}\n\n{greeting}"), body
+    assert closing in html and "<details>" not in html
+
+
+async def test_a_signature_block_of_an_html_only_mail_is_still_folded_away(
+        desk: Desk) -> None:
+    words = f"Die Unterlagen sind vollständig {uuid.uuid4().hex[:6]}."
+    msg = _mail("Max <max@stadt.example>", desk.address, "Unterlagen", "x")
+    msg.set_content(f"<p>Hallo,</p><p>{words}</p><p>Mit freundlichen Grüßen<br>Max Mustermann"
+                    "<br>Bauordnungsamt<br>Tel. 01234 567-89</p>", subtype="html")
+    event = await _arrives(desk, msg, words)
+    assert event["content"]["body"].endswith(words)
+    assert "Tel. 01234" in event["content"]["formatted_body"].split("<details>")[1]
+
+
 async def test_corpus_gmail_html_only(desk: Desk) -> None:
     event = await _arrives(desk, _corpus("discourse/gmail_html_reply.eml"), "GMAIL")
     assert event["content"]["body"] == "This is a GMAIL reply ;)"
