@@ -31,6 +31,8 @@ from bridge.core.errors import PermanentError, TemporaryError
 log = logging.getLogger("bridge.email.out")
 
 QUIT_TIMEOUT = 5.0
+# How a connection that the relay closed meanwhile fails on its next use.
+_STALE_CONNECTION = (aiosmtplib.SMTPServerDisconnected, ConnectionError)
 
 
 class RelayOutage(TemporaryError):
@@ -110,43 +112,58 @@ class RelayPool:
         """Send one mail to one recipient; returns the relay's answer."""
         async with self._slots:
             client = self._take_idle()
+            if client is not None:
+                try:
+                    return await self._send_on(client, message, sender, recipient)
+                except _STALE_CONNECTION:
+                    # The relay had closed this pooled connection (its idle timeout is
+                    # shorter than ours): no outage, just try once on a fresh one.
+                    log.info("mail relay %s had closed a pooled connection; reconnecting",
+                             self.where)
+                except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                    raise self._outage(exc) from exc
             try:
-                if client is None:
-                    client = await self._connect()
-                if needs_smtputf8(sender, recipient) and \
-                        not client.supports_extension("smtputf8"):
-                    self._keep(client)
-                    self._noted(None)  # the relay answers; this address is the problem
-                    raise Utf8NotOffered(
-                        f"{recipient} needs a mail relay that offers SMTPUTF8 (an address "
-                        f"with non-ASCII characters), and {self.where} does not")
-                _refused, answer = await client.send_message(message, sender=sender,
-                                                           recipients=[recipient])
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                refusal = exc.recipients[0]
-                self._keep(client)
-                self._noted(None)
-                raise self._about_recipient(refusal.code, refusal.message) from exc
-            except aiosmtplib.SMTPDataError as exc:
-                # The relay read the mail and refused it: this message, this recipient.
-                self._keep(client)
-                self._noted(None)
-                raise self._about_recipient(exc.code, exc.message) from exc
+                return await self._send_on(None, message, sender, recipient)
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                # Connect, EHLO, STARTTLS, AUTH, MAIL FROM or a dropped connection: the
-                # relay's problem. The connection is in an unknown state: closed.
-                if client is not None:
-                    client.close()
                 raise self._outage(exc) from exc
-            except Utf8NotOffered:
-                raise
-            except BaseException:
-                if client is not None:  # cancelled or a bug: never leave it half-used
-                    client.close()
-                raise
+
+    async def _send_on(self, client: aiosmtplib.SMTP | None, message: EmailMessage,
+                       sender: str, recipient: str) -> str:
+        """One attempt on ``client`` (a new connection when None). What is about the
+        recipient is raised as Permanent/TemporaryError; what is about the relay as the
+        library's exception, for `send` to sort; the connection is closed then."""
+        try:
+            if client is None:
+                client = await self._connect()
+            if needs_smtputf8(sender, recipient) and not client.supports_extension("smtputf8"):
+                self._keep(client)
+                self._noted(None)  # the relay answers; this address is the problem
+                raise Utf8NotOffered(
+                    f"{recipient} needs a mail relay that offers SMTPUTF8 (an address "
+                    f"with non-ASCII characters), and {self.where} does not")
+            _refused, answer = await client.send_message(message, sender=sender,
+                                                       recipients=[recipient])
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refusal = exc.recipients[0]
             self._keep(client)
             self._noted(None)
-            return answer
+            raise self._about_recipient(refusal.code, refusal.message) from exc
+        except aiosmtplib.SMTPDataError as exc:
+            # The relay read the mail and refused it: this message, this recipient.
+            self._keep(client)
+            self._noted(None)
+            raise self._about_recipient(exc.code, exc.message) from exc
+        except Utf8NotOffered:
+            raise
+        except BaseException:
+            # Connect, EHLO, STARTTLS, AUTH, MAIL FROM, a dropped connection (the relay's
+            # problem), a cancellation or a bug: the connection is in an unknown state.
+            if client is not None:
+                client.close()
+            raise
+        self._keep(client)
+        self._noted(None)
+        return answer
 
     async def probe(self) -> str:
         """Connect, EHLO, STARTTLS and log in as deliveries do, then QUIT. What the relay

@@ -21,6 +21,8 @@ class StrictRelay(SmtpSink):
     login: tuple[str, str] | None = None
     #: The reply to MAIL FROM while set, e.g. "553 5.7.1 not allowed to send as this sender".
     refuse_sender: str | None = None
+    #: Seconds the relay waits for a command before it closes the connection (421).
+    timeout: float = 300
     open_connections: int = 0
     quits: int = 0
     mail_options: list[list[str]] = field(default_factory=list)
@@ -81,6 +83,7 @@ class StrictRelay(SmtpSink):
             with warnings.catch_warnings():  # AUTH without TLS: fine on the loopback
                 warnings.simplefilter("ignore", UserWarning)
                 return Counted(Handler(), hostname="relay.test", decode_data=False,
+                               timeout=self.timeout,
                                enable_SMTPUTF8=self.smtputf8,
                                auth_required=self.login is not None, auth_require_tls=False,
                                authenticator=authenticate if self.login else None)

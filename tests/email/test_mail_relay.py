@@ -124,6 +124,20 @@ async def test_idle_connections_to_the_relay_are_closed_with_quit(
     assert sink.quits > quits
 
 
+@pytest.mark.parametrize("relay_options", [{"timeout": 0.5}], indirect=True)
+async def test_a_relay_closing_idle_connections_first_is_no_outage(
+        homeserver: Homeserver, email_bridge: EmailBridge, sink: StrictRelay,
+        admin: MatrixTestClient) -> None:
+    room, _ = await _email_room(homeserver, admin, None, "erika@stadt.example")
+    await admin.send_text(room, "Erste Nachricht.")
+    await sink.wait_for(lambda r: True)
+    await asyncio.sleep(1.5)  # the relay times the pooled connection out before we do
+    await admin.send_text(room, "Zweite Nachricht.")
+    await sink.wait_for(lambda r: True, count=2)
+    assert _count(await admin.messages(room), "delayed") == 0
+    assert "✅" in await _status(homeserver, admin, room)
+
+
 @pytest.mark.parametrize("relay_options", [{"smtputf8": True}], indirect=True)
 async def test_a_non_ascii_address_is_mailed_with_smtputf8(
         homeserver: Homeserver, email_bridge: EmailBridge, sink: StrictRelay,
