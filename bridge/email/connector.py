@@ -719,10 +719,14 @@ class EmailConnector(Connector):
         if room_id in self._rooms_told_of_outage:
             return
         self._rooms_told_of_outage.add(room_id)
-        await self.hub.enqueue([self.hub.notice(
-            room_id, f"⚠️ Mail to this room's subscribers is delayed: {exc}. It is kept and "
-                     "sent when the relay works again; no subscriber is blamed for it. "
-                     f"`{self.hub.prefix} status` shows the relay's state.")])
+        try:
+            await self.hub.enqueue([self.hub.notice(
+                room_id, f"⚠️ Mail to this room's subscribers is delayed: {exc}. It is kept "
+                         "and sent when the relay works again; no subscriber is blamed for "
+                         f"it. `{self.hub.prefix} status` shows the relay's state.")])
+        except Exception:
+            self._rooms_told_of_outage.discard(room_id)  # not told: the next attempt tells
+            raise
 
     async def _relay_recovered(self) -> None:
         told, self._rooms_told_of_outage = self._rooms_told_of_outage, set()

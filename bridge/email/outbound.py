@@ -140,7 +140,9 @@ class RelayPool:
                 self._noted(None)  # the relay answers; this address is the problem
                 raise Utf8NotOffered(
                     f"{recipient} needs a mail relay that offers SMTPUTF8 (an address "
-                    f"with non-ASCII characters), and {self.where} does not")
+                    f"with non-ASCII characters), and {self.where} does not",
+                    hint="Have SMTPUTF8 enabled on the relay (Postfix: smtputf8_enable), "
+                         "or subscribe an address of plain ASCII letters instead.")
             _refused, answer = await client.send_message(message, sender=sender,
                                                        recipients=[recipient])
         except aiosmtplib.SMTPRecipientsRefused as exc:
