@@ -257,3 +257,21 @@ async def test_bridge_check_tests_the_relay(homeserver: Homeserver, sink: Strict
     down = await check(port=free_port())
     assert down.startswith("[FAIL] email relay") and "email.smtp_out" in down, down
     await sink.until(lambda: sink.open_connections == 0, timeout=5)
+
+
+async def test_a_mail_that_cannot_be_written_fails_for_good_at_once(
+        homeserver: Homeserver, email_bridge: EmailBridge, sink: StrictRelay,
+        admin: MatrixTestClient) -> None:
+    from bridge.db import email_store
+
+    room, _ = await _email_room(homeserver, admin, None, "erika@stadt.example")
+    # A subscriber an older version let in, whose address no mail can be written to.
+    async with email_bridge.hub.db.transaction() as session:
+        await email_store.subscribe(session, room, "a..b@stadt.example", None, "@old:test")
+    await admin.send_text(room, "An alle.")
+    await sink.wait_for(lambda r: r.rcpt_tos == ["erika@stadt.example"])
+    notice = await admin.wait_for_event(room, is_notice_from(homeserver.bot, "a..b@"),
+                                        timeout=20)
+    assert "could not write the mail" in notice["content"]["body"]
+    await asyncio.sleep(2)  # not retried: a retry would fail the same way
+    assert _count(await admin.messages(room), "could not write the mail") == 1
