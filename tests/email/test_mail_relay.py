@@ -254,6 +254,8 @@ async def test_bridge_check_tests_the_relay(homeserver: Homeserver, sink: Strict
     wrong = await check(username=LOGIN[0], password="falsch")
     assert wrong.startswith("[FAIL] email relay") and "535" in wrong, wrong
     assert "username and password" in wrong
+    no_tls = await check(username=LOGIN[0], password=LOGIN[1], security="starttls")
+    assert no_tls.startswith("[FAIL] email relay") and "STARTTLS" in no_tls, no_tls
     down = await check(port=free_port())
     assert down.startswith("[FAIL] email relay") and "email.smtp_out" in down, down
     await sink.until(lambda: sink.open_connections == 0, timeout=5)
