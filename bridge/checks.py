@@ -235,6 +235,20 @@ async def _check_slack(session: aiohttp.ClientSession, config: Config) -> list[C
     return results
 
 
+async def _check_email_relay(config: Config) -> CheckResult:
+    """The relay as deliveries meet it: connect, EHLO, STARTTLS and login when configured."""
+    from bridge.email.outbound import RelayOutage, RelayPool
+
+    name = "email relay"
+    relay = RelayPool(config.email.smtp_out, local_hostname=config.email.domain)
+    try:
+        return CheckResult(name, True, await relay.probe())
+    except RelayOutage as exc:
+        return CheckResult(name, False, f"{exc} (check email.smtp_out)")
+    finally:
+        await relay.close()
+
+
 async def run_checks(config: Config, config_path: str = "config.yaml") -> list[CheckResult]:
     timeout = aiohttp.ClientTimeout(total=20)
     ssl = config.homeserver.verify_tls  # False only for a local test setup
@@ -252,6 +266,8 @@ async def run_checks(config: Config, config_path: str = "config.yaml") -> list[C
                                        "skipped: no homeserver"))
         if config.slack.enabled:
             results += await _check_slack(session, config)
+    if config.email.enabled:
+        results.append(await _check_email_relay(config))
     results.append(await _check_database(config))
     results.append(_check_admins(config))
     return results

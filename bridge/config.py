@@ -294,6 +294,9 @@ class SmtpOutConfig(_Section):
     security: Literal["none", "starttls", "tls"] = "none"
     # Connections to the relay are reused; this many deliveries run at once.
     max_connections: int = Field(default=4, ge=1, le=64)
+    # A connection unused this long is closed (QUIT) rather than left for the relay to time
+    # out (Postfix waits 300 s and logs a timeout for each).
+    idle_seconds: float = Field(default=15.0, gt=0, le=300)
 
     _port = field_validator("port", mode="before")(_check_port)
 

@@ -70,8 +70,9 @@ _THREAD_KEY_RE = re.compile(rf"[a-z0-9]{{1,{THREAD_KEY_LENGTH}}}")
 _TAG_RE = re.compile(rf"[a-z2-7]{{{TAG_CHARS}}}")
 _DOMAIN_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN_RE = re.compile(rf"{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*")
-# Printable ASCII without specials that would end or break an addr-spec.
-_SUBSCRIBER_LOCAL_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+")
+# Printable ASCII without specials that would end or break an addr-spec, and (RFC 6531,
+# sent with SMTPUTF8) any non-ASCII character, checked further by _is_utf8_atext.
+_SUBSCRIBER_LOCAL_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\u0080-\U0010ffff-]+")
 _MESSAGE_ID_PREFIX = "matrix-"
 _MESSAGE_ID_HASH_CHARS = 26  # 130 bits: collisions are not a concern
 
@@ -286,22 +287,31 @@ def normalize_localpart(localpart: str) -> str:
     return localpart.lower()
 
 
+def _is_utf8_atext(char: str) -> bool:
+    """A non-ASCII character that may stand in a UTF-8 local part: no control, format,
+    separator (spaces) or unassigned character."""
+    return unicodedata.category(char)[0] not in ("C", "Z")
+
+
 def normalize_address(address: str) -> str:
     """A subscriber's address in the form used for MACs: lowercase, IDNA domain.
 
     Accepts "user@example.org" or "<user@example.org>". Local parts are compared
-    case-insensitively (as every mail system in practice does). ValueError if malformed.
+    case-insensitively (as every mail system in practice does). A non-ASCII local part
+    ("jürgen@…", RFC 6531) is valid (NFC); mail to it needs a relay offering SMTPUTF8.
+    ValueError if malformed.
     """
     value = address.strip()
     if value.startswith("<") and value.endswith(">"):
         value = value[1:-1].strip()
     local, at, domain = value.rpartition("@")
+    local = unicodedata.normalize("NFC", local)
     if (
         not at
         or not local
-        or len(local) > MAX_LOCALPART_OCTETS
-        or not local.isascii()
+        or len(local.encode("utf-8")) > MAX_LOCALPART_OCTETS
         or not _SUBSCRIBER_LOCAL_RE.fullmatch(local)
+        or not all(char.isascii() or _is_utf8_atext(char) for char in local)
         or local.startswith(".")
         or local.endswith(".")
         or ".." in local

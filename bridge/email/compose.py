@@ -31,6 +31,7 @@ from typing import Any
 
 import lxml.etree
 import lxml.html
+import nh3
 from inscriptis.css_profiles import CSS_PROFILES
 from inscriptis.html_engine import Inscriptis
 from inscriptis.model.config import ParserConfig
@@ -42,6 +43,7 @@ from bridge.email.addresses import (
     normalize_domain,
     normalize_localpart,
 )
+from bridge.email.sanitize import ALLOWED_TAGS as MATRIX_TAGS
 
 __all__ = ["LinkedFile", "OutgoingAttachment", "build_email", "matrix_html_to_text"]
 
@@ -321,10 +323,18 @@ def _parse_matrix_html(source: str) -> Any:
             if attribute.lower().startswith("on"):  # event handlers
                 del node.attrib[attribute]
         if tag == "img":
-            # Matrix images are mxc:// URLs no mail client can load (and we send no external
-            # resources anyway): show the alt text, which for custom emoji is ":shortcode:".
+            # Matrix images are mxc:// URLs no mail client can load: show the alt text, which
+            # for custom emoji is ":shortcode:". A remote image becomes a link to it: a mail
+            # client shown <img src=...> would fetch it for every subscriber (a tracker).
             alt = (node.get("alt") or node.get("title") or "").strip()
-            _replace_with_text(node, alt or "[image]")
+            src = (node.get("src") or "").strip()
+            if re.match(r"https?://", src, re.IGNORECASE):
+                link = lxml.html.Element("a", href=src)
+                link.text = alt or src
+                link.tail = node.tail
+                node.getparent().replace(node, link)
+            else:
+                _replace_with_text(node, alt or "[image]")
         elif tag == "a":
             href = (node.get("href") or "").strip()
             if _MATRIX_TO_RE.match(href):
@@ -400,11 +410,56 @@ _ELEMENT_STYLES = {
 }
 
 
+# What of a room member's HTML goes into the mail: an allow-list (never a deny-list, which
+# misses the next way to load a URL). The Matrix tag list; attributes that can neither load
+# anything nor restyle the mail (no style, background, srcset, poster, ...). <img> passes
+# only to be turned into a link or its text below; no mail carries an image of a member's
+# choosing, so nobody can make every subscriber's mail client fetch a URL.
+_MAIL_ATTRIBUTES: dict[str, set[str]] = {
+    "*": set(),
+    "font": {"data-mx-bg-color", "data-mx-color"},
+    "span": {"data-mx-bg-color", "data-mx-color"},
+    "a": {"href"},
+    "img": {"src", "alt", "title"},
+    "ol": {"start"},
+    "td": {"colspan", "rowspan"},
+    "th": {"colspan", "rowspan"},
+}
+_LINK_SCHEMES = ("http:", "https:", "mailto:")
+
+
+def _mail_attribute_filter(tag: str, attribute: str, value: str) -> str | None:
+    if attribute in ("data-mx-color", "data-mx-bg-color"):
+        return value if _HEX_COLOR_RE.fullmatch(value) else None
+    if attribute in ("start", "colspan", "rowspan"):
+        return value if value.strip().isdigit() and len(value.strip()) <= 4 else None
+    if attribute == "href":
+        return value if value.strip().lower().startswith(_LINK_SCHEMES) else None
+    if attribute == "src":  # kept only to become a link; mxc:// means nothing in a mail
+        return value if value.strip().lower().startswith(("http:", "https:")) else None
+    return value
+
+
+def _allowed_html(html: str) -> str:
+    return str(nh3.clean(
+        _NOT_XML_CHAR_RE.sub("", html),
+        tags=set(MATRIX_TAGS),
+        clean_content_tags=set(_DROP_WITH_CONTENT),
+        attributes=_MAIL_ATTRIBUTES,
+        attribute_filter=_mail_attribute_filter,
+        strip_comments=True,
+        link_rel="noopener noreferrer",
+        url_schemes={"http", "https", "mailto"},
+        url_relative="deny",
+    ))
+
+
 def _matrix_html_for_email(html: str) -> str | None:
-    """The Matrix HTML, re-serialised (so unbalanced tags cannot swallow our footer) and with
-    Matrix-only attributes turned into inline styles mail clients understand; None when
-    nothing visible is left (then the HTML part is made from the plain text)."""
-    root = _parse_matrix_html(html)
+    """The Matrix HTML through the allow-list, re-serialised (so unbalanced tags cannot
+    swallow our footer) and with Matrix-only attributes turned into inline styles mail
+    clients understand (the only styles in it are ours); None when nothing visible is left
+    (then the HTML part is made from the plain text)."""
+    root = _parse_matrix_html(_allowed_html(html))
     if not root.text_content().strip():
         return None
     for node in root.iter():

@@ -9,11 +9,13 @@ that replies come back into the same Matrix thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import html
 import logging
 import re
 import time
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
@@ -32,21 +34,25 @@ from bridge.db import email_store, queues, store
 from bridge.db.queues import Delivery, NewDelivery
 from bridge.db.store import LinkInfo
 from bridge.email.addresses import (
+    MAX_ROOM_LOCALPART_LENGTH,
     clean_display_name,
     is_our_message_id,
+    is_valid_room_localpart,
     make_reply_address,
     make_unsubscribe_address,
     message_id_for,
     new_topic_subject,
+    normalize_address,
     parse_recipient,
     reply_subject,
     thread_key_for,
     verify_unsubscribe,
 )
-from bridge.email.auth import authenticate
+from bridge.email.auth import DnsFunc, authenticate
+from bridge.email.cache import BoundedCache
 from bridge.email.compose import LinkedFile, OutgoingAttachment, build_email, matrix_html_to_text
 from bridge.email.inbound import SmtpServer, Target
-from bridge.email.outbound import RelayPool
+from bridge.email.outbound import RelayOutage, RelayPool, Utf8NotOffered
 from bridge.email.parse import MalformedMail, ParsedMail, parse_message
 from bridge.email.sanitize import sanitize_html
 
@@ -56,10 +62,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("bridge.email")
 
 NETWORK = "email"
-_LOCALPART = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,38}[a-z0-9])?$")
 _ADDRESS = re.compile(r"^[^@\s<>\"]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 MEDIA_MSGTYPES = {"m.image": "image", "m.file": "file", "m.video": "video", "m.audio": "audio"}
 PARSE_INLINE_MAX = 256 * 1024  # bytes of mail parsed in the event loop rather than a thread
+PROBE_SECONDS = 600.0
+PROBE_SECONDS_IN_OUTAGE = 60.0
+NAME_CACHE_ITEMS = 10_000
+NAME_CACHE_SECONDS = 3600.0
 
 
 def _headers_of(raw: bytes | bytearray) -> EmailMessage:
@@ -85,6 +94,19 @@ def _text_to_html(text: str) -> str:
     return "<br>".join(html.escape(line) for line in text.splitlines())
 
 
+# The SMTP libraries' own loggers: aiosmtpd ("mail.log") logs every command it receives,
+# MAIL FROM and RCPT TO with their addresses, at INFO; aiosmtplib may log its side.
+SMTP_LIBRARY_LOGGERS = ("mail.log", "aiosmtplib")
+
+
+def quiet_smtp_library_logs(bridge_level: str) -> None:
+    """The SMTP dialogue line by line only when the bridge logs at DEBUG; otherwise the
+    libraries' warnings and errors are enough (the bridge logs each mail once itself)."""
+    debugging = logging.getLevelName(bridge_level) <= logging.DEBUG
+    for name in SMTP_LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if debugging else logging.WARNING)
+
+
 def _strip_brackets(message_id: str) -> str:
     return message_id.strip().strip("<>")
 
@@ -106,7 +128,15 @@ class EmailConnector(Connector):
         self.relay = RelayPool(config.email.smtp_out, local_hostname=self.domain)
         self.server = SmtpServer(self)
         self._hub: Hub | None = None
-        self._names: dict[tuple[str, str], str] = {}  # (room, user) -> display name cache
+        self._rooms_told_of_outage: set[str] = set()
+        # DKIM key look-ups (name -> TXT record) for email.sender_auth: verify; None is the
+        # system's DNS. Blocking either way: called in a thread.
+        self.dns_lookup: DnsFunc | None = None
+        self._probing: asyncio.Task[None] | None = None
+        # (room, user) -> display name in the From of mails. Bounded: a big deployment has
+        # many members; aged: a rename the bridge missed is picked up within the hour.
+        self._names: BoundedCache[tuple[str, str], str] = BoundedCache(
+            max_items=NAME_CACHE_ITEMS, max_age_seconds=NAME_CACHE_SECONDS)
 
     @property
     def hub(self) -> Hub:
@@ -117,19 +147,39 @@ class EmailConnector(Connector):
 
     async def start(self, hub: Hub) -> None:
         self._hub = hub
+        quiet_smtp_library_logs(self.config.logging.level)
         await self.server.start()
+        self._probing = asyncio.create_task(self._probe_relay(), name="email-relay-probe")
 
     async def stop(self) -> None:
+        if self._probing is not None:
+            self._probing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probing
         await self.server.stop()
         await self.relay.close()
+
+    async def _probe_relay(self) -> None:
+        """Ask the relay now and then whether it answers, so health is true between mails too
+        (often while it is down, rarely while deliveries show it works)."""
+        while True:
+            checked = self.relay.last_checked
+            if checked is None or time.time() - checked >= PROBE_SECONDS / 2:
+                with contextlib.suppress(RelayOutage):  # noted in relay.last_error
+                    await self.relay.probe()
+            await asyncio.sleep(PROBE_SECONDS if self.relay.last_error is None
+                                else PROBE_SECONDS_IN_OUTAGE)
 
     def health(self) -> Health:
         s = self.settings
         where = f"receiving on {s.smtp_in.hostname}:{s.smtp_in.port}, relay " \
                 f"{s.smtp_out.host}:{s.smtp_out.port}"
         if self.relay.last_error:
-            return Health(False, f"{where}: last delivery failed: {self.relay.last_error}")
-        return Health(True, where)
+            return Health(False, f"{where} does not take mail: {self.relay.last_error}; "
+                                 "mail to subscribers waits")
+        if self.relay.last_checked is None:
+            return Health(True, f"{where} (not asked yet)")
+        return Health(True, f"{where} answers")
 
     # --- links and commands --------------------------------------------------------------
 
@@ -149,9 +199,13 @@ class EmailConnector(Connector):
                 raise CommandError(f"Room addresses end in `@{self.domain}`; give just the "
                                    f"part before the @, e.g. `{name}`.")
             localpart = name
-        if not _LOCALPART.match(localpart) or "+" in localpart:
-            raise CommandError("A room address may use a-z, 0-9, '.', '_' and '-' (up to 40 "
-                               f"characters), not `{remote_id}`.")
+        # The address code's own validator: whatever is linked here can be mailed later.
+        if args or not is_valid_room_localpart(localpart):
+            typed = " ".join([remote_id, *args])
+            raise CommandError(
+                f"`{typed}` cannot be a room address: use one word of a-z, 0-9, '.', '_' and "
+                f"'-' (up to {MAX_ROOM_LOCALPART_LENGTH} characters, dots only between "
+                "letters or digits), e.g. `bauamt`.")
         return LinkTarget(remote_id=localpart, remote_name=self.address_of(localpart),
                           settings={"policy": "subscribers"})
 
@@ -241,7 +295,12 @@ class EmailConnector(Connector):
             raise UsageError()
         link = await self._room_link(room_id)
         address = args[0].strip("<>").lower()
-        if not _ADDRESS.match(address):
+        try:
+            # The address code's validator too: every subscriber can be written to later.
+            valid = bool(_ADDRESS.match(address)) and bool(normalize_address(address))
+        except ValueError:
+            valid = False
+        if not valid:
             raise CommandError(f"`{args[0]}` is not an email address.")
         if address.endswith("@" + self.domain):
             raise CommandError("Room addresses cannot subscribe to rooms (that would loop).")
@@ -332,10 +391,16 @@ class EmailConnector(Connector):
         if not mail.from_address or not _ADDRESS.match(mail.from_address):
             return "550 5.1.7 The message has no valid From address"
         mode = self.settings.sender_auth
-        verdict = authenticate(
-            mode, _headers_of(raw) if mode == "authentication_results" else None,
-            bytes(raw) if mode == "verify" else b"", mail.from_address,
-            self.settings.authserv_id)
+        if mode == "verify":
+            # DNS look-ups and hashing up to the whole mail: in a thread, so the bridge
+            # does not stall meanwhile.
+            verdict = await asyncio.to_thread(authenticate, mode, None, bytes(raw),
+                                              mail.from_address, self.settings.authserv_id,
+                                              self.dns_lookup)
+        else:
+            verdict = authenticate(
+                mode, _headers_of(raw) if mode == "authentication_results" else None,
+                b"", mail.from_address, self.settings.authserv_id)
         if not verdict.ok:
             log.warning("refused mail claiming to be from %s: %s", mail.from_address,
                         verdict.reason)
@@ -540,16 +605,18 @@ class EmailConnector(Connector):
 
     async def _display_name(self, room_id: str, user_id: str) -> str:
         key = (room_id, user_id)
-        if key not in self._names:
-            name = await self.hub.member_name(room_id, user_id)
-            self._names[key] = name or user_id.split(":", 1)[0].lstrip("@")
-        return self._names[key]
+        name = self._names.get(key)
+        if name is None:
+            name = await self.hub.member_name(room_id, user_id) or \
+                user_id.split(":", 1)[0].lstrip("@")
+            self._names.set(key, name)
+        return name
 
     async def _fan_out(self, delivery: Delivery, link: LinkInfo) -> str | None:
         event = delivery.payload["event"]
         if event.get("type") == "m.room.member" and event.get("state_key"):
             # Keep the From names current when someone renames themselves.
-            self._names.pop((delivery.room_id, event["state_key"]), None)
+            self._names.pop((delivery.room_id, event["state_key"]))
         if event.get("type") != "m.room.message" or event.get("state_key") is not None:
             return None  # reactions, redactions and state are not mailed
         content = event.get("content") or {}
@@ -597,6 +664,9 @@ class EmailConnector(Connector):
             "reply_to": make_reply_address(localpart, self.domain, thread.thread_key,
                                            self.secret),
             "correction": correction, "event_id": event_id,
+            # The mail's Date is when the message was written (the remote time for
+            # a relayed message, whose event carries it), not when the outbox sends it.
+            "date_ms": event.get("origin_server_ts"),
             **self._mail_body(content, sender_name, room_id, event_id),
         }
 
@@ -672,6 +742,27 @@ class EmailConnector(Connector):
         text = matrix_html_to_text(formatted) if formatted and not body else body
         return {"text": text, "html": formatted, "files": files}
 
+    async def _tell_outage(self, room_id: str, exc: RelayOutage) -> None:
+        """Each room whose mail waits hears once per outage (not once per mail)."""
+        if room_id in self._rooms_told_of_outage:
+            return
+        self._rooms_told_of_outage.add(room_id)
+        try:
+            await self.hub.enqueue([self.hub.notice(
+                room_id, f"⚠️ Mail to this room's subscribers is delayed: {exc}. It is kept "
+                         "and sent when the relay works again; no subscriber is blamed for "
+                         f"it. `{self.hub.prefix} status` shows the relay's state.")])
+        except Exception:
+            self._rooms_told_of_outage.discard(room_id)  # not told: the next attempt tells
+            raise
+
+    async def _relay_recovered(self) -> None:
+        told, self._rooms_told_of_outage = self._rooms_told_of_outage, set()
+        if told:
+            await self.hub.enqueue([self.hub.notice(
+                room_id, "✅ The mail relay works again; delayed mail is being sent.")
+                for room_id in sorted(told)])
+
     async def _send(self, delivery: Delivery) -> str:
         p = delivery.payload
         attachments: list[OutgoingAttachment] = []
@@ -686,25 +777,38 @@ class EmailConnector(Connector):
                 linked.append(LinkedFile(file["filename"], file["link"], len(data)))
             else:
                 attachments.append(OutgoingAttachment(file["filename"], file["mimetype"], data))
-        message = build_email(
-            room_localpart=p["localpart"], domain=self.domain, room_name=p["room_name"],
-            sender_name=clean_display_name(p["sender_name"], "Matrix"),
-            recipient=p["to"], subject=p["subject"], text=p["text"], html=p.get("html"),
-            message_id=p["message_id"], in_reply_to=p.get("in_reply_to"),
-            references=p.get("references", []), reply_to=p["reply_to"],
-            unsubscribe_address=make_unsubscribe_address(p["localpart"], self.domain, p["to"],
-                                                         self.secret),
-            unsubscribe_url=self.unsubscribe_url(p["localpart"], p["to"]),
-            attachments=attachments, linked_files=linked,
-            is_correction=bool(p.get("correction")))
+        date_ms = p.get("date_ms")
+        try:
+            message = build_email(
+                room_localpart=p["localpart"], domain=self.domain, room_name=p["room_name"],
+                sender_name=clean_display_name(p["sender_name"], "Matrix"),
+                recipient=p["to"], subject=p["subject"], text=p["text"], html=p.get("html"),
+                message_id=p["message_id"], in_reply_to=p.get("in_reply_to"),
+                references=p.get("references", []), reply_to=p["reply_to"],
+                unsubscribe_address=make_unsubscribe_address(
+                    p["localpart"], self.domain, p["to"], self.secret),
+                unsubscribe_url=self.unsubscribe_url(p["localpart"], p["to"]),
+                attachments=attachments, linked_files=linked,
+                date=datetime.fromtimestamp(date_ms / 1000, UTC) if date_ms else None,
+                is_correction=bool(p.get("correction")))
+        except ValueError as exc:
+            # The same mail fails the same way on every retry: for good, and the room is told.
+            raise PermanentError(f"could not write the mail to {p['to']}: {exc}") from exc
         sender = self.address_of(p["localpart"])
         started = time.perf_counter()
         try:
             answer = await self.relay.send(message, sender=sender, recipient=p["to"])
+        except RelayOutage as exc:
+            # Our relay's fault, not the subscriber's: no bounce is counted; the mail waits.
+            await self._tell_outage(delivery.room_id, exc)
+            raise
+        except Utf8NotOffered:
+            raise  # for good, and the room is told; their mailbox did not fail
         except PermanentError as exc:
             # A hard failure for this recipient: counted; the room hears once on pausing.
             await self._record_failure(delivery.room_id, p["to"], str(exc))
             return f"refused: {exc}"
+        await self._relay_recovered()
         metrics.HANDLING_SECONDS.labels(network=NETWORK, direction="out").observe(
             time.perf_counter() - started)
         # The relay's 250 is no proof of delivery (a smarthost accepts everything and the

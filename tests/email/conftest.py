@@ -53,14 +53,17 @@ async def running_email_bridge(homeserver: Homeserver, database_url: str, sink: 
                                email_settings: dict[str, object]) -> AsyncIterator[EmailBridge]:
     """The bridge of `email_bridge`, for fixtures of a wider scope (one bridge per module)."""
     smtp_port = free_port()
+    settings = dict(email_settings)
+    # smtp_out settings of a test (a login, idle_seconds) go with the sink's address.
+    smtp_out = {"host": sink.host, "port": sink.port, **dict(settings.pop("smtp_out", {}))}
     config = homeserver.config(
         database_url,
         email__enabled=True, email__domain=MAIL_DOMAIN,
-        **{f"email__{key}": value for key, value in email_settings.items()},
+        **{f"email__{key}": value for key, value in settings.items()},
         email__token_secret="test-token-secret-0123456789",
         email__smtp_in={"hostname": "127.0.0.1", "port": smtp_port,
                         "max_message_size": 2 * 1024 * 1024},
-        email__smtp_out={"host": sink.host, "port": sink.port},
+        email__smtp_out=smtp_out,
         email__max_attachment_size=100_000,
         bridge__outbox={"retry_base_seconds": 0.2, "retry_max_seconds": 1.0,
                         "give_up_after_hours": 1.0},

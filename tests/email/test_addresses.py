@@ -319,9 +319,13 @@ def test_malformed_unsubscribe_token_is_rejected() -> None:
 
 def test_normalize_address() -> None:
     assert normalize_address(" <Max@München.DE> ") == "max@xn--mnchen-3ya.de"
-    for bad in ["", "max", "@x.de", "max@", "a b@x.de", "a..b@x.de", "ä@x.de", "max@-x.de"]:
+    for bad in ["", "max", "@x.de", "max@", "a b@x.de", "a..b@x.de", "max@-x.de",
+                "ä\u00a0b@x.de", "ä\u200bb@x.de", "ä\x85@x.de", "ü" * 33 + "@x.de"]:
         with pytest.raises(ValueError):
             normalize_address(bad)
+    # RFC 6531: a UTF-8 local part is an address (sent with SMTPUTF8), in NFC, lower case.
+    assert normalize_address("Jürgen@x.de") == "jürgen@x.de"
+    assert normalize_address("Ju\u0308rgen@x.de") == "jürgen@x.de"
 
 
 @settings(max_examples=100, deadline=None)

@@ -79,5 +79,7 @@ def test_lazy_payloads_give_what_the_plain_payloads_give() -> None:
     finally:
         parse_module._RUN_SCAN_MIN = original
     assert lazy == plain
-    assert [a.filename for a in lazy.attachments] == ["a.pdf", "b.png"]
-    assert lazy.attachments[1].data == base64.b64decode(b64)
+    # The forwarded message is a file too, whole: its attachment's base64 as it was.
+    assert [a.filename for a in lazy.attachments] == ["a.pdf", "inner.eml", "b.png"]
+    assert b64.replace(b"\r\n", b"\n") in lazy.attachments[1].data.replace(b"\r\n", b"\n")
+    assert lazy.attachments[2].data == base64.b64decode(b64)

@@ -11,6 +11,7 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
 
+import lxml.html
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -349,6 +350,63 @@ def test_matrix_html_is_wrapped_well_formed_and_inline_styled() -> None:
     # The unclosed table is closed before our footer, so the footer is not inside the cell.
     assert html.index("</table>") < html.index("You receive this email")
     assert html.count("<body") == 1 and html.count("</body>") == 1
+
+
+# Every way HTML can make a mail client fetch a URL (or restyle the mail to hide or fake
+# content), all pointing at a tracker a room member controls.
+HOSTILE_HTML = (
+    '<p style="background:url(https://tracker.example/p1)">styled</p>'
+    '<table background="https://tracker.example/p2"><tr>'
+    '<td background="https://tracker.example/p3" style="background-image:'
+    'url(https://tracker.example/p4)">cell</td></tr></table>'
+    '<img src="https://tracker.example/p5.png" srcset="https://tracker.example/p6.png 2x"'
+    ' alt="Foto">'
+    '<img src="https://tracker.example/p7.png">'
+    '<picture><source srcset="https://tracker.example/p8.png"></picture>'
+    '<video poster="https://tracker.example/p9.jpg" src="https://tracker.example/p10.mp4">'
+    "</video><audio src=\"https://tracker.example/p11.mp3\"></audio>"
+    '<link rel="stylesheet" href="https://tracker.example/p12.css">'
+    "<style>@import url(https://tracker.example/p13.css);</style>"
+    '<svg><image href="https://tracker.example/p14.png"/></svg>'
+    '<input type="image" src="https://tracker.example/p15.png">'
+    '<object data="https://tracker.example/p16"></object>'
+    '<embed src="https://tracker.example/p17"><iframe src="https://tracker.example/p18">'
+    '</iframe><base href="https://tracker.example/">'
+    '<meta http-equiv="refresh" content="0;url=https://tracker.example/p19">'
+    '<div style="behavior:url(https://tracker.example/p20.htc)">behaviour</div>'
+    '<span data-mx-color="#00ff00" style="position:fixed;top:0">green</span>'
+    '<font color="red" face="x" style="display:none">hidden?</font>'
+    '<a href="https://example.org/doc" style="color:red" ping="https://tracker.example/p21"'
+    ' onclick="x()">Link</a>'
+)
+
+
+def test_member_html_cannot_make_mail_clients_load_anything() -> None:
+    _, html = bodies(parse(build(html=HOSTILE_HTML)))
+    tree = lxml.html.document_fromstring(html)
+    for element in tree.iter():
+        if not isinstance(element.tag, str):
+            continue
+        assert element.tag not in ("img", "video", "audio", "source", "picture", "link",
+                                   "style", "svg", "image", "input", "object", "embed",
+                                   "iframe", "base", "script"), element.tag
+        assert not set(element.attrib) & {"src", "srcset", "background", "poster", "data",
+                                          "ping", "onclick", "face"}, element.attrib
+        href = element.get("href")
+        assert href is None or element.tag == "a", element.tag
+        # The only styles are the bridge's own, which load nothing.
+        assert "url(" not in (element.get("style") or "")
+    assert "@import" not in html and "refresh" not in html
+    # A remote image is a link to it (named by its alt text) that the reader may follow.
+    links = {a.text_content(): a.get("href") for a in tree.iter("a")}
+    assert links["Foto"] == "https://tracker.example/p5.png"
+    assert links["https://tracker.example/p7.png"] == "https://tracker.example/p7.png"
+    assert links["Link"] == "https://example.org/doc"
+    assert all("tracker" not in (e.get("style") or "") for e in tree.iter())
+    # What was said is still there, with the colours Matrix clients show.
+    assert "styled" in html and "cell" in html and "behaviour" in html
+    assert 'style="color:#00ff00"' in html and "position" not in html
+    assert "display:none" not in html and "hidden?" in html
 
 
 def test_html_without_visible_content_falls_back_to_the_text() -> None:

@@ -449,3 +449,43 @@ async def test_one_click_unsubscribe_link(homeserver: Homeserver, email_bridge: 
             assert response.status == 200
     await admin.wait_for_event(room, is_notice_from(homeserver.bot, "one-click"), timeout=20)
     await command(homeserver.bot, admin, room, "!bridge email list", expect="no subscribers")
+
+
+async def test_room_addresses_are_checked_by_the_address_code(
+        homeserver: Homeserver, email_bridge: EmailBridge, admin: MatrixTestClient) -> None:
+    room = await open_room(homeserver.bot, admin, name="Bauamt", bot_power=100)
+    # Refused, not shortened to "bad"; and not longer than reply addresses leave room for.
+    for typed in ("Bad Name!", "a" * 36, "amt+x", "amt..x", "straße"):
+        reply = await command(homeserver.bot, admin, room, f"!bridge link email {typed}",
+                              expect="cannot be a room address")
+        assert f"`{typed}`" in reply["content"]["body"]
+    status = await command(homeserver.bot, admin, room, "!bridge status", expect="email")
+    assert "@" + MAIL_DOMAIN not in status["content"]["body"]  # nothing was linked
+    # The longest address the link accepts is one mail reaches.
+    localpart = "a" * 34 + uuid.uuid4().hex[:1]
+    await command(homeserver.bot, admin, room, f"!bridge link email {localpart.upper()}",
+                  expect="Linked")
+    await command(homeserver.bot, admin, room, "!bridge email subscribe erika@stadt.example",
+                  expect="Subscribed")
+    await _send(email_bridge, _mail("erika@stadt.example", f"{localpart}@{MAIL_DOMAIN}",
+                                    "Lang", "Eine lange Adresse."))
+    await admin.wait_for_event(room, _body("Eine lange Adresse."), timeout=20)
+
+
+async def test_a_member_cannot_make_subscribers_mail_clients_fetch_a_url(
+        homeserver: Homeserver, email_bridge: EmailBridge, sink: SmtpSink,
+        admin: MatrixTestClient) -> None:
+    room, _ = await _email_room(homeserver, admin, None, "erika@stadt.example")
+    await admin.send_event(room, "m.room.message", {
+        "msgtype": "m.text", "body": "Schaut mal", "format": "org.matrix.custom.html",
+        "formatted_body": '<p style="background:url(https://tracker.example/bg)">Schaut mal'
+                          ' <img src="https://tracker.example/pixel.png" alt="Bild"></p>'
+                          '<table background="https://tracker.example/t"><tr><td>Zelle</td>'
+                          "</tr></table>"})
+    (mail,) = await sink.wait_for(lambda r: True)
+    html = mail.message.get_body(("html",)).get_content()
+    assert "Schaut mal" in html and "Zelle" in html
+    # The image is a link the reader may follow; nothing in the mail loads by itself.
+    assert '<a href="https://tracker.example/pixel.png">Bild</a>' in html
+    assert "<img" not in html and "url(" not in html and "background=" not in html
+    assert html.count("tracker.example") == 1

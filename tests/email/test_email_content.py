@@ -20,6 +20,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
@@ -376,6 +377,32 @@ async def test_outlook_html_only_reply(desk: Desk) -> None:
     assert "Ist der Termin bestätigt?" in html.split("<details>")[1]
 
 
+@pytest.mark.parametrize("closing", ["Gruß, Bob", "Viele Grüße", "Best, Ann",
+                                     "Viele Grüße<br>Bob"])
+async def test_a_closing_greeting_ending_an_html_only_mail_is_kept(
+        desk: Desk, closing: str) -> None:
+    words = f"Der Termin passt {uuid.uuid4().hex[:6]}."
+    msg = _mail("Bob <bob@stadt.example>", desk.address, "Termin", "x")
+    msg.set_content(f"<p>Hallo,</p><p>{words}</p><p>{closing}</p>", subtype="html")
+    event = await _arrives(desk, msg, words)
+    body, html = event["content"]["body"], event["content"]["formatted_body"]
+    greeting = closing.replace("<br>", "\n")
+    # Part of the message, as written, not folded away as a signature.
+    assert body.endswith(f"{words}\n\n{greeting}"), body
+    assert closing in html and "<details>" not in html
+
+
+async def test_a_signature_block_of_an_html_only_mail_is_still_folded_away(
+        desk: Desk) -> None:
+    words = f"Die Unterlagen sind vollständig {uuid.uuid4().hex[:6]}."
+    msg = _mail("Max <max@stadt.example>", desk.address, "Unterlagen", "x")
+    msg.set_content(f"<p>Hallo,</p><p>{words}</p><p>Mit freundlichen Grüßen<br>Max Mustermann"
+                    "<br>Bauordnungsamt<br>Tel. 01234 567-89</p>", subtype="html")
+    event = await _arrives(desk, msg, words)
+    assert event["content"]["body"].endswith(words)
+    assert "Tel. 01234" in event["content"]["formatted_body"].split("<details>")[1]
+
+
 async def test_corpus_gmail_html_only(desk: Desk) -> None:
     event = await _arrives(desk, _corpus("discourse/gmail_html_reply.eml"), "GMAIL")
     assert event["content"]["body"] == "This is a GMAIL reply ;)"
@@ -421,7 +448,15 @@ async def test_forward_as_attached_message(desk: Desk) -> None:
         assert "Bürger" in text and "buerger@example.net" in text
         assert "anbei mein Antrag." in text
     assert "<details>" not in html  # a forward is content, not a quote to fold away
-    (pdf,) = await _media(desk, event["event_id"], 1)
+    # The forwarded mail as an .eml file (its own headers and attachments kept), then its PDF.
+    eml, pdf = await _media(desk, event["event_id"], 2)
+    assert (eml["content"]["msgtype"], eml["content"]["body"]) == (
+        "m.file", "Antrag auf Sondernutzung.eml")
+    assert eml["content"]["info"]["mimetype"] == "message/rfc822"
+    forwarded = message_from_bytes(await desk.bridge.hub.download_media(eml["content"]["url"]),
+                                   policy=policy.default)
+    assert forwarded["Message-ID"] == "<inner-1@example.net>"
+    assert [a.get_filename() for a in forwarded.iter_attachments()] == ["Antrag.pdf"]
     assert pdf["content"]["body"] == "Antrag.pdf"
 
 
@@ -432,7 +467,8 @@ async def test_corpus_forwards_as_attached_messages(desk: Desk) -> None:
     body = event["content"]["body"]
     assert "Subject: Another PDF" in body and "Test Tester" in body
     assert "Just attaching another PDF" in body
-    (pdf,) = await _media(desk, event["event_id"], 1)
+    eml, pdf = await _media(desk, event["event_id"], 2)
+    assert eml["content"]["body"] == "ForwardedMessage.eml"
     assert (pdf["content"]["msgtype"], pdf["content"]["body"]) == ("m.file", "broken.pdf")
     # Thunderbird, with Cyrillic in the forwarded message (flanker).
     event = await _arrives(desk, _corpus("mailgun-flanker/enclosed.eml"), "kicking ass")

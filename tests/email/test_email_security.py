@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import smtplib
 import ssl
+import time
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
@@ -67,30 +69,71 @@ def test_authentication_results_needs_alignment_with_from() -> None:
     assert check_authentication_results(aligned, "a@sub.stadt.example", AUTHSERV).ok
 
 
-def test_dkim_signature_is_verified_and_aligned() -> None:
+def _dkim_key() -> tuple[bytes, bytes]:
+    """(private key PEM, the selector's TXT record)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     public = key.public_key().public_bytes(serialization.Encoding.DER,
                                            serialization.PublicFormat.SubjectPublicKeyInfo)
-    import base64
+    return private, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
 
-    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+
+def _signed(msg: EmailMessage, private: bytes) -> bytes:
+    raw = msg.as_bytes()
+    return dkim.sign(raw, b"sel", b"stadt.example", private,
+                     include_headers=[b"from", b"to", b"subject", b"message-id"]) + raw
+
+
+def test_dkim_signature_is_verified_and_aligned() -> None:
+    private, record = _dkim_key()
 
     def dns(name: bytes, timeout: int = 5) -> bytes | None:
         return record if name == b"sel._domainkey.stadt.example." else None
 
     msg = _mail("Erika <erika@stadt.example>", "amt@x.example", "Signiert", "Hallo")
-    raw = msg.as_bytes()
-    signature = dkim.sign(raw, b"sel", b"stadt.example", private,
-                          include_headers=[b"from", b"to", b"subject", b"message-id"])
-    signed = signature + raw
+    signed = _signed(msg, private)
     assert check_dkim(signed, "erika@stadt.example", dnsfunc=dns).ok
     # Signed by stadt.example, but claiming another From domain: not aligned.
     assert not check_dkim(signed, "boss@rathaus.example", dnsfunc=dns).ok
     # Tampered body: the signature no longer verifies.
     assert not check_dkim(signed.replace(b"Hallo", b"Zahlen Sie"), "erika@stadt.example",
                           dnsfunc=dns).ok
+
+
+@pytest.mark.parametrize("email_settings", [{"sender_auth": "verify"}], indirect=True)
+async def test_dkim_checks_do_not_stall_the_bridge(
+        homeserver: Homeserver, email_bridge: EmailBridge, admin: MatrixTestClient) -> None:
+    room, address = await _email_room(homeserver, admin, None, "erika@stadt.example")
+    private, record = _dkim_key()
+    looked_up: list[bytes] = []
+
+    def slow_dns(name: bytes, timeout: int = 5) -> bytes | None:
+        looked_up.append(name)
+        time.sleep(1.5)  # a slow resolver: it must not hold up everything else
+        return record if name == b"sel._domainkey.stadt.example." else None
+
+    email_bridge.email.dns_lookup = slow_dns
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.05)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    try:
+        msg = _mail("Erika <erika@stadt.example>", address, "Signiert", "Mit Signatur.")
+        code, _ = await _smtp_error(email_bridge, _signed(msg, private), [address])
+    finally:
+        ticker.cancel()
+    assert code == 250 and looked_up == [b"sel._domainkey.stadt.example."]
+    assert max(gaps) < 0.5, max(gaps)  # the bridge kept running while the key was looked up
+    await admin.wait_for_event(room, lambda e: "Mit Signatur." in e["content"].get("body", ""),
+                               timeout=20)
 
 
 async def test_forged_or_foreign_reply_tokens_are_refused(

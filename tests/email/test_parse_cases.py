@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import textwrap
 from datetime import UTC, datetime
+from email import message_from_bytes, policy
 from email.message import EmailMessage
 
 import pytest
@@ -471,7 +472,16 @@ def test_forward_as_attached_message() -> None:
     assert "Subject: Antrag auf Sondernutzung" in mail.text
     assert "Date: Tue, 12 Mar 2024 10:15:00 +0100" in mail.text
     assert "anbei mein Antrag." in mail.text
-    assert [a.filename for a in mail.attachments] == ["Antrag.pdf"]
+    # The forwarded mail is a file as well, with its own headers and attachment intact.
+    assert [a.filename for a in mail.attachments] == ["Antrag auf Sondernutzung.eml",
+                                                      "Antrag.pdf"]
+    eml = mail.attachments[0]
+    assert eml.mimetype == "message/rfc822" and not eml.inline
+    forwarded = message_from_bytes(eml.data, policy=policy.default)
+    assert forwarded["Message-ID"] == "<inner-1@example.net>"
+    assert forwarded["From"] == "Bürger <buerger@example.net>"
+    (pdf,) = forwarded.iter_attachments()
+    assert pdf.get_filename() == "Antrag.pdf" and pdf.get_content() == b"%PDF antrag"
     assert mail.quoted_text is None
 
 

@@ -306,7 +306,10 @@ def test_structures() -> None:
     forwarded = load("mikel-mail/attachment_message_rfc822.eml")
     assert [f.subject for f in forwarded.forwarded] == ["Another PDF"]
     assert "Just attaching another PDF" in forwarded.text
-    assert [a.filename for a in forwarded.attachments] == ["broken.pdf"]
+    # The forwarded mail as a file (named as the sender's client named it) and its PDF.
+    assert [a.filename for a in forwarded.attachments] == ["ForwardedMessage.eml",
+                                                           "broken.pdf"]
+    assert b"Subject: Another PDF" in forwarded.attachments[0].data
     calendar = load("php-mime-mail-parser/m0020")
     assert calendar.calendar == (
         "Invitation: 1\nWhen: 2014-03-28 11:03\u201311:33 (FLE Standard Time)\n"

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from bridge.core.connector import CommandHandler, Connector, Health, LinkTarget
+from bridge.core.connector import Connector, Health, LinkTarget, SubCommand
 from bridge.core.errors import CommandError, PermanentError, TemporaryError
 from bridge.core.hub import Hub
 from bridge.db.queues import Delivery
@@ -78,8 +78,9 @@ class RecordingConnector(Connector):
         return LinkTarget(remote_id=remote_id, remote_name=f"Conversation {remote_id}",
                           external_url=f"https://test.invalid/{remote_id}")
 
-    def commands(self) -> dict[str, CommandHandler]:
-        return {"break": self._break}
+    def commands(self) -> list[SubCommand]:
+        return [SubCommand("break", "", "run a command whose database work fails",
+                           self._break)]
 
     async def _break(self, hub: Hub, room_id: str, sender: str, args: list[str]) -> str:
         """A command whose database work fails (a query on a table that does not exist)."""

@@ -6,6 +6,7 @@ together as a `ParsedMail`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from email.message import EmailMessage, Message
@@ -37,7 +38,7 @@ from bridge.email.parse.html_reply import _squash, split_html_reply
 from bridge.email.parse.mime import _append_forwards, _append_forwards_html, _Collected, _walk
 from bridge.email.parse.parts import _content_type
 from bridge.email.parse.raw import _parse_bytes
-from bridge.email.parse.reply import split_reply
+from bridge.email.parse.reply import ReplySplit, split_reply
 from bridge.email.parse.results import Attachment, Bounce, MalformedMail, ParsedMail
 from bridge.email.sanitize import html_to_text
 
@@ -258,7 +259,10 @@ def _split_body(plain: str | None, html: str | None) -> tuple[str, str | None, s
     if plain is not None:
         split = split_reply(plain)
     else:
-        split = split_reply(html_to_text(structural_html or ""))
+        source = html_to_text(structural_html or "")
+        split = split_reply(source)
+        if split.signature and _is_short_closing(split.signature):
+            split = _with_closing(split, source)
     new_html = structural_html
     if new_html is not None and (split.quote or split.signature):
         # Cut the HTML where the plain text's quote (and signature) begins. For HTML-only
@@ -285,6 +289,37 @@ def _split_body(plain: str | None, html: str | None) -> tuple[str, str | None, s
         if plain is None:
             text, quoted = html_to_text(html or ""), None
     return text, new_html, quoted
+
+
+_CLOSING_MAX_CHARS = 40
+_NAME_LINE = re.compile(r"[^\W\d_][\w.'\u2019 -]{0,38}")
+
+
+def _is_short_closing(signature: str) -> bool:
+    """Whether what the splitter took for a signature is only a closing greeting ending the
+    text: "Gruß, Bob", "Viele Grüße", "Best, Ann", or such a line and a name below it. An
+    HTML-only mail has no "-- " to mark a real signature block (name, office, phone), and
+    a greeting is part of what its writer said."""
+    lines = [line.strip() for line in signature.split("\n") if line.strip()]
+    if not lines or len(lines) > 2 or lines[0].lstrip("> ") in ("--", "__"):
+        return False
+    if any(len(line) > _CLOSING_MAX_CHARS for line in lines):
+        return False
+    # A second line is a name (at most four words, no digits, addresses or "Tel.:").
+    return len(lines) == 1 or (_NAME_LINE.fullmatch(lines[1]) is not None
+                               and len(lines[1].split()) <= 4)
+
+
+def _with_closing(split: ReplySplit, source: str) -> ReplySplit:
+    """`split` with its closing greeting back in the text, spaced as written."""
+    assert split.signature is not None
+    start = source.find(split.text)
+    end = source.find(split.signature, start + len(split.text)) if start >= 0 else -1
+    if end >= 0:
+        text = source[start:end + len(split.signature)]
+    else:
+        text = f"{split.text}\n\n{split.signature}"
+    return dataclasses.replace(split, text=text, signature=None)
 
 
 def _last_line(text: str | None) -> str | None:

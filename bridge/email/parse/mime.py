@@ -26,6 +26,7 @@ from bridge.email.parse.parts import (
     _has_filename,
     _part_bytes,
     _part_text,
+    _safe_filename,
 )
 from bridge.email.parse.raw import _materialize
 from bridge.email.parse.results import Attachment, ForwardedMessage
@@ -256,8 +257,28 @@ def _walk_message(part: Message, ctx: _Collected) -> None:
         to=[a for _, a in _addresses(inner, "to") if a], date=when, date_header=when_raw,
         subject=_header(inner, "subject") or "", message_id=_msgid(_header(inner, "message-id")),
         text=text, html=html))
+    if ctx.forward_depth == 0:
+        # The forwarded mail itself as a file too: the rendering above shows its text, the
+        # .eml keeps its own headers, its HTML and every attachment as they were. (A
+        # forward within a forward is inside that file already.)
+        ctx.attachments.append(_forwarded_file(part, inner, _header(inner, "subject") or ""))
     ctx.attachments.extend(sub.attachments)
     ctx.calendars.extend(sub.calendars)
+
+
+# Headers written exactly as they came (no refolding): the file is the forwarded mail.
+_EML_POLICY = _POLICY.clone(refold_source="none", max_line_length=0)
+
+
+def _forwarded_file(part: Message, inner: Message, subject: str) -> Attachment:
+    name = _param(part, "filename", "content-disposition") or _param(part, "name")
+    filename = _filename(part, "message/rfc822") if name else \
+        (_safe_filename(subject)[:80].strip() or "forwarded message") + ".eml"
+    if not filename.lower().endswith(".eml"):
+        filename += ".eml"
+    _materialize(inner)
+    data = inner.as_bytes(policy=_EML_POLICY)
+    return Attachment(filename=filename, mimetype="message/rfc822", data=data)
 
 
 def _forward_header_lines(fwd: ForwardedMessage) -> list[str]:
