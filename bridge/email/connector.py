@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge import metrics
 from bridge.config import Config, EmailConfig
+from bridge.core.cache import BoundedCache
 from bridge.core.connector import Connector, Health, LinkTarget, SubCommand, media_msgtype
 from bridge.core.errors import CommandError, PermanentError, UsageError
 from bridge.core.hub import RemotePart
@@ -49,7 +50,6 @@ from bridge.email.addresses import (
     verify_unsubscribe,
 )
 from bridge.email.auth import DnsFunc, authenticate
-from bridge.email.cache import BoundedCache
 from bridge.email.compose import LinkedFile, OutgoingAttachment, build_email, matrix_html_to_text
 from bridge.email.inbound import SmtpServer, Target
 from bridge.email.outbound import RelayOutage, RelayPool, Utf8NotOffered
