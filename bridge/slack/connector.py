@@ -34,7 +34,12 @@ from bridge.slack.inbound import (
     message_key,
     space_of,
 )
-from bridge.slack.outbound import MatrixToSlack, avatar_signature
+from bridge.slack.outbound import (
+    MatrixToSlack,
+    avatar_key,
+    avatar_signature,
+    avatar_signature_valid,
+)
 from bridge.slack.receive import EventsApiServer, Intake, SocketModeReceiver
 from bridge.slack.workspace import Workspace
 
@@ -99,7 +104,7 @@ class SlackConnector(Connector):
         self._catch_up_tasks: dict[str, asyncio.Task[None]] = {}
         self._channels: dict[tuple[str, str], dict[str, Any]] = {}
         self._profiles: dict[tuple[str, str], tuple[str | None, str | None]] = {}
-        self._avatar_secret = config.appservice.as_token.encode()
+        self._avatar_key = avatar_key(config.appservice.as_token)
         self._avatars: dict[str, tuple[bytes, str]] = {}
 
     @property
@@ -292,14 +297,14 @@ class SlackConnector(Connector):
             return None
         server_media = mxc.removeprefix("mxc://")
         return (f"{base}/_bridge/slack/avatar/{server_media}"
-                f"?sig={avatar_signature(self._avatar_secret, mxc)}")
+                f"?sig={avatar_signature(self._avatar_key, mxc)}")
 
     def http_routes(self) -> list[tuple[str, str, Any]]:
         return [("GET", "/_bridge/slack/avatar/{server}/{media}", self._serve_avatar)]
 
     async def _serve_avatar(self, request: web.Request) -> web.Response:
         mxc = f"mxc://{request.match_info['server']}/{request.match_info['media']}"
-        if request.query.get("sig") != avatar_signature(self._avatar_secret, mxc):
+        if not avatar_signature_valid(self._avatar_key, mxc, request.query.get("sig", "")):
             return web.Response(status=404, text="No such avatar.")
         if mxc not in self._avatars:
             try:
