@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bridge.slack")
 
+# A Slack conversation ID as Slack writes it (public C…, private G…); anything else typed
+# after `link slack` is taken for a channel name.
+CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{2,}")
+# Slack channel names: lower case letters, digits, '-', '_' and some non-ASCII letters.
+CHANNEL_NAME = re.compile(r"[^\s#:,.<>@]{1,80}")
 # How far back catch-up looks for thread replies to older messages.
 THREAD_LOOKBACK_SECONDS = 24 * 3600
 CATCH_UP_MAX_MESSAGES = 1000
@@ -491,11 +497,14 @@ class SlackConnector(Connector):
     async def resolve_link(self, hub: Hub, room_id: str, remote_id: str,
                            args: list[str]) -> LinkTarget:
         ws = self.workspace_named(args[0] if args else None)
-        channel = remote_id.strip().lstrip("#").upper()
-        if ":" in channel:
-            channel = channel.split(":", 1)[1]
+        typed = remote_id.strip()
+        if ":" in typed:  # "T0123:C0123", as `status` shows links
+            typed = typed.split(":", 1)[1]
         try:
-            info = await self.channel_info(ws, channel, fresh=True)
+            if CHANNEL_ID.fullmatch(typed):
+                info = await self.channel_info(ws, typed, fresh=True)
+            else:
+                info = await self._channel_by_name(hub, ws, typed)
         except PermanentError as exc:
             if "channel_not_found" in str(exc):
                 raise CommandError(
@@ -507,6 +516,15 @@ class SlackConnector(Connector):
         except TemporaryError as exc:
             raise CommandError(f"Slack is not reachable right now ({exc}); try again.") \
                 from None
+        # What Slack calls the channel, never what was typed: the link, the catch-up cursor
+        # and every event must agree on the ID.
+        channel = str(info.get("id") or "")
+        if not channel:
+            raise CommandError(f"Slack did not say which channel `{remote_id}` is; give its "
+                               f"ID (`{hub.prefix} slack channels` lists them).")
+        if info.get("is_archived"):
+            raise CommandError(f"The Slack channel #{info.get('name')} is archived; "
+                               "unarchive it in Slack first.")
         if not info.get("is_member"):
             if info.get("is_private"):
                 raise CommandError(f"The app is not in the private channel #{info.get('name')}"
@@ -522,6 +540,25 @@ class SlackConnector(Connector):
                           settings={"team": ws.team_id, "channel": channel,
                                     "workspace": ws.name},
                           external_url=url)
+
+    async def _channel_by_name(self, hub: Hub, ws: Workspace, typed: str) -> dict[str, Any]:
+        """A channel named like ``general`` or ``#general``: Slack's methods want IDs, so the
+        name is looked up in conversations.list (every page); none found is refused with a
+        hint to use the ID."""
+        name = typed.lstrip("#").strip().lower()
+        if not CHANNEL_NAME.fullmatch(name):
+            raise CommandError(f"`{typed}` is neither a Slack channel ID (like C0123ABCD) nor "
+                               f"a channel name; `{hub.prefix} slack channels` lists them.")
+        channels = await ws.paginate("conversations.list", "channels",
+                                     types="public_channel,private_channel")
+        found = [c for c in channels if str(c.get("name") or "").lower() == name]
+        if not found:
+            raise CommandError(
+                f"Slack workspace `{ws.name}` has no channel #{name} that the app can see. "
+                f"Give the channel ID instead (like C0123ABCD; `{hub.prefix} slack channels` "
+                "lists them); for a private channel, first invite the app there in Slack.")
+        channel_id = str(found[0].get("id") or "")
+        return await self.channel_info(ws, channel_id, fresh=True) if channel_id else found[0]
 
     def commands(self) -> dict[str, Any]:
         return {"channels": self._cmd_channels}

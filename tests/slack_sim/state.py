@@ -562,7 +562,8 @@ class Team:
             raise SimulatorError(f"no user {user_id} in team {self.id}") from None
 
     def find_channel(self, ref: str) -> Channel | None:
-        """By id, or by name with or without '#' (chat.postMessage accepts both)."""
+        """By id, or by name with or without '#' (chat.postMessage and the simulator's
+        own helpers accept both; the other Web API methods want the ID)."""
         channel = self.channels.get(ref)
         if channel is not None:
             return channel
