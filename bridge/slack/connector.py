@@ -133,7 +133,9 @@ class SlackConnector(Connector):
                                      rate_limits=self.settings.rate_limits)
                            for w in self.settings.workspaces]
         for ws in self.workspaces:
-            self._intakes[ws.name] = Intake(ws, self.store_events)
+            self._intakes[ws.name] = Intake(ws, self.store_events,
+                                            queue_limit=self.settings.intake_queue_limit,
+                                            set_aside=self._event_set_aside)
             self._spawn(self._connect(ws), f"slack-connect-{ws.name}")
         http_workspaces = [ws for ws in self.workspaces if not ws.socket_mode]
         if http_workspaces:
@@ -198,6 +200,11 @@ class SlackConnector(Connector):
         states = [f"{ws.name} ({ws.team_id or '?'}): "
                   f"{'connected' if up[ws.name] else 'not connected'}"
                   for ws in self.workspaces]
+        for ws in self.workspaces:
+            intake = self._intakes.get(ws.name)
+            if intake is not None and intake.set_aside_count:
+                states.append(f"{ws.name}: {intake.set_aside_count} event(s) set aside "
+                              "(they cannot be stored; see the log)")
         ok = not problems and all(up.values())
         return Health(ok, "; ".join(states + problems) or "no workspaces")
 
@@ -364,6 +371,28 @@ class SlackConnector(Connector):
 
         await self.hub.enqueue([], also=write)
         metrics.EVENTS.labels(network=NETWORK, direction="in").inc(len(items))
+
+    async def _event_set_aside(self, ws: Workspace, payload: dict[str, Any],
+                               reason: str) -> None:
+        """The intake gave up on an event the database will never take: the linked room is
+        told (the payload itself is in the bridge's log)."""
+        event = payload.get("event") if isinstance(payload.get("event"), dict) else {}
+        assert isinstance(event, dict)
+        channel = self._channel_of(event)
+        if not channel:
+            return
+        async with self.hub.db.sessions() as session:
+            linked = await slack_store.linked_channels(session, {space_of(ws.team_id, channel)})
+        room_id = linked.get(space_of(ws.team_id, channel))
+        if room_id is None:
+            return
+        what = event.get("subtype") or event.get("type") or "event"
+        when = f" of {event['ts']}" if isinstance(event.get("ts"), str) else ""
+        await self.hub.enqueue([self.hub.notice(
+            room_id,
+            f"A Slack {what}{when} in this channel could not be bridged: its content cannot "
+            f"be stored ({reason}). It was set aside; the bridge's log has it in full "
+            f"(Slack event {payload.get('event_id') or '?'}).")])
 
     @staticmethod
     def _is_echo(ws: Workspace, event: dict[str, Any]) -> bool:
