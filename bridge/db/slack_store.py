@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, cast
 
@@ -68,3 +69,38 @@ async def linked_channels(session: AsyncSession,
     if remote_ids is not None:
         query = query.where(Link.remote_id.in_(remote_ids))
     return {row.remote_id: row.room_id for row in await session.execute(query)}
+
+
+# The state of a linked channel in Slack that stops the bridge from posting there, kept in the
+# link's settings: "archived" or "deleted" (no key: usable).
+CHANNEL_STATE = "slack_state"
+
+
+async def set_channel_state(session: AsyncSession, remote_id: str, state: str | None) -> bool:
+    """Record (or clear, with None) the state of a linked channel; False if it is not linked
+    or already in that state."""
+    link = await session.scalar(select(Link).where(Link.network == "slack",
+                                                   Link.remote_id == remote_id))
+    if link is None:
+        return False
+    settings = json.loads(link.settings or "{}")
+    if settings.get(CHANNEL_STATE) == state:
+        return False
+    if state is None:
+        settings.pop(CHANNEL_STATE, None)
+    else:
+        settings[CHANNEL_STATE] = state
+    link.settings = json.dumps(settings)
+    return True
+
+
+async def channel_states(session: AsyncSession) -> dict[str, str]:
+    """Linked channels ("T…:C…") that Slack archived or deleted, and which of the two."""
+    rows = await session.execute(select(Link.remote_id, Link.settings)
+                                 .where(Link.network == "slack"))
+    states = {}
+    for remote_id, settings in rows:
+        state = json.loads(settings or "{}").get(CHANNEL_STATE)
+        if state:
+            states[remote_id] = str(state)
+    return states

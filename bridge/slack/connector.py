@@ -112,6 +112,8 @@ class SlackConnector(Connector):
         self._profiles: dict[tuple[str, str], tuple[str | None, str | None]] = {}
         self._avatar_key = avatar_key(config.appservice.as_token)
         self._avatars: dict[str, tuple[bytes, str]] = {}
+        # Linked channels Slack archived or deleted ("T…:C…" -> state), as in the database.
+        self._channel_states: dict[str, str] = {}
 
     @property
     def hub(self) -> Hub:
@@ -127,6 +129,8 @@ class SlackConnector(Connector):
 
     async def start(self, hub: Hub) -> None:
         self._hub = hub
+        async with hub.db.sessions() as session:
+            self._channel_states = await slack_store.channel_states(session)
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120,
                                                                          connect=10))
         self.workspaces = [Workspace(w, self.settings.api_url, self._http,
@@ -194,6 +198,10 @@ class SlackConnector(Connector):
 
     def health(self) -> Health:
         problems = [f"{ws.name}: {ws.last_error}" for ws in self.workspaces if ws.last_error]
+        problems += [f"{ws.name}: {ws.access_lost}" for ws in self.workspaces
+                     if ws.access_lost]
+        problems += [f"Slack channel {remote_id} is {state}; nothing can be posted there"
+                     for remote_id, state in sorted(self._channel_states.items())]
         up = {ws.name: ws.connected and all(r.is_open for r in self._sockets
                                             if r.workspace is ws)
               for ws in self.workspaces}
@@ -342,6 +350,9 @@ class SlackConnector(Connector):
         # Matrix -> Slack direction sends one back per post.
         wanted = [(p, e) for p in payloads
                   if isinstance(e := p.get("event"), dict) and not self._is_echo(ws, e)]
+        for payload, event in wanted:
+            if event.get("type") in ("app_uninstalled", "tokens_revoked"):
+                await self._access_lost(ws, payload, event)
         spaces = {space_of(ws.team_id, c) for c in
                   (self._channel_of(event) for _, event in wanted) if c}
         if not spaces and not any(e.get("type") == "user_change" for _, e in wanted):
@@ -371,6 +382,74 @@ class SlackConnector(Connector):
 
         await self.hub.enqueue([], also=write)
         metrics.EVENTS.labels(network=NETWORK, direction="in").inc(len(items))
+
+    async def channel_state_changed(self, ws: Workspace, room_id: str, channel: str,
+                                    state: str | None, by: Any) -> str | None:
+        """Slack archived, unarchived or deleted a linked channel: recorded with the link
+        (for `status`) and told to the room, in one transaction."""
+        if not room_id or not channel:
+            return None
+        remote_id = space_of(ws.team_id, channel)
+        name = await self.channel_name(ws, channel) if state != "deleted" else None
+        label = f"#{name}" if name else channel
+        who = ""
+        if isinstance(by, str) and by:
+            try:
+                who = f" by {(await self.users.get(ws, by)).name}"
+            except (PermanentError, TemporaryError):
+                who = ""
+        if state == "archived":
+            text = (f"The Slack channel {label} was archived{who}. Messages from this room "
+                    "cannot reach it until it is unarchived in Slack.")
+        elif state == "deleted":
+            text = (f"The Slack channel {label} was deleted{who}. Messages from this room no "
+                    f"longer reach Slack; `{self.hub.prefix} unlink slack` removes the link.")
+        else:
+            text = (f"The Slack channel {label} was unarchived{who}; messages are bridged "
+                    "again.")
+        changed = False
+
+        async def record(session: AsyncSession) -> None:
+            nonlocal changed
+            changed = await slack_store.set_channel_state(session, remote_id, state)
+            if changed:
+                await queues.enqueue(session, [self.hub.notice(room_id, text)])
+
+        await self.hub.enqueue([], also=record)
+        if state is None:
+            self._channel_states.pop(remote_id, None)
+        else:
+            self._channel_states[remote_id] = state
+        self._channels.pop((ws.team_id, channel), None)
+        return f"channel {state or 'unarchived'}" if changed else None
+
+    async def _access_lost(self, ws: Workspace, payload: dict[str, Any],
+                           event: dict[str, Any]) -> None:
+        """The app was uninstalled or its bot token revoked: nothing will work in the
+        workspace any more. Shown in `status` and told once to every linked room."""
+        if event.get("type") == "tokens_revoked":
+            revoked = (event.get("tokens") or {}).get("bot") or []
+            if ws.bot_user_id and ws.bot_user_id not in revoked:
+                return  # a user token the bridge does not use
+            what = "the Slack app's bot token was revoked"
+        else:
+            what = "the Slack app was uninstalled"
+        if ws.access_lost is not None:
+            return  # Slack sends tokens_revoked along with app_uninstalled: told already
+        ws.access_lost = (f"{what} in workspace {ws.name}; reinstall the app and put its new "
+                          "bot_token into slack.workspaces")
+        log.error("%s", ws.access_lost)
+        rooms = sorted((await self.linked_channel_ids(ws)).keys())
+        key = f"access-lost:{ws.team_id}:{payload.get('event_id') or event.get('type')}"
+        text = (f"⚠️ In Slack workspace {ws.name}, {what}: nothing is bridged between this "
+                "room and Slack until an admin reinstalls the app (create it from "
+                "slack-app-manifest.yaml) and puts its new bot token into the bridge's config.")
+
+        async def tell(session: AsyncSession) -> None:
+            if await store.claim_inbound_key(session, NETWORK, key):
+                await queues.enqueue(session, [self.hub.notice(room, text) for room in rooms])
+
+        await self.hub.enqueue([], also=tell)
 
     async def _event_set_aside(self, ws: Workspace, payload: dict[str, Any],
                                reason: str) -> None:

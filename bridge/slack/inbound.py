@@ -39,6 +39,12 @@ IGNORED_SUBTYPES = {"channel_join", "channel_leave", "group_join", "group_leave"
                     "channel_name", "group_name", "bot_add", "bot_remove", "pinned_item",
                     "unpinned_item", "channel_archive", "channel_unarchive", "ekm_access_denied",
                     "message_replied", "assistant_app_thread"}
+# Events that make a linked channel unusable for the bridge (or usable again: None).
+CHANNEL_STATE_EVENTS = {
+    "channel_archive": "archived", "group_archive": "archived",
+    "channel_unarchive": None, "group_unarchive": None,
+    "channel_deleted": "deleted", "group_deleted": "deleted",
+}
 TOPIC_SUBTYPES = {"channel_topic", "group_topic", "channel_purpose", "group_purpose"}
 
 
@@ -164,6 +170,10 @@ class SlackToMatrix:
             if name and room_id:
                 await self.hub.enqueue([self._state(room_id, "m.room.name", {"name": name})])
             return "renamed"
+        if kind in CHANNEL_STATE_EVENTS:
+            channel = str(event.get("channel") or "")
+            return await self.connector.channel_state_changed(
+                ws, room_id, channel, CHANNEL_STATE_EVENTS[kind], event.get("user"))
         if kind == "user_change":
             user = event.get("user") or {}
             if isinstance(user, dict) and user.get("id"):

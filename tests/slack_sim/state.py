@@ -601,5 +601,6 @@ class Team:
 DEFAULT_EVENT_TYPES = frozenset({
     "message", "reaction_added", "reaction_removed", "member_joined_channel",
     "member_left_channel", "channel_rename", "channel_archive", "channel_unarchive",
+    "group_archive", "group_unarchive", "group_deleted", "app_uninstalled", "tokens_revoked",
     "channel_deleted", "channel_created", "user_change", "team_join", "emoji_changed",
 })

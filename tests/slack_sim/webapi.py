@@ -204,6 +204,8 @@ class WebApi:
             return fault.status, {"ok": False, "error": fault.error}, headers
         if not token:
             return 200, {"ok": False, "error": "not_authed"}, {}
+        if token in sim.revoked_tokens:
+            return 200, {"ok": False, "error": sim.revoked_tokens[token]}, {}
         owner = sim.token_owner(token)
         if owner is None:
             return 200, {"ok": False, "error": "invalid_auth"}, {}
