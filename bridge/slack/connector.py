@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge import metrics
 from bridge.config import Config, SlackConfig
+from bridge.core.cache import BoundedCache
 from bridge.core.connector import Connector, Health, LinkTarget
 from bridge.core.errors import CommandError, PermanentError, TemporaryError
 from bridge.db import queues, slack_store, store
@@ -54,6 +55,11 @@ log = logging.getLogger("bridge.slack")
 CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{2,}")
 # Slack channel names: lower case letters, digits, '-', '_' and some non-ASCII letters.
 CHANNEL_NAME = re.compile(r"[^\s#:,.<>@]{1,80}")
+# Bounds of the connector's caches (entries; seconds an entry is trusted).
+CHANNEL_CACHE_ITEMS, CHANNEL_CACHE_SECONDS = 5_000, 3600.0
+MEMBER_PROFILE_ITEMS, MEMBER_PROFILE_SECONDS = 20_000, 3600.0
+# Avatars are whole images: few of them (Slack fetches each icon_url once and keeps it).
+AVATAR_CACHE_ITEMS, AVATAR_CACHE_SECONDS = 256, 24 * 3600.0
 # How far back catch-up looks for thread replies to older messages.
 THREAD_LOOKBACK_SECONDS = 24 * 3600
 CATCH_UP_MAX_MESSAGES = 1000
@@ -66,10 +72,19 @@ class Profile:
 
 
 class UserDirectory:
-    """Slack users by ID, looked up with users.info once and kept current by user_change."""
+    """Slack users by ID: looked up with users.info, kept current by user_change, and looked
+    up again once an entry is older than ``refresh_after_seconds``, since a user_change
+    sent while the bridge was away is gone for good. If Slack cannot answer right then, the
+    older entry serves until it is ``max_age_seconds`` old."""
 
-    def __init__(self) -> None:
-        self._profiles: dict[tuple[str, str], Profile] = {}
+    def __init__(self, max_items: int = 20_000, refresh_after_seconds: float = 3600.0,
+                 max_age_seconds: float = 7 * 24 * 3600.0) -> None:
+        self.refresh_after_seconds = refresh_after_seconds
+        self._profiles: BoundedCache[tuple[str, str], tuple[float, Profile]] = BoundedCache(
+            max_items, max_age_seconds)
+
+    def __len__(self) -> int:
+        return len(self._profiles)
 
     def remember(self, ws: Workspace, user: dict[str, Any]) -> Profile:
         profile = user.get("profile") or {}
@@ -78,14 +93,19 @@ class UserDirectory:
         avatar = next((profile[k] for k in ("image_512", "image_192", "image_72", "image_48")
                        if profile.get(k)), None)
         entry = Profile(str(name), str(avatar) if avatar else None)
-        self._profiles[(ws.team_id, str(user.get("id")))] = entry
+        self._profiles.set((ws.team_id, str(user.get("id"))), (time.monotonic(), entry))
         return entry
 
     async def get(self, ws: Workspace, user_id: str) -> Profile:
         cached = self._profiles.get((ws.team_id, user_id))
-        if cached is not None:
-            return cached
-        data = await ws.call("users.info", user=user_id)
+        if cached is not None and time.monotonic() - cached[0] <= self.refresh_after_seconds:
+            return cached[1]
+        try:
+            data = await ws.call("users.info", user=user_id)
+        except TemporaryError:
+            if cached is not None:
+                return cached[1]  # Slack is away: the older entry beats no name at all
+            raise
         return self.remember(ws, data.get("user") or {"id": user_id})
 
 
@@ -108,10 +128,14 @@ class SlackConnector(Connector):
         self._events_api: EventsApiServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._catch_up_tasks: dict[str, asyncio.Task[None]] = {}
-        self._channels: dict[tuple[str, str], dict[str, Any]] = {}
-        self._profiles: dict[tuple[str, str], tuple[str | None, str | None]] = {}
+        # Caches, each bounded in size and age (a forgotten entry is looked up again).
+        self._channels: BoundedCache[tuple[str, str], dict[str, Any]] = BoundedCache(
+            CHANNEL_CACHE_ITEMS, CHANNEL_CACHE_SECONDS)
+        self._profiles: BoundedCache[tuple[str, str], tuple[str | None, str | None]] = \
+            BoundedCache(MEMBER_PROFILE_ITEMS, MEMBER_PROFILE_SECONDS)
         self._avatar_key = avatar_key(config.appservice.as_token)
-        self._avatars: dict[str, tuple[bytes, str]] = {}
+        self._avatars: BoundedCache[str, tuple[bytes, str]] = BoundedCache(
+            AVATAR_CACHE_ITEMS, AVATAR_CACHE_SECONDS)
         # Linked channels Slack archived or deleted ("T…:C…" -> state), as in the database.
         self._channel_states: dict[str, str] = {}
 
@@ -249,10 +273,12 @@ class SlackConnector(Connector):
     async def channel_info(self, ws: Workspace, channel: str,
                            fresh: bool = False) -> dict[str, Any]:
         key = (ws.team_id, channel)
-        if fresh or key not in self._channels:
+        cached = None if fresh else self._channels.get(key)
+        if cached is None:
             data = await ws.read("conversations.info", channel=channel)
-            self._channels[key] = data.get("channel") or {}
-        return self._channels[key]
+            cached = data.get("channel") or {}
+            self._channels.set(key, cached)
+        return cached
 
     async def channel_name(self, ws: Workspace, channel: str) -> str | None:
         try:
@@ -288,9 +314,11 @@ class SlackConnector(Connector):
 
     async def profile(self, room_id: str, user_id: str) -> tuple[str | None, str | None]:
         key = (room_id, user_id)
-        if key not in self._profiles:
-            self._profiles[key] = await self.hub.member_profile(room_id, user_id)
-        return self._profiles[key]
+        cached = self._profiles.get(key)
+        if cached is None:
+            cached = await self.hub.member_profile(room_id, user_id)
+            self._profiles.set(key, cached)
+        return cached
 
     def forget_profile(self, room_id: str, user_id: str) -> None:
         self._profiles.pop((room_id, user_id), None)
@@ -327,16 +355,16 @@ class SlackConnector(Connector):
         mxc = f"mxc://{request.match_info['server']}/{request.match_info['media']}"
         if not avatar_signature_valid(self._avatar_key, mxc, request.query.get("sig", "")):
             return web.Response(status=404, text="No such avatar.")
-        if mxc not in self._avatars:
+        cached = self._avatars.get(mxc)
+        if cached is None:
             try:
                 data = await self.hub.download_media(mxc)
             except Exception as exc:
                 log.info("could not read avatar %s: %r", mxc, exc)
                 return web.Response(status=502, text="The avatar could not be read.")
-            if len(self._avatars) > 500:
-                self._avatars.clear()
-            self._avatars[mxc] = (data, _image_type(data))
-        data, content_type = self._avatars[mxc]
+            cached = (data, _image_type(data))
+            self._avatars.set(mxc, cached)
+        data, content_type = cached
         return web.Response(body=data, content_type=content_type,
                             headers={"Cache-Control": "public, max-age=86400"})
 
