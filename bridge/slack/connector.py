@@ -29,6 +29,7 @@ from bridge.core.errors import CommandError, PermanentError, TemporaryError
 from bridge.db import queues, slack_store, store
 from bridge.db.queues import Delivery, NewDelivery
 from bridge.db.store import LinkInfo
+from bridge.slack import catch_up
 from bridge.slack.inbound import (
     NETWORK,
     POSTING_SUBTYPES,
@@ -63,6 +64,9 @@ AVATAR_CACHE_ITEMS, AVATAR_CACHE_SECONDS = 256, 24 * 3600.0
 # How far back catch-up looks for thread replies to older messages.
 THREAD_LOOKBACK_SECONDS = 24 * 3600
 CATCH_UP_MAX_MESSAGES = 1000
+# Threads (the most recently active) whose replies catch-up compares for edits, deletions
+# and reactions, besides every thread with new replies.
+CATCH_UP_MAX_THREADS = 50
 
 
 @dataclass(slots=True)
@@ -527,12 +531,22 @@ class SlackConnector(Connector):
 
     @staticmethod
     def _event_key(ws: Workspace, event: dict[str, Any], event_id: str) -> str | None:
-        """A new message is known by channel and ts (live and catch-up alike); anything
-        else by Slack's event_id, which its retries keep."""
+        """A new message is known by channel and ts, an edit by the message's ts and the
+        edit's, a deletion by the deleted ts (live and catch-up alike); anything else by
+        Slack's event_id, which its retries keep."""
         channel = SlackConnector._channel_of(event)
-        if event.get("type") == "message" and event.get("subtype") in POSTING_SUBTYPES \
-                and event.get("ts") and channel:
-            return message_key(ws.team_id, channel, str(event["ts"]))
+        subtype = event.get("subtype")
+        if event.get("type") == "message" and channel:
+            if subtype in POSTING_SUBTYPES and event.get("ts"):
+                return message_key(ws.team_id, channel, str(event["ts"]))
+            message = event.get("message")
+            edited = message.get("edited") if isinstance(message, dict) else None
+            if subtype == "message_changed" and isinstance(message, dict) and \
+                    isinstance(edited, dict) and edited.get("ts") and message.get("ts"):
+                return catch_up.edit_key(ws.team_id, channel, str(message["ts"]),
+                                         str(edited["ts"]))
+            if subtype == "message_deleted" and event.get("deleted_ts"):
+                return catch_up.deletion_key(ws.team_id, channel, str(event["deleted_ts"]))
         return event_id or None
 
     # --- catch-up and backfill -----------------------------------------------------------
@@ -560,29 +574,95 @@ class SlackConnector(Connector):
 
     async def _read_since(self, ws: Workspace, room_id: str, channel: str,
                           last: str | None) -> None:
+        """New messages and thread replies since the cursor, then whatever else changed in
+        the window read (edits, deletions, reactions; see :mod:`bridge.slack.catch_up`)."""
         if last is None:
             return  # linked before any message: the backfill set no cursor; nothing to do
+        read_at = time.time()
+        run_id = f"{read_at:.6f}"
         seconds, _ = slack_store.ts_key(last)
+        oldest = str(max(0, seconds - THREAD_LOOKBACK_SECONDS))
         history = await ws.paginate("conversations.history", "messages",
                                     limit=CATCH_UP_MAX_MESSAGES, channel=channel,
-                                    oldest=str(max(0, seconds - THREAD_LOOKBACK_SECONDS)))
+                                    oldest=oldest)
         last_key = slack_store.ts_key(last)
-        missed: list[dict[str, Any]] = []
-        for message in history:
-            if slack_store.ts_key(str(message.get("ts") or "0")) > last_key:
-                missed.append(message)
-            latest_reply = str(message.get("latest_reply") or "")
-            if message.get("reply_count") and latest_reply and \
-                    slack_store.ts_key(latest_reply) > last_key:
-                replies = await ws.paginate("conversations.replies", "messages",
-                                            limit=CATCH_UP_MAX_MESSAGES, channel=channel,
-                                            ts=str(message["ts"]), oldest=last)
-                missed += [r for r in replies if r.get("ts") != message.get("ts")
-                           and slack_store.ts_key(str(r.get("ts") or "0")) > last_key]
+        window_oldest = slack_store.ts_key(oldest)
+        if len(history) >= CATCH_UP_MAX_MESSAGES:  # cut short: only what was read counts
+            window_oldest = min(slack_store.ts_key(str(m.get("ts") or "0")) for m in history)
+        seen: dict[str, dict[str, Any]] = {str(m["ts"]): m for m in history if m.get("ts")}
+        missed = [m for m in history if slack_store.ts_key(str(m.get("ts") or "0")) > last_key]
+        complete_threads: set[str] = set()
+        roots = sorted((m for m in history if m.get("reply_count") and m.get("ts")),
+                       key=lambda m: slack_store.ts_key(str(m.get("latest_reply") or "0")),
+                       reverse=True)
+        for number, root in enumerate(roots):
+            root_ts = str(root["ts"])
+            latest_reply = str(root.get("latest_reply") or "")
+            active = bool(latest_reply) and slack_store.ts_key(latest_reply) > last_key
+            if not active and number >= CATCH_UP_MAX_THREADS:
+                continue  # quiet threads beyond the most recent ones: not compared
+            replies = await ws.paginate("conversations.replies", "messages",
+                                        limit=CATCH_UP_MAX_MESSAGES, channel=channel,
+                                        ts=root_ts, oldest=oldest)
+            replies = [r for r in replies if r.get("ts") and r.get("ts") != root_ts]
+            if len(replies) < CATCH_UP_MAX_MESSAGES - 1:
+                complete_threads.add(root_ts)
+            for reply in replies:
+                seen.setdefault(str(reply["ts"]), reply)
+            missed += [r for r in replies
+                       if slack_store.ts_key(str(r["ts"])) > last_key
+                       and str(r["ts"]) not in {str(m.get("ts")) for m in missed}]
+        missed = sorted(missed, key=lambda m: slack_store.ts_key(str(m.get("ts") or "0")))
+        changes = await self._changes_since(ws, channel, run_id, seen, catch_up.Window(
+            oldest=window_oldest, newest=slack_store.ts_key(f"{read_at:.6f}"),
+            complete_threads=complete_threads))
+        new_reactions = catch_up.reactions_of_new(
+            team_id=ws.team_id, channel=channel, bot_user_id=ws.bot_user_id, run_id=run_id,
+            messages=[m for m in missed if not ws.is_own(m)])
+        if missed or changes:
+            log.info("catching up %d Slack message(s) and %d change(s) of %s in %s",
+                     len(missed), len(changes) + len(new_reactions), channel, room_id)
         if missed:
-            log.info("catching up %d Slack message(s) of %s in %s", len(missed), channel,
-                     room_id)
             await self._submit_messages(ws, channel, missed)
+        if changes or new_reactions:
+            await self.store_events(ws, [*new_reactions, *changes])
+
+    async def _changes_since(self, ws: Workspace, channel: str, run_id: str,
+                             seen: dict[str, dict[str, Any]],
+                             window: catch_up.Window) -> list[dict[str, Any]]:
+        """The stored mappings of the window, compared with what Slack shows now."""
+        space = space_of(ws.team_id, channel)
+        # Mapped after it was posted; a minute's leeway for the two clocks.
+        since = window.oldest[0] - 60.0
+        async with self.hub.db.sessions() as session:
+            rows = await slack_store.mappings_since(session, space, since)
+            roots = {r.thread_root for r in rows if r.thread_root}
+            root_ts = await slack_store.remote_ids_of_events(session, space, roots)
+        messages: dict[str, catch_up.MappedMessage] = {}
+        reactions: list[tuple[str, str, str]] = []
+        for row in rows:
+            if row.remote_id.startswith("file:"):
+                continue  # a Matrix file the app uploaded: not a message of its own
+            if "/reaction/" in row.remote_id:
+                ts, _, rest = row.remote_id.partition("/reaction/")
+                user, _, name = rest.partition("/")
+                if user != ws.bot_user_id:  # the app's reactions stand for Matrix ones
+                    reactions.append((ts, user, name))
+                continue
+            entry = messages.get(row.remote_id)
+            if entry is None:
+                entry = messages[row.remote_id] = catch_up.MappedMessage(
+                    ts=row.remote_id, mapped_at=row.created_at)
+            entry.mapped_at = min(entry.mapped_at, row.created_at)
+            if row.thread_root:
+                # A reply; "" when its root is not known, so the window never covers it.
+                entry.thread_ts = root_ts.get(row.thread_root, "")
+        for ts, user, name in reactions:
+            if ts in messages:
+                messages[ts].reactions.add((user, name))
+        return catch_up.differences(
+            team_id=ws.team_id, channel=channel, bot_user_id=ws.bot_user_id, run_id=run_id,
+            seen=seen, mapped=messages.values(), window=window, is_own=ws.is_own)
 
     async def _submit_messages(self, ws: Workspace, channel: str,
                                messages: list[dict[str, Any]]) -> None:

@@ -18,7 +18,7 @@ import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.core.connector import media_msgtype
-from bridge.core.errors import PermanentError
+from bridge.core.errors import PermanentError, TemporaryError
 from bridge.core.hub import MATRIX, RemotePart
 from bridge.db import slack_store, store
 from bridge.db.queues import NewDelivery
@@ -45,6 +45,8 @@ CHANNEL_STATE_EVENTS = {
     "channel_unarchive": None, "group_unarchive": None,
     "channel_deleted": "deleted", "group_deleted": "deleted",
 }
+# A message taken in this recently but not yet in the room is still on its way to it.
+ARRIVING_SECONDS = 600.0
 TOPIC_SUBTYPES = {"channel_topic", "group_topic", "channel_purpose", "group_purpose"}
 
 
@@ -486,9 +488,15 @@ class SlackToMatrix:
                             payload={"sender": sender, "event_id": m.event_id})
                 for m in mapped], also=forget)
             return "unreacted"
+        if await self._event_of(space, key) is not None:
+            return None  # in the room already (catch-up and a live event may both bring it)
         target = await self._event_of(space, str(item.get("ts")))
         if target is None:
-            return None
+            if await self._on_its_way(ws, str(item.get("channel")), str(item.get("ts"))):
+                # Its message was taken in moments ago and waits to be sent to the room
+                # (catch-up stores a new message and its reactions together): try again.
+                raise TemporaryError("the message reacted to is not in the room yet")
+            return None  # a message from before the link
         sender = await self.puppet(ws, user)
         emoji = slack_emoji_to_unicode(name) or f":{name}:"
         part = RemotePart(sender=sender, event_type="m.reaction", remote_space=space,
@@ -497,6 +505,12 @@ class SlackToMatrix:
         await self.hub.post_parts(network=NETWORK, room_id=room_id, parts=[part],
                                   dedup_key=f"posted:{event_id or key}")
         return "reacted"
+
+    async def _on_its_way(self, ws: Workspace, channel: str, ts: str) -> bool:
+        key = message_key(ws.team_id, channel, ts)
+        async with self.hub.db.sessions() as session:
+            age = await slack_store.seconds_since_claimed(session, key)
+        return age is not None and age < ARRIVING_SECONDS
 
     async def _membership(self, ws: Workspace, room_id: str,
                           event: dict[str, Any]) -> str | None:
