@@ -565,12 +565,27 @@ class SlackConnector(Connector):
             for room_id, channel in channels.items():
                 async with self.hub.db.sessions() as session:
                     last = await slack_store.cursor(session, ws.team_id, channel)
+                await self._check_archived(ws, room_id, channel)
                 await self._read_since(ws, room_id, channel, last)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("catch-up of Slack workspace %s failed; it runs again on the next "
                           "connection", ws.name)
+
+    async def _check_archived(self, ws: Workspace, room_id: str, channel: str) -> None:
+        """A channel archived or unarchived while the bridge was away: its event is gone,
+        conversations.info still tells."""
+        try:
+            info = await self.channel_info(ws, channel, fresh=True)
+        except (PermanentError, TemporaryError) as exc:
+            log.info("could not check whether %s is archived: %s", channel, exc)
+            return
+        known = self._channel_states.get(space_of(ws.team_id, channel))
+        if info.get("is_archived") and known != "archived":
+            await self.channel_state_changed(ws, room_id, channel, "archived", None)
+        elif not info.get("is_archived") and known == "archived":
+            await self.channel_state_changed(ws, room_id, channel, None, None)
 
     async def _read_since(self, ws: Workspace, room_id: str, channel: str,
                           last: str | None) -> None:

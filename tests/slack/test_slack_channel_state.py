@@ -91,3 +91,24 @@ async def test_deleted_channel_and_uninstalled_app_are_told(
     told = [e for e in await admin.messages(room, limit=50)
             if e["sender"] == bot and "nothing is bridged" in e["content"].get("body", "")]
     assert len(told) == 1, [e["content"]["body"] for e in told]
+
+
+async def test_an_archive_while_the_bridge_was_away_is_found_by_catch_up(
+        slack_bridge: SlackBridge, admin: MatrixTestClient, team: Any) -> None:
+    sim = slack_bridge.sim
+    bot = slack_bridge.homeserver.bot
+    room = await linked_room(slack_bridge, admin)
+    await slack_bridge.stop()
+    await sim.archive_channel(team, CHANNEL, ANNA)
+    sim.dispatcher.teams[team.id].queue.clear()  # Slack gave up on the event
+    await slack_bridge.start()
+    await slack_bridge.connected()
+    await admin.wait_for_event(room, notice_from(bot, "was archived"), timeout=15)
+    assert f"{team.id}:{CHANNEL} is archived" in await status_of(slack_bridge, admin, room)
+    await slack_bridge.stop()
+    await sim.unarchive_channel(team, CHANNEL, ANNA)
+    sim.dispatcher.teams[team.id].queue.clear()
+    await slack_bridge.start()
+    await slack_bridge.connected()
+    await admin.wait_for_event(room, notice_from(bot, "was unarchived"), timeout=15)
+    assert "archived" not in await status_of(slack_bridge, admin, room)
