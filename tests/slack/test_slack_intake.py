@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import Homeserver
-from tests.slack.conftest import ANNA, BEN, CHANNEL, SlackBridge, linked_room, running_slack_bridge
+from tests.slack.conftest import (
+    ANNA,
+    BEN,
+    CHANNEL,
+    SlackBridge,
+    add_workspace,
+    linked_room,
+    running_slack_bridge,
+)
 from tests.slack.relay_helpers import has_body, room_events
 from tests.slack.test_slack_delivery import writes_blocked
 from tests.slack_sim import SlackSimulator
@@ -87,3 +95,30 @@ async def test_a_full_intake_leaves_events_unacknowledged_until_there_is_room(
                  if e["type"] == "m.room.message"
                  and e["content"].get("body", "").startswith("Stau")]
         assert sorted(found) == texts
+
+
+async def test_a_full_intake_answers_the_events_api_503_until_there_is_room(
+        homeserver: Homeserver, database_url: str, admin: MatrixTestClient) -> None:
+    # Slack sends Events API requests side by side: several at once here.
+    async with SlackSimulator(events_concurrency=8) as sim:
+        team = add_workspace(sim, socket_mode=False)
+        async with running_slack_bridge(homeserver, database_url, sim, [team],
+                                        slack__intake_queue_limit=2) as bridge:
+            room = await linked_room(bridge, admin)
+            intake = bridge.slack._intakes["rathaus"]
+            sim.retry_delay = 0.3
+            sim.max_retries = 50
+            texts = [f"Andrang {number}" for number in range(8)]
+            async with writes_blocked(database_url):
+                for text in texts:
+                    await sim.post_message(team, CHANNEL, ANNA, text=text)
+                await sim.wait_for(lambda: intake.refused_while_full >= 3, timeout=10)
+                refused = [a for a in sim.http_attempts(team) if a[2] == 503]
+                assert refused and intake.queued <= 2
+            for text in texts:
+                await admin.wait_for_event(room, has_body(text), timeout=30)
+            assert not sim.dropped(team)
+            found = [e["content"]["body"] for e in await room_events(admin, room)
+                     if e["type"] == "m.room.message"
+                     and e["content"].get("body", "").startswith("Andrang")]
+            assert sorted(found) == texts
