@@ -64,9 +64,10 @@ AVATAR_CACHE_ITEMS, AVATAR_CACHE_SECONDS = 256, 24 * 3600.0
 # How far back catch-up looks for thread replies to older messages.
 THREAD_LOOKBACK_SECONDS = 24 * 3600
 CATCH_UP_MAX_MESSAGES = 1000
-# Threads (the most recently active) whose replies catch-up compares for edits, deletions
-# and reactions, besides every thread with new replies.
-CATCH_UP_MAX_THREADS = 50
+# Threads (the most recently active of those the room has replies of) whose replies
+# catch-up reads to compare them for edits, deletions and reactions, per channel, besides
+# every thread with new replies: each is one conversations.replies call.
+CATCH_UP_MAX_THREADS = 20
 
 
 @dataclass(slots=True)
@@ -604,18 +605,26 @@ class SlackConnector(Connector):
         window_oldest = slack_store.ts_key(oldest)
         if len(history) >= CATCH_UP_MAX_MESSAGES:  # cut short: only what was read counts
             window_oldest = min(slack_store.ts_key(str(m.get("ts") or "0")) for m in history)
+        mapped = await self._mapped_messages(ws, channel, window_oldest[0] - 60.0)
+        # Threads to read: those with new replies, and (the most recently active first, up
+        # to a limit) those whose replies the room has, to compare them.
+        threads_in_room = {m.thread_ts for m in mapped.values() if m.thread_ts}
         seen: dict[str, dict[str, Any]] = {str(m["ts"]): m for m in history if m.get("ts")}
-        missed = [m for m in history if slack_store.ts_key(str(m.get("ts") or "0")) > last_key]
+        missed = {str(m["ts"]): m for m in history
+                  if m.get("ts") and slack_store.ts_key(str(m["ts"])) > last_key}
         complete_threads: set[str] = set()
+        compared = 0
         roots = sorted((m for m in history if m.get("reply_count") and m.get("ts")),
                        key=lambda m: slack_store.ts_key(str(m.get("latest_reply") or "0")),
                        reverse=True)
-        for number, root in enumerate(roots):
+        for root in roots:
             root_ts = str(root["ts"])
             latest_reply = str(root.get("latest_reply") or "")
             active = bool(latest_reply) and slack_store.ts_key(latest_reply) > last_key
-            if not active and number >= CATCH_UP_MAX_THREADS:
-                continue  # quiet threads beyond the most recent ones: not compared
+            compare = root_ts in threads_in_room and compared < CATCH_UP_MAX_THREADS
+            if not (active or compare):
+                continue
+            compared += compare
             replies = await ws.paginate("conversations.replies", "messages",
                                         limit=CATCH_UP_MAX_MESSAGES, channel=channel,
                                         ts=root_ts, oldest=oldest)
@@ -624,31 +633,31 @@ class SlackConnector(Connector):
                 complete_threads.add(root_ts)
             for reply in replies:
                 seen.setdefault(str(reply["ts"]), reply)
-            missed += [r for r in replies
-                       if slack_store.ts_key(str(r["ts"])) > last_key
-                       and str(r["ts"]) not in {str(m.get("ts")) for m in missed}]
-        missed = sorted(missed, key=lambda m: slack_store.ts_key(str(m.get("ts") or "0")))
-        changes = await self._changes_since(ws, channel, run_id, seen, catch_up.Window(
-            oldest=window_oldest, newest=slack_store.ts_key(f"{read_at:.6f}"),
-            complete_threads=complete_threads))
-        new_reactions = catch_up.reactions_of_new(
+                if slack_store.ts_key(str(reply["ts"])) > last_key:
+                    missed.setdefault(str(reply["ts"]), reply)
+        new_messages = sorted(missed.values(),
+                              key=lambda m: slack_store.ts_key(str(m.get("ts") or "0")))
+        changes = catch_up.differences(
             team_id=ws.team_id, channel=channel, bot_user_id=ws.bot_user_id, run_id=run_id,
-            messages=[m for m in missed if not ws.is_own(m)])
-        if missed or changes:
+            seen=seen, mapped=mapped.values(), is_own=ws.is_own, window=catch_up.Window(
+                oldest=window_oldest, newest=slack_store.ts_key(run_id),
+                complete_threads=complete_threads))
+        changes = catch_up.reactions_of_new(
+            team_id=ws.team_id, channel=channel, bot_user_id=ws.bot_user_id, run_id=run_id,
+            messages=[m for m in new_messages if not ws.is_own(m)]) + changes
+        if new_messages or changes:
             log.info("catching up %d Slack message(s) and %d change(s) of %s in %s",
-                     len(missed), len(changes) + len(new_reactions), channel, room_id)
-        if missed:
-            await self._submit_messages(ws, channel, missed)
-        if changes or new_reactions:
-            await self.store_events(ws, [*new_reactions, *changes])
+                     len(new_messages), len(changes), channel, room_id)
+        if new_messages:
+            await self._submit_messages(ws, channel, new_messages)
+        if changes:
+            await self.store_events(ws, changes)
 
-    async def _changes_since(self, ws: Workspace, channel: str, run_id: str,
-                             seen: dict[str, dict[str, Any]],
-                             window: catch_up.Window) -> list[dict[str, Any]]:
-        """The stored mappings of the window, compared with what Slack shows now."""
+    async def _mapped_messages(self, ws: Workspace, channel: str,
+                               since: float) -> dict[str, catch_up.MappedMessage]:
+        """The channel's messages the room has, mapped since ``since`` (seconds), with the
+        Slack users' reactions on them."""
         space = space_of(ws.team_id, channel)
-        # Mapped after it was posted; a minute's leeway for the two clocks.
-        since = window.oldest[0] - 60.0
         async with self.hub.db.sessions() as session:
             rows = await slack_store.mappings_since(session, space, since)
             roots = {r.thread_root for r in rows if r.thread_root}
@@ -675,9 +684,7 @@ class SlackConnector(Connector):
         for ts, user, name in reactions:
             if ts in messages:
                 messages[ts].reactions.add((user, name))
-        return catch_up.differences(
-            team_id=ws.team_id, channel=channel, bot_user_id=ws.bot_user_id, run_id=run_id,
-            seen=seen, mapped=messages.values(), window=window, is_own=ws.is_own)
+        return messages
 
     async def _submit_messages(self, ws: Workspace, channel: str,
                                messages: list[dict[str, Any]]) -> None:
