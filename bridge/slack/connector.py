@@ -734,10 +734,11 @@ class SlackConnector(Connector):
 
     async def resolve_link(self, hub: Hub, room_id: str, remote_id: str,
                            args: list[str]) -> LinkTarget:
-        ws = self.workspace_named(args[0] if args else None)
         typed = remote_id.strip()
-        if ":" in typed:  # "T0123:C0123", as `status` shows links
-            typed = typed.split(":", 1)[1]
+        team = None
+        if ":" in typed:  # "T0123:C0123", as `status` shows links: the team picks the workspace
+            team, typed = typed.split(":", 1)
+        ws = self.workspace_named(args[0] if args else team)
         try:
             if CHANNEL_ID.fullmatch(typed):
                 info = await self.channel_info(ws, typed, fresh=True)

@@ -174,3 +174,9 @@ async def test_link_by_channel_name_stores_slacks_channel_id(
     async with slack_bridge.hub.db.sessions() as session:
         links = await store.links_of_room(session, other)
     assert [link.remote_id for link in links] == [f"{team.id}:{OTHER_CHANNEL}"]
+    # As `status` shows a link ("TEAM:CHANNEL"), the team choosing the workspace.
+    third = await open_room(bot, admin, bot_power=100, name="Bauamt")
+    await command(bot, admin, third, f"!bridge link slack {team.id}:{CHANNEL}", expect="Linked")
+    async with slack_bridge.hub.db.sessions() as session:
+        links = await store.links_of_room(session, third)
+    assert [link.remote_id for link in links] == [f"{team.id}:{CHANNEL}"]
