@@ -43,7 +43,13 @@ from bridge.slack.outbound import (
     avatar_signature,
     avatar_signature_valid,
 )
-from bridge.slack.receive import EventsApiServer, Intake, SocketModeReceiver
+from bridge.slack.receive import (
+    EventsApiServer,
+    Intake,
+    SocketModeReceiver,
+    can_never_be_stored,
+    loggable_payload,
+)
 from bridge.slack.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -229,8 +235,6 @@ class SlackConnector(Connector):
         problems = [f"{ws.name}: {ws.last_error}" for ws in self.workspaces if ws.last_error]
         problems += [f"{ws.name}: {ws.access_lost}" for ws in self.workspaces
                      if ws.access_lost]
-        problems += [f"Slack channel {remote_id} is {state}; nothing can be posted there"
-                     for remote_id, state in sorted(self._channel_states.items())]
         up = {ws.name: ws.connected and all(r.is_open for r in self._sockets
                                             if r.workspace is ws)
               for ws in self.workspaces}
@@ -242,6 +246,9 @@ class SlackConnector(Connector):
             if intake is not None and intake.set_aside_count:
                 states.append(f"{ws.name}: {intake.set_aside_count} event(s) set aside "
                               "(they cannot be stored; see the log)")
+        # A linked channel Slack archived or deleted: said, but the connector is well.
+        states += [f"Slack channel {remote_id} is {state}; nothing can be posted there"
+                   for remote_id, state in sorted(self._channel_states.items())]
         ok = not problems and all(up.values())
         return Health(ok, "; ".join(states + problems) or "no workspaces")
 
@@ -500,11 +507,20 @@ class SlackConnector(Connector):
             return
         what = event.get("subtype") or event.get("type") or "event"
         when = f" of {event['ts']}" if isinstance(event.get("ts"), str) else ""
-        await self.hub.enqueue([self.hub.notice(
+        notice = self.hub.notice(
             room_id,
             f"A Slack {what}{when} in this channel could not be bridged: its content cannot "
             f"be stored ({reason}). It was set aside; the bridge's log has it in full "
-            f"(Slack event {payload.get('event_id') or '?'}).")])
+            f"(Slack event {payload.get('event_id') or '?'}).")
+        key = self._event_key(ws, event, str(payload.get("event_id") or ""))
+
+        async def tell_once(session: AsyncSession) -> None:
+            # Slack's retries and each catch-up that reads it again are told only once.
+            if key is None or await store.claim_inbound_key(session, NETWORK,
+                                                            f"set-aside:{key}"):
+                await queues.enqueue(session, [notice])
+
+        await self.hub.enqueue([], also=tell_once)
 
     @staticmethod
     def _is_echo(ws: Workspace, event: dict[str, Any]) -> bool:
@@ -651,7 +667,7 @@ class SlackConnector(Connector):
         if new_messages:
             await self._submit_messages(ws, channel, new_messages)
         if changes:
-            await self.store_events(ws, changes)
+            await self._store_read(ws, changes)
 
     async def _mapped_messages(self, ws: Workspace, channel: str,
                                since: float) -> dict[str, catch_up.MappedMessage]:
@@ -692,7 +708,29 @@ class SlackConnector(Connector):
         messages = sorted(messages, key=lambda m: slack_store.ts_key(str(m.get("ts") or "0")))
         payloads = [{"event_id": None, "event": {"type": "message", "channel": channel, **m}}
                     for m in messages]
-        await self.store_events(ws, payloads)
+        await self._store_read(ws, payloads)
+
+    async def _store_read(self, ws: Workspace, payloads: list[dict[str, Any]]) -> None:
+        """Store what catch-up or backfill read, as the intake stores live events: an item
+        whose data can never be stored is set aside (logged, the room told) instead of
+        failing the whole read again on every reconnection."""
+        try:
+            await self.store_events(ws, payloads)
+            return
+        except Exception as exc:
+            if not can_never_be_stored(exc) or len(payloads) == 0:
+                raise
+        for payload in payloads:
+            try:
+                await self.store_events(ws, [payload])
+            except Exception as exc:
+                if not can_never_be_stored(exc):
+                    raise
+                reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                log.error("set aside a Slack %s read by catch-up of %s, it can never be stored "
+                          "(%s); its payload: %s", (payload.get("event") or {}).get("type"),
+                          ws.name, reason, loggable_payload(payload))
+                await self._event_set_aside(ws, payload, reason)
 
     async def on_linked(self, hub: Hub, link: LinkInfo) -> None:
         ws = self.workspace_for_link(link)

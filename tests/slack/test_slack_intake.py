@@ -122,3 +122,31 @@ async def test_a_full_intake_answers_the_events_api_503_until_there_is_room(
                      if e["type"] == "m.room.message"
                      and e["content"].get("body", "").startswith("Andrang")]
             assert sorted(found) == texts
+
+
+async def test_catch_up_sets_aside_what_it_cannot_store_and_brings_the_rest(
+        slack_bridge: SlackBridge, admin: MatrixTestClient, team: Any) -> None:
+    sim = slack_bridge.sim
+    bot = slack_bridge.homeserver.bot
+    room = await linked_room(slack_bridge, admin)
+    await sim.post_message(team, CHANNEL, ANNA, text="Vor der Pause")
+    await admin.wait_for_event(room, has_body("Vor der Pause"), timeout=15)
+    await slack_bridge.stop()
+    await sim.post_message(team, CHANNEL, ANNA, text="Nach der Pause")
+    broken_ts = await sim.post_message(team, CHANNEL, BEN, text=BROKEN_TEXT)  # the newest
+    sim.dispatcher.teams[team.id].queue.clear()  # Slack gave up: catch-up alone reads them
+    await slack_bridge.start()
+    await slack_bridge.connected()
+    await admin.wait_for_event(room, has_body("Nach der Pause"), timeout=15)
+    notice = await admin.wait_for_event(
+        room, lambda e: e["sender"] == bot and "could not be bridged" in
+        e["content"].get("body", ""), timeout=15)
+    assert broken_ts in notice["content"]["body"]
+    # Read again by the next catch-up (it is the channel's newest), it is not told twice.
+    await slack_bridge.restart()
+    await slack_bridge.connected()
+    await sim.post_message(team, CHANNEL, ANNA, text="Später")
+    await admin.wait_for_event(room, has_body("Später"), timeout=15)
+    told = [e for e in await room_events(admin, room)
+            if e["sender"] == bot and "could not be bridged" in e["content"].get("body", "")]
+    assert len(told) == 1
