@@ -257,6 +257,9 @@ class SlackConfig(NetworkConfig):
     # Pace Web API calls to Slack's published per-method limits. Only turned off against a
     # Slack simulator (benchmarks); Slack itself answers 429 to a bridge that does not pace.
     rate_limits: bool = True
+    # Slack events received but not yet stored, per workspace. While that many wait (the
+    # database is slow or away), further events are not acknowledged: Slack sends them again.
+    intake_queue_limit: int = Field(default=10_000, ge=1)
 
     @field_validator("api_url")
     @classmethod

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import Integer, String, Table, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bridge.db.models import Link, SlackChannel
+from bridge.db.models import InboundKey, Link, MessageMapping, SlackChannel
 from bridge.db.queues import insert_ignoring_conflicts
 
 
@@ -68,3 +70,77 @@ async def linked_channels(session: AsyncSession,
     if remote_ids is not None:
         query = query.where(Link.remote_id.in_(remote_ids))
     return {row.remote_id: row.room_id for row in await session.execute(query)}
+
+
+# The state of a linked channel in Slack that stops the bridge from posting there, kept in the
+# link's settings: "archived" or "deleted" (no key: usable).
+CHANNEL_STATE = "slack_state"
+
+
+async def set_channel_state(session: AsyncSession, remote_id: str, state: str | None) -> bool:
+    """Record (or clear, with None) the state of a linked channel; False if it is not linked
+    or already in that state."""
+    link = await session.scalar(select(Link).where(Link.network == "slack",
+                                                   Link.remote_id == remote_id))
+    if link is None:
+        return False
+    settings = json.loads(link.settings or "{}")
+    if settings.get(CHANNEL_STATE) == state:
+        return False
+    if state is None:
+        settings.pop(CHANNEL_STATE, None)
+    else:
+        settings[CHANNEL_STATE] = state
+    link.settings = json.dumps(settings)
+    return True
+
+
+async def channel_states(session: AsyncSession) -> dict[str, str]:
+    """Linked channels ("T…:C…") that Slack archived or deleted, and which of the two."""
+    rows = await session.execute(select(Link.remote_id, Link.settings)
+                                 .where(Link.network == "slack"))
+    states = {}
+    for remote_id, settings in rows:
+        state = json.loads(settings or "{}").get(CHANNEL_STATE)
+        if state:
+            states[remote_id] = str(state)
+    return states
+
+
+@dataclass
+class MappingRow:
+    remote_id: str
+    event_id: str
+    thread_root: str | None
+    created_at: float
+
+
+async def mappings_since(session: AsyncSession, remote_space: str,
+                         since: float) -> list[MappingRow]:
+    """The mappings of a channel ("T…:C…") made since ``since`` (seconds): what catch-up
+    compares with Slack's recent history."""
+    rows = await session.execute(
+        select(MessageMapping.remote_id, MessageMapping.event_id, MessageMapping.thread_root,
+               MessageMapping.created_at)
+        .where(MessageMapping.network == "slack", MessageMapping.remote_space == remote_space,
+               MessageMapping.created_at >= since))
+    return [MappingRow(r.remote_id, r.event_id, r.thread_root, r.created_at) for r in rows]
+
+
+async def remote_ids_of_events(session: AsyncSession, remote_space: str,
+                               event_ids: set[str]) -> dict[str, str]:
+    """Matrix event -> the Slack ts it stands for (thread roots of catch-up's replies)."""
+    if not event_ids:
+        return {}
+    rows = await session.execute(
+        select(MessageMapping.event_id, MessageMapping.remote_id)
+        .where(MessageMapping.network == "slack", MessageMapping.remote_space == remote_space,
+               MessageMapping.event_id.in_(event_ids)))
+    return {r.event_id: r.remote_id for r in rows}
+
+
+async def seconds_since_claimed(session: AsyncSession, key: str) -> float | None:
+    """How long ago an inbound Slack item's natural key was first seen (None: never)."""
+    received = await session.scalar(select(InboundKey.received_at).where(
+        InboundKey.network == "slack", InboundKey.key == key))
+    return None if received is None else max(0.0, time.time() - received)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,11 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge import metrics
 from bridge.config import Config, SlackConfig
+from bridge.core.cache import BoundedCache
 from bridge.core.connector import Connector, Health, LinkTarget, SubCommand
 from bridge.core.errors import CommandError, PermanentError, TemporaryError
 from bridge.db import queues, slack_store, store
 from bridge.db.queues import Delivery, NewDelivery
 from bridge.db.store import LinkInfo
+from bridge.slack import catch_up
 from bridge.slack.inbound import (
     NETWORK,
     POSTING_SUBTYPES,
@@ -34,8 +37,19 @@ from bridge.slack.inbound import (
     message_key,
     space_of,
 )
-from bridge.slack.outbound import MatrixToSlack, avatar_signature
-from bridge.slack.receive import EventsApiServer, Intake, SocketModeReceiver
+from bridge.slack.outbound import (
+    MatrixToSlack,
+    avatar_key,
+    avatar_signature,
+    avatar_signature_valid,
+)
+from bridge.slack.receive import (
+    EventsApiServer,
+    Intake,
+    SocketModeReceiver,
+    can_never_be_stored,
+    loggable_payload,
+)
 from bridge.slack.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -43,9 +57,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bridge.slack")
 
+# A Slack conversation ID as Slack writes it (public C…, private G…); anything else typed
+# after `link slack` is taken for a channel name.
+CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{2,}")
+# Slack channel names: lower case letters, digits, '-', '_' and some non-ASCII letters.
+CHANNEL_NAME = re.compile(r"[^\s#:,.<>@]{1,80}")
+# Bounds of the connector's caches (entries; seconds an entry is trusted).
+CHANNEL_CACHE_ITEMS, CHANNEL_CACHE_SECONDS = 5_000, 3600.0
+MEMBER_PROFILE_ITEMS, MEMBER_PROFILE_SECONDS = 20_000, 3600.0
+# Avatars are whole images: few of them (Slack fetches each icon_url once and keeps it).
+AVATAR_CACHE_ITEMS, AVATAR_CACHE_SECONDS = 256, 24 * 3600.0
 # How far back catch-up looks for thread replies to older messages.
 THREAD_LOOKBACK_SECONDS = 24 * 3600
 CATCH_UP_MAX_MESSAGES = 1000
+# Threads (the most recently active of those the room has replies of) whose replies
+# catch-up reads to compare them for edits, deletions and reactions, per channel, besides
+# every thread with new replies: each is one conversations.replies call.
+CATCH_UP_MAX_THREADS = 20
 
 
 @dataclass(slots=True)
@@ -55,10 +83,19 @@ class Profile:
 
 
 class UserDirectory:
-    """Slack users by ID, looked up with users.info once and kept current by user_change."""
+    """Slack users by ID: looked up with users.info, kept current by user_change, and looked
+    up again once an entry is older than ``refresh_after_seconds``, since a user_change
+    sent while the bridge was away is gone for good. If Slack cannot answer right then, the
+    older entry serves until it is ``max_age_seconds`` old."""
 
-    def __init__(self) -> None:
-        self._profiles: dict[tuple[str, str], Profile] = {}
+    def __init__(self, max_items: int = 20_000, refresh_after_seconds: float = 3600.0,
+                 max_age_seconds: float = 7 * 24 * 3600.0) -> None:
+        self.refresh_after_seconds = refresh_after_seconds
+        self._profiles: BoundedCache[tuple[str, str], tuple[float, Profile]] = BoundedCache(
+            max_items, max_age_seconds)
+
+    def __len__(self) -> int:
+        return len(self._profiles)
 
     def remember(self, ws: Workspace, user: dict[str, Any]) -> Profile:
         profile = user.get("profile") or {}
@@ -67,14 +104,19 @@ class UserDirectory:
         avatar = next((profile[k] for k in ("image_512", "image_192", "image_72", "image_48")
                        if profile.get(k)), None)
         entry = Profile(str(name), str(avatar) if avatar else None)
-        self._profiles[(ws.team_id, str(user.get("id")))] = entry
+        self._profiles.set((ws.team_id, str(user.get("id"))), (time.monotonic(), entry))
         return entry
 
     async def get(self, ws: Workspace, user_id: str) -> Profile:
         cached = self._profiles.get((ws.team_id, user_id))
-        if cached is not None:
-            return cached
-        data = await ws.call("users.info", user=user_id)
+        if cached is not None and time.monotonic() - cached[0] <= self.refresh_after_seconds:
+            return cached[1]
+        try:
+            data = await ws.call("users.info", user=user_id)
+        except TemporaryError:
+            if cached is not None:
+                return cached[1]  # Slack is away: the older entry beats no name at all
+            raise
         return self.remember(ws, data.get("user") or {"id": user_id})
 
 
@@ -97,10 +139,16 @@ class SlackConnector(Connector):
         self._events_api: EventsApiServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._catch_up_tasks: dict[str, asyncio.Task[None]] = {}
-        self._channels: dict[tuple[str, str], dict[str, Any]] = {}
-        self._profiles: dict[tuple[str, str], tuple[str | None, str | None]] = {}
-        self._avatar_secret = config.appservice.as_token.encode()
-        self._avatars: dict[str, tuple[bytes, str]] = {}
+        # Caches, each bounded in size and age (a forgotten entry is looked up again).
+        self._channels: BoundedCache[tuple[str, str], dict[str, Any]] = BoundedCache(
+            CHANNEL_CACHE_ITEMS, CHANNEL_CACHE_SECONDS)
+        self._profiles: BoundedCache[tuple[str, str], tuple[str | None, str | None]] = \
+            BoundedCache(MEMBER_PROFILE_ITEMS, MEMBER_PROFILE_SECONDS)
+        self._avatar_key = avatar_key(config.appservice.as_token)
+        self._avatars: BoundedCache[str, tuple[bytes, str]] = BoundedCache(
+            AVATAR_CACHE_ITEMS, AVATAR_CACHE_SECONDS)
+        # Linked channels Slack archived or deleted ("T…:C…" -> state), as in the database.
+        self._channel_states: dict[str, str] = {}
 
     @property
     def hub(self) -> Hub:
@@ -116,13 +164,17 @@ class SlackConnector(Connector):
 
     async def start(self, hub: Hub) -> None:
         self._hub = hub
+        async with hub.db.sessions() as session:
+            self._channel_states = await slack_store.channel_states(session)
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120,
                                                                          connect=10))
         self.workspaces = [Workspace(w, self.settings.api_url, self._http,
                                      rate_limits=self.settings.rate_limits)
                            for w in self.settings.workspaces]
         for ws in self.workspaces:
-            self._intakes[ws.name] = Intake(ws, self.store_events)
+            self._intakes[ws.name] = Intake(ws, self.store_events,
+                                            queue_limit=self.settings.intake_queue_limit,
+                                            set_aside=self._event_set_aside)
             self._spawn(self._connect(ws), f"slack-connect-{ws.name}")
         http_workspaces = [ws for ws in self.workspaces if not ws.socket_mode]
         if http_workspaces:
@@ -181,12 +233,22 @@ class SlackConnector(Connector):
 
     def health(self) -> Health:
         problems = [f"{ws.name}: {ws.last_error}" for ws in self.workspaces if ws.last_error]
+        problems += [f"{ws.name}: {ws.access_lost}" for ws in self.workspaces
+                     if ws.access_lost]
         up = {ws.name: ws.connected and all(r.is_open for r in self._sockets
                                             if r.workspace is ws)
               for ws in self.workspaces}
         states = [f"{ws.name} ({ws.team_id or '?'}): "
                   f"{'connected' if up[ws.name] else 'not connected'}"
                   for ws in self.workspaces]
+        for ws in self.workspaces:
+            intake = self._intakes.get(ws.name)
+            if intake is not None and intake.set_aside_count:
+                states.append(f"{ws.name}: {intake.set_aside_count} event(s) set aside "
+                              "(they cannot be stored; see the log)")
+        # A linked channel Slack archived or deleted: said, but the connector is well.
+        states += [f"Slack channel {remote_id} is {state}; nothing can be posted there"
+                   for remote_id, state in sorted(self._channel_states.items())]
         ok = not problems and all(up.values())
         return Health(ok, "; ".join(states + problems) or "no workspaces")
 
@@ -223,10 +285,12 @@ class SlackConnector(Connector):
     async def channel_info(self, ws: Workspace, channel: str,
                            fresh: bool = False) -> dict[str, Any]:
         key = (ws.team_id, channel)
-        if fresh or key not in self._channels:
+        cached = None if fresh else self._channels.get(key)
+        if cached is None:
             data = await ws.read("conversations.info", channel=channel)
-            self._channels[key] = data.get("channel") or {}
-        return self._channels[key]
+            cached = data.get("channel") or {}
+            self._channels.set(key, cached)
+        return cached
 
     async def channel_name(self, ws: Workspace, channel: str) -> str | None:
         try:
@@ -263,9 +327,11 @@ class SlackConnector(Connector):
 
     async def profile(self, room_id: str, user_id: str) -> tuple[str | None, str | None]:
         key = (room_id, user_id)
-        if key not in self._profiles:
-            self._profiles[key] = await self.hub.member_profile(room_id, user_id)
-        return self._profiles[key]
+        cached = self._profiles.get(key)
+        if cached is None:
+            cached = await self.hub.member_profile(room_id, user_id)
+            self._profiles.set(key, cached)
+        return cached
 
     def forget_profile(self, room_id: str, user_id: str) -> None:
         self._profiles.pop((room_id, user_id), None)
@@ -293,25 +359,25 @@ class SlackConnector(Connector):
             return None
         server_media = mxc.removeprefix("mxc://")
         return (f"{base}/_bridge/slack/avatar/{server_media}"
-                f"?sig={avatar_signature(self._avatar_secret, mxc)}")
+                f"?sig={avatar_signature(self._avatar_key, mxc)}")
 
     def http_routes(self) -> list[tuple[str, str, Any]]:
         return [("GET", "/_bridge/slack/avatar/{server}/{media}", self._serve_avatar)]
 
     async def _serve_avatar(self, request: web.Request) -> web.Response:
         mxc = f"mxc://{request.match_info['server']}/{request.match_info['media']}"
-        if request.query.get("sig") != avatar_signature(self._avatar_secret, mxc):
+        if not avatar_signature_valid(self._avatar_key, mxc, request.query.get("sig", "")):
             return web.Response(status=404, text="No such avatar.")
-        if mxc not in self._avatars:
+        cached = self._avatars.get(mxc)
+        if cached is None:
             try:
                 data = await self.hub.download_media(mxc)
             except Exception as exc:
                 log.info("could not read avatar %s: %r", mxc, exc)
                 return web.Response(status=502, text="The avatar could not be read.")
-            if len(self._avatars) > 500:
-                self._avatars.clear()
-            self._avatars[mxc] = (data, _image_type(data))
-        data, content_type = self._avatars[mxc]
+            cached = (data, _image_type(data))
+            self._avatars.set(mxc, cached)
+        data, content_type = cached
         return web.Response(body=data, content_type=content_type,
                             headers={"Cache-Control": "public, max-age=86400"})
 
@@ -325,6 +391,9 @@ class SlackConnector(Connector):
         # Matrix -> Slack direction sends one back per post.
         wanted = [(p, e) for p in payloads
                   if isinstance(e := p.get("event"), dict) and not self._is_echo(ws, e)]
+        for payload, event in wanted:
+            if event.get("type") in ("app_uninstalled", "tokens_revoked"):
+                await self._access_lost(ws, payload, event)
         spaces = {space_of(ws.team_id, c) for c in
                   (self._channel_of(event) for _, event in wanted) if c}
         if not spaces and not any(e.get("type") == "user_change" for _, e in wanted):
@@ -355,6 +424,105 @@ class SlackConnector(Connector):
         await self.hub.enqueue([], also=write)
         metrics.EVENTS.labels(network=NETWORK, direction="in").inc(len(items))
 
+    async def channel_state_changed(self, ws: Workspace, room_id: str, channel: str,
+                                    state: str | None, by: Any) -> str | None:
+        """Slack archived, unarchived or deleted a linked channel: recorded with the link
+        (for `status`) and told to the room, in one transaction."""
+        if not room_id or not channel:
+            return None
+        remote_id = space_of(ws.team_id, channel)
+        name = await self.channel_name(ws, channel) if state != "deleted" else None
+        label = f"#{name}" if name else channel
+        who = ""
+        if isinstance(by, str) and by:
+            try:
+                who = f" by {(await self.users.get(ws, by)).name}"
+            except (PermanentError, TemporaryError):
+                who = ""
+        if state == "archived":
+            text = (f"The Slack channel {label} was archived{who}. Messages from this room "
+                    "cannot reach it until it is unarchived in Slack.")
+        elif state == "deleted":
+            text = (f"The Slack channel {label} was deleted{who}. Messages from this room no "
+                    f"longer reach Slack; `{self.hub.prefix} unlink slack` removes the link.")
+        else:
+            text = (f"The Slack channel {label} was unarchived{who}; messages are bridged "
+                    "again.")
+        changed = False
+
+        async def record(session: AsyncSession) -> None:
+            nonlocal changed
+            changed = await slack_store.set_channel_state(session, remote_id, state)
+            if changed:
+                await queues.enqueue(session, [self.hub.notice(room_id, text)])
+
+        await self.hub.enqueue([], also=record)
+        if state is None:
+            self._channel_states.pop(remote_id, None)
+        else:
+            self._channel_states[remote_id] = state
+        self._channels.pop((ws.team_id, channel), None)
+        return f"channel {state or 'unarchived'}" if changed else None
+
+    async def _access_lost(self, ws: Workspace, payload: dict[str, Any],
+                           event: dict[str, Any]) -> None:
+        """The app was uninstalled or its bot token revoked: nothing will work in the
+        workspace any more. Shown in `status` and told once to every linked room."""
+        if event.get("type") == "tokens_revoked":
+            revoked = (event.get("tokens") or {}).get("bot") or []
+            if ws.bot_user_id and ws.bot_user_id not in revoked:
+                return  # a user token the bridge does not use
+            what = "the Slack app's bot token was revoked"
+        else:
+            what = "the Slack app was uninstalled"
+        if ws.access_lost is not None:
+            return  # Slack sends tokens_revoked along with app_uninstalled: told already
+        ws.access_lost = (f"{what} in workspace {ws.name}; reinstall the app and put its new "
+                          "bot_token into slack.workspaces")
+        log.error("%s", ws.access_lost)
+        rooms = sorted({room for room, _channel in await self.linked_channel_ids(ws)})
+        key = f"access-lost:{ws.team_id}:{payload.get('event_id') or event.get('type')}"
+        text = (f"⚠️ In Slack workspace {ws.name}, {what}: nothing is bridged between this "
+                "room and Slack until an admin reinstalls the app (create it from "
+                "slack-app-manifest.yaml) and puts its new bot token into the bridge's config.")
+
+        async def tell(session: AsyncSession) -> None:
+            if await store.claim_inbound_key(session, NETWORK, key):
+                await queues.enqueue(session, [self.hub.notice(room, text) for room in rooms])
+
+        await self.hub.enqueue([], also=tell)
+
+    async def _event_set_aside(self, ws: Workspace, payload: dict[str, Any],
+                               reason: str) -> None:
+        """The intake gave up on an event the database will never take: the linked room is
+        told (the payload itself is in the bridge's log)."""
+        event = payload.get("event") if isinstance(payload.get("event"), dict) else {}
+        assert isinstance(event, dict)
+        channel = self._channel_of(event)
+        if not channel:
+            return
+        async with self.hub.db.sessions() as session:
+            linked = await slack_store.linked_channels(session, {space_of(ws.team_id, channel)})
+        room_id = linked.get(space_of(ws.team_id, channel))
+        if room_id is None:
+            return
+        what = event.get("subtype") or event.get("type") or "event"
+        when = f" of {event['ts']}" if isinstance(event.get("ts"), str) else ""
+        notice = self.hub.notice(
+            room_id,
+            f"A Slack {what}{when} in this channel could not be bridged: its content cannot "
+            f"be stored ({reason}). It was set aside; the bridge's log has it in full "
+            f"(Slack event {payload.get('event_id') or '?'}).")
+        key = self._event_key(ws, event, str(payload.get("event_id") or ""))
+
+        async def tell_once(session: AsyncSession) -> None:
+            # Slack's retries and each catch-up that reads it again are told only once.
+            if key is None or await store.claim_inbound_key(session, NETWORK,
+                                                            f"set-aside:{key}"):
+                await queues.enqueue(session, [notice])
+
+        await self.hub.enqueue([], also=tell_once)
+
     @staticmethod
     def _is_echo(ws: Workspace, event: dict[str, Any]) -> bool:
         """Slack telling us about what we did for Matrix: not worth a database write."""
@@ -381,12 +549,22 @@ class SlackConnector(Connector):
 
     @staticmethod
     def _event_key(ws: Workspace, event: dict[str, Any], event_id: str) -> str | None:
-        """A new message is known by channel and ts (live and catch-up alike); anything
-        else by Slack's event_id, which its retries keep."""
+        """A new message is known by channel and ts, an edit by the message's ts and the
+        edit's, a deletion by the deleted ts (live and catch-up alike); anything else by
+        Slack's event_id, which its retries keep."""
         channel = SlackConnector._channel_of(event)
-        if event.get("type") == "message" and event.get("subtype") in POSTING_SUBTYPES \
-                and event.get("ts") and channel:
-            return message_key(ws.team_id, channel, str(event["ts"]))
+        subtype = event.get("subtype")
+        if event.get("type") == "message" and channel:
+            if subtype in POSTING_SUBTYPES and event.get("ts"):
+                return message_key(ws.team_id, channel, str(event["ts"]))
+            message = event.get("message")
+            edited = message.get("edited") if isinstance(message, dict) else None
+            if subtype == "message_changed" and isinstance(message, dict) and \
+                    isinstance(edited, dict) and edited.get("ts") and message.get("ts"):
+                return catch_up.edit_key(ws.team_id, channel, str(message["ts"]),
+                                         str(edited["ts"]))
+            if subtype == "message_deleted" and event.get("deleted_ts"):
+                return catch_up.deletion_key(ws.team_id, channel, str(event["deleted_ts"]))
         return event_id or None
 
     # --- catch-up and backfill -----------------------------------------------------------
@@ -405,6 +583,7 @@ class SlackConnector(Connector):
             for room_id, channel in channels:
                 async with self.hub.db.sessions() as session:
                     last = await slack_store.cursor(session, ws.team_id, channel)
+                await self._check_archived(ws, room_id, channel)
                 await self._read_since(ws, room_id, channel, last)
         except asyncio.CancelledError:
             raise
@@ -412,31 +591,117 @@ class SlackConnector(Connector):
             log.exception("catch-up of Slack workspace %s failed; it runs again on the next "
                           "connection", ws.name)
 
+    async def _check_archived(self, ws: Workspace, room_id: str, channel: str) -> None:
+        """A channel archived or unarchived while the bridge was away: its event is gone,
+        conversations.info still tells."""
+        try:
+            info = await self.channel_info(ws, channel, fresh=True)
+        except (PermanentError, TemporaryError) as exc:
+            log.info("could not check whether %s is archived: %s", channel, exc)
+            return
+        known = self._channel_states.get(space_of(ws.team_id, channel))
+        if info.get("is_archived") and known != "archived":
+            await self.channel_state_changed(ws, room_id, channel, "archived", None)
+        elif not info.get("is_archived") and known == "archived":
+            await self.channel_state_changed(ws, room_id, channel, None, None)
+
     async def _read_since(self, ws: Workspace, room_id: str, channel: str,
                           last: str | None) -> None:
+        """New messages and thread replies since the cursor, then whatever else changed in
+        the window read (edits, deletions, reactions; see :mod:`bridge.slack.catch_up`)."""
         if last is None:
             return  # linked before any message: the backfill set no cursor; nothing to do
+        read_at = time.time()
+        run_id = f"{read_at:.6f}"
         seconds, _ = slack_store.ts_key(last)
+        oldest = str(max(0, seconds - THREAD_LOOKBACK_SECONDS))
         history = await ws.paginate("conversations.history", "messages",
                                     limit=CATCH_UP_MAX_MESSAGES, channel=channel,
-                                    oldest=str(max(0, seconds - THREAD_LOOKBACK_SECONDS)))
+                                    oldest=oldest)
         last_key = slack_store.ts_key(last)
-        missed: list[dict[str, Any]] = []
-        for message in history:
-            if slack_store.ts_key(str(message.get("ts") or "0")) > last_key:
-                missed.append(message)
-            latest_reply = str(message.get("latest_reply") or "")
-            if message.get("reply_count") and latest_reply and \
-                    slack_store.ts_key(latest_reply) > last_key:
-                replies = await ws.paginate("conversations.replies", "messages",
-                                            limit=CATCH_UP_MAX_MESSAGES, channel=channel,
-                                            ts=str(message["ts"]), oldest=last)
-                missed += [r for r in replies if r.get("ts") != message.get("ts")
-                           and slack_store.ts_key(str(r.get("ts") or "0")) > last_key]
-        if missed:
-            log.info("catching up %d Slack message(s) of %s in %s", len(missed), channel,
-                     room_id)
-            await self._submit_messages(ws, channel, missed)
+        window_oldest = slack_store.ts_key(oldest)
+        if len(history) >= CATCH_UP_MAX_MESSAGES:  # cut short: only what was read counts
+            window_oldest = min(slack_store.ts_key(str(m.get("ts") or "0")) for m in history)
+        mapped = await self._mapped_messages(ws, channel, window_oldest[0] - 60.0)
+        # Threads to read: those with new replies, and (the most recently active first, up
+        # to a limit) those whose replies the room has, to compare them.
+        threads_in_room = {m.thread_ts for m in mapped.values() if m.thread_ts}
+        seen: dict[str, dict[str, Any]] = {str(m["ts"]): m for m in history if m.get("ts")}
+        missed = {str(m["ts"]): m for m in history
+                  if m.get("ts") and slack_store.ts_key(str(m["ts"])) > last_key}
+        complete_threads: set[str] = set()
+        compared = 0
+        roots = sorted((m for m in history if m.get("reply_count") and m.get("ts")),
+                       key=lambda m: slack_store.ts_key(str(m.get("latest_reply") or "0")),
+                       reverse=True)
+        for root in roots:
+            root_ts = str(root["ts"])
+            latest_reply = str(root.get("latest_reply") or "")
+            active = bool(latest_reply) and slack_store.ts_key(latest_reply) > last_key
+            compare = root_ts in threads_in_room and compared < CATCH_UP_MAX_THREADS
+            if not (active or compare):
+                continue
+            compared += compare
+            replies = await ws.paginate("conversations.replies", "messages",
+                                        limit=CATCH_UP_MAX_MESSAGES, channel=channel,
+                                        ts=root_ts, oldest=oldest)
+            replies = [r for r in replies if r.get("ts") and r.get("ts") != root_ts]
+            if len(replies) < CATCH_UP_MAX_MESSAGES - 1:
+                complete_threads.add(root_ts)
+            for reply in replies:
+                seen.setdefault(str(reply["ts"]), reply)
+                if slack_store.ts_key(str(reply["ts"])) > last_key:
+                    missed.setdefault(str(reply["ts"]), reply)
+        new_messages = sorted(missed.values(),
+                              key=lambda m: slack_store.ts_key(str(m.get("ts") or "0")))
+        changes = catch_up.differences(
+            team_id=ws.team_id, channel=channel, bot_user_id=ws.bot_user_id, run_id=run_id,
+            seen=seen, mapped=mapped.values(), is_own=ws.is_own, window=catch_up.Window(
+                oldest=window_oldest, newest=slack_store.ts_key(run_id),
+                complete_threads=complete_threads))
+        changes = catch_up.reactions_of_new(
+            team_id=ws.team_id, channel=channel, bot_user_id=ws.bot_user_id, run_id=run_id,
+            messages=[m for m in new_messages if not ws.is_own(m)]) + changes
+        if new_messages or changes:
+            log.info("catching up %d Slack message(s) and %d change(s) of %s in %s",
+                     len(new_messages), len(changes), channel, room_id)
+        if new_messages:
+            await self._submit_messages(ws, channel, new_messages)
+        if changes:
+            await self._store_read(ws, changes)
+
+    async def _mapped_messages(self, ws: Workspace, channel: str,
+                               since: float) -> dict[str, catch_up.MappedMessage]:
+        """The channel's messages the room has, mapped since ``since`` (seconds), with the
+        Slack users' reactions on them."""
+        space = space_of(ws.team_id, channel)
+        async with self.hub.db.sessions() as session:
+            rows = await slack_store.mappings_since(session, space, since)
+            roots = {r.thread_root for r in rows if r.thread_root}
+            root_ts = await slack_store.remote_ids_of_events(session, space, roots)
+        messages: dict[str, catch_up.MappedMessage] = {}
+        reactions: list[tuple[str, str, str]] = []
+        for row in rows:
+            if row.remote_id.startswith("file:"):
+                continue  # a Matrix file the app uploaded: not a message of its own
+            if "/reaction/" in row.remote_id:
+                ts, _, rest = row.remote_id.partition("/reaction/")
+                user, _, name = rest.partition("/")
+                if user != ws.bot_user_id:  # the app's reactions stand for Matrix ones
+                    reactions.append((ts, user, name))
+                continue
+            entry = messages.get(row.remote_id)
+            if entry is None:
+                entry = messages[row.remote_id] = catch_up.MappedMessage(
+                    ts=row.remote_id, mapped_at=row.created_at)
+            entry.mapped_at = min(entry.mapped_at, row.created_at)
+            if row.thread_root:
+                # A reply; "" when its root is not known, so the window never covers it.
+                entry.thread_ts = root_ts.get(row.thread_root, "")
+        for ts, user, name in reactions:
+            if ts in messages:
+                messages[ts].reactions.add((user, name))
+        return messages
 
     async def _submit_messages(self, ws: Workspace, channel: str,
                                messages: list[dict[str, Any]]) -> None:
@@ -444,7 +709,29 @@ class SlackConnector(Connector):
         messages = sorted(messages, key=lambda m: slack_store.ts_key(str(m.get("ts") or "0")))
         payloads = [{"event_id": None, "event": {"type": "message", "channel": channel, **m}}
                     for m in messages]
-        await self.store_events(ws, payloads)
+        await self._store_read(ws, payloads)
+
+    async def _store_read(self, ws: Workspace, payloads: list[dict[str, Any]]) -> None:
+        """Store what catch-up or backfill read, as the intake stores live events: an item
+        whose data can never be stored is set aside (logged, the room told) instead of
+        failing the whole read again on every reconnection."""
+        try:
+            await self.store_events(ws, payloads)
+            return
+        except Exception as exc:
+            if not can_never_be_stored(exc) or len(payloads) == 0:
+                raise
+        for payload in payloads:
+            try:
+                await self.store_events(ws, [payload])
+            except Exception as exc:
+                if not can_never_be_stored(exc):
+                    raise
+                reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                log.error("set aside a Slack %s read by catch-up of %s, it can never be stored "
+                          "(%s); its payload: %s", (payload.get("event") or {}).get("type"),
+                          ws.name, reason, loggable_payload(payload))
+                await self._event_set_aside(ws, payload, reason)
 
     async def on_linked(self, hub: Hub, link: LinkInfo) -> None:
         ws = self.workspace_for_link(link)
@@ -487,12 +774,16 @@ class SlackConnector(Connector):
 
     async def resolve_link(self, hub: Hub, room_id: str, remote_id: str,
                            args: list[str]) -> LinkTarget:
-        ws = self.workspace_named(args[0] if args else None)
-        channel = remote_id.strip().lstrip("#").upper()
-        if ":" in channel:
-            channel = channel.split(":", 1)[1]
+        typed = remote_id.strip()
+        team = None
+        if ":" in typed:  # "T0123:C0123", as `status` shows links: the team picks the workspace
+            team, typed = typed.split(":", 1)
+        ws = self.workspace_named(args[0] if args else team)
         try:
-            info = await self.channel_info(ws, channel, fresh=True)
+            if CHANNEL_ID.fullmatch(typed):
+                info = await self.channel_info(ws, typed, fresh=True)
+            else:
+                info = await self._channel_by_name(hub, ws, typed)
         except PermanentError as exc:
             if "channel_not_found" in str(exc):
                 raise CommandError(
@@ -504,6 +795,15 @@ class SlackConnector(Connector):
         except TemporaryError as exc:
             raise CommandError(f"Slack is not reachable right now ({exc}); try again.") \
                 from None
+        # What Slack calls the channel, never what was typed: the link, the catch-up cursor
+        # and every event must agree on the ID.
+        channel = str(info.get("id") or "")
+        if not channel:
+            raise CommandError(f"Slack did not say which channel `{remote_id}` is; give its "
+                               f"ID (`{hub.prefix} slack channels` lists them).")
+        if info.get("is_archived"):
+            raise CommandError(f"The Slack channel #{info.get('name')} is archived; "
+                               "unarchive it in Slack first.")
         if not info.get("is_member"):
             if info.get("is_private"):
                 raise CommandError(f"The app is not in the private channel #{info.get('name')}"
@@ -519,6 +819,25 @@ class SlackConnector(Connector):
                           settings={"team": ws.team_id, "channel": channel,
                                     "workspace": ws.name},
                           external_url=url)
+
+    async def _channel_by_name(self, hub: Hub, ws: Workspace, typed: str) -> dict[str, Any]:
+        """A channel named like ``general`` or ``#general``: Slack's methods want IDs, so the
+        name is looked up in conversations.list (every page); none found is refused with a
+        hint to use the ID."""
+        name = typed.lstrip("#").strip().lower()
+        if not CHANNEL_NAME.fullmatch(name):
+            raise CommandError(f"`{typed}` is neither a Slack channel ID (like C0123ABCD) nor "
+                               f"a channel name; `{hub.prefix} slack channels` lists them.")
+        channels = await ws.paginate("conversations.list", "channels",
+                                     types="public_channel,private_channel")
+        found = [c for c in channels if str(c.get("name") or "").lower() == name]
+        if not found:
+            raise CommandError(
+                f"Slack workspace `{ws.name}` has no channel #{name} that the app can see. "
+                f"Give the channel ID instead (like C0123ABCD; `{hub.prefix} slack channels` "
+                "lists them); for a private channel, first invite the app there in Slack.")
+        channel_id = str(found[0].get("id") or "")
+        return await self.channel_info(ws, channel_id, fresh=True) if channel_id else found[0]
 
     def commands(self) -> list[SubCommand]:
         return [SubCommand("channels", "[workspace]",

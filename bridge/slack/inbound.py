@@ -18,7 +18,7 @@ import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.core.connector import media_msgtype
-from bridge.core.errors import PermanentError
+from bridge.core.errors import PermanentError, TemporaryError
 from bridge.core.hub import MATRIX, RemotePart
 from bridge.core.origin import Origin
 from bridge.db import slack_store, store
@@ -40,6 +40,14 @@ IGNORED_SUBTYPES = {"channel_join", "channel_leave", "group_join", "group_leave"
                     "channel_name", "group_name", "bot_add", "bot_remove", "pinned_item",
                     "unpinned_item", "channel_archive", "channel_unarchive", "ekm_access_denied",
                     "message_replied", "assistant_app_thread"}
+# Events that make a linked channel unusable for the bridge (or usable again: None).
+CHANNEL_STATE_EVENTS = {
+    "channel_archive": "archived", "group_archive": "archived",
+    "channel_unarchive": None, "group_unarchive": None,
+    "channel_deleted": "deleted", "group_deleted": "deleted",
+}
+# A message taken in this recently but not yet in the room is still on its way to it.
+ARRIVING_SECONDS = 600.0
 TOPIC_SUBTYPES = {"channel_topic", "group_topic", "channel_purpose", "group_purpose"}
 
 
@@ -165,6 +173,10 @@ class SlackToMatrix:
             if name and room_id:
                 await self.hub.enqueue([self._state(room_id, "m.room.name", {"name": name})])
             return "renamed"
+        if kind in CHANNEL_STATE_EVENTS:
+            channel = str(event.get("channel") or "")
+            return await self.connector.channel_state_changed(
+                ws, room_id, channel, CHANNEL_STATE_EVENTS[kind], event.get("user"))
         if kind == "user_change":
             user = event.get("user") or {}
             if isinstance(user, dict) and user.get("id"):
@@ -492,12 +504,17 @@ class SlackToMatrix:
                                      "origin": origin.marker() if origin else None})
                 for m in mapped], also=forget)
             return "unreacted"
+        if await self._event_of(space, key) is not None:
+            return None  # in the room already (catch-up and a live event may both bring it)
+        target = await self._event_of(space, str(item.get("ts")))
+        if target is None:
+            if await self._on_its_way(ws, str(item.get("channel")), str(item.get("ts"))):
+                # Its message was taken in moments ago and waits to be sent to the room
+                # (catch-up stores a new message and its reactions together): try again.
+                raise TemporaryError("the message reacted to is not in the room yet")
+            return None  # a message from before the link
         async with self.hub.db.sessions() as session:
-            mapped = await store.mappings_for_remote(session, NETWORK, space, str(item.get("ts")))
             origin = await self._origin(session, space)
-        if not mapped:
-            return None
-        target = mapped[0].event_id
         sender = await self.puppet(ws, user)
         emoji = slack_emoji_to_unicode(name) or f":{name}:"
         part = RemotePart(sender=sender, event_type="m.reaction", remote_space=space,
@@ -506,6 +523,12 @@ class SlackToMatrix:
         await self.hub.post_parts(network=NETWORK, room_id=room_id, parts=[part],
                                   dedup_key=f"posted:{event_id or key}", origin=origin)
         return "reacted"
+
+    async def _on_its_way(self, ws: Workspace, channel: str, ts: str) -> bool:
+        key = message_key(ws.team_id, channel, ts)
+        async with self.hub.db.sessions() as session:
+            age = await slack_store.seconds_since_claimed(session, key)
+        return age is not None and age < ARRIVING_SECONDS
 
     async def _membership(self, ws: Workspace, room_id: str,
                           event: dict[str, Any]) -> str | None:

@@ -37,10 +37,27 @@ Outcome = list[Callable[[AsyncSession], Awaitable[None]]] | None
 FILE_MSGTYPES = {"m.image", "m.file", "m.video", "m.audio"}
 
 
-def avatar_signature(secret: bytes, mxc: str) -> str:
+# The purpose label of the avatar URL key: a key of its own, so a signature handed to Slack
+# (and to anyone who reads the channel's messages) reveals nothing usable about the as_token.
+AVATAR_KEY_PURPOSE = b"matrix-hub-bridge/slack/avatar-url/v1"
+
+
+def avatar_key(as_token: str) -> bytes:
+    """The key avatar URLs are signed with, derived from the as_token (HMAC as the
+    extract-and-expand step of HKDF with one output block)."""
+    return hmac.new(as_token.encode(), AVATAR_KEY_PURPOSE, hashlib.sha256).digest()
+
+
+def avatar_signature(key: bytes, mxc: str) -> str:
     """Signs avatar URLs handed to Slack: the bridge serves only avatars it gave out,
     not any file of the homeserver."""
-    return hmac.new(secret, mxc.encode(), hashlib.sha256).hexdigest()[:32]
+    return hmac.new(key, mxc.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def avatar_signature_valid(key: bytes, mxc: str, signature: str) -> bool:
+    """Compared in constant time: the answer must not tell how much of a guess was right."""
+    return hmac.compare_digest(avatar_signature(key, mxc).encode(),
+                               signature.encode("utf-8", "replace"))
 
 
 class _Resolver:

@@ -3,12 +3,17 @@
 Both ways end in :class:`Intake`, which stores events durably, in arrival order, a batch
 per database transaction, and only then acknowledges them to Slack. While the database is
 away, the batch is tried again before anything later, and nothing is acknowledged meanwhile
-(Slack's re-sends are dropped by their natural keys once stored).
+(Slack's re-sends are dropped by their natural keys once stored). An event that can never be
+stored (the database refuses its data, not the connection) is set aside after a few tries:
+logged with its payload, the linked room told, and acknowledged, so it does not hold up the
+workspace's intake for good. The queue is bounded: while it is full, events are not
+acknowledged and Slack sends them again later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -19,7 +24,7 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 
 from bridge.slack.workspace import Workspace
 
@@ -27,30 +32,91 @@ log = logging.getLogger("bridge.slack")
 
 # Stores a batch of event_callback payloads of one workspace; raises if it could not.
 StoreEvents = Callable[[Workspace, list[dict[str, Any]]], Awaitable[None]]
+# Told about an event that was set aside (the workspace, the payload, why).
+SetAside = Callable[[Workspace, dict[str, Any], str], Awaitable[None]]
 Ack = Callable[[bool], Awaitable[None]]
 
 MAX_BATCH = 200
 # Storing a batch again while the database is away: first after this, doubling up to max.
 RETRY_FIRST = 0.2
 RETRY_MAX = 5.0
+# Received events waiting to be stored, per workspace (slack.intake_queue_limit).
+DEFAULT_QUEUE_LIMIT = 10_000
+# How often an event the database refuses is tried, alone, before it is set aside: an
+# integrity error can be a race with another bridge process that the next try resolves.
+UNSTORABLE_TRIES = 3
+
+
+class _Outcome(enum.Enum):
+    STORED = "stored"
+    UNSTORABLE = "unstorable"  # the database refuses the data: trying again will not help
+    FAILED = "failed"  # something else (a bug): left to Slack's own retries
+
+
+def can_never_be_stored(exc: BaseException) -> bool:
+    """Errors about the event's data, not about reaching the database."""
+    if isinstance(exc, (IntegrityError, DataError)):
+        return True
+    if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
+        return True  # the statement could not even be built from the event's values
+    # The payload cannot be encoded (a lone surrogate in a text, say).
+    return isinstance(exc, (TypeError, ValueError))
+
+
+def database_away(exc: BaseException) -> bool:
+    """The database (or the way to it) is unavailable: the same write will work later."""
+    return isinstance(exc, (SQLAlchemyError, OSError, TimeoutError))
+
+
+def loggable_payload(payload: dict[str, Any]) -> str:
+    """The payload as JSON for the log: whatever it holds (it just failed to encode), and
+    without Slack's legacy verification token."""
+    shown = {k: v for k, v in payload.items() if k != "token"}
+    return json.dumps(shown, ensure_ascii=True, default=repr, sort_keys=True)
 
 
 class Intake:
-    """Per workspace: a queue of received events, stored in order, then acknowledged."""
+    """Per workspace: a bounded queue of received events, stored in order, then
+    acknowledged."""
 
-    def __init__(self, workspace: Workspace, store: StoreEvents) -> None:
+    def __init__(self, workspace: Workspace, store: StoreEvents, *,
+                 queue_limit: int = DEFAULT_QUEUE_LIMIT,
+                 set_aside: SetAside | None = None) -> None:
         self.workspace = workspace
         self._store = store
-        self._queue: asyncio.Queue[tuple[dict[str, Any], Ack]] = asyncio.Queue()
+        self._set_aside = set_aside
+        self._queue: asyncio.Queue[tuple[dict[str, Any], Ack]] = asyncio.Queue(
+            maxsize=queue_limit)
         self._task: asyncio.Task[None] | None = None
+        self._full_warned = False
+        self.refused_while_full = 0
+        self.set_aside_count = 0
+        self._last_refusal = "refused by the database"
 
-    def submit(self, payload: dict[str, Any], ack: Ack) -> None:
+    def submit(self, payload: dict[str, Any], ack: Ack) -> bool:
         """Queue one event; ``ack(stored)`` is called once it is stored (or could not be).
+        False: the queue is full, the event was not taken (do not acknowledge it).
 
         Not a coroutine on purpose: callers run concurrently, and queuing before their first
         ``await`` keeps Slack's order.
         """
-        self._queue.put_nowait((payload, ack))
+        try:
+            self._queue.put_nowait((payload, ack))
+        except asyncio.QueueFull:
+            self.refused_while_full += 1
+            if not self._full_warned:
+                self._full_warned = True
+                log.warning("the intake of Slack workspace %s holds %d events not yet stored; "
+                            "further events are left unacknowledged until it drains (Slack "
+                            "sends them again)", self.workspace.name, self._queue.maxsize)
+            return False
+        if self._full_warned and self._queue.qsize() < self._queue.maxsize // 2:
+            self._full_warned = False
+        return True
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"slack-intake-{self.workspace.name}")
@@ -65,34 +131,82 @@ class Intake:
             batch = [await self._queue.get()]
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            stored = await self._store_in_order(batch)
-            for _, ack in batch:
+            acks = await self._store_in_order(batch)
+            for (_, ack), stored in zip(batch, acks, strict=True):
                 try:
                     await ack(stored)
                 except Exception as exc:  # the connection went away: Slack re-sends
                     log.info("could not acknowledge a Slack event: %r", exc)
 
+    async def _store_in_order(self, batch: list[tuple[dict[str, Any], Ack]]) -> list[bool]:
+        """Store the batch; for each event, whether to acknowledge it.
 
-    async def _store_in_order(self, batch: list[tuple[dict[str, Any], Ack]]) -> bool:
-        """Store the batch. While the database is unreachable, the same batch is tried
-        again before anything received after it: Slack re-sends an unacknowledged event
-        only later (and may give up), so moving on would let later events of a channel
-        overtake it. Anything else (a bug with one event) is left to Slack's retries."""
+        While the database is unreachable, the same batch is tried again before anything
+        received after it: Slack re-sends an unacknowledged event only later (and may give
+        up), so moving on would let later events of a channel overtake it. When the database
+        refuses the batch's data, its events are stored one by one, in order, and the one it
+        refuses is set aside (and acknowledged). Anything else (a bug) is left to Slack's
+        retries."""
         payloads = [payload for payload, _ in batch]
+        outcome = await self._store_retrying(payloads, tries=1 if len(batch) > 1 else
+                                             UNSTORABLE_TRIES)
+        if outcome is _Outcome.STORED:
+            return [True] * len(batch)
+        if outcome is _Outcome.FAILED:
+            return [False] * len(batch)
+        if len(batch) == 1:
+            return [await self._put_aside(payloads[0])]
+        acks = []
+        for payload in payloads:
+            single = await self._store_retrying([payload], tries=UNSTORABLE_TRIES)
+            if single is _Outcome.UNSTORABLE:
+                acks.append(await self._put_aside(payload))
+            else:
+                acks.append(single is _Outcome.STORED)
+        return acks
+
+    async def _store_retrying(self, payloads: list[dict[str, Any]], tries: int) -> _Outcome:
         delay = RETRY_FIRST
+        refused = 0
         while True:
             try:
                 await self._store(self.workspace, payloads)
-                return True
-            except (SQLAlchemyError, OSError, TimeoutError) as exc:
-                log.warning("could not store %d Slack event(s) of %s (%r); trying again in "
-                            "%.1fs", len(batch), self.workspace.name, exc, delay)
-            except Exception:
-                log.exception("could not store %d Slack event(s) of %s; Slack will send them "
-                              "again", len(batch), self.workspace.name)
-                return False
+                return _Outcome.STORED
+            except Exception as exc:
+                if can_never_be_stored(exc):
+                    refused += 1
+                    self._last_refusal = f"{type(exc).__name__}: {exc}"
+                    if refused >= tries:
+                        return _Outcome.UNSTORABLE
+                    log.warning("could not store %d Slack event(s) of %s, their data was "
+                                "refused (%s); trying again in %.1fs", len(payloads),
+                                self.workspace.name,
+                                self._last_refusal.splitlines()[0], delay)
+                elif database_away(exc):
+                    log.warning("could not store %d Slack event(s) of %s (%r); trying again "
+                                "in %.1fs", len(payloads), self.workspace.name, exc, delay)
+                else:
+                    log.exception("could not store %d Slack event(s) of %s; Slack will send "
+                                  "them again", len(payloads), self.workspace.name)
+                    return _Outcome.FAILED
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
+
+    async def _put_aside(self, payload: dict[str, Any]) -> bool:
+        """Give up on an event the database will never take: acknowledged, so it does not
+        block the workspace, but never silently: its payload goes to the log at ERROR and
+        the linked room is told."""
+        reason = self._last_refusal.splitlines()[0]
+        self.set_aside_count += 1
+        log.error("set aside Slack event %s of %s after %d tries, it can never be stored (%s); "
+                  "its payload: %s", payload.get("event_id"), self.workspace.name,
+                  UNSTORABLE_TRIES, reason, loggable_payload(payload))
+        if self._set_aside is not None:
+            try:
+                await self._set_aside(self.workspace, payload, reason)
+            except Exception:
+                log.exception("could not tell the room about the Slack event set aside")
+        return True
 
 
 class SocketModeReceiver:
@@ -160,6 +274,7 @@ class SocketModeReceiver:
             if stored:
                 await client.send_socket_mode_response(SocketModeResponse(envelope_id))
 
+        # Not taken (the intake is full): no ack, so Slack sends the envelope again.
         self.intake.submit(payload, ack)
 
 
@@ -236,7 +351,9 @@ class EventsApiServer:
             if not done.done():
                 done.set_result(stored)
 
-        self.intakes[workspace.name].submit(payload, ack)
+        if not self.intakes[workspace.name].submit(payload, ack):
+            # The intake is full (the database is slow or away): Slack sends it again.
+            return web.json_response({"error": "busy, try again"}, status=503)
         try:
             stored = await asyncio.wait_for(asyncio.shield(done), self.ACK_WITHIN)
         except TimeoutError:

@@ -131,6 +131,8 @@ class Workspace:
         self.app_id = ""
         self.connected = False
         self.last_error: str | None = None
+        # Set when Slack says the app was uninstalled or its bot token revoked.
+        self.access_lost: str | None = None
 
     @property
     def socket_mode(self) -> bool:

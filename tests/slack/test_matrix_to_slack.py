@@ -7,6 +7,8 @@ Real Synapse, the bridge in-process, the Slack simulator; SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -79,6 +81,16 @@ async def test_text_notice_emote_with_name_avatar_mrkdwn_and_mentions(
     assert body == avatar
     # ...and nothing else: a wrong signature, or another media ID under the right one, is 404.
     status, _, _ = await _fetch(slack_bridge, f"{parts.path}?sig=0123456789abcdef")
+    assert status == 404
+    # The signature is made with a key of its own, not the as_token: one signed the old way
+    # (with the as_token itself) is refused, so a leaked URL tells nothing about the token.
+    mxc = "mxc://" + parts.path.split("/_bridge/slack/avatar/", 1)[1]
+    as_token_signed = hmac.new(slack_bridge.config.appservice.as_token.encode(), mxc.encode(),
+                               hashlib.sha256).hexdigest()[:32]
+    assert as_token_signed not in icon_url
+    status, _, _ = await _fetch(slack_bridge, f"{parts.path}?sig={as_token_signed}")
+    assert status == 404
+    status, _, _ = await _fetch(slack_bridge, f"{parts.path}?sig=")
     assert status == 404
     other = await upload_media(admin, b"secret scan", "application/pdf", "scan.pdf")
     other_path = parts.path.rsplit("/", 1)[0] + "/" + other.rsplit("/", 1)[1]

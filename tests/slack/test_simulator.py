@@ -482,6 +482,15 @@ async def test_web_api_errors_are_slacks(sim: SlackSimulator, rathaus: Team,
     assert caught.value.response["response_metadata"]["messages"]
     assert await error_of(c.users_info(user="U0NOBODY")) == "user_not_found"
     assert await error_of(c.conversations_info(channel="C0NOWHERE")) == "channel_not_found"
+    # Methods that want a channel ID do not take its name, with or without '#' (Slack's
+    # chat.postMessage does, and so does the simulator's).
+    for name in ("bauamt", "#bauamt"):
+        assert await error_of(c.conversations_info(channel=name)) == "channel_not_found"
+        assert await error_of(c.conversations_history(channel=name)) == "channel_not_found"
+        assert await error_of(c.conversations_join(channel=name)) == "channel_not_found"
+        assert await error_of(c.reactions_add(channel=name, timestamp=theirs,
+                                              name="eyes")) == "channel_not_found"
+    assert (await c.chat_postMessage(channel="#bauamt", text="by name"))["channel"] == BAUAMT
     # a private channel the bot is not in does not exist for it
     sim.add_channel(rathaus, "C0GEHEIM", name="geheim", members=[ANNA], is_private=True)
     assert await error_of(c.conversations_info(channel="C0GEHEIM")) == "channel_not_found"

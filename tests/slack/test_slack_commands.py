@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.db import queues
+from bridge.db import queues, store
 from tests.slack.conftest import ANNA, CHANNEL, OTHER_CHANNEL, SlackBridge, linked_room
 from tests.slack.relay_helpers import count_in_slack, has_body, room_events
 from tests.support.helpers import command, open_room
@@ -135,3 +135,48 @@ async def test_only_admins_may_manage_slack_links(
     # Still linked.
     await sim.post_message(team, CHANNEL, ANNA, text="Weiter verbunden")
     await outsider.wait_for_event(room, has_body("Weiter verbunden"), timeout=15)
+
+
+async def test_link_by_channel_name_stores_slacks_channel_id(
+        slack_bridge: SlackBridge, admin: MatrixTestClient, team: Any) -> None:
+    """`link slack #name` finds the channel through conversations.list (past its first page)
+    and stores the ID Slack gives; a name Slack does not know is refused with a hint to give
+    the ID, and nothing is linked."""
+    sim = slack_bridge.sim
+    bot = slack_bridge.homeserver.bot
+    # More channels than one page of conversations.list holds; the wanted one sorts last.
+    for number in range(210):
+        sim.add_channel(team, f"C0FILL{number:04d}", name=f"ablage-{number}", members=[ANNA])
+    sim.add_channel(team, "CZZPRESSE", name="pressestelle", members=[ANNA])
+    room = await open_room(bot, admin, bot_power=100, name="Presse")
+
+    reply = await command(bot, admin, room, "!bridge link slack #nirgends")
+    body = reply["content"]["body"]
+    assert "no channel #nirgends" in body and "channel ID" in body, body
+    reply = await command(bot, admin, room, "!bridge link slack c0bauamt")  # not an ID
+    assert "channel ID" in reply["content"]["body"]
+    async with slack_bridge.hub.db.sessions() as session:
+        assert await store.links_of_room(session, room) == []
+
+    reply = await command(bot, admin, room, "!bridge link slack #pressestelle", expect="Linked")
+    assert "#pressestelle" in reply["content"]["body"]
+    assert len(sim.calls_to("conversations.list")) >= 2  # it paged
+    async with slack_bridge.hub.db.sessions() as session:
+        links = await store.links_of_room(session, room)
+    assert [(link.remote_id, link.settings["channel"]) for link in links] == [
+        (f"{team.id}:CZZPRESSE", "CZZPRESSE")]
+    await sim.post_message(team, "CZZPRESSE", ANNA, text="Pressemitteilung")
+    await admin.wait_for_event(room, has_body("Pressemitteilung"), timeout=15)
+
+    # A bare name works as well; the link is the channel's ID, not the text upper-cased.
+    other = await open_room(bot, admin, bot_power=100, name="Schule")
+    await command(bot, admin, other, "!bridge link slack schule", expect="Linked")
+    async with slack_bridge.hub.db.sessions() as session:
+        links = await store.links_of_room(session, other)
+    assert [link.remote_id for link in links] == [f"{team.id}:{OTHER_CHANNEL}"]
+    # As `status` shows a link ("TEAM:CHANNEL"), the team choosing the workspace.
+    third = await open_room(bot, admin, bot_power=100, name="Bauamt")
+    await command(bot, admin, third, f"!bridge link slack {team.id}:{CHANNEL}", expect="Linked")
+    async with slack_bridge.hub.db.sessions() as session:
+        links = await store.links_of_room(session, third)
+    assert [link.remote_id for link in links] == [f"{team.id}:{CHANNEL}"]

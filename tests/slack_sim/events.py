@@ -32,14 +32,14 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
-from tests.slack_sim.state import Channel, JsonDict, Team, new_id
+from tests.slack_sim.state import Channel, JsonDict, Team, dumps, new_id
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_dumps = dumps
 
 
 def sign(body: bytes, secret: str, timestamp: int | str) -> str:

@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp import web
 
 from tests.slack_sim.images import solid_png
-from tests.slack_sim.state import SimulatorError, Team
+from tests.slack_sim.state import SimulatorError, Team, dumps
 from tests.slack_sim.webapi import upload_received
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_dumps = dumps
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -117,6 +117,8 @@ class SlackSimulator:
         self.post_message_burst = 5  # chat.postMessage: 1 per second per channel, bursts of this
         self.faults: dict[str, list[Fault]] = {}
         self._tokens: dict[str, tuple[Team, str]] = {}   # token -> (team, "bot" | "app")
+        # Tokens of an uninstalled app or revoked: the error Slack answers them with.
+        self.revoked_tokens: dict[str, str] = {}
         self._tickets: dict[str, Team] = {}
         self._runner: web.AppRunner | None = None
         self.webapi = WebApi(self)
@@ -651,17 +653,69 @@ class SlackSimulator:
         return str(message["ts"])
 
     async def archive_channel(self, team: TeamRef, channel_id: str, user_id: str) -> None:
+        """Archived: chat.postMessage answers is_archived; channel_archive (group_archive
+        for a private channel) goes to the app."""
         t = self.team(team)
         channel = t.channel(channel_id)
         visible = t.bot_user_id in channel.members or not channel.is_private
-        message: JsonDict = {"type": "message", "subtype": "channel_archive",
+        kind = "group" if channel.is_private else "channel"
+        message: JsonDict = {"type": "message", "subtype": f"{kind}_archive",
                              "ts": self.clock.next(), "user": user_id,
                              "text": f"<@{user_id}> archived the channel"}
         channel.add_top_level(message)
         self.dispatcher.emit(t, ev.message_event(channel, message), channel=channel)
         channel.is_archived = True
-        self.dispatcher.emit(t, {"type": "channel_archive", "channel": channel.id, "user": user_id,
-                                 "event_ts": self.clock.next()}, visible=visible)
+        self.dispatcher.emit(t, {"type": f"{kind}_archive", "channel": channel.id,
+                                 "user": user_id, "event_ts": self.clock.next()},
+                             visible=visible)
+
+    async def unarchive_channel(self, team: TeamRef, channel_id: str, user_id: str) -> None:
+        t = self.team(team)
+        channel = t.channel(channel_id)
+        visible = t.bot_user_id in channel.members or not channel.is_private
+        kind = "group" if channel.is_private else "channel"
+        channel.is_archived = False
+        message: JsonDict = {"type": "message", "subtype": f"{kind}_unarchive",
+                             "ts": self.clock.next(), "user": user_id,
+                             "text": f"<@{user_id}> un-archived the channel"}
+        channel.add_top_level(message)
+        self.dispatcher.emit(t, ev.message_event(channel, message), channel=channel)
+        self.dispatcher.emit(t, {"type": f"{kind}_unarchive", "channel": channel.id,
+                                 "user": user_id, "event_ts": self.clock.next()},
+                             visible=visible)
+
+    async def delete_channel(self, team: TeamRef, channel_id: str, user_id: str) -> None:
+        """Deleted by an admin: gone for every method (channel_not_found); channel_deleted
+        (group_deleted for a private channel) goes to the app, with the deleting admin as
+        actor_id, as Slack's payload has it."""
+        t = self.team(team)
+        channel = t.channel(channel_id)
+        visible = t.bot_user_id in channel.members or not channel.is_private
+        kind = "group" if channel.is_private else "channel"
+        del t.channels[channel.id]
+        event: JsonDict = {"type": f"{kind}_deleted", "channel": channel.id,
+                           "event_ts": self.clock.next()}
+        if kind == "channel":
+            event["actor_id"] = user_id
+        self.dispatcher.emit(t, event, visible=visible)
+
+    async def uninstall_app(self, team: TeamRef) -> None:
+        """A workspace admin removes the app: app_uninstalled and tokens_revoked go out (over
+        the connection still open), then the app's tokens answer account_inactive."""
+        t = self.team(team)
+        self.dispatcher.emit(t, {"type": "app_uninstalled"})
+        self.dispatcher.emit(t, {"type": "tokens_revoked",
+                                 "tokens": {"oauth": [], "bot": [t.bot_user_id]}})
+        for token in (t.bot_token, t.app_token):
+            if token:
+                self.revoked_tokens[token] = "account_inactive"
+
+    async def revoke_bot_token(self, team: TeamRef) -> None:
+        """The bot token is revoked (the app stays): tokens_revoked, then token_revoked."""
+        t = self.team(team)
+        self.dispatcher.emit(t, {"type": "tokens_revoked",
+                                 "tokens": {"oauth": [], "bot": [t.bot_user_id]}})
+        self.revoked_tokens[t.bot_token] = "token_revoked"
 
     async def change_user(self, team: TeamRef, user_id: str, *, display_name: str | None = None,
                           real_name: str | None = None, image_url: str | None = None,

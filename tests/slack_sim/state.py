@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import json
 import random
+import re
 import string
 import time
 from bisect import bisect_left, bisect_right
@@ -23,6 +25,17 @@ _ID_ALPHABET = string.ascii_uppercase + string.digits
 
 class SimulatorError(Exception):
     """A test drove the simulator wrongly (unknown team, user not in channel, ...)."""
+
+
+_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON as Slack writes it: UTF-8 text, except that a lone UTF-16 surrogate (a
+    text cut between the halves of an emoji) can only be written escaped, as ``\\ud83d``."""
+    text = _encode_json(value)
+    return _LONE_SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 def new_id(prefix: str, length: int = 10) -> str:
@@ -562,7 +575,8 @@ class Team:
             raise SimulatorError(f"no user {user_id} in team {self.id}") from None
 
     def find_channel(self, ref: str) -> Channel | None:
-        """By id, or by name with or without '#' (chat.postMessage accepts both)."""
+        """By id, or by name with or without '#' (chat.postMessage and the simulator's
+        own helpers accept both; the other Web API methods want the ID)."""
         channel = self.channels.get(ref)
         if channel is not None:
             return channel
@@ -587,5 +601,6 @@ class Team:
 DEFAULT_EVENT_TYPES = frozenset({
     "message", "reaction_added", "reaction_removed", "member_joined_channel",
     "member_left_channel", "channel_rename", "channel_archive", "channel_unarchive",
+    "group_archive", "group_unarchive", "group_deleted", "app_uninstalled", "tokens_revoked",
     "channel_deleted", "channel_created", "user_change", "team_join", "emoji_changed",
 })

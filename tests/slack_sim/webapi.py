@@ -204,6 +204,8 @@ class WebApi:
             return fault.status, {"ok": False, "error": fault.error}, headers
         if not token:
             return 200, {"ok": False, "error": "not_authed"}, {}
+        if token in sim.revoked_tokens:
+            return 200, {"ok": False, "error": sim.revoked_tokens[token]}, {}
         owner = sim.token_owner(token)
         if owner is None:
             return 200, {"ok": False, "error": "invalid_auth"}, {}
@@ -246,11 +248,15 @@ class WebApi:
         return None
 
     # -- helpers --------------------------------------------------------------------------
-    def channel(self, ctx: Ctx, params: Params, key: str = "channel") -> Channel:
+    def channel(self, ctx: Ctx, params: Params, key: str = "channel", *,
+                by_name: bool = False) -> Channel:
+        """The channel a method names. As in Slack, only an ID unless ``by_name`` (which
+        chat.postMessage and chat.meMessage allow): conversations.info and the rest answer
+        channel_not_found for "general" or "#general"."""
         ref = params.opt(key)
         if ref is None:
             raise ApiError("channel_not_found")
-        channel = ctx.team.find_channel(ref)
+        channel = ctx.team.find_channel(ref) if by_name else ctx.team.channels.get(ref)
         if channel is None or (channel.is_private and ctx.team.bot_user_id not in channel.members):
             raise ApiError("channel_not_found")
         return channel
@@ -418,7 +424,7 @@ def conversations_members(api: WebApi, ctx: Ctx, p: Params) -> JsonDict:
 def conversations_join(api: WebApi, ctx: Ctx, p: Params) -> JsonDict:
     team = ctx.team
     ref = p.opt("channel")
-    channel = team.find_channel(ref) if ref else None
+    channel = team.channels.get(ref) if ref else None  # an ID only, as in Slack
     if channel is None:
         raise ApiError("channel_not_found")
     if channel.is_private:
@@ -554,7 +560,7 @@ def _attachments(p: Params) -> list[JsonDict] | None:
 
 
 def _writable(api: WebApi, ctx: Ctx, p: Params) -> Channel:
-    channel = api.channel(ctx, p)
+    channel = api.channel(ctx, p, by_name=True)
     if channel.is_archived:
         raise ApiError("is_archived")
     if ctx.team.bot_user_id not in channel.members:
@@ -720,7 +726,7 @@ def files_complete_upload_external(api: WebApi, ctx: Ctx, p: Params) -> JsonDict
         channel_ids.insert(0, p.req("channel_id"))
     channels = []
     for channel_id in channel_ids:
-        channel = team.find_channel(channel_id)
+        channel = team.channels.get(channel_id)  # IDs only, as in Slack
         if channel is None or (channel.is_private and team.bot_user_id not in channel.members):
             raise ApiError("channel_not_found")
         if team.bot_user_id not in channel.members:
