@@ -33,12 +33,18 @@ class Origin:
     #: Remote participants of that link who already have the message without the bridge
     #: (for email: the mail's direct To/Cc recipients), so a relay within the link skips them.
     also_received: tuple[str, ...] = field(default=())
+    #: The remote thread the message belongs to on that link, for a connector that relays
+    #: within its link (for email: the Message-ID that roots the room's mail thread), so
+    #: the relayed copies join it without waiting for the message mapping to be written.
+    thread: str | None = None
 
     def marker(self) -> dict[str, Any]:
         """The value stored under :data:`ORIGIN_KEY`."""
         value: dict[str, Any] = {"network": self.network, "link": self.link_id}
         if self.also_received:
             value["also_received"] = list(self.also_received)
+        if self.thread is not None:
+            value["thread"] = self.thread
         return value
 
     def mark(self, content: dict[str, Any]) -> dict[str, Any]:
@@ -61,4 +67,6 @@ def read_origin(content: Any) -> Origin | None:
     received = value.get("also_received")
     also = tuple(a for a in received if isinstance(a, str)) if isinstance(received, list) \
         else ()
-    return Origin(network=network, link_id=link_id, also_received=also)
+    thread = value.get("thread")
+    return Origin(network=network, link_id=link_id, also_received=also,
+                  thread=thread if isinstance(thread, str) else None)

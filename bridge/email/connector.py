@@ -532,7 +532,7 @@ class EmailConnector(Connector):
         # The other subscribers get the mail through the room (the relay rule hands it back
         # to this link), except those it was addressed to directly.
         origin = Origin(network=NETWORK, link_id=target.link_id,
-                        also_received=tuple(sorted(addressed)))
+                        also_received=tuple(sorted(addressed)), thread=root or message_id)
         if await hub.post_parts(network=NETWORK, dedup_key=f"{room_id}/{message_id}",
                                 room_id=room_id, parts=parts, also=also, origin=origin):
             if write_profile:
@@ -628,22 +628,34 @@ class EmailConnector(Connector):
         localpart = link.remote_id
         hub = self.hub
 
+        # A subscriber's own mail, handed back by the relay rule for the other subscribers
+        # (the origin marker, checked by the hub, says so). It is in the room's mail
+        # already: its thread and message mapping were written when it came in.
+        origin = read_origin({ORIGIN_KEY: delivery.payload.get("origin")})
+        own_mail = origin is not None and origin.link_id == link.id
         async with hub.db.sessions() as session:
             root = await self._root_of(session, relates, event_id)
-            thread = await self._thread(session, room_id, root)
+            thread = None
+            if own_mail and origin is not None and origin.thread is not None:
+                thread = await email_store.thread_by_message_id(session, room_id,
+                                                                origin.thread)
+            if thread is None:
+                thread = await self._thread(session, room_id, root)
             recipients = await email_store.subscribers(session, room_id, active_only=True)
             author = None
             if hub.network_of(sender) == NETWORK:
                 puppet = await store.get_puppet(session, sender)
                 author = puppet.remote_id if puppet else None
         # Its author has the message, and so have those a subscriber's mail was addressed
-        # to directly (the origin marker, checked by the hub, names them).
-        origin = read_origin({ORIGIN_KEY: delivery.payload.get("origin")})
-        received = set(origin.also_received) if origin and origin.link_id == link.id else set()
+        # to directly (the marker names them).
+        received = set(origin.also_received) if own_mail and origin is not None else set()
         recipients = [r for r in recipients if r.address != author and r.address not in received]
+        if own_mail and not recipients:
+            return "0 recipient(s)"
 
         message_id = message_id_for(event_id, self.domain)
         room_name = await self._room_name(room_id)
+        new_thread = thread is None
         if thread is None:  # a new topic: this message starts the mail thread
             first_line = (content.get("body") or "").strip().splitlines()[:1]
             topic = new_topic_subject(room_name, first_line[0] if first_line else None)
@@ -674,14 +686,17 @@ class EmailConnector(Connector):
             # Once per relayed event, even if this delivery is repeated after a crash.
             if not await store.claim_inbound_key(session, "email-fanout", event_id):
                 return
-            await email_store.add_thread(session, thread_key=thread.thread_key,
-                                         room_id=room_id, root_event_id=thread.root_event_id,
-                                         root_message_id=thread.root_message_id,
-                                         topic=thread.topic)
-            await store.add_mapping(session, room_id=room_id, event_id=event_id,
-                                    network=NETWORK, remote_space=localpart,
-                                    remote_id=_strip_brackets(message_id),
-                                    thread_root=None if root == event_id else root)
+            if new_thread or not own_mail:  # (a subscriber's mail has its thread already)
+                await email_store.add_thread(session, thread_key=thread.thread_key,
+                                             room_id=room_id,
+                                             root_event_id=thread.root_event_id,
+                                             root_message_id=thread.root_message_id,
+                                             topic=thread.topic)
+            if not own_mail:  # (and its mapping: the mail it came as)
+                await store.add_mapping(session, room_id=room_id, event_id=event_id,
+                                        network=NETWORK, remote_space=localpart,
+                                        remote_id=_strip_brackets(message_id),
+                                        thread_root=None if root == event_id else root)
             await queues.enqueue(session, [
                 NewDelivery(network=NETWORK, room_id=room_id, kind="mail",
                             payload={**mail, "to": r.address},
