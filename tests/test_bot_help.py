@@ -34,6 +34,8 @@ ADMIN_USAGES = [
     "status",
     "link <network> <remote-id> [workspace]",
     "unlink <network> [<remote-id>]",
+    "failed",
+    "retry <id>|all",
     "email subscribe <address> [name]",
     "email unsubscribe <address>",
     "email list",

@@ -12,11 +12,15 @@ from typing import Any
 
 import pytest
 import yaml
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as SMTPServer
+from aiosmtpd.smtp import Envelope, Session
 
 from bridge.config import Config
 from tests.conftest import Homeserver
 from tests.support.helpers import command, open_room
 from tests.support.matrix_client import MatrixTestClient
+from tests.support.synapse import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -332,11 +336,16 @@ def test_a_missing_homeserver_domain_is_an_error_not_example_org(tmp_path: Path,
 
 
 def test_check_warns_about_no_admins_and_creates_no_database_file(
-        homeserver: Homeserver, tmp_path: Path) -> None:
+        homeserver: Homeserver, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     db_file = tmp_path / "fresh.db"
+    # A relay that answers, so that the only things to report are the database and admins.
+    relay = Controller(Sink(), hostname="127.0.0.1", port=free_port())
+    relay.start()
+    request.addfinalizer(relay.stop)
     config = _session_config(homeserver, tmp_path, f"sqlite+aiosqlite:///{db_file}",
                              bridge__admins=[], email__enabled=True,
-                             email__domain="mail.bridge.test", email__sender_auth="none")
+                             email__domain="mail.bridge.test", email__sender_auth="none",
+                             email__smtp_out={"host": "127.0.0.1", "port": relay.port})
     result = bridge_cmd("check", "-c", str(config))
     assert result.returncode == 1
     assert (f"[FAIL] database reachable and migrated: sqlite+aiosqlite:///{db_file}: "
@@ -430,3 +439,12 @@ def test_run_names_an_unreachable_database(tmp_path: Path, generated: Path) -> N
         "bridge (database.url): "), result.stderr
     assert "s3cret-pw" not in result.stderr
     assert "Traceback" not in result.stderr and "Unclosed" not in result.stderr
+
+
+class Sink:
+    """An SMTP server that accepts every mail (for commands that only need a relay to
+    answer)."""
+
+    async def handle_DATA(self, server: SMTPServer, session: Session,
+                          envelope: Envelope) -> str:
+        return "250 OK"
