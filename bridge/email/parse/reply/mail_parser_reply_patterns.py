@@ -247,3 +247,49 @@ def get_patterns() -> _Patterns:
     if _patterns is None:
         _patterns = _Patterns()
     return _patterns
+
+
+# What this module takes from mail-parser-reply, per language; "sent_from" is optional
+# because the library has none for some languages (Japanese).
+_REQUIRED_KEYS = ("wrote_header", "from_header")
+_OPTIONAL_KEYS = ("sent_from",)
+
+
+def reliance_problems() -> list[str]:
+    """What of the things this module relies on the installed mail-parser-reply no longer
+    provides in the form it was written for (an empty list: all of it).
+
+    A missing language or key loses quote headers (results change); a pattern of a shape the
+    probe reader does not know is searched the slow way (speed changes).
+    """
+    problems: list[str] = []
+    for lang in _HEADER_LANGUAGES:
+        spec = MAIL_LANGUAGES.get(lang)
+        if not isinstance(spec, dict):
+            problems.append(f"MAIL_LANGUAGES[{lang!r}] is gone: that language's quote headers "
+                            "are no longer recognised")
+            continue
+        for key in _REQUIRED_KEYS + _OPTIONAL_KEYS:
+            if key in spec and not isinstance(spec[key], str):
+                problems.append(f"MAIL_LANGUAGES[{lang!r}][{key!r}] is no longer a regex string "
+                                f"but {type(spec[key]).__name__}")
+        for key in _REQUIRED_KEYS:
+            pattern = spec.get(key)
+            if not isinstance(pattern, str) or not pattern:
+                problems.append(f"MAIL_LANGUAGES[{lang!r}][{key!r}] is gone: those quote headers "
+                                "are no longer recognised")
+            elif _header_probe(pattern) is None:
+                problems.append(f"MAIL_LANGUAGES[{lang!r}][{key!r}] has a shape the probe reader "
+                                f"does not know (searched slowly now): {pattern[:160]!r}")
+    try:
+        patterns = get_patterns()
+    except Exception as exc:  # a changed EmailMessage signature or attribute
+        return [*problems, "EmailMessage(text=, languages=, keep_hyphen_lists=).SIGNATURE_REGEX "
+                f"no longer works: {exc!r}"]
+    if patterns.signature_head is None:
+        problems.append("EmailMessage.SIGNATURE_REGEX has a shape _signature_head does not know "
+                        f"(searched slowly now): {patterns.signature.pattern[:160]!r}")
+    elif not patterns.sent_from_probed:
+        problems.append("a 'sent_from' pattern can now cross a line break, so 'Sent from my …' "
+                        "lines are searched line by line")
+    return problems
