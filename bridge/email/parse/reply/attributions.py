@@ -38,11 +38,7 @@ def attribution_start(work: list[str], first_quoted: int) -> int:
 
 
 _ADDRESS_END = re.compile(r"<[^<>\s@]+@[^<>\s]+>\s*[:\uff1a]$")
-
-
 _TIME = re.compile(r"\d{1,2}[:.]\d{2}")
-
-
 _DASHED_ATTRIBUTION = re.compile(r"^[-=]{2,}.*[-=]{2,}$")
 
 
@@ -68,8 +64,6 @@ def _is_strong_attribution(text: str) -> bool:
 # How a strong attribution ends (with a colon, or dashed): lines that end otherwise, and
 # whose next line does too, cannot be one (nor start one that is wrapped).
 _ATTRIBUTION_ENDS = (":", "\uff1a", "--", "-=", "=-", "==")
-
-
 _ATTRIBUTION_END = re.compile(r"\n(?:(?<=[:\uff1a]\n)|(?<=[-=][-=]\n))")  # before a break
 
 

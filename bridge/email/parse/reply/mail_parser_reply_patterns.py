@@ -30,8 +30,6 @@ from bridge.email.parse.reply.regex_source import (
 # on purpose: its header pattern accepts a single "Do: …" line, and "Do:" is the German
 # abbreviation for Thursday in every second appointment list.
 _HEADER_LANGUAGES = ("de", "en", "fr", "it", "es", "nl", "da", "sv", "cs", "ja", "ko", "zh")
-
-
 # Sign-off words only for languages whose lists cannot hit ordinary German or English lines
 # (the Danish list contains "Tak", which starts "Take …").
 _SIGNATURE_LANGUAGES = ("de", "en", "fr", "it", "es", "nl")
@@ -120,8 +118,6 @@ class _Patterns:
 
 
 _QUOTE_PREFIX = r"(?:> ?)*"
-
-
 _BLOCK_LINE_START = r"(?:^|\n|\n(?:> ?)*)"
 
 
@@ -210,8 +206,6 @@ def _probe_char(probe: str) -> str | None:
 # The signature regex's alternatives each start at a line start, after blank space before
 # one, or (the long ruler) on the line breaks before it.
 _SIGNATURE_RULER = r"(\n{2,} ?[_-]{32,})"
-
-
 RULER_LINE = re.compile(r"\n\n(?= ?[_-]{32})")
 
 

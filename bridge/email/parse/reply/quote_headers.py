@@ -11,8 +11,6 @@ from bridge.email.parse.reply.mail_parser_reply_patterns import get_patterns
 FROM_KEY = re.compile(
     r"^(?:>\s?)*[*\s]*(?:from|von|de|da|fra|från|van|od|от|發件人|发件人|보낸\s?사람|sender|"
     r"absender)[*\s]*[:\uff1a]", re.IGNORECASE)
-
-
 _KEY_LINE = re.compile(r"^(?:>\s?)*[*\s]*[^\W\d_][\w .'-]{0,25}[*\s]*[:\uff1a]", re.IGNORECASE)
 
 

@@ -18,11 +18,7 @@ _SEPARATOR = re.compile(
     r"début du message réexpédié|inizio messaggio inoltrato)\s*:$",
     re.IGNORECASE,
 )
-
-
 _UNDERSCORE_LINE = re.compile(r"^_{20,}$")
-
-
 # Both separator patterns need a line that starts with ">", a ruler character or a space,
 # or one that ends with ":": found at the line breaks next to them, all lines at once.
 _SEPARATOR_HINT = re.compile(r"\n(?:(?=[>\-=_*]|[^\S\n])|(?<=:\n))")
