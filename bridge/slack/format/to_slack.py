@@ -63,7 +63,7 @@ def _matrix_target(href: str) -> tuple[str, str] | None:
     return None
 
 
-def _wrap(content: str, marker: str) -> str:
+def _wrap_each_line(content: str, marker: str) -> str:
     """Put a style marker around each line, whitespace outside the markers."""
     lines = []
     for line in content.split("\n"):
@@ -77,7 +77,7 @@ def _wrap(content: str, marker: str) -> str:
     return "\n".join(lines)
 
 
-def _tidy(text: str) -> str:
+def _trim_lines(text: str) -> str:
     lines = [line.strip(" ") for line in text.split("\n")]
     # A ">" the Matrix user wrote as text must not turn the line into a Slack
     # quote; an invisible space in front keeps it text (and is removed again
@@ -90,7 +90,7 @@ def _tidy(text: str) -> str:
     return "\n".join(lines)
 
 
-def _tag(el: Any) -> str | None:
+def _tag_name(el: Any) -> str | None:
     tag = el.tag
     return tag.lower() if isinstance(tag, str) else None
 
@@ -106,7 +106,7 @@ class _HtmlToMrkdwn:
         inline: list[str] = []
 
         def flush() -> None:
-            text = _tidy("".join(inline))
+            text = _trim_lines("".join(inline))
             inline.clear()
             if text:
                 out.append((text, False))
@@ -114,7 +114,7 @@ class _HtmlToMrkdwn:
         if el.text:
             inline.append(self.text(el.text))
         for child in el:
-            tag = _tag(child)
+            tag = _tag_name(child)
             if tag is None or tag in _SKIP_TAGS:
                 pass
             elif tag in _BLOCK_TAGS:
@@ -142,7 +142,7 @@ class _HtmlToMrkdwn:
 
     def block(self, el: Any, tag: str, depth: int, list_level: int) -> tuple[str, bool]:
         if depth > _MAX_HTML_DEPTH:
-            return _tidy(self.text(el.text_content())), False
+            return _trim_lines(self.text(el.text_content())), False
         if tag == "pre":
             code = el.text_content()
             if code.endswith("\n"):
@@ -161,14 +161,14 @@ class _HtmlToMrkdwn:
             return "---", True
         if tag == "tr":
             cells = [
-                _tidy(self.inline_children(cell, depth, frozenset())).replace("\n", " ")
+                _trim_lines(self.inline_children(cell, depth, frozenset())).replace("\n", " ")
                 for cell in el
-                if _tag(cell) in ("td", "th")
+                if _tag_name(cell) in ("td", "th")
             ]
             return " | ".join(cells), False
         inner = self.join(self.blocks(el, depth, list_level))
         if tag in _PARAGRAPH_TAGS and tag != "p":
-            inner = _wrap(inner, "*")
+            inner = _wrap_each_line(inner, "*")
         return inner, tag in _PARAGRAPH_TAGS
 
     def list(self, el: Any, ordered: bool, depth: int, level: int) -> str:
@@ -181,7 +181,7 @@ class _HtmlToMrkdwn:
             number = max(0, min(number, 10**9))
         lines: list[str] = []
         for child in el:
-            if _tag(child) != "li":
+            if _tag_name(child) != "li":
                 continue
             marker = f"{number}. " if ordered else LIST_BULLETS[level % len(LIST_BULLETS)] + " "
             lines.append(self.list_item(child, marker, depth + 1, level))
@@ -203,7 +203,7 @@ class _HtmlToMrkdwn:
         if el.text:
             parts.append(self.text(el.text))
         for child in el:
-            tag = _tag(child)
+            tag = _tag_name(child)
             if tag is not None and tag not in _SKIP_TAGS:
                 if tag in _BLOCK_TAGS:
                     block = self.block(child, tag, depth + 1, 0)[0]
@@ -223,7 +223,7 @@ class _HtmlToMrkdwn:
         if tag in _MARKERS:
             marker = _MARKERS[tag]
             inner = self.inline_children(el, depth, active | {marker})
-            return inner if marker in active else _wrap(inner, marker)
+            return inner if marker in active else _wrap_each_line(inner, marker)
         if tag == "code":
             code = _HTML_SPACE_RE.sub(" ", el.text_content())
             return f"`{_slack_escape(code)}`" if code.strip() else _slack_escape(code)
@@ -319,4 +319,4 @@ def matrix_to_slack(body: str | None, html: str | None, resolver: MatrixResolver
 def emote_to_slack(body: str | None, html: str | None, resolver: MatrixResolver) -> str:
     """An ``m.emote`` as mrkdwn, in italics the way Slack shows ``/me``."""
     text = matrix_to_slack(body, html, resolver)
-    return _wrap(text, "_")
+    return _wrap_each_line(text, "_")
