@@ -43,7 +43,14 @@ from bridge.email.addresses import (
     normalize_domain,
     normalize_localpart,
 )
-from bridge.email.sanitize import ALLOWED_TAGS as MATRIX_TAGS
+from bridge.email.html_allow_lists import (
+    DROP_WITH_CONTENT_TO_MAIL,
+    HEX_COLOR,
+    LINK_SCHEMES,
+    MAIL_ATTRIBUTES,
+    MATRIX_TAGS,
+)
+from bridge.email.text import text_to_linked_html, tidy_text
 
 __all__ = ["LinkedFile", "OutgoingAttachment", "build_email", "matrix_html_to_text"]
 
@@ -266,19 +273,10 @@ def _phrase_words(name: str) -> list[str]:
 
 # --- Matrix HTML -----------------------------------------------------------------------------
 
-# Removed with their content. The Matrix side has sanitised the HTML already; this is a second
-# line of defence and removes what makes no sense in a mail. mx-reply is the reply fallback
-# (a quote of the replied-to message) that Matrix clients are told to strip.
-_DROP_WITH_CONTENT = frozenset({
-    "mx-reply", "script", "style", "iframe", "frame", "frameset", "object", "embed", "applet",
-    "link", "meta", "base", "form", "input", "button", "select", "textarea", "noscript",
-    "template", "svg", "math", "head", "title",
-})
 _SAFE_LINK_RE = re.compile(r"(?:https?://|mailto:)", re.IGNORECASE)
 # Mentions ("pills") and permalinks: matrix.to links mean nothing to mail readers, their text
 # (the display name) is what they should see.
 _MATRIX_TO_RE = re.compile(r"https://matrix\.to/", re.IGNORECASE)
-_HEX_COLOR_RE = re.compile(r"#[0-9a-fA-F]{6}")
 
 
 def _remove_keep_tail(node: Any) -> None:
@@ -316,7 +314,7 @@ def _parse_matrix_html(source: str) -> Any:
             _remove_keep_tail(node)
             continue
         tag = node.tag.lower()
-        if tag in _DROP_WITH_CONTENT:
+        if tag in DROP_WITH_CONTENT_TO_MAIL:
             _remove_keep_tail(node)
             continue
         for attribute in list(node.attrib):
@@ -386,13 +384,7 @@ def matrix_html_to_text(html: str) -> str:
         block.text = "\n".join(f"> {line}" if line else ">" for line in inner.split("\n"))
         block.tail = quote.tail
         quote.getparent().replace(quote, block)
-    return _tidy_text(_render_text(root))
-
-
-def _tidy_text(text: str) -> str:
-    lines = [line.rstrip() for line in text.split("\n")]
-    tidy = re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
-    return tidy.strip("\n")
+    return tidy_text(_render_text(root))
 
 
 # Inline styles only: Outlook (Word engine), Gmail and others drop <style> blocks or parts of
@@ -410,31 +402,13 @@ _ELEMENT_STYLES = {
 }
 
 
-# What of a room member's HTML goes into the mail: an allow-list (never a deny-list, which
-# misses the next way to load a URL). The Matrix tag list; attributes that can neither load
-# anything nor restyle the mail (no style, background, srcset, poster, ...). <img> passes
-# only to be turned into a link or its text below; no mail carries an image of a member's
-# choosing, so nobody can make every subscriber's mail client fetch a URL.
-_MAIL_ATTRIBUTES: dict[str, set[str]] = {
-    "*": set(),
-    "font": {"data-mx-bg-color", "data-mx-color"},
-    "span": {"data-mx-bg-color", "data-mx-color"},
-    "a": {"href"},
-    "img": {"src", "alt", "title"},
-    "ol": {"start"},
-    "td": {"colspan", "rowspan"},
-    "th": {"colspan", "rowspan"},
-}
-_LINK_SCHEMES = ("http:", "https:", "mailto:")
-
-
 def _mail_attribute_filter(tag: str, attribute: str, value: str) -> str | None:
     if attribute in ("data-mx-color", "data-mx-bg-color"):
-        return value if _HEX_COLOR_RE.fullmatch(value) else None
+        return value if HEX_COLOR.fullmatch(value) else None
     if attribute in ("start", "colspan", "rowspan"):
         return value if value.strip().isdigit() and len(value.strip()) <= 4 else None
     if attribute == "href":
-        return value if value.strip().lower().startswith(_LINK_SCHEMES) else None
+        return value if value.strip().lower().startswith(LINK_SCHEMES) else None
     if attribute == "src":  # kept only to become a link; mxc:// means nothing in a mail
         return value if value.strip().lower().startswith(("http:", "https:")) else None
     return value
@@ -444,8 +418,8 @@ def _allowed_html(html: str) -> str:
     return str(nh3.clean(
         _NOT_XML_CHAR_RE.sub("", html),
         tags=set(MATRIX_TAGS),
-        clean_content_tags=set(_DROP_WITH_CONTENT),
-        attributes=_MAIL_ATTRIBUTES,
+        clean_content_tags=set(DROP_WITH_CONTENT_TO_MAIL),
+        attributes=MAIL_ATTRIBUTES,
         attribute_filter=_mail_attribute_filter,
         strip_comments=True,
         link_rel="noopener noreferrer",
@@ -467,9 +441,9 @@ def _matrix_html_for_email(html: str) -> str | None:
             continue
         styles: list[str] = []
         color, background = node.get("data-mx-color"), node.get("data-mx-bg-color")
-        if color and _HEX_COLOR_RE.fullmatch(color):
+        if color and HEX_COLOR.fullmatch(color):
             styles.append(f"color:{color}")
-        if background and _HEX_COLOR_RE.fullmatch(background):
+        if background and HEX_COLOR.fullmatch(background):
             styles.append(f"background-color:{background}")
         element_style = _ELEMENT_STYLES.get(node.tag.lower())
         in_pre = node.tag.lower() == "code" and any(
@@ -482,33 +456,6 @@ def _matrix_html_for_email(html: str) -> str | None:
             node.set("style", ";".join([*styles, existing] if existing else styles))
     return str(lxml.html.tostring(root, encoding="unicode", method="html"))
 
-
-_URL_IN_TEXT_RE = re.compile(r"https?://[^\s<>\"]+[^\s<>\".,;:!?)\]'}]", re.IGNORECASE)
-
-
-def _text_to_html(text: str) -> str:
-    """Escaped text with line breaks, runs of spaces and clickable http(s) links kept."""
-    lines = []
-    for line in text.split("\n"):
-        parts: list[str] = []
-        position = 0
-        for match in _URL_IN_TEXT_RE.finditer(line):
-            parts.append(_escape_spaces(html_lib.escape(line[position:match.start()])))
-            url = html_lib.escape(match.group(0))
-            parts.append(f'<a href="{url}">{url}</a>')
-            position = match.end()
-        parts.append(_escape_spaces(html_lib.escape(line[position:])))
-        lines.append("".join(parts))
-    return "<br>\n".join(lines)
-
-
-def _escape_spaces(text: str) -> str:
-    # HTML collapses spaces; indentation and aligned text in a message should survive.
-    text = re.sub(r"^ +", lambda m: "&nbsp;" * len(m.group(0)), text)
-    return re.sub(r" {2,}", lambda m: " " + "&nbsp;" * (len(m.group(0)) - 1), text)
-
-
-# --- the message -----------------------------------------------------------------------------
 
 _BODY_STYLE = (
     "margin:0;padding:16px;font-family:Arial,Helvetica,sans-serif;font-size:14px;"
@@ -665,7 +612,7 @@ def build_email(
 
     content = _matrix_html_for_email(html) if html else None
     if content is None:
-        content = f"<div>{_text_to_html(body)}</div>"
+        content = f"<div>{text_to_linked_html(body)}</div>"
     correction = (
         f'<p style="{_NOTE_STYLE}">{html_lib.escape(CORRECTION_LABEL)}</p>\n'
         if is_correction else ""

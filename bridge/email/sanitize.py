@@ -28,39 +28,18 @@ from inscriptis.model.html_element import HtmlElement
 from lxml.etree import ParserError
 from lxml.html import document_fromstring
 
+from bridge.email.html_allow_lists import (
+    DROP_WITH_CONTENT_FROM_MAIL,
+    HEX_COLOR,
+    LINK_SCHEMES,
+    MATRIX_ATTRIBUTES,
+    MATRIX_TAGS,
+)
+from bridge.email.text import tidy_text
+
 log = logging.getLogger(__name__)
 
-__all__ = ["ALLOWED_ATTRIBUTES", "ALLOWED_TAGS", "html_to_text", "sanitize_html"]
-
-# The Matrix spec's recommended tag list (client-server API, "m.room.message msgtypes",
-# formatted_body), including the deprecated font and strike that older clients still send.
-ALLOWED_TAGS: frozenset[str] = frozenset({
-    "font", "del", "s", "strike", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "p", "a",
-    "ul", "ol", "sup", "sub", "li", "b", "i", "u", "strong", "em", "code", "hr", "br", "div",
-    "table", "thead", "tbody", "tr", "th", "td", "caption", "pre", "span", "img", "details",
-    "summary",
-})
-
-ALLOWED_ATTRIBUTES: dict[str, frozenset[str]] = {
-    "font": frozenset({"data-mx-bg-color", "data-mx-color", "color"}),
-    "span": frozenset({"data-mx-bg-color", "data-mx-color", "data-mx-spoiler", "data-mx-maths"}),
-    "div": frozenset({"data-mx-maths"}),
-    "a": frozenset({"name", "target", "href"}),
-    "img": frozenset({"width", "height", "alt", "title", "src"}),
-    "ol": frozenset({"start"}),
-    "code": frozenset({"class"}),
-}
-
-# Elements whose *content* must vanish too, not just the tags: code, styling, embedded
-# documents, and the <title>/<xml> blocks that Outlook puts in <head>.
-_DROP_WITH_CONTENT: frozenset[str] = frozenset({
-    "script", "style", "iframe", "object", "embed", "applet", "noscript", "noembed",
-    "noframes", "template", "title", "xml", "svg", "math", "head", "frameset", "frame",
-    "textarea", "select", "button",
-})
-
-_LINK_SCHEMES = ("http:", "https:", "mailto:")
-_HEX_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
+__all__ = ["html_to_text", "sanitize_html"]
 
 # Block-level tags outside the Matrix list that mail clients use a lot. Mapped to a div (or
 # code) before cleaning, so their content keeps its line breaks instead of running together.
@@ -83,7 +62,7 @@ def _attribute_filter(tag: str, attr: str, value: str) -> str | None:
     """Per-attribute checks that nh3's allow-lists cannot express."""
     if tag == "a" and attr == "href":
         # matrix.to links are https; cid:/mxc: only make sense on images.
-        return value if value.lower().startswith(_LINK_SCHEMES) else None
+        return value if value.lower().startswith(LINK_SCHEMES) else None
     if tag == "img" and attr == "src":
         return value if value.lower().startswith(("cid:", "mxc://", "http:", "https:")) else None
     if tag == "code" and attr == "class":
@@ -91,7 +70,7 @@ def _attribute_filter(tag: str, attr: str, value: str) -> str | None:
         classes = [c for c in value.split() if re.fullmatch(r"language-[A-Za-z0-9_+#.-]+", c)]
         return " ".join(classes) or None
     if attr in {"color", "data-mx-color", "data-mx-bg-color"}:
-        return value if _HEX_COLOR.fullmatch(value) else None
+        return value if HEX_COLOR.fullmatch(value) else None
     if attr in {"start", "width", "height"}:
         value = value.strip().removesuffix("px")
         return value if value.isdigit() and len(value) <= 6 else None
@@ -110,10 +89,10 @@ def _final_attribute_filter(tag: str, attr: str, value: str) -> str | None:
 def _clean(html: str, final: bool) -> str:
     return nh3.clean(
         html,
-        tags=set(ALLOWED_TAGS),
-        clean_content_tags=set(_DROP_WITH_CONTENT),
+        tags=set(MATRIX_TAGS),
+        clean_content_tags=set(DROP_WITH_CONTENT_FROM_MAIL),
         # "*": no generic attributes (ammonia would otherwise allow lang and title anywhere).
-        attributes={"*": set()} | {tag: set(attrs) for tag, attrs in ALLOWED_ATTRIBUTES.items()},
+        attributes={"*": set()} | {tag: set(attrs) for tag, attrs in MATRIX_ATTRIBUTES.items()},
         attribute_filter=_final_attribute_filter if final else _attribute_filter,
         strip_comments=True,
         link_rel="noopener",
@@ -226,13 +205,6 @@ def _simplify_link(match: re.Match[str]) -> str:
     return match.group(0)
 
 
-def _tidy_text(text: str) -> str:
-    lines = [line.rstrip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
-    text = "\n".join(lines)
-    text = re.sub(r"\n{3,}", "\n\n", text)
-    return text.strip()
-
-
 def _inscriptis_text(source: str) -> str:
     """inscriptis on an lxml tree we prepared: Outlook's <p class="MsoNormal"> is one line
     (its CSS sets no margins), not a paragraph; read as <p> every line would be followed by a
@@ -250,7 +222,7 @@ def _inscriptis_text(source: str) -> str:
     for link in tree.iter("a"):
         # Shown as [text](url) only where a reader can follow it, as in `sanitize_html`:
         # "javascript:alert(1)", data: and relative links keep just their text.
-        if not (link.get("href") or "").strip().lower().startswith(_LINK_SCHEMES):
+        if not (link.get("href") or "").strip().lower().startswith(LINK_SCHEMES):
             link.attrib.pop("href", None)
     return Inscriptis(tree, _TEXT_CONFIG).get_text()
 
@@ -263,13 +235,14 @@ def html_to_text(html: str) -> str:
         source = _BLOCK_RENAMES.sub(r"<\1div", source)
         text = _inscriptis_text(source)
         text = _SELF_LINK.sub(_simplify_link, text)
-        return _tidy_text(text)
+        # All blank space at the ends goes: the text of HTML has no meaningful indent there.
+        return tidy_text(text).strip()
     except Exception:
         log.debug("inscriptis failed on a mail's HTML; stripping tags instead", exc_info=True)
         try:
             stripped = re.sub(r"(?is)<(script|style|head)\b.*?</\1\s*>", " ", str(html))
             stripped = re.sub(r"(?i)<br\s*/?>|</(p|div|li|tr|h[1-6])\s*>", "\n", stripped)
             stripped = re.sub(r"<[^>]*>", "", stripped)
-            return _tidy_text(html_lib.unescape(stripped))
+            return tidy_text(html_lib.unescape(stripped)).strip()
         except Exception:
             return ""

@@ -30,13 +30,8 @@ from bridge.db import queues, slack_store, store
 from bridge.db.queues import Delivery, NewDelivery
 from bridge.db.store import LinkInfo
 from bridge.slack import catch_up
-from bridge.slack.inbound import (
-    NETWORK,
-    POSTING_SUBTYPES,
-    SlackToMatrix,
-    message_key,
-    space_of,
-)
+from bridge.slack.ids import NETWORK, message_key, space_of
+from bridge.slack.inbound import POSTING_SUBTYPES, SlackToMatrix
 from bridge.slack.outbound import (
     MatrixToSlack,
     avatar_key,

@@ -24,6 +24,7 @@ from bridge.core.origin import Origin
 from bridge.db import slack_store, store
 from bridge.db.queues import NewDelivery
 from bridge.slack.format import MatrixText, slack_emoji_to_unicode, slack_to_matrix
+from bridge.slack.ids import NETWORK, message_key, space_of, ts_ms
 from bridge.slack.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bridge.slack")
 
-NETWORK = "slack"
 # Message subtypes that create a message people see in the channel.
 POSTING_SUBTYPES = {None, "thread_broadcast", "me_message", "file_share", "bot_message"}
 # Membership shows as member_joined/left_channel events; these messages would double it.
@@ -49,23 +49,6 @@ CHANNEL_STATE_EVENTS = {
 # A message taken in this recently but not yet in the room is still on its way to it.
 ARRIVING_SECONDS = 600.0
 TOPIC_SUBTYPES = {"channel_topic", "group_topic", "channel_purpose", "group_purpose"}
-
-
-def space_of(team_id: str, channel_id: str) -> str:
-    """The remote_space of a channel's messages in the mapping table."""
-    return f"{team_id}:{channel_id}"
-
-
-def ts_ms(ts: str | None) -> int | None:
-    if not ts:
-        return None
-    seconds, micros = slack_store.ts_key(ts)
-    return seconds * 1000 + micros // 1000
-
-
-def message_key(team_id: str, channel_id: str, ts: str) -> str:
-    """The natural key of a Slack message: the live event and catch-up share it."""
-    return f"msg:{team_id}:{channel_id}:{ts}"
 
 
 @dataclass

@@ -22,7 +22,7 @@ from bridge.db import store
 from bridge.db.queues import Delivery
 from bridge.db.store import LinkInfo, MappingInfo
 from bridge.slack.format import matrix_to_slack, unicode_to_slack_emoji
-from bridge.slack.inbound import NETWORK, space_of
+from bridge.slack.ids import NETWORK, space_of
 from bridge.slack.workspace import Workspace
 
 if TYPE_CHECKING:

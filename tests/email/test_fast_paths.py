@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bridge.email.parse as parse_module
-from bridge.email.connector import _text_to_html
 from bridge.email.inbound import SmtpProtocol
 from bridge.email.parse.headers import _POLICY, _HeaderClasses
+from bridge.email.text import text_to_html
 
 TEXT = st.lists(st.sampled_from(
     ["a", "ü", " ", "\n", "\r", "\r\n", "<", "&", '"', "'", "\x0b", "\x1d", "\x85",
@@ -23,7 +23,7 @@ TEXT = st.lists(st.sampled_from(
 @given(TEXT)
 def test_text_to_html_is_escaping_line_by_line(text: str) -> None:
     text = text.strip()
-    assert _text_to_html(text) == "<br>".join(html.escape(line) for line in text.splitlines())
+    assert text_to_html(text) == "<br>".join(html.escape(line) for line in text.splitlines())
 
 
 ADDRESSES = [

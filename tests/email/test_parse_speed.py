@@ -29,14 +29,10 @@ import pytest
 
 import bridge.email.parse.raw as parse_module
 from bridge.email.parse import parse_message, split_reply
-from bridge.email.parse.reply import (
-    _MAX_LINE,
-    _MAX_SIGNATURE_LINES,
-    _get_patterns,
-    _header_matches,
-    _probe_lines,
-    _signature_start,
-)
+from bridge.email.parse.reply.lines import MAX_LINE
+from bridge.email.parse.reply.mail_parser_reply_patterns import get_patterns
+from bridge.email.parse.reply.quote_headers import header_matches, probe_lines
+from bridge.email.parse.reply.signatures import MAX_SIGNATURE_LINES, signature_start
 
 CORPUS = Path(__file__).parents[2].parent / "shared" / "email-samples"
 
@@ -103,7 +99,7 @@ def test_quote_header_patterns_run_only_on_candidate_lines(
         monkeypatch: pytest.MonkeyPatch) -> None:
     body, tempting = prose(150_000)  # below _MAX_SPLIT_CHARS
     assert tempting >= 5
-    patterns = _get_patterns()
+    patterns = get_patterns()
     headers = [Counting(p) for p in patterns.headers]
     signature = Counting(patterns.signature)
     head = Counting(patterns.signature_head)
@@ -179,25 +175,25 @@ def texts() -> list[str]:
 
 def work_lines(text: str) -> list[str]:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return [line.strip().lstrip("\ufeff\u200b")[:_MAX_LINE]
+    return [line.strip().lstrip("\ufeff\u200b")[:MAX_LINE]
             for line in text.split("\n")]
 
 
 def test_quote_header_probes_find_every_match() -> None:
-    patterns = _get_patterns()
+    patterns = get_patterns()
     assert all(probe is not None for probe in patterns.header_probes), \
         "a quote-header pattern of mail-parser-reply has a shape the probes do not know"
     for text in texts():
         norm = "\n".join(work_lines(text))
-        lines = _probe_lines(norm)
+        lines = probe_lines(norm)
         for index, pattern in enumerate(patterns.headers):
-            fast = [m.span() for m in _header_matches(index, norm, lines)]
+            fast = [m.span() for m in header_matches(index, norm, lines)]
             assert fast == [m.span() for m in pattern.finditer(norm)], (pattern.pattern, text)
 
 
 def plain_signature_start(work: list[str], end: int) -> int | None:
     """The signature search without shortcuts: every line, the whole regex."""
-    patterns = _get_patterns()
+    patterns = get_patterns()
     sent_from = next((i for i in range(1, end)
                       if any(work[:i]) and patterns.sent_from.match(work[i])), None)
     stop = sent_from if sent_from is not None else end
@@ -221,20 +217,20 @@ def plain_signature_start(work: list[str], end: int) -> int | None:
             return line_no
         following = sum(1 for w in work[line_no + 1:stop] if w)
         if (len(bare) <= 48 and len(bare.split()) <= 7 and not bare.endswith("?")
-                and following <= _MAX_SIGNATURE_LINES):
+                and following <= MAX_SIGNATURE_LINES):
             return line_no
     return sent_from
 
 
 def test_signature_probes_find_what_the_whole_regex_finds() -> None:
-    patterns = _get_patterns()
+    patterns = get_patterns()
     assert patterns.signature_head is not None, \
         "mail-parser-reply's signature regex has a shape the probes do not know"
     rnd = random.Random(5)
     for text in texts():
         work = work_lines(text)
         for end in {len(work), rnd.randint(0, len(work))}:
-            assert _signature_start(work, end) == plain_signature_start(work, end), \
+            assert signature_start(work, end) == plain_signature_start(work, end), \
                 (end, text)
 
 

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.email.sanitize import ALLOWED_ATTRIBUTES, ALLOWED_TAGS, html_to_text, sanitize_html
+from bridge.email.html_allow_lists import MATRIX_ATTRIBUTES, MATRIX_TAGS
+from bridge.email.sanitize import html_to_text, sanitize_html
 
 CIDS = {"logo@stadt.example": "mxc://stadt.example/logo"}
 
@@ -174,9 +175,9 @@ def assert_safe(output: str) -> None:
     collector.feed(output)
     collector.close()
     for tag, attrs in collector.tags:
-        assert tag in ALLOWED_TAGS, tag
+        assert tag in MATRIX_TAGS, tag
         for name, value in attrs:
-            assert name in ALLOWED_ATTRIBUTES.get(tag, frozenset()) or (
+            assert name in MATRIX_ATTRIBUTES.get(tag, frozenset()) or (
                 tag == "a" and name == "rel"), (tag, name)
             if name == "href":
                 assert (value or "").lower().startswith(("http:", "https:", "mailto:")), value

@@ -15,7 +15,8 @@ from typing import Any
 import lxml.html
 
 from bridge.email.parse.headers import _CONTROL
-from bridge.email.parse.reply import _FROM_KEY, _looks_like_attribution
+from bridge.email.parse.reply.attributions import looks_like_attribution
+from bridge.email.parse.reply.quote_headers import FROM_KEY
 from bridge.email.sanitize import html_to_text
 
 log = logging.getLogger("bridge.email.parse")  # one logger for the whole parser
@@ -45,7 +46,7 @@ def _is_outlook_separator(el: Any) -> bool:
         if not text:
             nxt = el.getnext()
             text = (nxt.text_content() or "").strip()[:300] if nxt is not None else ""
-        return bool(_FROM_KEY.match(text))
+        return bool(FROM_KEY.match(text))
     return False
 
 
@@ -261,7 +262,7 @@ def _strip_html_structure(doc: Any, removed: list[str]) -> bool:
         if not _text_after(last, body).strip():
             before = html_to_text(_serialize_before(last, body))
             attribution = before.rstrip().rsplit("\n", 1)[-1] if before.strip() else ""
-            if _looks_like_attribution(attribution):
+            if looks_like_attribution(attribution):
                 quote_html = _serialize(last)
                 last.drop_tree()
                 found = _find_text(body, attribution, last=True)

@@ -1,0 +1,45 @@
+"""Strategy: separator lines ("-----Original Message-----", "Begin forwarded message:",
+and Outlook's underscore ruler right above a "From:" line)."""
+
+from __future__ import annotations
+
+import re
+
+from bridge.email.parse.reply.quote_headers import FROM_KEY
+
+_SEPARATOR = re.compile(
+    r"^(?:>\s?)*[-=_*\s]{2,}\s*(?:original message|ursprüngliche nachricht|originalnachricht|"
+    r"original-nachricht|forwarded message|weitergeleitete nachricht|message d'origine|"
+    r"message transféré|messaggio originale|messaggio inoltrato|mensaje original|"
+    r"mensaje reenviado|oorspronkelijk bericht|doorgestuurd bericht|oprindelig meddelelse|"
+    r"ursprungligt meddelande|alkuperäinen viesti|wiadomość oryginalna|původní zpráva|"
+    r"исходное сообщение|пересылаемое сообщение)\s*[-=_*\s]{2,}$"
+    r"|^(?:>\s?)*(?:begin forwarded message|anfang der weitergeleiteten nachricht|"
+    r"début du message réexpédié|inizio messaggio inoltrato)\s*:$",
+    re.IGNORECASE,
+)
+_UNDERSCORE_LINE = re.compile(r"^_{20,}$")
+# Both separator patterns need a line that starts with ">", a ruler character or a space,
+# or one that ends with ":": found at the line breaks next to them, all lines at once.
+_SEPARATOR_HINT = re.compile(r"\n(?:(?=[>\-=_*]|[^\S\n])|(?<=:\n))")
+
+
+def separator_candidate(work: list[str], norm: str) -> int | None:
+    hinted = {0, len(work) - 1}  # the first and last line have a break on one side only
+    number = last = 0
+    for match in _SEPARATOR_HINT.finditer(norm):
+        number += norm.count("\n", last, match.start())
+        last = match.start()
+        hinted.update((number, number + 1))
+    for i in sorted(hinted):
+        line = work[i] if 0 <= i < len(work) else ""
+        if not line or not (line[0] in ">-=_*" or line[0].isspace() or line[-1] == ":"):
+            continue
+        if _SEPARATOR.match(line):
+            return i
+        if _UNDERSCORE_LINE.match(line):
+            # Outlook's line above "From: …"; alone it is just a ruler.
+            following = [ln for ln in work[i + 1:i + 4] if ln]
+            if following and FROM_KEY.match(following[0]):
+                return i
+    return None

@@ -1,0 +1,28 @@
+"""Message formatting between Slack (mrkdwn, Block Kit) and Matrix (HTML), by direction.
+
+- ``from_slack``: a Slack message's mrkdwn ``text`` and Block Kit ``blocks`` as Matrix
+  HTML and plain body (``from_slack_mrkdwn`` reads mrkdwn, ``from_slack_pieces`` holds
+  what both share);
+- ``to_slack``: Matrix HTML (or the plain body) as Slack mrkdwn;
+- emoji names both ways live in ``bridge.slack.emoji``.
+
+Pure functions: no I/O, nothing cached per workspace, and no input makes them
+raise (Slack and Matrix clients both send odd things; a message that cannot be
+formatted well is still delivered as text).
+"""
+
+from bridge.slack.emoji import slack_emoji_to_unicode, unicode_to_slack_emoji
+from bridge.slack.format.from_slack import slack_to_matrix
+from bridge.slack.format.interface import MatrixResolver, MatrixText, SlackResolver
+from bridge.slack.format.to_slack import emote_to_slack, matrix_to_slack
+
+__all__ = [
+    "MatrixResolver",
+    "MatrixText",
+    "SlackResolver",
+    "emote_to_slack",
+    "matrix_to_slack",
+    "slack_emoji_to_unicode",
+    "slack_to_matrix",
+    "unicode_to_slack_emoji",
+]
