@@ -29,6 +29,7 @@ from bridge.config import Config, EmailConfig
 from bridge.core.cache import BoundedCache
 from bridge.core.connector import Connector, Health, LinkTarget, SubCommand, media_msgtype
 from bridge.core.errors import CommandError, PermanentError, UsageError
+from bridge.core.event_size import too_large
 from bridge.core.hub import RemotePart
 from bridge.core.origin import ORIGIN_KEY, Origin, read_origin
 from bridge.db import email_store, queues, store
@@ -546,9 +547,16 @@ class EmailConnector(Connector):
             body_html += ("<details><summary>Quoted text</summary><pre>"
                           f"{html.escape(mail.quoted_text)}</pre></details>")
         content = {"msgtype": "m.text", "body": text.rstrip() or "(empty message)"}
-        if body_html:  # an empty formatted_body would show as an empty message
-            content |= {"format": "org.matrix.custom.html", "formatted_body": body_html}
-        return content
+        if not body_html:  # an empty formatted_body would show as an empty message
+            return content
+        formatted = content | {"format": "org.matrix.custom.html", "formatted_body": body_html}
+        if not mail.html and not mail.quoted_text and too_large(formatted) and \
+                not too_large(content):
+            # A long plain-text mail: its HTML copy says nothing more than its text (line
+            # breaks, the subject in bold), but would double the event past the homeserver's
+            # limit and have the mail cut into a beginning and a file. The text alone fits.
+            return content
+        return formatted
 
     async def _handle_bounce(self, mail: ParsedMail) -> None:
         bounce = mail.bounce

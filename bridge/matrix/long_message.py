@@ -1,12 +1,13 @@
 """Messages too long for one Matrix event: the beginning in the room, the whole as a file.
 
 A homeserver refuses events over 65536 bytes of canonical JSON (Synapse answers
-``M_TOO_LARGE``). A remote message that was already accepted (mail answered 250, a Slack
-event acknowledged) must still reach the room, so the Matrix side posts the beginning of its
-text, cut where a reader sees a clean end (at a line or word break, never inside an HTML tag,
-an entity or a character), with a note that the rest is in the attached file, and then the
-whole text as that file. One message and one file read better in Element than a long message
-chopped into a series of events, and the file keeps everything (formatting included).
+``M_TOO_LARGE``; see :mod:`bridge.core.event_size`). A remote message that was already
+accepted (mail answered 250, a Slack event acknowledged) must still reach the room, so the
+Matrix side posts the beginning of its text, cut where a reader sees a clean end (at a line
+or word break, never inside an HTML tag, an entity or a character), with a note that the
+rest is in the attached file, and then the whole text as that file. One message and one
+file read better in Element than a long message chopped into a series of events, and the
+file keeps everything (formatting included).
 """
 
 from __future__ import annotations
@@ -16,13 +17,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any
 
-from bridge import json_codec
-
-# What the content may take of the 65536 bytes a homeserver allows a whole event: the
-# envelope (sender, room, auth and previous events, hashes, signatures) of a Synapse event
-# is well under 2 KB; the rest is kept free for it with a wide margin. (Should it not
-# suffice, the homeserver's M_TOO_LARGE makes the Matrix side cut deeper.)
-CONTENT_LIMIT = 60_000
+from bridge.core.event_size import CONTENT_LIMIT, content_size, too_large
 
 CONTINUED = "(continued in the attached file)"
 _CONTINUED_HTML = f"<p><em>… {CONTINUED}</em></p>"
@@ -31,15 +26,6 @@ _CONTINUED_TEXT = f"\n\n… {CONTINUED}"
 # Elements that have no end tag.
 _VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
                    "source", "track", "wbr"})
-
-
-def content_size(content: dict[str, Any]) -> int:
-    """Bytes of ``content`` as JSON in UTF-8 (canonical JSON writes non-ASCII as UTF-8 too)."""
-    return len(json_codec.dumps_bytes(content))
-
-
-def too_large(content: dict[str, Any], limit: int = CONTENT_LIMIT) -> bool:
-    return content_size(content) > limit
 
 
 def can_shorten(content: dict[str, Any]) -> bool:

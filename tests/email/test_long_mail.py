@@ -45,3 +45,22 @@ async def test_a_200_kb_mail_reaches_the_room_with_the_full_text_attached(
     answers = await sink.wait_for(
         lambda r: "Eingang bestätigt" in r.message.get_body(("plain",)).get_content())
     assert answers[0].message["In-Reply-To"] == mail["Message-ID"]
+
+
+async def test_a_long_plain_text_mail_that_fits_as_text_arrives_whole_in_one_message(
+        homeserver: Homeserver, email_bridge: EmailBridge, admin: MatrixTestClient) -> None:
+    # 50 KB of text: with an HTML copy beside it the event would pass the homeserver's
+    # limit; the text alone fits, so nothing is cut and no file is attached.
+    room, address = await _email_room(homeserver, admin, None, "erika@stadt.example")
+    lines = [f"Absatz {n:04d}: Die Stellungnahme des Bauamts zum Bebauungsplan folgt."
+             for n in range(700)]
+    text = "\n".join(lines)
+    assert 45_000 < len(text.encode()) < 55_000
+    await _send(email_bridge, _mail("Erika Mustermann <erika@stadt.example>", address,
+                                    "Stellungnahme", text))
+    message = await admin.wait_for_event(
+        room, lambda e: "Absatz 0699" in e.get("content", {}).get("body", ""), timeout=30)
+    assert message["content"]["body"].startswith("Stellungnahme\n\nAbsatz 0000:")
+    assert CONTINUED not in message["content"]["body"]
+    timeline = [e for e in await admin.messages(room) if e.get("type") == "m.room.message"]
+    assert not [e for e in timeline if e["content"].get("msgtype") == "m.file"]
