@@ -111,10 +111,10 @@ async def test_the_homeservers_m_too_large_is_answered_by_cutting_deeper(
                                   sender=puppet, content={"msgtype": "m.text", "body": text},
                                   remote_space="C-archiv", remote_id="m-1")
     first = await admin.wait_for_event(
-        room, lambda e: CONTINUED in e["content"].get("body", ""), timeout=15)
+        room, lambda e: CONTINUED in e["content"].get("body", ""), timeout=40)
     assert first["sender"] == puppet and first["content"]["body"].startswith("Findbuch")
     attachment = await admin.wait_for_event(
-        room, lambda e: e["content"].get("msgtype") == "m.file", timeout=15)
+        room, lambda e: e["content"].get("msgtype") == "m.file", timeout=40)
     assert attachment["content"]["body"] == "message.txt"
     assert await bridge.hub.download_media(attachment["content"]["url"]) == text.encode()
     async with bridge.bridge.db.sessions() as session:  # type: ignore[union-attr]
