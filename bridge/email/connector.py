@@ -31,9 +31,10 @@ from bridge.core.connector import Connector, Health, LinkTarget, SubCommand, med
 from bridge.core.errors import CommandError, PermanentError, UsageError
 from bridge.core.hub import RemotePart
 from bridge.core.origin import ORIGIN_KEY, Origin, read_origin
-from bridge.db import email_store, queues, store
+from bridge.db import queues, store
 from bridge.db.queues import Delivery, NewDelivery
 from bridge.db.store import LinkInfo
+from bridge.email import store as email_store
 from bridge.email.addresses import (
     MAX_ROOM_LOCALPART_LENGTH,
     clean_display_name,

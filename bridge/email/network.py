@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from importlib import resources
+from pathlib import Path
 
 import aiohttp
 
@@ -39,4 +40,6 @@ network = Network(
     example_config=_example_config,
     checks=_checks,
     position=20,
+    models="bridge.email.models",
+    migrations=Path(__file__).resolve().parent / "migrations",
 )

@@ -26,10 +26,11 @@ from bridge.config import Config
 from bridge.core.cache import BoundedCache
 from bridge.core.connector import Connector, Health, LinkTarget, SubCommand
 from bridge.core.errors import CommandError, PermanentError, TemporaryError
-from bridge.db import queues, slack_store, store
+from bridge.db import queues, store
 from bridge.db.queues import Delivery, NewDelivery
 from bridge.db.store import LinkInfo
 from bridge.slack import catch_up
+from bridge.slack import store as slack_store
 from bridge.slack.config import SlackConfig
 from bridge.slack.inbound import (
     NETWORK,

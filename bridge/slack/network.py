@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 
 import aiohttp
 
@@ -37,5 +38,7 @@ network = Network(
     example_config=_example_config,
     checks=_checks,
     position=10,
+    models="bridge.slack.models",
+    migrations=Path(__file__).resolve().parent / "migrations",
     link_hint="Slack: name the workspace when there are several",
 )
