@@ -15,7 +15,10 @@ from sqlalchemy.engine import Connection
 
 from bridge.db.engine import create_engine
 from bridge.db.models import Base
+from bridge.networks import load_models
 
+# The core's tables and every network's (each network keeps its models in its folder).
+load_models()
 target_metadata = Base.metadata
 
 

@@ -21,6 +21,7 @@ from bridge.db.engine import Database
 from bridge.matrix.appservice import AppserviceServer
 from bridge.matrix.bot import Bot
 from bridge.matrix.side import MatrixSide
+from bridge.networks import networks
 from bridge.registration import HomeserverUnavailable, namespace_refusal, regenerate_hint
 
 log = logging.getLogger("bridge")
@@ -41,17 +42,10 @@ def _port_in_use(listener: Listener) -> StartError:
 
 
 def build_connectors(config: Config) -> list[Connector]:
-    """The connectors of the networks enabled in the config."""
-    connectors: list[Connector] = []
-    if config.email.enabled:
-        from bridge.email.connector import EmailConnector
-
-        connectors.append(EmailConnector(config))
-    if config.slack.enabled:
-        from bridge.slack.connector import SlackConnector
-
-        connectors.append(SlackConnector(config))
-    return connectors
+    """The connectors of the networks enabled in the config, in registry order."""
+    sections = config.networks()
+    return [network.connector(config) for network in networks()
+            if network.name in sections and sections[network.name].enabled]
 
 
 class Bridge:

@@ -13,6 +13,7 @@ from aiohttp import web
 from sqlalchemy.engine import URL
 
 from bridge.config import Config
+from bridge.networks import networks
 
 
 @dataclass(slots=True)
@@ -207,48 +208,6 @@ async def _check_database(config: Config) -> CheckResult:
     return CheckResult(name, True, f"{where} (schema {revision})")
 
 
-async def _check_slack(session: aiohttp.ClientSession, config: Config) -> list[CheckResult]:
-    """Each workspace's tokens, as Slack sees them: what `bridge run` would meet."""
-    from bridge.core.errors import PermanentError, TemporaryError
-    from bridge.slack.workspace import Workspace
-
-    results = []
-    for settings in config.slack.workspaces:
-        name = f"slack workspace {settings.name}"
-        ws = Workspace(settings, config.slack.api_url, session)
-        try:
-            await ws.identify()
-            detail = f"team {ws.team_id} ({ws.team_name}), app user {ws.bot_user_id}"
-            if ws.socket_mode:
-                # An app token that opens a Socket Mode connection is a working one.
-                await ws.call("apps.connections.open", app_token=settings.app_token)
-                detail += "; Socket Mode app token accepted"
-            else:
-                detail += (f"; Events API: Slack must reach {config.slack.events_api.path} "
-                           f"on port {config.slack.events_api.port} through your proxy")
-            results.append(CheckResult(name, True, detail))
-        except PermanentError as exc:
-            results.append(CheckResult(name, False, f"{exc} {exc.hint or ''}".strip()))
-        except TemporaryError as exc:
-            results.append(CheckResult(name, False, f"{exc} (check slack.api_url and the "
-                                                    "network path to Slack)"))
-    return results
-
-
-async def _check_email_relay(config: Config) -> CheckResult:
-    """The relay as deliveries meet it: connect, EHLO, STARTTLS and login when configured."""
-    from bridge.email.outbound import RelayOutage, RelayPool
-
-    name = "email relay"
-    relay = RelayPool(config.email.smtp_out, local_hostname=config.email.domain)
-    try:
-        return CheckResult(name, True, await relay.probe())
-    except RelayOutage as exc:
-        return CheckResult(name, False, f"{exc} (check email.smtp_out)")
-    finally:
-        await relay.close()
-
-
 async def run_checks(config: Config, config_path: str = "config.yaml") -> list[CheckResult]:
     timeout = aiohttp.ClientTimeout(total=20)
     ssl = config.homeserver.verify_tls  # False only for a local test setup
@@ -264,10 +223,11 @@ async def run_checks(config: Config, config_path: str = "config.yaml") -> list[C
             results.append(CheckResult("as_token accepted", False, "skipped: no homeserver"))
             results.append(CheckResult("homeserver reaches the bridge", False,
                                        "skipped: no homeserver"))
-        if config.slack.enabled:
-            results += await _check_slack(session, config)
-    if config.email.enabled:
-        results.append(await _check_email_relay(config))
+        # Each enabled network's own items, in registry order.
+        for network in networks():
+            section = config.networks().get(network.name)
+            if network.checks is not None and section is not None and section.enabled:
+                results += await network.checks(session, config)
     results.append(await _check_database(config))
     results.append(_check_admins(config))
     return results

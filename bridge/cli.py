@@ -22,6 +22,7 @@ import yaml
 from bridge import __version__
 from bridge.config import Config, ConfigError, load_config
 from bridge.logs import setup_logging
+from bridge.networks import networks
 from bridge.registration import build_registration
 
 EXIT_FAILURE = 1
@@ -42,9 +43,11 @@ def _write_private(path: Path, text: str) -> None:
 
 def example_config_text() -> str:
     template = resources.files("bridge").joinpath("example-config.yaml").read_text("utf-8")
-    return (template.replace("@AS_TOKEN@", secrets.token_urlsafe(48))
-            .replace("@HS_TOKEN@", secrets.token_urlsafe(48))
-            .replace("@EMAIL_SECRET@", secrets.token_urlsafe(32)))
+    core = (template.replace("@AS_TOKEN@", secrets.token_urlsafe(48))
+            .replace("@HS_TOKEN@", secrets.token_urlsafe(48)))
+    # Then each network's own section, in the order of the registry.
+    return core.rstrip("\n") + "\n" + "".join("\n" + network.example_config()
+                                              for network in networks())
 
 
 def cmd_generate_config(args: argparse.Namespace) -> int:
@@ -152,7 +155,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="bridge", description="Matrix hub bridge for Slack and email.")
+    names = [network.prose_name for network in networks()]
+    described = " and ".join(filter(None, (", ".join(names[:-1]), names[-1] if names else "")))
+    parser = _Parser(prog="bridge", description=f"Matrix hub bridge for {described}.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 

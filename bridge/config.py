@@ -7,13 +7,13 @@ knows which line to fix without reading a traceback.
 
 from __future__ import annotations
 
-import base64
 import fnmatch
+import functools
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 from urllib.parse import unquote
 
 import yaml
@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -37,13 +38,15 @@ class ConfigError(Exception):
     """The configuration is unusable; the message names the key path."""
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A config section: refuses unknown keys."""
+
     # Unknown keys are almost always typos ("prot:" for "port:"); refusing them saves an
     # afternoon of wondering why a setting has no effect.
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-def _check_port(value: Any) -> int:
+def check_port(value: Any) -> int:
     # Used in "before" mode, so that "abc", 3.5 and 70000 all get the same sentence.
     if isinstance(value, bool):
         value = None
@@ -56,20 +59,20 @@ def _check_port(value: Any) -> int:
     return port
 
 
-def _check_url(value: str) -> str:
+def check_url(value: str) -> str:
     if not re.match(r"^https?://[^/\s]+", value):
         raise ValueError("must be an http:// or https:// URL")
     return value.rstrip("/")
 
 
-class HomeserverConfig(_Section):
+class HomeserverConfig(Section):
     address: str = "http://127.0.0.1:8008"
     # No default: a guessed server name gives the bot and every puppet a user ID the
     # homeserver refuses, which shows only much later and far from the cause.
     domain: str
     verify_tls: bool = True
 
-    _address = field_validator("address")(_check_url)
+    _address = field_validator("address")(check_url)
 
     @field_validator("domain")
     @classmethod
@@ -79,7 +82,7 @@ class HomeserverConfig(_Section):
         return value
 
 
-class AppserviceConfig(_Section):
+class AppserviceConfig(Section):
     id: str = "hub-bridge"
     address: str = "http://127.0.0.1:29330"
     hostname: str = "127.0.0.1"
@@ -89,9 +92,9 @@ class AppserviceConfig(_Section):
     as_token: str = ""
     hs_token: str = ""
 
-    _address = field_validator("address")(_check_url)
+    _address = field_validator("address")(check_url)
 
-    _port = field_validator("port", mode="before")(_check_port)
+    _port = field_validator("port", mode="before")(check_port)
 
     @field_validator("id")
     @classmethod
@@ -118,7 +121,7 @@ class AppserviceConfig(_Section):
         return value
 
 
-class DatabaseConfig(_Section):
+class DatabaseConfig(Section):
     url: str = "sqlite+aiosqlite:///bridge.db"
 
     @field_validator("url")
@@ -132,7 +135,7 @@ class DatabaseConfig(_Section):
         return value
 
 
-class OutboxConfig(_Section):
+class OutboxConfig(Section):
     # How long a delivery that keeps failing temporarily is retried, before it is given up
     # and the room is told. Generous by default: a relay down over a long weekend must not
     # cost a single message.
@@ -141,7 +144,7 @@ class OutboxConfig(_Section):
     give_up_after_hours: float = Field(default=96.0, gt=0)
 
 
-class BridgeSettings(_Section):
+class BridgeSettings(Section):
     admins: list[str] = Field(default_factory=list)
     command_prefix: str = "!bridge"
     public_url: str | None = None
@@ -171,7 +174,7 @@ class BridgeSettings(_Section):
         return any(fnmatch.fnmatchcase(user_id, pattern) for pattern in self.admins)
 
 
-class LoggingConfig(_Section):
+class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
 
@@ -179,162 +182,6 @@ class LoggingConfig(_Section):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
-
-
-class NetworkConfig(_Section):
-    enabled: bool = False
-    puppet_prefix: str
-
-    @field_validator("puppet_prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        if not value or not _LOCALPART.match(value):
-            raise ValueError("must be a non-empty Matrix localpart prefix (a-z, 0-9, ._=-/+)")
-        return value
-
-
-class SlackWorkspace(_Section):
-    # A short name for commands (`!bridge link slack C0123 <name>`) and logs.
-    name: str
-    bot_token: str
-    # With an app-level token (xapp-...) the workspace uses Socket Mode; without one, the
-    # Events API over HTTP, verified with the signing secret.
-    app_token: str | None = None
-    signing_secret: str | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not re.match(r"^[A-Za-z0-9._-]{1,40}$", value):
-            raise ValueError("must be a short name of letters, digits, '.', '_' or '-'")
-        return value
-
-    @field_validator("bot_token")
-    @classmethod
-    def _bot_token(cls, value: str) -> str:
-        if not value.startswith("xoxb-"):
-            raise ValueError("must be the app's bot token (xoxb-...)")
-        return value
-
-    @field_validator("app_token")
-    @classmethod
-    def _app_token(cls, value: str | None) -> str | None:
-        if value in (None, ""):
-            return None
-        if not value.startswith("xapp-"):
-            raise ValueError("must be an app-level token with connections:write (xapp-...)")
-        return value
-
-    @model_validator(mode="after")
-    def _a_way_in(self) -> SlackWorkspace:
-        if self.app_token is None and not self.signing_secret:
-            raise ValueError("needs an app_token (Socket Mode) or a signing_secret (Events "
-                             "API over HTTP, whose requests are verified with it)")
-        return self
-
-
-class EventsApiConfig(_Section):
-    hostname: str = "127.0.0.1"
-    port: int = 8095
-    path: str = "/slack/events"
-
-    _port = field_validator("port", mode="before")(_check_port)
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError("must start with /")
-        return value
-
-
-class SlackConfig(NetworkConfig):
-    puppet_prefix: str = "slack_"
-    api_url: str = "https://slack.com/api/"
-    workspaces: list[SlackWorkspace] = Field(default_factory=list)
-    events_api: EventsApiConfig = Field(default_factory=EventsApiConfig)
-    backfill_limit: int = Field(default=50, ge=0, le=1000)
-    # Pace Web API calls to Slack's published per-method limits. Only turned off against a
-    # Slack simulator (benchmarks); Slack itself answers 429 to a bridge that does not pace.
-    rate_limits: bool = True
-    # Slack events received but not yet stored, per workspace. While that many wait (the
-    # database is slow or away), further events are not acknowledged: Slack sends them again.
-    intake_queue_limit: int = Field(default=10_000, ge=1)
-
-    @field_validator("api_url")
-    @classmethod
-    def _api_url(cls, value: str) -> str:
-        return _check_url(value) + "/"
-
-    @model_validator(mode="after")
-    def _needed_when_enabled(self) -> SlackConfig:
-        if not self.enabled:
-            return self
-        if not self.workspaces:
-            raise ValueError("slack.workspaces: list at least one workspace (name, bot_token, "
-                             "app_token or signing_secret)")
-        names = [w.name for w in self.workspaces]
-        if len(set(names)) != len(names):
-            raise ValueError("slack.workspaces: each workspace needs its own name")
-        return self
-
-
-class SmtpInConfig(_Section):
-    hostname: str = "127.0.0.1"
-    port: int = 2525
-    max_message_size: int = Field(default=25 * 1024 * 1024, gt=0)
-    tls_cert: str | None = None
-    tls_key: str | None = None
-
-    _port = field_validator("port", mode="before")(_check_port)
-
-
-class SmtpOutConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = 25
-    username: str | None = None
-    password: str | None = None
-    security: Literal["none", "starttls", "tls"] = "none"
-    # Connections to the relay are reused; this many deliveries run at once.
-    max_connections: int = Field(default=4, ge=1, le=64)
-    # A connection unused this long is closed (QUIT) rather than left for the relay to time
-    # out (Postfix waits 300 s and logs a timeout for each).
-    idle_seconds: float = Field(default=15.0, gt=0, le=300)
-
-    _port = field_validator("port", mode="before")(_check_port)
-
-
-class EmailConfig(NetworkConfig):
-    puppet_prefix: str = "email_"
-    domain: str = ""
-    smtp_in: SmtpInConfig = Field(default_factory=SmtpInConfig)
-    smtp_out: SmtpOutConfig = Field(default_factory=SmtpOutConfig)
-    sender_auth: Literal["none", "authentication_results", "verify"] = "authentication_results"
-    authserv_id: str = ""
-    # Signs reply and unsubscribe addresses, so they cannot be forged into another room.
-    token_secret: str = ""
-    # Matrix files up to this size are attached to mails; larger ones are sent as a link.
-    max_attachment_size: int = Field(default=10 * 1024 * 1024, ge=0)
-    # After this many hard bounces in a row a subscriber is paused and the room told.
-    max_bounces: int = Field(default=3, ge=1)
-
-    @model_validator(mode="after")
-    def _needed_when_enabled(self) -> EmailConfig:
-        if not self.enabled:
-            return self
-        if not self.domain or not re.match(r"^[A-Za-z0-9.\-]+\.[A-Za-z]{2,}$|^localhost$",
-                                           self.domain):
-            raise ValueError("email.domain: must be the mail domain of room addresses, "
-                             "e.g. bridge.stadt.example")
-        if len(self.token_secret) < 16:
-            raise ValueError("email.token_secret: must be a random secret of at least 16 "
-                             "characters (`bridge generate-config` makes one)")
-        if self.sender_auth == "authentication_results" and not self.authserv_id:
-            raise ValueError("email.authserv_id: must name the MTA whose Authentication-Results "
-                             "header is trusted (or set email.sender_auth to verify)")
-        if bool(self.smtp_in.tls_cert) != bool(self.smtp_in.tls_key):
-            raise ValueError("email.smtp_in.tls_key: tls_cert and tls_key must be set together")
-        return self
 
 
 class Listener(NamedTuple):
@@ -346,14 +193,41 @@ class Listener(NamedTuple):
     port: int
 
 
-class Config(_Section):
+class NetworkConfig(Section):
+    """What every network's section has; each network's own model (in its folder) adds the
+    rest and is included in :class:`Config` under the network's name by the registry."""
+
+    enabled: bool = False
+    puppet_prefix: str
+
+    @field_validator("puppet_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or not _LOCALPART.match(value):
+            raise ValueError("must be a non-empty Matrix localpart prefix (a-z, 0-9, ._=-/+)")
+        return value
+
+    def listeners(self, name: str) -> list[Listener]:
+        """The ports the network opens when enabled (``name``: its section's key)."""
+        return []
+
+    def secrets(self) -> list[str]:
+        """Values of this section that must never appear in a log line."""
+        return []
+
+
+_Network = TypeVar("_Network", bound=NetworkConfig)
+
+
+class Config(Section):
+    """The core's sections. The config a file is read into is a subclass made by
+    :func:`config_model`, with one more section per network of the registry."""
+
     homeserver: HomeserverConfig
     appservice: AppserviceConfig
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     bridge: BridgeSettings = Field(default_factory=BridgeSettings)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    slack: SlackConfig = Field(default_factory=SlackConfig)
-    email: EmailConfig = Field(default_factory=EmailConfig)
 
     @model_validator(mode="after")
     def _distinct_namespaces(self) -> Config:
@@ -382,17 +256,22 @@ class Config(_Section):
         """Every port ``bridge run`` listens on with this config."""
         found = [Listener("appservice.port", None, self.appservice.hostname,
                           self.appservice.port)]
-        if self.email.enabled:
-            smtp = self.email.smtp_in
-            found.append(Listener("email.smtp_in.port", "email", smtp.hostname, smtp.port))
-        if self.slack.enabled and any(w.app_token is None for w in self.slack.workspaces):
-            api = self.slack.events_api
-            found.append(Listener("slack.events_api.port", "slack", api.hostname, api.port))
+        for name, section in self.networks().items():
+            if section.enabled:
+                found += section.listeners(name)
         return found
 
     def networks(self) -> dict[str, NetworkConfig]:
         """Every network section, enabled or not, by name."""
-        return {"slack": self.slack, "email": self.email}
+        return {name: value for name in type(self).model_fields
+                if isinstance(value := getattr(self, name), NetworkConfig)}
+
+    def section(self, model: type[_Network]) -> _Network:
+        """A network's section by its model: ``config.section(SlackConfig)``."""
+        for value in self.networks().values():
+            if isinstance(value, model):
+                return value
+        raise LookupError(f"the config has no {model.__name__} section")
 
     def secrets(self) -> list[str]:
         """Values that must never appear in a log line (bridge/logs.py also masks the forms
@@ -402,16 +281,24 @@ class Config(_Section):
         if password:
             # As written in the URL (percent-encoded) and as the driver gets it.
             values += [password, unquote(password)]
-        for workspace in self.slack.workspaces:
-            values += [workspace.bot_token, workspace.app_token or "",
-                       workspace.signing_secret or ""]
-        smtp = self.email.smtp_out
-        values += [self.email.token_secret, smtp.password or ""]
-        if smtp.username and smtp.password:
-            # SMTP AUTH PLAIN sends user and password as one base64 blob.
-            values.append(base64.b64encode(
-                f"\0{smtp.username}\0{smtp.password}".encode()).decode())
+        for section in self.networks().values():
+            values += section.secrets()
         return [v for v in values if v]
+
+
+def config_model() -> type[Config]:
+    """:class:`Config` with a section for every network of the registry, by its name."""
+    from bridge.networks import networks
+
+    return _config_model(tuple((n.name, n.config_model) for n in networks()))
+
+
+@functools.cache
+def _config_model(sections: tuple[tuple[str, type[NetworkConfig]], ...]) -> type[Config]:
+    fields: dict[str, Any] = {name: (model, Field(default_factory=model))
+                              for name, model in sections}
+    model: type[Config] = create_model("Config", __base__=Config, **fields)
+    return model
 
 
 def _url_password(url: str) -> str | None:
@@ -490,7 +377,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         raise ConfigError("(top level): the configuration must be a YAML mapping of sections")
     _apply_env(data, os.environ if environ is None else environ)
     try:
-        return Config.model_validate(data)
+        return config_model().model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc)) from None
 

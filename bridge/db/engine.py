@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -78,34 +79,64 @@ def is_postgres(engine: AsyncEngine) -> bool:
 
 
 def _alembic_config(connection: Connection | None = None) -> AlembicConfig:
+    from bridge.networks import migration_locations
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(migrations_dir()))
+    # The core's history, then each network's branch in its own folder (they hang off the
+    # core's: alembic finds a revision in whichever location holds it).
+    locations = [migrations_dir() / "versions", *migration_locations()]
+    cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option("version_locations", os.pathsep.join(str(p) for p in locations))
     if connection is not None:
         cfg.attributes["connection"] = connection
     return cfg
 
 
+def head_revisions() -> tuple[str, ...]:
+    """The newest revision of the core and of every network: one head per branch."""
+    from bridge.networks import migration_locations
+
+    return _head_revisions(tuple(migration_locations()))
+
+
 @functools.cache  # the migrations shipped with this process do not change while it runs
+def _head_revisions(_locations: tuple[Path, ...]) -> tuple[str, ...]:
+    return tuple(sorted(ScriptDirectory.from_config(_alembic_config()).get_heads()))
+
+
+def describe(revisions: tuple[str, ...]) -> str | None:
+    """Revisions as messages show them ("0005" or "email0001, slack0001"); None if none."""
+    return ", ".join(revisions) or None
+
+
 def head_revision() -> str | None:
-    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    """What a fully migrated database is at, as :func:`current_revision` describes it."""
+    return describe(head_revisions())
 
 
-def _current_revision(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+def _current_revisions(connection: Connection) -> tuple[str, ...]:
+    return tuple(sorted(MigrationContext.configure(connection).get_current_heads()))
+
+
+async def current_revisions(engine: AsyncEngine) -> tuple[str, ...]:
+    async with engine.connect() as conn:
+        return await conn.run_sync(_current_revisions)
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
-    async with engine.connect() as conn:
-        return await conn.run_sync(_current_revision)
+    """The database's revisions, one per branch, as one string (None: empty database)."""
+    return describe(await current_revisions(engine))
 
 
 async def upgrade(engine: AsyncEngine) -> tuple[str | None, str | None]:
-    """Apply pending migrations; returns (revision before, revision after)."""
+    """Apply pending migrations of the core and every network; returns the revisions before
+    and after (as :func:`describe` puts them)."""
 
     def run(connection: Connection) -> tuple[str | None, str | None]:
-        before = _current_revision(connection)
-        command.upgrade(_alembic_config(connection), "head")
-        return before, _current_revision(connection)
+        before = _current_revisions(connection)
+        command.upgrade(_alembic_config(connection), "heads")
+        return describe(before), describe(_current_revisions(connection))
 
     async with engine.begin() as conn:
         return await conn.run_sync(run)

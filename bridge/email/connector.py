@@ -25,16 +25,17 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge import metrics
-from bridge.config import Config, EmailConfig
+from bridge.config import Config
 from bridge.core.cache import BoundedCache
 from bridge.core.connector import Connector, Health, LinkTarget, SubCommand, media_msgtype
 from bridge.core.errors import CommandError, PermanentError, UsageError
 from bridge.core.event_size import too_large
 from bridge.core.hub import RemotePart
 from bridge.core.origin import ORIGIN_KEY, Origin, read_origin
-from bridge.db import email_store, queues, store
+from bridge.db import queues, store
 from bridge.db.queues import Delivery, NewDelivery
 from bridge.db.store import LinkInfo
+from bridge.email import store as email_store
 from bridge.email.addresses import (
     MAX_ROOM_LOCALPART_LENGTH,
     clean_display_name,
@@ -52,6 +53,7 @@ from bridge.email.addresses import (
 )
 from bridge.email.auth import DnsFunc, authenticate
 from bridge.email.compose import LinkedFile, OutgoingAttachment, build_email, matrix_html_to_text
+from bridge.email.config import EmailConfig
 from bridge.email.inbound import SmtpServer, Target
 from bridge.email.outbound import RelayOutage, RelayPool, Utf8NotOffered
 from bridge.email.parse import MalformedMail, ParsedMail, parse_message
@@ -108,12 +110,13 @@ class EmailConnector(Connector):
     max_links_per_room = 1
 
     def __init__(self, config: Config) -> None:
-        super().__init__(config.email.puppet_prefix, config.homeserver.domain)
+        settings = config.section(EmailConfig)
+        super().__init__(settings.puppet_prefix, config.homeserver.domain)
         self.config = config
-        self.settings: EmailConfig = config.email
-        self.domain = config.email.domain.lower()
-        self.secret = config.email.token_secret.encode()
-        self.relay = RelayPool(config.email.smtp_out, local_hostname=self.domain)
+        self.settings = settings
+        self.domain = settings.domain.lower()
+        self.secret = settings.token_secret.encode()
+        self.relay = RelayPool(settings.smtp_out, local_hostname=self.domain)
         self.server = SmtpServer(self)
         self._hub: Hub | None = None
         self._rooms_told_of_outage: set[str] = set()

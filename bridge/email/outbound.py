@@ -25,8 +25,8 @@ from email.message import EmailMessage
 
 import aiosmtplib
 
-from bridge.config import SmtpOutConfig
 from bridge.core.errors import PermanentError, TemporaryError
+from bridge.email.config import SmtpOutConfig
 
 log = logging.getLogger("bridge.email.out")
 

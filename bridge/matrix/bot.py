@@ -24,6 +24,7 @@ from bridge.db import queues, store
 from bridge.db.queues import Delivery
 from bridge.matrix.bridge_info import bridge_info_deliveries
 from bridge.matrix.side import json_body
+from bridge.networks import networks
 
 if TYPE_CHECKING:
     from bridge.core.hub import Hub
@@ -297,8 +298,8 @@ async def _status(bot: Bot, ctx: Context) -> str:
 
 
 @command("link", "link <network> <remote-id> [workspace]",
-         "link this room to a remote conversation (Slack: name the workspace when there are "
-         "several)", admin_only=True)
+         "link this room to a remote conversation"
+         + "".join(f" ({n.link_hint})" for n in networks() if n.link_hint), admin_only=True)
 async def _link(bot: Bot, ctx: Context) -> str:
     hub = bot.hub
     if len(ctx.args) < 2:
@@ -491,7 +492,7 @@ async def _retry(bot: Bot, ctx: Context) -> str:
 
 def _networks_sentence(hub: Hub) -> str:
     if not hub.connectors:
-        return (" No network is enabled on this bridge yet (set `slack.enabled` or "
-                "`email.enabled` in its config).")
+        switches = " or ".join(f"`{network.name}.enabled`" for network in networks())
+        return f" No network is enabled on this bridge yet (set {switches} in its config)."
     return " Networks: " + ", ".join(f"`{n}`" for n in sorted(hub.connectors)) + "."
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.db.slack_store import ts_key
+from bridge.slack.store import ts_key
 
 Message = dict[str, Any]
 TsKey = tuple[int, int]

@@ -22,14 +22,16 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge import metrics
-from bridge.config import Config, SlackConfig
+from bridge.config import Config
 from bridge.core.cache import BoundedCache
 from bridge.core.connector import Connector, Health, LinkTarget, SubCommand
 from bridge.core.errors import CommandError, PermanentError, TemporaryError
-from bridge.db import queues, slack_store, store
+from bridge.db import queues, store
 from bridge.db.queues import Delivery, NewDelivery
 from bridge.db.store import LinkInfo
 from bridge.slack import catch_up
+from bridge.slack import store as slack_store
+from bridge.slack.config import SlackConfig
 from bridge.slack.ids import NETWORK, message_key, space_of
 from bridge.slack.inbound import POSTING_SUBTYPES, SlackToMatrix
 from bridge.slack.outbound import (
@@ -120,9 +122,10 @@ class SlackConnector(Connector):
     display_name = "Slack"
 
     def __init__(self, config: Config) -> None:
-        super().__init__(config.slack.puppet_prefix, config.homeserver.domain)
+        settings = config.section(SlackConfig)
+        super().__init__(settings.puppet_prefix, config.homeserver.domain)
         self.config = config
-        self.settings: SlackConfig = config.slack
+        self.settings = settings
         self.workspaces: list[Workspace] = []
         self.users = UserDirectory()
         self.inbound = SlackToMatrix(self)

@@ -6,7 +6,7 @@ Matrix -> Slack (and by catch-up), so their shapes live here, in one place.
 
 from __future__ import annotations
 
-from bridge.db.slack_store import ts_key
+from bridge.slack.store import ts_key
 
 NETWORK = "slack"
 

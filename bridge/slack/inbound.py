@@ -21,8 +21,9 @@ from bridge.core.connector import media_msgtype
 from bridge.core.errors import PermanentError, TemporaryError
 from bridge.core.hub import MATRIX, RemotePart
 from bridge.core.origin import Origin
-from bridge.db import slack_store, store
+from bridge.db import store
 from bridge.db.queues import NewDelivery
+from bridge.slack import store as slack_store
 from bridge.slack.format import MatrixText, slack_emoji_to_unicode, slack_to_matrix
 from bridge.slack.ids import NETWORK, message_key, space_of, ts_ms
 from bridge.slack.workspace import Workspace

@@ -19,8 +19,8 @@ import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bridge.config import SlackWorkspace
 from bridge.core.errors import PermanentError, TemporaryError
+from bridge.slack.config import SlackWorkspace
 
 log = logging.getLogger("bridge.slack")
 

@@ -264,7 +264,7 @@ async def test_bridge_check_tests_the_relay(homeserver: Homeserver, sink: Strict
 async def test_a_mail_that_cannot_be_written_fails_for_good_at_once(
         homeserver: Homeserver, email_bridge: EmailBridge, sink: StrictRelay,
         admin: MatrixTestClient) -> None:
-    from bridge.db import email_store
+    from bridge.email import store as email_store
 
     room, _ = await _email_room(homeserver, admin, None, "erika@stadt.example")
     # A subscriber an older version let in, whose address no mail can be written to.

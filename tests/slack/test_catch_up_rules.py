@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.db.slack_store import ts_key
 from bridge.slack.catch_up import MappedMessage, Window, differences
+from bridge.slack.store import ts_key
 
 BOT = "U0APP"
 

@@ -3,8 +3,8 @@ it only moves forward, in the numeric order of Slack's ts."""
 
 from __future__ import annotations
 
-from bridge.db import slack_store
 from bridge.db.engine import Database
+from bridge.slack import store as slack_store
 
 
 async def test_cursor_moves_forward_only_in_numeric_order(database_url: str) -> None:

@@ -10,8 +10,9 @@ from typing import Any, cast
 from sqlalchemy import Integer, String, Table, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bridge.db.models import InboundKey, Link, MessageMapping, SlackChannel
+from bridge.db.models import InboundKey, Link, MessageMapping
 from bridge.db.queues import insert_ignoring_conflicts
+from bridge.slack.models import SlackChannel
 
 
 def ts_key(ts: str) -> tuple[int, int]:

@@ -10,8 +10,9 @@ from typing import Any
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bridge.db.models import EmailSubscriber, EmailThread, Link
+from bridge.db.models import Link
 from bridge.db.queues import insert_ignoring_conflicts
+from bridge.email.models import EmailSubscriber, EmailThread
 
 
 @dataclass(slots=True)

@@ -1,0 +1,44 @@
+"""Slack as the core sees it: the registry entry of this folder (see bridge/networks.py)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import aiohttp
+
+from bridge.checks import CheckResult
+from bridge.config import Config
+from bridge.core.connector import Connector
+from bridge.networks import Network
+from bridge.slack.config import SlackConfig
+
+
+def _connector(config: Config) -> Connector:
+    from bridge.slack.connector import SlackConnector
+
+    return SlackConnector(config)
+
+
+def _example_config() -> str:
+    return resources.files("bridge.slack").joinpath("example-config.yaml").read_text("utf-8")
+
+
+async def _checks(session: aiohttp.ClientSession, config: Config) -> list[CheckResult]:
+    from bridge.slack.checks import check_workspaces
+
+    return await check_workspaces(session, config)
+
+
+network = Network(
+    name="slack",
+    prose_name="Slack",
+    config_model=SlackConfig,
+    connector=_connector,
+    example_config=_example_config,
+    checks=_checks,
+    position=10,
+    models="bridge.slack.models",
+    migrations=Path(__file__).resolve().parent / "migrations",
+    link_hint="Slack: name the workspace when there are several",
+)
