@@ -41,6 +41,7 @@ ADMIN_USAGES = [
     "email list",
     "email policy subscribers|domain <domain>|open",
     "slack channels [workspace]",
+    "test break",
 ]
 USAGE_LINE = re.compile(r"^Usage: `[^`]+`$")
 

@@ -10,7 +10,15 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from mautrix.types import EventType, Membership, MemberStateEventContent, RoomID, StateEvent, UserID
+from mautrix.types import (
+    EventType,
+    Membership,
+    MemberStateEventContent,
+    PowerLevelStateEventContent,
+    RoomID,
+    StateEvent,
+    UserID,
+)
 
 from bridge.core import hub as hub_module
 from bridge.core.cache import BoundedCache
@@ -120,3 +128,24 @@ async def test_a_bridge_with_tiny_caches_relays_everyone_correctly(
         assert len(matrix._profiles_set) <= 1
     finally:
         await running.stop()
+
+
+async def test_power_levels_forgotten_between_fetch_and_check_are_no_refusal() -> None:
+    # mautrix fetches a room's power levels, then its create event, then checks: another
+    # room's state arriving in between may push the first room out of a small cache. Unknown
+    # must not read as "power level too low" (which would fail the delivery for good).
+    store = CacheStateStore(max_rooms=1, max_users=1, max_age_seconds=3600)
+    room, other = RoomID("!a:bridge.test"), RoomID("!b:bridge.test")
+    puppet = UserID("@test_u1:bridge.test")
+    await store.set_power_levels(room, PowerLevelStateEventContent(users={}, events_default=0))
+    assert await store.has_power_level(room, puppet, EventType.ROOM_MESSAGE)
+    for r in (other, RoomID("!c:bridge.test")):
+        await store.update_state(StateEvent(
+            type=EventType.ROOM_MEMBER, room_id=r, event_id=f"$m{r}", sender=puppet,
+            timestamp=0, state_key=puppet,
+            content=MemberStateEventContent(membership=Membership.JOIN)))
+    assert not await store.has_power_levels_cached(room)  # forgotten
+    assert await store.has_power_level(room, puppet, EventType.ROOM_MESSAGE)
+    # What is known still counts.
+    await store.set_power_levels(room, PowerLevelStateEventContent(users={}, events_default=50))
+    assert not await store.has_power_level(room, puppet, EventType.ROOM_MESSAGE)

@@ -110,6 +110,21 @@ class CacheStateStore(MemoryStateStore, ASStateStore):
             for user in [u for u in self._registered if self._users_seen.get(u) is None]:
                 del self._registered[user]
 
+    async def set_power_levels(
+            self, room_id: RoomID, content: PowerLevelStateEventContent | dict[str, Any]
+    ) -> None:
+        # (Fetched by an intent that is about to check them: keep them among the seen.)
+        await super().set_power_levels(room_id, content)
+        self._rooms_seen.set(room_id, True)
+
+    async def has_power_level(self, room_id: RoomID, user_id: UserID,
+                              event_type: EventType) -> bool | None:
+        allowed = await super().has_power_level(room_id, user_id, event_type)
+        # mautrix fetches the power levels, then (after another request) checks them; a room
+        # forgotten in between is unknown, not "too low". The homeserver decides then, and a
+        # refusal from it is reported like any other.
+        return True if allowed is None else allowed
+
     def forget_unseen(self) -> None:
         """Drop every room not among those last seen (or seen too long ago)."""
         for room_id in self._rooms():
