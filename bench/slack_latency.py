@@ -1,7 +1,7 @@
 """Benchmark: the bridge's own added latency per Slack message, Slack -> Matrix.
 
 The bridge (its own process, pinned to one core) runs against the stub homeserver of
-bench/stub_homeserver.py and the Slack simulator, both in this process on the other core.
+testkit/stub_homeserver.py and the Slack simulator, both in this process on the other core.
 ``--channels`` channels are linked to rooms (``!bridge link slack``); the simulator's people
 post into them round-robin at ``--rate`` messages/s for ``--seconds``. Per message, latency =
 the simulator emitting the event (Socket Mode) -> the stub receiving the puppet's PUT send.

@@ -1,7 +1,7 @@
 """Benchmark: Matrix -> Slack messages per second, into the Slack simulator.
 
 The bridge (its own process, pinned to one core) runs against the stub homeserver of
-bench/stub_homeserver.py and the Slack simulator, both in this process on the other core.
+testkit/stub_homeserver.py and the Slack simulator, both in this process on the other core.
 ``--channels`` channels are linked to rooms (``!bridge link slack``). Then ``--messages``
 m.room.message events from Matrix users, spread round-robin over the rooms, reach the bridge
 in appservice transactions of ``--batch`` events, sent one at a time as a homeserver does.

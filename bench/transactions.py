@@ -1,7 +1,7 @@
 """Benchmark: how fast the bridge takes and handles appservice transactions.
 
 The bridge runs as a separate process (``python -m bridge run``) pinned to one CPU core,
-against the stub homeserver of bench/stub_homeserver.py, which this process runs on the
+against the stub homeserver of testkit/stub_homeserver.py, which this process runs on the
 other core together with the load generator. Transactions are sent one at a time, as a
 homeserver does: the next PUT starts when the previous one was acknowledged.
 
@@ -44,7 +44,8 @@ from typing import Any
 
 import aiohttp
 import yaml
-from stub_homeserver import SentEvent, StubHomeserver
+
+from testkit.stub_homeserver import SentEvent, StubHomeserver
 
 DOMAIN = "bench"
 BOT = f"@bridgebot:{DOMAIN}"

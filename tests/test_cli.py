@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from bridge.config import Config
+from testkit.helpers import command, open_room
+from testkit.matrix_client import MatrixTestClient
 from tests.conftest import Homeserver
-from tests.support.helpers import command, open_room
-from tests.support.matrix_client import MatrixTestClient
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -303,7 +303,7 @@ def test_check_before_the_first_run_and_with_a_wrong_token(homeserver: Homeserve
 
 def test_check_reports_an_unreachable_homeserver(tmp_path: Path, generated: Path,
                                                  sqlite_url: str) -> None:
-    from tests.support.synapse import free_port
+    from testkit.synapse import free_port
 
     data = yaml.safe_load(generated.read_text())
     data["homeserver"]["address"] = f"http://127.0.0.1:{free_port()}"
@@ -377,7 +377,7 @@ async def test_run_states_its_default_database_and_missing_admins(
 
 def _busy_port_config(homeserver: Homeserver, tmp_path: Path, key: str,
                       port: int) -> Path:
-    from tests.support.synapse import free_port
+    from testkit.synapse import free_port
 
     data = yaml.safe_load(homeserver.config_path.read_text())
     data["database"]["url"] = f"sqlite+aiosqlite:///{tmp_path / 'bridge.db'}"

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.email.inbound import DataDecoder, SmtpProtocol
-from tests.support.synapse import free_port
+from testkit.synapse import free_port
 
 
 def aiosmtpd_data(stream: bytes, limit: int | None) -> tuple[bytes | str, bytes] | None:

@@ -42,8 +42,8 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-from tests.slack_sim import SimulatorError, SlackSimulator, Team
-from tests.slack_sim.webapi import TIERS
+from testkit.slack_sim import SimulatorError, SlackSimulator, Team
+from testkit.slack_sim.webapi import TIERS
 
 TEAM_ID = "T0RATHAUS"
 BOT_TOKEN = "xoxb-rathaus-bot"
