@@ -23,6 +23,9 @@ from testkit.matrix_client import MatrixTestClient
 from testkit.synapse import SynapseServer, free_port
 from tests.support.recording import TEST_PREFIX, RecordingConnector
 
+# The tiers (unit, integration, e2e) each test belongs to: tests/tiers.py.
+pytest_plugins = ["tests.tiers"]
+
 SERVER_NAME = "bridge.test"
 POSTGRES_ADMIN_URL = os.environ.get("BRIDGE_TEST_POSTGRES_URL",
                                     "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -19,6 +19,8 @@ from testkit.matrix_client import MatrixTestClient
 from tests.conftest import Homeserver
 
 REPO = Path(__file__).resolve().parent.parent
+# Every test here runs the bridge program in a process of its own (seconds each, and some reach
+# for a homeserver or database that is not there): integration at least, never the fast tier.
 
 SLACK_WORKSPACES = "[{name: rathaus, bot_token: xoxb-1, app_token: xapp-1}]"
 
@@ -44,6 +46,7 @@ def generated(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_generate_config_makes_fresh_tokens_and_keeps_existing_files(
         tmp_path: Path, generated: Path) -> None:
     data = yaml.safe_load(generated.read_text())
@@ -63,6 +66,7 @@ def test_generate_config_makes_fresh_tokens_and_keeps_existing_files(
     assert generated.read_text() != before
 
 
+@pytest.mark.integration
 def test_generated_config_documents_every_key(generated: Path) -> None:
     text = generated.read_text()
     data = yaml.safe_load(text)
@@ -95,6 +99,7 @@ def test_generated_config_documents_every_key(generated: Path) -> None:
         assert lines[above].strip().startswith("#"), f"{dotted} has no comment above it"
 
 
+@pytest.mark.integration
 def test_generate_registration(tmp_path: Path, generated: Path) -> None:
     registration = tmp_path / "registration.yaml"
     result = bridge_cmd("generate-registration", "-c", str(generated), "-r", str(registration),
@@ -120,6 +125,7 @@ def test_generate_registration(tmp_path: Path, generated: Path) -> None:
     assert set(example) == set(reg)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("change", "message"), [
     ({"appservice": {"port": 70000}}, "appservice.port: must be an integer between 1 and 65535"),
     ({"appservice": {"port": "http"}}, "appservice.port: must be an integer between 1 and 65535"),
@@ -164,6 +170,7 @@ def test_invalid_config_exits_2_naming_the_key(tmp_path: Path, generated: Path,
     assert not (tmp_path / "r.yaml").exists()
 
 
+@pytest.mark.integration
 def test_config_file_problems_exit_2(tmp_path: Path) -> None:
     missing = bridge_cmd("check", "-c", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "config file not found" in missing.stderr
@@ -175,6 +182,7 @@ def test_config_file_problems_exit_2(tmp_path: Path) -> None:
     assert usage.returncode == 2 and "invalid choice" in usage.stderr
 
 
+@pytest.mark.integration
 def test_secrets_can_come_from_the_environment(tmp_path: Path, generated: Path) -> None:
     data = yaml.safe_load(generated.read_text())
     del data["appservice"]["as_token"]
@@ -202,6 +210,7 @@ def test_db_upgrade_on_sqlite_and_postgres(tmp_path: Path, generated: Path,
     assert again.returncode == 0 and "up to date" in again.stdout
 
 
+@pytest.mark.integration
 def test_db_upgrade_reports_an_unreachable_database(tmp_path: Path, generated: Path) -> None:
     data = yaml.safe_load(generated.read_text())
     data["database"]["url"] = "postgresql+asyncpg://bridge:s3cret-pw@127.0.0.1:1/bridge"
@@ -314,6 +323,7 @@ def test_check_reports_an_unreachable_homeserver(tmp_path: Path, generated: Path
     assert "check homeserver.address" in result.stdout
 
 
+@pytest.mark.integration
 def test_a_missing_homeserver_domain_is_an_error_not_example_org(tmp_path: Path,
                                                                  generated: Path) -> None:
     data = yaml.safe_load(generated.read_text())
@@ -419,6 +429,7 @@ def test_a_busy_port_is_named_by_its_own_key(homeserver: Homeserver, tmp_path: P
     assert "Unclosed" not in result.stderr, result.stderr
 
 
+@pytest.mark.integration
 def test_run_names_an_unreachable_database(tmp_path: Path, generated: Path) -> None:
     data = yaml.safe_load(generated.read_text())
     data["database"]["url"] = "postgresql+asyncpg://bridge:s3cret-pw@127.0.0.1:1/bridge"

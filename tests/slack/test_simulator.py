@@ -304,6 +304,9 @@ def workspace(sim: SlackSimulator, *, socket_mode: bool = True) -> Team:
     return team
 
 
+# Every test here talks to a running simulator (a local HTTP and WebSocket server).
+pytestmark = pytest.mark.integration
+
 @pytest.fixture
 async def sim() -> AsyncIterator[SlackSimulator]:
     simulator = SlackSimulator(ack_timeout=1.0, retry_delay=0.05)
