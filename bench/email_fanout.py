@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import verdict
 from email_common import (
     USER,
     BenchError,
@@ -35,7 +36,6 @@ from email_common import (
     header,
     histogram_delta,
     run,
-    verdict,
 )
 
 from testkit.smtp_sink import Received, SmtpSink

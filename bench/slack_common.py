@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from common import ADMIN, BOT, DATABASE_HELP, DOMAIN, PREFIX, git_revision
 from email_common import BenchError, Harness
-from transactions import ADMIN, BOT, DATABASE_HELP, DOMAIN, PREFIX, git_revision
 
 from testkit.slack_sim import SlackSimulator, Team
 from testkit.slack_sim.webapi import WebApi

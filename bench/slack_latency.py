@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import ms, percentile, verdict
 from email_common import (
     CpuMeter,
     Outcome,
@@ -30,7 +31,6 @@ from email_common import (
     check_common_args,
     histogram_delta,
     run,
-    verdict,
 )
 from slack_common import (
     Messages,
@@ -39,7 +39,6 @@ from slack_common import (
     resent_envelopes,
     slack_header,
 )
-from transactions import ms, percentile
 
 TARGET_P99_MS = 25.0
 

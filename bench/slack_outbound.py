@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import ms, percentile, verdict
 from email_common import (
     CpuMeter,
     Outcome,
@@ -33,7 +34,6 @@ from email_common import (
     check_common_args,
     histogram_delta,
     run,
-    verdict,
 )
 from slack_common import (
     DOMAIN,
@@ -44,7 +44,6 @@ from slack_common import (
     chunked,
     slack_header,
 )
-from transactions import ms, percentile
 
 TARGET_PER_SECOND = 500.0
 

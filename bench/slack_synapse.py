@@ -49,7 +49,20 @@ from urllib.parse import quote
 
 import aiohttp
 import yaml
-from email_common import BenchError, run, verdict
+from common import (
+    BenchDatabase,
+    BridgeClient,
+    BridgeFailures,
+    BridgeProcess,
+    free_port,
+    git_revision,
+    machine_busy_seconds,
+    metric_value,
+    proc_cpu_seconds,
+    verdict,
+    write_config,
+)
+from email_common import BenchError, run
 from slack_common import (
     ADMIN,
     BOT,
@@ -64,18 +77,6 @@ from slack_common import (
     puppet_of,
     resent_envelopes,
     slack_config,
-)
-from transactions import (
-    BenchDatabase,
-    BridgeClient,
-    BridgeFailures,
-    BridgeProcess,
-    free_port,
-    git_revision,
-    machine_busy_seconds,
-    metric_value,
-    proc_cpu_seconds,
-    write_config,
 )
 
 from testkit.helpers import command, open_room
