@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bridge.email.parse as parse_module
+from bridge.email.aiosmtpd_data import SmtpProtocol
 from bridge.email.connector import _text_to_html
-from bridge.email.inbound import SmtpProtocol
 from bridge.email.parse.headers import _POLICY, _HeaderClasses
 
 TEXT = st.lists(st.sampled_from(

@@ -18,7 +18,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.email.inbound import DataDecoder, SmtpProtocol
+from bridge.email.aiosmtpd_data import DataDecoder, SmtpProtocol
 from testkit.synapse import free_port
 
 
