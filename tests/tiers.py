@@ -18,7 +18,7 @@ background tasks of an integration fixture.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -34,7 +34,7 @@ class NetworkInUnitTest(AssertionError):
     """A test running as ``unit`` opened a network socket."""
 
 
-def tier_by_fixtures(fixturenames: Iterator[str] | list[str]) -> str:
+def tier_by_fixtures(fixturenames: Iterable[str]) -> str:
     # fixturenames is the closure: a test using `bridge` also lists `homeserver`.
     names = set(fixturenames)
     if names & E2E_FIXTURES:
@@ -78,11 +78,15 @@ def _refusing(original: Callable[..., Any], nodeid: str) -> Callable[..., Any]:
     return refuse
 
 
-@pytest.fixture(autouse=True)
-def _unit_tests_stay_off_the_network(request: pytest.FixtureRequest,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    if not request.config.stash.get(_UNIT_ONLY_RUN, False):
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    # A hook, not an autouse fixture: a fixture asked for by every test would change the
+    # order in which the others are set up and torn down, in every tier.
+    if not item.config.stash.get(_UNIT_ONLY_RUN, False):
+        yield
         return
-    for name in ("connect", "connect_ex", "bind", "sendto"):
-        monkeypatch.setattr(socket.socket, name,
-                            _refusing(getattr(socket.socket, name), request.node.nodeid))
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("connect", "connect_ex", "bind", "sendto"):
+            patch.setattr(socket.socket, name,
+                          _refusing(getattr(socket.socket, name), item.nodeid))
+        yield
