@@ -1,13 +1,14 @@
 # The two commands of the README's quick start, and a few more for developers.
 #   make demo   set up, then run the bridge against a throwaway local Synapse (SQLite)
-#   make test   set up, then run the linters and the whole test suite
+#   make test   set up, then run the linters and the whole test suite (every tier)
+#   make test-fast   only the unit tier: no Synapse, no PostgreSQL, no network (tests/tiers.py)
 #   make bench, make bench-slack   benchmarks (bench/README.md)
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test lint bench bench-slack clean
+.PHONY: demo test test-fast lint bench bench-slack clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,10 @@ lint: $(VENV)/.installed
 test: $(VENV)/.installed lint
 	scripts/ensure-postgres.sh
 	$(PY) -m pytest -rs
+
+# The unit tier alone, for the edit-test loop: about half a minute, nothing to start.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -rs -m unit
 
 bench: $(VENV)/.installed
 	$(PY) bench/transactions.py

@@ -1,6 +1,6 @@
 """Shared parts of the email benchmarks: email_inbound.py, email_memory.py, email_fanout.py.
 
-Built on bench/transactions.py and bench/stub_homeserver.py: the bridge runs as its own
+Built on bench/common.py and testkit/stub_homeserver.py: the bridge runs as its own
 process (``python -m bridge run``) pinned to one core, with email switched on; this process,
 pinned to the other core, runs the stub homeserver, plays the homeserver's side of the
 appservice API (transactions) and the mail servers on the other end (SMTP clients that send
@@ -40,8 +40,7 @@ from typing import Any
 import aiohttp
 import yaml
 from aiohttp import web
-from stub_homeserver import SentEvent, StubHomeserver
-from transactions import (
+from common import (
     ADMIN,
     BOT,
     DATABASE_HELP,
@@ -65,6 +64,8 @@ from transactions import (
     wait_started,
     write_config,
 )
+
+from testkit.stub_homeserver import SentEvent, StubHomeserver
 
 __all__ = [
     "ADMIN", "BOT", "DOMAIN", "PREFIX", "USER", "BenchError", "SentEvent",
@@ -533,10 +534,6 @@ def histogram_delta(before: str, after: str, name: str, **labels: str) -> tuple[
                 - (metric_value(before, name + suffix, **labels) or 0.0))
 
     return delta("_count"), delta("_sum")
-
-
-def verdict(ok: bool) -> str:
-    return "OK" if ok else "MISSED"
 
 
 def header(title: str, args: argparse.Namespace, database: str) -> None:

@@ -1,7 +1,7 @@
 """Benchmark: one room message mailed to many subscribers through the bridge's outbox.
 
 The bridge (its own process, pinned to one core) relays mail through an SMTP sink (aiosmtpd,
-tests/support/smtp_sink.py) that runs in this process on the other core. A room is linked
+testkit/smtp_sink.py) that runs in this process on the other core. A room is linked
 and ``--subscribers`` addresses subscribe to it through bot commands (in transactions, as a
 homeserver delivers them). Then one m.room.message is sent into the room in a transaction,
 and the bench measures the time until the sink has received one mail for every subscriber.
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import verdict
 from email_common import (
     USER,
     BenchError,
@@ -35,10 +36,9 @@ from email_common import (
     header,
     histogram_delta,
     run,
-    verdict,
 )
 
-from tests.support.smtp_sink import Received, SmtpSink
+from testkit.smtp_sink import Received, SmtpSink
 
 TARGET_SECONDS = 10.0
 SUBSCRIBER_DOMAIN = "stadt.example"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
+from common import percentile, verdict
 from email_common import (
     PUPPET_PREFIX,
     BenchError,
@@ -40,9 +41,7 @@ from email_common import (
     metric_value,
     proc_cpu_seconds,
     run,
-    verdict,
 )
-from transactions import percentile
 
 TARGET_MAILS_PER_SECOND = 100.0
 

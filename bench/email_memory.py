@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import verdict
 from email_common import (
     MIB,
     PUPPET_PREFIX,
@@ -39,7 +40,6 @@ from email_common import (
     make_mail,
     proc_status_kb,
     run,
-    verdict,
 )
 
 TARGET_FACTOR = 3.0  # peak growth < this many times the attachment

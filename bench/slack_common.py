@@ -1,6 +1,6 @@
 """Shared parts of the Slack benchmarks: slack_synapse.py, slack_latency.py, slack_outbound.py.
 
-The Slack side is the simulator of tests/slack_sim (``SlackSimulator``), run in this process:
+The Slack side is the simulator of testkit/slack_sim (``SlackSimulator``), run in this process:
 one workspace in Socket Mode with ``--channels`` channels and ``--users`` people who are
 members of all of them (and the app's bot user, so that the app hears them and may post).
 The bridge (its own process, ``python -m bridge run``, pinned to one core, as in
@@ -25,7 +25,6 @@ import asyncio
 import itertools
 import json
 import re
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,15 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from common import ADMIN, BOT, DATABASE_HELP, DOMAIN, PREFIX, git_revision
 from email_common import BenchError, Harness
-from transactions import ADMIN, BOT, DATABASE_HELP, DOMAIN, PREFIX, git_revision
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # the simulator lives in tests/, not in the installed package
-    sys.path.insert(0, str(REPO))
-
-from tests.slack_sim import SlackSimulator, Team  # noqa: E402
-from tests.slack_sim.webapi import WebApi  # noqa: E402
+from testkit.slack_sim import SlackSimulator, Team
+from testkit.slack_sim.webapi import WebApi
 
 __all__ = ["ADMIN", "BOT", "DOMAIN", "PREFIX"]
 

@@ -1,7 +1,7 @@
 """Benchmark: the bridge's own added latency per Slack message, Slack -> Matrix.
 
 The bridge (its own process, pinned to one core) runs against the stub homeserver of
-bench/stub_homeserver.py and the Slack simulator, both in this process on the other core.
+testkit/stub_homeserver.py and the Slack simulator, both in this process on the other core.
 ``--channels`` channels are linked to rooms (``!bridge link slack``); the simulator's people
 post into them round-robin at ``--rate`` messages/s for ``--seconds``. Per message, latency =
 the simulator emitting the event (Socket Mode) -> the stub receiving the puppet's PUT send.
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import ms, percentile, verdict
 from email_common import (
     CpuMeter,
     Outcome,
@@ -30,7 +31,6 @@ from email_common import (
     check_common_args,
     histogram_delta,
     run,
-    verdict,
 )
 from slack_common import (
     Messages,
@@ -39,7 +39,6 @@ from slack_common import (
     resent_envelopes,
     slack_header,
 )
-from transactions import ms, percentile
 
 TARGET_P99_MS = 25.0
 

@@ -1,7 +1,7 @@
 """Benchmark: Matrix -> Slack messages per second, into the Slack simulator.
 
 The bridge (its own process, pinned to one core) runs against the stub homeserver of
-bench/stub_homeserver.py and the Slack simulator, both in this process on the other core.
+testkit/stub_homeserver.py and the Slack simulator, both in this process on the other core.
 ``--channels`` channels are linked to rooms (``!bridge link slack``). Then ``--messages``
 m.room.message events from Matrix users, spread round-robin over the rooms, reach the bridge
 in appservice transactions of ``--batch`` events, sent one at a time as a homeserver does.
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import ms, percentile, verdict
 from email_common import (
     CpuMeter,
     Outcome,
@@ -33,7 +34,6 @@ from email_common import (
     check_common_args,
     histogram_delta,
     run,
-    verdict,
 )
 from slack_common import (
     DOMAIN,
@@ -44,7 +44,6 @@ from slack_common import (
     chunked,
     slack_header,
 )
-from transactions import ms, percentile
 
 TARGET_PER_SECOND = 500.0
 

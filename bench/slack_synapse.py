@@ -2,7 +2,7 @@
 same messages posted straight through the appservice API, against one real Synapse.
 
 Everything runs on this machine: a throwaway Synapse (from the matrix-synapse package, as the
-tests start it: tests/support/synapse.py), the bridge as its own process (``python -m bridge
+tests start it: testkit/synapse.py), the bridge as its own process (``python -m bridge
 run``, pinned to ``--bridge-cpu``), and in this process (pinned to ``--bench-cpu``) the Slack
 simulator and the load. Synapse is pinned to ``--synapse-cpu`` (default: the bench's core), so
 that in both phases it shares a core with the same light client work and the bridge has its
@@ -49,7 +49,20 @@ from urllib.parse import quote
 
 import aiohttp
 import yaml
-from email_common import BenchError, run, verdict
+from common import (
+    BenchDatabase,
+    BridgeClient,
+    BridgeFailures,
+    BridgeProcess,
+    free_port,
+    git_revision,
+    machine_busy_seconds,
+    metric_value,
+    proc_cpu_seconds,
+    verdict,
+    write_config,
+)
+from email_common import BenchError, run
 from slack_common import (
     ADMIN,
     BOT,
@@ -65,24 +78,12 @@ from slack_common import (
     resent_envelopes,
     slack_config,
 )
-from transactions import (
-    BenchDatabase,
-    BridgeClient,
-    BridgeFailures,
-    BridgeProcess,
-    free_port,
-    git_revision,
-    machine_busy_seconds,
-    metric_value,
-    proc_cpu_seconds,
-    write_config,
-)
 
-from tests.slack_sim import SlackSimulator
-from tests.slack_sim.richtext import escape_client_text, rich_text_blocks
-from tests.support.helpers import command, open_room
-from tests.support.matrix_client import MatrixTestClient
-from tests.support.synapse import SynapseServer, SynapseStartError
+from testkit.helpers import command, open_room
+from testkit.matrix_client import MatrixTestClient
+from testkit.slack_sim import SlackSimulator
+from testkit.slack_sim.richtext import escape_client_text, rich_text_blocks
+from testkit.synapse import SynapseServer, SynapseStartError
 
 TARGET_SHARE = 0.8
 

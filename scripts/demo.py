@@ -5,7 +5,7 @@ What it does, each step a function below:
 1. recreate ``demo/`` at the repo root (git-ignored);
 2. generate the bridge config and registration with the real ``bridge`` CLI, keeping the
    embedded SQLite database (``demo/bridge.db``), and start Synapse with that registration;
-3. start the mail sink and the Slack simulator (tests/slack_sim, standing in for Slack: a
+3. start the mail sink and the Slack simulator (testkit/slack_sim, standing in for Slack: a
    workspace "demo" with Anna and Ben in #bauamt), then ``bridge run`` as a subprocess
    (Socket Mode to the simulator), wait for ``/_bridge/health``, run ``bridge check``;
 4. as ``@admin:demo.test``: chat with the bot directly (``help``) and in a group room
@@ -53,14 +53,13 @@ from urllib.parse import quote
 import yaml
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-# The demo runs from the checkout and borrows the test harness (a real Synapse, a small
-# Matrix client); it is not part of the installed package.
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+# The demo borrows the test harness (a real Synapse, a small Matrix client, the Slack
+# simulator) from testkit/, which the editable install (`make .venv/.installed`) provides.
+from testkit.matrix_client import MatrixTestClient
+from testkit.slack_sim import SlackSimulator, Team
+from testkit.synapse import SynapseServer, SynapseStartError, free_port
 
-from tests.slack_sim import SlackSimulator, Team  # noqa: E402
-from tests.support.matrix_client import MatrixTestClient  # noqa: E402
-from tests.support.synapse import SynapseServer, SynapseStartError, free_port  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 DEMO = REPO / "demo"
 SERVER_NAME = "demo.test"  # Synapse's server_name; unrelated to the port it listens on
@@ -436,7 +435,7 @@ def start_mail_sink(demo: Demo) -> None:
 
 
 class SlackSide(ThreadedServer):
-    """Slack, as far as the demo is concerned: the simulator of tests/slack_sim (Web API,
+    """Slack, as far as the demo is concerned: the simulator of testkit/slack_sim (Web API,
     Socket Mode, and /_sim/ endpoints for people), with a workspace "demo" where Anna and Ben
     are in #bauamt and so is the app's bot user.
 

@@ -19,9 +19,12 @@ import yaml
 from bridge.app import Bridge
 from bridge.cli import main as bridge_cli
 from bridge.config import Config, load_config
-from tests.support.matrix_client import MatrixTestClient
+from testkit.matrix_client import MatrixTestClient
+from testkit.synapse import SynapseServer, free_port
 from tests.support.recording import TEST_PREFIX, RecordingConnector
-from tests.support.synapse import SynapseServer, free_port
+
+# The tiers (unit, integration, e2e) each test belongs to: tests/tiers.py.
+pytest_plugins = ["tests.tiers"]
 
 SERVER_NAME = "bridge.test"
 POSTGRES_ADMIN_URL = os.environ.get("BRIDGE_TEST_POSTGRES_URL",

@@ -19,6 +19,11 @@ from typing import Any
 
 import pytest
 
+from testkit.helpers import command
+from testkit.matrix_client import MatrixTestClient
+from testkit.slack_sim import SlackSimulator
+from testkit.smtp_sink import Received, SmtpSink
+from testkit.synapse import free_port
 from tests.conftest import Homeserver
 from tests.email.conftest import MAIL_DOMAIN
 from tests.email.conftest import sink as sink
@@ -32,11 +37,6 @@ from tests.slack.conftest import (
 from tests.slack.conftest import slack_sim as slack_sim
 from tests.slack.conftest import team as team
 from tests.slack.relay_helpers import count_in_slack, has_body, posted, room_events
-from tests.slack_sim import SlackSimulator
-from tests.support.helpers import command
-from tests.support.matrix_client import MatrixTestClient
-from tests.support.smtp_sink import Received, SmtpSink
-from tests.support.synapse import free_port
 
 ERIKA = "erika@stadt.example"
 

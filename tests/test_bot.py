@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
+from testkit.helpers import command, is_notice_from, open_room
+from testkit.matrix_client import MatrixTestClient
 from tests.conftest import Homeserver, RunningBridge
-from tests.support.helpers import command, is_notice_from, open_room
-from tests.support.matrix_client import MatrixTestClient
 
 
 async def test_help_in_direct_chat_needs_no_prefix(homeserver: Homeserver, bridge: RunningBridge,

@@ -14,17 +14,17 @@ from typing import Any
 
 import pytest
 
+from testkit.helpers import command, open_room
+from testkit.matrix_client import MatrixTestClient
+from testkit.slack_sim import SlackSimulator
+from testkit.smtp_sink import SmtpSink
+from testkit.synapse import free_port
 from tests.conftest import Homeserver
 from tests.email.conftest import MAIL_DOMAIN
 from tests.email.conftest import sink as sink
 from tests.slack.conftest import SlackBridge, running_slack_bridge
 from tests.slack.conftest import slack_sim as slack_sim
 from tests.slack.conftest import team as team
-from tests.slack_sim import SlackSimulator
-from tests.support.helpers import command, open_room
-from tests.support.matrix_client import MatrixTestClient
-from tests.support.smtp_sink import SmtpSink
-from tests.support.synapse import free_port
 
 # Every command an admin should find in `help`, with its syntax.
 ADMIN_USAGES = [

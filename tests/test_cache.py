@@ -24,9 +24,9 @@ from bridge.core import hub as hub_module
 from bridge.core.cache import BoundedCache
 from bridge.matrix import side as side_module
 from bridge.matrix.side import CacheStateStore
+from testkit.helpers import command, open_room
+from testkit.matrix_client import MatrixTestClient
 from tests.conftest import Homeserver, RunningBridge
-from tests.support.helpers import command, open_room
-from tests.support.matrix_client import MatrixTestClient
 
 
 class Clock:

@@ -17,12 +17,14 @@ from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
 
 from bridge.config import config_model
+from testkit.helpers import command, open_room
+from testkit.matrix_client import MatrixTestClient
+from testkit.synapse import free_port
 from tests.conftest import Homeserver
-from tests.support.helpers import command, open_room
-from tests.support.matrix_client import MatrixTestClient
-from tests.support.synapse import free_port
 
 REPO = Path(__file__).resolve().parent.parent
+# Every test here runs the bridge program in a process of its own (seconds each, and some reach
+# for a homeserver or database that is not there): integration at least, never the fast tier.
 
 SLACK_WORKSPACES = "[{name: rathaus, bot_token: xoxb-1, app_token: xapp-1}]"
 
@@ -48,6 +50,7 @@ def generated(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_generate_config_makes_fresh_tokens_and_keeps_existing_files(
         tmp_path: Path, generated: Path) -> None:
     data = yaml.safe_load(generated.read_text())
@@ -67,6 +70,7 @@ def test_generate_config_makes_fresh_tokens_and_keeps_existing_files(
     assert generated.read_text() != before
 
 
+@pytest.mark.integration
 def test_generated_config_documents_every_key(generated: Path) -> None:
     text = generated.read_text()
     data = yaml.safe_load(text)
@@ -101,6 +105,7 @@ def test_generated_config_documents_every_key(generated: Path) -> None:
         assert lines[above].strip().startswith("#"), f"{dotted} has no comment above it"
 
 
+@pytest.mark.integration
 def test_generate_registration(tmp_path: Path, generated: Path) -> None:
     registration = tmp_path / "registration.yaml"
     result = bridge_cmd("generate-registration", "-c", str(generated), "-r", str(registration),
@@ -126,6 +131,7 @@ def test_generate_registration(tmp_path: Path, generated: Path) -> None:
     assert set(example) == set(reg)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("change", "message"), [
     ({"appservice": {"port": 70000}}, "appservice.port: must be an integer between 1 and 65535"),
     ({"appservice": {"port": "http"}}, "appservice.port: must be an integer between 1 and 65535"),
@@ -170,6 +176,7 @@ def test_invalid_config_exits_2_naming_the_key(tmp_path: Path, generated: Path,
     assert not (tmp_path / "r.yaml").exists()
 
 
+@pytest.mark.integration
 def test_config_file_problems_exit_2(tmp_path: Path) -> None:
     missing = bridge_cmd("check", "-c", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "config file not found" in missing.stderr
@@ -181,6 +188,7 @@ def test_config_file_problems_exit_2(tmp_path: Path) -> None:
     assert usage.returncode == 2 and "invalid choice" in usage.stderr
 
 
+@pytest.mark.integration
 def test_secrets_can_come_from_the_environment(tmp_path: Path, generated: Path) -> None:
     data = yaml.safe_load(generated.read_text())
     del data["appservice"]["as_token"]
@@ -208,6 +216,7 @@ def test_db_upgrade_on_sqlite_and_postgres(tmp_path: Path, generated: Path,
     assert again.returncode == 0 and "up to date" in again.stdout
 
 
+@pytest.mark.integration
 def test_db_upgrade_reports_an_unreachable_database(tmp_path: Path, generated: Path) -> None:
     data = yaml.safe_load(generated.read_text())
     data["database"]["url"] = "postgresql+asyncpg://bridge:s3cret-pw@127.0.0.1:1/bridge"
@@ -309,7 +318,7 @@ def test_check_before_the_first_run_and_with_a_wrong_token(homeserver: Homeserve
 
 def test_check_reports_an_unreachable_homeserver(tmp_path: Path, generated: Path,
                                                  sqlite_url: str) -> None:
-    from tests.support.synapse import free_port
+    from testkit.synapse import free_port
 
     data = yaml.safe_load(generated.read_text())
     data["homeserver"]["address"] = f"http://127.0.0.1:{free_port()}"
@@ -320,6 +329,7 @@ def test_check_reports_an_unreachable_homeserver(tmp_path: Path, generated: Path
     assert "check homeserver.address" in result.stdout
 
 
+@pytest.mark.integration
 def test_a_missing_homeserver_domain_is_an_error_not_example_org(tmp_path: Path,
                                                                  generated: Path) -> None:
     data = yaml.safe_load(generated.read_text())
@@ -388,7 +398,7 @@ async def test_run_states_its_default_database_and_missing_admins(
 
 def _busy_port_config(homeserver: Homeserver, tmp_path: Path, key: str,
                       port: int) -> Path:
-    from tests.support.synapse import free_port
+    from testkit.synapse import free_port
 
     data = yaml.safe_load(homeserver.config_path.read_text())
     data["database"]["url"] = f"sqlite+aiosqlite:///{tmp_path / 'bridge.db'}"
@@ -430,6 +440,7 @@ def test_a_busy_port_is_named_by_its_own_key(homeserver: Homeserver, tmp_path: P
     assert "Unclosed" not in result.stderr, result.stderr
 
 
+@pytest.mark.integration
 def test_run_names_an_unreachable_database(tmp_path: Path, generated: Path) -> None:
     data = yaml.safe_load(generated.read_text())
     data["database"]["url"] = "postgresql+asyncpg://bridge:s3cret-pw@127.0.0.1:1/bridge"

@@ -15,9 +15,9 @@ import sqlalchemy.exc
 
 from bridge.core.outbox import cannot_succeed_on_retry
 from bridge.db import queues
+from testkit.helpers import command, is_notice_from, open_room
+from testkit.matrix_client import MatrixTestClient
 from tests.conftest import Homeserver, RunningBridge
-from tests.support.helpers import command, is_notice_from, open_room
-from tests.support.matrix_client import MatrixTestClient
 
 FAILED_NOTICE = "Could not deliver to Test network"
 

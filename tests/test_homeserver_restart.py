@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from testkit.helpers import command, open_room
+from testkit.synapse import SynapseServer, free_port
 from tests.conftest import SERVER_NAME, Homeserver, RunningBridge
-from tests.support.helpers import command, open_room
-from tests.support.synapse import SynapseServer, free_port
 
 
 @pytest.fixture

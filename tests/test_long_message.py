@@ -20,9 +20,9 @@ from bridge.matrix.long_message import (
     cut_text,
     full_text_file,
 )
+from testkit.helpers import command, open_room
+from testkit.matrix_client import MatrixTestClient
 from tests.conftest import Homeserver, RunningBridge
-from tests.support.helpers import command, open_room
-from tests.support.matrix_client import MatrixTestClient
 
 
 class _Balance(HTMLParser):

@@ -15,11 +15,11 @@ import yaml
 from bridge.app import HOMESERVER_PROBE_TTL, Bridge, build_connectors
 from bridge.cli import main as bridge_cli
 from bridge.config import load_config
+from testkit.helpers import command, open_room
+from testkit.matrix_client import MatrixTestClient
+from testkit.synapse import SynapseServer, free_port
+from testkit.tcp_proxy import TcpProxy
 from tests.conftest import SERVER_NAME, Homeserver, RunningBridge
-from tests.support.helpers import command, open_room
-from tests.support.matrix_client import MatrixTestClient
-from tests.support.synapse import SynapseServer, free_port
-from tests.support.tcp_proxy import TcpProxy
 from tests.test_cli import bridge_cmd
 
 BOT = f"@bridgebot:{SERVER_NAME}"

@@ -10,9 +10,9 @@ from bridge.core.hub import MATRIX
 from bridge.core.origin import ORIGIN_KEY, Origin
 from bridge.db import store
 from bridge.db.queues import NewDelivery
+from testkit.helpers import command, is_notice_from, open_room
+from testkit.matrix_client import MatrixTestClient
 from tests.conftest import Homeserver, RunningBridge
-from tests.support.helpers import command, is_notice_from, open_room
-from tests.support.matrix_client import MatrixTestClient
 
 
 async def _linked_room(homeserver: Homeserver, admin: MatrixTestClient,

@@ -31,15 +31,15 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from sqlalchemy.engine import make_url
 
 from bridge.logs import MASK, setup_logging
+from testkit.helpers import command, open_room
+from testkit.matrix_client import MatrixTestClient
+from testkit.slack_sim import SlackSimulator
+from testkit.synapse import free_port
 from tests.conftest import Homeserver
 from tests.email.conftest import MAIL_DOMAIN
 from tests.slack.conftest import ANNA, CHANNEL, SlackBridge, workspace_config
 from tests.slack.conftest import slack_sim as slack_sim
 from tests.slack.relay_helpers import has_body, posted
-from tests.slack_sim import SlackSimulator
-from tests.support.helpers import command, open_room
-from tests.support.matrix_client import MatrixTestClient
-from tests.support.synapse import free_port
 
 HEX = uuid.uuid4().hex
 DB_PASSWORD = f"Db:{HEX[:10]}@/%x"

@@ -9,9 +9,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from testkit.helpers import command, is_notice_from, open_room
+from testkit.matrix_client import MatrixTestClient
 from tests.conftest import Homeserver, RunningBridge
-from tests.support.helpers import command, is_notice_from, open_room
-from tests.support.matrix_client import MatrixTestClient
 
 
 def _command_event(room_id: str, sender: str, body: str) -> dict[str, Any]:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from bridge import metrics
 from bridge.email.addresses import ForgedAddress, Recipient, parse_recipient
+from bridge.email.aiosmtpd_data import SmtpProtocol
 
 if TYPE_CHECKING:
     from bridge.email.connector import EmailConnector
@@ -75,164 +75,6 @@ class _Handler:
             log.exception("could not take a mail for %s", [t.address for t in targets])
             metrics.FAILURES.labels(network="email", direction="in", stage="receive").inc()
             return TEMPORARY
-
-
-TERMINATOR = b"\r\n.\r\n"
-READ_SIZE = 1 << 20
-TOO_MUCH = "552 Error: Too much mail data"
-TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
-
-
-class DataDecoder:
-    """The data of one SMTP DATA command, decoded as it arrives (RFC 5321 4.5.2).
-
-    Fed the bytes after "354" in chunks of any size, it finds the terminating line ".",
-    removes the dot that the sender added to each line starting with one, checks the size
-    limit and the line length, and collects the mail in one bytearray. aiosmtpd's own DATA
-    reads the mail line by line and keeps a bytearray per line (five times the mail's size
-    in memory for a big one, and most of the CPU time of a 50 KB mail); its answers stay the
-    same: 552 for a mail over the size limit and 500 for a line too long, given after the
-    terminator and with nothing of the mail kept meanwhile.
-    """
-
-    def __init__(self, size_limit: int | None, line_limit: int = 1001) -> None:
-        """``line_limit``: the longest line allowed, its CRLF included (RFC 5321 4.5.3.1.6:
-        1000, plus a stuffed dot; aiosmtpd's limit). Counted from LF to LF (a bare LF, not
-        allowed in SMTP, ends a line here too)."""
-        self.content = bytearray()
-        self.error: str | None = None
-        self.done = False
-        self._size_limit = size_limit
-        self._line_limit = line_limit
-        # Received but not decoded yet: up to 4 bytes that may begin the terminator. At
-        # first the line break of the DATA command itself, so that a terminator right at
-        # the start is found like any other (it is not part of the mail: see _skip).
-        self._pending = b"\r\n"
-        self._skip = 2
-        self._size = -2  # raw bytes of the mail so far (the fake line break not counted)
-        self._tail = b""  # the last two raw bytes decoded: where lines start
-        self._line = 0  # raw bytes of the unfinished last line, CR included
-
-    def feed(self, chunk: bytes) -> bytes:
-        """Decode the next chunk; returns what came after the terminator, if it came."""
-        block = self._pending + chunk
-        end = block.find(TERMINATOR)
-        if end >= 0:
-            self._decode(block, end + 2)  # with the line break of the last line
-            self._pending = b""
-            self.done = True
-            return block[end + len(TERMINATOR):]
-        if len(block) <= 4:
-            self._pending = block
-        else:
-            self._decode(block, len(block) - 4)
-            self._pending = block[-4:]
-        return b""
-
-    def _decode(self, raw: bytes, end: int) -> None:
-        """Take raw[:end] (no copy of it unless it has dots to remove)."""
-        self._size += end
-        if self.error is not None:
-            return
-        if self._size_limit and self._size > self._size_limit:
-            self._fail(TOO_MUCH)
-            return
-        # Every line must end within line_limit bytes of its start. From a line's start,
-        # the last LF in the next line_limit bytes starts the next line to check: steps of
-        # up to a kilobyte, not a look at every line.
-        start = -self._line  # where the unfinished line began (before raw, if carried)
-        while start + self._line_limit <= end:
-            lf = raw.rfind(b"\n", max(start, 0), start + self._line_limit)
-            if lf < 0:
-                self._fail(TOO_LONG)
-                return
-            start = lf + 1
-        lf = raw.rfind(b"\n", max(start, 0), end)
-        self._line = end - (start if lf < 0 else lf + 1)
-        # Transparency: a dot at the start of a line was added by the sender. Lines start
-        # after a CRLF, which may end the bytes decoded before.
-        tail = self._tail
-        self._tail = (tail + raw[max(0, end - 2):end])[-2:]
-        if raw.find(b"\r\n.", 0, end) >= 0 or b"\r\n." in tail + raw[:min(2, end)]:
-            raw = (tail + raw[:end]).replace(b"\r\n.", b"\r\n")[len(tail):]
-            end = len(raw)
-        # (The removed dots all come after the fake line break, which stays in place.)
-        skip = min(self._skip, end)
-        self.content += memoryview(raw)[skip:end]
-        self._skip -= skip
-
-    def _fail(self, error: str) -> None:
-        self.error = error
-        self.content = bytearray()  # nothing of a refused mail is kept
-
-
-class SmtpProtocol(SMTP):
-    """aiosmtpd's SMTP server with a DATA command that reads the mail in chunks."""
-
-    async def smtp_DATA(self, arg: str) -> None:
-        # The checks and answers of aiosmtpd's smtp_DATA, in its order.
-        if await self.check_helo_needed():
-            return
-        if await self.check_auth_needed("DATA"):
-            return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        decoder = DataDecoder(self.data_size_limit, self.line_length_limit)
-        try:
-            while not decoder.done:
-                chunk = await self._reader.read(READ_SIZE)
-                if not chunk:  # the client went away (eof_received cancels us too)
-                    raise asyncio.CancelledError
-                rest = decoder.feed(chunk)
-        except asyncio.CancelledError:
-            log.info("connection lost during DATA")
-            self._writer.close()
-            raise
-        if rest:
-            self._unread(rest)
-        if decoder.error is not None:
-            await self.push(decoder.error)
-            self._set_post_data_state()
-            return
-        # A bytearray, not bytes: converting would copy the whole mail.
-        self.envelope.content = decoder.content  # type: ignore[assignment]
-        self.envelope.original_content = decoder.content  # type: ignore[assignment]
-        del decoder
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
-        await self.push("250 OK" if status is MISSING else status)
-
-    def _unread(self, data: bytes) -> None:
-        """Hand back what a client sent after the terminator without waiting for our
-        answer (not allowed without PIPELINING, which is not offered; but not lost)."""
-        buffer = getattr(self._reader, "_buffer", None)
-        if isinstance(buffer, bytearray):
-            buffer[0:0] = data
-        else:  # pragma: no cover - asyncio's StreamReader has always had it
-            self._reader.feed_data(data)
-
-    # An address in MAIL FROM / RCPT TO: the plain "<local@domain>" of nearly every command
-    # without aiosmtpd's general parser, which builds a class per call.
-    _PLAIN_ADDRESS = re.compile(
-        r"<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-        r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        match = self._PLAIN_ADDRESS.match(arg) if arg else None
-        if match is None or (self.local_part_limit and
-                             len(match.group(1).rpartition("@")[0]) > self.local_part_limit):
-            return super()._getaddr(arg)
-        # The general parser also takes the blank space (and comments) after the ">".
-        rest = arg[match.end():].lstrip(" \t")
-        if rest.startswith("("):
-            return super()._getaddr(arg)
-        return match.group(1), rest
 
 
 class SmtpServer:

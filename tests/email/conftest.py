@@ -8,9 +8,9 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from testkit.smtp_sink import SmtpSink
+from testkit.synapse import free_port
 from tests.conftest import Homeserver, RunningBridge
-from tests.support.smtp_sink import SmtpSink
-from tests.support.synapse import free_port
 
 MAIL_DOMAIN = "mail.bridge.test"
 # Where a reverse proxy would publish the bridge's listener; tests call the listener directly.

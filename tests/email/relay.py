@@ -11,7 +11,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from tests.support.smtp_sink import Received, SmtpSink
+from testkit.smtp_sink import Received, SmtpSink
 
 
 @dataclass

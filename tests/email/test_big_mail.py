@@ -15,7 +15,7 @@ from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 
 import bridge.email.parse.raw as parse_module
-from bridge.email.inbound import DataDecoder
+from bridge.email.aiosmtpd_data import DataDecoder
 from bridge.email.parse import parse_message
 
 

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from bridge.email.addresses import message_id_for
+from testkit.helpers import command, is_notice_from, open_room
+from testkit.matrix_client import MatrixTestClient
+from testkit.smtp_sink import SmtpSink
 from tests.conftest import Homeserver
 from tests.email.conftest import MAIL_DOMAIN, EmailBridge
-from tests.support.helpers import command, is_notice_from, open_room
-from tests.support.matrix_client import MatrixTestClient
-from tests.support.smtp_sink import SmtpSink
 
 
 async def _email_room(homeserver: Homeserver, admin: MatrixTestClient,

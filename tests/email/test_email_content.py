@@ -28,6 +28,9 @@ from typing import Any
 
 import pytest
 
+from testkit.helpers import command
+from testkit.matrix_client import MatrixTestClient
+from testkit.smtp_sink import SmtpSink
 from tests.conftest import (
     Homeserver,
     _asyncpg_url,
@@ -48,9 +51,6 @@ from tests.email.test_parse_cases import (
     build,
     raw_mail,
 )
-from tests.support.helpers import command
-from tests.support.matrix_client import MatrixTestClient
-from tests.support.smtp_sink import SmtpSink
 
 CORPUS = Path(__file__).parents[2].parent / "shared" / "email-samples"
 MEDIA = ("m.image", "m.video", "m.audio", "m.file")

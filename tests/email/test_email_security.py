@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from bridge.email.auth import check_authentication_results, check_dkim
+from testkit.matrix_client import MatrixTestClient
 from tests.conftest import Homeserver
 from tests.email.conftest import MAIL_DOMAIN, EmailBridge
 from tests.email.test_email_bridge import _email_room, _mail, _send, _smtp_error
-from tests.support.matrix_client import MatrixTestClient
 
 AUTHSERV = "mx.bridge.test"
 
@@ -166,9 +166,9 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
 async def test_starttls_is_offered_when_configured(
         homeserver: Homeserver, database_url: str, admin: MatrixTestClient,
         tmp_path: Path) -> None:
+    from testkit.smtp_sink import SmtpSink
+    from testkit.synapse import free_port
     from tests.email.conftest import EmailBridge as Running
-    from tests.support.smtp_sink import SmtpSink
-    from tests.support.synapse import free_port
 
     cert, key = _self_signed(tmp_path)
     sink = SmtpSink()

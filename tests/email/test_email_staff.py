@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from email.utils import make_msgid
 
+from testkit.helpers import command
+from testkit.matrix_client import MatrixTestClient
+from testkit.smtp_sink import SmtpSink
 from tests.conftest import Homeserver
 from tests.email.conftest import EmailBridge
 from tests.email.test_email_bridge import _body, _email_room, _mail, _send
-from tests.support.helpers import command
-from tests.support.matrix_client import MatrixTestClient
-from tests.support.smtp_sink import SmtpSink
 
 ERIKA, MAX, OTTO = "erika@stadt.example", "max@stadt.example", "otto@stadt.example"
 

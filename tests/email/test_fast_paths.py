@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bridge.email.parse as parse_module
-from bridge.email.inbound import SmtpProtocol
+from bridge.email.aiosmtpd_data import SmtpProtocol
 from bridge.email.parse.headers import _POLICY, _HeaderClasses
 from bridge.email.text import text_to_html
 

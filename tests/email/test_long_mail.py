@@ -3,11 +3,11 @@ text as a file from the same puppet."""
 
 from __future__ import annotations
 
+from testkit.matrix_client import MatrixTestClient
+from testkit.smtp_sink import SmtpSink
 from tests.conftest import Homeserver
 from tests.email.conftest import EmailBridge
 from tests.email.test_email_bridge import _email_room, _mail, _send
-from tests.support.matrix_client import MatrixTestClient
-from tests.support.smtp_sink import SmtpSink
 
 CONTINUED = "(continued in the attached file)"
 

@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 import yaml
 
+from testkit.helpers import command, is_notice_from
+from testkit.matrix_client import MatrixTestClient
+from testkit.synapse import free_port
 from tests.conftest import Homeserver
 from tests.email.conftest import MAIL_DOMAIN, EmailBridge
 from tests.email.relay import StrictRelay
 from tests.email.test_email_bridge import _email_room
-from tests.support.helpers import command, is_notice_from
-from tests.support.matrix_client import MatrixTestClient
-from tests.support.synapse import free_port
 
 LOGIN = ("bridge", "richtig")
 JUERGEN = "jürgen@stadt.example"

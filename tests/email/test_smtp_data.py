@@ -18,8 +18,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.email.inbound import DataDecoder, SmtpProtocol
-from tests.support.synapse import free_port
+from bridge.email.aiosmtpd_data import DataDecoder, SmtpProtocol
+from testkit.synapse import free_port
 
 
 def aiosmtpd_data(stream: bytes, limit: int | None) -> tuple[bytes | str, bytes] | None:
@@ -116,6 +116,7 @@ async def server() -> AsyncIterator[tuple[int, Recorder]]:
     await listener.wait_closed()
 
 
+@pytest.mark.integration  # a real aiosmtpd server on a local port
 async def test_mails_over_smtp(server: tuple[int, Recorder]) -> None:
     port, recorder = server
     mail = (b"From: a@b.example\r\nSubject: Punkte\r\n\r\n.beginnt mit Punkt\r\n..zwei\r\n"
@@ -149,6 +150,7 @@ async def test_mails_over_smtp(server: tuple[int, Recorder]) -> None:
     assert recorder.mails == [mail, b"Subject: y\r\n\r\nok\r\n"]
 
 
+@pytest.mark.integration  # a real aiosmtpd server on a local port
 async def test_commands_right_after_the_terminator_are_not_lost(
         server: tuple[int, Recorder]) -> None:
     """A client that does not wait for the answer to DATA (no PIPELINING is offered, but

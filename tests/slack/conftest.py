@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
+from testkit.helpers import command, open_room
+from testkit.matrix_client import MatrixTestClient
+from testkit.slack_sim import SlackSimulator
+from testkit.synapse import free_port
 from tests.conftest import Homeserver, RunningBridge
-from tests.slack_sim import SlackSimulator
-from tests.support.helpers import command, open_room
-from tests.support.matrix_client import MatrixTestClient
-from tests.support.synapse import free_port
 
 TEAM_ID = "T0RATHAUS"
 CHANNEL = "C0BAUAMT"

@@ -7,9 +7,9 @@ from typing import Any
 
 import aiohttp
 
+from testkit.matrix_client import MatrixTestClient
+from testkit.slack_sim import SlackSimulator
 from tests.slack.conftest import ANNA, CHANNEL
-from tests.slack_sim import SlackSimulator
-from tests.support.matrix_client import MatrixTestClient
 
 PUPPET_PREFIX = "@slack_"
 

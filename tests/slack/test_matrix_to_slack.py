@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from testkit.matrix_client import MatrixTestClient
+from testkit.slack_sim.images import solid_png
 from tests.slack.conftest import ANNA, CHANNEL, PUBLIC_URL, SlackBridge, linked_room
 from tests.slack.relay_helpers import (
     assert_no_echo,
@@ -23,8 +25,6 @@ from tests.slack.relay_helpers import (
     set_profile,
     upload_media,
 )
-from tests.slack_sim.images import solid_png
-from tests.support.matrix_client import MatrixTestClient
 
 
 async def _fetch(bridge: SlackBridge, path_qs: str) -> tuple[int, bytes, str]:

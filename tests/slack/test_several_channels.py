@@ -8,6 +8,9 @@ from typing import Any
 from sqlalchemy import text
 
 from bridge.db import store
+from testkit.helpers import command, open_room
+from testkit.matrix_client import MatrixTestClient
+from testkit.slack_sim import SlackSimulator
 from tests.conftest import Homeserver
 from tests.slack.conftest import (
     ANNA,
@@ -29,9 +32,6 @@ from tests.slack.relay_helpers import (
     puppet_of,
     room_events,
 )
-from tests.slack_sim import SlackSimulator
-from tests.support.helpers import command, open_room
-from tests.support.matrix_client import MatrixTestClient
 
 
 def _copies(events: list[dict[str, Any]], body: str) -> list[dict[str, Any]]:

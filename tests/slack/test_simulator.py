@@ -42,8 +42,8 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-from tests.slack_sim import SimulatorError, SlackSimulator, Team
-from tests.slack_sim.webapi import TIERS
+from testkit.slack_sim import SimulatorError, SlackSimulator, Team
+from testkit.slack_sim.webapi import TIERS
 
 TEAM_ID = "T0RATHAUS"
 BOT_TOKEN = "xoxb-rathaus-bot"
@@ -303,6 +303,9 @@ def workspace(sim: SlackSimulator, *, socket_mode: bool = True) -> Team:
                     is_private=True)
     return team
 
+
+# Every test here talks to a running simulator (a local HTTP and WebSocket server).
+pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def sim() -> AsyncIterator[SlackSimulator]:

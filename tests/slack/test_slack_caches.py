@@ -11,9 +11,9 @@ import asyncio
 from typing import Any
 
 from bridge.slack.connector import UserDirectory
+from testkit.matrix_client import MatrixTestClient
 from tests.slack.conftest import CHANNEL, SlackBridge, linked_room
 from tests.slack.relay_helpers import has_body, puppet_of
-from tests.support.matrix_client import MatrixTestClient
 
 
 async def test_stale_people_are_looked_up_again_and_the_directory_stays_small(

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from testkit.matrix_client import MatrixTestClient
 from tests.slack.conftest import ANNA, BEN, CHANNEL, SlackBridge, linked_room
 from tests.slack.relay_helpers import posted
 from tests.slack.test_simulator import assert_shape, needs_fixtures, sample
-from tests.support.matrix_client import MatrixTestClient
 
 Event = dict[str, Any]
 

@@ -14,10 +14,10 @@ from typing import Any
 import yaml
 
 from bridge.slack.inbound import CHANNEL_STATE_EVENTS
+from testkit.helpers import command
+from testkit.matrix_client import MatrixTestClient
 from tests.slack.conftest import ANNA, CHANNEL, SlackBridge, linked_room
 from tests.slack.relay_helpers import count_in_slack
-from tests.support.helpers import command
-from tests.support.matrix_client import MatrixTestClient
 
 MANIFEST = Path(__file__).parents[2] / "slack-app-manifest.yaml"
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
+from testkit.slack_sim import SlackSimulator
 from tests.slack.conftest import workspace_config
-from tests.slack_sim import SlackSimulator
 
 
 async def _check(tmp_path: Path, sim: SlackSimulator, workspaces: list[dict[str, Any]]) -> str:

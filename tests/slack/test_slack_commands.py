@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from bridge.db import queues, store
+from testkit.helpers import command, open_room
+from testkit.matrix_client import MatrixTestClient
 from tests.slack.conftest import ANNA, CHANNEL, OTHER_CHANNEL, SlackBridge, linked_room
 from tests.slack.relay_helpers import count_in_slack, has_body, room_events
-from tests.support.helpers import command, open_room
-from tests.support.matrix_client import MatrixTestClient
 
 PRIVATE = "G0PERSONAL"
 PRIVATE_WITH_APP = "G0LEITUNG"

@@ -24,6 +24,10 @@ import asyncpg
 import pytest
 from sqlalchemy.exc import OperationalError
 
+from testkit.helpers import command, open_room
+from testkit.matrix_client import MatrixTestClient
+from testkit.slack_sim import SlackSimulator
+from testkit.slack_sim import events as ev
 from tests.conftest import Homeserver
 from tests.slack.conftest import (
     ANNA,
@@ -43,10 +47,6 @@ from tests.slack.relay_helpers import (
     puppet_of,
     room_events,
 )
-from tests.slack_sim import SlackSimulator
-from tests.slack_sim import events as ev
-from tests.support.helpers import command, open_room
-from tests.support.matrix_client import MatrixTestClient
 
 
 @asynccontextmanager

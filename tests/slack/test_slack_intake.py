@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 
+from testkit.helpers import command
+from testkit.matrix_client import MatrixTestClient
+from testkit.slack_sim import SlackSimulator
 from tests.conftest import Homeserver
 from tests.slack.conftest import (
     ANNA,
@@ -24,9 +27,6 @@ from tests.slack.conftest import (
 )
 from tests.slack.relay_helpers import has_body, room_events
 from tests.slack.test_slack_delivery import writes_blocked
-from tests.slack_sim import SlackSimulator
-from tests.support.helpers import command
-from tests.support.matrix_client import MatrixTestClient
 
 # A lone UTF-16 surrogate: Slack cuts texts at UTF-16 boundaries in places, and JSON can
 # carry one ("\ud800"), but no database text column can store it.

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from testkit.matrix_client import MatrixTestClient
 from tests.slack.conftest import ANNA, CHANNEL, SlackBridge, linked_room
 from tests.slack.test_slack_to_matrix import ANNA_PUPPET, download
-from tests.support.matrix_client import MatrixTestClient
 
 CONTINUED = "(continued in the attached file)"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from testkit.matrix_client import MatrixTestClient
 from tests.slack.conftest import ANNA, CHANNEL, SlackBridge, linked_room
-from tests.support.matrix_client import MatrixTestClient
 
 
 async def test_message_each_way(slack_bridge: SlackBridge, admin: MatrixTestClient,

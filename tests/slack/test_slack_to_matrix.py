@@ -10,6 +10,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from testkit.helpers import command, open_room
+from testkit.matrix_client import MatrixRequestError, MatrixTestClient
+from testkit.slack_sim import SlackSimulator
+from testkit.slack_sim.images import solid_png
 from tests.conftest import SERVER_NAME, Homeserver
 from tests.slack.conftest import (
     ANNA,
@@ -21,10 +25,6 @@ from tests.slack.conftest import (
     linked_room,
     running_slack_bridge,
 )
-from tests.slack_sim import SlackSimulator
-from tests.slack_sim.images import solid_png
-from tests.support.helpers import command, open_room
-from tests.support.matrix_client import MatrixRequestError, MatrixTestClient
 
 Event = dict[str, Any]
 

@@ -1,1 +1,1 @@
-"""Test support code: a real Synapse homeserver harness and a small Matrix client."""
+"""Test support code that stays beside the fixtures: the test-only recording connector."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from tests.support.synapse import free_port
+from testkit.synapse import free_port
 
 
 @dataclass

@@ -15,8 +15,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tests.slack_sim.richtext import block_id
-from tests.slack_sim.state import (
+from testkit.slack_sim.richtext import block_id
+from testkit.slack_sim.state import (
     Channel,
     JsonDict,
     PendingUpload,
@@ -30,7 +30,7 @@ from tests.slack_sim.state import (
 )
 
 if TYPE_CHECKING:
-    from tests.slack_sim.simulator import SlackSimulator
+    from testkit.slack_sim.simulator import SlackSimulator
 
 T = TypeVar("T")
 

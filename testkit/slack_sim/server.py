@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
-from tests.slack_sim.images import solid_png
-from tests.slack_sim.state import SimulatorError, Team, dumps
-from tests.slack_sim.webapi import upload_received
+from testkit.slack_sim.images import solid_png
+from testkit.slack_sim.state import SimulatorError, Team, dumps
+from testkit.slack_sim.webapi import upload_received
 
 if TYPE_CHECKING:
-    from tests.slack_sim.simulator import SlackSimulator
+    from testkit.slack_sim.simulator import SlackSimulator
 
 log = logging.getLogger(__name__)
 

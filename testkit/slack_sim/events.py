@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
-from tests.slack_sim.state import Channel, JsonDict, Team, dumps, new_id
+from testkit.slack_sim.state import Channel, JsonDict, Team, dumps, new_id
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

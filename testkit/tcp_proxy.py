@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from tests.support.synapse import free_port
+from testkit.synapse import free_port
 
 
 class TcpProxy:

@@ -35,11 +35,11 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.slack_sim import events as ev
-from tests.slack_sim.images import file_kind, image_size
-from tests.slack_sim.richtext import block_id, escape_client_text, rich_text_blocks
-from tests.slack_sim.server import build_app
-from tests.slack_sim.state import (
+from testkit.slack_sim import events as ev
+from testkit.slack_sim.images import file_kind, image_size
+from testkit.slack_sim.richtext import block_id, escape_client_text, rich_text_blocks
+from testkit.slack_sim.server import build_app
+from testkit.slack_sim.state import (
     Bot,
     Channel,
     JsonDict,
@@ -51,7 +51,7 @@ from tests.slack_sim.state import (
     new_id,
     random_token,
 )
-from tests.slack_sim.webapi import WebApi
+from testkit.slack_sim.webapi import WebApi
 
 TeamRef = Team | str
 

@@ -9,7 +9,7 @@ with 404, so a benchmark can report calls it did not expect.
 
 Run alone for manual experiments::
 
-    python bench/stub_homeserver.py --port 8008 --domain bench --as-token <as_token>
+    python -m testkit.stub_homeserver --port 8008 --domain bench --as-token <as_token>
 """
 
 from __future__ import annotations

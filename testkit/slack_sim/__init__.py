@@ -5,7 +5,7 @@ From another script (it runs in the caller's asyncio loop; nothing else to start
 
     import asyncio
 
-    from tests.slack_sim import SlackSimulator
+    from testkit.slack_sim import SlackSimulator
 
     async def main() -> None:
         async with SlackSimulator(host="127.0.0.1", port=8790) as sim:   # port=0: any free port
@@ -28,9 +28,9 @@ posts included, under the name they were posted with) is one more line:
 See simulator.py for the whole API.
 """
 
-from tests.slack_sim.events import sign
-from tests.slack_sim.simulator import HttpResult, SlackSimulator, UrlVerification
-from tests.slack_sim.state import Bot, Channel, SimulatorError, StoredFile, Team, User
+from testkit.slack_sim.events import sign
+from testkit.slack_sim.simulator import HttpResult, SlackSimulator, UrlVerification
+from testkit.slack_sim.state import Bot, Channel, SimulatorError, StoredFile, Team, User
 
 __all__ = ["Bot", "Channel", "HttpResult", "SimulatorError", "SlackSimulator", "StoredFile",
            "Team", "UrlVerification", "User", "sign"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.support.matrix_client import MatrixTestClient
+from testkit.matrix_client import MatrixTestClient
 
 # Seconds to wait for the bot. Normally it answers within a second; with the whole suite on
 # two cores, Synapse's back-off towards an appservice that a previous test just stopped can

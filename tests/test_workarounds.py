@@ -1,0 +1,157 @@
+"""The places that build on a dependency's internals notice when that dependency changes them.
+
+bridge/db/sqlite_driver.py subclasses SQLAlchemy's aiosqlite adapter, copies parts of it and
+calls aiosqlite's private Connection API; bridge/email/aiosmtpd_data.py replaces aiosmtpd's
+DATA command with a copy of its checks and answers and calls SMTP's private methods. Both are
+pinned in pyproject.toml to the series they were written for. Within that range a new
+release may still change what they copied: each copied upstream function is fingerprinted
+(its source), and each private name they call is checked, so that an upgrade fails here,
+saying what to compare, instead of misbehaving at run time.
+
+After comparing the upstream change with the copy (and adapting the copy), update the
+fingerprint below to the one the failure names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import aiosmtpd
+import aiosqlite
+import pytest
+import sqlalchemy
+from aiosmtpd.smtp import SMTP
+from sqlalchemy import text
+from sqlalchemy.dialects.sqlite import aiosqlite as sqlalchemy_aiosqlite
+
+from bridge.db import sqlite_driver
+from bridge.db.engine import create_engine
+from bridge.email import aiosmtpd_data
+
+# (class, method) -> (fingerprint of the method's source, where we copied or override it).
+COPIED: dict[tuple[type, str], tuple[str, str]] = {
+    (sqlalchemy_aiosqlite.AsyncAdapt_aiosqlite_cursor, "__init__"):
+        ("50447cd5c4913270", "sqlite_driver.OneTripCursor.__init__ sets the same attributes"),
+    (sqlalchemy_aiosqlite.AsyncAdapt_aiosqlite_cursor, "execute"):
+        ("235038e47e047a4f", "sqlite_driver.OneTripCursor.execute handles errors the same way"),
+    (sqlalchemy_aiosqlite.AsyncAdapt_aiosqlite_cursor, "executemany"):
+        ("f53bcbd4e5c2555f", "sqlite_driver.OneTripCursor.executemany, likewise"),
+    (sqlalchemy_aiosqlite.AsyncAdapt_aiosqlite_cursor, "_async_soft_close"):
+        ("a5a2506bb2e89187", "sqlite_driver.OneTripCursor._async_soft_close does nothing"),
+    (sqlalchemy_aiosqlite.AsyncAdapt_aiosqlite_cursor, "close"):
+        ("a24b9c0d46d32538", "sqlite_driver.OneTripCursor.close only drops the rows"),
+    (sqlalchemy_aiosqlite.AsyncAdapt_aiosqlite_connection, "rollback"):
+        ("564e10479db0566d", "sqlite_driver.OneTripConnection.rollback skips it outside one"),
+    (sqlalchemy_aiosqlite.AsyncAdapt_aiosqlite_connection, "commit"):
+        ("01525c9c88c61637", "sqlite_driver.OneTripConnection.commit, likewise"),
+    (sqlalchemy_aiosqlite.AsyncAdapt_aiosqlite_connection, "cursor"):
+        ("47afee60f4d4fa22", "sqlite_driver.OneTripConnection relies on _cursor_cls"),
+    (sqlalchemy_aiosqlite.AsyncAdapt_aiosqlite_connection, "_handle_exception"):
+        ("148a73713d1af4d3", "sqlite_driver.OneTripCursor calls it on every error"),
+    (SMTP, "smtp_DATA"):
+        ("025c94766a3c653c", "aiosmtpd_data.SmtpProtocol.smtp_DATA copies its checks and "
+                             "answers, in its order"),
+    (SMTP, "_getaddr"):
+        ("c9f8dc386b41034a", "aiosmtpd_data.SmtpProtocol._getaddr must give what it gives"),
+}
+
+MODULE_FILES = {"sqlite_driver": "bridge/db/sqlite_driver.py",
+                "aiosmtpd_data": "bridge/email/aiosmtpd_data.py"}
+VERSIONS = (f"SQLAlchemy {sqlalchemy.__version__}, aiosqlite {aiosqlite.__version__}, "
+            f"aiosmtpd {aiosmtpd.__version__}")
+
+
+def _defining_class(cls: type, name: str) -> type:
+    return next(klass for klass in cls.__mro__ if name in vars(klass))
+
+
+def fingerprint(cls: type, name: str) -> str:
+    source = textwrap.dedent(inspect.getsource(vars(_defining_class(cls, name))[name]))
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize(("cls", "name"), list(COPIED),
+                         ids=[f"{cls.__name__}.{name}" for cls, name in COPIED])
+def test_the_upstream_code_we_copied_is_unchanged(cls: type, name: str) -> None:
+    expected, ours = COPIED[cls, name]
+    owner = _defining_class(cls, name)
+    assert fingerprint(cls, name) == expected, (
+        f"{owner.__module__}.{owner.__qualname__}.{name} changed ({VERSIONS}): "
+        f"{ours}. Compare the new source with {MODULE_FILES[ours.split('.')[0]]}, adapt "
+        f"it, then set this fingerprint in tests/test_workarounds.py to "
+        f"{fingerprint(cls, name)!r}")
+
+
+def _signature_of(cls: type, name: str) -> str:
+    member = inspect.getattr_static(cls, name, None)
+    if member is None:
+        return "missing"
+    if isinstance(member, property):
+        return "property"
+    kind = "async " if inspect.iscoroutinefunction(member) else ""
+    return kind + str(inspect.signature(member)).split(" ->")[0]
+
+
+# Private names the workarounds call, with the signature they call them with.
+CALLED: list[tuple[type, str, str]] = [
+    (aiosqlite.Connection, "_execute", "async (self, fn, *args, **kwargs)"),
+    (aiosqlite.Connection, "_conn", "property"),
+    (SMTP, "check_helo_needed", "async (self, helo: str = 'HELO')"),
+    (SMTP, "check_auth_needed", "async (self, caller_method: str)"),
+    (SMTP, "push", "async (self, status: ~AnyStr)"),
+    (SMTP, "_call_handler_hook", "async (self, command: str, *args)"),
+    (SMTP, "_set_post_data_state", "(self)"),
+]
+
+
+@pytest.mark.parametrize(("cls", "name", "signature"), CALLED,
+                         ids=[f"{cls.__name__}.{name}" for cls, name, _ in CALLED])
+def test_the_private_api_we_call_is_still_there(cls: type, name: str, signature: str) -> None:
+    assert _signature_of(cls, name) == signature, (
+        f"{cls.__module__}.{cls.__qualname__}.{name} is now {_signature_of(cls, name)!r}, "
+        f"was {signature!r} ({VERSIONS}); bridge/db/sqlite_driver.py or "
+        "bridge/email/aiosmtpd_data.py calls it that way")
+
+
+def test_the_connection_class_swap_still_fits() -> None:
+    # OneTripDBAPI.connect turns SQLAlchemy's connection into a OneTripConnection by
+    # assigning __class__, which Python allows only for the same memory layout.
+    base = sqlalchemy_aiosqlite.AsyncAdapt_aiosqlite_connection
+    assert sqlite_driver.OneTripConnection.__slots__ == (), "it must add no attributes"
+    assert "__dict__" not in vars(sqlite_driver.OneTripConnection)
+    assert sqlite_driver.OneTripConnection.__bases__ == (base,)
+    assert base._cursor_cls is not sqlite_driver.OneTripCursor
+
+
+async def test_the_one_trip_driver_reads_and_writes(tmp_path: Path) -> None:
+    """The bridge's SQLite engine, on a file as the bridge uses it: writes in a transaction
+    (BEGIN IMMEDIATE, as the bridge's writers do) and reads outside one (the two paths of
+    sqlite_driver._here), a commit and a rollback."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'bridge.db'}")
+    writer = engine.execution_options(writer=True)
+    try:
+        async with engine.connect() as connection:
+            raw: Any = (await connection.get_raw_connection()).dbapi_connection
+            assert isinstance(raw, sqlite_driver.OneTripConnection)
+        async with writer.begin() as connection:
+            await connection.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"))
+            await connection.execute(text("INSERT INTO t (v) VALUES (:v)"),
+                                     [{"v": "a"}, {"v": "b"}])
+        with pytest.raises(RuntimeError):
+            async with writer.begin() as connection:
+                await connection.execute(text("INSERT INTO t (v) VALUES ('rolled back')"))
+                raise RuntimeError
+        async with engine.connect() as connection:
+            rows = (await connection.execute(text("SELECT v FROM t ORDER BY id"))).all()
+        assert [row.v for row in rows] == ["a", "b"]
+    finally:
+        await engine.dispose()
+
+
+def test_the_smtp_protocol_is_aiosmtpds_with_our_data_command() -> None:
+    assert issubclass(aiosmtpd_data.SmtpProtocol, SMTP)
+    assert "smtp_DATA" in vars(aiosmtpd_data.SmtpProtocol)
