@@ -28,7 +28,7 @@ from tests.slack.conftest import team as team
 
 # Every command an admin should find in `help`, with its syntax.
 ADMIN_USAGES = [
-    "help [<command>]",
+    "help [<command>...]",
     "ping",
     "version",
     "status",
@@ -36,7 +36,7 @@ ADMIN_USAGES = [
     "unlink <network> [<remote-id>]",
     "failed",
     "retry <id>|all",
-    "email subscribe <address> [name]",
+    "email subscribe <address> [name...]",
     "email unsubscribe <address>",
     "email list",
     "email policy subscribers|domain <domain>|open",
@@ -79,7 +79,7 @@ async def test_help_lists_every_command_with_its_syntax(
     listing = body(await command(bot, outsider, room, "!bridge help",
                                  expect="Bridge bot commands"))
     shown = [line.split("`")[1] for line in listing.splitlines() if line.startswith("- `")]
-    assert shown == ["help [<command>]", "ping", "version"]
+    assert shown == ["help [<command>...]", "ping", "version"]
     assert "Start each command with `!bridge`" in listing
 
 
@@ -89,7 +89,7 @@ async def test_help_for_one_command(homeserver: Homeserver, both_bridge: SlackBr
     direct = await open_room(bot, admin, direct=True)
     # In a direct chat without the prefix; the answer is that command's line alone.
     answer = body(await command(bot, admin, direct, "help email subscribe"))
-    assert answer.startswith("`email subscribe <address> [name]`: ")
+    assert answer.startswith("`email subscribe <address> [name...]`: ")
     assert len(answer.splitlines()) == 1
 
     room = await open_room(bot, admin, name="Hilfe")
@@ -117,7 +117,7 @@ async def test_usage_messages_end_where_they_end(homeserver: Homeserver,
     bot = homeserver.bot
     room = await open_room(bot, admin, name="Nutzung", bot_power=100)
     answer = body(await command(bot, admin, room, "!bridge email subscribe", expect="Usage"))
-    assert answer == "Usage: `!bridge email subscribe <address> [name]`"
+    assert answer == "Usage: `!bridge email subscribe <address> [name...]`"
 
     # The usage line stands alone; what else there is to say follows on a line of its own.
     answer = body(await command(bot, admin, room, "!bridge link", expect="Usage"))
@@ -135,6 +135,11 @@ async def test_usage_messages_end_where_they_end(homeserver: Homeserver,
         ("email policy", "email policy subscribers|domain <domain>|open"),
         ("email policy domain", "email policy subscribers|domain <domain>|open"),
         ("email policy open now", "email policy subscribers|domain <domain>|open"),
+        # More words than the declaration allows: refused before anything runs.
+        ("email unsubscribe a@stadt.example b@stadt.example", "email unsubscribe <address>"),
+        ("slack channels rathaus extra", "slack channels [workspace]"),
+        ("failed now", "failed"),
+        ("retry 1 2", "retry <id>|all"),
     ]:
         answer = body(await command(bot, admin, room, f"!bridge {wrong}", expect="Usage"))
         assert answer == f"Usage: `!bridge {usage}`", wrong
@@ -143,12 +148,12 @@ async def test_usage_messages_end_where_they_end(homeserver: Homeserver,
     # In a direct chat the usage has no prefix, as commands there have none.
     direct = await open_room(bot, admin, direct=True)
     answer = body(await command(bot, admin, direct, "email subscribe", expect="Usage"))
-    assert answer == "Usage: `email subscribe <address> [name]`"
+    assert answer == "Usage: `email subscribe <address> [name...]`"
 
     # A network's name alone, or with a command it does not have, lists what it has.
     answer = body(await command(bot, admin, room, "!bridge email frobnicate"))
     assert answer.splitlines()[0] == "Email has no command `frobnicate`; it has:"
-    assert "`email subscribe <address> [name]`" in answer
+    assert "`email subscribe <address> [name...]`" in answer
     answer = body(await command(bot, admin, room, "!bridge slack"))
     assert answer.splitlines() == [
         "Slack commands:",

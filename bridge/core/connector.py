@@ -70,14 +70,15 @@ class SubCommand:
     shows about it, and the handler, in one declaration."""
 
     name: str
-    #: What follows the name, in usage notation: ``<address> [name]``; "" for no arguments.
+    #: What follows the name, in usage notation (bridge/core/commands.py):
+    #: ``<address> [name...]``; "" for none. The bot checks the words against it.
     arguments: str
     summary: str
     handler: CommandHandler
     admin_only: bool = True
 
     def usage(self, network: str) -> str:
-        """``email subscribe <address> [name]``: the command as a user types it."""
+        """``email subscribe <address> [name...]``: the command as a user types it."""
         return " ".join(part for part in (network, self.name, self.arguments) if part)
 
 

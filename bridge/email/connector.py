@@ -259,7 +259,7 @@ class EmailConnector(Connector):
 
     def commands(self) -> list[SubCommand]:
         return [
-            SubCommand("subscribe", "<address> [name]",
+            SubCommand("subscribe", "<address> [name...]",
                        "mail this room to an address, which may then write in",
                        self._cmd_subscribe),
             SubCommand("unsubscribe", "<address>", "stop mailing this room to an address",

@@ -19,6 +19,7 @@ from mautrix.types import EventType, RoomID
 from sqlalchemy.exc import IntegrityError
 
 from bridge import __version__
+from bridge.core.commands import word_count
 from bridge.core.errors import CommandError, UsageError
 from bridge.db import queues, store
 from bridge.db.queues import Delivery
@@ -54,6 +55,8 @@ class Command:
     usage: str
     summary: str
     admin_only: bool
+    #: What a usage reply adds below the usage line (``link``: the networks there are).
+    usage_note: Callable[[Hub], str] | None = None
 
 
 COMMANDS: dict[str, Command] = {}
@@ -70,10 +73,13 @@ class HelpEntry:
 
 
 def command(
-    name: str, usage: str, summary: str, *, admin_only: bool
+    name: str, usage: str, summary: str, *, admin_only: bool,
+    usage_note: Callable[[Hub], str] | None = None,
 ) -> Callable[[Handler], Handler]:
+    """Declare a bot command: its usage line (which `help` shows and against which the
+    bot checks the words given: bridge/core/commands.py), its summary and who may use it."""
     def register(func: Handler) -> Handler:
-        COMMANDS[name] = Command(name, func, usage, summary, admin_only)
+        COMMANDS[name] = Command(name, func, usage, summary, admin_only, usage_note)
         return func
 
     return register
@@ -125,6 +131,9 @@ class Bot:
         if cmd.admin_only and not ctx.is_admin:
             return (f"Sorry, only bridge admins may use `{name}`. Ask your bridge "
                     "administrator to add you to `bridge.admins`.")
+        if not word_count(cmd.usage.partition(" ")[2]).allows(len(ctx.args)):
+            note = cmd.usage_note(self.hub) if cmd.usage_note else ""
+            return self._usage_reply(cmd.usage, UsageError(note), ctx.is_direct)
         return await self._run_handler(ctx, name, cmd.handler(self, ctx), cmd.usage)
 
     async def _run_handler(self, ctx: Context, name: str, running: Awaitable[str],
@@ -155,6 +164,8 @@ class Bot:
             return "\n".join([opening, *(self._entry_line(e, ctx) for e in entries)])
         if chosen.admin_only and not ctx.is_admin:
             return f"Sorry, only bridge admins may use `{network} {chosen.name}`."
+        if not word_count(chosen.arguments).allows(len(ctx.args) - 1):
+            return self._usage_reply(chosen.usage(network), UsageError(), ctx.is_direct)
         return await self._run_handler(
             ctx, f"{network} {chosen.name}",
             chosen.handler(self.hub, ctx.room_id, ctx.sender, ctx.args[1:]),
@@ -199,7 +210,7 @@ def _went_wrong(name: str) -> str:
 # --- the commands ------------------------------------------------------------------------
 
 
-@command("help", "help [<command>]", "this list, or how to use one command",
+@command("help", "help [<command>...]", "this list, or how to use one command",
          admin_only=False)
 async def _help(bot: Bot, ctx: Context) -> str:
     if ctx.args:
@@ -299,7 +310,8 @@ async def _status(bot: Bot, ctx: Context) -> str:
 
 @command("link", "link <network> <remote-id> [workspace]",
          "link this room to a remote conversation"
-         + "".join(f" ({n.link_hint})" for n in networks() if n.link_hint), admin_only=True)
+         + "".join(f" ({n.link_hint})" for n in networks() if n.link_hint), admin_only=True,
+         usage_note=lambda hub: _networks_sentence(hub).strip())
 async def _link(bot: Bot, ctx: Context) -> str:
     hub = bot.hub
     if len(ctx.args) < 2:
