@@ -19,11 +19,12 @@ import pytest
 import yaml
 from sqlalchemy import inspect
 
+from bridge.admin.actions import networks_sentence
 from bridge.app import build_connectors
 from bridge.config import ConfigError, parse_config
 from bridge.core.hub import Hub
 from bridge.db.engine import Database, current_revisions
-from bridge.matrix.bot import Bot, _networks_sentence
+from bridge.matrix.bot import Bot
 from bridge.matrix.side import MatrixSide
 from bridge.networks import registered
 from tests.support.recording_network import RecordingConfig, network
@@ -123,7 +124,7 @@ async def test_a_third_network_is_started_and_has_its_help(tmp_path: Path) -> No
             # With no network enabled, the bot says how to enable each, this one too.
             nothing_enabled = Hub(parse_config(_config(database_url, enabled=False),
                                                environ={}), db, [])
-            assert "`test.enabled`" in _networks_sentence(nothing_enabled)
+            assert "`test.enabled`" in networks_sentence(nothing_enabled)
         finally:
             await db.close()
     # Out of the registry, its section is a key the bridge does not know.

@@ -136,7 +136,12 @@ async def test_a_database_of_the_shared_history_upgrades_in_place(database_url: 
                                            f"{', '.join(head_revisions())}.")
 
         assert await current_revisions(engine) == head_revisions()
+        await engine.dispose()  # new connections: PostgreSQL's cached plans saw old tables
         async with engine.connect() as conn:
-            assert await conn.run_sync(_table_contents) == before
+            after = await conn.run_sync(_table_contents)
+        # Later migrations may add columns (at the end): the old ones keep their values.
+        width = {table: len(rows[0]) for table, rows in before.items()}
+        assert {table: sorted(row[:width[table]] for row in rows)
+                for table, rows in after.items()} == before
     finally:
         await engine.dispose()

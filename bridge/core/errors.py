@@ -24,7 +24,33 @@ class PermanentError(DeliveryError):
 
 
 class CommandError(Exception):
-    """A bot command cannot be carried out; the message is shown to the user as is."""
+    """An administrative action (a bot command, an API call, a plan step) cannot be carried
+    out; the message is shown to the person as is. ``status`` and ``errcode`` are what the
+    provisioning API answers with (bridge/api/): 400 unless a subclass says otherwise."""
+
+    status = 400
+    errcode = "M_INVALID_PARAM"
+
+
+class NotFoundError(CommandError):
+    """What the action is about does not exist (a room the bot is not in, a link)."""
+
+    status = 404
+    errcode = "M_NOT_FOUND"
+
+
+class ConflictError(CommandError):
+    """The action collides with the state elsewhere (a channel linked to another room)."""
+
+    status = 409
+    errcode = "BRIDGE_CONFLICT"
+
+
+class UnavailableError(CommandError):
+    """A network or the homeserver cannot be reached or is not started: try again later."""
+
+    status = 503
+    errcode = "BRIDGE_UNAVAILABLE"
 
 
 class UsageError(CommandError):

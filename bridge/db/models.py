@@ -117,6 +117,12 @@ class Portal(Base):
     # A direct chat with the bot: commands there need no prefix.
     is_direct: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[float] = mapped_column(Float)
+    # What people call the room, as last seen in its state (m.room.name, canonical alias):
+    # for listings and the report, which must not ask the homeserver for every room.
+    name: Mapped[str | None] = mapped_column(Text, nullable=True)
+    alias: Mapped[str | None] = mapped_column(ID, nullable=True)
+    # The department a migration plan put the room in (the report groups by it).
+    department: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Link(Base):
@@ -196,3 +202,44 @@ class InboundKey(Base):
     network: Mapped[str] = mapped_column(String(32), primary_key=True)
     key: Mapped[str] = mapped_column(String(998), primary_key=True)
     received_at: Mapped[float] = mapped_column(Float)
+
+
+class AuditEntry(Base):
+    """One administrative action: who did what to which room, from where (a bot command,
+    the provisioning API, a migration plan, the admin page). Written in the transaction of
+    the action itself, so the log holds exactly what was done."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float)
+    # A Matrix user ID, or "operator" for the provisioning API's shared secret.
+    actor: Mapped[str] = mapped_column(ID)
+    # command | api | plan | admin-page
+    via: Mapped[str] = mapped_column(String(32))
+    room_id: Mapped[str | None] = mapped_column(ID, nullable=True)
+    # link, unlink, subscribe, unsubscribe, policy, retry, create-room, ...
+    action: Mapped[str] = mapped_column(String(64))
+    # What exactly (JSON object): the network and remote ID, the address, the policy.
+    details: Mapped[str] = mapped_column(Text, default="{}")
+
+    __table_args__ = (Index("ix_audit_log_at", "at"), Index("ix_audit_log_room", "room_id", "at"))
+
+
+class Activity(Base):
+    """Messages written per room, day, side and person: what the progress report counts.
+
+    ``person`` is a pseudonym (a hash of the Matrix user or puppet ID), enough to count
+    distinct people without keeping who wrote what."""
+
+    __tablename__ = "activity"
+
+    room_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    # UTC day, YYYY-MM-DD: compares as text the same way on SQLite and PostgreSQL.
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    # "matrix" or a network's name (slack, email)
+    side: Mapped[str] = mapped_column(String(32), primary_key=True)
+    person: Mapped[str] = mapped_column(String(32), primary_key=True)
+    messages: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (Index("ix_activity_day", "day"),)

@@ -25,6 +25,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge import metrics
+from bridge.admin.audit import Actor
 from bridge.config import Config
 from bridge.core.cache import BoundedCache
 from bridge.core.connector import Connector, Health, LinkTarget, SubCommand, media_msgtype
@@ -35,6 +36,7 @@ from bridge.core.origin import ORIGIN_KEY, Origin, read_origin
 from bridge.db import queues, store
 from bridge.db.queues import Delivery, NewDelivery
 from bridge.db.store import LinkInfo
+from bridge.email import actions
 from bridge.email import store as email_store
 from bridge.email.addresses import (
     MAX_ROOM_LOCALPART_LENGTH,
@@ -45,7 +47,6 @@ from bridge.email.addresses import (
     make_unsubscribe_address,
     message_id_for,
     new_topic_subject,
-    normalize_address,
     parse_recipient,
     reply_subject,
     thread_key_for,
@@ -271,58 +272,27 @@ class EmailConnector(Connector):
                        self._cmd_policy),
         ]
 
-    async def _room_link(self, room_id: str) -> LinkInfo:
-        async with self.hub.db.sessions() as session:
-            links = await store.links_of_room(session, room_id)
-        link = next((lk for lk in links if lk.network == NETWORK), None)
-        if link is None:
-            raise CommandError(f"This room has no email address yet. Give it one with "
-                               f"`{self.hub.prefix} link email <name>`.")
-        return link
-
     async def _cmd_subscribe(self, hub: Hub, room_id: str, sender: str,
                              args: list[str]) -> str:
         if not args:
             raise UsageError()
-        link = await self._room_link(room_id)
-        address = args[0].strip("<>").lower()
-        try:
-            # The address code's validator too: every subscriber can be written to later.
-            valid = bool(_ADDRESS.match(address)) and bool(normalize_address(address))
-        except ValueError:
-            valid = False
-        if not valid:
-            raise CommandError(f"`{args[0]}` is not an email address.")
-        if address.endswith("@" + self.domain):
-            raise CommandError("Room addresses cannot subscribe to rooms (that would loop).")
-        name = " ".join(args[1:]).strip() or None
-        async with hub.db.transaction() as session:
-            new = await email_store.subscribe(session, room_id, address, name, sender)
-        who = f"{name} <{address}>" if name else address
-        if new:
-            return (f"Subscribed {who}: they receive this room by email and may write to "
-                    f"{link.remote_name}.")
-        return f"{who} was already subscribed; their delivery is active again."
+        outcome = await actions.subscribe(hub, Actor.command(sender), room_id, args[0],
+                                          " ".join(args[1:]), self.domain)
+        return outcome.message
 
     async def _cmd_unsubscribe(self, hub: Hub, room_id: str, sender: str,
                                args: list[str]) -> str:
         if len(args) != 1:
             raise UsageError()
-        await self._room_link(room_id)
-        async with hub.db.transaction() as session:
-            removed = await email_store.unsubscribe(session, room_id, args[0].strip("<>"))
-        if not removed:
-            raise CommandError(f"`{args[0]}` is not subscribed to this room.")
-        return f"Unsubscribed {args[0].lower()}."
+        return (await actions.unsubscribe(hub, Actor.command(sender), room_id, args[0])).message
 
     async def _cmd_list(self, hub: Hub, room_id: str, sender: str, args: list[str]) -> str:
-        link = await self._room_link(room_id)
+        link = await actions.room_link(hub, room_id)
         async with hub.db.sessions() as session:
             subs = await email_store.subscribers(session, room_id)
-        policy = link.settings.get("policy", "subscribers")
-        if policy == "domain":
-            policy = f"domain {link.settings.get('policy_domain')}"
-        lines = [f"**{link.remote_name}** (who may write in: {policy})"]
+        policy, domain = actions.policy_of(link)
+        shown = f"domain {domain}" if domain else policy
+        lines = [f"**{link.remote_name}** (who may write in: {shown})"]
         if not subs:
             lines.append("- no subscribers yet")
         for sub in subs:
@@ -333,24 +303,16 @@ class EmailConnector(Connector):
         return "\n".join(lines)
 
     async def _cmd_policy(self, hub: Hub, room_id: str, sender: str, args: list[str]) -> str:
-        link = await self._room_link(room_id)
-        if not args or args[0] not in ("subscribers", "domain", "open"):
+        await actions.room_link(hub, room_id)
+        if not args or args[0] not in actions.POLICIES or len(args) != (
+                2 if args[0] == "domain" else 1):
             raise UsageError()
-        changes: dict[str, Any] = {"policy": args[0], "policy_domain": None}
-        if args[0] == "domain":
-            if len(args) != 2 or not re.match(r"^[a-z0-9.-]+\.[a-z]{2,}$", args[1].lower()):
-                raise UsageError()
-            changes["policy_domain"] = args[1].lower()
-        elif len(args) != 1:
-            raise UsageError()
-        async with hub.db.transaction() as session:
-            await email_store.update_link_settings(session, link.id, changes)
-        explain = {
-            "subscribers": "only subscribers may write to",
-            "domain": f"subscribers and everyone at {changes['policy_domain']} may write to",
-            "open": "anyone may write to",
-        }[args[0]]
-        return f"From now on {explain} {link.remote_name}; others get a polite bounce."
+        try:
+            outcome = await actions.set_policy(hub, Actor.command(sender), room_id, args[0],
+                                               args[1] if len(args) == 2 else None)
+        except CommandError as exc:
+            raise UsageError(str(exc)) from None
+        return outcome.message
 
     # --- inbound: a mail arrived over SMTP -----------------------------------------------
 

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from markdown_it import MarkdownIt
 from mautrix.types import EventType, RoomID
-from sqlalchemy.exc import IntegrityError
 
 from bridge import __version__
+from bridge.admin import actions
+from bridge.admin.audit import Actor
 from bridge.core.commands import word_count
-from bridge.core.errors import CommandError, UsageError
+from bridge.core.errors import CommandError, NotFoundError, UsageError
 from bridge.db import queues, store
 from bridge.db.queues import Delivery
-from bridge.matrix.bridge_info import bridge_info_deliveries
 from bridge.matrix.side import json_body
 from bridge.networks import networks
 
@@ -311,135 +311,35 @@ async def _status(bot: Bot, ctx: Context) -> str:
 @command("link", "link <network> <remote-id> [workspace]",
          "link this room to a remote conversation"
          + "".join(f" ({n.link_hint})" for n in networks() if n.link_hint), admin_only=True,
-         usage_note=lambda hub: _networks_sentence(hub).strip())
+         usage_note=lambda hub: actions.networks_sentence(hub).strip())
 async def _link(bot: Bot, ctx: Context) -> str:
     hub = bot.hub
     if len(ctx.args) < 2:
-        raise UsageError(_networks_sentence(hub).strip())
+        raise UsageError(actions.networks_sentence(hub).strip())
     network, remote_id, extra = ctx.args[0].lower(), ctx.args[1], ctx.args[2:]
-    connector = hub.connectors.get(network)
-    if connector is None:
-        raise CommandError(f"Unknown or disabled network `{network}`.{_networks_sentence(hub)}")
-    if connector.not_started is not None:
-        raise CommandError(f"{connector.display_name} is not started: {connector.not_started}")
+    actions.started_connector(hub, network)
     if ctx.is_direct:
         raise CommandError("This is our direct chat. Invite me to the room you want to link "
                            f"and send `{hub.prefix} link {network} {remote_id}` there.")
-    async with hub.db.sessions() as session:
-        existing = await store.links_of_room(session, ctx.room_id)
-    mine = [lk for lk in existing if lk.network == network]
-    limit = connector.max_links_per_room
-    if limit is not None and len(mine) >= limit:
-        raise CommandError(f"This room is already linked to {connector.display_name} "
-                           f"{_link_list(mine)}; a room can have {limit} {network} link"
-                           f"{'' if limit == 1 else 's'}. Unlink it first with "
-                           f"`{hub.prefix} unlink {network}`.")
-    target = await connector.resolve_link(hub, ctx.room_id, remote_id, extra)
-    # Checked with the ID the connector resolved (what is stored, e.g. TEAM:CHANNEL), not
-    # with what was typed.
-    async with hub.db.sessions() as session:
-        taken = await store.link_by_remote(session, network, target.remote_id)
-    if taken is not None and taken.room_id == ctx.room_id:
-        raise CommandError(f"This room is already linked to {connector.display_name} "
-                           f"`{taken.remote_id}`.")
-    if taken is not None:
-        raise CommandError(f"{connector.display_name} `{target.remote_id}` is already linked to "
-                           f"another room ({taken.room_id}); a remote conversation can be "
-                           "linked to one room only. Unlink it there first.")
-
-    created: list[Any] = []
-
-    async def write(session: Any) -> None:
-        link = await store.add_link(session, room_id=ctx.room_id, network=network,
-                                    remote_id=target.remote_id, remote_name=target.remote_name,
-                                    created_by=ctx.sender, settings=target.settings)
-        # The connector's own state for the link (a catch-up cursor) commits with it or
-        # not at all: a half-made link would never be caught up.
-        await connector.on_link_written(session, link)
-        created.append(link)
-        await queues.enqueue(session, bridge_info_deliveries(hub, link, ctx.sender, target))
-
-    try:
-        await hub.enqueue([], also=write)
-    except Exception as exc:
-        async with hub.db.sessions() as session:
-            raced = await store.link_by_remote(session, network, target.remote_id)
-        if isinstance(exc, IntegrityError) and raced is not None:
-            raise CommandError("Someone linked that conversation a moment ago; send "
-                               f"`{hub.prefix} status` to see the links.") from None
-        log.exception("linking %s to %s %s failed", ctx.room_id, network, target.remote_id)
-        raise CommandError(f"Could not link this room to {connector.display_name} "
-                           f"`{target.remote_id}`: the bridge's log has the details. Nothing "
-                           "was linked; please try again later.") from None
-    await connector.on_linked(hub, created[0])
-    name = f" ({target.remote_name})" if target.remote_name else ""
-    reply = f"Linked this room to {connector.display_name} `{target.remote_id}`{name}."
+    outcome = await actions.link(hub, Actor.command(ctx.sender), ctx.room_id, network,
+                                 remote_id, extra)
+    if not outcome.changed:
+        return outcome.message
     report = await bot.matrix.power_report(ctx.room_id)
-    if report.missing:
-        reply += "\n" + report.describe()
-    return reply
+    return outcome.message + ("\n" + report.describe() if report.missing else "")
 
 
 @command("unlink", "unlink <network> [<remote-id>]",
          "end a link of this room (the remote ID is needed when there are several)",
          admin_only=True)
 async def _unlink(bot: Bot, ctx: Context) -> str:
-    hub = bot.hub
     if len(ctx.args) not in (1, 2):
         raise UsageError()
-    network = ctx.args[0].lower()
-    async with hub.db.sessions() as session:
-        links = [lk for lk in await store.links_of_room(session, ctx.room_id)
-                 if lk.network == network]
-    if not links:
-        raise CommandError(f"This room has no `{network}` link. Send "
-                           f"`{bot._prefixed('status', ctx.is_direct)}` to see its links.")
-    connector = hub.connectors.get(network)
-    display = connector.display_name if connector else network
-    usage = bot._prefixed(f"unlink {network} <remote-id>", ctx.is_direct)
-    if len(ctx.args) == 2:
-        named = _links_named(links, ctx.args[1])
-        if len(named) != 1:
-            what = "no" if not named else "more than one"
-            raise CommandError(f"This room has {what} {display} link `{ctx.args[1]}`; its "
-                               f"{display} links: {_link_list(links)}. Name one of them "
-                               "as shown.")
-        chosen = named[0]
-    elif len(links) > 1:
-        raise CommandError(f"This room has {len(links)} {display} links: "
-                           f"{_link_list(links)}. Say which one: `{usage}`.")
-    else:
-        chosen = links[0]
-    removed: list[Any] = []
-
-    async def write(session: Any) -> None:
-        link = await store.remove_link(session, ctx.room_id, network, chosen.remote_id)
-        if link is not None:
-            removed.append(link)
-            await queues.enqueue(session, bridge_info_deliveries(hub, link, ctx.sender, None))
-
-    await hub.enqueue([], also=write)
-    if not removed:  # someone else unlinked it meanwhile
-        raise CommandError(f"This room has no {display} link `{chosen.remote_id}` any more. "
-                           f"Send `{bot._prefixed('status', ctx.is_direct)}` to see its links.")
-    if connector is not None:
-        await connector.on_unlinked(hub, removed[0])
-    return f"Unlinked this room from {display} `{removed[0].remote_id}`."
-
-
-def _link_list(links: list[store.LinkInfo]) -> str:
-    return ", ".join(f"`{lk.remote_id}`" + (f" ({lk.remote_name})" if lk.remote_name else "")
-                     for lk in links)
-
-
-def _links_named(links: list[store.LinkInfo], wanted: str) -> list[store.LinkInfo]:
-    """The links ``wanted`` names: by stored remote ID (``T0123:C0456``), by the part after
-    the workspace (``C0456``, as Slack shows a channel ID; two workspaces may both have it)
-    or else by name (``#general``); case does not matter."""
-    wanted = wanted.strip().lower()
-    by_id = [lk for lk in links
-             if wanted in (lk.remote_id.lower(), lk.remote_id.rsplit(":", 1)[-1].lower())]
-    return by_id or [lk for lk in links if (lk.remote_name or "").lower() == wanted]
+    outcome = await actions.unlink(
+        bot.hub, Actor.command(ctx.sender), ctx.room_id, ctx.args[0].lower(),
+        ctx.args[1] if len(ctx.args) == 2 else None,
+        status_hint=f"`{bot._prefixed('status', ctx.is_direct)}`")
+    return outcome.message
 
 
 FAILED_LISTED = 10
@@ -485,26 +385,10 @@ async def _retry(bot: Bot, ctx: Context) -> str:
                              f"`{bot._prefixed('failed', ctx.is_direct)}` lists the IDs.")
         item_id = int(which)
     room = None if ctx.is_direct or item_id is not None else ctx.room_id
-    lanes: list[str] = []
-
-    async def put_back(session: Any) -> None:
-        lanes.extend(await queues.retry_failed(session, item_id=item_id, room_id=room))
-
-    await bot.hub.enqueue([], also=put_back)
-    if item_id is not None:
-        if not lanes:
-            raise CommandError(f"There is no failed delivery `{item_id}`; "
-                               f"`{bot._prefixed('failed', ctx.is_direct)}` lists them.")
-        return f"Delivery `{item_id}` will be tried again now."
-    where = "" if room is None else " of this room"
-    if not lanes:
-        return f"No failed deliveries{where} to retry."
-    return f"{len(lanes)} failed delivery(ies){where} will be tried again now."
-
-
-def _networks_sentence(hub: Hub) -> str:
-    if not hub.connectors:
-        switches = " or ".join(f"`{network.name}.enabled`" for network in networks())
-        return f" No network is enabled on this bridge yet (set {switches} in its config)."
-    return " Networks: " + ", ".join(f"`{n}`" for n in sorted(hub.connectors)) + "."
-
+    try:
+        _, outcome = await actions.retry(bot.hub, Actor.command(ctx.sender), item_id=item_id,
+                                         room_id=room)
+    except NotFoundError as exc:
+        raise CommandError(f"{exc} `{bot._prefixed('failed', ctx.is_direct)}` lists "
+                           "them.") from None
+    return outcome.message
