@@ -44,7 +44,8 @@ def _write_private(path: Path, text: str) -> None:
 def example_config_text() -> str:
     template = resources.files("bridge").joinpath("example-config.yaml").read_text("utf-8")
     core = (template.replace("@AS_TOKEN@", secrets.token_urlsafe(48))
-            .replace("@HS_TOKEN@", secrets.token_urlsafe(48)))
+            .replace("@HS_TOKEN@", secrets.token_urlsafe(48))
+            .replace("@PROVISIONING_SECRET@", secrets.token_urlsafe(32)))
     # Then each network's own section, in the order of the registry.
     return core.rstrip("\n") + "\n" + "".join("\n" + network.example_config()
                                               for network in networks())

@@ -174,6 +174,21 @@ class BridgeSettings(Section):
         return any(fnmatch.fnmatchcase(user_id, pattern) for pattern in self.admins)
 
 
+class ProvisioningConfig(Section):
+    """The provisioning API (/_bridge/api/v1/) and the admin page (/_bridge/admin/)."""
+
+    # Bearer token that acts as the operator. Empty: the API and the page answer 404.
+    shared_secret: str = ""
+
+    @field_validator("shared_secret")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("must be at least 16 characters (or empty to turn the API off); "
+                             "`bridge generate-config` writes a random one")
+        return value
+
+
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -227,6 +242,7 @@ class Config(Section):
     appservice: AppserviceConfig
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     bridge: BridgeSettings = Field(default_factory=BridgeSettings)
+    provisioning: ProvisioningConfig = Field(default_factory=ProvisioningConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
@@ -276,7 +292,8 @@ class Config(Section):
     def secrets(self) -> list[str]:
         """Values that must never appear in a log line (bridge/logs.py also masks the forms
         they take when URL-, JSON- or base64-encoded)."""
-        values = [self.appservice.as_token, self.appservice.hs_token]
+        values = [self.appservice.as_token, self.appservice.hs_token,
+                  self.provisioning.shared_secret]
         password = _url_password(self.database.url)
         if password:
             # As written in the URL (percent-encoded) and as the driver gets it.

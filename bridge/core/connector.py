@@ -19,6 +19,7 @@ from bridge.db.queues import Delivery
 from bridge.db.store import LinkInfo
 
 if TYPE_CHECKING:
+    from bridge.admin.api.routes import Route
     from bridge.core.hub import Hub
 
 
@@ -159,6 +160,11 @@ class Connector(ABC):
     def http_routes(self) -> list[tuple[str, str, Callable[[web.Request],
                                                          Awaitable[web.StreamResponse]]]]:
         """Extra (method, path, handler) on the bridge's listener, under /_bridge/<network>/."""
+        return []
+
+    def api_routes(self) -> list[Route]:
+        """Extra endpoints of the provisioning API (paths below /_bridge/api/v1, such as
+        ``/rooms/{room_id}/email/subscribers``); see bridge/admin/api/routes.py."""
         return []
 
     def commands(self) -> list[SubCommand]:

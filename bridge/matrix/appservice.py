@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from bridge import json_codec, metrics
+from bridge.admin.api import server as api_server
 from bridge.core.connector import Connector
 from bridge.db import queues, store
 from bridge.db.engine import current_revision, head_revision
@@ -71,6 +72,8 @@ class AppserviceServer:
                        for method, path, handler in connector.http_routes()]
         for method, path, handler in routes:
             self.app.router.add_route(method, path, handler)
+        # The provisioning API and the admin page (nothing when no shared secret is set).
+        api_server.mount(self.app, bridge)
         self.runner: web.AppRunner | None = None
 
     async def start(self, host: str, port: int) -> None:
