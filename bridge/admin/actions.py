@@ -90,6 +90,18 @@ async def link(hub: Hub, actor: Actor, room_id: str, network: str, remote_id: st
     async with hub.db.sessions() as session:
         existing = await store.links_of_room(session, room_id)
     mine = [lk for lk in existing if lk.network == network]
+    limit = connector.max_links_per_room
+    if limit is not None and len(mine) >= limit:
+        # Refused before the network is asked: resolving may already act there (Slack: the
+        # app joins the channel), and a refused request must change nothing.
+        same = links_named(mine, remote_id)
+        if len(same) == 1:
+            return Outcome(False, f"This room is already linked to {connector.display_name} "
+                                  f"`{same[0].remote_id}`.", same[0])
+        raise ConflictError(f"This room is already linked to {connector.display_name} "
+                            f"{link_list(mine)}; a room can have {limit} {network} link"
+                            f"{'' if limit == 1 else 's'}. Unlink it first with "
+                            f"`{hub.prefix} unlink {network}`.")
     target = await connector.resolve_link(hub, room_id, remote_id, extra)
     # Checked with the ID the connector resolved (what is stored, e.g. TEAM:CHANNEL), not
     # with what was typed.
@@ -102,13 +114,6 @@ async def link(hub: Hub, actor: Actor, room_id: str, network: str, remote_id: st
         raise ConflictError(f"{connector.display_name} `{target.remote_id}` is already linked "
                             f"to another room ({taken.room_id}); a remote conversation can be "
                             "linked to one room only. Unlink it there first.")
-    limit = connector.max_links_per_room
-    if limit is not None and len(mine) >= limit:
-        raise ConflictError(f"This room is already linked to {connector.display_name} "
-                            f"{link_list(mine)}; a room can have {limit} {network} link"
-                            f"{'' if limit == 1 else 's'}. Unlink it first with "
-                            f"`{hub.prefix} unlink {network}`.")
-
     created: list[LinkInfo] = []
 
     async def write(session: AsyncSession) -> None:
