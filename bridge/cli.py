@@ -148,6 +148,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if not failed else EXIT_FAILURE
 
 
+def cmd_plan_check(args: argparse.Namespace) -> int:
+    from bridge.admin.plan.commands import run_check
+
+    return run_check(args.config, args.plan)
+
+
+def cmd_plan_apply(args: argparse.Namespace) -> int:
+    from bridge.admin.plan.commands import run_apply
+
+    return run_apply(args.config, args.plan, dry_run=args.dry_run, prune=args.prune)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # one line, exit 2, like a config error
         self.print_usage(sys.stderr)
@@ -185,6 +197,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="verify homeserver, tokens, reachability and database")
     p.add_argument("-c", "--config", default="config.yaml")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("plan", help="check or apply a migration plan (through the running "
+                                    "bridge's provisioning API)")
+    plan_sub = p.add_subparsers(dest="plan_command", required=True, parser_class=_Parser)
+    pc = plan_sub.add_parser("check", help="validate the plan and check it against the live "
+                                           "systems; one line per finding")
+    pc.add_argument("-c", "--config", default="config.yaml")
+    pc.add_argument("plan", metavar="PLAN.yaml")
+    pc.set_defaults(func=cmd_plan_check)
+    pa = plan_sub.add_parser("apply", help="print the actions the plan needs, then take them")
+    pa.add_argument("-c", "--config", default="config.yaml")
+    pa.add_argument("plan", metavar="PLAN.yaml")
+    pa.add_argument("--dry-run", action="store_true", help="print the actions, take none")
+    pa.add_argument("--prune", action="store_true",
+                    help="also remove links and subscribers of the plan's rooms that the plan "
+                         "does not list")
+    pa.set_defaults(func=cmd_plan_apply)
     return parser
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 # core_routes' declarations fill CORE_ROUTES.
-from bridge.admin.api import PREFIX, core_routes  # noqa: F401
+from bridge.admin.api import PREFIX, core_routes, plan_routes  # noqa: F401
 from bridge.admin.api.auth import Authenticator
 from bridge.admin.api.routes import CORE_ROUTES, ApiCall, BadRequest, Route
 from bridge.core.errors import CommandError
