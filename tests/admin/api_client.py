@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import aiohttp
@@ -31,7 +32,11 @@ class ApiClient:
                 session.request(method, self.base + path, json=body, params=params,
                                 data=raw) as response:
             self.last_headers = dict(response.headers)
-            return response.status, await response.json(content_type=None)
+            text = await response.text()
+        try:
+            return response.status, json.loads(text)
+        except ValueError:  # not the API answering (it is off): the text as it came
+            return response.status, text
 
     async def get(self, path: str, **params: str) -> tuple[int, Any]:
         return await self.call("GET", path, params=params or None)
