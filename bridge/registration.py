@@ -18,13 +18,17 @@ def build_registration(config: Config) -> dict[str, Any]:
         if section.enabled:
             users.append({"exclusive": True,
                           "regex": f"@{re.escape(section.puppet_prefix)}.*:{domain}"})
+    # Not exclusive: people keep making aliases as before. The homeserver lets an appservice
+    # create only aliases in its namespace, and migration plans have the bot create rooms
+    # with the aliases the plan names (bridge/admin/rooms.py).
+    aliases = [{"exclusive": False, "regex": f"#.*:{domain}"}]
     return {
         "id": config.appservice.id,
         "url": config.appservice.address,
         "as_token": config.appservice.as_token,
         "hs_token": config.appservice.hs_token,
         "sender_localpart": config.appservice.bot_username,
-        "namespaces": {"users": users, "aliases": [], "rooms": []},
+        "namespaces": {"users": users, "aliases": aliases, "rooms": []},
         "rate_limited": False,
         "receive_ephemeral": True,
         # The name under which Synapse read this before MSC2409 became stable.

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+from mautrix.api import Method, Path
 from mautrix.errors import MatrixRequestError, MForbidden, MNotFound
 from mautrix.types import EventType, RoomAlias, RoomID, UserID
 from sqlalchemy import select, update
@@ -117,8 +118,11 @@ async def find_or_create_room(hub: Hub, actor: Actor, localpart: str, name: str 
                     f"invite {hub.bot_mxid} to it (with power level 100 to let the bot manage "
                     "it), or choose another alias.") from None
     else:
-        levels: dict[str, Any] = {"users": {hub.bot_mxid: ADMIN_POWER,
-                                            **{admin: ADMIN_POWER for admin in admins}}}
+        users = {admin: ADMIN_POWER for admin in admins}
+        if not await _creators_are_privileged(hub):
+            # The override replaces the creator's default entry: keep the bot's power.
+            users[hub.bot_mxid] = ADMIN_POWER
+        levels: dict[str, Any] = {"users": users}
         try:
             room_id = str(await bot.create_room(
                 alias_localpart=localpart, name=name or None,
@@ -155,6 +159,22 @@ async def find_or_create_room(hub: Hub, actor: Actor, localpart: str, name: str 
     else:
         message = f"The {what} {alias} ({room_id}) is there already."
     return RoomOutcome(room_id, alias, created, changed, message)
+
+
+# Room versions before 12 give the creator power through the power levels; from 12 on
+# (MSC4289) creators are privileged and must not be listed there.
+_LISTED_CREATOR_VERSIONS = frozenset(str(n) for n in range(1, 12))
+
+
+async def _creators_are_privileged(hub: Hub) -> bool:
+    """Whether rooms the bot creates get a room version with privileged creators (asked of
+    the homeserver's capabilities: its default room version)."""
+    try:
+        caps = await _bot(hub).api.request(Method.GET, Path.v3.capabilities)
+    except MatrixRequestError:
+        return False
+    default = (caps.get("capabilities", {}).get("m.room_versions", {}) or {}).get("default")
+    return isinstance(default, str) and default not in _LISTED_CREATOR_VERSIONS
 
 
 async def set_department(hub: Hub, actor: Actor, room_id: str,
