@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from mautrix.api import Method, Path
-from mautrix.errors import MatrixRequestError, MForbidden, MNotFound
+from mautrix.errors import IntentError, MatrixRequestError, MForbidden, MNotFound
 from mautrix.types import EventType, RoomAlias, RoomID, UserID
 from sqlalchemy import select, update
 
 from bridge.admin import audit
 from bridge.admin.audit import Actor
+from bridge.core.cache import BoundedCache
 from bridge.core.errors import CommandError, ConflictError, NotFoundError, UnavailableError
 from bridge.db import store
 from bridge.db.models import Portal
@@ -85,20 +86,23 @@ async def room_by_alias(hub: Hub, localpart: str) -> str | None:
 
 
 async def _bot_is_joined(hub: Hub, room_id: str) -> bool:
+    # Asked as a plain request: the intent's own methods would try to join first.
     try:
-        members = await _bot(hub).get_joined_members(RoomID(room_id))
+        answer = await _bot(hub).api.request(Method.GET,
+                                             Path.v3.rooms[RoomID(room_id)].joined_members)
     except (MForbidden, MNotFound):
         return False
-    return hub.bot_mxid in members
+    return hub.bot_mxid in (answer.get("joined") or {})
 
 
 async def find_or_create_room(hub: Hub, actor: Actor, localpart: str, name: str | None, *,
                               admins: list[str], department: str | None = None,
-                              space: bool = False) -> RoomOutcome:
+                              space: bool = False, parent: str | None = None) -> RoomOutcome:
     """The room (or, with ``space``, the Matrix space) ``#localpart:<domain>``: used as it is
     when it exists (the bot joins it if it may), else created by the bot with that alias and
-    name, the ``admins`` invited with power level 100. Either way the bridge records it as a
-    portal with its name, alias and department."""
+    name, the ``admins`` invited with power level 100 (and, with ``parent``, the space it
+    belongs to in its initial state: one event less than :func:`add_to_space` sends later).
+    Either way the bridge records it as a portal with its name, alias and department."""
     localpart = checked_localpart(localpart)
     alias = full_alias(hub, localpart)
     for admin in admins:
@@ -112,7 +116,7 @@ async def find_or_create_room(hub: Hub, actor: Actor, localpart: str, name: str 
         if not await _bot_is_joined(hub, room_id):
             try:
                 await bot.join_room(RoomAlias(alias), max_retries=0)
-            except MatrixRequestError:
+            except (MatrixRequestError, IntentError):
                 raise ConflictError(
                     f"{alias} exists, but the bridge bot is not in it and may not join it; "
                     f"invite {hub.bot_mxid} to it (with power level 100 to let the bot manage "
@@ -128,12 +132,16 @@ async def find_or_create_room(hub: Hub, actor: Actor, localpart: str, name: str 
                 alias_localpart=localpart, name=name or None,
                 invitees=[UserID(admin) for admin in admins],
                 creation_content={"type": "m.space"} if space else None,
+                initial_state=[] if parent is None else [{
+                    "type": str(EventType.SPACE_PARENT), "state_key": parent,
+                    "content": {"via": [hub.config.homeserver.domain], "canonical": True}}],
                 power_level_override=levels))
         except MatrixRequestError as exc:
             if exc.errcode == "M_ROOM_IN_USE":
                 # Created a moment ago by someone else (or an apply running twice): use it.
                 return await find_or_create_room(hub, actor, localpart, name, admins=admins,
-                                                 department=department, space=space)
+                                                 department=department, space=space,
+                                                 parent=parent)
             raise CommandError(f"The homeserver refused to create {alias}: "
                                f"{exc.message or exc.errcode}") from None
         created = True
@@ -166,15 +174,25 @@ async def find_or_create_room(hub: Hub, actor: Actor, localpart: str, name: str 
 _LISTED_CREATOR_VERSIONS = frozenset(str(n) for n in range(1, 12))
 
 
+# The homeserver's default room version, by homeserver address: asked once per hour, not
+# for each of a plan's 200 rooms (a cache: forgetting it costs one request).
+_DEFAULT_VERSION: BoundedCache[str, str] = BoundedCache(16, 3600.0)
+
+
 async def _creators_are_privileged(hub: Hub) -> bool:
     """Whether rooms the bot creates get a room version with privileged creators (asked of
     the homeserver's capabilities: its default room version)."""
-    try:
-        caps = await _bot(hub).api.request(Method.GET, Path.v3.capabilities)
-    except MatrixRequestError:
-        return False
-    default = (caps.get("capabilities", {}).get("m.room_versions", {}) or {}).get("default")
-    return isinstance(default, str) and default not in _LISTED_CREATOR_VERSIONS
+    address = hub.config.homeserver.address
+    default = _DEFAULT_VERSION.get(address)
+    if default is None:
+        try:
+            caps = await _bot(hub).api.request(Method.GET, Path.v3.capabilities)
+        except MatrixRequestError:
+            return False
+        versions = caps.get("capabilities", {}).get("m.room_versions", {}) or {}
+        default = str(versions.get("default") or "")
+        _DEFAULT_VERSION.set(address, default)
+    return bool(default) and default not in _LISTED_CREATOR_VERSIONS
 
 
 async def set_department(hub: Hub, actor: Actor, room_id: str,
@@ -204,7 +222,7 @@ async def add_to_space(hub: Hub, actor: Actor, space_id: str, room_id: str) -> b
             current = await bot.get_state_event(RoomID(where), event_type, state_key)
         except MNotFound:
             current = None
-        except MForbidden:
+        except (MForbidden, IntentError):
             raise NotFoundError(f"The bridge bot is not in {where}.") from None
         if current is not None and current.serialize().get("via"):
             continue
@@ -227,7 +245,7 @@ async def space_children(hub: Hub, space_id: str) -> list[str]:
     """The rooms the space holds (``m.space.child`` events with a ``via``)."""
     try:
         state = await _bot(hub).get_state(RoomID(space_id))
-    except (MForbidden, MNotFound):
+    except (MForbidden, MNotFound, IntentError):
         raise NotFoundError(f"The bridge bot is not in the space {space_id}.") from None
     return [str(event.state_key) for event in state
             if event.type == EventType.SPACE_CHILD and event.content.serialize().get("via")]

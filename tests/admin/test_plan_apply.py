@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from bridge.admin import audit
-from testkit.helpers import SLOW_STEP
+from testkit.helpers import SLOW_STEP, open_room
 from testkit.matrix_client import MatrixTestClient
 from testkit.slack_sim import SlackSimulator
 from testkit.smtp_sink import SmtpSink
@@ -223,20 +223,42 @@ async def test_check_and_apply_a_plan(both_bridge: SlackBridge, admin: MatrixTes
 async def test_a_failed_step_leaves_the_rest_for_the_next_apply(
         both_bridge: SlackBridge, admin: MatrixTestClient, tmp_path: Path) -> None:
     api = operator(both_bridge)
+    bot = both_bridge.homeserver.bot
     tag = uuid.uuid4().hex[:6]
     first, second = f"eins-{tag}", f"zwei-{tag}"
+    # Rooms that are there already: one the bot is in (the plan adopts it), one private room
+    # it is not in (it cannot join; the plan says how to fix that).
+    adopted, closed = f"schon-da-{tag}", f"privat-{tag}"
+    adopted_id = await open_room(bot, admin, bot_power=100, name="Schon da",
+                                 extra={"room_alias_name": adopted})
+    await admin.create_room(name="Privat", extra={"room_alias_name": closed})
     plan = {"version": 1, "departments": [{"name": "Amt", "admins": [admin.user_id], "rooms": [
         {"alias": first, "slack": {"channel": CHANNEL}},
         {"alias": second, "slack": {"channel": "C0GIBTSNICHT"},
-         "email": {"localpart": f"zwei-{tag}", "subscribers": ["erika@stadt.example"]}}]}]}
+         "email": {"localpart": f"zwei-{tag}", "subscribers": ["erika@stadt.example"]}},
+        {"alias": adopted}, {"alias": closed}]}]}
+    code, out = await bridge_command(both_bridge, tmp_path, "plan", "check",
+                                     write_plan(tmp_path, plan))
+    assert code == 1, out
+    assert [line.split(": ")[0] for line in out.splitlines()[:-1]] == [
+        "departments[0].rooms[1].slack.channel", "departments[0].rooms[3].alias"], out
+    assert "the bridge bot is not in it" in out
+
     code, out = await bridge_command(both_bridge, tmp_path, "plan", "apply",
                                      write_plan(tmp_path, plan))
     assert code == 1, out
-    failed = [line for line in out.splitlines() if line.startswith("! failed: ")]
-    assert len(failed) == 1 and f"+ link slack rathaus/C0GIBTSNICHT -> {alias(second)}" in \
-        failed[0] and "C0GIBTSNICHT" in failed[0].split(": ", 2)[2], out
-    assert "2 later step(s) of this room skipped" in failed[0]
+    assert f"+ department Amt -> {alias(adopted)}" in out.splitlines()
+    # Sorted: "+ join ..." before "+ link ...".
+    failed = sorted(line for line in out.splitlines() if line.startswith("! failed: "))
+    assert len(failed) == 2, out
+    assert f"+ join room {alias(closed)}" in failed[0] and f"invite {bot}" in failed[0], out
+    assert f"+ link slack rathaus/C0GIBTSNICHT -> {alias(second)}" in failed[1] and \
+        "C0GIBTSNICHT" in failed[1].split(": ", 2)[2], out
+    assert "2 later step(s) of this room skipped" in failed[1]
     assert "apply again" in out
+    listing = await room_of(api, adopted)
+    assert (listing["room_id"], listing["department"]) == (adopted_id, "Amt")
+    del plan["departments"][0]["rooms"][3]
     # Room 1 is done; room 2 exists, but has nothing of what came after the failed step.
     assert [lk["channel"] for lk in (await room_of(api, first))["links"]] == [CHANNEL]
     assert (await room_of(api, second))["links"] == []

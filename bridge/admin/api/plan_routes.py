@@ -53,14 +53,17 @@ async def alias(call: ApiCall) -> tuple[int, dict[str, Any]]:
                                                   "room"},
                         "department": {"type": ["string", "null"]},
                         "space": {"type": "boolean",
-                                  "description": "create a Matrix space, not a room"}}},
+                                  "description": "create a Matrix space, not a room"},
+                        "parent": {"type": ["string", "null"],
+                                   "description": "the space (room ID) a new room belongs "
+                                                  "to: its m.space.parent from the start"}}},
            response=_ROOM_ANSWER, errors=(409, 503), tag="rollout")
 async def find_or_create(call: ApiCall) -> tuple[int, dict[str, Any]]:
     body = call.body
     outcome = await rooms.find_or_create_room(
         call.bridge.hub, call.actor, body["alias"], body.get("name"),
         admins=list(body.get("admins") or []), department=body.get("department"),
-        space=bool(body.get("space")))
+        space=bool(body.get("space")), parent=body.get("parent"))
     return (201 if outcome.created else 200), {
         "room_id": outcome.room_id, "alias": outcome.alias, "created": outcome.created,
         "changed": outcome.changed, "message": outcome.message}

@@ -89,11 +89,13 @@ class Planner:
                                                missing_ok=True)
 
     def _ensure(self, target: Target, *, kind: str, name: str | None, department: Department,
-                room_id: str | None, listing: dict[str, Any] | None) -> Step | None:
+                room_id: str | None, listing: dict[str, Any] | None,
+                space: Target | None = None) -> Step | None:
         """The step that makes the room (or space) exist with the bot in it, in the
         department; None when it is so already."""
-        body = {"alias": target.alias, "name": name, "admins": department.admins,
-                "department": department.name, "space": kind == "space"}
+        body: dict[str, Any] = {"alias": target.alias, "name": name,
+                                "admins": department.admins, "department": department.name,
+                                "space": kind == "space"}
         if room_id is None:
             line = f"+ create {kind} {self.alias(target.alias)}"
         elif listing is None:
@@ -104,6 +106,8 @@ class Planner:
             return None
 
         async def run() -> None:
+            if space is not None:  # made by then: the department's chain runs first
+                body["parent"] = space.room_id
             answer = await self.api.request("POST", "/rooms", body)
             assert answer is not None
             target.room_id = str(answer["room_id"])
@@ -138,7 +142,7 @@ class Planner:
         target.room_id = room_id
         where = self.alias(room.alias)
         step = self._ensure(target, kind="room", name=room.name, department=department,
-                            room_id=room_id, listing=listing)
+                            room_id=room_id, listing=listing, space=space)
         if step is not None:
             chain.steps.append(step)
         listing = listing or {}
