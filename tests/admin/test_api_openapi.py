@@ -21,7 +21,10 @@ from tests.slack.conftest import running_slack_bridge
 from tests.slack.conftest import slack_sim as slack_sim
 from tests.slack.conftest import team as team
 
-SAMPLE_VALUES = {"room_id": "!nirgends:bridge.test", "address": "erika@stadt.example"}
+SAMPLE_VALUES = {"room_id": "!nirgends:bridge.test", "address": "erika@stadt.example",
+                 # The rollout routes of migration plans (bridge/admin/api/plan_routes.py).
+                 "alias": "bauamt", "space_id": "!raum:bridge.test", "network": "slack",
+                 "user_id": "@niemand:bridge.test"}
 
 
 def served_routes(bridge: RunningBridge) -> set[tuple[str, str]]:
