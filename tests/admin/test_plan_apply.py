@@ -202,6 +202,14 @@ async def test_check_and_apply_a_plan(both_bridge: SlackBridge, admin: MatrixTes
     code, out = await bridge_command(both_bridge, tmp_path, "plan", "apply", plan_path)
     assert code == 0 and out.startswith("Nothing to do"), out
 
+    # A room taken out of its department (through the API) is put back by the plan.
+    for changed in (True, False):
+        status, body = await api.put(f"/rooms/{room_id}/department", {"department": None})
+        assert status == 200 and body["changed"] is changed, body
+    code, out = await bridge_command(both_bridge, tmp_path, "plan", "apply", plan_path)
+    assert code == 0 and out.splitlines()[0] == f"+ department Bauamt -> {alias(general)}", out
+    assert (await room_of(api, general))["department"] == "Bauamt"
+
     # --- --prune removes what the plan no longer lists, and only with --prune -------------
     rooms = plan["departments"][0]["rooms"]
     rooms[0]["email"]["subscribers"] = [{"address": erika, "name": "Erika Mustermann"}]

@@ -69,6 +69,24 @@ async def find_or_create(call: ApiCall) -> tuple[int, dict[str, Any]]:
         "changed": outcome.changed, "message": outcome.message}
 
 
+@api_route("PUT", "/rooms/{room_id}/department", "put a room in a department (or none)",
+           description="The progress report groups rooms by department.",
+           request={"type": "object", "additionalProperties": False,
+                    "required": ["department"],
+                    "properties": {"department": {"type": ["string", "null"]}}},
+           response={"type": "object", "required": ["changed", "message", "department"],
+                     "properties": {**OUTCOME_PROPERTIES,
+                                    "department": {"type": ["string", "null"]}}},
+           errors=(404,), tag="rollout")
+async def department(call: ApiCall) -> tuple[int, dict[str, Any]]:
+    room_id = call.param("room_id")
+    value = (call.body.get("department") or "").strip() or None
+    changed = await rooms.set_department(call.bridge.hub, call.actor, room_id, value)
+    where = f"in the department {value}" if value else "in no department"
+    return 200, {"changed": changed, "department": value,
+                 "message": f"{room_id} is {'now' if changed else 'already'} {where}."}
+
+
 @api_route("GET", "/spaces/{space_id}/rooms", "the rooms a space holds",
            response={"type": "object", "required": ["rooms"],
                      "properties": {"rooms": {"type": "array", "items": {"type": "string"}}}},
