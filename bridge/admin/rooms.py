@@ -142,6 +142,13 @@ async def find_or_create_room(hub: Hub, actor: Actor, localpart: str, name: str 
                 return await find_or_create_room(hub, actor, localpart, name, admins=admins,
                                                  department=department, space=space,
                                                  parent=parent)
+            if "reserved" in (exc.message or ""):
+                # A registration from before the bridge created rooms: no alias namespace.
+                from bridge.registration import regenerate_hint
+
+                raise UnavailableError(f"The homeserver does not let the bridge bot create "
+                                       f"{alias}: its copy of the bridge's registration has no "
+                                       f"room alias namespace; {regenerate_hint()}.") from None
             raise CommandError(f"The homeserver refused to create {alias}: "
                                f"{exc.message or exc.errcode}") from None
         created = True
