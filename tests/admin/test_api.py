@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -78,6 +79,9 @@ async def test_who_may_call_the_api(both_bridge: SlackBridge, admin: MatrixTestC
 
     status, body = await api.as_(admin.access_token).get("/rooms")
     assert status == 200 and room in [r["room_id"] for r in body["rooms"]]
+    # A room ID percent-encoded in the path, as URL builders write it, is the same room.
+    status, body = await api.get("/rooms/" + quote(room, safe=""))
+    assert status == 200 and body["room_id"] == room
     status, body = await api.get("/status")
     assert status == 200 and body["version"]
     assert body["networks"]["slack"]["ok"] and body["networks"]["email"]["ok"]
