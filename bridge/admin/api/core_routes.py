@@ -9,6 +9,7 @@ sentence (``message``) and whether anything changed (``changed``).
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from bridge.core.connector import Connector
     from bridge.core.hub import Hub
     from bridge.db.store import LinkInfo, RoomListing
+
+log = logging.getLogger("bridge.api")
 
 _STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -177,8 +180,12 @@ def _put_link(connector: Connector) -> Any:
         message, warnings = outcome.message, []
         if outcome.changed:
             # As the bot's `link` says it: what the bot cannot do here for lack of power.
-            report = await call.bridge.matrix.power_report(room_id)
-            if report.missing:
+            try:
+                report = await call.bridge.matrix.power_report(room_id)
+            except Exception:  # the link is made: a failed look-up must not hide that
+                log.warning("could not read the power levels of %s", room_id, exc_info=True)
+                report = None
+            if report is not None and report.missing:
                 message += "\n" + report.describe()
                 warnings = [f"{m.feature}: needs power level {m.needed} ({m.what})"
                             for m in report.missing]
