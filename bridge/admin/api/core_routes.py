@@ -70,8 +70,8 @@ async def status(call: ApiCall) -> tuple[int, dict[str, Any]]:
 _NULLABLE_STRING = {"type": ["string", "null"]}
 LINK_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["network", "remote_id", "remote_name"],
-    "description": "One link; each network adds its own fields (Slack: workspace, channel, "
-                   "team; email: address, localpart).",
+    "description": "One link; each network adds its own fields (see its "
+                   "PUT /rooms/{room_id}/links/<network>).",
     "properties": {"network": {"type": "string"}, "remote_id": {"type": "string"},
                    "remote_name": _NULLABLE_STRING},
 }
@@ -221,8 +221,8 @@ def room_routes(connectors: list[Connector]) -> list[Route]:
     """``GET /rooms/{room_id}`` (its schema holds each network's part) and the link routes
     of each enabled network."""
     routes = [Route("GET", "/rooms/{room_id}",
-                    room, "one room: its links and each network's state of it (email: "
-                    "address, policy, subscribers)", response=room_detail_schema(connectors),
+                    room, "one room: its links and each network's state of it, under the "
+                    "network's name", response=room_detail_schema(connectors),
                     errors=(404,), tag="rooms")]
     for connector in connectors:
         schema = connector.api_link_schema()
