@@ -123,15 +123,24 @@ async function api(method, path, body) {
 
 function roomPath(roomId) { return `rooms/${encodeURIComponent(roomId)}`; }
 
+// The actions' sentences are written for chat, with `code` in backticks: shown as code.
+function sentence(text) {
+  return String(text).split("`").map((part, i) => (i % 2 ? el("code", {}, part) : part))
+    .filter((part) => part !== "");
+}
+
 // --- forms: one message line each, the API's sentence on failure ------------------------
 
 // A change redraws the room's card: then the message goes to the form of the same id that
 // replaced the one submitted.
+// A form that the change removed (the email link form, once the room has an address) says
+// it in the room's list of links.
 function say(form, text, ok) {
-  const target = form.isConnected ? form : (form.id && document.getElementById(form.id));
+  const target = form.isConnected ? form
+    : (form.id && document.getElementById(form.id)) || document.getElementById("room-links");
   const line = target && target.querySelector(".form-message");
   if (!line) return;
-  line.textContent = text || "";
+  line.replaceChildren(...sentence(text || ""));
   line.className = `form-message ${ok ? "ok" : "error"}`;
   line.setAttribute("role", ok ? "status" : "alert");
 }
