@@ -148,6 +148,9 @@ function say(form, text, ok) {
 // Runs `action` for a submitted form: buttons disabled meanwhile, the outcome said next to
 // the form; afterwards, what the change touched is shown again.
 function onSubmit(form, action) {
+  // The bridge checks what is typed, and its sentence says what is wrong: the browser's own
+  // checks would only stand in front of it.
+  form.noValidate = true;
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const buttons = form.querySelectorAll("button");
