@@ -148,6 +148,116 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if not failed else EXIT_FAILURE
 
 
+def _read_db(config: Config, read: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
+    """Run ``read(db)`` on the configured database, as it is: the bridge need not run, and
+    nothing is migrated (a database behind the code is refused, naming the fix)."""
+
+    from sqlalchemy.engine import make_url
+
+    url = make_url(config.database.url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+            and not Path(url.database).exists():
+        # Opening it would create an empty file where the operator expects their database.
+        raise Failure(f"there is no database at {url.database} (database.url); is this the "
+                      "bridge's config?")
+
+    async def run() -> Any:
+        from bridge.db.engine import Database, current_revisions, describe, head_revisions
+
+        db = Database(config.database.url)
+        try:
+            current = await current_revisions(db.engine)
+            if current != head_revisions():
+                raise Failure(f"the database ({_safe_db(config)}) is at revision "
+                              f"{describe(current) or 'none (empty)'}, this bridge expects "
+                              f"{describe(head_revisions())}: run `bridge db upgrade` with "
+                              "this config first")
+            return await read(db)
+        finally:
+            await db.close()
+
+    return _run_db(run, config)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    from bridge.admin.report import build_report, render
+
+    report = _read_db(config, lambda db: build_report(db, days=args.days))
+    sys.stdout.write(render(report, args.format))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    from bridge.admin import audit
+
+    async def read(db: Any) -> list[audit.Entry]:
+        async with db.sessions() as session:
+            return await audit.entries(session, since=args.since, room_id=args.room)
+
+    entries = _read_db(config, read)
+    if args.format == "json":
+        import json
+
+        print(json.dumps([entry.as_json() for entry in entries], indent=2,
+                         ensure_ascii=False))
+        return 0
+    for entry in entries:
+        print(audit_line(entry))
+    return 0
+
+
+def audit_line(entry: Any) -> str:
+    """One entry as one line: time (UTC), actor, via, room, action, details as key=value."""
+    from datetime import UTC, datetime
+
+    at = datetime.fromtimestamp(entry.at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    details = " ".join(f"{key}={_detail(value)}" for key, value in sorted(entry.details.items()))
+    return " ".join(filter(None, (at, entry.actor, entry.via, entry.room_id or "-",
+                                  entry.action, details)))
+
+
+def _detail(value: Any) -> str:
+    text = value if isinstance(value, str) else json_dumps_compact(value)
+    # Quoted when it would not read as one word (a display name with spaces).
+    return json_dumps_compact(text) if not text or any(c.isspace() for c in text) else text
+
+
+def json_dumps_compact(value: Any) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def since_time(text: str) -> float:
+    """--since: an ISO date (midnight UTC) or time (UTC unless it says otherwise)."""
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO date or time (e.g. 2026-12-01 or "
+            "2026-12-01T08:00:00Z)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def report_days(text: str) -> int:
+    from bridge.admin.report import MAX_DAYS
+
+    try:
+        days = int(text)
+    except ValueError:
+        days = 0
+    if not 1 <= days <= MAX_DAYS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number of days from 1 to {MAX_DAYS}")
+    return days
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # one line, exit 2, like a config error
         self.print_usage(sys.stderr)
@@ -185,6 +295,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="verify homeserver, tokens, reachability and database")
     p.add_argument("-c", "--config", default="config.yaml")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("report", help="the progress report: messages and people per side, "
+                                      "per department and room")
+    p.add_argument("-c", "--config", default="config.yaml")
+    p.add_argument("--days", type=report_days, default=7,
+                   help="the last N UTC days, today included (default 7)")
+    p.add_argument("--format", choices=("text", "json", "csv"), default="text")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("audit", help="the audit log of administrative actions")
+    p.add_argument("-c", "--config", default="config.yaml")
+    p.add_argument("--since", type=since_time, metavar="TIME",
+                   help="entries from then on: an ISO date (UTC) or time")
+    p.add_argument("--room", metavar="ROOM_ID", help="only this room's entries")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_audit)
     return parser
 
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.config import Config
+from bridge.core import activity
 from bridge.core.cache import BoundedCache
 from bridge.core.connector import Connector
 from bridge.core.errors import TemporaryError
@@ -34,6 +35,8 @@ MATRIX = "matrix"
 
 # State events the remote sides may care about (room renamed, topic changed).
 RELAYED_STATE = {"m.room.name", "m.room.topic", "m.room.avatar", "m.room.member"}
+# State that names a portal: kept on the portal row for listings and the report.
+NAMING_STATE = {"m.room.name": "name", "m.room.canonical_alias": "alias"}
 # Message types a person can type a command in.
 COMMAND_MSGTYPES = {"m.text", "m.notice"}
 # Puppet profiles remembered as written; older or further ones are compared in the database.
@@ -161,6 +164,9 @@ class Hub:
         content: dict[str, Any] = raw_content if isinstance(raw_content, dict) else {}
         if state_key is not None and self.matrix is not None:
             await self.matrix.note_state(event)
+        if state_key == "" and etype in NAMING_STATE:
+            # Before the bot's own events are dropped: a plan's rooms are named by the bot.
+            await self._note_naming(session, room_id, etype, content)
 
         if etype == "m.room.member" and state_key == self.bot_mxid:
             routed = await self._bot_membership(session, room_id, sender, content)
@@ -186,6 +192,11 @@ class Hub:
         if not room_links:
             return []
         sender_network = self.network_of(sender)
+        if sender_network is None and activity.is_new_message(etype, content):
+            # Written on Matrix (commands and the bot's notices went their own way above).
+            await activity.count_message(session, room_id=room_id, side=activity.MATRIX_SIDE,
+                                         user_id=sender,
+                                         timestamp_ms=event.get("origin_server_ts"))
         origin = read_origin(content) if sender_network is not None else None
         if origin is not None and origin.network != sender_network:
             origin = None  # a puppet cannot speak for another network's link
@@ -205,6 +216,14 @@ class Hub:
             deliveries.append(NewDelivery(network=link.network, room_id=room_id,
                                           kind="relay", payload=payload))
         return deliveries
+
+    @staticmethod
+    async def _note_naming(session: AsyncSession, room_id: str, etype: str,
+                           content: dict[str, Any]) -> None:
+        value = content.get("name" if etype == "m.room.name" else "alias")
+        # An emptied name or a removed alias is no name: the portal forgets it.
+        await store.set_portal_naming(session, room_id, NAMING_STATE[etype],
+                                      value if isinstance(value, str) and value else None)
 
     def _command_text(self, content: dict[str, Any], is_direct: bool, sender: str) -> str | None:
         if content.get("msgtype") not in COMMAND_MSGTYPES or self.network_of(sender):
@@ -410,6 +429,12 @@ class Hub:
                 return False
             if also is not None:
                 await also(session)
+            first = parts[0] if parts else None
+            if first is not None and activity.is_new_message(first.event_type, first.content):
+                # One message however many events it becomes, on the day it was written.
+                await activity.count_message(session, room_id=room_id, side=network,
+                                             user_id=first.sender,
+                                             timestamp_ms=first.timestamp_ms)
             await queues.enqueue(session, deliveries)
         self.wake_outbox(queues.enqueued_lanes(session))
         return True

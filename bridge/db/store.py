@@ -111,6 +111,15 @@ async def room_listings(session: AsyncSession, room_id: str | None = None,
     return list(rooms.values())
 
 
+async def set_portal_naming(session: AsyncSession, room_id: str, column: str,
+                            value: str | None) -> None:
+    """Remember the portal's ``name`` or ``alias`` as its state says (no portal: nothing)."""
+    if column not in ("name", "alias"):
+        raise ValueError(f"a portal is not named by {column!r}")
+    await session.execute(update(Portal).where(Portal.room_id == room_id)
+                          .values({column: value}))
+
+
 async def links_of_room(session: AsyncSession, room_id: str) -> list[LinkInfo]:
     rows = await session.scalars(select(Link).where(Link.room_id == room_id).order_by(Link.id))
     return [_link_info(r) for r in rows]

@@ -255,6 +255,15 @@ class MatrixSide:
         name = getattr(state, "name", None)
         return str(name) if name else None
 
+    async def _canonical_alias(self, room_id: str) -> str | None:
+        try:
+            state = await self.bot_intent.get_state_event(RoomID(room_id),
+                                                          EventType.ROOM_CANONICAL_ALIAS)
+        except MatrixRequestError:
+            return None
+        alias = getattr(state, "canonical_alias", None)
+        return str(alias) if alias else None
+
     def intent(self, user_id: str | None) -> IntentAPI:
         if not user_id or user_id == self.hub.bot_mxid:
             return self.bot_intent
@@ -454,8 +463,16 @@ class MatrixSide:
         is_direct = bool(p.get("is_direct"))
         if not is_direct:
             is_direct = await self._looks_direct(RoomID(d.room_id), p.get("inviter"))
+        # The room's name and alias were set before the bot could see them: read once, so
+        # listings and the report name the room; later changes come as state events.
+        name = None if is_direct else await self.room_name(d.room_id)
+        alias = None if is_direct else await self._canonical_alias(d.room_id)
         async with self.hub.db.transaction() as session:
             await store.ensure_portal(session, d.room_id, is_direct=is_direct)
+            if name is not None:
+                await store.set_portal_naming(session, d.room_id, "name", name)
+            if alias is not None:
+                await store.set_portal_naming(session, d.room_id, "alias", alias)
         log.info("joined %s on the invitation of %s%s", d.room_id, p.get("inviter"),
                  " (direct chat)" if is_direct else "")
         if is_direct:

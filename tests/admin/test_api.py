@@ -196,6 +196,22 @@ async def test_links_subscribers_policy_and_audit(
     listed = {r["room_id"]: r for r in body["rooms"]}
     assert {room, other} <= set(listed) and len(listed[room]["links"]) == 2
 
+    # The report counts what went through the links made here: Anna on Slack, the admin on
+    # Matrix.
+    status, body = await as_admin.get("/report", days="7")
+    assert status == 200 and body["days"] == 7
+    rooms = {r["room_id"]: r for d in body["departments"] for r in d["rooms"]}
+    assert rooms[room]["sides"]["slack"] == {"messages": 1, "people": 1}
+    assert rooms[room]["sides"]["matrix"] == {"messages": 1, "people": 1}
+    assert rooms[room]["matrix_share"] == 0.5 and len(rooms[room]["daily"]) == 7
+    assert other not in rooms  # no links, nothing to report
+    status, body = await api.call("GET", "/report", params={"format": "csv"})
+    assert status == 200 and api.last_headers["Content-Type"].startswith("text/csv")
+    assert body.splitlines()[0].startswith("department,room")
+    for days in ("0", "367", "eine Woche"):
+        status, body = await api.get("/report", days=days)
+        assert status == 400 and "`days`" in body["error"]
+
     status, body = await api.delete(f"{subs}/max@stadt.example")
     assert status == 200 and body["changed"]
     status, body = await api.delete(f"{subs}/max@stadt.example")

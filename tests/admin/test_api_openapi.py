@@ -66,7 +66,7 @@ async def test_openapi_document_describes_every_route(
                        ("PUT", "/rooms/{room_id}/email/subscribers/{address}"),
                        ("DELETE", "/rooms/{room_id}/email/subscribers/{address}"),
                        ("PUT", "/rooms/{room_id}/email/policy"), ("GET", "/audit"),
-                       ("GET", "/failed"), ("POST", "/failed/retry"),
+                       ("GET", "/failed"), ("POST", "/failed/retry"), ("GET", "/report"),
                        ("GET", "/openapi.json")):
             assert wanted in documented, wanted
         slack_put = document["paths"]["/rooms/{room_id}/links/slack"]["put"]

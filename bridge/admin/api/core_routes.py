@@ -12,8 +12,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from aiohttp import web
+
 from bridge import __version__
-from bridge.admin import actions, audit
+from bridge.admin import actions, audit, report
 from bridge.admin.api import PREFIX
 from bridge.admin.api.routes import (
     OUTCOME_PROPERTIES,
@@ -322,3 +324,69 @@ async def audit_log(call: ApiCall) -> tuple[int, dict[str, Any]]:
         found = await audit.entries(session, since=parse_since(since) if since else None,
                                     room_id=call.query("room_id") or None, limit=limit)
     return 200, {"entries": [entry.as_json() for entry in found]}
+
+
+# --- the progress report ------------------------------------------------------------------
+
+_COUNTED = {"type": "object", "required": ["messages", "people"],
+            "properties": {"messages": {"type": "integer"},
+                           "people": {"type": "integer", "description": "distinct people"}}}
+_SIDES = {"type": "object", "additionalProperties": _COUNTED,
+          "description": "`matrix` and each linked network: messages and distinct people"}
+_SHARE = {"type": ["number", "null"], "minimum": 0, "maximum": 1,
+          "description": "the share of messages written on Matrix (null: no messages)"}
+_TOTALS = {"type": "object", "required": ["rooms", "sides", "messages", "matrix_share"],
+           "properties": {"rooms": {"type": "integer"}, "sides": _SIDES,
+                          "messages": {"type": "integer"}, "matrix_share": _SHARE}}
+_REPORT_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["days", "since", "until", "departments", "totals"],
+    "properties": {
+        "days": {"type": "integer"},
+        "since": {"type": "string", "format": "date"},
+        "until": {"type": "string", "format": "date"},
+        "departments": {"type": "array", "items": {
+            "type": "object", "required": ["name", "rooms", "totals"],
+            "properties": {
+                "name": {**_NULLABLE_STRING, "description": "null: rooms of no department"},
+                "rooms": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["room_id", "name", "alias", "links", "sides", "messages",
+                                 "matrix_share", "daily"],
+                    "properties": {
+                        "room_id": {"type": "string"}, "name": _NULLABLE_STRING,
+                        "alias": _NULLABLE_STRING,
+                        "links": {"type": "array", "items": LINK_SCHEMA},
+                        "sides": _SIDES, "messages": {"type": "integer"},
+                        "matrix_share": _SHARE,
+                        "daily": {"type": "array", "description": "messages per day per side",
+                                  "items": {"type": "object", "required": ["day"],
+                                            "properties": {"day": {"type": "string",
+                                                                   "format": "date"}},
+                                            "additionalProperties": {"type": "integer"}}}}}},
+                "totals": _TOTALS}}},
+        "totals": _TOTALS,
+    },
+}
+_REPORT_TYPES = {"csv": "text/csv", "text": "text/plain"}
+
+
+@api_route("GET", "/report", "the progress report: per department and room, messages and "
+           "people per side over the last days, and the share written on Matrix",
+           query={"days": ({"type": "integer", "minimum": 1, "maximum": report.MAX_DAYS,
+                            "default": report.DEFAULT_DAYS}, "the window, in UTC days up to "
+                           "and including today"),
+                  "format": ({"type": "string", "enum": list(report.FORMATS),
+                              "default": "json"}, "json (default), csv or text, as "
+                             "`bridge report --format` prints it")},
+           response=_REPORT_SCHEMA, also_as=tuple(_REPORT_TYPES.values()), tag="report")
+async def progress_report(call: ApiCall) -> tuple[int, Any]:
+    days = call.query_int("days", report.DEFAULT_DAYS, 1, report.MAX_DAYS)
+    fmt = call.query("format") or "json"
+    if fmt not in report.FORMATS:
+        raise BadRequest(f"The query parameter `format` must be one of "
+                         f"{', '.join(report.FORMATS)}, not `{fmt}`.")
+    built = await report.build_report(call.bridge.db, days=days)
+    if fmt == "json":
+        return 200, built
+    return 200, web.Response(text=report.render(built, fmt), content_type=_REPORT_TYPES[fmt],
+                             charset="utf-8")
