@@ -205,7 +205,7 @@ async def test_an_admin_links_a_room_and_subscribes_an_address_on_the_page(
         await page.wait_text("#who", admin.user_id)
         await page.wait_text("#networks", "slack")
         assert "email" in await page.run(page.text_of, "#networks")
-        await page.wait_text("#room-list", "Bauamt Allgemein")
+        await page.wait_text(f'#room-list tr[data-room-id="{room}"]', "Bauamt Allgemein")
         await page.click(f'#room-list tr[data-room-id="{room}"] button')
         await page.wait_text("#room-detail h3", "Bauamt Allgemein")
 
@@ -236,21 +236,42 @@ async def test_an_admin_links_a_room_and_subscribes_an_address_on_the_page(
         await admin.send_text(room, "Antwort aus Matrix")
         await posted(sim, team, "Antwort aus Matrix")
 
+        # A delivery that fails for good is listed on the page, and its button retries it.
+        sim.fail("chat.postMessage", status=200, error="restricted_action", times=1)
+        await admin.send_text(room, "Noch einmal, bitte")
+        await admin.wait_for_event(room, lambda e: e["sender"] == bot and "Could not deliver"
+                                   in e["content"].get("body", ""), timeout=WAIT)
+        await page.click("#refresh")
+        await page.wait_text("#failed-body", "restricted_action")
+        await page.click("#failed-body tr[data-failed-id] button")
+        await page.wait_text("#failed-form .form-message", "will be tried again now")
+        await posted(sim, team, "Noch einmal, bitte")
+        await page.click("#refresh")
+        await page.wait_text("#failed-body", "No failed deliveries")
+
         # The audit log: the page's actions, by the admin, from the admin page.
         async with page_bridge.hub.db.sessions() as session:
-            entries = await audit.entries(session, room_id=room)
-        assert [(e.action, e.actor, e.via) for e in entries] == [
-            ("link", admin.user_id, "admin-page"), ("link", admin.user_id, "admin-page"),
-            ("subscribe", admin.user_id, "admin-page")]
-        await page.click("#refresh")
-        await page.wait_text("#audit-table", "subscribe")
+            entries = await audit.entries(session)
+        assert [(e.action, e.room_id, e.actor, e.via) for e in entries] == [
+            ("link", room, admin.user_id, "admin-page"),
+            ("link", room, admin.user_id, "admin-page"),
+            ("subscribe", room, admin.user_id, "admin-page"),
+            # A retry by delivery ID names no room (bridge/admin/actions.py retry).
+            ("retry", None, admin.user_id, "admin-page")]
+        await page.wait_text("#audit-table", "retry")
         audit_text = await page.run(page.text_of, "#audit-table")
         assert "admin-page" in audit_text and admin.user_id in audit_text
-        # The report lists the linked room with a chart of its days.
-        await page.wait_text("#report-body", "Bauamt Allgemein")
-        label = await page.run(lambda: page._find(
-            f'#report-body tr[data-room-id="{room}"] svg.chart').get_attribute("aria-label"))
-        assert "Bauamt Allgemein" in label
+        # The report: the room's sides and today's bar of its chart, one message from Slack
+        # and two from Matrix.
+        row = f'#report-body tr[data-room-id="{room}"]'
+        await page.wait_text(row, "Bauamt Allgemein")
+        assert "67 %" in await page.run(page.text_of, f"{row} .share")
+        bars = await page.run(lambda: {
+            bar.get_attribute("data-side"): bar.find_element(page.by.TAG_NAME, "title")
+            .get_attribute("textContent")
+            for bar in page.driver.find_elements(page.by.CSS_SELECTOR, f"{row} svg.chart rect")})
+        assert set(bars) == {"matrix", "slack"}
+        assert bars["matrix"].endswith("matrix: 2") and bars["slack"].endswith("slack: 1")
 
         # Logging out ends the Matrix session the page had.
         token = await page.run(browser.execute_script,

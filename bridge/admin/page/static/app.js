@@ -428,7 +428,7 @@ async function unlink(roomId, link) {
 
 function slackForm(roomId) {
   const form = el("form", { id: "link-slack", class: "inline" },
-    el("h4", { class: "visually-hidden" }, "Link a Slack channel"),
+    el("h4", {}, "Link a Slack channel"),
     field("Slack channel ID", "channel", { required: true, placeholder: "C0123ABCD" }),
     field("Workspace (if several)", "workspace", { placeholder: "rathaus" }),
     el("button", { type: "submit" }, "Link Slack channel"),
@@ -447,7 +447,7 @@ function slackForm(roomId) {
 
 function emailLinkForm(roomId) {
   const form = el("form", { id: "link-email", class: "inline" },
-    el("h4", { class: "visually-hidden" }, "Link an email address"),
+    el("h4", {}, "Link an email address"),
     field("Email address (local part)", "localpart", { required: true, placeholder: "bauamt" }),
     el("button", { type: "submit" }, "Link email address"),
     el("p", { class: "form-message" }));
@@ -498,7 +498,7 @@ async function emailForms(roomId, room, emailLink) {
     el("p", { class: "form-message" }));
 
   const subscribe = onSubmit(el("form", { id: "subscribe", class: "inline" },
-    el("h4", { class: "visually-hidden" }, "Subscribe an address"),
+    el("h4", {}, "Subscribe an address"),
     field("Address to subscribe", "address", { type: "email", required: true,
       placeholder: "erika@example.org" }),
     field("Name (optional)", "name", { placeholder: "Erika Mustermann" }),
@@ -519,7 +519,7 @@ async function emailForms(roomId, room, emailLink) {
       ["domain", "anyone from one domain may write"]].map(([value, text]) =>
       el("option", { value, selected: value === policyName }, text)));
   const policy = onSubmit(el("form", { id: "policy", class: "inline" },
-    el("h4", { class: "visually-hidden" }, "Who may write to the room's address"),
+    el("h4", {}, "Who may write to the room's address"),
     el("div", {}, el("label", { for: "policy-choice" }, "Who may write"), select),
     field("Domain (for the domain policy)", "domain", { value: policyDomain,
       placeholder: "stadt.example" }),
@@ -587,7 +587,7 @@ function sidesOf(room) {
 // Messages per day and side as stacked bars: one bar per day, Matrix at the bottom.
 function chart(room, sides) {
   const daily = room.daily || [];
-  const barWidth = 12;
+  const barWidth = daily.length <= 14 ? 16 : daily.length <= 31 ? 8 : 4;
   const gap = 3;
   const height = 60;
   const top = 4;
@@ -616,6 +616,7 @@ function chart(room, sides) {
       bar.append(svg("title", {}, `${day.day}, ${side}: ${count}`));
       chartNode.append(bar);
     });
+    // A label under each day of a week or two; under every seventh of a longer window.
     if (daily.length <= 14 || index % 7 === 0) {
       chartNode.append(svg("text", { x: x + barWidth / 2, y: top + height + 11,
         "text-anchor": "middle" }, String(day.day || "").slice(8, 10)));
