@@ -130,12 +130,17 @@ class Page:
 
     async def fill(self, form: str, **fields: str) -> None:
         """Type into the form's fields (by name) and submit it."""
+        from selenium.webdriver.support.ui import Select
+
         def step() -> None:
             self._wait(lambda: self._find(form).is_displayed(), f"the form {form}")
             for name, value in fields.items():
                 field = self._find(f"{form} [name={name}]")
-                field.clear()
-                field.send_keys(value)
+                if field.tag_name == "select":
+                    Select(field).select_by_value(value)
+                else:
+                    field.clear()
+                    field.send_keys(value)
             self._find(f"{form} button[type=submit]").click()
 
         await self.run(step)
@@ -173,6 +178,13 @@ async def devices(homeserver: Homeserver, token: str) -> tuple[int, list[str]]:
             headers={"Authorization": f"Bearer {token}"}) as response:
         body = await response.json()
         return response.status, [d.get("display_name") for d in body.get("devices", [])]
+
+
+async def api_status(homeserver: Homeserver, token: str) -> int:
+    async with aiohttp.ClientSession() as http, http.get(
+            f"http://127.0.0.1:{homeserver.bridge_port}/_bridge/api/v1/status",
+            headers={"Authorization": f"Bearer {token}"}) as response:
+        return response.status
 
 
 async def test_an_admin_links_a_room_and_subscribes_an_address_on_the_page(
@@ -273,15 +285,40 @@ async def test_an_admin_links_a_room_and_subscribes_an_address_on_the_page(
         assert set(bars) == {"matrix", "slack"}
         assert bars["matrix"].endswith("matrix: 2") and bars["slack"].endswith("slack: 1")
 
-        # Logging out ends the Matrix session the page had.
+        # Logging out ends the Matrix session the page had, for the API too (whose answer
+        # about the token was cached).
         token = await page.run(browser.execute_script,
                                "return sessionStorage.getItem('bridge-admin.token')")
         assert token and (await devices(homeserver, token))[0] == 200
         await page.click("#logout")
         await page.visible("#login-matrix")
         assert (await devices(homeserver, token))[0] == 401
+        assert await api_status(homeserver, token) == 401
         assert await page.run(browser.execute_script,
                               "return sessionStorage.length") == 0
+
+        # The operator, with the shared secret: the policy, unsubscribing, unlinking.
+        secret = page_bridge.config.provisioning.shared_secret
+        await page.fill("#login-secret", secret="not the secret at all")
+        await page.wait_text("#login-secret .form-message", "neither the bridge's")
+        await page.fill("#login-secret", secret=secret)
+        await page.wait_text("#who", "operator")
+        await page.click(f'#room-list tr[data-room-id="{room}"] button')
+        await page.fill("#policy", policy="domain", domain="stadt.example")
+        await page.wait_text("#policy .form-message", "From now on")
+        assert await page.run(lambda: page._find("#policy-choice").get_attribute("value")) \
+            == "domain"
+        await page.click(f'#subscribers tr[data-address="{ERIKA}"] button')
+        await page.wait_text("#subscribers .form-message", f"Unsubscribed {ERIKA}")
+        await page.wait_text("#subscribers", "No subscribers yet")
+        await page.click(f'#room-links li[data-link="{team.id}:{CHANNEL}"] button')
+        await page.wait_text("#room-links .form-message", "Unlinked this room from Slack")
+        assert CHANNEL not in await page.run(page.text_of, "#room-links ul")
+        async with page_bridge.hub.db.sessions() as session:
+            latest = (await audit.entries(session))[-3:]
+        assert [(e.action, e.actor, e.via) for e in latest] == [
+            ("policy", "operator", "admin-page"), ("unsubscribe", "operator", "admin-page"),
+            ("unlink", "operator", "admin-page")]
         assert await page.run(page.problems) == []
     finally:
         await admin.close()
