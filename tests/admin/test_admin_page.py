@@ -128,11 +128,17 @@ class Page:
         await self.run(lambda: self._wait(lambda: self._find(css).is_displayed(),
                                           f"{css} shown"))
 
+    def _settled(self) -> None:
+        """Until no call of the page is in flight: nothing is about to be redrawn."""
+        self._wait(lambda: self._find("body").get_attribute("aria-busy") != "true",
+                   "the page settled")
+
     async def fill(self, form: str, **fields: str) -> None:
         """Type into the form's fields (by name) and submit it."""
         from selenium.webdriver.support.ui import Select
 
         def step() -> None:
+            self._settled()
             self._wait(lambda: self._find(form).is_displayed(), f"the form {form}")
             for name, value in fields.items():
                 field = self._find(f"{form} [name={name}]")
@@ -146,7 +152,12 @@ class Page:
         await self.run(step)
 
     async def click(self, css: str) -> None:
-        await self.run(lambda: self._wait(lambda: self._find(css), css).click())
+        def step() -> None:
+            self._settled()
+            # A redraw between finding and clicking makes the element stale: find it again.
+            self._wait(lambda: self._find(css).click() or True, f"{css} to click")
+
+        await self.run(step)
 
     async def open(self) -> None:
         await self.run(self.driver.get, self.url)

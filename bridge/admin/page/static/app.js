@@ -83,7 +83,24 @@ class ApiError extends Error {
 
 function token() { return sessionStorage.getItem(TOKEN_KEY); }
 
+// Calls in flight: the page says it is busy meanwhile (aria-busy on the body), for assistive
+// technology and for the browser test, which waits for the page to settle before it types.
+let inFlight = 0;
+function busy(delta) {
+  inFlight += delta;
+  document.body.setAttribute("aria-busy", inFlight > 0 ? "true" : "false");
+}
+
 async function request(url, method, body, bearer) {
+  busy(1);
+  try {
+    return await send(url, method, body, bearer);
+  } finally {
+    busy(-1);
+  }
+}
+
+async function send(url, method, body, bearer) {
   const headers = { "X-Bridge-Via": "admin-page", "Accept": "application/json" };
   if (bearer) headers.Authorization = `Bearer ${bearer}`;
   const init = { method, headers, cache: "no-store", credentials: "omit" };
@@ -195,6 +212,8 @@ function field(label, name, attrs) {
 // --- login and logout -------------------------------------------------------------------
 
 function forgetSession() {
+  state.selected = null;
+  replace($("room-detail"));
   sessionStorage.removeItem(TOKEN_KEY);
   sessionStorage.removeItem(WHO_KEY);
   sessionStorage.removeItem(KIND_KEY);
@@ -683,5 +702,16 @@ async function refreshAll() {
   await loadRooms();
   await Promise.all([loadFailed(), loadAudit(), loadReport(), loadRoomDetail()]);
 }
+
+// Health, queues and failures change on their own: shown afresh every half minute while
+// the page is in view (the API caches whose token it is, so this costs the homeserver
+// nothing). Forms and the room card are left alone, so nothing typed is lost.
+const STATUS_EVERY_MS = 30000;
+setInterval(() => {
+  if (token() && !document.hidden && !$("app").hidden) {
+    loadStatus();
+    loadFailed();
+  }
+}, STATUS_EVERY_MS);
 
 if (token()) showApp(); else showLogin();
