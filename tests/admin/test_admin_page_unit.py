@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
+import aiohttp
 import pytest
 from aiohttp import streams, web
 from aiohttp.test_utils import make_mocked_request
@@ -114,3 +115,95 @@ def _payload(body: bytes) -> Any:
     stream.feed_data(body)
     stream.feed_eof()
     return stream
+
+
+class FakeHomeserver:
+    """Answers the page's login and logout calls as a homeserver would, and notes them."""
+
+    def __init__(self, login: tuple[int, dict[str, Any]] | Exception) -> None:
+        self.login = login
+        self.calls: list[tuple[str, str | None]] = []
+
+    def request(self, method: str, url: str, *, json: Any, headers: dict[str, str],
+                timeout: Any) -> Any:
+        path = url.split("/_matrix/client/v3", 1)[1]
+        self.calls.append((path, headers.get("Authorization")))
+        answer = self.login if path == "/login" else (200, {})
+
+        class Response:
+            status = answer[0] if isinstance(answer, tuple) else 0
+
+            async def json(self, content_type: Any = None) -> Any:
+                assert isinstance(answer, tuple)
+                return answer[1]
+
+            async def __aenter__(self) -> Any:
+                if isinstance(answer, Exception):
+                    raise answer
+                return self
+
+            async def __aexit__(self, *exc: object) -> None:
+                return None
+
+        return Response()
+
+
+async def login_with(homeserver: FakeHomeserver) -> tuple[int, dict[str, Any]]:
+    bridge = fake_bridge()
+    bridge.http = homeserver
+    bridge.config.homeserver = SimpleNamespace(address="http://hs")
+    bridge.hub = SimpleNamespace(is_admin=lambda user: user.startswith("@admin"))
+    page = AdminPage(bridge, auth=None)  # type: ignore[arg-type]
+    request = make_mocked_request("POST", PAGE_PREFIX + "/login",
+                                  headers={"Content-Type": "application/json"},
+                                  payload=_payload(b'{"user": "anna", "password": "pw"}'))
+    response = await page.login(request)
+    assert response.headers["Cache-Control"] == "no-store"
+    return response.status, json.loads(response.body)  # type: ignore[arg-type]
+
+
+async def test_login_answers_what_the_homeserver_said() -> None:
+    hs = FakeHomeserver((200, {"user_id": "@admin1:hs", "access_token": "tok-admin",
+                               "device_id": "D1"}))
+    assert await login_with(hs) == (200, {"user_id": "@admin1:hs", "access_token": "tok-admin",
+                                          "device_id": "D1"})
+    assert hs.calls == [("/login", None)]
+
+    # The right password of someone who is no bridge admin: refused, and the session the
+    # login opened is closed at once.
+    hs = FakeHomeserver((200, {"user_id": "@anna:hs", "access_token": "tok-anna"}))
+    status, body = await login_with(hs)
+    assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+    assert "@anna:hs is not an admin" in body["error"]
+    assert hs.calls == [("/login", None), ("/logout", "Bearer tok-anna")]
+
+    status, body = await login_with(FakeHomeserver((403, {"errcode": "M_FORBIDDEN"})))
+    assert (status, body["error"]) == (401, "Wrong user name or password.")
+    status, body = await login_with(FakeHomeserver(
+        (429, {"errcode": "M_LIMIT_EXCEEDED", "retry_after_ms": 2500})))
+    assert (status, body["error"]) == (429, "Too many login attempts; try again in 3 s.")
+    status, body = await login_with(FakeHomeserver((502, {})))
+    assert status == 503 and "HTTP 502" in body["error"]
+    status, body = await login_with(FakeHomeserver(aiohttp.ClientConnectionError()))
+    assert status == 503 and "Cannot reach the homeserver" in body["error"]
+
+
+async def test_logout_ends_a_matrix_session_and_forgets_it() -> None:
+    hs = FakeHomeserver((200, {}))
+    bridge = fake_bridge()
+    bridge.http = hs
+    bridge.config.homeserver = SimpleNamespace(address="http://hs")
+    forgotten: list[str] = []
+    auth = SimpleNamespace(is_secret=lambda token: token == SECRET, forget=forgotten.append)
+    page = AdminPage(bridge, auth=auth)  # type: ignore[arg-type]
+
+    async def logout(token: str) -> int:
+        request = make_mocked_request("POST", PAGE_PREFIX + "/logout",
+                                      headers={"Authorization": f"Bearer {token}"})
+        return (await page.logout(request)).status
+
+    # The shared secret has no session to end.
+    assert await logout(SECRET) == 200
+    assert hs.calls == [] and forgotten == []
+    assert await logout("tok-admin") == 200
+    assert hs.calls == [("/logout", "Bearer tok-admin")] and forgotten == ["tok-admin"]
