@@ -239,7 +239,7 @@ async def test_an_admin_links_a_room_and_subscribes_an_address_on_the_page(
         localpart = f"bauamt-{uuid.uuid4().hex[:6]}"
         address = f"{localpart}@{MAIL_DOMAIN}"
         await page.fill("#link-email", localpart=localpart)
-        await page.wait_text("#room-links .form-message", "Linked this room to")
+        await page.wait_text("#link-email .form-message", "Linked this room to")
         await page.wait_text("#room-links", address)
         await page.fill("#subscribe", address=ERIKA, name="Erika Mustermann")
         await page.wait_text("#subscribe .form-message", "Subscribed Erika Mustermann")

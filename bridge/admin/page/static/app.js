@@ -10,7 +10,7 @@ const TOKEN_KEY = "bridge-admin.token";
 const WHO_KEY = "bridge-admin.who";
 const KIND_KEY = "bridge-admin.kind"; // "matrix" (an access token) or "secret"
 
-const state = { networks: {}, rooms: [], selected: null };
+const state = { networks: {}, rooms: [], selected: null, linkSpecs: null };
 
 // --- small helpers ----------------------------------------------------------------------
 
@@ -204,9 +204,13 @@ function actionButton(label, form, action, extra) {
   }, label);
 }
 
-function field(label, name, attrs) {
+// A labelled input; `hint` (what the field means) is shown under it and read with it.
+function field(label, name, attrs, hint) {
   const id = `f-${Math.random().toString(36).slice(2, 9)}`;
-  return el("div", {}, el("label", { for: id }, label), el("input", { id, name, ...attrs }));
+  const hintNode = hint ? el("small", { id: `${id}-hint`, class: "hint" }, hint) : null;
+  return el("div", {}, el("label", { for: id }, label),
+    el("input", { id, name, "aria-describedby": hintNode ? hintNode.id : null, ...attrs }),
+    hintNode);
 }
 
 // --- login and logout -------------------------------------------------------------------
@@ -428,55 +432,72 @@ async function loadRoomDetail() {
   card.append(linksForm);
 
   const forms = el("div", { class: "forms" });
-  if ("slack" in state.networks) forms.append(slackForm(roomId));
-  if ("email" in state.networks) {
-    if (!emailLink) forms.append(emailLinkForm(roomId));
-    else forms.append(...await emailForms(roomId, room, emailLink));
+  if (!state.linkSpecs) {
+    try { await loadLinkSpecs(); } catch (err) { state.linkSpecs = null; }
   }
+  for (const [network, spec] of Object.entries(state.linkSpecs || {}).sort()) {
+    if (network in state.networks) forms.append(linkForm(roomId, network, spec));
+  }
+  // Email's own part of the API: the room address's subscribers and who may write to it.
+  if (emailLink) forms.append(...await emailForms(roomId, room, emailLink));
   card.append(forms);
   replace(container, card);
 }
 
 async function unlink(roomId, link) {
-  // A room may have several Slack channels: the stored ID says which (team:channel).
-  const body = link.network === "slack" ? { channel: link.remote_id } : undefined;
+  // A room may have several links of a network: the DELETE takes the PUT's fields to say
+  // which, and a link in the API's answers carries them (Slack: channel and workspace).
+  const spec = (state.linkSpecs || {})[link.network];
+  const body = {};
+  for (const name of Object.keys(spec ? spec.properties : { remote_id: {} })) {
+    if (typeof link[name] === "string" && link[name]) body[name] = link[name];
+  }
   const answer = await api("DELETE", `${roomPath(roomId)}/links/${link.network}`, body);
   await roomChanged();
   return answer.message || `Unlinked ${linkLabel(link)}.`;
 }
 
-function slackForm(roomId) {
-  const form = el("form", { id: "link-slack", class: "inline" },
-    el("h4", {}, "Link a Slack channel"),
-    field("Slack channel ID", "channel", { required: true, placeholder: "C0123ABCD" }),
-    field("Workspace (if several)", "workspace", { placeholder: "rathaus" }),
-    el("button", { type: "submit" }, "Link Slack channel"),
+// A link form per network, built from the network's own declaration of
+// PUT /rooms/{room_id}/links/<network> in the API's OpenAPI document: its fields, which are
+// required, what each means. A network added to the bridge gets its form without a change
+// here.
+function linkForm(roomId, network, spec) {
+  const form = el("form", { id: `link-${network}`, class: "inline" },
+    el("h4", {}, capitalized(spec.summary || `link the room to ${network}`)),
+    Object.entries(spec.properties).map(([name, schema]) => field(
+      `${capitalized(name.replaceAll("_", " "))}${spec.required.includes(name) ? "" : " (optional)"}`,
+      name,
+      { required: spec.required.includes(name) }, schema.description)),
+    el("button", { type: "submit" }, `Link ${network}`),
     el("p", { class: "form-message" }));
   return onSubmit(form, async (data) => {
-    const channel = String(data.get("channel") || "").trim();
-    if (!channel) throw new Error("Give the Slack channel's ID (like C0123ABCD).");
-    const body = { channel };
-    const workspace = String(data.get("workspace") || "").trim();
-    if (workspace) body.workspace = workspace;
-    const answer = await api("PUT", `${roomPath(roomId)}/links/slack`, body);
+    const body = {};
+    for (const name of Object.keys(spec.properties)) {
+      const value = String(data.get(name) || "").trim();
+      if (value) body[name] = value;
+    }
+    const answer = await api("PUT", `${roomPath(roomId)}/links/${network}`, body);
     await roomChanged();
-    return answer.message || `Linked Slack channel ${channel}.`;
+    return answer.message || "Linked.";
   });
 }
 
-function emailLinkForm(roomId) {
-  const form = el("form", { id: "link-email", class: "inline" },
-    el("h4", {}, "Link an email address"),
-    field("Email address (local part)", "localpart", { required: true, placeholder: "bauamt" }),
-    el("button", { type: "submit" }, "Link email address"),
-    el("p", { class: "form-message" }));
-  return onSubmit(form, async (data) => {
-    const localpart = String(data.get("localpart") || "").trim();
-    if (!localpart) throw new Error("Give the part before the @ (like bauamt).");
-    const answer = await api("PUT", `${roomPath(roomId)}/links/email`, { localpart });
-    await roomChanged();
-    return answer.message || `The room's address is ${answer.address}.`;
-  });
+function capitalized(text) {
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
+async function loadLinkSpecs() {
+  // The document is public (it holds no data); asked once per page load.
+  const doc = await request(`${API}openapi.json`, "GET");
+  state.linkSpecs = {};
+  for (const [path, operations] of Object.entries(doc.paths || {})) {
+    const match = /^\/rooms\/\{room_id\}\/links\/([^/]+)$/.exec(path);
+    if (!match || !operations.put) continue;
+    const body = operations.put.requestBody || {};
+    const schema = ((body.content || {})["application/json"] || {}).schema || {};
+    state.linkSpecs[match[1]] = { summary: operations.put.summary,
+      properties: schema.properties || {}, required: schema.required || [] };
+  }
 }
 
 async function emailForms(roomId, room, emailLink) {
