@@ -213,7 +213,8 @@ def audit_line(entry: Any) -> str:
     from datetime import UTC, datetime
 
     at = datetime.fromtimestamp(entry.at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    details = " ".join(f"{key}={_detail(value)}" for key, value in sorted(entry.details.items()))
+    details = " ".join(f"{key}={_detail(value)}" for key, value in sorted(entry.details.items())
+                       if value is not None)
     return " ".join(filter(None, (at, entry.actor, entry.via, entry.room_id or "-",
                                   entry.action, details)))
 
