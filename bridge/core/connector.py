@@ -167,6 +167,49 @@ class Connector(ABC):
         ``/rooms/{room_id}/email/subscribers``); see bridge/admin/api/routes.py."""
         return []
 
+    # --- the provisioning API's /rooms/{room_id}/links/<network> ------------------------
+    # The core declares PUT and DELETE of that path for every enabled network; these say
+    # what its body holds and what its answers add. The default fits a network whose
+    # conversations one ID names.
+
+    def api_link_schema(self) -> dict[str, Any]:
+        """JSON Schema of the body of ``PUT /rooms/{room_id}/links/<network>``. ``DELETE``
+        takes the same fields, none required, to say which link when there are several."""
+        return {"type": "object", "additionalProperties": False, "required": ["remote_id"],
+                "properties": {"remote_id": {
+                    "type": "string", "minLength": 1,
+                    "description": f"the {self.display_name} conversation's ID"}}}
+
+    def api_link_request(self, body: dict[str, Any]) -> tuple[str, list[str]]:
+        """What ``!bridge link <network>`` would be given for this (checked) body: the
+        remote ID and the further words (:meth:`resolve_link`'s ``args``)."""
+        return str(body["remote_id"]), []
+
+    def api_unlink_selector(self, body: dict[str, Any]) -> str | None:
+        """Which of the room's links a ``DELETE`` body names, as ``!bridge unlink <network>
+        <remote-id>`` would be given it (None: the room's only link of this network)."""
+        value = body.get("remote_id")
+        return str(value) if value else None
+
+    def api_link_fields_schema(self) -> dict[str, Any]:
+        """JSON Schema properties that :meth:`api_link_fields` adds to a link's answer."""
+        return {}
+
+    def api_link_fields(self, link: LinkInfo) -> dict[str, Any]:
+        """A link as the network's API users know it (Slack: workspace and channel; email:
+        the address), beside the core's network, remote_id and remote_name."""
+        return {}
+
+    def api_room_schema(self) -> dict[str, Any] | None:
+        """JSON Schema of what :meth:`api_room_details` adds to ``GET /rooms/{room_id}``."""
+        return None
+
+    async def api_room_details(self, hub: Hub, room_id: str,
+                               links: list[LinkInfo]) -> dict[str, Any] | None:
+        """The network's own state of a room for ``GET /rooms/{room_id}`` (email: its
+        subscribers and policy), under the network's name; None for nothing."""
+        return None
+
     def commands(self) -> list[SubCommand]:
         """Extra ``!bridge <network> ...`` sub-commands. A handler raises
         :class:`bridge.core.errors.UsageError` when the arguments do not fit; the bot then

@@ -78,6 +78,39 @@ async def forget_portal(session: AsyncSession, room_id: str) -> None:
     await session.execute(delete(Portal).where(Portal.room_id == room_id))
 
 
+@dataclass(slots=True)
+class RoomListing:
+    """A portal as listings show it (the provisioning API's /rooms), with its links."""
+
+    room_id: str
+    is_direct: bool
+    name: str | None
+    alias: str | None
+    department: str | None
+    links: list[LinkInfo] = field(default_factory=list)
+
+
+async def room_listings(session: AsyncSession, room_id: str | None = None,
+                        *, direct: bool = False) -> list[RoomListing]:
+    """Every portal (or the one ``room_id`` names) with its links, in two queries whatever
+    the count; direct chats with the bot only when ``direct``."""
+    query = select(Portal)
+    if room_id is not None:
+        query = query.where(Portal.room_id == room_id)
+    if not direct:
+        query = query.where(Portal.is_direct.is_(False))
+    rooms = {row.room_id: RoomListing(row.room_id, row.is_direct, row.name, row.alias,
+                                      row.department)
+             for row in await session.scalars(query.order_by(Portal.room_id))}
+    links = select(Link).order_by(Link.id)
+    if room_id is not None:
+        links = links.where(Link.room_id == room_id)
+    for row in await session.scalars(links):
+        if row.room_id in rooms:
+            rooms[row.room_id].links.append(_link_info(row))
+    return list(rooms.values())
+
+
 async def set_portal_naming(session: AsyncSession, room_id: str, column: str,
                             value: str | None) -> None:
     """Remember the portal's ``name`` or ``alias`` as its state says (no portal: nothing)."""

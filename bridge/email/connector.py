@@ -37,6 +37,7 @@ from bridge.db import queues, store
 from bridge.db.queues import Delivery, NewDelivery
 from bridge.db.store import LinkInfo
 from bridge.email import actions
+from bridge.email import api as email_api
 from bridge.email import store as email_store
 from bridge.email.addresses import (
     MAX_ROOM_LOCALPART_LENGTH,
@@ -62,6 +63,7 @@ from bridge.email.sanitize import sanitize_html
 from bridge.email.text import text_to_html
 
 if TYPE_CHECKING:
+    from bridge.admin.api.routes import Route
     from bridge.core.hub import Hub
 
 log = logging.getLogger("bridge.email")
@@ -257,6 +259,37 @@ class EmailConnector(Connector):
                 await self.hub.enqueue([self.hub.notice(
                     link.room_id, f"{address} unsubscribed (one-click link).")])
         return web.Response(text=f"{address} will no longer receive {self.address_of(room)}.")
+
+    # --- the provisioning API (bridge/email/api.py) ---------------------------------------
+
+    def api_routes(self) -> list[Route]:
+        return email_api.routes(self)
+
+    def api_link_schema(self) -> dict[str, Any]:
+        return email_api.LINK_SCHEMA
+
+    def api_link_request(self, body: dict[str, Any]) -> tuple[str, list[str]]:
+        return str(body["localpart"]), []
+
+    def api_unlink_selector(self, body: dict[str, Any]) -> str | None:
+        # A room has one address: naming it is optional, and checked when given.
+        localpart = str(body.get("localpart") or "").lower()
+        return localpart.removesuffix("@" + self.domain) or None
+
+    def api_link_fields_schema(self) -> dict[str, Any]:
+        return email_api.LINK_FIELDS_SCHEMA
+
+    def api_link_fields(self, link: LinkInfo) -> dict[str, Any]:
+        return {"address": link.remote_name or self.address_of(link.remote_id),
+                "localpart": link.remote_id}
+
+    def api_room_schema(self) -> dict[str, Any] | None:
+        return email_api.ROOM_SCHEMA
+
+    async def api_room_details(self, hub: Hub, room_id: str,
+                               links: list[LinkInfo]) -> dict[str, Any] | None:
+        link = next((lk for lk in links if lk.network == NETWORK), None)
+        return None if link is None else await email_api.room_state(hub, room_id, link)
 
     def commands(self) -> list[SubCommand]:
         return [

@@ -837,6 +837,48 @@ class SlackConnector(Connector):
         channel_id = str(found[0].get("id") or "")
         return await self.channel_info(ws, channel_id, fresh=True) if channel_id else found[0]
 
+    # --- the provisioning API's /rooms/{room_id}/links/slack ---------------------------
+
+    def api_link_schema(self) -> dict[str, Any]:
+        return {"type": "object", "additionalProperties": False, "required": ["channel"],
+                "properties": {
+                    "channel": {"type": "string", "minLength": 1,
+                                "description": "the channel's ID (C0123ABCD) or its name"},
+                    "workspace": {"type": "string", "minLength": 1,
+                                  "description": "the workspace's name in slack.workspaces "
+                                                 "(or its team ID); optional with one "
+                                                 "workspace"}}}
+
+    def api_link_request(self, body: dict[str, Any]) -> tuple[str, list[str]]:
+        # As `!bridge link slack <channel> [workspace]` would be given it.
+        workspace = body.get("workspace")
+        return str(body["channel"]), [str(workspace)] if workspace else []
+
+    def api_unlink_selector(self, body: dict[str, Any]) -> str | None:
+        channel, workspace = body.get("channel"), body.get("workspace")
+        if not channel:
+            return None
+        if workspace and CHANNEL_ID.fullmatch(str(channel)):
+            # The stored ID: the same channel ID may exist in two workspaces.
+            return space_of(self.workspace_named(str(workspace)).team_id, str(channel))
+        return str(channel)
+
+    def api_link_fields_schema(self) -> dict[str, Any]:
+        return {"workspace": {"type": ["string", "null"],
+                              "description": "the workspace's name in slack.workspaces"},
+                "team": {"type": "string", "description": "the workspace's team ID"},
+                "channel": {"type": "string", "description": "the channel's ID"}}
+
+    def api_link_fields(self, link: LinkInfo) -> dict[str, Any]:
+        team, _, channel = link.remote_id.rpartition(":")
+        team = str(link.settings.get("team") or team)
+        workspace = link.settings.get("workspace")
+        if not workspace:
+            known = self.workspace_of_team(team)
+            workspace = known.name if known is not None else None
+        return {"workspace": workspace, "team": team,
+                "channel": str(link.settings.get("channel") or channel)}
+
     def commands(self) -> list[SubCommand]:
         return [SubCommand("channels", "[workspace]",
                            "the channels the app sees and the rooms they are linked to",
