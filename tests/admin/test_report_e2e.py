@@ -148,7 +148,7 @@ async def test_report_counts_each_message_once_where_it_was_written(
     code, out, err = await bridge_cli(database_url, tmp_path, "audit", "--format", "json",
                                       "--since", report["until"])
     assert code == 0, err
-    entries = [e for e in json.loads(out) if e["room_id"] == room]
+    entries = [e for e in json.loads(out)["entries"] if e["room_id"] == room]
     assert [(e["actor"], e["via"], e["action"]) for e in entries] == [
         (admin.user_id, "command", "link"), (admin.user_id, "command", "link"),
         (admin.user_id, "command", "subscribe")]
