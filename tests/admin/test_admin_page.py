@@ -279,8 +279,8 @@ async def test_an_admin_links_a_room_and_subscribes_an_address_on_the_page(
             ("link", room, admin.user_id, "admin-page"),
             ("link", room, admin.user_id, "admin-page"),
             ("subscribe", room, admin.user_id, "admin-page"),
-            # A retry by delivery ID names no room (bridge/admin/actions.py retry).
-            ("retry", None, admin.user_id, "admin-page")]
+            # A retry by delivery ID is its room's business too.
+            ("retry", room, admin.user_id, "admin-page")]
         await page.wait_text("#audit-table", "retry")
         audit_text = await page.run(page.text_of, "#audit-table")
         assert "admin-page" in audit_text and admin.user_id in audit_text

@@ -229,7 +229,7 @@ def room_routes(connectors: list[Connector]) -> list[Route]:
         path = f"/rooms/{{room_id}}/links/{connector.network}"
         routes.append(Route(
             "PUT", path, _put_link(connector),
-            f"link the room to a {connector.display_name} conversation",
+            f"link the room to {connector.display_name}",
             description="Answers 200 also when the room was linked so already "
                         "(`changed`: false).",
             request=schema, response=_link_answer_schema(connector, warnings=True),
