@@ -212,7 +212,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.format == "json":
         import json
 
-        print(json.dumps([entry.as_json() for entry in entries], indent=2,
+        # The document GET /_bridge/api/v1/audit answers with.
+        print(json.dumps({"entries": [entry.as_json() for entry in entries]}, indent=2,
                          ensure_ascii=False))
         return 0
     for entry in entries:
@@ -225,7 +226,8 @@ def audit_line(entry: Any) -> str:
     from datetime import UTC, datetime
 
     at = datetime.fromtimestamp(entry.at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    details = " ".join(f"{key}={_detail(value)}" for key, value in sorted(entry.details.items()))
+    details = " ".join(f"{key}={_detail(value)}" for key, value in sorted(entry.details.items())
+                       if value is not None)
     return " ".join(filter(None, (at, entry.actor, entry.via, entry.room_id or "-",
                                   entry.action, details)))
 
@@ -244,17 +246,12 @@ def json_dumps_compact(value: Any) -> str:
 
 def since_time(text: str) -> float:
     """--since: an ISO date (midnight UTC) or time (UTC unless it says otherwise)."""
-    from datetime import UTC, datetime
+    from bridge.admin.audit import parse_time
 
     try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an ISO date or time (e.g. 2026-12-01 or "
-            "2026-12-01T08:00:00Z)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def report_days(text: str) -> int:

@@ -213,12 +213,16 @@ async def retry(hub: Hub, actor: Actor, *, item_id: int | None,
     lanes: list[str] = []
 
     async def put_back(session: AsyncSession) -> None:
-        lanes.extend(await queues.retry_failed(session, item_id=item_id, room_id=room_id))
-        if lanes:
-            details: dict[str, Any] = {"deliveries": len(lanes)}
+        put = await queues.retry_failed(session, item_id=item_id, room_id=room_id)
+        lanes.extend(lane for lane, _ in put)
+        if put:
+            details: dict[str, Any] = {"deliveries": len(put)}
             if item_id is not None:
                 details["delivery_id"] = item_id
-            await audit.record(session, actor, room_id, "retry", **details)
+            # One delivery's retry is its room's business: the room's audit log shows it.
+            rooms = {room for _, room in put if room}
+            where = room_id or (rooms.pop() if len(rooms) == 1 else None)
+            await audit.record(session, actor, where, "retry", **details)
 
     await hub.enqueue([], also=put_back)
     if item_id is not None:

@@ -60,6 +60,21 @@ class Entry:
                 "action": self.action, "details": self.details}
 
 
+def parse_time(text: str) -> float:
+    """``since`` as people write it: an ISO 8601 date (its midnight) or time; a time without
+    a zone is UTC. ValueError names the forms that are understood."""
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 date or time (like 2026-12-01 or "
+                         "2026-12-01T08:00:00Z)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
 async def record(session: AsyncSession, actor: Actor, room_id: str | None, action: str,
                  **details: Any) -> None:
     """Write one entry in the caller's transaction."""

@@ -482,10 +482,10 @@ async def list_failed(session: AsyncSession, room_id: str | None,
 
 
 async def retry_failed(session: AsyncSession, *, item_id: int | None = None,
-                       room_id: str | None = None) -> list[str]:
+                       room_id: str | None = None) -> list[tuple[str, str]]:
     """Put failed deliveries back: pending, attempts reset, due now (the outbox's give-up
     deadline counts from the failure, see ``Delivery.failed_at``). One item, a room's, or
-    all (neither given). Returns their lanes (to wake the outbox for)."""
+    all (neither given). Returns their lanes (to wake the outbox for) and rooms."""
     condition = _failed(room_id)
     if item_id is not None:
         condition = condition & (_OUTBOX.c.id == item_id)
@@ -493,7 +493,7 @@ async def retry_failed(session: AsyncSession, *, item_id: int | None = None,
     result = await session.execute(
         update(_OUTBOX).where(condition).values(
             state="pending", attempts=0, next_attempt_at=now, claimed_until=0.0,
-        ).returning(_OUTBOX.c.lane))
-    lanes = [row.lane for row in result]
-    session.info.setdefault(_ENQUEUED_LANES, set()).update(lanes)
-    return lanes
+        ).returning(_OUTBOX.c.lane, _OUTBOX.c.room_id))
+    put_back = [(row.lane, row.room_id) for row in result]
+    session.info.setdefault(_ENQUEUED_LANES, set()).update(lane for lane, _ in put_back)
+    return put_back

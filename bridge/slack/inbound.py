@@ -385,6 +385,10 @@ class SlackToMatrix:
         text_events = [m for m in mapped if m.part == 0 or (
             m.part == last and new.get("subtype") == "thread_broadcast")]
         if not text_events:
+            if await self._on_its_way(ws, channel, str(new["ts"])):
+                # Taken in moments ago, still on its way to the room (as for reactions):
+                # an edit accepted now must not be dropped, so it waits for its message.
+                raise TemporaryError("the message edited is not in the room yet")
             return None  # never bridged (before the link, or the file part only)
         sender = await self.puppet(ws, str(new["user"])) if new.get("user") else \
             await self._bot_puppet(ws, new)

@@ -277,6 +277,23 @@ async def test_edits_deletions_threads_and_emotes(slack_bridge: SlackBridge,
 # --- files ----------------------------------------------------------------------------------
 
 
+async def test_an_edit_right_after_its_message_is_not_lost(slack_bridge: SlackBridge,
+                                                           admin: MatrixTestClient,
+                                                           team: Any) -> None:
+    """An edit that Slack sends while its message is still on its way to the room waits for
+    the message: accepted, it must arrive."""
+    sim = slack_bridge.sim
+    room = await linked_room(slack_bridge, admin)
+    for n in range(3):
+        ts = await sim.post_message(team, CHANNEL, ANNA, f"Entwurf {n}")
+        await sim.edit_message(team, CHANNEL, ts, f"Fassung {n}")
+        root = await admin.wait_for_event(room, message(f"Entwurf {n}"), timeout=15)
+        edit = await admin.wait_for_event(
+            room, lambda e, n=n: relation(e).get("rel_type") == "m.replace"
+            and e["content"]["m.new_content"]["body"] == f"Fassung {n}", timeout=15)
+        assert relation(edit)["event_id"] == root["event_id"]
+
+
 async def test_files_become_media_messages(slack_bridge: SlackBridge, admin: MatrixTestClient,
                                            team: Any) -> None:
     sim = slack_bridge.sim

@@ -9,11 +9,14 @@ sentence (``message``) and whether anything changed (``changed``).
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from aiohttp import web
+
 from bridge import __version__
-from bridge.admin import actions, audit
+from bridge.admin import actions, audit, report
 from bridge.admin.api import PREFIX
 from bridge.admin.api.routes import (
     OUTCOME_PROPERTIES,
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
     from bridge.core.connector import Connector
     from bridge.core.hub import Hub
     from bridge.db.store import LinkInfo, RoomListing
+
+log = logging.getLogger("bridge.api")
 
 _STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -65,8 +70,8 @@ async def status(call: ApiCall) -> tuple[int, dict[str, Any]]:
 _NULLABLE_STRING = {"type": ["string", "null"]}
 LINK_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["network", "remote_id", "remote_name"],
-    "description": "One link; each network adds its own fields (Slack: workspace, channel, "
-                   "team; email: address, localpart).",
+    "description": "One link; each network adds its own fields (see its "
+                   "PUT /rooms/{room_id}/links/<network>).",
     "properties": {"network": {"type": "string"}, "remote_id": {"type": "string"},
                    "remote_name": _NULLABLE_STRING},
 }
@@ -150,11 +155,17 @@ def _optional(schema: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in schema.items() if key != "required"}
 
 
-def _link_answer_schema(connector: Connector) -> dict[str, Any]:
+def _link_answer_schema(connector: Connector, *, warnings: bool) -> dict[str, Any]:
+    properties = {**OUTCOME_PROPERTIES, **LINK_SCHEMA["properties"],
+                  **connector.api_link_fields_schema()}
+    if warnings:
+        properties["warnings"] = {
+            "type": "array", "items": {"type": "string"},
+            "description": "what the bot cannot do in the room for lack of power level "
+                           "(empty: nothing; listed when the link is new)"}
     return {"type": "object",
             "required": ["changed", "message", "network", "remote_id", "remote_name"],
-            "properties": {**OUTCOME_PROPERTIES, **LINK_SCHEMA["properties"],
-                           **connector.api_link_fields_schema()}}
+            "properties": properties}
 
 
 def _put_link(connector: Connector) -> Any:
@@ -166,7 +177,19 @@ def _put_link(connector: Connector) -> Any:
         outcome = await actions.link(hub, call.actor, room_id, connector.network, remote_id,
                                      extra)
         assert outcome.link is not None
-        return 200, {"changed": outcome.changed, "message": outcome.message,
+        message, warnings = outcome.message, []
+        if outcome.changed:
+            # As the bot's `link` says it: what the bot cannot do here for lack of power.
+            try:
+                report = await call.bridge.matrix.power_report(room_id)
+            except Exception:  # the link is made: a failed look-up must not hide that
+                log.warning("could not read the power levels of %s", room_id, exc_info=True)
+                report = None
+            if report is not None and report.missing:
+                message += "\n" + report.describe()
+                warnings = [f"{m.feature}: needs power level {m.needed} ({m.what})"
+                            for m in report.missing]
+        return 200, {"changed": outcome.changed, "message": message, "warnings": warnings,
                      **link_json(hub, outcome.link)}
 
     return put_link
@@ -198,25 +221,26 @@ def room_routes(connectors: list[Connector]) -> list[Route]:
     """``GET /rooms/{room_id}`` (its schema holds each network's part) and the link routes
     of each enabled network."""
     routes = [Route("GET", "/rooms/{room_id}",
-                    room, "one room: its links and each network's state of it (email: "
-                    "address, policy, subscribers)", response=room_detail_schema(connectors),
+                    room, "one room: its links and each network's state of it, under the "
+                    "network's name", response=room_detail_schema(connectors),
                     errors=(404,), tag="rooms")]
     for connector in connectors:
         schema = connector.api_link_schema()
         path = f"/rooms/{{room_id}}/links/{connector.network}"
-        answer = _link_answer_schema(connector)
         routes.append(Route(
             "PUT", path, _put_link(connector),
-            f"link the room to a {connector.display_name} conversation",
+            f"link the room to {connector.display_name}",
             description="Answers 200 also when the room was linked so already "
                         "(`changed`: false).",
-            request=schema, response=answer, errors=(404, 409, 503), tag="links"))
+            request=schema, response=_link_answer_schema(connector, warnings=True),
+            errors=(404, 409, 503), tag="links"))
         routes.append(Route(
             "DELETE", path, _delete_link(connector),
             f"end the room's {connector.display_name} link",
             description="The body (or query parameters of the same names) says which link "
                         "when the room has several; 404 when there is no such link.",
-            request=_optional(schema), response=answer, errors=(404,), tag="links",
+            request=_optional(schema), response=_link_answer_schema(connector, warnings=False),
+            errors=(404,), tag="links",
             query={name: (prop, "as in the body") for name, prop
                    in schema.get("properties", {}).items()}))
     return routes
@@ -322,3 +346,69 @@ async def audit_log(call: ApiCall) -> tuple[int, dict[str, Any]]:
         found = await audit.entries(session, since=parse_since(since) if since else None,
                                     room_id=call.query("room_id") or None, limit=limit)
     return 200, {"entries": [entry.as_json() for entry in found]}
+
+
+# --- the progress report ------------------------------------------------------------------
+
+_COUNTED = {"type": "object", "required": ["messages", "people"],
+            "properties": {"messages": {"type": "integer"},
+                           "people": {"type": "integer", "description": "distinct people"}}}
+_SIDES = {"type": "object", "additionalProperties": _COUNTED,
+          "description": "`matrix` and each linked network: messages and distinct people"}
+_SHARE = {"type": ["number", "null"], "minimum": 0, "maximum": 1,
+          "description": "the share of messages written on Matrix (null: no messages)"}
+_TOTALS = {"type": "object", "required": ["rooms", "sides", "messages", "matrix_share"],
+           "properties": {"rooms": {"type": "integer"}, "sides": _SIDES,
+                          "messages": {"type": "integer"}, "matrix_share": _SHARE}}
+_REPORT_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["days", "since", "until", "departments", "totals"],
+    "properties": {
+        "days": {"type": "integer"},
+        "since": {"type": "string", "format": "date"},
+        "until": {"type": "string", "format": "date"},
+        "departments": {"type": "array", "items": {
+            "type": "object", "required": ["name", "rooms", "totals"],
+            "properties": {
+                "name": {**_NULLABLE_STRING, "description": "null: rooms of no department"},
+                "rooms": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["room_id", "name", "alias", "links", "sides", "messages",
+                                 "matrix_share", "daily"],
+                    "properties": {
+                        "room_id": {"type": "string"}, "name": _NULLABLE_STRING,
+                        "alias": _NULLABLE_STRING,
+                        "links": {"type": "array", "items": LINK_SCHEMA},
+                        "sides": _SIDES, "messages": {"type": "integer"},
+                        "matrix_share": _SHARE,
+                        "daily": {"type": "array", "description": "messages per day per side",
+                                  "items": {"type": "object", "required": ["day"],
+                                            "properties": {"day": {"type": "string",
+                                                                   "format": "date"}},
+                                            "additionalProperties": {"type": "integer"}}}}}},
+                "totals": _TOTALS}}},
+        "totals": _TOTALS,
+    },
+}
+_REPORT_TYPES = {"csv": "text/csv", "text": "text/plain"}
+
+
+@api_route("GET", "/report", "the progress report: per department and room, messages and "
+           "people per side over the last days, and the share written on Matrix",
+           query={"days": ({"type": "integer", "minimum": 1, "maximum": report.MAX_DAYS,
+                            "default": report.DEFAULT_DAYS}, "the window, in UTC days up to "
+                           "and including today"),
+                  "format": ({"type": "string", "enum": list(report.FORMATS),
+                              "default": "json"}, "json (default), csv or text, as "
+                             "`bridge report --format` prints it")},
+           response=_REPORT_SCHEMA, also_as=tuple(_REPORT_TYPES.values()), tag="report")
+async def progress_report(call: ApiCall) -> tuple[int, Any]:
+    days = call.query_int("days", report.DEFAULT_DAYS, 1, report.MAX_DAYS)
+    fmt = call.query("format") or "json"
+    if fmt not in report.FORMATS:
+        raise BadRequest(f"The query parameter `format` must be one of "
+                         f"{', '.join(report.FORMATS)}, not `{fmt}`.")
+    built = await report.build_report(call.bridge.db, days=days)
+    if fmt == "json":
+        return 200, built
+    return 200, web.Response(text=report.render(built, fmt), content_type=_REPORT_TYPES[fmt],
+                             charset="utf-8")

@@ -50,8 +50,10 @@ def _operation_id(route: Route) -> str:
 
 
 def _responses(route: Route) -> dict[str, Any]:
-    success = {"description": HTTPStatus(route.success_status).phrase,
-               "content": {"application/json": {"schema": route.response}}}
+    content: dict[str, Any] = {"application/json": {"schema": route.response}}
+    for kind in route.also_as:
+        content[kind] = {"schema": {"type": "string"}}
+    success = {"description": HTTPStatus(route.success_status).phrase, "content": content}
     answers: dict[str, Any] = {str(route.success_status): success}
     common = () if route.public else COMMON_ERRORS
     for status in sorted(set(common) | set(route.errors)):

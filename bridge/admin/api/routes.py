@@ -108,6 +108,9 @@ class Route:
     success_status: int = 200
     #: Longer text for the OpenAPI document (what ``summary`` has no room for).
     description: str = ""
+    #: Other content types a successful answer may come in (chosen by a query parameter),
+    #: besides JSON: the report's ``text/csv``.
+    also_as: tuple[str, ...] = ()
     #: Answered without a token (only ``/openapi.json``: it describes, it holds no data).
     public: bool = False
 

@@ -30,6 +30,7 @@ from bridge.admin.api.routes import (
     Route,
     check_body,
 )
+from bridge.admin.page import page as admin_page
 from bridge.core.errors import CommandError
 
 if TYPE_CHECKING:
@@ -70,8 +71,8 @@ def _while_started(connector: Connector, handler: Handler) -> Handler:
 
 
 def mount(app: web.Application, bridge: Bridge) -> None:
-    """Add the API's routes to the listener; nothing at all when no shared secret is set
-    (then every API path is a plain 404)."""
+    """Add the API's routes and the admin page to the listener; nothing at all when no
+    shared secret is set (then every API and page path is a plain 404)."""
     if not bridge.config.provisioning.shared_secret:
         return
     auth = Authenticator(bridge)
@@ -80,6 +81,8 @@ def mount(app: web.Application, bridge: Bridge) -> None:
         app.router.add_route(route.method, PREFIX + route.path, _serve(bridge, auth, route))
     # Anything else under the prefix: a JSON 404 (or 405) rather than aiohttp's text page.
     app.router.add_route("*", PREFIX + "/{rest:.*}", _unknown(routes))
+    # The admin page: a front-end to these routes, with the same authentication.
+    admin_page.mount(app, bridge, auth)
 
 
 def _serve(bridge: Bridge, auth: Authenticator, route: Route) -> Any:
