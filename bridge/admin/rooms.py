@@ -122,6 +122,12 @@ async def find_or_create_room(hub: Hub, actor: Actor, localpart: str, name: str 
                     f"invite {hub.bot_mxid} to it (with power level 100 to let the bot manage "
                     "it), or choose another alias.") from None
     else:
+        # Checked before anything is made: a room must not be left half set up (created,
+        # its admins' invitations failed).
+        missing = [admin for admin in admins if not await user_exists(hub, admin)]
+        if missing:
+            raise NotFoundError(f"The homeserver knows no user {', '.join(missing)}; nothing "
+                                f"was created. Correct the admins of {alias}.")
         users = {admin: ADMIN_POWER for admin in admins}
         if not await _creators_are_privileged(hub):
             # The override replaces the creator's default entry: keep the bot's power.
