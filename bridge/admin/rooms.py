@@ -122,6 +122,12 @@ async def find_or_create_room(hub: Hub, actor: Actor, localpart: str, name: str 
                     f"invite {hub.bot_mxid} to it (with power level 100 to let the bot manage "
                     "it), or choose another alias.") from None
     else:
+        # Checked before anything is made: a room must not be left half set up (created,
+        # its admins' invitations failed).
+        missing = [admin for admin in admins if not await user_exists(hub, admin)]
+        if missing:
+            raise NotFoundError(f"The homeserver knows no user {', '.join(missing)}; nothing "
+                                f"was created. Correct the admins of {alias}.")
         users = {admin: ADMIN_POWER for admin in admins}
         if not await _creators_are_privileged(hub):
             # The override replaces the creator's default entry: keep the bot's power.
@@ -137,7 +143,7 @@ async def find_or_create_room(hub: Hub, actor: Actor, localpart: str, name: str 
                     "content": {"via": [hub.config.homeserver.domain], "canonical": True}}],
                 power_level_override=levels))
         except MatrixRequestError as exc:
-            if exc.errcode == "M_ROOM_IN_USE":
+            if exc.errcode == "M_ROOM_IN_USE" and await room_by_alias(hub, localpart):
                 # Created a moment ago by someone else (or an apply running twice): use it.
                 return await find_or_create_room(hub, actor, localpart, name, admins=admins,
                                                  department=department, space=space,
@@ -156,7 +162,9 @@ async def find_or_create_room(hub: Hub, actor: Actor, localpart: str, name: str 
         before = await session.scalar(select(Portal).where(Portal.room_id == room_id))
         old = (before.name, before.alias, before.department) if before is not None else None
         await store.ensure_portal(session, room_id)
-        new_name = name if name is not None else (before.name if before else None)
+        # The name is the plan's for a room the bot made; a room that was there keeps what
+        # its state says (recorded as the bridge sees it change).
+        new_name = name if created else (before.name if before else None)
         new_department = department if department is not None else (
             before.department if before else None)
         await session.execute(update(Portal).where(Portal.room_id == room_id).values(

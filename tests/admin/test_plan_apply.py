@@ -237,6 +237,11 @@ async def test_a_failed_step_leaves_the_rest_for_the_next_apply(
     # Rooms that are there already: one the bot is in (the plan adopts it), one private room
     # it is not in (it cannot join; the plan says how to fix that).
     adopted, closed = f"schon-da-{tag}", f"privat-{tag}"
+    # The API refuses a room whose admins do not exist, and makes nothing.
+    status, body = await api.post("/rooms", {"alias": first,
+                                             "admins": [f"@niemand-{tag}:{SERVER_NAME}"]})
+    assert status == 404 and "niemand" in body["error"] and "nothing" in body["error"], body
+    assert (await api.get(f"/aliases/{first}"))[0] == 404
     adopted_id = await open_room(bot, admin, bot_power=100, name="Schon da",
                                  extra={"room_alias_name": adopted})
     await admin.create_room(name="Privat", extra={"room_alias_name": closed})

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from bridge.admin.plan import EXIT_FAILED, EXIT_INVALID, apply, check
 from bridge.admin.plan.client import ApiClient, ApiError, NotConfigured, Unreachable
@@ -29,9 +31,9 @@ def _prepare(config_path: str, plan_path: str) -> tuple[Config, Context, Plan] |
     return config, context, plan
 
 
-def _run(config: Config, work: object) -> int:
+def _run(work: Coroutine[Any, Any, int]) -> int:
     try:
-        return int(asyncio.run(work))  # type: ignore[arg-type]
+        return asyncio.run(work)
     except Unreachable as exc:
         print(f"bridge: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -63,7 +65,7 @@ def run_check(config_path: str, plan_path: str) -> int:
         async with client:
             return await check.check(client, plan, config.homeserver.domain)
 
-    return _run(config, work())
+    return _run(work())
 
 
 def run_apply(config_path: str, plan_path: str, *, dry_run: bool, prune: bool) -> int:
@@ -80,4 +82,4 @@ def run_apply(config_path: str, plan_path: str, *, dry_run: bool, prune: bool) -
             return await apply.apply(client, plan, context, config.homeserver.domain,
                                      dry_run=dry_run, prune=prune)
 
-    return _run(config, work())
+    return _run(work())
