@@ -133,6 +133,9 @@ class Connector(ABC):
                            args: list[str]) -> LinkTarget:
         """Check that ``remote_id`` names a conversation this bridge can reach.
 
+        ``room_id`` is empty when the caller only checks (``POST /networks/<network>/resolve``,
+        ``bridge plan check``): then nothing may be done on the remote side.
+
         Raise :class:`bridge.core.errors.CommandError` with a helpful sentence if not.
         """
 

@@ -806,11 +806,14 @@ class SlackConnector(Connector):
             if info.get("is_private"):
                 raise CommandError(f"The app is not in the private channel #{info.get('name')}"
                                    "; invite it there in Slack first (/invite @<app>).")
-            try:
-                await ws.read("conversations.join", channel=channel)
-            except (PermanentError, TemporaryError) as exc:
-                raise CommandError(f"The app could not join #{info.get('name')}: {exc}") \
-                    from None
+            # With no room, this only checks (a plan check): the app joins when the link
+            # is made, not before.
+            if room_id:
+                try:
+                    await ws.read("conversations.join", channel=channel)
+                except (PermanentError, TemporaryError) as exc:
+                    raise CommandError(f"The app could not join #{info.get('name')}: {exc}") \
+                        from None
         name = str(info.get("name") or channel)
         url = f"{ws.team_url.rstrip('/')}/archives/{channel}" if ws.team_url else None
         return LinkTarget(remote_id=space_of(ws.team_id, channel), remote_name=f"#{name}",

@@ -105,6 +105,14 @@ async def test_check_and_apply_a_plan(both_bridge: SlackBridge, admin: MatrixTes
     assert "3 finding(s)" in out
     status, _ = await api.get(f"/aliases/{general}")
     assert status == 404  # checking made nothing
+    # Nor does it act in Slack: the app is not made to join a public channel it is not in.
+    lobby = slack_sim.add_channel(team, f"C0LOBBY{tag.upper()}", name=f"lobby-{tag}",
+                                  members=[ANNA])
+    code, out = await bridge_command(both_bridge, tmp_path, "plan", "check", write_plan(
+        tmp_path, {"version": 1, "departments": [{"name": "Bauamt", "rooms": [
+            {"alias": f"lobby-{tag}", "slack": {"channel": lobby.id}}]}]}, "lobby.yaml"))
+    assert code == 0, out
+    assert team.bot_user_id not in lobby.members
 
     # --- a good plan: check passes, a dry run changes nothing --------------------------
     plan = {"version": 1, "departments": [

@@ -33,7 +33,7 @@ def problems(raw: Any, context: Context = CONTEXT) -> list[str]:
 
 @pytest.mark.parametrize(("room", "context", "expected"), [
     ({"alias": "a", "slack": {"workspace": "rathuas", "channel": "C0123ABCD"}}, CONTEXT,
-     'departments[1].rooms[1].slack.channel: unknown workspace "rathuas" (the config\'s '
+     'departments[1].rooms[1].slack.channel: unknown workspace "rathuas"\n  (the config\'s '
      "slack.workspaces: rathaus)"),
     ({"alias": "a", "slack": {"channel": "rathuas/C0123ABCD"}}, CONTEXT,
      'departments[1].rooms[1].slack.channel: unknown workspace "rathuas"'),
@@ -98,7 +98,7 @@ def test_department_mistakes_and_all_of_them_at_once() -> None:
         "digits and . _ = - (no # and no domain)",
         'departments[0].admins[0]: "anna" is not a Matrix user ID (like '
         '"@anna.admin:stadt.example")',
-        'departments[0].rooms[0].slack.channel: unknown workspace "rathuas" (the config\'s '
+        'departments[0].rooms[0].slack.channel: unknown workspace "rathuas"\n  (the config\'s '
         "slack.workspaces: rathaus)",
         'departments[0].rooms[2].slack.channel: "rathaus/C0123ABCD" is already linked at '
         "departments[0].rooms[1].slack",
@@ -165,9 +165,10 @@ def test_the_commands_refuse_a_broken_plan_or_config_without_asking_the_bridge(
     for command in (["plan", "check"], ["plan", "apply"]):
         assert bridge_cli([*command, "-c", str(config), str(plan)]) == 2
         err = capsys.readouterr().err
-        assert err.splitlines()[0] == ('departments[0].rooms[0].slack.channel: unknown '
-                                       'workspace "rathuas" (the config\'s slack.workspaces: '
-                                       'rathaus)')
+        # The finding alone on its line, as the README shows it; the hint on the next.
+        assert err.splitlines()[:2] == ['departments[0].rooms[0].slack.channel: unknown '
+                                        'workspace "rathuas"',
+                                        "  (the config's slack.workspaces: rathaus)"]
         assert "not a valid plan (1 problem); nothing was checked or changed" in err
     plan.write_text("version: 1\ndepartments: [\n")
     assert bridge_cli(["plan", "check", "-c", str(config), str(plan)]) == 2

@@ -310,7 +310,8 @@ def _slack(reader: _Reader, raw: Any, path: str) -> SlackChannel | None:
         workspace = known[0]
     elif workspace not in known:
         # Named at the channel: the channel is what cannot be found there.
-        reader.fail(f"{path}.channel", f'unknown workspace "{workspace}" (the config\'s '
+        # The hint on a line of its own: the first line is the finding alone.
+        reader.fail(f"{path}.channel", f'unknown workspace "{workspace}"\n  (the config\'s '
                                        f"slack.workspaces: {', '.join(known)})")
         return None
     channel = channel.lstrip("#") if not _CHANNEL_ID.match(channel) else channel
