@@ -23,7 +23,6 @@ from testkit.helpers import command
 from testkit.matrix_client import MatrixTestClient
 from testkit.slack_sim import SlackSimulator
 from testkit.smtp_sink import Received, SmtpSink
-from testkit.synapse import free_port
 from tests.conftest import Homeserver
 from tests.email.conftest import MAIL_DOMAIN
 from tests.email.conftest import sink as sink
@@ -32,7 +31,7 @@ from tests.slack.conftest import (
     CHANNEL,
     SlackBridge,
     linked_room,
-    running_slack_bridge,
+    running_slack_and_email_bridge,
 )
 from tests.slack.conftest import slack_sim as slack_sim
 from tests.slack.conftest import team as team
@@ -44,14 +43,8 @@ ERIKA = "erika@stadt.example"
 @pytest.fixture
 async def both_bridge(homeserver: Homeserver, database_url: str, slack_sim: SlackSimulator,
                       team: Any, sink: SmtpSink) -> AsyncIterator[SlackBridge]:
-    smtp_port = free_port()
-    async with running_slack_bridge(
-            homeserver, database_url, slack_sim, [team],
-            email__enabled=True, email__domain=MAIL_DOMAIN, email__sender_auth="none",
-            email__token_secret="test-token-secret-0123456789",
-            email__smtp_in={"hostname": "127.0.0.1", "port": smtp_port},
-            email__smtp_out={"host": sink.host, "port": sink.port}) as running:
-        running.smtp_port = smtp_port  # type: ignore[attr-defined]
+    async with running_slack_and_email_bridge(homeserver, database_url, slack_sim, team,
+                                              sink) as running:
         yield running
 
 

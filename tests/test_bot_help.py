@@ -18,11 +18,9 @@ from testkit.helpers import command, open_room
 from testkit.matrix_client import MatrixTestClient
 from testkit.slack_sim import SlackSimulator
 from testkit.smtp_sink import SmtpSink
-from testkit.synapse import free_port
 from tests.conftest import Homeserver
-from tests.email.conftest import MAIL_DOMAIN
 from tests.email.conftest import sink as sink
-from tests.slack.conftest import SlackBridge, running_slack_bridge
+from tests.slack.conftest import SlackBridge, running_slack_and_email_bridge
 from tests.slack.conftest import slack_sim as slack_sim
 from tests.slack.conftest import team as team
 
@@ -49,12 +47,8 @@ USAGE_LINE = re.compile(r"^Usage: `[^`]+`$")
 @pytest.fixture
 async def both_bridge(homeserver: Homeserver, sqlite_url: str, slack_sim: SlackSimulator,
                       team: Any, sink: SmtpSink) -> AsyncIterator[SlackBridge]:
-    async with running_slack_bridge(
-            homeserver, sqlite_url, slack_sim, [team],
-            email__enabled=True, email__domain=MAIL_DOMAIN, email__sender_auth="none",
-            email__token_secret="test-token-secret-0123456789",
-            email__smtp_in={"hostname": "127.0.0.1", "port": free_port()},
-            email__smtp_out={"host": sink.host, "port": sink.port}) as running:
+    async with running_slack_and_email_bridge(homeserver, sqlite_url, slack_sim, team,
+                                              sink) as running:
         yield running
 
 

@@ -21,12 +21,11 @@ from testkit.helpers import open_room
 from testkit.matrix_client import MatrixTestClient
 from testkit.slack_sim import SlackSimulator
 from testkit.smtp_sink import SmtpSink
-from testkit.synapse import free_port
 from tests.admin.api_client import ApiClient
 from tests.conftest import Homeserver
 from tests.email.conftest import MAIL_DOMAIN
 from tests.email.conftest import sink as sink
-from tests.slack.conftest import ANNA, CHANNEL, SlackBridge, running_slack_bridge
+from tests.slack.conftest import ANNA, CHANNEL, SlackBridge, running_slack_and_email_bridge
 from tests.slack.conftest import slack_sim as slack_sim
 from tests.slack.conftest import team as team
 from tests.slack.relay_helpers import has_body
@@ -39,12 +38,8 @@ async def both_bridge(homeserver: Homeserver, database_url: str, slack_sim: Slac
                       team: Any, sink: SmtpSink) -> AsyncIterator[SlackBridge]:
     """A bridge with Slack (one workspace, "rathaus") and email on, besides the test
     network."""
-    async with running_slack_bridge(
-            homeserver, database_url, slack_sim, [team],
-            email__enabled=True, email__domain=MAIL_DOMAIN, email__sender_auth="none",
-            email__token_secret="test-token-secret-0123456789",
-            email__smtp_in={"hostname": "127.0.0.1", "port": free_port()},
-            email__smtp_out={"host": sink.host, "port": sink.port}) as running:
+    async with running_slack_and_email_bridge(homeserver, database_url, slack_sim, team,
+                                              sink) as running:
         yield running
 
 

@@ -12,12 +12,10 @@ from openapi_spec_validator import validate
 from bridge.admin.api import PREFIX
 from testkit.slack_sim import SlackSimulator
 from testkit.smtp_sink import SmtpSink
-from testkit.synapse import free_port
 from tests.admin.api_client import ApiClient
 from tests.conftest import Homeserver, RunningBridge
-from tests.email.conftest import MAIL_DOMAIN
 from tests.email.conftest import sink as sink
-from tests.slack.conftest import running_slack_bridge
+from tests.slack.conftest import running_slack_and_email_bridge
 from tests.slack.conftest import slack_sim as slack_sim
 from tests.slack.conftest import team as team
 
@@ -41,12 +39,8 @@ def served_routes(bridge: RunningBridge) -> set[tuple[str, str]]:
 async def test_openapi_document_describes_every_route(
         homeserver: Homeserver, sqlite_url: str, slack_sim: SlackSimulator, team: Any,
         sink: SmtpSink) -> None:
-    async with running_slack_bridge(
-            homeserver, sqlite_url, slack_sim, [team],
-            email__enabled=True, email__domain=MAIL_DOMAIN, email__sender_auth="none",
-            email__token_secret="test-token-secret-0123456789",
-            email__smtp_in={"hostname": "127.0.0.1", "port": free_port()},
-            email__smtp_out={"host": sink.host, "port": sink.port}) as running:
+    async with running_slack_and_email_bridge(homeserver, sqlite_url, slack_sim, team,
+                                              sink) as running:
         anonymous = ApiClient(homeserver.bridge_port, None)
         # The document needs no token: it describes, it holds no data.
         status, document = await anonymous.get("/openapi.json")
