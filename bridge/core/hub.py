@@ -148,6 +148,7 @@ class Hub:
                 log.exception("could not handle event %s in %s", entry.event.get("event_id"),
                               entry.room_id)
                 failed.append((entry, repr(exc)))
+        await activity.flush_noted(session)
         return deliveries, failed
 
     async def route(self, session: AsyncSession, entry: InboxEntry,
@@ -194,9 +195,9 @@ class Hub:
         sender_network = self.network_of(sender)
         if sender_network is None and activity.is_new_message(etype, content):
             # Written on Matrix (commands and the bot's notices went their own way above).
-            await activity.count_message(session, room_id=room_id, side=activity.MATRIX_SIDE,
-                                         user_id=sender,
-                                         timestamp_ms=event.get("origin_server_ts"))
+            # (Written once for the whole batch: route_batch flushes.)
+            activity.note_message(session, room_id=room_id, side=activity.MATRIX_SIDE,
+                                  user_id=sender, timestamp_ms=event.get("origin_server_ts"))
         origin = read_origin(content) if sender_network is not None else None
         if origin is not None and origin.network != sender_network:
             origin = None  # a puppet cannot speak for another network's link

@@ -41,6 +41,12 @@ async def add_messages(session: AsyncSession, *, room_id: str, day: str, side: s
         "messages": messages})
 
 
+async def add_many(session: AsyncSession, counts: list[dict[str, Any]]) -> None:
+    """:func:`add_messages` for several rows (``room_id``, ``day``, ``side``, ``person``,
+    ``messages``) in one statement."""
+    await session.execute(_add_statement(dialect_name(session)), counts)
+
+
 @dataclass(slots=True)
 class ReportRoom:
     room_id: str
