@@ -35,3 +35,8 @@ TRANSACTIONS = Counter(
     "reused_id: an ID seen before that carried new events, handled and also counted as stored)",
     ["outcome"],
 )
+EVENTS_NOT_OURS = Counter(
+    "bridge_events_not_ours_total",
+    "Events of rooms the bridge is not in (sent because of the alias namespace), "
+    "acknowledged and not stored",
+)

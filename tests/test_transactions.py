@@ -212,3 +212,28 @@ async def test_health_is_503_when_the_database_is_gone(homeserver: Homeserver,
         health = await r.json()
     assert health["ready"] is False
     assert health["database"].startswith("unreachable")
+
+
+async def test_the_bridge_keeps_nothing_of_rooms_it_is_not_in(
+        homeserver: Homeserver, bridge: RunningBridge, admin: MatrixTestClient,
+        outsider: MatrixTestClient) -> None:
+    """The registration's alias namespace (for migration plans) makes the homeserver send the
+    events of every room with a local alias: the bridge stores none of a room it is not in."""
+    from sqlalchemy import func, select
+
+    from bridge import metrics
+    from bridge.db.models import InboxItem
+
+    before = metrics.EVENTS_NOT_OURS._value.get()
+    elsewhere = await outsider.create_room(
+        name="Not bridged", extra={"room_alias_name": f"elsewhere-{uuid.uuid4().hex[:8]}"})
+    await outsider.send_text(elsewhere, "nothing for the bridge")
+    # Then a command in a portal: once it is answered, the homeserver has sent the bridge
+    # everything before it (it sends transactions in order).
+    room = await open_room(homeserver.bot, admin, direct=True)
+    await command(homeserver.bot, admin, room, "ping", expect="Pong")
+    async with bridge.hub.db.sessions() as session:
+        stored = await session.scalar(select(func.count()).select_from(InboxItem)
+                                      .where(InboxItem.room_id == elsewhere))
+    assert stored == 0
+    assert metrics.EVENTS_NOT_OURS._value.get() > before  # it was sent, and left out

@@ -60,6 +60,12 @@ async def portals_and_links(
     return portals, links
 
 
+async def existing_portals(session: AsyncSession, room_ids: set[str]) -> set[str]:
+    """Which of these rooms are portals (rooms the bot is in)."""
+    rows = await session.execute(select(Portal.room_id).where(Portal.room_id.in_(room_ids)))
+    return {row.room_id for row in rows}
+
+
 async def ensure_portal(session: AsyncSession, room_id: str, *, is_direct: bool = False) -> None:
     await session.execute(
         insert_ignoring_conflicts(session, Portal).values(

@@ -113,7 +113,7 @@ class AppserviceServer:
         if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
             return _error(400, "M_BAD_JSON", "'events' must be a list of events")
         inbox, outbox = self.bridge.inbox, self.bridge.outbox
-        room_events = queues.room_events(events)
+        room_events = await self._ours(queues.room_events(events))
         claimed: list[Delivery] = []
         try:
             async with self.bridge.db.transaction() as session:
@@ -154,6 +154,36 @@ class AppserviceServer:
             await outbox.dispatch(claimed)
         return web.json_response({})
 
+    async def _ours(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The events the bridge takes part in: those of its portals, and memberships of
+        its own users anywhere (the bot's invitation into a new room).
+
+        The registration's alias namespace (which lets migration plans create rooms with
+        their aliases, bridge/admin/rooms.py) makes the homeserver send the events of every
+        room with a local alias. The others are acknowledged and not stored: the bridge
+        keeps nothing of conversations it is not part of. (The hub would ignore them anyway:
+        it acts only in portals, which the bot's join delivery records.)"""
+        rooms = {event["room_id"] for event in events}
+        if not rooms:
+            return events
+        async with self.bridge.db.sessions() as session:
+            portals = await store.existing_portals(session, rooms)
+        if len(portals) == len(rooms):
+            return events
+        hub = self.bridge.hub
+
+        def ours(event: dict[str, Any]) -> bool:
+            if event["room_id"] in portals:
+                return True
+            member = event.get("state_key")
+            return event.get("type") == "m.room.member" and isinstance(member, str) and (
+                member == hub.bot_mxid or hub.network_of(member) is not None)
+
+        kept = [event for event in events if ours(event)]
+        if len(kept) < len(events):
+            metrics.EVENTS_NOT_OURS.inc(len(events) - len(kept))
+        return kept
+
     async def query_user(self, request: web.Request) -> web.Response:
         if (refused := self._auth_error(request)) is not None:
             return refused
@@ -172,7 +202,9 @@ class AppserviceServer:
     async def query_alias(self, request: web.Request) -> web.Response:
         if (refused := self._auth_error(request)) is not None:
             return refused
-        # The bridge claims no alias namespace; rooms are linked by command instead.
+        # The registration's alias namespace is not exclusive and only lets migration plans
+        # name the rooms the bot creates: the bridge makes no room on demand for an alias
+        # someone looks up (the homeserver asks for every alias it does not know).
         return _error(404, "M_NOT_FOUND", "The bridge does not provide room aliases")
 
     async def ping(self, request: web.Request) -> web.Response:
