@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from bridge import json_codec
 from bridge.slack.store import ts_key
 
 _DAY_FILE = re.compile(r"(\d{4}-\d{2}-\d{2})\.json")
@@ -54,11 +53,12 @@ class Position:
     index: int | None = None
     line: int | None = None
     column: int | None = None
+    what: str = "message"  # what the index counts: messages, or users and channels
 
     def __str__(self) -> str:
         where = self.member
         if self.index is not None:
-            where += f", message {self.index}"
+            where += f", {self.what} {self.index}"
         if self.line is not None:
             where += f", line {self.line} column {self.column}"
         return where
@@ -69,8 +69,9 @@ class ExportError(Exception):
     it and what is wrong."""
 
     def __init__(self, member: str, problem: str, *, index: int | None = None,
-                 line: int | None = None, column: int | None = None) -> None:
-        self.position = Position(member, index, line, column)
+                 line: int | None = None, column: int | None = None,
+                 what: str = "message") -> None:
+        self.position = Position(member, index, line, column, what)
         self.problem = problem
         super().__init__(f"{self.position}: {problem}")
 
@@ -412,7 +413,9 @@ class Export:
         except (zipfile.BadZipFile, OSError, EOFError) as error:
             raise ExportError(member, f"damaged in the archive: {error}") from None
         try:
-            return json_codec.loads(data)
+            # The standard library, not json_codec's orjson: on a day file it is as fast,
+            # and orjson's parser takes a scratch buffer of several times the file's size.
+            return json.loads(data)
         except json.JSONDecodeError as error:
             raise ExportError(member, f"not valid JSON: {error.msg}",
                               line=error.lineno, column=error.colno) from None
@@ -454,15 +457,18 @@ def _day_files(infos: list[zipfile.ZipInfo], root: str) -> dict[str, list[DayFil
 class _Fields:
     """Typed reads of one JSON object, raising ExportError at its position."""
 
-    def __init__(self, member: str, index: int, item: Any, what: str) -> None:
+    def __init__(self, member: str, index: int, item: Any, what: str,
+                 counted: str | None = None) -> None:
         self.member = member
         self.index = index
+        # What the index counts: a reaction's problem is at its message's index.
+        self.counted = counted or what
         if not isinstance(item, dict):
             self.fail(f"a {what} is a JSON object, not {_kind(item)}")
         self.item: dict[str, Any] = item
 
     def fail(self, problem: str) -> NoReturn:
-        raise ExportError(self.member, problem, index=self.index)
+        raise ExportError(self.member, problem, index=self.index, what=self.counted)
 
     def text(self, key: str, *, required: bool = False) -> str | None:
         value = self.item.get(key)
@@ -507,7 +513,7 @@ def _message(member: str, index: int, item: Any) -> ExportMessage:
     ts = fields.ts("ts", required=True) or ""
     reactions = []
     for reaction in fields.array("reactions"):
-        part = _Fields(member, index, reaction, "reaction")
+        part = _Fields(member, index, reaction, "reaction", "message")
         name = part.text("name", required=True) or ""
         users = part.strings("users")
         count = reaction.get("count", len(users))
@@ -516,15 +522,19 @@ def _message(member: str, index: int, item: Any) -> ExportMessage:
         reactions.append(Reaction(name, tuple(users), count))
     edited = None
     if (edit := fields.obj("edited")) is not None:
-        part = _Fields(member, index, edit, "edit")
+        part = _Fields(member, index, edit, "edit", "message")
         edited = Edited(part.text("user"), part.ts("ts", required=True) or "")
     replies = []
     for reply in fields.array("replies"):
-        part = _Fields(member, index, reply, "reply")
+        part = _Fields(member, index, reply, "reply", "message")
         replies.append((part.text("user"), part.ts("ts", required=True) or ""))
     files = []
-    for file in fields.array("files"):
-        part = _Fields(member, index, file, "file")
+    listed = fields.array("files")
+    if not listed and (single := fields.obj("file")) is not None:
+        # Exports of before 2019 write a file_share message's one file as "file".
+        listed = [single]
+    for file in listed:
+        part = _Fields(member, index, file, "file", "message")
         size = file.get("size")
         files.append(ExportFile(
             id=part.text("id", required=True) or "", name=part.text("name"),
