@@ -401,3 +401,20 @@ def test_a_real_export_from_the_shared_fixtures(tmp_path: Path) -> None:
         root, reply, broadcast = list(slack.messages("general"))
         assert root.is_thread_root and reply.is_thread_reply
         assert broadcast.subtype == "thread_broadcast" and broadcast.thread_ts == root.ts
+
+
+def test_a_day_file_zip_cannot_unpack_says_what_to_do(tmp_path: Path) -> None:
+    """Windows' own zipping of a large folder uses Deflate64, which Python cannot unpack."""
+    path = write_export(tmp_path / "export.zip", users=[user(ANNA, "anna", "Anna Schmidt")],
+                        channels=[channel("C0BAUAMT", "bauamt", [ANNA])],
+                        days={"bauamt/2024-03-04": [message(ROOT_TS, ANNA, "hello")]})
+    data = bytearray(path.read_bytes())
+    # The compression method of the day file's central directory entry: 9 is Deflate64.
+    # The name's last copy is in the central directory, 46 bytes into its entry.
+    entry = data.rindex(b"bauamt/2024-03-04.json") - 46
+    assert data[entry:entry + 4] == b"PK\x01\x02"
+    data[entry + 10:entry + 12] = (9).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    with export.open(path) as slack, pytest.raises(
+            ExportError, match=r"bauamt/2024-03-04\.json: cannot be unpacked: .*zip it again"):
+        list(slack.messages("bauamt"))

@@ -412,6 +412,11 @@ class Export:
                 data = stream.read()
         except (zipfile.BadZipFile, OSError, EOFError) as error:
             raise ExportError(member, f"damaged in the archive: {error}") from None
+        except (NotImplementedError, RuntimeError) as error:
+            # Deflate64 (Windows' "Send to compressed folder" of a large folder) or a
+            # password: unzip the export and zip it again with a common zip tool.
+            raise ExportError(member, f"cannot be unpacked: {error}; unzip the export and "
+                              "zip it again (zip -r export.zip .)") from None
         try:
             # The standard library, not json_codec's orjson: on a day file it is as fast,
             # and orjson's parser takes a scratch buffer of several times the file's size.
