@@ -170,7 +170,7 @@ def test_users_and_channels_public_and_private(tmp_path: Path) -> None:
         assert slack.channels.find("nowhere") is None
         assert len(slack.channels) == 3
         with pytest.raises(ExportError, match="no channel named or with ID 'nowhere'"):
-            list(slack.messages("nowhere"))
+            slack.messages("nowhere")
 
 
 def test_messages_in_time_order_across_days_with_threads_reactions_edits(
@@ -255,6 +255,7 @@ def test_a_file_from_the_archive_or_a_files_directory(tmp_path: Path) -> None:
         # A name from the export cannot reach outside the directory.
         (tmp_path / "secret.txt").write_text("no")
         assert slack.find_file(file("F0EVIL", "../secret.txt"), files_dir) is None
+        assert slack.find_file(file("../secret.txt", None), files_dir) is None
 
 
 @pytest.mark.parametrize(("day", "expected"), [

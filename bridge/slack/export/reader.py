@@ -241,7 +241,7 @@ class Export:
                 from None
         try:
             infos = self._zip.infolist()
-            self._root = _root_of(name for name in (info.filename for info in infos))
+            self._root = _root_of([info.filename for info in infos])
             self._members = {info.filename: info for info in infos}
             self._days = _day_files(infos, self._root)
             self._uploads: dict[str, str] | None = None
@@ -277,16 +277,19 @@ class Export:
     def day_files(self, channel: Channel | str) -> list[DayFile]:
         """The channel's day files in date order."""
         found = channel if isinstance(channel, Channel) else self.channel(channel)
-        folder = found.folder if found.folder in self._days else found.id
-        return list(self._days.get(folder, ()))
+        return list(self._days.get(found.folder, ()))
 
     def messages(self, channel: Channel | str, *,
                  from_day: str | None = None) -> Iterator[ExportMessage]:
         """The channel's messages in time order: day files by date, each day's messages by
-        ts. ``from_day`` ("YYYY-MM-DD") skips earlier day files unread (resumption)."""
-        for day_file in self.day_files(channel):
-            if from_day is not None and day_file.day < from_day:
-                continue
+        ts. ``from_day`` ("YYYY-MM-DD") skips earlier day files unread (resumption).
+        An unknown channel raises here, before iterating."""
+        day_files = [day_file for day_file in self.day_files(channel)
+                     if from_day is None or day_file.day >= from_day]
+        return self._messages_of(day_files)
+
+    def _messages_of(self, day_files: list[DayFile]) -> Iterator[ExportMessage]:
+        for day_file in day_files:
             # The whole day is parsed and checked before its first message is yielded.
             day = self._read_day(day_file.member)
             yield from day
@@ -318,11 +321,15 @@ class Export:
         if files_dir is None:
             return None
         folder = Path(files_dir)
-        # A name from the export must not lead out of the directory.
+        # Neither the ID nor the name from the export may lead out of the directory.
         name = Path(file.name).name if file.name else ""
-        candidates = [folder / file.id]
-        if name and name not in (".", ".."):
-            candidates[:0] = [folder / file.id / name, folder / f"{file.id}-{name}"]
+        name = "" if name in (".", "..") else name
+        candidates = []
+        if _FILE_ID.fullmatch(file.id):
+            if name:
+                candidates += [folder / file.id / name, folder / f"{file.id}-{name}"]
+            candidates.append(folder / file.id)
+        if name:
             candidates.append(folder / name)
         for candidate in candidates:
             if candidate.is_file():
@@ -428,7 +435,7 @@ class Export:
             raise ExportError(member, f"not UTF-8 at byte {error.start}") from None
 
 
-def _root_of(names: Iterator[str]) -> str:
+def _root_of(names: list[str]) -> str:
     """The folder the export's top is in: "" for Slack's own zip, or the one top folder of
     a re-zipped export ("slack-export/")."""
     folders = [name.rpartition("/")[0] for name in names
