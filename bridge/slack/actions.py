@@ -58,16 +58,19 @@ ARCHIVE_REFUSALS = {
 }
 
 
-def matrix_to(address: str) -> str:
-    """The room's matrix.to link, its identifier URL-encoded as the Matrix spec asks."""
-    return "https://matrix.to/#/" + quote(address, safe="")
+def matrix_to(address: str, via: str) -> str:
+    """The room's matrix.to link, encoded as the Matrix spec's examples write it
+    (``%23alias%3Aserver``, ``!id%3Aserver?via=server``). A room ID gets a ``via``: a client
+    outside the room needs a server to join through."""
+    link = "https://matrix.to/#/" + quote(address, safe="!")
+    return link if address.startswith("#") else f"{link}?via={quote(via, safe='')}"
 
 
-def moved_text(address: str, alias: str | None) -> str:
+def moved_text(address: str, alias: str | None, via: str) -> str:
     """What the Slack channel is told, in Slack's mrkdwn (``<url|label>`` is a link)."""
     where = alias or address
     return (f":arrow_right: This conversation has moved to Matrix: "
-            f"<{matrix_to(address)}|{where}>. The channel's history is there too. "
+            f"<{matrix_to(address, via)}|{where}>. The channel's history is there too. "
             "Messages written here are no longer bridged.")
 
 
@@ -98,6 +101,9 @@ async def _room_address(hub: Hub, room_id: str) -> tuple[str, str | None]:
     """(what matrix.to points at, the alias if the room has one)."""
     async with hub.db.sessions() as session:
         alias = await session.scalar(select(Portal.alias).where(Portal.room_id == room_id))
+    if not alias and hub.matrix is not None:
+        # Set before the bot joined (createRoom's room_alias_name): the portal never saw it.
+        alias = await hub.matrix.canonical_alias(room_id)
     if alias:
         return str(alias), str(alias)
     return room_id, None
@@ -154,7 +160,8 @@ async def finish(hub: Hub, actor: Actor, room_id: str, remote_id: str | None, *,
             if posted is None:
                 answer = await ws.call(
                     "chat.postMessage", channel_key=channel, channel=channel,
-                    text=moved_text(address, alias), unfurl_links=False,
+                    text=moved_text(address, alias, connector.homeserver_domain),
+                    unfurl_links=False,
                     metadata={"event_type": MOVED_EVENT_TYPE,
                               "event_payload": {"room_id": room_id}})
                 posted = {"ts": str(answer.get("ts") or "")}
