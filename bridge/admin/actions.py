@@ -25,6 +25,7 @@ from bridge.admin.audit import Actor
 from bridge.core.errors import CommandError, ConflictError, NotFoundError, UnavailableError
 from bridge.db import queues, store
 from bridge.db.models import Portal
+from bridge.db.queues import NewDelivery
 from bridge.db.store import LinkInfo
 from bridge.matrix.bridge_info import bridge_info_deliveries
 
@@ -160,9 +161,14 @@ def links_named(links: list[LinkInfo], wanted: str) -> list[LinkInfo]:
 
 
 async def unlink(hub: Hub, actor: Actor, room_id: str, network: str,
-                 remote_id: str | None, *, status_hint: str | None = None) -> Outcome:
+                 remote_id: str | None, *, status_hint: str | None = None,
+                 audit_action: str = "unlink", audit_details: dict[str, Any] | None = None,
+                 also: list[NewDelivery] | None = None) -> Outcome:
     """End the room's link of ``network`` (the one ``remote_id`` names, needed when the room
-    has several). ``status_hint`` is how the person sees the links (a command to send)."""
+    has several). ``status_hint`` is how the person sees the links (a command to send).
+    An action that ends in an unlink (Slack's ``finish``) names itself in the audit entry
+    (``audit_action``, ``audit_details``) and adds its deliveries (``also``: a notice), all
+    in the unlink's transaction."""
     hint = status_hint or f"`{hub.prefix} status`"
     async with hub.db.sessions() as session:
         links = [lk for lk in await store.links_of_room(session, room_id)
@@ -191,9 +197,11 @@ async def unlink(hub: Hub, actor: Actor, room_id: str, network: str,
         gone = await store.remove_link(session, room_id, network, chosen.remote_id)
         if gone is not None:
             removed.append(gone)
-            await queues.enqueue(session, bridge_info_deliveries(hub, gone, actor.name, None))
-            await audit.record(session, actor, room_id, "unlink", network=network,
-                               remote_id=gone.remote_id, remote_name=gone.remote_name)
+            await queues.enqueue(session, [*bridge_info_deliveries(hub, gone, actor.name, None),
+                                           *(also or [])])
+            await audit.record(session, actor, room_id, audit_action, network=network,
+                               remote_id=gone.remote_id, remote_name=gone.remote_name,
+                               **(audit_details or {}))
 
     await hub.enqueue([], also=write)
     if not removed:  # someone else unlinked it meanwhile

@@ -255,6 +255,10 @@ class MatrixSide:
         name = getattr(state, "name", None)
         return str(name) if name else None
 
+    async def canonical_alias(self, room_id: str) -> str | None:
+        """The room's canonical alias as its state says now (None: none, or unreadable)."""
+        return await self._canonical_alias(room_id)
+
     async def _canonical_alias(self, room_id: str) -> str | None:
         try:
             state = await self.bot_intent.get_state_event(RoomID(room_id),

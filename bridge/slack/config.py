@@ -76,6 +76,10 @@ class SlackConfig(NetworkConfig):
     # Slack events received but not yet stored, per workspace. While that many wait (the
     # database is slow or away), further events are not acknowledged: Slack sends them again.
     intake_queue_limit: int = Field(default=10_000, ge=1)
+    # `slack finish` archives the Slack channel after pointing it at the Matrix room (the
+    # app needs channels:manage / groups:write, and the workspace must let apps archive).
+    # Off: the channel stays open, its pinned message saying where the conversation went.
+    archive_on_finish: bool = False
 
     @field_validator("api_url")
     @classmethod

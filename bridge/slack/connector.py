@@ -22,14 +22,16 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge import metrics
+from bridge.admin.audit import Actor
 from bridge.config import Config
 from bridge.core.cache import BoundedCache
 from bridge.core.connector import Connector, Health, LinkTarget, SubCommand
-from bridge.core.errors import CommandError, PermanentError, TemporaryError
+from bridge.core.errors import CommandError, PermanentError, TemporaryError, UsageError
 from bridge.db import queues, store
 from bridge.db.queues import Delivery, NewDelivery
 from bridge.db.store import LinkInfo
-from bridge.slack import catch_up
+from bridge.slack import actions, catch_up
+from bridge.slack import api as slack_api
 from bridge.slack import store as slack_store
 from bridge.slack.config import SlackConfig
 from bridge.slack.ids import NETWORK, message_key, space_of
@@ -50,6 +52,7 @@ from bridge.slack.receive import (
 from bridge.slack.workspace import Workspace
 
 if TYPE_CHECKING:
+    from bridge.admin.api.routes import Route
     from bridge.core.hub import Hub
 
 log = logging.getLogger("bridge.slack")
@@ -882,10 +885,25 @@ class SlackConnector(Connector):
         return {"workspace": workspace, "team": team,
                 "channel": str(link.settings.get("channel") or channel)}
 
+    def api_routes(self) -> list[Route]:
+        return slack_api.routes(self)
+
     def commands(self) -> list[SubCommand]:
         return [SubCommand("channels", "[workspace]",
                            "the channels the app sees and the rooms they are linked to",
-                           self._cmd_channels)]
+                           self._cmd_channels),
+                SubCommand("finish", "[channel]",
+                           "point the linked Slack channel at this room (a pinned message), "
+                           "end the link, and archive the channel if so configured",
+                           self._cmd_finish)]
+
+    async def _cmd_finish(self, hub: Hub, room_id: str, sender: str,
+                          args: list[str]) -> str:
+        if len(args) > 1:
+            raise UsageError()
+        outcome = await actions.finish(hub, Actor.command(sender), room_id,
+                                       args[0] if args else None)
+        return outcome.message
 
     async def _cmd_channels(self, hub: Hub, room_id: str, sender: str,
                             args: list[str]) -> str:

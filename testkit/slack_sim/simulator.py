@@ -656,7 +656,9 @@ class SlackSimulator:
         """Archived: chat.postMessage answers is_archived; channel_archive (group_archive
         for a private channel) goes to the app."""
         t = self.team(team)
-        channel = t.channel(channel_id)
+        self.archive(t, t.channel(channel_id), user_id)
+
+    def archive(self, t: Team, channel: Channel, user_id: str) -> None:
         visible = t.bot_user_id in channel.members or not channel.is_private
         kind = "group" if channel.is_private else "channel"
         message: JsonDict = {"type": "message", "subtype": f"{kind}_archive",
@@ -668,6 +670,11 @@ class SlackSimulator:
         self.dispatcher.emit(t, {"type": f"{kind}_archive", "channel": channel.id,
                                  "user": user_id, "event_ts": self.clock.next()},
                              visible=visible)
+
+    def pinned(self, team: TeamRef, channel_id: str) -> list[JsonDict]:
+        """The channel's pinned messages, in the order they were pinned."""
+        channel = self.team(team).channel(channel_id)
+        return [channel.by_ts[ts] for ts in channel.pins if ts in channel.by_ts]
 
     async def unarchive_channel(self, team: TeamRef, channel_id: str, user_id: str) -> None:
         t = self.team(team)

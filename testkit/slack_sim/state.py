@@ -343,6 +343,8 @@ class Channel:
         self._history: list[int] = []   # micros of top-level messages, ascending
         self._history_ts: list[str] = []
         self._threads: dict[str, list[str]] = {}  # parent ts -> reply ts, ascending
+        # Pinned messages: ts -> {"created", "created_by"}, in the order they were pinned.
+        self.pins: dict[str, JsonDict] = {}
 
     @property
     def channel_type(self) -> str:
@@ -532,6 +534,9 @@ class Team:
         self.files: dict[str, StoredFile] = {}
         self.uploads: dict[str, PendingUpload] = {}  # upload key -> pending upload
         self.emoji: dict[str, str] = {}
+        # A workspace preference ("who may archive channels") that keeps apps from archiving:
+        # conversations.archive then answers restricted_action.
+        self.archiving_restricted = False
         self.created = int(time.time())
         self.number = next(_team_counter)
         # Which event types the app subscribed to; None: all the simulator emits.

@@ -45,6 +45,7 @@ TIERS: dict[str, str] = {
     "chat.meMessage": "Tier3",
     "chat.postMessage": "SpecialTier_chat_postMessage",
     "chat.update": "Tier3",
+    "conversations.archive": "Tier2",
     "conversations.history": "Tier3",
     "conversations.info": "Tier3",
     "conversations.join": "Tier3",
@@ -55,6 +56,8 @@ TIERS: dict[str, str] = {
     "files.completeUploadExternal": "Tier4",
     "files.getUploadURLExternal": "Tier4",
     "files.info": "Tier4",
+    "pins.add": "Tier2",
+    "pins.list": "Tier2",
     "reactions.add": "Tier3",
     "reactions.remove": "Tier2",
     "team.info": "Tier3",
@@ -687,6 +690,74 @@ def reactions_add(api: WebApi, ctx: Ctx, p: Params) -> JsonDict:
 @method("reactions.remove")
 def reactions_remove(api: WebApi, ctx: Ctx, p: Params) -> JsonDict:
     return _reaction(api, ctx, p, add=False)
+
+
+# -- pins and archiving ---------------------------------------------------------------------
+# Slack's errors (docs.slack.dev/reference/methods/pins.add, conversations.archive): a bot
+# token may pin and archive only where the app is a member; join and leave notices cannot
+# be pinned; the general channel cannot be archived; a workspace preference may keep apps
+# from archiving at all.
+
+_NOT_PINNABLE = {"channel_join", "channel_leave", "group_join", "group_leave"}
+
+
+@method("pins.add")
+def pins_add(api: WebApi, ctx: Ctx, p: Params) -> JsonDict:
+    channel = api.channel(ctx, p)
+    ts = p.opt("timestamp")
+    if ts is None:
+        raise ApiError("no_item_specified")
+    try:
+        ts_to_micros(ts)
+    except ValueError:
+        raise ApiError("bad_timestamp") from None
+    if ctx.team.bot_user_id not in channel.members:
+        raise ApiError("not_in_channel")
+    if channel.is_archived:
+        raise ApiError("is_archived")
+    message = channel.by_ts.get(ts)
+    if message is None or message.get("subtype") == "tombstone":
+        raise ApiError("message_not_found")
+    if message.get("subtype") in _NOT_PINNABLE:
+        raise ApiError("not_pinnable")
+    if ts in channel.pins:
+        raise ApiError("already_pinned")
+    channel.pins[ts] = {"created": int(time.time()), "created_by": ctx.team.bot_user_id}
+    message["pinned_to"] = [channel.id]
+    return {"ok": True}
+
+
+@method("pins.list")
+def pins_list(api: WebApi, ctx: Ctx, p: Params) -> JsonDict:
+    channel = api.channel(ctx, p)
+    items = []
+    for ts, pin in reversed(channel.pins.items()):  # Slack lists the newest pin first
+        message = channel.by_ts.get(ts)
+        if message is None:
+            continue
+        permalink = f"{ctx.team.url}archives/{channel.id}/p{ts.replace('.', '')}"
+        items.append({"type": "message", "channel": channel.id, **pin,
+                      "message": {**message, "permalink": permalink}})
+    return {"ok": True, "items": items}
+
+
+@method("conversations.archive")
+def conversations_archive(api: WebApi, ctx: Ctx, p: Params) -> JsonDict:
+    team = ctx.team
+    ref = p.opt("channel")
+    channel = team.channels.get(ref) if ref else None  # an ID only, as in Slack
+    if channel is None or (channel.is_private and team.bot_user_id not in channel.members):
+        raise ApiError("channel_not_found")
+    if channel.is_archived:
+        raise ApiError("already_archived")
+    if channel.is_general:
+        raise ApiError("cant_archive_general")
+    if team.bot_user_id not in channel.members:
+        raise ApiError("not_in_channel")
+    if team.archiving_restricted:
+        raise ApiError("restricted_action")
+    api.sim.archive(team, channel, team.bot_user_id)
+    return {"ok": True}
 
 
 # -- files ---------------------------------------------------------------------------------

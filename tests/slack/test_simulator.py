@@ -1168,3 +1168,50 @@ async def test_many_messages_per_second(sim: SlackSimulator, rathaus: Team) -> N
     assert len(app.requests) == 600
     assert len({m["ts"] for m in sim.messages(rathaus, BAUAMT)}) == 600
     assert elapsed < 10, elapsed
+
+
+@pytest.mark.filterwarnings("ignore:The top-level `text` argument:UserWarning")
+async def test_pins_and_archiving_as_slack_does_them(sim: SlackSimulator, rathaus: Team,
+                                                     web_client: AsyncWebClient) -> None:
+    """pins.add / pins.list and conversations.archive answer with Slack's errors
+    (docs.slack.dev/reference/methods/pins.add, conversations.archive); an archived channel
+    takes no more messages (is_archived)."""
+    c = web_client
+
+    async def error_of(coro: Any) -> str:
+        with pytest.raises(SlackApiError) as caught:
+            await coro
+        return str(caught.value.response["error"])
+
+    ts = (await c.chat_postMessage(channel=BAUAMT, text="Wir sind umgezogen"))["ts"]
+    assert await error_of(c.pins_add(channel=BAUAMT)) == "no_item_specified"
+    assert await error_of(c.pins_add(channel=BAUAMT, timestamp="nonsense")) == "bad_timestamp"
+    assert await error_of(c.pins_add(channel=BAUAMT,
+                                     timestamp="1.000001")) == "message_not_found"
+    assert await error_of(c.pins_add(channel="C0NOWHERE", timestamp=ts)) == "channel_not_found"
+    annas = await sim.post_message(rathaus, PRESSE, ANNA, "in der Presse")
+    assert await error_of(c.pins_add(channel=PRESSE, timestamp=annas)) == "not_in_channel"
+    assert (await c.pins_list(channel=BAUAMT))["items"] == []
+    assert (await c.pins_add(channel=BAUAMT, timestamp=ts))["ok"]
+    assert await error_of(c.pins_add(channel=BAUAMT, timestamp=ts)) == "already_pinned"
+    items = (await c.pins_list(channel=BAUAMT))["items"]
+    assert [(i["type"], i["channel"], i["message"]["ts"], i["created_by"]) for i in items] == [
+        ("message", BAUAMT, ts, rathaus.bot_user_id)]
+    assert items[0]["message"]["pinned_to"] == [BAUAMT]
+    assert items[0]["message"]["permalink"].endswith(f"/archives/{BAUAMT}/p{ts.replace('.', '')}")
+    assert [m["ts"] for m in sim.pinned(rathaus, BAUAMT)] == [ts]
+
+    assert await error_of(c.conversations_archive(channel="bauamt")) == "channel_not_found"
+    assert await error_of(c.conversations_archive(channel=PRESSE)) == "not_in_channel"
+    sim.add_channel(rathaus, "C0ALLES", name="general", is_general=True,
+                    members=[ANNA, rathaus.bot_user_id])
+    assert await error_of(c.conversations_archive(channel="C0ALLES")) == "cant_archive_general"
+    rathaus.archiving_restricted = True
+    assert await error_of(c.conversations_archive(channel=BAUAMT)) == "restricted_action"
+    assert not rathaus.channels[BAUAMT].is_archived
+    rathaus.archiving_restricted = False
+    assert (await c.conversations_archive(channel=BAUAMT))["ok"]
+    assert (await c.conversations_info(channel=BAUAMT))["channel"]["is_archived"]
+    assert await error_of(c.conversations_archive(channel=BAUAMT)) == "already_archived"
+    assert await error_of(c.chat_postMessage(channel=BAUAMT, text="noch da?")) == "is_archived"
+    assert sim.messages(rathaus, BAUAMT)[-1]["subtype"] == "channel_archive"
