@@ -314,7 +314,8 @@ _AUDIT_SCHEMA: dict[str, Any] = {
             "via": {"type": "string", "enum": list(audit.VIA)},
             "room_id": _NULLABLE_STRING,
             "action": {"type": "string",
-                       "description": "link, unlink, subscribe, unsubscribe, policy, retry, finish, create_room, …"},
+                       "description": "link, unlink, subscribe, unsubscribe, policy, "
+                                      "retry, finish, create_room, …"},
             "details": {"type": "object"}}}}},
 }
 AUDIT_LIMIT = 1000
