@@ -160,6 +160,33 @@ def links_named(links: list[LinkInfo], wanted: str) -> list[LinkInfo]:
     return by_id or [lk for lk in links if (lk.remote_name or "").lower() == wanted]
 
 
+async def chosen_link(hub: Hub, room_id: str, network: str, remote_id: str | None, *,
+                      hint: str, usage: str, purpose: str = "") -> LinkInfo:
+    """The room's link of ``network`` that ``remote_id`` names (needed when it has several,
+    see :func:`links_named`), or a refusal. ``hint`` says how to see the links, ``usage`` how
+    to name one, ``purpose`` what for (" to finish")."""
+    async with hub.db.sessions() as session:
+        links = [lk for lk in await store.links_of_room(session, room_id)
+                 if lk.network == network]
+    if not links:
+        raise NotFoundError(f"This room has no `{network}` link{purpose}. Send {hint} to see "
+                            "its links.")
+    connector = hub.connectors.get(network)
+    display = connector.display_name if connector else network
+    if remote_id is not None:
+        named = links_named(links, remote_id)
+        if len(named) != 1:
+            what = "no" if not named else "more than one"
+            error = NotFoundError if not named else CommandError
+            raise error(f"This room has {what} {display} link `{remote_id}`; its {display} "
+                        f"links: {link_list(links)}. Name one of them as shown.")
+        return named[0]
+    if len(links) > 1:
+        raise CommandError(f"This room has {len(links)} {display} links: {link_list(links)}. "
+                           f"Say which one{purpose}: {usage}.")
+    return links[0]
+
+
 async def unlink(hub: Hub, actor: Actor, room_id: str, network: str,
                  remote_id: str | None, *, status_hint: str | None = None,
                  audit_action: str = "unlink", audit_details: dict[str, Any] | None = None,
@@ -170,27 +197,10 @@ async def unlink(hub: Hub, actor: Actor, room_id: str, network: str,
     (``audit_action``, ``audit_details``) and adds its deliveries (``also``: a notice), all
     in the unlink's transaction."""
     hint = status_hint or f"`{hub.prefix} status`"
-    async with hub.db.sessions() as session:
-        links = [lk for lk in await store.links_of_room(session, room_id)
-                 if lk.network == network]
-    if not links:
-        raise NotFoundError(f"This room has no `{network}` link. Send {hint} to see its "
-                            "links.")
+    chosen = await chosen_link(hub, room_id, network, remote_id, hint=hint,
+                               usage=f"`{hub.prefix} unlink {network} <remote-id>`")
     connector = hub.connectors.get(network)
     display = connector.display_name if connector else network
-    if remote_id is not None:
-        named = links_named(links, remote_id)
-        if len(named) != 1:
-            what = "no" if not named else "more than one"
-            error = NotFoundError if not named else CommandError
-            raise error(f"This room has {what} {display} link `{remote_id}`; its {display} "
-                        f"links: {link_list(links)}. Name one of them as shown.")
-        chosen = named[0]
-    elif len(links) > 1:
-        raise CommandError(f"This room has {len(links)} {display} links: {link_list(links)}. "
-                           f"Say which one: `{hub.prefix} unlink {network} <remote-id>`.")
-    else:
-        chosen = links[0]
     removed: list[LinkInfo] = []
 
     async def write(session: AsyncSession) -> None:

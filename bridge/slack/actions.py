@@ -17,16 +17,14 @@ from urllib.parse import quote
 from sqlalchemy import select
 
 from bridge.admin import actions
-from bridge.admin.actions import Outcome, link_list, links_named
+from bridge.admin.actions import Outcome, chosen_link
 from bridge.admin.audit import Actor
 from bridge.core.errors import (
     CommandError,
-    NotFoundError,
     PermanentError,
     TemporaryError,
     UnavailableError,
 )
-from bridge.db import store
 from bridge.db.models import Portal
 from bridge.db.store import LinkInfo
 from bridge.slack.ids import NETWORK
@@ -77,24 +75,8 @@ def moved_text(address: str, alias: str | None, via: str) -> str:
 async def _chosen_link(hub: Hub, room_id: str, remote_id: str | None, hint: str,
                        usage: str) -> LinkInfo:
     """The room's Slack link ``remote_id`` names (needed with several), or a refusal."""
-    async with hub.db.sessions() as session:
-        links = [lk for lk in await store.links_of_room(session, room_id)
-                 if lk.network == NETWORK]
-    if not links:
-        raise NotFoundError(f"This room has no `slack` link to finish. Send {hint} to see "
-                            "its links.")
-    if remote_id is not None:
-        named = links_named(links, remote_id)
-        if len(named) != 1:
-            what = "no" if not named else "more than one"
-            error = NotFoundError if not named else CommandError
-            raise error(f"This room has {what} Slack link `{remote_id}`; its Slack links: "
-                        f"{link_list(links)}. Name one of them as shown.")
-        return named[0]
-    if len(links) > 1:
-        raise CommandError(f"This room has {len(links)} Slack links: {link_list(links)}. "
-                           f"Say which one to finish: {usage}.")
-    return links[0]
+    return await chosen_link(hub, room_id, NETWORK, remote_id, hint=hint, usage=usage,
+                             purpose=" to finish")
 
 
 async def _room_address(hub: Hub, room_id: str) -> tuple[str, str | None]:
