@@ -39,6 +39,7 @@ ADMIN_USAGES = [
     "email list",
     "email policy subscribers|domain <domain>|open",
     "slack channels [workspace]",
+    "slack finish [<channel>]",
     "test break",
 ]
 USAGE_LINE = re.compile(r"^Usage: `[^`]+`$")
@@ -152,4 +153,6 @@ async def test_usage_messages_end_where_they_end(homeserver: Homeserver,
     assert answer.splitlines() == [
         "Slack commands:",
         "- `slack channels [workspace]`: the channels the app sees and the rooms they are "
-        "linked to"]
+        "linked to",
+        "- `slack finish [<channel>]`: point the linked Slack channel at this room (a pinned "
+        "message), end the link, and archive the channel if so configured"]

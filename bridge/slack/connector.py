@@ -892,7 +892,7 @@ class SlackConnector(Connector):
         return [SubCommand("channels", "[workspace]",
                            "the channels the app sees and the rooms they are linked to",
                            self._cmd_channels),
-                SubCommand("finish", "[channel]",
+                SubCommand("finish", "[<channel>]",
                            "point the linked Slack channel at this room (a pinned message), "
                            "end the link, and archive the channel if so configured",
                            self._cmd_finish)]
