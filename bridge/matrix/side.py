@@ -257,9 +257,6 @@ class MatrixSide:
 
     async def canonical_alias(self, room_id: str) -> str | None:
         """The room's canonical alias as its state says now (None: none, or unreadable)."""
-        return await self._canonical_alias(room_id)
-
-    async def _canonical_alias(self, room_id: str) -> str | None:
         try:
             state = await self.bot_intent.get_state_event(RoomID(room_id),
                                                           EventType.ROOM_CANONICAL_ALIAS)
@@ -465,12 +462,12 @@ class MatrixSide:
         """The bot accepts an admin's invitation, then says what it can and cannot do."""
         await self.bot_intent.join_room_by_id(RoomID(d.room_id))
         is_direct = bool(p.get("is_direct"))
+        name = None
         if not is_direct:
-            is_direct = await self._looks_direct(RoomID(d.room_id), p.get("inviter"))
+            is_direct, name = await self._looks_direct(RoomID(d.room_id), p.get("inviter"))
         # The room's name and alias were set before the bot could see them: read once, so
         # listings and the report name the room; later changes come as state events.
-        name = None if is_direct else await self.room_name(d.room_id)
-        alias = None if is_direct else await self._canonical_alias(d.room_id)
+        alias = None if is_direct else await self.canonical_alias(d.room_id)
         async with self.hub.db.transaction() as session:
             await store.ensure_portal(session, d.room_id, is_direct=is_direct)
             if name is not None:
@@ -490,17 +487,18 @@ class MatrixSide:
         await self.bot_intent.send_notice(RoomID(d.room_id), text, txn_id=f"ob{d.id}")
         return None
 
-    async def _looks_direct(self, room_id: str, inviter: str | None) -> bool:
+    async def _looks_direct(self, room_id: str, inviter: str | None) -> tuple[bool, str | None]:
         """Some clients start a direct chat without the is_direct flag: an unnamed room
-        with only the inviter and the bot in it is treated as one."""
+        with only the inviter and the bot in it is treated as one. Also the room's name,
+        read on the way (None if it has none)."""
         try:
-            await self.bot_intent.get_state_event(RoomID(room_id), EventType.ROOM_NAME)
-            return False
+            state = await self.bot_intent.get_state_event(RoomID(room_id), EventType.ROOM_NAME)
         except MNotFound:
-            pass
-        members = await self.bot_intent.get_room_members(
-            RoomID(room_id), allowed_memberships=(Membership.JOIN, Membership.INVITE))
-        return set(members) <= {self.hub.bot_mxid, inviter}
+            members = await self.bot_intent.get_room_members(
+                RoomID(room_id), allowed_memberships=(Membership.JOIN, Membership.INVITE))
+            return set(members) <= {self.hub.bot_mxid, inviter}, None
+        name = getattr(state, "name", None)
+        return False, str(name) if name else None
 
     async def _deliver_reject_invite(self, d: Delivery, p: dict[str, Any]) -> None:
         log.info("declining the invitation to %s: %s", d.room_id, p.get("reason"))

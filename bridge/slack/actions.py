@@ -26,7 +26,6 @@ from bridge.core.errors import (
     UnavailableError,
 )
 from bridge.db.models import Portal
-from bridge.db.store import LinkInfo
 from bridge.slack.ids import NETWORK
 
 if TYPE_CHECKING:
@@ -72,13 +71,6 @@ def moved_text(address: str, alias: str | None, via: str) -> str:
             "Messages written here are no longer bridged.")
 
 
-async def _chosen_link(hub: Hub, room_id: str, remote_id: str | None, hint: str,
-                       usage: str) -> LinkInfo:
-    """The room's Slack link ``remote_id`` names (needed with several), or a refusal."""
-    return await chosen_link(hub, room_id, NETWORK, remote_id, hint=hint, usage=usage,
-                             purpose=" to finish")
-
-
 async def _room_address(hub: Hub, room_id: str) -> tuple[str, str | None]:
     """(what matrix.to points at, the alias if the room has one)."""
     async with hub.db.sessions() as session:
@@ -119,8 +111,9 @@ async def finish(hub: Hub, actor: Actor, room_id: str, remote_id: str | None, *,
     a command's answer is the room's notice already)."""
     connector: SlackConnector = actions.started_connector(hub, NETWORK)  # type: ignore[assignment]
     hint = status_hint or f"`{hub.prefix} status`"
-    link = await _chosen_link(hub, room_id, remote_id, hint,
-                              usage or f"`{hub.prefix} slack finish <channel>`")
+    link = await chosen_link(hub, room_id, NETWORK, remote_id, hint=hint,
+                             usage=usage or f"`{hub.prefix} slack finish <channel>`",
+                             purpose=" to finish")
     try:
         ws = connector.workspace_for_link(link)
     except TemporaryError as exc:
