@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge import json_codec, metrics
 from bridge.admin.api import server as api_server
@@ -113,10 +114,10 @@ class AppserviceServer:
         if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
             return _error(400, "M_BAD_JSON", "'events' must be a list of events")
         inbox, outbox = self.bridge.inbox, self.bridge.outbox
-        room_events = await self._ours(queues.room_events(events))
         claimed: list[Delivery] = []
         try:
             async with self.bridge.db.transaction() as session:
+                room_events = await self._ours(session, queues.room_events(events))
                 outcome = None
                 fresh = await queues.record_transaction_id(session, txn_id)
                 if not fresh and room_events:
@@ -154,7 +155,8 @@ class AppserviceServer:
             await outbox.dispatch(claimed)
         return web.json_response({})
 
-    async def _ours(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _ours(self, session: AsyncSession,
+                    events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The events the bridge takes part in: those of its portals, and memberships of
         its own users anywhere (the bot's invitation into a new room).
 
@@ -166,8 +168,7 @@ class AppserviceServer:
         rooms = {event["room_id"] for event in events}
         if not rooms:
             return events
-        async with self.bridge.db.sessions() as session:
-            portals = await store.existing_portals(session, rooms)
+        portals = await store.existing_portals(session, rooms)
         if len(portals) == len(rooms):
             return events
         hub = self.bridge.hub
