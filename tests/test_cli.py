@@ -16,7 +16,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
 
-from bridge.config import config_model
+from bridge.config import config_model, load_config
 from testkit.helpers import command, open_room
 from testkit.matrix_client import MatrixTestClient
 from testkit.synapse import free_port
@@ -60,6 +60,13 @@ def test_generate_config_makes_fresh_tokens_and_keeps_existing_files(
     assert len(data["appservice"]["as_token"]) >= 32
     assert data["appservice"]["as_token"] != data["appservice"]["hs_token"]
     assert data["appservice"]["as_token"] != other["appservice"]["as_token"]
+    # The provisioning API's secret is written fresh too, and the environment overrides it.
+    secret = data["provisioning"]["shared_secret"]
+    assert len(secret) >= 32 and secret != other["provisioning"]["shared_secret"]
+    assert secret not in (data["appservice"]["as_token"], data["appservice"]["hs_token"])
+    from_env = "x" * 40
+    assert load_config(generated, environ={"BRIDGE_PROVISIONING__SHARED_SECRET": from_env}
+                       ).provisioning.shared_secret == from_env
     assert generated.stat().st_mode & 0o077 == 0  # secrets: owner only
 
     before = generated.read_text()
