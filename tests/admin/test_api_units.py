@@ -46,3 +46,33 @@ def test_since_takes_dates_times_and_zones() -> None:
     assert parse_since("2026-03-01T09:00:00+01:00") == parse_since("2026-03-01T08:00")
     with pytest.raises(BadRequest, match="`since`"):
         parse_since("letzte Woche")
+
+
+@pytest.mark.integration
+async def test_a_matrix_token_is_not_refused_while_the_homeserver_cannot_be_asked() -> None:
+    """With no homeserver to ask whose token it is (a closed port), the API answers 503 (try
+    again later), not 401: a bridge admin's valid token is not called wrong, and no answer
+    is remembered for it."""
+    from types import SimpleNamespace
+
+    import aiohttp
+    from aiohttp.test_utils import make_mocked_request
+
+    from bridge.admin.api.auth import Authenticator
+    from bridge.core.errors import UnavailableError
+    from testkit.synapse import free_port
+
+    async with aiohttp.ClientSession() as http:
+        bridge = SimpleNamespace(
+            http=http, hub=SimpleNamespace(is_admin=lambda user: True),
+            config=SimpleNamespace(
+                provisioning=SimpleNamespace(shared_secret="s" * 32),
+                homeserver=SimpleNamespace(address=f"http://127.0.0.1:{free_port()}")))
+        auth = Authenticator(bridge)  # type: ignore[arg-type]
+        request = make_mocked_request("GET", "/_bridge/api/v1/status",
+                                      headers={"Authorization": "Bearer a-matrix-token"})
+        for _ in range(2):  # asked again the second time: nothing was cached
+            with pytest.raises(UnavailableError) as caught:
+                await auth.actor(request)
+            assert caught.value.status == 503
+            assert "Cannot ask the homeserver whose token this is" in str(caught.value)
