@@ -29,11 +29,11 @@ lint: $(VENV)/.installed
 # Synapse; a test file stays on one worker) more than halves the time on 2 cores.
 test: $(VENV)/.installed lint
 	scripts/ensure-postgres.sh
-	$(PY) -m pytest -rs -n auto --maxprocesses=4 --dist loadfile
+	$(PY) -m pytest -rfEs -n auto --maxprocesses=4 --dist loadfile
 
 # The unit tier alone, for the edit-test loop: about half a minute, nothing to start.
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -rs -m unit
+	$(PY) -m pytest -rfEs -m unit
 
 bench: $(VENV)/.installed
 	$(PY) bench/transactions.py

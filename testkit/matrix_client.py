@@ -98,6 +98,9 @@ class MatrixTestClient:
         self._inbox: dict[str, list[JsonDict]] = {}
         # room_id -> stripped invite state of our currently pending invites.
         self._invites: dict[str, list[JsonDict]] = {}
+        # What a timeout's message adds about the server side (the harness sets it: Synapse's
+        # appservice state), so a failure far from the cause still says where to look.
+        self.diagnose: Callable[[], str] | None = None
         # Pending invites already returned by wait_for_invite.
         self._returned_invites: set[str] = set()
         self._seen_event_ids: set[str] = set()
@@ -346,6 +349,14 @@ class MatrixTestClient:
                 return inbox.pop(i)
         return None
 
+    def _diagnosis(self) -> str:
+        if self.diagnose is None:
+            return ""
+        try:
+            return "\n" + self.diagnose()
+        except Exception as exc:  # a diagnosis must never hide the timeout itself
+            return f"\n(diagnosis failed: {exc!r})"
+
     def _inbox_report(self, room_id: str) -> str:
         seen = self._inbox.get(room_id, [])
         lines = "\n".join(f"  - {_describe(e)}" for e in seen) or "  (nothing)"
@@ -373,7 +384,7 @@ class MatrixTestClient:
             return event  # type: ignore[no-any-return]
         raise TimeoutError(
             f"{self.user_id}: no matching event in {room_id} within {timeout}s. "
-            + self._inbox_report(room_id)
+            + self._inbox_report(room_id) + self._diagnosis()
         )
 
     async def wait_for_membership(

@@ -65,6 +65,7 @@ class Homeserver:
         self.bridge_port = bridge_port
         self.url = synapse.url
         self.bot = f"@bridgebot:{SERVER_NAME}"
+        self.as_id = str(yaml.safe_load(config_path.read_text())["appservice"]["id"])
 
     def config(self, database_url: str, **overrides: Any) -> Config:
         data = yaml.safe_load(self.config_path.read_text())
@@ -79,10 +80,14 @@ class Homeserver:
         path.write_text(yaml.safe_dump(data))
         return load_config(path, environ={})
 
+    def appservice_report(self) -> str:
+        return self.synapse.appservice_report(self.as_id)
+
     async def user(self, localpart: str | None = None) -> MatrixTestClient:
         localpart = localpart or f"user{uuid.uuid4().hex[:8]}"
         user_id, token = await self.synapse.register_user(localpart)
         client = MatrixTestClient(self.url, user_id, token)
+        client.diagnose = self.appservice_report
         await client.initial_sync()
         return client
 
