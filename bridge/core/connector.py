@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bridge.core.errors import CommandError
 from bridge.db.queues import Delivery
 from bridge.db.store import LinkInfo
 
@@ -59,6 +60,19 @@ class LinkTarget:
     settings: dict[str, Any] = field(default_factory=dict)
     # Shown in the bridge-info state event (MSC2346): the remote conversation's page, if any.
     external_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PersonRef:
+    """A remote identity a person can be linked to (``!bridge people link``, ``me``)."""
+
+    #: As the network's puppets know it (the puppet's ``remote_id``): Slack
+    #: ``<team id>_<user id>``, an email address in lower case.
+    remote_id: str
+    #: How people write it, and how lists show it: ``rathaus:U0ANNA``, the address.
+    label: str
+    #: The remote name, if the network knows one (Slack's display name).
+    display_name: str | None = None
 
 
 # A bot sub-command a connector adds: (hub, room_id, sender, args) -> reply text.
@@ -212,6 +226,27 @@ class Connector(ABC):
         """The network's own state of a room for ``GET /rooms/{room_id}`` (email: its
         subscribers and policy), under the network's name; None for nothing."""
         return None
+
+    # --- people (identity links) ------------------------------------------------------------
+    #: Whether this network's identities can be linked to Matrix accounts.
+    links_people = False
+
+    async def resolve_person(self, hub: Hub, words: list[str]) -> PersonRef:
+        """The remote identity the words name, as typed after ``people link <network>`` (Slack:
+        ``<workspace>:<user id>``; email: an address) or after ``me <network>`` (Slack:
+        ``<workspace> <user id or e-mail address>``). Checked with the network where it can
+        be; raise :class:`bridge.core.errors.CommandError` with a helpful sentence if it
+        names nobody."""
+        raise CommandError(f"{self.display_name} identities cannot be linked to Matrix "
+                           "accounts.")
+
+    async def send_person_code(self, hub: Hub, person: PersonRef, code: str,
+                               matrix_user_id: str) -> str:
+        """Send a one-time code to the remote identity (a Slack direct message, a mail) that
+        proves ``matrix_user_id`` owns it; return where it went, for the bot's answer ("a
+        direct message in Slack"). Raise :class:`bridge.core.errors.CommandError` if it
+        cannot be sent."""
+        raise CommandError(f"The bridge cannot send codes to {self.display_name} identities.")
 
     def commands(self) -> list[SubCommand]:
         """Extra ``!bridge <network> ...`` sub-commands. A handler raises

@@ -243,3 +243,53 @@ class Activity(Base):
     messages: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (Index("ix_activity_day", "day"),)
+
+
+class IdentityLink(Base):
+    """Ties a remote identity (a Slack user, an email address) to a person's own Matrix
+    account: their remote messages may then appear as that account (double puppeting),
+    mentions of either side point at it, and the puppet that stood for them retires.
+
+    ``remote_id`` is the identity as the network's puppets know it (the puppet's own
+    ``remote_id``: Slack ``<team id>_<user id>``, email the address), so the puppet of a
+    linked person is found without asking the network; ``label`` is how people write it
+    (``rathaus:U0ANNA``, the address)."""
+
+    __tablename__ = "identity_link"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    matrix_user_id: Mapped[str] = mapped_column(ID)
+    network: Mapped[str] = mapped_column(String(32))
+    remote_id: Mapped[str] = mapped_column(ID)
+    label: Mapped[str] = mapped_column(Text)
+    # "admin" (a bridge admin, the API, a plan) or "self" (proven with a one-time code).
+    proven_by: Mapped[str] = mapped_column(String(16))
+    created_by: Mapped[str] = mapped_column(ID)
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (
+        # One Matrix account per remote identity: otherwise whose account would post?
+        UniqueConstraint("network", "remote_id"),
+        Index("ix_identity_link_matrix_user", "matrix_user_id"),
+    )
+
+
+class IdentityClaim(Base):
+    """A self-service link waiting for its one-time code (``me slack …`` / ``me email …``).
+
+    Only a hash of the code is kept; the claim ends when confirmed, when it expires, or
+    when its tries are used up."""
+
+    __tablename__ = "identity_claim"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    matrix_user_id: Mapped[str] = mapped_column(ID)
+    network: Mapped[str] = mapped_column(String(32))
+    remote_id: Mapped[str] = mapped_column(ID)
+    label: Mapped[str] = mapped_column(Text)
+    code_hash: Mapped[str] = mapped_column(String(128))
+    tries_left: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_identity_claim_matrix_user", "matrix_user_id"),)
