@@ -75,6 +75,15 @@ def check_user_id(hub: Hub, matrix_user_id: str) -> str:
     return user_id
 
 
+async def require_user(hub: Hub, user_id: str) -> None:
+    """Links are made to accounts the homeserver knows (a typo would link nobody)."""
+    from bridge.admin.rooms import user_exists
+
+    if not await user_exists(hub, user_id):
+        raise NotFoundError(f"The homeserver knows no user {user_id}; check how it is "
+                            "spelt (like @anna.schmidt:stadt.example).")
+
+
 def people_connector(hub: Hub, network: str, *, started: bool = True) -> Connector:
     """The connector whose identities can be linked; a clear refusal otherwise."""
     connector = hub.connectors.get(network)
@@ -145,6 +154,7 @@ async def link_many(hub: Hub, actor: Actor, matrix_user_id: str,
     if proven_by not in PROVEN_BY:
         raise CommandError(f"proven_by must be one of {', '.join(PROVEN_BY)}.")
     user_id = check_user_id(hub, matrix_user_id)
+    await require_user(hub, user_id)
     resolved: list[tuple[str, PersonRef]] = []
     for network, words in wanted:
         _, person = await resolve(hub, network, words)
