@@ -139,7 +139,7 @@ class Bot:
         if cmd.admin_only and not ctx.is_admin:
             return (f"Sorry, only bridge admins may use `{name}`. Ask your bridge "
                     "administrator to add you to `bridge.admins`.")
-        if not word_count(cmd.usage.partition(" ")[2]).allows(len(ctx.args)):
+        if not word_count(cmd.usage[len(cmd.name):]).allows(len(ctx.args)):
             note = cmd.usage_note(self.hub) if cmd.usage_note else ""
             return self._usage_reply(cmd.usage, UsageError(note), ctx.is_direct)
         return await self._run_handler(ctx, name, cmd.handler(self, ctx), cmd.usage)
