@@ -132,6 +132,15 @@ async def resolve(hub: Hub, network: str, words: list[str]) -> tuple[Connector, 
     return connector, await connector.resolve_person(hub, words)
 
 
+async def lookup(hub: Hub, network: str,
+                 words: list[str]) -> tuple[PersonRef, Identity | None]:
+    """Who the words name on the network, and whose account it is linked to (if anyone's),
+    without linking it: what ``bridge plan check`` asks."""
+    _, person = await resolve(hub, network, words)
+    async with hub.db.sessions() as session:
+        return person, await db.identity_for(session, network, person.remote_id)
+
+
 def _conflict(hub: Hub, identity: Identity, wanted_user: str) -> ConflictError:
     return ConflictError(f"{describe(identity, hub)} is already linked to "
                          f"{identity.matrix_user_id}; an identity can be linked to one Matrix "

@@ -102,6 +102,20 @@ async def test_each_verb_of_the_people_routes(both_bridge: SlackBridge,
     status, answer = await api.delete(person(anna.user_id), {"email": [ADDRESS]})
     assert status == 200 and answer["changed"] is False
 
+    # Who an identity is, without linking it (what `bridge plan check` asks).
+    status, answer = await api.post("/networks/slack/resolve-person",
+                                    {"id": f"rathaus:{BEN.lower()}"})
+    assert (status, answer) == (200, {"network": "slack", "id": f"rathaus:{BEN}",
+                                      "remote_id": f"{TEAM_ID}_{BEN}",
+                                      "display_name": "Ben Weber",
+                                      "linked_to": ben.user_id})
+    status, answer = await api.post("/networks/email/resolve-person", {"id": ADDRESS})
+    assert status == 200 and answer["linked_to"] is None and answer["remote_id"] == ADDRESS
+    status, answer = await api.post("/networks/slack/resolve-person", {"id": "rathaus:U0NIX"})
+    assert status == 400 and "user_not_found" in answer["error"]
+    status, answer = await api.post("/networks/teams/resolve-person", {"id": "x"})
+    assert status == 404 and "Unknown or disabled network `teams`" in answer["error"]
+
     # Ben's link was never touched.
     status, answer = await api.get(person(ben.user_id))
     assert ids(answer) == [("slack", f"rathaus:{BEN}")]
