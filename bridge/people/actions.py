@@ -47,8 +47,8 @@ PROVEN_BY = ("admin", "self")
 
 @dataclass(slots=True)
 class Outcome:
-    """What an action did: ``message`` is the sentence the person is told; ``identities``
-    the links it is about (made, found or removed)."""
+    """What an action did: ``message`` is the sentence the person is told; ``identities``:
+    after a link, the person's links as they are now; after an unlink, the links removed."""
 
     changed: bool
     message: str

@@ -11,6 +11,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
+from bridge.db import people as db_people
+from bridge.people import changes
 from testkit.matrix_client import MatrixTestClient
 from tests.admin.api_client import ApiClient
 from tests.conftest import SERVER_NAME
@@ -178,10 +180,28 @@ async def test_refusals_change_nothing(both_bridge: SlackBridge, anna: MatrixTes
 async def test_the_audit_log_names_the_api_caller(both_bridge: SlackBridge,
                                                   anna: MatrixTestClient,
                                                   admin: MatrixTestClient) -> None:
-    api = operator(both_bridge, via="plan")
-    await api.put(person(anna.user_id), {"slack": [f"rathaus:{ANNA}"]})
-    as_admin = ApiClient(both_bridge.homeserver.bridge_port, admin.access_token)
-    await as_admin.put(person(anna.user_id), {"email": [ADDRESS], "replace": True})
+    # What follows a change (double puppeting) hears of each committed change once, with
+    # what was linked and unlinked; of a request that changed nothing, not at all.
+    heard: list[tuple[list[str], list[str]]] = []
+
+    async def listener(hub: Any, change: changes.Change) -> None:
+        async with hub.db.sessions() as session:  # committed: visible to a new session
+            found = [await db_people.identity_for(session, i.network, i.remote_id)
+                     for i in change.linked]
+        assert None not in found
+        heard.append(([i.label for i in change.linked], [i.label for i in change.unlinked]))
+
+    changes.listen(listener)
+    try:
+        api = operator(both_bridge, via="plan")
+        await api.put(person(anna.user_id), {"slack": [f"rathaus:{ANNA}"]})
+        await api.put(person(anna.user_id), {"slack": [f"rathaus:{ANNA}"]})
+        as_admin = ApiClient(both_bridge.homeserver.bridge_port, admin.access_token)
+        await as_admin.put(person(anna.user_id), {"email": [ADDRESS], "replace": True})
+        await as_admin.delete(person(anna.user_id), {"slack": [f"rathaus:{ANNA}"]})
+    finally:
+        changes.unlisten(listener)
+    assert heard == [([f"rathaus:{ANNA}"], []), ([ADDRESS], [f"rathaus:{ANNA}"])]
     status, answer = await api.get("/audit")
     assert status == 200
     entries = [(e["actor"], e["via"], e["action"], e["details"]["label"],
