@@ -34,6 +34,14 @@ ADMIN_USAGES = [
     "unlink <network> [<remote-id>]",
     "failed",
     "retry <id>|all",
+    "people link <network> <identity> <@user:domain>",
+    "people unlink <network> <identity> [<@user:domain>]",
+    "people list [<@user:domain>]",
+    "me",
+    "me email <address>",
+    "me slack <workspace> <user-id-or-e-mail>",
+    "me confirm <code>",
+    "me unlink <network> <identity>...",
     "email subscribe <address> [name...]",
     "email unsubscribe <address>",
     "email list",
@@ -74,7 +82,8 @@ async def test_help_lists_every_command_with_its_syntax(
     listing = body(await command(bot, outsider, room, "!bridge help",
                                  expect="Bridge bot commands"))
     shown = [line.split("`")[1] for line in listing.splitlines() if line.startswith("- `")]
-    assert shown == ["help [<command>...]", "ping", "version"]
+    assert shown == ["help [<command>...]", "ping", "version",
+                     *(usage for usage in ADMIN_USAGES if usage.split()[0] == "me")]
     assert "Start each command with `!bridge`" in listing
 
 
