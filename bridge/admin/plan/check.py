@@ -24,6 +24,7 @@ async def check(api: ApiClient, plan: Plan, domain: str, out: TextIO = sys.stdou
     used = {"slack"} if any(room.slack for room in plan.rooms) else set()
     if any(room.email for room in plan.rooms):
         used.add("email")
+    used |= {network for person in plan.people for network, _ in person.identities()}
     for name in sorted(used):
         health = networks.get(name)
         if health is None:
@@ -35,6 +36,8 @@ async def check(api: ApiClient, plan: Plan, domain: str, out: TextIO = sys.stdou
     for d_index, department in enumerate(plan.departments):
         for a_index, admin in enumerate(department.admins):
             users.setdefault(admin, []).append(f"departments[{d_index}].admins[{a_index}]")
+    for person in plan.people:
+        users.setdefault(person.matrix, []).append(f"{person.path}.matrix")
 
     async def user(user_id: str, paths: list[str]) -> list[str]:
         found = await api.request("GET", f"/users/{segment(user_id)}", missing_ok=True)
@@ -52,14 +55,43 @@ async def check(api: ApiClient, plan: Plan, domain: str, out: TextIO = sys.stdou
           for room in plan.rooms))
     for lines in results:
         findings += lines
+    findings += await _people(api, plan)
     for line in findings:
         print(line, file=out)
     if findings:
         print(f"{len(findings)} finding(s); fix them before `bridge plan apply`.", file=out)
         return 1
-    print(f"All is well: {len(plan.rooms)} room(s) in {len(plan.departments)} department(s) "
-          "can be applied.", file=out)
+    people = f" and the links of {len(plan.people)} people" if plan.people else ""
+    print(f"All is well: {len(plan.rooms)} room(s) in {len(plan.departments)} department(s)"
+          f"{people} can be applied.", file=out)
     return 0
+
+
+async def _people(api: ApiClient, plan: Plan) -> list[str]:
+    """An identity the plan gives one person that is linked to another: apply would be
+    refused (409), unless that other person is in the plan without it (``--prune`` moves
+    it)."""
+    if not plan.people:
+        return []
+    answer = await api.request("GET", "/people")
+    assert answer is not None
+    owner = {(link["network"], link["id"]): entry["user_id"]
+             for entry in answer.get("people") or [] for link in entry.get("links") or []}
+    planned = {person.matrix: set(person.identities()) for person in plan.people}
+    findings = []
+    for person in plan.people:
+        counters: dict[str, int] = {}
+        for network, identity in person.identities():
+            index = counters[network] = counters.get(network, -1) + 1
+            other = owner.get((network, identity))
+            if other is None or other == person.matrix:
+                continue
+            if other in planned and (network, identity) not in planned[other]:
+                continue
+            findings.append(f"{person.path}.{network}[{index}]: {identity} is linked to "
+                            f"{other}; unlink it there first (`!bridge people unlink "
+                            f"{network} {identity}`), or list it under {other}")
+    return findings
 
 
 def _down(networks: dict[str, Any], used: set[str]) -> list[str]:
