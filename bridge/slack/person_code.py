@@ -11,6 +11,9 @@ from __future__ import annotations
 from bridge.core.errors import CommandError, PermanentError, TemporaryError, UnavailableError
 from bridge.slack.workspace import Workspace
 
+#: What sending a code needs besides chat:write: opening the DM, finding a user by address.
+PERSON_CODE_SCOPES = ("im:write", "users:read.email")
+
 
 def _escaped(text: str) -> str:
     """Text as Slack's mrkdwn shows it literally."""

@@ -132,6 +132,8 @@ class Workspace:
         self.app_id = ""
         self.connected = False
         self.last_error: str | None = None
+        # The scopes Slack says the bot token has (its x-oauth-scopes header), once known.
+        self.scopes: set[str] | None = None
         # Set when Slack says the app was uninstalled or its bot token revoked.
         self.access_lost: str | None = None
 
@@ -174,6 +176,9 @@ class Workspace:
             self.last_error = f"{method}: {exc!r}"
             raise TemporaryError(f"Slack is not reachable ({method}: {exc!r})") from exc
         self.last_error = None
+        scopes = response.headers.get("x-oauth-scopes") if response.headers else None
+        if isinstance(scopes, str):
+            self.scopes = {scope.strip() for scope in scopes.split(",") if scope.strip()}
         return dict(response.data) if isinstance(response.data, dict) else {}
 
     def _error(self, method: str, channel_key: str | None,

@@ -227,19 +227,23 @@ class WebApi:
         team, kind = owner
         if (kind == "app") != (name == "apps.connections.open"):
             return 200, {"ok": False, "error": "not_allowed_token_type"}, {}
+        # Slack names the token's scopes on every answer to it (when the simulator knows
+        # them: Team.scopes).
+        granted = ({"x-oauth-scopes": ",".join(sorted(team.scopes))}
+                   if team.scopes is not None and kind == "bot" else {})
         needed = SCOPES.get(name)
         if needed and team.scopes is not None and not team.scopes.intersection(needed):
             return 200, {"ok": False, "error": "missing_scope", "needed": ",".join(needed),
-                         "provided": ",".join(sorted(team.scopes))}, {}
+                         "provided": ",".join(sorted(team.scopes))}, granted
         params = Params(raw)
         if sim.enforce_tiers:
             retry_after = self._over_limit(team, name, params)
             if retry_after is not None:
                 return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(retry_after)}
         try:
-            return 200, handler(self, Ctx(team, kind), params), {}
+            return 200, handler(self, Ctx(team, kind), params), granted
         except ApiError as exc:
-            return 200, {"ok": False, "error": exc.error, **exc.extra}, {}
+            return 200, {"ok": False, "error": exc.error, **exc.extra}, granted
 
     def _over_limit(self, team: Team, name: str, params: Params) -> int | None:
         now = time.monotonic()
