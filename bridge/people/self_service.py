@@ -109,29 +109,13 @@ async def request_code(hub: Hub, matrix_user_id: str, network: str, words: list[
             raise CommandError(
                 f"{display} `{person.label}` is already linked to another Matrix account, so "
                 "no code was sent. If it is yours, ask your bridge administrator.")
-        mine = await db.codes_sent_since(session, since, matrix_user_id=matrix_user_id)
-        if mine >= CODES_PER_USER:
-            oldest = await db.oldest_code_since(session, since,
-                                                matrix_user_id=matrix_user_id) or now
-            free = oldest + CODE_WINDOW_SECONDS
-            raise CommandError(
-                f"You have asked for {mine} codes within the last hour, the most there may be; "
-                f"no code was sent. You can ask again at {_when(free)} (in about "
-                f"{_minutes(free - now)} minutes).")
-        theirs = await db.codes_sent_since(session, since, network=network,
-                                           remote_id=person.remote_id)
-        if theirs >= CODES_PER_IDENTITY:
-            oldest = await db.oldest_code_since(session, since, network=network,
-                                                remote_id=person.remote_id) or now
-            free = oldest + CODE_WINDOW_SECONDS
-            raise CommandError(
-                f"{display} `{person.label}` has been sent {theirs} codes within the last hour, "
-                f"the most there may be; no code was sent. You can ask again at {_when(free)} "
-                f"(in about {_minutes(free - now)} minutes).")
     code = new_code()
     claim_ids: list[int] = []
 
     async def write(session: AsyncSession) -> None:
+        # The limits are checked in the transaction that counts the new code.
+        await _check_limits(session, matrix_user_id, network, person.remote_id,
+                            f"{display} `{person.label}`", now)
         # Old rows age out here: a claim counts for the limits for an hour, then goes.
         await db.remove_stale_claims(session, older_than=since)
         claim = await db.add_claim(
@@ -153,6 +137,32 @@ async def request_code(hub: Hub, matrix_user_id: str, network: str, words: list[
              person.label, where)
     return (f"I sent a code to {display} `{person.label}` ({where}). It is valid for "
             f"{CODE_LIFETIME_SECONDS // 60} minutes: send `me confirm <code>` here.")
+
+
+async def _check_limits(session: AsyncSession, matrix_user_id: str, network: str,
+                        remote_id: str, named: str, now: float) -> None:
+    """Refuse a code beyond :data:`CODES_PER_USER` or :data:`CODES_PER_IDENTITY` an hour,
+    saying when asking works again."""
+    since = now - CODE_WINDOW_SECONDS
+    mine = await db.codes_sent_since(session, since, matrix_user_id=matrix_user_id)
+    if mine >= CODES_PER_USER:
+        oldest = await db.oldest_code_since(session, since,
+                                            matrix_user_id=matrix_user_id) or now
+        free = oldest + CODE_WINDOW_SECONDS
+        raise CommandError(
+            f"You have asked for {mine} codes within the last hour, the most there may be; "
+            f"no code was sent. You can ask again at {_when(free)} (in about "
+            f"{_minutes(free - now)} minutes).")
+    theirs = await db.codes_sent_since(session, since, network=network,
+                                       remote_id=remote_id)
+    if theirs >= CODES_PER_IDENTITY:
+        oldest = await db.oldest_code_since(session, since, network=network,
+                                            remote_id=remote_id) or now
+        free = oldest + CODE_WINDOW_SECONDS
+        raise CommandError(
+            f"{named} has been sent {theirs} codes within the last hour, "
+            f"the most there may be; no code was sent. You can ask again at {_when(free)} "
+            f"(in about {_minutes(free - now)} minutes).")
 
 
 # --- confirming --------------------------------------------------------------------------------
