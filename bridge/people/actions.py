@@ -47,8 +47,8 @@ PROVEN_BY = ("admin", "self")
 
 @dataclass(slots=True)
 class Outcome:
-    """What an action did: ``message`` is the sentence the person is told; ``identities``
-    the links it is about (made, found or removed)."""
+    """What an action did: ``message`` is the sentence the person is told; ``identities``:
+    after a link, the person's links as they are now; after an unlink, the links removed."""
 
     changed: bool
     message: str
@@ -130,6 +130,15 @@ async def resolve(hub: Hub, network: str, words: list[str]) -> tuple[Connector, 
     if not words or not any(word.strip() for word in words):
         raise CommandError(f"Name the {connector.display_name} identity to link.")
     return connector, await connector.resolve_person(hub, words)
+
+
+async def lookup(hub: Hub, network: str,
+                 words: list[str]) -> tuple[PersonRef, Identity | None]:
+    """Who the words name on the network, and whose account it is linked to (if anyone's),
+    without linking it: what ``bridge plan check`` asks."""
+    _, person = await resolve(hub, network, words)
+    async with hub.db.sessions() as session:
+        return person, await db.identity_for(session, network, person.remote_id)
 
 
 def _conflict(hub: Hub, identity: Identity, wanted_user: str) -> ConflictError:

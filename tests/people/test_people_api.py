@@ -11,6 +11,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
+from bridge.db import people as db_people
+from bridge.people import changes
 from testkit.matrix_client import MatrixTestClient
 from tests.admin.api_client import ApiClient
 from tests.conftest import SERVER_NAME
@@ -102,6 +104,20 @@ async def test_each_verb_of_the_people_routes(both_bridge: SlackBridge,
     status, answer = await api.delete(person(anna.user_id), {"email": [ADDRESS]})
     assert status == 200 and answer["changed"] is False
 
+    # Who an identity is, without linking it (what `bridge plan check` asks).
+    status, answer = await api.post("/networks/slack/resolve-person",
+                                    {"id": f"rathaus:{BEN.lower()}"})
+    assert (status, answer) == (200, {"network": "slack", "id": f"rathaus:{BEN}",
+                                      "remote_id": f"{TEAM_ID}_{BEN}",
+                                      "display_name": "Ben Weber",
+                                      "linked_to": ben.user_id})
+    status, answer = await api.post("/networks/email/resolve-person", {"id": ADDRESS})
+    assert status == 200 and answer["linked_to"] is None and answer["remote_id"] == ADDRESS
+    status, answer = await api.post("/networks/slack/resolve-person", {"id": "rathaus:U0NIX"})
+    assert status == 400 and "user_not_found" in answer["error"]
+    status, answer = await api.post("/networks/teams/resolve-person", {"id": "x"})
+    assert status == 404 and "Unknown or disabled network `teams`" in answer["error"]
+
     # Ben's link was never touched.
     status, answer = await api.get(person(ben.user_id))
     assert ids(answer) == [("slack", f"rathaus:{BEN}")]
@@ -164,10 +180,28 @@ async def test_refusals_change_nothing(both_bridge: SlackBridge, anna: MatrixTes
 async def test_the_audit_log_names_the_api_caller(both_bridge: SlackBridge,
                                                   anna: MatrixTestClient,
                                                   admin: MatrixTestClient) -> None:
-    api = operator(both_bridge, via="plan")
-    await api.put(person(anna.user_id), {"slack": [f"rathaus:{ANNA}"]})
-    as_admin = ApiClient(both_bridge.homeserver.bridge_port, admin.access_token)
-    await as_admin.put(person(anna.user_id), {"email": [ADDRESS], "replace": True})
+    # What follows a change (double puppeting) hears of each committed change once, with
+    # what was linked and unlinked; of a request that changed nothing, not at all.
+    heard: list[tuple[list[str], list[str]]] = []
+
+    async def listener(hub: Any, change: changes.Change) -> None:
+        async with hub.db.sessions() as session:  # committed: visible to a new session
+            found = [await db_people.identity_for(session, i.network, i.remote_id)
+                     for i in change.linked]
+        assert None not in found
+        heard.append(([i.label for i in change.linked], [i.label for i in change.unlinked]))
+
+    changes.listen(listener)
+    try:
+        api = operator(both_bridge, via="plan")
+        await api.put(person(anna.user_id), {"slack": [f"rathaus:{ANNA}"]})
+        await api.put(person(anna.user_id), {"slack": [f"rathaus:{ANNA}"]})
+        as_admin = ApiClient(both_bridge.homeserver.bridge_port, admin.access_token)
+        await as_admin.put(person(anna.user_id), {"email": [ADDRESS], "replace": True})
+        await as_admin.delete(person(anna.user_id), {"slack": [f"rathaus:{ANNA}"]})
+    finally:
+        changes.unlisten(listener)
+    assert heard == [([f"rathaus:{ANNA}"], []), ([ADDRESS], [f"rathaus:{ANNA}"])]
     status, answer = await api.get("/audit")
     assert status == 200
     entries = [(e["actor"], e["via"], e["action"], e["details"]["label"],

@@ -29,7 +29,8 @@ async def links_of(bridge: SlackBridge, user_id: str) -> list[tuple[str, str]]:
 
 async def test_check_apply_and_prune_people(both_bridge: SlackBridge, tmp_path: Path,
                                             anna: MatrixTestClient, ben: MatrixTestClient,
-                                            outsider: MatrixTestClient) -> None:
+                                            outsider: MatrixTestClient,
+                                            admin: MatrixTestClient) -> None:
     api = operator(both_bridge)
     # Someone linked outside the plan: the plan never touches them.
     await api.put(f"/people/{quote(outsider.user_id, safe='')}",
@@ -43,7 +44,8 @@ async def test_check_apply_and_prune_people(both_bridge: SlackBridge, tmp_path: 
         {"matrix": anna.user_id, "slack": [f"rathaus:{ANNA}"],
          "email": ["Anna.Schmidt@stadt.example"]},
         {"matrix": ben.user_id, "slack": [f"rathaus:{BEN}"]},
-        {"matrix": nobody, "email": ["niemand@stadt.example"]}]}
+        {"matrix": nobody, "email": ["niemand@stadt.example"]},
+        {"matrix": admin.user_id, "slack": ["rathaus:U0NIEMAND"]}]}
     code, out = await bridge_command(both_bridge, tmp_path, "plan", "check",
                                      write_plan(tmp_path, plan))
     assert code == 1, out
@@ -52,12 +54,14 @@ async def test_check_apply_and_prune_people(both_bridge: SlackBridge, tmp_path: 
         f"people[1].slack[0]: rathaus:{BEN} is linked to {outsider.user_id}; unlink it there "
         f"first (`!bridge people unlink slack rathaus:{BEN}`), or list it under "
         f"{outsider.user_id}",
-        "2 finding(s); fix them before `bridge plan apply`."], out
+        "people[3].slack[0]: Slack workspace `rathaus` has no user with the ID U0NIEMAND "
+        "(Slack answered `user_not_found`).",
+        "3 finding(s); fix them before `bridge plan apply`."], out
 
     # Fixed: the plan is checked clean, a dry run changes nothing.
     await api.delete(f"/people/{quote(outsider.user_id, safe='')}",
                      {"slack": [f"rathaus:{BEN}"]})
-    del plan["people"][2]
+    del plan["people"][2:]
     path = write_plan(tmp_path, plan)
     code, out = await bridge_command(both_bridge, tmp_path, "plan", "check", path)
     assert (code, out.strip()) == (0, "All is well: 0 room(s) in 0 department(s) and the "

@@ -107,9 +107,38 @@ async def delete_person(call: ApiCall) -> tuple[int, dict[str, Any]]:
     return 200, await _person(call, outcome)
 
 
+async def resolve_person(call: ApiCall) -> tuple[int, dict[str, Any]]:
+    network = call.param("network")
+    person, linked = await people.lookup(call.bridge.hub, network, [call.body["id"]])
+    return 200, {"network": network, "id": person.label, "remote_id": person.remote_id,
+                 "display_name": person.display_name,
+                 "linked_to": linked.matrix_user_id if linked is not None else None}
+
+
 def people_routes(connectors: list[Connector]) -> list[Route]:
     path = "/people/{user_id}"
     return [
+        Route("POST", "/networks/{network}/resolve-person", resolve_person,
+              "who an identity names on a network, and whom it is linked to, without "
+              "linking it",
+              description="The refusals are those of linking it (an unknown Slack user: "
+                          "400; the network not started: 503). `bridge plan check` asks "
+                          "this for each identity of a plan's `people`.",
+              request={"type": "object", "additionalProperties": False, "required": ["id"],
+                       "properties": {"id": {"type": "string", "minLength": 1,
+                                             "description": "as `people link <network>` "
+                                                            "takes it"}}},
+              response={"type": "object",
+                        "required": ["network", "id", "remote_id", "display_name",
+                                     "linked_to"],
+                        "properties": {"network": {"type": "string"},
+                                       "id": {"type": "string"},
+                                       "remote_id": {"type": "string"},
+                                       "display_name": {"type": ["string", "null"]},
+                                       "linked_to": {"type": ["string", "null"],
+                                                     "description": "the Matrix user it is "
+                                                                    "linked to, if any"}}},
+              errors=(404, 503), tag="rollout"),
         Route("GET", "/people", list_people, "everyone linked to remote identities",
               response={"type": "object", "required": ["people"],
                         "properties": {"people": {"type": "array", "items": PERSON_SCHEMA}}},

@@ -12,7 +12,7 @@ import sys
 from typing import Any, TextIO
 
 from bridge.admin.plan.client import ApiClient, ApiError, segment
-from bridge.admin.plan.schema import Plan, RoomPlan
+from bridge.admin.plan.schema import PersonPlan, Plan, RoomPlan
 
 
 async def check(api: ApiClient, plan: Plan, domain: str, out: TextIO = sys.stdout) -> int:
@@ -55,7 +55,7 @@ async def check(api: ApiClient, plan: Plan, domain: str, out: TextIO = sys.stdou
           for room in plan.rooms))
     for lines in results:
         findings += lines
-    findings += await _people(api, plan)
+    findings += await _people(api, plan, used - set(_down(networks, used)))
     for line in findings:
         print(line, file=out)
     if findings:
@@ -67,31 +67,35 @@ async def check(api: ApiClient, plan: Plan, domain: str, out: TextIO = sys.stdou
     return 0
 
 
-async def _people(api: ApiClient, plan: Plan) -> list[str]:
-    """An identity the plan gives one person that is linked to another: apply would be
-    refused (409), unless that other person is in the plan without it (``--prune`` moves
-    it)."""
-    if not plan.people:
-        return []
-    answer = await api.request("GET", "/people")
-    assert answer is not None
-    owner = {(link["network"], link["id"]): entry["user_id"]
-             for entry in answer.get("people") or [] for link in entry.get("links") or []}
+async def _people(api: ApiClient, plan: Plan, usable: set[str]) -> list[str]:
+    """Each identity of ``people``: the network knows it (an unknown Slack user), and it is
+    not linked to someone else, which apply would refuse (409) unless that other person is
+    in the plan without it (``--prune`` moves it)."""
     planned = {person.matrix: set(person.identities()) for person in plan.people}
-    findings = []
+
+    async def one(person: PersonPlan, network: str, identity: str, path: str) -> list[str]:
+        try:
+            answer = await api.request("POST", f"/networks/{network}/resolve-person",
+                                       {"id": identity})
+        except ApiError as exc:
+            return [f"{path}: {exc}"]
+        assert answer is not None
+        other = answer.get("linked_to")
+        if other is None or other == person.matrix or (
+                other in planned and (network, identity) not in planned[other]):
+            return []
+        return [f"{path}: {identity} is linked to {other}; unlink it there first "
+                f"(`!bridge people unlink {network} {identity}`), or list it under {other}"]
+
+    work = []
     for person in plan.people:
         counters: dict[str, int] = {}
         for network, identity in person.identities():
             index = counters[network] = counters.get(network, -1) + 1
-            other = owner.get((network, identity))
-            if other is None or other == person.matrix:
+            if network not in usable:  # said once above: the network is not working
                 continue
-            if other in planned and (network, identity) not in planned[other]:
-                continue
-            findings.append(f"{person.path}.{network}[{index}]: {identity} is linked to "
-                            f"{other}; unlink it there first (`!bridge people unlink "
-                            f"{network} {identity}`), or list it under {other}")
-    return findings
+            work.append(one(person, network, identity, f"{person.path}.{network}[{index}]"))
+    return [line for lines in await asyncio.gather(*work) for line in lines]
 
 
 def _down(networks: dict[str, Any], used: set[str]) -> list[str]:
