@@ -487,7 +487,10 @@ class MatrixSide:
                 await store.set_portal_naming(session, d.room_id, "alias", alias)
         log.info("joined %s on the invitation of %s%s", d.room_id, p.get("inviter"),
                  " (direct chat)" if is_direct else "")
-        if is_direct:
+        if is_direct and p.get("direct_only"):
+            text = ("Hello! I am the bridge bot. Here you can link your accounts on other "
+                    "networks to your Matrix account: send `help me` to see how.")
+        elif is_direct:
             text = "Hello! I am the bridge bot. Send `help` to see what I can do."
         else:
             text = (f"Hello! I am the bridge bot. Send `{self.hub.prefix} help` to see what "

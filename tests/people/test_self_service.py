@@ -20,7 +20,7 @@ from bridge.admin.audit import entries
 from bridge.core.errors import CommandError
 from bridge.db import people as people_db
 from bridge.people import self_service
-from testkit.helpers import command, open_room
+from testkit.helpers import command, is_notice_from, open_room
 from testkit.matrix_client import MatrixTestClient
 from testkit.slack_sim import SlackSimulator
 from testkit.smtp_sink import SmtpSink
@@ -303,7 +303,9 @@ async def test_non_admins_get_a_direct_chat_and_nothing_more(
         homeserver: Homeserver, bridge: SlackBridge, admin: MatrixTestClient,
         outsider: MatrixTestClient, someone: MatrixTestClient) -> None:
     bot = homeserver.bot
-    dm = await open_room(bot, outsider, direct=True)
+    dm = await outsider.create_room(invite=[bot], is_direct=True)
+    greeting = await outsider.wait_for_event(dm, is_notice_from(bot, "Hello"), timeout=40)
+    assert "`help me`" in greeting["content"]["body"]
     answer = body(await command(bot, outsider, dm, "status", expect="only bridge admins"))
     assert "bridge.admins" in answer
     await command(bot, outsider, dm, "people list", expect="only bridge admins")
