@@ -188,6 +188,14 @@ async def test_an_address_is_linked_with_a_code_sent_by_mail(
     listing = body(await command(bot, outsider, dm, "me", expect="Your linked identities"))
     assert "erika.muster@landkreis.example" in listing
 
+    # A mailbox the mail server refuses: said so, and no code waits for confirmation.
+    sink.refuse["niemand@landkreis.example"] = "550 5.1.1 no such user"
+    answer = body(await command(bot, outsider, dm, "me email niemand@landkreis.example",
+                                expect="refused"))
+    assert "niemand@landkreis.example" in answer and "550" in answer
+    listing = body(await command(bot, outsider, dm, "me", expect="Your linked identities"))
+    assert "Codes waiting" not in listing
+
     # Not an address, or one of the bridge's rooms: refused, no mail.
     before = len(sink.received)
     answer = body(await command(bot, outsider, dm, "me email kein-adresse",
