@@ -211,6 +211,11 @@ async def test_five_wrong_codes_end_the_claim(homeserver: Homeserver, bridge: Sl
     dm = await open_room(bot, outsider, direct=True)
     await command(bot, outsider, dm, "me slack rathaus U0ANNA", expect="I sent a code")
     code = slack_code(sim, team, ANNA)
+    # Only a keyed hash of the code is kept.
+    async with bridge.hub.db.sessions() as session:
+        claim = await people_db.latest_claim(session, outsider.user_id)
+    assert claim is not None and claim.tries_left == 5 and code not in claim.code_hash
+    assert claim.expires_at - time.time() == pytest.approx(30 * 60, abs=60)
     for left in (4, 3, 2, 1):
         answer = body(await command(bot, outsider, dm, f"me confirm {wrong(code)}",
                                     expect="not right"))
