@@ -13,6 +13,7 @@ depend on remembering what we sent.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -110,6 +111,8 @@ class Hub:
         self.bot_mxid = config.bot_mxid
         self.prefix = config.bridge.command_prefix
         self.matrix: MatrixSide | None = None
+        # The clock of what expires (one-time codes): tests move it instead of waiting.
+        self.clock: Callable[[], float] = time.time
         # Set by the app: wakes the outbox worker after something was enqueued.
         # (Given the lanes it queued in, if known: the outbox need not wake for busy ones.)
         self.wake_outbox: Callable[..., None] = lambda lanes=None: None
@@ -131,6 +134,13 @@ class Hub:
 
     def is_admin(self, user_id: str) -> bool:
         return self.config.bridge.is_admin(user_id)
+
+    def is_local(self, user_id: str) -> bool:
+        """A user of the bridge's own homeserver (not a puppet, not the bot): who may use
+        the bot's self-service commands in a direct chat."""
+        server = user_id.partition(":")[2]
+        return (user_id.startswith("@") and server == self.config.homeserver.domain
+                and user_id != self.bot_mxid and self.network_of(user_id) is None)
 
     # --- inbound: one Matrix event from the inbox ---------------------------------------
 
@@ -249,10 +259,21 @@ class Hub:
                 return [self._matrix(room_id, "join", {
                     "inviter": sender, "is_direct": bool(content.get("is_direct")),
                 })]
-            return [self._matrix(room_id, "reject_invite", {
-                "reason": f"{sender} may not use this bridge: only the bridge's admins "
-                          "(bridge.admins in its config) can invite the bot.",
-            })]
+            if self.is_local(sender) and content.get("is_direct"):
+                # Anyone of our homeserver may talk to the bot in a direct chat (their own
+                # identity links: `me`); the Matrix side checks that it is one.
+                return [self._matrix(room_id, "join", {
+                    "inviter": sender, "is_direct": True, "direct_only": True,
+                })]
+            if self.is_local(sender):
+                reason = (f"{sender} may not invite the bot into a room: only the bridge's "
+                          "admins (bridge.admins in its config) can. Start a direct chat "
+                          "with the bot to link your own accounts.")
+            else:
+                reason = (f"{sender} may not use this bridge: only the bridge's admins "
+                          "(bridge.admins in its config) and, in a direct chat, users of "
+                          f"{self.config.homeserver.domain} can invite the bot.")
+            return [self._matrix(room_id, "reject_invite", {"reason": reason})]
         if membership in ("leave", "ban"):
             if sender != self.bot_mxid:
                 log.info("bot removed from %s by %s; forgetting its links", room_id, sender)

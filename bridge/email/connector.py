@@ -43,7 +43,7 @@ from bridge.core.origin import ORIGIN_KEY, Origin, read_origin
 from bridge.db import queues, store
 from bridge.db.queues import Delivery, NewDelivery
 from bridge.db.store import LinkInfo
-from bridge.email import actions
+from bridge.email import actions, person_code
 from bridge.email import api as email_api
 from bridge.email import store as email_store
 from bridge.email.addresses import (
@@ -119,6 +119,7 @@ class EmailConnector(Connector):
     relays_within_link = True
     max_links_per_room = 1
     links_people = True
+    me_words = "<address>"
 
     def __init__(self, config: Config) -> None:
         settings = config.section(EmailConfig)
@@ -208,6 +209,18 @@ class EmailConnector(Connector):
             raise CommandError(f"`{typed}` is not an email address (like "
                                "anna.schmidt@stadt.example).") from None
         return PersonRef(remote_id=address, label=address)
+
+    async def send_person_code(self, hub: Hub, person: PersonRef, code: str,
+                               matrix_user_id: str) -> str:
+        """A plain mail from the bridge's no-reply address (``me email``)."""
+        from bridge.people.self_service import CODE_LIFETIME_SECONDS
+
+        message = person_code.code_mail(
+            domain=self.domain, address=person.remote_id, code=code,
+            matrix_user_id=matrix_user_id, bot_mxid=hub.bot_mxid,
+            minutes=CODE_LIFETIME_SECONDS // 60)
+        return await person_code.send_code_mail(self.relay, message, domain=self.domain,
+                                                address=person.remote_id)
 
     async def resolve_link(self, hub: Hub, room_id: str, remote_id: str,
                            args: list[str]) -> LinkTarget:

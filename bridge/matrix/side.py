@@ -461,6 +461,17 @@ class MatrixSide:
     async def _deliver_join(self, d: Delivery, p: dict[str, Any]) -> None:
         """The bot accepts an admin's invitation, then says what it can and cannot do."""
         await self.bot_intent.join_room_by_id(RoomID(d.room_id))
+        if p.get("direct_only") and not await self._only_us(RoomID(d.room_id),
+                                                            p.get("inviter")):
+            # Someone who is not an admin may only have a direct chat with the bot.
+            log.info("leaving %s: %s invited the bot into a room with others", d.room_id,
+                     p.get("inviter"))
+            await self.bot_intent.leave_room(
+                RoomID(d.room_id),
+                reason=f"{p.get('inviter')} may not invite the bot into a room with others: "
+                       "only the bridge's admins (bridge.admins in its config) can. A direct "
+                       "chat with the bot is open to everyone of this homeserver.")
+            return None
         is_direct = bool(p.get("is_direct"))
         name = None
         if not is_direct:
@@ -476,7 +487,10 @@ class MatrixSide:
                 await store.set_portal_naming(session, d.room_id, "alias", alias)
         log.info("joined %s on the invitation of %s%s", d.room_id, p.get("inviter"),
                  " (direct chat)" if is_direct else "")
-        if is_direct:
+        if is_direct and p.get("direct_only"):
+            text = ("Hello! I am the bridge bot. Here you can link your accounts on other "
+                    "networks to your Matrix account: send `help me` to see how.")
+        elif is_direct:
             text = "Hello! I am the bridge bot. Send `help` to see what I can do."
         else:
             text = (f"Hello! I am the bridge bot. Send `{self.hub.prefix} help` to see what "
@@ -486,6 +500,12 @@ class MatrixSide:
                 text += "\n" + report.describe()
         await self.bot_intent.send_notice(RoomID(d.room_id), text, txn_id=f"ob{d.id}")
         return None
+
+    async def _only_us(self, room_id: RoomID, inviter: str | None) -> bool:
+        """Whether only the inviter and the bot are in the room (joined or invited)."""
+        members = await self.bot_intent.get_room_members(
+            room_id, allowed_memberships=(Membership.JOIN, Membership.INVITE))
+        return set(members) <= {self.hub.bot_mxid, inviter}
 
     async def _looks_direct(self, room_id: str, inviter: str | None) -> tuple[bool, str | None]:
         """Some clients start a direct chat without the is_direct flag: an unnamed room

@@ -36,7 +36,7 @@ from bridge.core.errors import (
 from bridge.db import queues, store
 from bridge.db.queues import Delivery, NewDelivery
 from bridge.db.store import LinkInfo
-from bridge.slack import actions, catch_up
+from bridge.slack import actions, catch_up, person_code
 from bridge.slack import api as slack_api
 from bridge.slack import store as slack_store
 from bridge.slack.config import SlackConfig
@@ -132,6 +132,7 @@ class SlackConnector(Connector):
     network = NETWORK
     display_name = "Slack"
     links_people = True
+    me_words = "<workspace> <user-id-or-e-mail>"
 
     def __init__(self, config: Config) -> None:
         settings = config.section(SlackConfig)
@@ -884,6 +885,22 @@ class SlackConnector(Connector):
 
     def _example_workspace(self) -> str:
         return self.workspaces[0].name if self.workspaces else "rathaus"
+
+    async def send_person_code(self, hub: Hub, person: PersonRef, code: str,
+                               matrix_user_id: str) -> str:
+        """A direct message from the app to the Slack user (``me slack``)."""
+        from bridge.people.self_service import CODE_LIFETIME_SECONDS
+
+        team_id, _, user_id = person.remote_id.partition("_")
+        ws = self.workspace_of_team(team_id)
+        if ws is None:
+            raise UnavailableError(f"The Slack workspace of `{person.label}` is not connected "
+                                   "right now; no code was sent. Please try again later.")
+        text = person_code.code_message(
+            code=code, label=person.label, matrix_user_id=matrix_user_id,
+            homeserver=self.homeserver_domain, bot_mxid=hub.bot_mxid,
+            minutes=CODE_LIFETIME_SECONDS // 60)
+        return await person_code.send_code(ws, user_id, text)
 
     async def _channel_by_name(self, hub: Hub, ws: Workspace, typed: str) -> dict[str, Any]:
         """A channel named like ``general`` or ``#general``: Slack's methods want IDs, so the
