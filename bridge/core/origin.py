@@ -17,6 +17,8 @@ Matrix user who copies it into a message cannot stop that message from being rel
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,3 +72,55 @@ def read_origin(content: Any) -> Origin | None:
     thread = value.get("thread")
     return Origin(network=network, link_id=link_id, also_received=also,
                   thread=thread if isinstance(thread, str) else None)
+
+
+# --- proof, for events a real account sent for the bridge (double puppeting) -------------
+#
+# A double-puppeted event comes back from the homeserver with a real user as its sender,
+# who could copy a marker into a message of their own. So the bridge signs what only it can
+# fix: the room, the sender, the link and the event's origin_server_ts, which it sets itself
+# (the appservice ``ts`` parameter) and which a client cannot choose. A copied marker sits
+# on an event with another timestamp and fails the check.
+
+#: The key under the marker that holds the proof.
+PROOF_KEY = "proof"
+
+
+def proof_key(secret: str) -> bytes:
+    """The HMAC key derived from a bridge secret (double_puppet.as_token)."""
+    return hashlib.sha256(b"net.matrix_hub_bridge.origin-proof\0" + secret.encode()).digest()
+
+
+def _proof(key: bytes, room_id: str, sender: str, timestamp_ms: int, origin: Origin) -> str:
+    message = "\n".join((room_id, sender, str(timestamp_ms), origin.network,
+                         str(origin.link_id)))
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+
+def sign(content: dict[str, Any], key: bytes, room_id: str, sender: str,
+         timestamp_ms: int) -> dict[str, Any]:
+    """``content`` with its marker (if it has one) signed for an event ``sender`` sends in
+    ``room_id`` with origin_server_ts ``timestamp_ms`` (a new dict)."""
+    origin = read_origin(content)
+    if origin is None:
+        return content
+    marker = {**content[ORIGIN_KEY],
+              PROOF_KEY: _proof(key, room_id, sender, timestamp_ms, origin)}
+    return {**content, ORIGIN_KEY: marker}
+
+
+def read_signed_origin(event: dict[str, Any], key: bytes) -> Origin | None:
+    """The marker of an event a real account sent, if the bridge signed it for exactly this
+    event (room, sender, timestamp); else None (a copied or made-up marker)."""
+    content = event.get("content")
+    origin = read_origin(content)
+    if origin is None or not isinstance(content, dict):
+        return None
+    proof = content[ORIGIN_KEY].get(PROOF_KEY)
+    room_id, sender, ts = event.get("room_id"), event.get("sender"), \
+        event.get("origin_server_ts")
+    if not isinstance(proof, str) or not isinstance(room_id, str) or \
+            not isinstance(sender, str) or not isinstance(ts, int) or isinstance(ts, bool):
+        return None
+    expected = _proof(key, room_id, sender, ts, origin)
+    return origin if hmac.compare_digest(proof, expected) else None
