@@ -77,10 +77,11 @@ def read_origin(content: Any) -> Origin | None:
 # --- proof, for events a real account sent for the bridge (double puppeting) -------------
 #
 # A double-puppeted event comes back from the homeserver with a real user as its sender,
-# who could copy a marker into a message of their own. So the bridge signs what only it can
-# fix: the room, the sender, the link and the event's origin_server_ts, which it sets itself
-# (the appservice ``ts`` parameter) and which a client cannot choose. A copied marker sits
-# on an event with another timestamp and fails the check.
+# who could copy a marker into an event of their own. So the bridge signs, besides the room,
+# the sender and the link, what ties the proof to one event: for a message or reaction its
+# origin_server_ts, which the bridge sets itself (the appservice ``ts`` parameter) and a
+# client cannot choose; for a redaction (where homeservers take no ``ts``) the event it
+# redacts, which a copy could only redact again, to no effect. A copied marker fails.
 
 #: The key under the marker that holds the proof.
 PROOF_KEY = "proof"
@@ -91,36 +92,49 @@ def proof_key(secret: str) -> bytes:
     return hashlib.sha256(b"net.matrix_hub_bridge.origin-proof\0" + secret.encode()).digest()
 
 
-def _proof(key: bytes, room_id: str, sender: str, timestamp_ms: int, origin: Origin) -> str:
-    message = "\n".join((room_id, sender, str(timestamp_ms), origin.network,
-                         str(origin.link_id)))
+def _proof(key: bytes, room_id: str, sender: str, anchor: str, origin: Origin) -> str:
+    message = "\n".join((room_id, sender, anchor, origin.network, str(origin.link_id)))
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
-def sign(content: dict[str, Any], key: bytes, room_id: str, sender: str,
-         timestamp_ms: int) -> dict[str, Any]:
-    """``content`` with its marker (if it has one) signed for an event ``sender`` sends in
-    ``room_id`` with origin_server_ts ``timestamp_ms`` (a new dict)."""
+def _anchor(timestamp_ms: int | None, redacts: str | None) -> str:
+    return f"redacts:{redacts}" if redacts is not None else f"ts:{timestamp_ms}"
+
+
+def sign(content: dict[str, Any], key: bytes, room_id: str, sender: str, *,
+         timestamp_ms: int | None = None, redacts: str | None = None) -> dict[str, Any]:
+    """``content`` with its marker (if it has one) signed for the event ``sender`` sends in
+    ``room_id``: with origin_server_ts ``timestamp_ms``, or the redaction of ``redacts``
+    (a new dict)."""
     origin = read_origin(content)
     if origin is None:
         return content
     marker = {**content[ORIGIN_KEY],
-              PROOF_KEY: _proof(key, room_id, sender, timestamp_ms, origin)}
+              PROOF_KEY: _proof(key, room_id, sender, _anchor(timestamp_ms, redacts), origin)}
     return {**content, ORIGIN_KEY: marker}
 
 
 def read_signed_origin(event: dict[str, Any], key: bytes) -> Origin | None:
     """The marker of an event a real account sent, if the bridge signed it for exactly this
-    event (room, sender, timestamp); else None (a copied or made-up marker)."""
+    event; else None (a copied or made-up marker)."""
     content = event.get("content")
     origin = read_origin(content)
     if origin is None or not isinstance(content, dict):
         return None
     proof = content[ORIGIN_KEY].get(PROOF_KEY)
-    room_id, sender, ts = event.get("room_id"), event.get("sender"), \
-        event.get("origin_server_ts")
+    room_id, sender = event.get("room_id"), event.get("sender")
     if not isinstance(proof, str) or not isinstance(room_id, str) or \
-            not isinstance(sender, str) or not isinstance(ts, int) or isinstance(ts, bool):
+            not isinstance(sender, str):
         return None
-    expected = _proof(key, room_id, sender, ts, origin)
+    if event.get("type") == "m.room.redaction":
+        redacts = event.get("redacts") or content.get("redacts")
+        if not isinstance(redacts, str):
+            return None
+        anchor = _anchor(None, redacts)
+    else:
+        ts = event.get("origin_server_ts")
+        if not isinstance(ts, int) or isinstance(ts, bool):
+            return None
+        anchor = _anchor(ts, None)
+    expected = _proof(key, room_id, sender, anchor, origin)
     return origin if hmac.compare_digest(proof, expected) else None

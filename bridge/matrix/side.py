@@ -199,14 +199,12 @@ class RealSender:
         return EventID(answer["event_id"])
 
     async def redact(self, room_id: RoomID, event_id: str, txn_id: str,
-                     reason: str | None, extra_content: dict[str, Any] | None,
-                     timestamp: int) -> EventID:
+                     reason: str | None, extra_content: dict[str, Any] | None) -> EventID:
         body: dict[str, Any] = dict(extra_content or {})
         if reason:
             body["reason"] = reason
         answer = await self.api.request(
-            Method.PUT, Path.v3.rooms[room_id].redact[event_id][txn_id], body,
-            timestamp=timestamp)
+            Method.PUT, Path.v3.rooms[room_id].redact[event_id][txn_id], body)
         return EventID(answer["event_id"])
 
 
@@ -412,7 +410,8 @@ class MatrixSide:
             # As the linked person (double puppeting), with a timestamp the bridge sets and
             # signs, so the event's origin marker is trusted when it comes back.
             ts = int(kwargs.get("timestamp") or time.time() * 1000)
-            signed = sign(content, self.hub.double_puppets.key, d.room_id, acting, ts)
+            signed = sign(content, self.hub.double_puppets.key, d.room_id, acting,
+                          timestamp_ms=ts)
             try:
                 event_id = await self._send(d, self.real_sender(acting), event_type, signed,
                                             thread_root, {**kwargs, "timestamp": ts})
@@ -515,12 +514,12 @@ class MatrixSide:
         acting = await self._acting(d.room_id, p.get("sender"), str(p["event_id"]))
         if acting is not None:
             # Removed by whoever sent it: the linked person's own account.
-            ts = int(time.time() * 1000)
-            signed = sign(extra or {}, self.hub.double_puppets.key, d.room_id, acting, ts)
+            signed = sign(extra or {}, self.hub.double_puppets.key, d.room_id, acting,
+                          redacts=str(p["event_id"]))
             try:
                 return str(await self.real_sender(acting).redact(
                     RoomID(d.room_id), str(p["event_id"]), f"ob{d.id}", p.get("reason"),
-                    signed or None, ts))
+                    signed or None))
             except MForbidden as exc:
                 log.info("delivery %s: %s may not redact in %s (%s); the puppet tries",
                          d.id, acting, d.room_id, exc.message)
