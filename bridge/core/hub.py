@@ -3,7 +3,8 @@
 The relay rule: whatever arrives in a portal (from a Matrix user, or from one link's puppets)
 goes to every link of that room except the one it came from. A puppet's event names its
 link in the origin marker (:mod:`bridge.core.origin`), trusted only when the sender is a
-puppet of that link's network; a connector whose link stands for many participants
+puppet of that link's network (or, double puppeting, a linked person's account with the
+bridge's proof for that very event); a connector whose link stands for many participants
 (``relays_within_link``, email) also gets its own link's events and skips their author
 itself. Events without a marker (older ones, puppets' membership) skip every link of the
 sender's network, as the puppet namespace tells it. Either way echo suppression does not

@@ -12,7 +12,9 @@ Without it the rule could only skip the sender's whole *network*, so two email s
 of one room, or two Slack channels linked to one room, would never hear each other.
 
 The marker is trusted only on events whose sender is a puppet of the marker's network: a
-Matrix user who copies it into a message cannot stop that message from being relayed.
+Matrix user who copies it into a message cannot stop that message from being relayed. The one
+exception, double puppeting, is an event the bridge sent as a linked person's own account:
+its marker is trusted only with a proof the bridge made for exactly that event (see below).
 """
 
 from __future__ import annotations

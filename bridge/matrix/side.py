@@ -308,6 +308,8 @@ class MatrixSide:
         if not people.enabled or not puppet:
             return None
         if changes is not None:
+            if await self.hub.people.account_of(puppet) is None:
+                return None  # not a linked person's puppet: no need to ask who sent it
             original = await self._sender_of(room_id, changes)
             return original if original and await people.may_act_for(puppet, original) \
                 else None
