@@ -305,7 +305,7 @@ async def test_a_copied_origin_marker_does_not_stop_a_persons_own_message(
     await posted(sim, team, "Selbst geschrieben")
 
 
-async def test_with_double_puppeting_off_the_puppet_posts_as_before(
+async def test_with_double_puppeting_off_the_puppet_posts_as_before_until_switched_on(
         homeserver: Homeserver, database_url: str, slack_sim: SlackSimulator, team: Any,
         sink: SmtpSink, admin: MatrixTestClient, anna: MatrixTestClient) -> None:
     async with running_slack_and_email_bridge(homeserver, database_url, slack_sim, team,
@@ -321,3 +321,13 @@ async def test_with_double_puppeting_off_the_puppet_posts_as_before(
         assert event["sender"] == puppet
         assert puppet in await members(admin, room)
         assert await displayname(admin, puppet) == "Anna"
+
+    # Switched on later (links made while it was off): the first message sent as Anna
+    # finishes the retirement in that room.
+    async with running_slack_and_email_bridge(homeserver, database_url, slack_sim, team, sink,
+                                              double_puppet__enabled=True):
+        await slack_sim.post_message(team, CHANNEL, ANNA, text="Jetzt mit Doppelpuppe")
+        event = await admin.wait_for_event(room, has_body("Jetzt mit Doppelpuppe"), 15)
+        assert event["sender"] == anna.user_id
+        await admin.wait_for_membership(room, puppet, "leave", timeout=15)
+        await until(lambda: _name_is(admin, puppet, f"Anna (now {anna.user_id})"))

@@ -422,6 +422,12 @@ class MatrixSide:
                 log.info("delivery %s: %s may not post in %s (%s); the puppet posts",
                          d.id, acting, d.room_id, exc.message)
                 self.hub.double_puppets.note_membership(d.room_id, acting, "leave")
+            else:
+                try:
+                    await self.hub.double_puppets.posted_as(d.room_id, str(p["sender"]), acting)
+                except Exception:  # sent already: finishing the retirement can wait
+                    log.exception("delivery %s: could not check %s's retired puppet", d.id,
+                                  acting)
         if event_id is None:
             event_id = await self._send(d, intent, event_type, content, thread_root, kwargs)
         mapping = p.get("mapping")

@@ -113,6 +113,9 @@ class DoublePuppets:
         self.domain = hub.config.homeserver.domain
         self._members: BoundedCache[tuple[str, str], bool] = BoundedCache(
             MEMBERS_MAX_ITEMS, MEMBERS_MAX_AGE_SECONDS)
+        # Retired puppets whose name this process has set to point onwards.
+        self._renamed: BoundedCache[str, bool] = BoundedCache(MEMBERS_MAX_ITEMS,
+                                                              MEMBERS_MAX_AGE_SECONDS)
 
     # --- membership ------------------------------------------------------------------------
 
@@ -184,6 +187,7 @@ class DoublePuppets:
         if row is not None and row.displayname:
             deliveries.append(self._profile(puppet, f"{row.displayname} "
                                                     f"(now {identity.matrix_user_id})"))
+            self._renamed.set(puppet, True)
         await self.hub.enqueue(deliveries)
 
     @staticmethod
@@ -203,8 +207,26 @@ class DoublePuppets:
         puppet = connector.puppet_user_id(identity.remote_id)
         async with self.hub.db.sessions() as session:
             row = await store.get_puppet(session, puppet)
+        self._renamed.pop(puppet)
         if row is not None and row.displayname:
             await self.hub.enqueue([self._profile(puppet, row.displayname)])
+
+    async def posted_as(self, room_id: str, puppet: str, account: str) -> None:
+        """A message of ``puppet`` was just sent as ``account`` in the room. Retiring is
+        queued after the link's commit; should that have been lost (a crash in between, or
+        double puppeting switched on after the links were made), this finishes it: the
+        puppet leaves this room, and its name points onwards (once per process)."""
+        deliveries = []
+        if await self.is_member(room_id, puppet):
+            deliveries.append(self.retire_in(room_id, puppet, account))
+        if self._renamed.get(puppet) is None:
+            self._renamed.set(puppet, True)
+            async with self.hub.db.sessions() as session:
+                row = await store.get_puppet(session, puppet)
+            if row is not None and row.displayname:
+                deliveries.append(self._profile(puppet, f"{row.displayname} (now {account})"))
+        if deliveries:
+            await self.hub.enqueue(deliveries)
 
     @staticmethod
     def _profile(puppet: str, displayname: str) -> NewDelivery:
