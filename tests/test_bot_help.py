@@ -34,6 +34,9 @@ ADMIN_USAGES = [
     "unlink <network> [<remote-id>]",
     "failed",
     "retry <id>|all",
+    "people link <network> <identity> <@user:domain>",
+    "people unlink <network> <identity> [<@user:domain>]",
+    "people list [<@user:domain>]",
     "email subscribe <address> [name...]",
     "email unsubscribe <address>",
     "email list",
@@ -102,6 +105,14 @@ async def test_help_for_one_command(homeserver: Homeserver, both_bridge: SlackBr
     answer = body(await command(bot, admin, room, "!bridge help slack channels"))
     assert answer.startswith("`!bridge slack channels [workspace]`: ")
 
+    # The first word of commands of two words gives them all.
+    answer = body(await command(bot, admin, room, "!bridge help people"))
+    assert [line.split("`")[1] for line in answer.splitlines()] == [
+        f"!bridge {usage}" for usage in ADMIN_USAGES if usage.startswith("people ")]
+    answer = body(await command(bot, admin, room, "!bridge help people link"))
+    assert answer.startswith("`!bridge people link <network> <identity> <@user:domain>`: ")
+    assert "slack <workspace>:<user id>" in answer and "email <address>" in answer
+
     answer = body(await command(bot, admin, room, "!bridge help frobnicate"))
     assert "no command `frobnicate`" in answer and "`!bridge help`" in answer
 
@@ -122,6 +133,14 @@ async def test_usage_messages_end_where_they_end(homeserver: Homeserver,
 
     answer = body(await command(bot, admin, room, "!bridge unlink", expect="Usage"))
     assert answer == "Usage: `!bridge unlink <network> [<remote-id>]`"
+
+    answer = body(await command(bot, admin, room, "!bridge people link slack", expect="Usage"))
+    first, *rest = answer.splitlines()
+    assert first == "Usage: `!bridge people link <network> <identity> <@user:domain>`"
+    assert rest == ["`!bridge people link slack <workspace>:<user id> <@user:domain>` or "
+                    "`!bridge people link email <address> <@user:domain>`"]
+    answer = body(await command(bot, admin, room, "!bridge people list a b", expect="Usage"))
+    assert answer == "Usage: `!bridge people list [<@user:domain>]`"
 
     # A sub-command's usage needs the room's link to be checked first for some commands.
     await command(bot, admin, room, "!bridge link email nutzung", expect="Linked")

@@ -28,7 +28,14 @@ from bridge import metrics
 from bridge.admin.audit import Actor
 from bridge.config import Config
 from bridge.core.cache import BoundedCache
-from bridge.core.connector import Connector, Health, LinkTarget, SubCommand, media_msgtype
+from bridge.core.connector import (
+    Connector,
+    Health,
+    LinkTarget,
+    PersonRef,
+    SubCommand,
+    media_msgtype,
+)
 from bridge.core.errors import CommandError, PermanentError, UsageError
 from bridge.core.event_size import too_large
 from bridge.core.hub import RemotePart
@@ -111,6 +118,7 @@ class EmailConnector(Connector):
     # One room address, many subscribers: a subscriber's mail goes to the others.
     relays_within_link = True
     max_links_per_room = 1
+    links_people = True
 
     def __init__(self, config: Config) -> None:
         settings = config.section(EmailConfig)
@@ -183,6 +191,23 @@ class EmailConnector(Connector):
     async def link_for(self, localpart: str) -> LinkInfo | None:
         async with self.hub.db.sessions() as session:
             return await store.link_by_remote(session, NETWORK, localpart.lower())
+
+    async def resolve_person(self, hub: Hub, words: list[str]) -> PersonRef:
+        """An email address, lower case: as the email puppets know it
+        (:meth:`puppet_user_id` of the sender's address). A room's own address names
+        nobody."""
+        if len(words) != 1:
+            raise CommandError("Name one email address, like anna.schmidt@stadt.example.")
+        typed = words[0]
+        try:
+            address = actions.checked_address(typed, self.domain)
+        except CommandError:
+            if typed.strip().strip("<>").lower().endswith("@" + self.domain):
+                raise CommandError(f"`{typed}` is an address of the bridge's rooms "
+                                   f"(@{self.domain}), not a person's.") from None
+            raise CommandError(f"`{typed}` is not an email address (like "
+                               "anna.schmidt@stadt.example).") from None
+        return PersonRef(remote_id=address, label=address)
 
     async def resolve_link(self, hub: Hub, room_id: str, remote_id: str,
                            args: list[str]) -> LinkTarget:

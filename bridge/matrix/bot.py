@@ -26,6 +26,7 @@ from bridge.db import queues, store
 from bridge.db.queues import Delivery
 from bridge.matrix.side import json_body
 from bridge.networks import networks
+from bridge.people import actions as people
 
 if TYPE_CHECKING:
     from bridge.core.hub import Hub
@@ -122,6 +123,13 @@ class Bot:
 
     async def _answer(self, ctx: Context, name: str) -> str:
         cmd = COMMANDS.get(name)
+        # A command of two words (``people link``): the second word picks it.
+        if cmd is None and ctx.args and f"{name} {ctx.args[0].lower()}" in COMMANDS:
+            name = f"{name} {ctx.args[0].lower()}"
+            cmd = COMMANDS[name]
+            ctx.args = ctx.args[1:]
+        elif cmd is None and _group(name):
+            return self._group_reply(ctx, name)
         connector = self.hub.connectors.get(name)
         if cmd is None and connector is not None:
             return await self._network_command(ctx, name)
@@ -131,7 +139,7 @@ class Bot:
         if cmd.admin_only and not ctx.is_admin:
             return (f"Sorry, only bridge admins may use `{name}`. Ask your bridge "
                     "administrator to add you to `bridge.admins`.")
-        if not word_count(cmd.usage.partition(" ")[2]).allows(len(ctx.args)):
+        if not word_count(cmd.usage[len(cmd.name):]).allows(len(ctx.args)):
             note = cmd.usage_note(self.hub) if cmd.usage_note else ""
             return self._usage_reply(cmd.usage, UsageError(note), ctx.is_direct)
         return await self._run_handler(ctx, name, cmd.handler(self, ctx), cmd.usage)
@@ -150,6 +158,17 @@ class Bot:
         except Exception:
             log.exception("command %r failed in %s", name, ctx.room_id)
             return _went_wrong(name)
+
+    def _group_reply(self, ctx: Context, group: str) -> str:
+        """``people`` alone, or with a word that is none of its commands: its commands."""
+        commands = _group(group)
+        if not ctx.is_admin and all(cmd.admin_only for cmd in commands):
+            return (f"Sorry, only bridge admins may use `{group}`. Ask your bridge "
+                    "administrator to add you to `bridge.admins`.")
+        opening = (f"`{group}` has no command `{ctx.args[0]}`; it has:" if ctx.args
+                   else f"`{group}` commands:")
+        return "\n".join([opening, *(f"- `{self._prefixed(cmd.usage, ctx.is_direct)}`: "
+                                      f"{cmd.summary}" for cmd in commands)])
 
     async def _network_command(self, ctx: Context, network: str) -> str:
         connector = self.hub.connectors[network]
@@ -232,7 +251,8 @@ def _help_for(bot: Bot, ctx: Context, asked: str) -> str:
     entries = bot.declared()
     # A command's name is its usage up to the first argument: "link", "email subscribe".
     exact = [e for e in entries if _command_words(e.usage) == asked]
-    found = exact or [e for e in entries if e.network == asked]
+    found = exact or [e for e in entries if e.network == asked] or \
+        [e for e in entries if _command_words(e.usage).startswith(asked + " ")]
     if not found:
         return (f"There is no command `{asked}`. Send "
                 f"`{bot._prefixed('help', ctx.is_direct)}` for the list of commands.")
@@ -242,6 +262,11 @@ def _help_for(bot: Bot, ctx: Context, asked: str) -> str:
         lines.append(f"`{bot._prefixed(entry.usage, ctx.is_direct)}`: {entry.summary}."
                      f"{admins}")
     return "\n".join(lines)
+
+
+def _group(name: str) -> list[Command]:
+    """The commands of two words whose first word is ``name`` (``people``)."""
+    return [cmd for key, cmd in COMMANDS.items() if key.startswith(name + " ")]
 
 
 def _command_words(usage: str) -> str:
@@ -392,3 +417,39 @@ async def _retry(bot: Bot, ctx: Context) -> str:
         raise CommandError(f"{exc} `{bot._prefixed('failed', ctx.is_direct)}` lists "
                            "them.") from None
     return outcome.message
+
+
+# --- people: identity links (bridge/people/actions.py) ------------------------------------
+
+_PERSON_FORMS = "; ".join(f"{n.name} {n.person_words}" for n in networks() if n.person_words)
+
+
+@command("people link", "people link <network> <identity> <@user:domain>",
+         "link a person's remote identity to their Matrix account"
+         + (f" ({_PERSON_FORMS})" if _PERSON_FORMS else ""), admin_only=True,
+         usage_note=lambda hub: people.link_forms(hub))
+async def _people_link(bot: Bot, ctx: Context) -> str:
+    network, identity, user_id = ctx.args[0].lower(), ctx.args[1], ctx.args[2]
+    outcome = await people.link(bot.hub, Actor.command(ctx.sender), user_id, network,
+                                [identity])
+    return outcome.message
+
+
+@command("people unlink", "people unlink <network> <identity> [<@user:domain>]",
+         "remove an identity link (with the Matrix user: only if it is theirs)",
+         admin_only=True)
+async def _people_unlink(bot: Bot, ctx: Context) -> str:
+    network, identity = ctx.args[0].lower(), ctx.args[1]
+    user_id = ctx.args[2] if len(ctx.args) == 3 else None
+    outcome = await people.unlink(bot.hub, Actor.command(ctx.sender), network, [identity],
+                                  user_id)
+    return outcome.message
+
+
+@command("people list", "people list [<@user:domain>]",
+         "who is linked to which remote identities (everyone, or one person)",
+         admin_only=True)
+async def _people_list(bot: Bot, ctx: Context) -> str:
+    user_id = ctx.args[0] if ctx.args else None
+    identities = await people.people(bot.hub, user_id)
+    return people.listing(bot.hub, identities, user_id)

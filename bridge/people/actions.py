@@ -47,8 +47,8 @@ PROVEN_BY = ("admin", "self")
 
 @dataclass(slots=True)
 class Outcome:
-    """What an action did: ``message`` is the sentence the person is told; ``identities``
-    the links it is about (made, found or removed)."""
+    """What an action did: ``message`` is the sentence the person is told; ``identities``:
+    after a link, the person's links as they are now; after an unlink, the links removed."""
 
     changed: bool
     message: str
@@ -73,6 +73,15 @@ def check_user_id(hub: Hub, matrix_user_id: str) -> str:
         raise CommandError(f"{user_id} is a {display} puppet of the bridge, not a person's "
                            "Matrix account.")
     return user_id
+
+
+async def require_user(hub: Hub, user_id: str) -> None:
+    """Links are made to accounts the homeserver knows (a typo would link nobody)."""
+    from bridge.admin.rooms import user_exists
+
+    if not await user_exists(hub, user_id):
+        raise NotFoundError(f"The homeserver knows no user {user_id}; check how it is "
+                            "spelt (like @anna.schmidt:stadt.example).")
 
 
 def people_connector(hub: Hub, network: str, *, started: bool = True) -> Connector:
@@ -123,6 +132,15 @@ async def resolve(hub: Hub, network: str, words: list[str]) -> tuple[Connector, 
     return connector, await connector.resolve_person(hub, words)
 
 
+async def lookup(hub: Hub, network: str,
+                 words: list[str]) -> tuple[PersonRef, Identity | None]:
+    """Who the words name on the network, and whose account it is linked to (if anyone's),
+    without linking it: what ``bridge plan check`` asks."""
+    _, person = await resolve(hub, network, words)
+    async with hub.db.sessions() as session:
+        return person, await db.identity_for(session, network, person.remote_id)
+
+
 def _conflict(hub: Hub, identity: Identity, wanted_user: str) -> ConflictError:
     return ConflictError(f"{describe(identity, hub)} is already linked to "
                          f"{identity.matrix_user_id}; an identity can be linked to one Matrix "
@@ -145,6 +163,7 @@ async def link_many(hub: Hub, actor: Actor, matrix_user_id: str,
     if proven_by not in PROVEN_BY:
         raise CommandError(f"proven_by must be one of {', '.join(PROVEN_BY)}.")
     user_id = check_user_id(hub, matrix_user_id)
+    await require_user(hub, user_id)
     resolved: list[tuple[str, PersonRef]] = []
     for network, words in wanted:
         _, person = await resolve(hub, network, words)

@@ -43,6 +43,11 @@ def listen(listener: Listener) -> None:
         _listeners.append(listener)
 
 
+def unlisten(listener: Listener) -> None:
+    if listener in _listeners:
+        _listeners.remove(listener)
+
+
 async def after_change(hub: Hub, change: Change) -> None:
     """Tell whoever follows identity links about a committed change."""
     if not change:

@@ -30,7 +30,8 @@ TIER_PER_MINUTE = {1: 1, 2: 20, 3: 50, 4: 100}
 METHOD_TIER = {
     "apps.connections.open": 1,
     "users.list": 2, "conversations.list": 2, "reactions.remove": 2, "emoji.list": 2,
-    "bots.info": 3, "team.info": 3, "conversations.info": 3, "conversations.history": 3,
+    "users.lookupByEmail": 3, "bots.info": 3, "team.info": 3, "conversations.info": 3,
+    "conversations.history": 3,
     "conversations.replies": 3, "conversations.join": 3, "chat.update": 3, "chat.delete": 3,
     "chat.meMessage": 3, "reactions.add": 3, "files.delete": 3,
     "users.info": 4, "conversations.members": 4, "files.getUploadURLExternal": 4,
