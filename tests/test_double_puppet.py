@@ -79,14 +79,6 @@ async def link(bridge: SlackBridge, account: str, network: str, remote_id: str,
     return identity
 
 
-async def unlink(bridge: SlackBridge, identity: Identity) -> None:
-    async def write(session: Any) -> None:
-        await people_db.remove_identity(session, identity.network, identity.remote_id)
-
-    await bridge.hub.enqueue([], also=write)
-    await after_change(bridge.hub, Change(unlinked=[identity]))
-
-
 async def joined(admin: MatrixTestClient, room: str, user: MatrixTestClient) -> None:
     await admin.invite(room, user.user_id)
     await user.join(room)
@@ -134,8 +126,9 @@ async def test_linked_slack_person_posts_as_their_account_where_they_are_a_membe
         == puppet
     await joined(admin, room, anna)
 
-    identity = await link(dp_bridge, anna.user_id, "slack", team_remote(team, ANNA),
-                          f"rathaus:{ANNA}")
+    # Linked by an admin with the bot command (its hook retires the puppet).
+    await command(bot, admin, room, f"!bridge people link slack rathaus:{ANNA} {anna.user_id}",
+                  expect="Linked")
 
     # Retired: the puppet leaves the room where Anna's account is, stays in the other,
     # and its name points to her account.
@@ -194,7 +187,8 @@ async def test_linked_slack_person_posts_as_their_account_where_they_are_a_membe
     assert len(mails_with(sink, "korrigiert")) == 1
 
     # Unlinked: the puppet gets its name back and posts again (joining the room again).
-    await unlink(dp_bridge, identity)
+    await command(bot, admin, room, f"!bridge people unlink slack rathaus:{ANNA}",
+                  expect="Unlinked")
     await until(lambda: _name_is(admin, puppet, "Anna"))
     await sim.post_message(team, CHANNEL, ANNA, text="Wieder als Puppe")
     again = await admin.wait_for_event(room, has_body("Wieder als Puppe"), timeout=15)
