@@ -405,8 +405,11 @@ class MatrixSide:
         relates = content.get("m.relates_to")
         edited = relates.get("event_id") if isinstance(relates, dict) and \
             relates.get("rel_type") == "m.replace" else None
+        # Only with an origin marker, which the proof makes trusted: an unmarked event
+        # from a real account would be relayed back to where it came from.
         acting = await self._acting(d.room_id, p.get("sender"),
-                                    str(edited) if edited else None)
+                                    str(edited) if edited else None) \
+            if ORIGIN_KEY in content else None
         event_id = None
         if acting is not None:
             # As the linked person (double puppeting), with a timestamp the bridge sets and
@@ -519,7 +522,8 @@ class MatrixSide:
         # The origin marker rides in the redaction's content (the homeserver keeps extra
         # keys of the PUT /redact body), so the relay rule knows which link deleted it.
         extra = {ORIGIN_KEY: p["origin"]} if p.get("origin") else None
-        acting = await self._acting(d.room_id, p.get("sender"), str(p["event_id"]))
+        acting = await self._acting(d.room_id, p.get("sender"), str(p["event_id"])) \
+            if extra else None
         if acting is not None:
             # Removed by whoever sent it: the linked person's own account.
             signed = sign(extra or {}, self.hub.double_puppets.key, d.room_id, acting,
