@@ -325,3 +325,28 @@ async def test_with_double_puppeting_off_the_puppet_posts_as_before_until_switch
         assert event["sender"] == anna.user_id
         await admin.wait_for_membership(room, puppet, "leave", timeout=15)
         await until(lambda: _name_is(admin, puppet, f"Anna (now {anna.user_id})"))
+
+
+async def test_links_are_read_once_and_read_again_when_they_change(
+        dp_bridge: SlackBridge, anna: MatrixTestClient, team: Any) -> None:
+    people = dp_bridge.hub.people
+    puppet = puppet_of(team, ANNA)
+    assert await people.account_of(puppet) is None
+
+    # Written behind the cache's back, as another bridge process would: not asked again
+    # on every message (until the cached links age out) ...
+    async def write(session: Any) -> None:
+        await people_db.add_identity(session, matrix_user_id=anna.user_id, network="slack",
+                                     remote_id=team_remote(team, ANNA), label=f"rathaus:{ANNA}",
+                                     proven_by="admin", created_by="@admin:bridge.test")
+
+    await dp_bridge.hub.enqueue([], also=write)
+    assert await people.account_of(puppet) is None
+    # ... while a change made here (the people actions' hook) is seen at once.
+    async with dp_bridge.hub.db.sessions() as session:
+        identity = await people_db.identity_for(session, "slack", team_remote(team, ANNA))
+    assert identity is not None
+    await after_change(dp_bridge.hub, Change(linked=[identity]))
+    assert await people.account_of(puppet) == anna.user_id
+    assert [i.remote_id for i in people.current.identities(anna.user_id, "slack")] == \
+        [team_remote(team, ANNA)]
