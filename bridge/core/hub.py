@@ -3,7 +3,8 @@
 The relay rule: whatever arrives in a portal (from a Matrix user, or from one link's puppets)
 goes to every link of that room except the one it came from. A puppet's event names its
 link in the origin marker (:mod:`bridge.core.origin`), trusted only when the sender is a
-puppet of that link's network; a connector whose link stands for many participants
+puppet of that link's network (or, double puppeting, a linked person's account with the
+bridge's proof for that very event); a connector whose link stands for many participants
 (``relays_within_link``, email) also gets its own link's events and skips their author
 itself. Events without a marker (older ones, puppets' membership) skip every link of the
 sender's network, as the puppet namespace tells it. Either way echo suppression does not
@@ -25,10 +26,12 @@ from bridge.core import activity
 from bridge.core.cache import BoundedCache
 from bridge.core.connector import Connector
 from bridge.core.errors import TemporaryError
-from bridge.core.origin import Origin, read_origin
+from bridge.core.origin import ORIGIN_KEY, Origin, read_origin, read_signed_origin
 from bridge.db import queues, store
 from bridge.db.engine import Database
 from bridge.db.queues import Delivery, InboxEntry, NewDelivery
+from bridge.people import changes as people_changes
+from bridge.people.double_puppet import DoublePuppets, People, on_change
 
 log = logging.getLogger("bridge.hub")
 
@@ -93,6 +96,8 @@ class MatrixSide(Protocol):
 
     async def may_mention_room(self, room_id: str, user_id: str) -> bool: ...
 
+    async def is_joined(self, room_id: str, user_id: str) -> bool: ...
+
     async def set_profile(self, user_id: str, displayname: str | None,
                           avatar_mxc: str | None) -> None: ...
 
@@ -121,6 +126,10 @@ class Hub:
         # or was pushed out by newer ones costs one write that changes nothing.
         self._profiles: BoundedCache[str, tuple[str | None, str | None]] = BoundedCache(
             PROFILE_CACHE_MAX_ITEMS, PROFILE_CACHE_MAX_AGE_SECONDS)
+        # Identity links (cached) and double puppeting: who posts a linked person's messages.
+        self.people = People(self)
+        self.double_puppets = DoublePuppets(self, self.people)
+        people_changes.listen(on_change)
 
     # --- who is who ---------------------------------------------------------------------
 
@@ -177,6 +186,8 @@ class Hub:
         content: dict[str, Any] = raw_content if isinstance(raw_content, dict) else {}
         if state_key is not None and self.matrix is not None:
             await self.matrix.note_state(event)
+        if etype == "m.room.member" and isinstance(state_key, str):
+            self.double_puppets.note_membership(room_id, state_key, content.get("membership"))
         if state_key == "" and etype in NAMING_STATE:
             # Before the bot's own events are dropped: a plan's rooms are named by the bot.
             await self._note_naming(session, room_id, etype, content)
@@ -190,8 +201,13 @@ class Hub:
         if sender == self.bot_mxid:
             return []  # the bot's own notices and state are never relayed
 
+        # A linked person's remote message, sent as their own account (double puppeting):
+        # its origin marker is trusted only with the bridge's proof for exactly this event.
+        signed = read_signed_origin(event, self.double_puppets.key) \
+            if self.double_puppets.enabled and ORIGIN_KEY in content and \
+            self.network_of(sender) is None else None
         portal = portals.get(room_id)
-        if etype == "m.room.message" and portal is not None:
+        if etype == "m.room.message" and portal is not None and signed is None:
             command = self._command_text(content, portal.is_direct, sender)
             if command is not None:
                 return [self._matrix(room_id, "command", {
@@ -204,16 +220,22 @@ class Hub:
         room_links = links.get(room_id) or []
         if not room_links:
             return []
-        sender_network = self.network_of(sender)
-        if sender_network is None and activity.is_new_message(etype, content):
+        sender_network = signed.network if signed is not None else self.network_of(sender)
+        deliveries = []
+        if etype == "m.room.member" and content.get("membership") == "join" and \
+                isinstance(state_key, str) and sender_network is None:
+            # A person joined: their retired puppets leave (if they are here).
+            deliveries += await self.double_puppets.joined(
+                session, room_id, state_key, {link.network for link in room_links})
+        if signed is None and sender_network is None and \
+                activity.is_new_message(etype, content):
             # Written on Matrix (commands and the bot's notices went their own way above).
             # (Written once for the whole batch: route_batch flushes.)
             activity.note_message(session, room_id=room_id, side=activity.MATRIX_SIDE,
                                   user_id=sender, timestamp_ms=event.get("origin_server_ts"))
-        origin = read_origin(content) if sender_network is not None else None
+        origin = signed or (read_origin(content) if sender_network is not None else None)
         if origin is not None and origin.network != sender_network:
             origin = None  # a puppet cannot speak for another network's link
-        deliveries = []
         for link in room_links:
             connector = self.connectors.get(link.network)
             if connector is None:
@@ -357,6 +379,9 @@ class Hub:
         """Set a puppet's profile on the homeserver right away (the queued profile update
         repeats it harmlessly); homeserver trouble is a :class:`TemporaryError`."""
         assert self.matrix is not None
+        if self.double_puppets.enabled:
+            await self.people.load()
+            displayname = self.double_puppets.retired_name(user_id, displayname)
         await self.matrix.set_profile(user_id, displayname, avatar_mxc)
 
     async def room_name(self, room_id: str) -> str | None:
@@ -399,6 +424,9 @@ class Hub:
         if name_changed or avatar_changed:
             payload: dict[str, Any] = {"user": user_id}
             if name_changed and displayname is not None:
+                if self.double_puppets.enabled:  # a retired puppet's name points onwards
+                    await self.people.load(session)
+                    displayname = self.double_puppets.retired_name(user_id, displayname)
                 payload["displayname"] = displayname
             if avatar_changed and avatar_mxc:
                 payload["avatar_mxc"] = avatar_mxc

@@ -673,14 +673,21 @@ class EmailConnector(Connector):
             if thread is None:
                 thread = await self._thread(session, room_id, root)
             recipients = await email_store.subscribers(session, room_id, active_only=True)
-            author = None
+            authors: set[str] = set()
             if hub.network_of(sender) == NETWORK:
                 puppet = await store.get_puppet(session, sender)
-                author = puppet.remote_id if puppet else None
+                if puppet is not None:
+                    authors.add(puppet.remote_id)
+            else:
+                # A person's own Matrix message (or their mail, sent as their account by
+                # double puppeting) is not mailed to their own linked addresses.
+                links = await hub.people.load(session)
+                authors.update(i.remote_id for i in links.identities(sender, NETWORK))
         # Its author has the message, and so have those a subscriber's mail was addressed
         # to directly (the marker names them).
         received = set(origin.also_received) if own_mail and origin is not None else set()
-        recipients = [r for r in recipients if r.address != author and r.address not in received]
+        recipients = [r for r in recipients
+                      if r.address.lower() not in authors and r.address not in received]
         if own_mail and not recipients:
             return "0 recipient(s)"
 

@@ -312,12 +312,19 @@ class SlackConnector(Connector):
         return str(name) if name else None
 
     def linked_matrix_user(self, ws: Workspace, slack_user_id: str) -> str | None:
-        """A Matrix account the Slack user is known to be (no such links are made yet:
-        without double puppeting every Slack user is their puppet)."""
-        return None
+        """The Matrix account the Slack user is linked to (identity links, as last read by
+        ``await hub.people.load()``), so a mention of them follows the person."""
+        puppet = self.puppet_user_id(f"{ws.team_id}_{slack_user_id}")
+        return self.hub.people.current.account_of(puppet)
 
     def slack_user_of(self, ws: Workspace, matrix_user_id: str) -> str | None:
-        """The Slack user a puppet of this workspace stands for."""
+        """The Slack user a puppet of this workspace stands for, or the one of this
+        workspace a person's Matrix account is linked to (as last read by
+        ``await hub.people.load()``)."""
+        prefix = f"{ws.team_id}_"
+        for identity in self.hub.people.current.identities(matrix_user_id, NETWORK):
+            if identity.remote_id.startswith(prefix):
+                return identity.remote_id[len(prefix):]
         localpart, _, server = matrix_user_id[1:].partition(":")
         prefix = f"{self.puppet_prefix}{ws.team_id.lower()}_"
         if server != self.homeserver_domain or not localpart.startswith(prefix):
