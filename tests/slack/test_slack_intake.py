@@ -42,6 +42,7 @@ async def test_an_event_the_database_refuses_is_set_aside_and_the_room_told(
     # Shorter than the tries before an event is set aside (0.2 s, then 0.4 s): Slack sends
     # the broken event again meanwhile, and the copy must not be set aside a second time.
     sim.ack_timeout = 0.2
+    sim.max_retries = 50  # and does not give up on it while the tries run, however slowly
     caplog.set_level(logging.ERROR, logger="bridge.slack")
     await sim.post_message(team, CHANNEL, ANNA, text="Vorher")
     broken_ts = await sim.post_message(team, CHANNEL, BEN, text=BROKEN_TEXT)
