@@ -13,7 +13,7 @@ PYTHON ?= python3
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --only-binary=python-olm,vodozemac,pycryptodome -e '.[test]'
 	touch $@
 
 demo: $(VENV)/.installed

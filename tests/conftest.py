@@ -107,15 +107,19 @@ def homeserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Homeserver]
     data["bridge"]["admins"] = [f"@admin*:{SERVER_NAME}"]
     config_path.write_text(yaml.safe_dump(data))
     # Registered with every network's namespace, so tests can switch networks on.
-    os.environ.update(BRIDGE_EMAIL__ENABLED="true", BRIDGE_EMAIL__SENDER_AUTH="none",
+    # And with encryption allowed, so that the homeserver sends the keys and device news
+    # (MSC2409, MSC3202) to the bridges of the tests in encrypted rooms (tests/e2ee/).
+    os.environ.update(BRIDGE_ENCRYPTION__ALLOW="true",
+                      BRIDGE_EMAIL__ENABLED="true", BRIDGE_EMAIL__SENDER_AUTH="none",
                       BRIDGE_SLACK__ENABLED="true",
                       BRIDGE_SLACK__WORKSPACES="[{name: t, bot_token: xoxb-t, app_token: xapp-t}]")
     try:
         assert bridge_cli(["generate-registration", "-c", str(config_path),
                            "-r", str(registration_path)]) == 0
     finally:
-        for name in ("BRIDGE_EMAIL__ENABLED", "BRIDGE_EMAIL__SENDER_AUTH",
-                     "BRIDGE_SLACK__ENABLED", "BRIDGE_SLACK__WORKSPACES"):
+        for name in ("BRIDGE_ENCRYPTION__ALLOW", "BRIDGE_EMAIL__ENABLED",
+                     "BRIDGE_EMAIL__SENDER_AUTH", "BRIDGE_SLACK__ENABLED",
+                     "BRIDGE_SLACK__WORKSPACES"):
             del os.environ[name]
     registration = yaml.safe_load(registration_path.read_text())
     # The test network's puppets need a namespace of their own, like Slack's and email's.

@@ -78,6 +78,10 @@ class RemotePart:
 class MatrixSide(Protocol):
     """What the hub needs from the Matrix side (bridge.matrix): deliver and report."""
 
+    # The bot's encryption device (bridge/matrix/crypto.py), None unless encryption.allow:
+    # the hub asks it only for the delivery that waits for a missing key.
+    crypto: Any
+
     async def deliver(self, delivery: Delivery) -> str | None: ...
 
     async def upload(self, data: bytes, mimetype: str, filename: str | None,
@@ -181,6 +185,10 @@ class Hub:
             return []  # the bot's own notices and state are never relayed
 
         portal = portals.get(room_id)
+        if etype == "m.room.encrypted" and portal is not None:
+            # Not decrypted on arrival (bridge/matrix/crypto.py): never relayed as it is.
+            crypto = self.matrix.crypto if self.matrix is not None else None
+            return [crypto.waiting_delivery(room_id, event)] if crypto is not None else []
         if etype == "m.room.message" and portal is not None:
             command = self._command_text(content, portal.is_direct, sender)
             if command is not None:

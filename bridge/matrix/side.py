@@ -43,10 +43,12 @@ from bridge.core.origin import ORIGIN_KEY
 from bridge.db import store
 from bridge.db.queues import Delivery
 from bridge.matrix import long_message
+from bridge.matrix.crypto import FILE_MARK, BridgeAppServiceAPI, download_attachment
 
 if TYPE_CHECKING:
     from bridge.core.hub import Hub
     from bridge.matrix.bot import Bot
+    from bridge.matrix.crypto import BridgeCrypto
 
 log = logging.getLogger("bridge.matrix")
 
@@ -134,7 +136,7 @@ class CacheStateStore(MemoryStateStore, ASStateStore):
                     store_of_room.pop(RoomID(room_id), None)
 
 
-STATE_CACHED = {"m.room.power_levels", "m.room.create", "m.room.member"}
+STATE_CACHED = {"m.room.power_levels", "m.room.create", "m.room.member", "m.room.encryption"}
 
 UPLOAD_PIECE = 1 << 20
 
@@ -187,7 +189,8 @@ class MatrixSide:
         # decision depends on them, so a restart with an empty cache changes nothing.
         self.state_store = CacheStateStore(CACHE_MAX_ROOMS, CACHE_MAX_USERS,
                                            CACHE_MAX_AGE_SECONDS)
-        self.api = AppServiceAPI(
+        # (Its intents encrypt in encrypted rooms once ``crypto`` is set: bridge/matrix/crypto.py.)
+        self.api: AppServiceAPI = BridgeAppServiceAPI(
             base_url=config.homeserver.address,
             bot_mxid=UserID(config.bot_mxid),
             token=config.appservice.as_token,
@@ -198,6 +201,8 @@ class MatrixSide:
         )
         self.bot_intent: IntentAPI = self.api.bot_intent()
         self.bot: Bot | None = None
+        # The bot's encryption device, when encryption.allow is on (set by the app).
+        self.crypto: BridgeCrypto | None = None
         self._intents: BoundedCache[str, IntentAPI] = BoundedCache(CACHE_MAX_USERS,
                                                                     CACHE_MAX_AGE_SECONDS)
         # Profile writes go one at a time per user, and what each last set is remembered:
@@ -220,6 +225,8 @@ class MatrixSide:
                                              size=len(data)))
 
     async def download(self, mxc: str) -> bytes:
+        if FILE_MARK in mxc:  # an attachment of an encrypted room
+            return await download_attachment(self.bot_intent, mxc)
         return await self.bot_intent.download_media(ContentURI(mxc))
 
     async def member_name(self, room_id: str, user_id: str) -> str | None:
@@ -507,6 +514,13 @@ class MatrixSide:
         except MatrixRequestError as exc:
             if exc.http_status not in (403, 404):  # invite already withdrawn
                 raise
+        return None
+
+    async def _deliver_decrypt(self, d: Delivery, p: dict[str, Any]) -> None:
+        """An encrypted message whose key had not arrived: wait for it (crypto.py)."""
+        if self.crypto is None:
+            raise PermanentError("encryption.allow is off: the bridge cannot decrypt")
+        await self.crypto.deliver_waiting(d, p)
         return None
 
     async def _deliver_command(self, d: Delivery, p: dict[str, Any]) -> None:

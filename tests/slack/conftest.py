@@ -138,7 +138,7 @@ async def linked_room(bridge: SlackBridge, admin: MatrixTestClient, channel: str
 @asynccontextmanager
 async def running_slack_and_email_bridge(homeserver: Homeserver, database_url: str,
                                          sim: SlackSimulator, team: Any,
-                                         sink: Any) -> AsyncIterator[SlackBridge]:
+                                         sink: Any, **overrides: Any) -> AsyncIterator[SlackBridge]:
     """A bridge with Slack (the simulator's ``team``) and email on (mail out to ``sink``,
     trusted senders), besides the test network; ``smtp_port`` is where it takes mail in."""
     from tests.email.conftest import MAIL_DOMAIN
@@ -149,6 +149,6 @@ async def running_slack_and_email_bridge(homeserver: Homeserver, database_url: s
             email__enabled=True, email__domain=MAIL_DOMAIN, email__sender_auth="none",
             email__token_secret="test-token-secret-0123456789",
             email__smtp_in={"hostname": "127.0.0.1", "port": smtp_port},
-            email__smtp_out={"host": sink.host, "port": sink.port}) as running:
+            email__smtp_out={"host": sink.host, "port": sink.port}, **overrides) as running:
         running.smtp_port = smtp_port  # type: ignore[attr-defined]
         yield running
