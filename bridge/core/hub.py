@@ -197,6 +197,14 @@ class Hub:
                     "is_direct": portal.is_direct,
                 })]
 
+        if etype == "m.room.encryption" and state_key == "" and links.get(room_id):
+            # A linked room turned encryption on (bridge/matrix/encryption.py tells it).
+            before = (event.get("unsigned") or {}).get("prev_content") or {}
+            if not before.get("algorithm"):
+                return [self._matrix(room_id, "encryption_on", {
+                    "names": sorted({c.display_name for lk in links[room_id]
+                                     if (c := self.connectors.get(lk.network))}),
+                    "links": [[lk.network, lk.remote_id] for lk in links[room_id]]})]
         if state_key is not None and etype not in RELAYED_STATE:
             return []
         room_links = links.get(room_id) or []

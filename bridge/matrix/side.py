@@ -523,6 +523,13 @@ class MatrixSide:
         await self.crypto.deliver_waiting(d, p)
         return None
 
+    async def _deliver_encryption_on(self, d: Delivery, p: dict[str, Any]) -> None:
+        """A linked room turned encryption on: tell it what that means (encryption.py)."""
+        from bridge.matrix.encryption import deliver_turned_on
+
+        await deliver_turned_on(self, f"ob{d.id}", d.room_id, p)
+        return None
+
     async def _deliver_command(self, d: Delivery, p: dict[str, Any]) -> None:
         assert self.bot is not None
         await self.bot.run(d, p)
