@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -72,6 +74,7 @@ from mautrix.types import (
     UserID,
 )
 from mautrix.util.async_db import Database
+from mautrix.util.async_db.aiosqlite import SQLiteDatabase, TxnConnection, in_transaction
 from mautrix.util.logging import TraceLogger
 from sqlalchemy.engine import make_url
 
@@ -97,6 +100,44 @@ PICKLE_KEY = "matrix-hub-bridge"
 FILE_MARK = "#bridge-encrypted-file="
 # Wait for a missing key in pieces of this length; the outbox tries again in between.
 KEY_WAIT_PIECE_SECONDS = 20.0
+
+
+class ImmediateTxnConnection(TxnConnection):
+    """mautrix's SQLite connection, whose transactions take the write lock up front (BEGIN
+    IMMEDIATE) as the bridge's do (bridge/db/engine.py). mautrix begins them deferred: a
+    transaction that reads, then writes (storing a user's fetched devices) fails at once with
+    "database is locked" when the bridge's connection wrote in between (SQLite cannot move a
+    read snapshot forward), where waiting for the lock would have done. A copy of
+    ``TxnConnection.transaction`` with that one word; tests/test_workarounds.py notices when
+    mautrix changes it."""
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:  # type: ignore[override]
+        if in_transaction.get():
+            yield
+            return
+        await self.execute("BEGIN IMMEDIATE")
+        token = in_transaction.set(True)
+        try:
+            yield
+        except Exception:
+            await self.rollback()
+            raise
+        else:
+            await self.commit()
+        finally:
+            in_transaction.reset(token)
+
+
+def _immediate_transactions(db: Database) -> None:
+    """Turn the started SQLite pool's connections into :class:`ImmediateTxnConnection`s (it
+    adds no state, only the transaction's first statement)."""
+    if not isinstance(db, SQLiteDatabase) or db._parent is not None:
+        return
+    connections = [db._pool.get_nowait() for _ in range(db._pool.qsize())]
+    for connection in connections:
+        connection.__class__ = ImmediateTxnConnection
+        db._pool.put_nowait(connection)
 
 
 def crypto_database_url(url: str) -> str:
@@ -245,6 +286,7 @@ class BridgeCrypto:
         """Open the store, log the bot's device in (the same device as last time) and
         publish its keys. Raises if the homeserver refuses."""
         await self.db.start()
+        _immediate_transactions(self.db)
         await self.store.open()
         device_id = await self.store.get_device_id()
         name = self.config.encryption.device_name

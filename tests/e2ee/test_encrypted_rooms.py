@@ -8,12 +8,17 @@ reach Slack and email in plain form, and what comes from Slack and email arrives
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from mautrix.crypto.attachments import decrypt_attachment
 
 from testkit.nio_client import EncryptingUser, Seen
 from testkit.slack_sim import SlackSimulator
+from testkit.slack_sim.images import solid_png
 from testkit.smtp_sink import SmtpSink
 from tests.email.conftest import MAIL_DOMAIN
 from tests.email.conftest import sink as sink
@@ -50,8 +55,9 @@ async def encrypted_linked_room(bridge: SlackBridge, user: EncryptingUser) -> tu
     room = await user.create_encrypted_room([bot], "Bauamt (verschlüsselt)", {bot: 100})
     hello = await user.wait_for(room, notice(bot, "Hello"), timeout=WAIT)
     assert hello.decrypted
-    linked = await command(user, bot, room, f"!bridge link slack {CHANNEL}", "Linked")
-    assert "leave end-to-end encryption" in linked.content["body"] or True
+    await command(user, bot, room, f"!bridge link slack {CHANNEL}", "Linked")
+    told = await user.wait_for(room, notice(bot, "leaves end-to-end encryption"), timeout=WAIT)
+    assert told.decrypted and "Slack" in told.content["body"]
     localpart = f"amt-{uuid.uuid4().hex[:6]}"
     await command(user, bot, room, f"!bridge link email {localpart}", "Linked")
     await command(user, bot, room, f"!bridge email subscribe {ERIKA}", "Subscribed")
@@ -86,3 +92,113 @@ async def test_both_directions_in_an_encrypted_room(
     plain_messages = [s for s in user.events if s.room_id == room
                       and s.type == "m.room.message" and not s.decrypted]
     assert plain_messages == []
+
+
+async def test_relations_and_files_in_an_encrypted_room(
+        e2ee_bridge: SlackBridge, nio_users: Callable[..., Any], team: Any,
+        sink: SmtpSink) -> None:
+    """Edits, replies, threads, reactions, redactions and encrypted attachments from the
+    encrypting client reach Slack as they would from an unencrypted room; a Slack file
+    arrives as an encrypted attachment (``file``, no ``url``) that the client decrypts."""
+    sim: SlackSimulator = e2ee_bridge.sim
+    user: EncryptingUser = await nio_users()
+    room, _address = await encrypted_linked_room(e2ee_bridge, user)
+
+    top_id = await user.send_text(room, "Frage aus dem verschlüsselten Raum")
+    top = await posted(sim, team, "Frage aus dem verschlüsselten Raum")
+    await user.send(room, {"msgtype": "m.text", "body": "Antwort per Reply",
+                           "m.relates_to": {"m.in_reply_to": {"event_id": top_id}}})
+    await posted(sim, team, "Antwort per Reply", thread_ts=top["ts"])
+    await user.send(room, {"msgtype": "m.text", "body": "Antwort im Thread",
+                           "m.relates_to": {"rel_type": "m.thread", "event_id": top_id,
+                                            "is_falling_back": True,
+                                            "m.in_reply_to": {"event_id": top_id}}})
+    in_thread = await posted(sim, team, "Antwort im Thread", thread_ts=top["ts"])
+    await user.send(room, {
+        "msgtype": "m.text", "body": "* Frage (korrigiert)",
+        "m.new_content": {"msgtype": "m.text", "body": "Frage (korrigiert)"},
+        "m.relates_to": {"rel_type": "m.replace", "event_id": top_id}})
+    await sim.wait_for(lambda: (sim.message(team, CHANNEL, top["ts"]) or {}).get("text")
+                       == "Frage (korrigiert)", timeout=WAIT)
+    await user.send(room, {"m.relates_to": {"rel_type": "m.annotation", "event_id": top_id,
+                                            "key": "👍"}}, event_type="m.reaction")
+
+    def reactions() -> set[str]:
+        message = sim.message(team, CHANNEL, top["ts"]) or {}
+        return {r["name"] for r in message.get("reactions", [])}
+
+    await sim.wait_for(lambda: reactions() == {"+1"}, timeout=WAIT)
+
+    # An encrypted image (as Element sends it: by "file") arrives in Slack intact.
+    png = solid_png("verschluesselt", 48)
+    await user.send_encrypted_file(room, png, "plan.png", "image/png")
+    await sim.wait_for(lambda: [f for f in sim.uploaded_files(team) if f["name"] == "plan.png"],
+                       timeout=WAIT)
+    assert [f["data"] for f in sim.uploaded_files(team) if f["name"] == "plan.png"] == [png]
+
+    # A redaction (never encrypted) deletes the Slack copy.
+    thread_event = next(s for s in user.events if s.room_id == room
+                        and s.content.get("body") == "Antwort im Thread")
+    await user.client.room_redact(room, thread_event.event_id)
+    await sim.wait_for(lambda: sim.message(team, CHANNEL, in_thread["ts"]) is None
+                       and not sim.replies(team, CHANNEL, top["ts"])[1:], timeout=WAIT)
+
+    # Slack -> Matrix: a file arrives encrypted, by "file".
+    pdf = b"%PDF-1.4 Lageplan " + bytes(range(256)) * 8
+    await sim.share_file(team, CHANNEL, ANNA, "lageplan.pdf", pdf, "application/pdf")
+    shared = await user.wait_for(room, lambda s: s.content.get("body") == "lageplan.pdf",
+                                 timeout=WAIT)
+    assert shared.decrypted
+    assert "url" not in shared.content and shared.content["file"]["url"].startswith("mxc://")
+    file = shared.content["file"]
+    response = await user.client.download(file["url"])
+    data = decrypt_attachment(response.body, file["key"]["k"], file["hashes"]["sha256"],
+                              file["iv"])
+    assert data == pdf
+
+
+async def test_a_second_device_and_a_restart(
+        e2ee_bridge: SlackBridge, nio_users: Callable[..., Any], team: Any,
+        sink: SmtpSink, tmp_path: Path) -> None:
+    """A device that logs in later reads the bridge's new messages; after a restart the
+    bridge still decrypts (its sessions are in the database) and encrypts."""
+    sim: SlackSimulator = e2ee_bridge.sim
+    user: EncryptingUser = await nio_users()
+    room, _address = await encrypted_linked_room(e2ee_bridge, user)
+    await sim.post_message(team, CHANNEL, ANNA, text="Vor dem zweiten Gerät")
+    await user.wait_for(room, body("Vor dem zweiten Gerät"), timeout=WAIT)
+
+    second = await EncryptingUser.login(e2ee_bridge.homeserver.synapse, user.user_id,
+                                        user.password, tmp_path / "second-device")
+    try:
+        assert second.device_id != user.device_id
+        # The homeserver tells the bridge of the new device (MSC3202 device lists): its next
+        # session includes it.
+        crypto = e2ee_bridge.bridge.crypto  # type: ignore[union-attr]
+        assert crypto is not None
+        for _ in range(200):
+            devices = await crypto.store.get_devices(user.user_id) or {}
+            if second.device_id in devices:
+                break
+            await asyncio.sleep(0.1)
+        assert second.device_id in devices, "the bridge never heard of the second device"
+        await sim.post_message(team, CHANNEL, ANNA, text="Nach dem zweiten Gerät")
+        seen = await second.wait_for(room, body("Nach dem zweiten Gerät"), timeout=WAIT)
+        assert seen.decrypted
+        await second.send_text(room, "Vom zweiten Gerät")
+        await posted(sim, team, "Vom zweiten Gerät")
+    finally:
+        await second.close()
+
+    await e2ee_bridge.restart()
+    await e2ee_bridge.connected()
+    # The session the client already shared with the bridge is still known to it.
+    await user.send_text(room, "Nach dem Neustart aus Matrix")
+    await posted(sim, team, "Nach dem Neustart aus Matrix")
+    await sim.post_message(team, CHANNEL, ANNA, text="Nach dem Neustart aus Slack")
+    after = await user.wait_for(room, body("Nach dem Neustart aus Slack"), timeout=WAIT)
+    assert after.decrypted
+    # Nothing was left undecryptable on either side.
+    assert not [s for s in user.events if s.room_id == room and s.type == "m.room.encrypted"]
+    assert not [m for m in sim.messages(team, CHANNEL) if "could not be bridged"
+                in str(m.get("text"))]
