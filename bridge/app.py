@@ -122,7 +122,7 @@ class Bridge:
         self._matrix.bot = Bot(self.hub, self._matrix)
         self.hub.matrix = self._matrix
         if self.config.encryption.allow:
-            self.crypto = BridgeCrypto(self._matrix, self.config)
+            self.crypto = self._matrix.crypto = BridgeCrypto(self._matrix, self.config)
         appservice = self.config.listeners()[0]
         await self._listen(appservice, self.server.start(appservice.hostname, appservice.port))
         log.info("listening on %s:%d", appservice.hostname, appservice.port)

@@ -27,6 +27,8 @@ from nio import (
     RoomCreateResponse,
     RoomKeyRequest,
     RoomSendResponse,
+    SyncResponse,
+    ToDeviceResponse,
     UploadResponse,
 )
 
@@ -58,7 +60,9 @@ class EncryptingUser:
         self.key_requests: list[RoomKeyRequest] = []
         self._sync: asyncio.Task[None] | None = None
         client.add_event_callback(self._on_event, Event)  # type: ignore[arg-type]
-        client.add_to_device_callback(self._on_key_request, RoomKeyRequest)  # type: ignore[arg-type]
+        # (nio keeps room key requests from other users away from to-device callbacks and
+        # drops them: they are read from the sync responses.)
+        client.add_response_callback(self._on_sync, SyncResponse)  # type: ignore[arg-type]
 
     @property
     def user_id(self) -> str:
@@ -123,8 +127,9 @@ class EncryptingUser:
                                 content if isinstance(content, dict) else {}, decrypted,
                                 session_id))
 
-    def _on_key_request(self, event: RoomKeyRequest) -> None:
-        self.key_requests.append(event)
+    def _on_sync(self, response: SyncResponse) -> None:
+        self.key_requests += [e for e in response.to_device_events
+                              if isinstance(e, RoomKeyRequest)]
 
     async def wait_for(self, room_id: str, predicate: Callable[[Seen], bool],
                        timeout: float = 30) -> Seen:
@@ -171,3 +176,30 @@ class EncryptingUser:
         file = {**keys, "url": response.content_uri}
         return await self.send(room_id, {"msgtype": msgtype, "body": name, "file": file,
                                          "info": {"mimetype": mimetype, "size": len(data)}})
+
+    # --- keys withheld and shared later (the bridge's missing-key path) ----------------------
+
+    def withhold_from(self, room_id: str, user_id: str) -> None:
+        """The next message starts a new Megolm session that ``user_id``'s devices do not
+        get (as if its key never reached them)."""
+        olm = self.client.olm
+        assert olm is not None
+        for device in olm.device_store.active_user_devices(user_id):
+            self.client.blacklist_device(device)
+        olm.outbound_group_sessions.pop(room_id, None)
+
+    async def answer_key_request(self, request: RoomKeyRequest) -> None:
+        """Share the requested session with the requesting device, as a client does that
+        accepts a key request (nio itself answers only its own user's devices): the session
+        from its first message on, forwarded through the Olm channel to that device."""
+        olm = self.client.olm
+        assert olm is not None
+        device = olm.device_store[request.sender][request.requesting_device_id]
+        group_session = olm.inbound_group_store.get(request.room_id, request.sender_key,
+                                                    request.session_id)
+        assert group_session is not None, "the requested session is not this device's"
+        session = olm.session_store.get(device.curve25519)
+        assert session is not None, "no Olm channel to the requesting device"
+        message = olm._encrypt_forwarding_key(request.room_id, group_session, session, device)
+        response = await self.client.to_device(message)
+        assert isinstance(response, ToDeviceResponse), response

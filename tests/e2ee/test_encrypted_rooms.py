@@ -25,7 +25,7 @@ from tests.email.conftest import sink as sink
 from tests.slack.conftest import ANNA, CHANNEL, SlackBridge
 from tests.slack.conftest import slack_sim as slack_sim
 from tests.slack.conftest import team as team
-from tests.slack.relay_helpers import posted
+from tests.slack.relay_helpers import count_in_slack, posted
 from tests.test_all_directions import ERIKA, plain, send_mail
 
 WAIT = 40
@@ -202,3 +202,49 @@ async def test_a_second_device_and_a_restart(
     assert not [s for s in user.events if s.room_id == room and s.type == "m.room.encrypted"]
     assert not [m for m in sim.messages(team, CHANNEL) if "could not be bridged"
                 in str(m.get("text"))]
+
+
+async def test_a_message_whose_key_the_bridge_never_got(
+        e2ee_bridge: SlackBridge, nio_users: Callable[..., Any], team: Any,
+        sink: SmtpSink) -> None:
+    """Not relayed as garbage: the bridge asks the sender's device for the key, relays the
+    message once it is shared; one whose key never comes is announced once, naming the
+    sender, and not relayed."""
+    sim: SlackSimulator = e2ee_bridge.sim
+    bot = e2ee_bridge.homeserver.bot
+    user: EncryptingUser = await nio_users()
+    room, _address = await encrypted_linked_room(e2ee_bridge, user)
+
+    user.withhold_from(room, bot)
+    secret_id = await user.send_text(room, "Ohne Schlüssel gesendet")
+    request = await _key_request(user, room)
+    await asyncio.sleep(1)
+    assert count_in_slack(sim, team, "Ohne Schlüssel") == 0  # nothing relayed meanwhile
+    await user.answer_key_request(request)
+    await posted(sim, team, "Ohne Schlüssel gesendet")
+    mails = [r for r in sink.received if "Ohne Schlüssel gesendet" in plain(r)]
+    assert len(mails) <= 1  # (by mail too, once)
+    assert secret_id
+
+    # A second session that the bridge never gets: after encryption.key_wait_seconds (8 s
+    # here) the room is told once, naming the sender; nothing reaches Slack.
+    user.withhold_from(room, bot)
+    await user.send_text(room, "Nie entschlüsselbar")
+    told = await user.wait_for(room, notice(bot, "could not be bridged"), timeout=WAIT)
+    assert told.decrypted and user.user_id in told.content["body"]
+    await user.send_text(room, "Danach wieder normal")  # (a new session, again withheld)
+    await asyncio.sleep(1)
+    assert count_in_slack(sim, team, "Nie entschlüsselbar") == 0
+    assert len([s for s in user.events if s.room_id == room
+                and notice(bot, "could not be bridged")(s)]) <= 2
+
+
+async def _key_request(user: EncryptingUser, room: str, timeout: float = WAIT) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        for request in user.key_requests:
+            if request.room_id == room:
+                return request
+        assert loop.time() < deadline, "the bridge never asked for the missing key"
+        await asyncio.sleep(0.1)
