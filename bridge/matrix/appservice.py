@@ -258,6 +258,8 @@ class AppserviceServer:
             checks["database"] = f"unreachable: {exc.__class__.__name__}"
         # Without the homeserver nothing reaches Matrix: not ready, and why.
         checks["homeserver"] = await self.bridge.homeserver_state()
+        if self.bridge.crypto is not None:
+            checks["encryption"] = self.bridge.crypto.state()
         networks = {name: c.state() for name, c in self.bridge.hub.connectors.items()}
         checks["networks"] = {name: {"ok": h.ok, "detail": h.detail}
                               for name, h in networks.items()}

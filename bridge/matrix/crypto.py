@@ -275,6 +275,9 @@ class BridgeCrypto:
         self._room_locks: dict[str, asyncio.Lock] = {}
         self.started = asyncio.Event()
         self.failed: str | None = None
+        # Whether the homeserver's transactions carry the MSC3202 fields (it adds the bot's
+        # one-time-key counts to every one when it does); None until the first transaction.
+        self.extensions_seen: bool | None = None
 
     @property
     def device_id(self) -> str:
@@ -343,6 +346,7 @@ class BridgeCrypto:
             except Exception:
                 log.exception("could not handle the device list changes %s", lists)
         counts = _field(body, "device_one_time_keys_count", "org.matrix.msc3202")
+        self._note_extensions(counts is not None)
         if isinstance(counts, dict):
             try:
                 await self.machine.handle_as_otk_counts({
@@ -367,6 +371,25 @@ class BridgeCrypto:
                     event = decrypted
             result.append(event)
         return result
+
+    def _note_extensions(self, seen: bool) -> None:
+        if seen == self.extensions_seen:
+            return
+        self.extensions_seen = seen
+        if seen:
+            log.info("encryption: the homeserver sends one-time-key counts and device lists "
+                     "(MSC3202)")
+        else:
+            log.error("encryption: the homeserver's transactions carry no one-time-key counts: "
+                      "it does not send the bridge its keys' news (MSC3202) and probably not "
+                      "its to-device messages (MSC2409) either; encrypted rooms will not work. "
+                      "Enable them (see the README's \"Encrypted rooms\") and regenerate the "
+                      "registration")
+
+    def state(self) -> dict[str, Any]:
+        """For /_bridge/health (and so `bridge check`)."""
+        return {"device": self.device_id or None, "started": self.started.is_set(),
+                "failed": self.failed, "homeserver_extensions": self.extensions_seen}
 
     async def _member_changed(self, event: dict[str, Any]) -> None:
         """Someone joined or left an encrypted room: the bridge's session for it is not

@@ -54,7 +54,28 @@ async def check_encryption(session: aiohttp.ClientSession, config: Config,
         return False, False, ("encryption.allow is true, but the homeserver does not offer the "
                               "appservice login (m.login.application_service) that the "
                               f"bridge's device is made with; see {README}")
-    return True, False, (f"encryption.allow is true; the homeserver offers the appservice "
-                         f"login; {len(encrypted)} linked room(s) encrypted. The homeserver "
-                         "must also send to-device messages, device lists and one-time-key "
-                         f"counts (MSC2409, MSC3202): see {README}")
+    # What the running bridge saw in the homeserver's transactions.
+    try:
+        _, health = await _get(session, f"{config.appservice.address}/_bridge/health")
+    except (aiohttp.ClientError, TimeoutError):
+        health = None
+    state = health.get("encryption") if isinstance(health, dict) else None
+    rooms = f"{len(encrypted)} linked room(s) encrypted"
+    if not isinstance(state, dict):
+        return True, True, (f"encryption.allow is true; the homeserver offers the appservice "
+                            f"login; {rooms}. Whether the homeserver sends to-device messages, "
+                            "device lists and one-time-key counts (MSC2409, MSC3202) shows "
+                            f"once the bridge runs: start it and check again ({README})")
+    if state.get("failed"):
+        return False, False, f"the bridge's encryption did not start: {state['failed']}"
+    if state.get("homeserver_extensions") is False:
+        return False, False, ("the homeserver's transactions carry no one-time-key counts: "
+                              "it does not send the bridge the keys' news (MSC3202) and "
+                              "probably not its to-device messages (MSC2409). Enable "
+                              "experimental_features msc3202_transaction_extensions and "
+                              "msc2409_to_device_messages_enabled (Synapse), regenerate the "
+                              f"registration and restart the homeserver; see {README}")
+    seen = ("the homeserver sends the keys' news (MSC3202)"
+            if state.get("homeserver_extensions") else "no transaction seen yet")
+    return True, False, (f"encryption.allow is true; the bridge's device is "
+                         f"{state.get('device')}; {seen}; {rooms}")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
+
 from bridge.checks import run_checks
 from bridge.db import store
 from bridge.matrix.bridge_info import state_key
@@ -104,4 +106,23 @@ async def test_a_linked_room_turning_encryption_on_is_told_it_leaves_encryption(
         assert info is not None and info["encryption"]["leaves_end_to_end_encryption"] is True
         assert "leaves end-to-end encryption" in info["encryption"]["note"]
         results = {r.name: r for r in await run_checks(bridge.config)}
-        assert results["encrypted rooms"].ok, results["encrypted rooms"].detail
+        item = results["encrypted rooms"]
+        assert item.ok and "sends the keys' news (MSC3202)" in item.detail, item.detail
+
+
+async def test_check_tells_when_the_homeserver_sends_no_keys_news(
+        homeserver: Homeserver, database_url: str, slack_sim: SlackSimulator, team: Any,
+        sink: SmtpSink) -> None:
+    """A homeserver without MSC3202 sends transactions without one-time-key counts (this
+    suite's Synapse has it on, so such a transaction is sent to the bridge by hand)."""
+    async with encrypted_bridge(homeserver, database_url, slack_sim, team, sink) as bridge:
+        config = bridge.config
+        async with aiohttp.ClientSession() as http, http.put(
+                f"{config.appservice.address}/_matrix/app/v1/transactions/no-msc3202",
+                json={"events": []},
+                headers={"Authorization": f"Bearer {config.appservice.hs_token}"}) as r:
+            assert r.status == 200
+        results = {r.name: r for r in await run_checks(config)}
+        item = results["encrypted rooms"]
+        assert not item.ok and "MSC3202" in item.detail and "msc3202_transaction_extensions" \
+            in item.detail, item.detail
