@@ -147,10 +147,11 @@ class EncryptingUser:
 
     # --- acting ----------------------------------------------------------------------------
 
-    async def create_encrypted_room(self, invite: list[str], name: str,
-                                    power: dict[str, int] | None = None) -> str:
+    async def create_encrypted_room(self, invite: list[str], name: str | None,
+                                    power: dict[str, int] | None = None,
+                                    is_direct: bool = False) -> str:
         response = await self.client.room_create(
-            name=name, invite=invite, initial_state=[ENCRYPTION],
+            name=name, invite=invite, initial_state=[ENCRYPTION], is_direct=is_direct,
             power_level_override={"users": dict(power or {})})
         assert isinstance(response, RoomCreateResponse), response
         return str(response.room_id)

@@ -15,11 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from mautrix.crypto.attachments import decrypt_attachment
+from mautrix.types import EventType, RoomID
 
+from bridge.admin import rooms
+from bridge.admin.audit import Actor
 from testkit.nio_client import EncryptingUser, Seen
 from testkit.slack_sim import SlackSimulator
 from testkit.slack_sim.images import solid_png
 from testkit.smtp_sink import SmtpSink
+from tests.conftest import Homeserver
+from tests.e2ee.conftest import encrypted_bridge
 from tests.email.conftest import MAIL_DOMAIN
 from tests.email.conftest import sink as sink
 from tests.slack.conftest import ANNA, CHANNEL, SlackBridge
@@ -248,3 +253,27 @@ async def _key_request(user: EncryptingUser, room: str, timeout: float = WAIT) -
                 return request
         assert loop.time() < deadline, "the bridge never asked for the missing key"
         await asyncio.sleep(0.1)
+
+
+async def test_commands_in_an_encrypted_direct_chat_and_encrypted_new_rooms(
+        homeserver: Homeserver, database_url: str, slack_sim: SlackSimulator, team: Any,
+        sink: SmtpSink, nio_users: Callable[..., Any]) -> None:
+    """The bot answers commands in an encrypted direct chat, encrypted; with
+    encryption.default the rooms the bridge creates are encrypted."""
+    async with encrypted_bridge(homeserver, database_url, slack_sim, team, sink,
+                                default=True) as bridge:
+        bot = homeserver.bot
+        user: EncryptingUser = await nio_users()
+        dm = await user.create_encrypted_room([bot], None, is_direct=True)
+        hello = await user.wait_for(dm, notice(bot, "Hello"), timeout=WAIT)
+        assert hello.decrypted
+        await command(user, bot, dm, "help", "Bridge bot commands")
+        await command(user, bot, dm, "ping", "Pong")
+
+        localpart = f"neu-{uuid.uuid4().hex[:6]}"
+        created = await rooms.find_or_create_room(bridge.hub, Actor(None, "test"), localpart,
+                                                  "Neuer Raum", admins=[user.user_id])
+        assert bridge.bridge is not None
+        state = await bridge.bridge.matrix.bot_intent.get_state_event(
+            RoomID(created.room_id), EventType.ROOM_ENCRYPTION)
+        assert str(state.algorithm) == "m.megolm.v1.aes-sha2"
