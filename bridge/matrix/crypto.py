@@ -500,6 +500,13 @@ class BridgeCrypto:
 
     async def deliver_waiting(self, d: Delivery, p: dict[str, Any]) -> None:
         event = p["event"]
+        if not self.started.is_set():
+            # The device is not logged in (yet): nothing can be decrypted or asked for.
+            if time.time() < float(p["deadline"]):
+                raise TemporaryError("the bridge's encryption is not started"
+                                     + (f": {self.failed}" if self.failed else ""))
+            await self._tell_not_bridged(d, event)
+            return None
         pending = self.pending(event)
         if pending is None:
             raise PermanentError("the encrypted event has no Megolm session to wait for")
