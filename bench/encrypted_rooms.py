@@ -187,6 +187,8 @@ def main() -> int:
                              "folder); a PostgreSQL database is used as it is")
     args = parser.parse_args()
     logging.basicConfig(level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
+    # mautrix says of every device nobody cross-signed that it is not: not the benchmark's news.
+    logging.getLogger("mau.crypto").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="bench-e2ee-") as tmp:
         try:
             return asyncio.run(run(args, Path(tmp)))
