@@ -36,6 +36,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -43,7 +44,7 @@ import orjson
 from mautrix.api import Method, Path
 from mautrix.appservice import AppServiceAPI, IntentAPI
 from mautrix.client import Client
-from mautrix.crypto import OlmMachine, PgCryptoStore, StateStore
+from mautrix.crypto import InboundGroupSession, OlmMachine, PgCryptoStore, StateStore
 from mautrix.crypto.attachments import decrypt_attachment, encrypt_attachment
 from mautrix.errors import (
     DecryptionError,
@@ -152,6 +153,32 @@ def crypto_database_url(url: str) -> str:
     return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+# The plaintext of the Megolm event last decrypted in this task: the content is relayed as the
+# sender wrote it (mautrix's parsed event, serialized again, adds and reorders keys).
+_PLAINTEXT: ContextVar[str | None] = ContextVar("bridge_megolm_plaintext", default=None)
+
+
+class _RecordingGroupSession(InboundGroupSession):
+    """mautrix's inbound Megolm session, noting what it decrypts in :data:`_PLAINTEXT`."""
+
+    def decrypt(self, ciphertext: str) -> tuple[str, int]:  # type: ignore[override]
+        plaintext, index = super().decrypt(ciphertext)
+        _PLAINTEXT.set(plaintext)
+        return plaintext, index
+
+
+class BridgeCryptoStore(PgCryptoStore):
+    """mautrix's crypto store, handing out sessions that note their plaintext (the class
+    swap adds no state: the subclass only overrides ``decrypt``)."""
+
+    async def get_group_session(self, room_id: RoomID,
+                                session_id: SessionID) -> InboundGroupSession | None:
+        session = await super().get_group_session(room_id, session_id)
+        if session is not None and type(session) is InboundGroupSession:
+            session.__class__ = _RecordingGroupSession
+        return session
+
+
 class RoomEncryption(StateStore):
     """Which rooms are encrypted, for the Olm machine: read from the homeserver, kept in the
     intents' state cache (which the room's m.room.encryption events update)."""
@@ -256,7 +283,7 @@ class BridgeCrypto:
         self.db = Database.create(crypto_database_url(config.database.url),
                                   upgrade_table=PgCryptoStore.upgrade_table,
                                   log=logging.getLogger("bridge.matrix.crypto.db"))
-        self.store = PgCryptoStore(config.bot_mxid, PICKLE_KEY, self.db)
+        self.store = BridgeCryptoStore(config.bot_mxid, PICKLE_KEY, self.db)
         self.client = Client(
             mxid=UserID(config.bot_mxid),
             base_url=config.homeserver.address,
@@ -417,6 +444,7 @@ class BridgeCrypto:
         (yet): the key never arrived, or the event is broken."""
         try:
             parsed = EncryptedEvent.deserialize(cast(Any, dict(event)))
+            _PLAINTEXT.set(None)
             decrypted = await self.machine.decrypt_megolm_event(parsed)
         except (DecryptionError, MatrixError) as exc:
             log.info("cannot decrypt %s in %s from %s yet: %s", event.get("event_id"),
@@ -426,7 +454,9 @@ class BridgeCrypto:
             log.warning("cannot decrypt %s in %s", event.get("event_id"), event.get("room_id"),
                         exc_info=True)
             return None
-        content = decrypted.content.serialize()
+        content = _raw_content(_PLAINTEXT.get(), event)
+        if content is None:
+            content = decrypted.content.serialize()
         if not isinstance(content, dict):
             return None
         _attachment_urls(content)
@@ -586,6 +616,22 @@ async def download_attachment(intent: IntentAPI, url: str) -> bytes:
         return decrypt_attachment(data, key, digest, iv)
     except DecryptionError as exc:
         raise PermanentError(f"the encrypted attachment {mxc} does not decrypt: {exc}") from None
+
+
+def _raw_content(plaintext: str | None, event: dict[str, Any]) -> dict[str, Any] | None:
+    """The decrypted content as the sender wrote it (None: use mautrix's parsed form). The
+    relation rides outside the encryption in the encrypted event; mautrix copies it in too."""
+    try:
+        data = orjson.loads(plaintext) if plaintext else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("content"), dict):
+        return None
+    content: dict[str, Any] = data["content"]
+    relates = (event.get("content") or {}).get("m.relates_to")
+    if isinstance(relates, dict) and "m.relates_to" not in content:
+        content["m.relates_to"] = relates
+    return content
 
 
 def _field(body: dict[str, Any], name: str, unstable_prefix: str) -> Any:

@@ -9,6 +9,7 @@ reach Slack and email in plain form, and what comes from Slack and email arrives
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +17,11 @@ from typing import Any
 
 from mautrix.crypto.attachments import decrypt_attachment
 from mautrix.types import EventType, RoomID
+from sqlalchemy import select
 
 from bridge.admin import rooms
 from bridge.admin.audit import Actor
+from bridge.db.models import OutboxItem
 from testkit.nio_client import EncryptingUser, Seen
 from testkit.slack_sim import SlackSimulator
 from testkit.slack_sim.images import solid_png
@@ -119,12 +122,21 @@ async def test_relations_and_files_in_an_encrypted_room(
                                             "is_falling_back": True,
                                             "m.in_reply_to": {"event_id": top_id}}})
     in_thread = await posted(sim, team, "Antwort im Thread", thread_ts=top["ts"])
-    await user.send(room, {
+    edit_content = {
         "msgtype": "m.text", "body": "* Frage (korrigiert)",
-        "m.new_content": {"msgtype": "m.text", "body": "Frage (korrigiert)"},
-        "m.relates_to": {"rel_type": "m.replace", "event_id": top_id}})
+        "m.new_content": {"msgtype": "m.text", "body": "Frage (korrigiert)", "m.mentions": {}},
+        "m.relates_to": {"rel_type": "m.replace", "event_id": top_id}}
+    await user.send(room, edit_content)
     await sim.wait_for(lambda: (sim.message(team, CHANNEL, top["ts"]) or {}).get("text")
                        == "Frage (korrigiert)", timeout=WAIT)
+    # The edit was relayed as the client wrote it, not as a parser rebuilt it.
+    async with e2ee_bridge.hub.db.sessions() as session:
+        relayed = [json.loads(row)["event"] for row in await session.scalars(
+            select(OutboxItem.payload).where(OutboxItem.room_id == room,
+                                             OutboxItem.network == "slack"))]
+    edit = next(e for e in relayed if e["content"].get("body") == "* Frage (korrigiert)")
+    assert edit["type"] == "m.room.message" and edit["content"] == edit_content
+    assert not [e for e in relayed if e["type"] == "m.room.encrypted"]
     await user.send(room, {"m.relates_to": {"rel_type": "m.annotation", "event_id": top_id,
                                             "key": "👍"}}, event_type="m.reaction")
 
