@@ -151,6 +151,24 @@ async def test_the_crypto_stores_sqlite_connections_begin_immediate(tmp_path: Pa
         await db.stop()
 
 
+def test_the_megolm_session_class_swap_notes_the_plaintext() -> None:
+    """bridge/matrix/crypto.py: BridgeCryptoStore turns mautrix's inbound Megolm sessions into
+    _RecordingGroupSessions by assigning __class__, which needs the same layout."""
+    import olm
+    from mautrix.crypto import InboundGroupSession
+
+    from bridge.matrix.crypto import _PLAINTEXT, _RecordingGroupSession
+
+    assert _RecordingGroupSession.__bases__ == (InboundGroupSession,)
+    assert "__slots__" not in vars(_RecordingGroupSession)
+    outbound = olm.OutboundGroupSession()
+    inbound = InboundGroupSession(outbound.session_key, "signing", "sender", "!r:x")
+    inbound.__class__ = _RecordingGroupSession
+    plaintext, index = inbound.decrypt(outbound.encrypt('{"type": "m.room.message"}'))
+    assert (plaintext, index) == ('{"type": "m.room.message"}', 0)
+    assert _PLAINTEXT.get() == plaintext
+
+
 def test_the_connection_class_swap_still_fits() -> None:
     # OneTripDBAPI.connect turns SQLAlchemy's connection into a OneTripConnection by
     # assigning __class__, which Python allows only for the same memory layout.
