@@ -14,10 +14,13 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import pytest
 
 from bridge.checks import run_checks
+from bridge.config import ConfigError, parse_config
 from bridge.db import store
 from bridge.matrix.bridge_info import state_key
+from bridge.registration import build_registration
 from testkit.helpers import SLOW_STEP, command, is_notice_from, open_room
 from testkit.matrix_client import MatrixTestClient
 from testkit.slack_sim import SlackSimulator
@@ -126,3 +129,34 @@ async def test_check_tells_when_the_homeserver_sends_no_keys_news(
         item = results["encrypted rooms"]
         assert not item.ok and "MSC3202" in item.detail and "msc3202_transaction_extensions" \
             in item.detail, item.detail
+
+
+def _config(**encryption: Any) -> Any:
+    return parse_config({"homeserver": {"domain": "stadt.example"},
+                         "appservice": {"as_token": "a" * 32, "hs_token": "h" * 32},
+                         "encryption": encryption}, environ={})
+
+
+def test_the_registration_asks_for_the_keys_news_only_with_encryption_allowed() -> None:
+    plain = build_registration(_config())
+    assert "org.matrix.msc3202" not in plain
+    allowed = build_registration(_config(allow=True))
+    assert allowed["org.matrix.msc3202"] is True
+    # To-device messages come with the ephemeral events (MSC2409), asked for either way.
+    assert allowed["receive_ephemeral"] is True
+    assert allowed["de.sorunome.msc2409.push_ephemeral"] is True
+
+
+@pytest.mark.parametrize("key", ["default", "require"])
+def test_default_and_require_need_allow(key: str) -> None:
+    with pytest.raises(ConfigError, match=f"encryption.{key}: needs encryption.allow: true"):
+        _config(**{key: True})
+    assert getattr(_config(allow=True, **{key: True}).encryption, key) is True
+
+
+def test_encryption_keys_come_from_the_environment_too() -> None:
+    config = parse_config({"homeserver": {"domain": "stadt.example"},
+                           "appservice": {"as_token": "a" * 32, "hs_token": "h" * 32}},
+                          environ={"BRIDGE_ENCRYPTION__ALLOW": "true",
+                                   "BRIDGE_ENCRYPTION__KEY_WAIT_SECONDS": "5"})
+    assert config.encryption.allow is True and config.encryption.key_wait_seconds == 5
