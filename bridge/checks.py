@@ -70,6 +70,40 @@ async def _check_whoami(session: aiohttp.ClientSession, config: Config) -> Check
     return CheckResult(name, False, f"HTTP {status} {errcode or ''}: {hint}")
 
 
+async def _check_double_puppet(session: aiohttp.ClientSession, config: Config,
+                               config_path: str) -> CheckResult:
+    """Does the homeserver let the second registration's token act as its local users?
+    Asked as the bot: a local user of the homeserver that the bridge registers anyway (done
+    here first if the bridge never ran; a homeserver refuses to act as unregistered users)."""
+    name = "double puppeting"
+    url = f"{config.homeserver.address}/_matrix/client/v3/account/whoami"
+    headers = {"Authorization": f"Bearer {config.double_puppet.as_token}"}
+    try:
+        await _json(session, "POST", f"{config.homeserver.address}/_matrix/client/v3/register",
+                    headers={"Authorization": f"Bearer {config.appservice.as_token}"},
+                    json={"type": "m.login.application_service", "inhibit_login": True,
+                          "username": config.appservice.bot_username})
+        status, body = await _json(session, "GET", url, headers=headers,
+                                   params={"user_id": config.bot_mxid})
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return CheckResult(name, False, f"homeserver unreachable: {exc.__class__.__name__}")
+    if status == 200 and isinstance(body, dict) and body.get("user_id") == config.bot_mxid:
+        return CheckResult(name, True, "the homeserver accepts double_puppet.as_token for its "
+                                       "local users")
+    errcode = body.get("errcode") if isinstance(body, dict) else None
+    if errcode == "M_UNKNOWN_TOKEN":
+        hint = ("the homeserver does not know double_puppet.as_token: the second registration "
+                "is not registered. Run `bridge generate-registration -c "
+                f"{config_path}`, add the -double-puppet.yaml file it writes to the "
+                "homeserver's app_service_config_files and restart the homeserver")
+    else:
+        hint = ("the homeserver does not let double_puppet.as_token act as its local users: "
+                "its registration needs the non-exclusive user namespace @.*:"
+                f"{config.homeserver.domain} (`bridge generate-registration` writes it)")
+    return CheckResult(name, False, f"HTTP {status} {errcode or ''}: {hint}; until then "
+                                    "linked people's messages come from their puppets")
+
+
 async def _check_namespaces(session: aiohttp.ClientSession, config: Config,
                             config_path: str) -> list[CheckResult]:
     """Each enabled network's puppets, as the homeserver's copy of the registration sees
@@ -219,6 +253,8 @@ async def run_checks(config: Config, config_path: str = "config.yaml") -> list[C
             results += [whoami, await _check_ping(session, config)]
             if whoami.ok:  # else the homeserver does not know the as_token to ask with
                 results += await _check_namespaces(session, config, config_path)
+            if config.double_puppet.enabled:
+                results.append(await _check_double_puppet(session, config, config_path))
         else:
             results.append(CheckResult("as_token accepted", False, "skipped: no homeserver"))
             results.append(CheckResult("homeserver reaches the bridge", False,

@@ -23,7 +23,11 @@ from bridge import __version__
 from bridge.config import Config, ConfigError, load_config
 from bridge.logs import setup_logging
 from bridge.networks import networks
-from bridge.registration import build_registration
+from bridge.registration import (
+    build_double_puppet_registration,
+    build_registration,
+    double_puppet_registration_path,
+)
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -45,7 +49,8 @@ def example_config_text() -> str:
     template = resources.files("bridge").joinpath("example-config.yaml").read_text("utf-8")
     core = (template.replace("@AS_TOKEN@", secrets.token_urlsafe(48))
             .replace("@HS_TOKEN@", secrets.token_urlsafe(48))
-            .replace("@PROVISIONING_SECRET@", secrets.token_urlsafe(32)))
+            .replace("@PROVISIONING_SECRET@", secrets.token_urlsafe(32))
+            .replace("@DOUBLE_PUPPET_TOKEN@", secrets.token_urlsafe(48)))
     # Then each network's own section, in the order of the registry.
     return core.rstrip("\n") + "\n" + "".join("\n" + network.example_config()
                                               for network in networks())
@@ -66,8 +71,15 @@ def cmd_generate_registration(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     path = Path(args.registration)
     _write_private(path, yaml.safe_dump(build_registration(config), sort_keys=False))
-    print(f"Wrote {path}. Add it to your homeserver's app_service_config_files and restart "
-          "the homeserver.")
+    if not config.double_puppet.enabled:
+        print(f"Wrote {path}. Add it to your homeserver's app_service_config_files and "
+              "restart the homeserver.")
+        return 0
+    second = double_puppet_registration_path(path)
+    _write_private(second, yaml.safe_dump(build_double_puppet_registration(config),
+                                          sort_keys=False))
+    print(f"Wrote {path} and, for double puppeting, {second}. Add both to your homeserver's "
+          "app_service_config_files and restart the homeserver.")
     return 0
 
 

@@ -214,6 +214,23 @@ class EncryptionConfig(Section):
         return self
 
 
+class DoublePuppetConfig(Section):
+    """Double puppeting: a linked person's remote messages appear as their own Matrix account
+    (through a second registration, bridge/registration.py)."""
+
+    enabled: bool = False
+    # The as_token of the second registration (`bridge generate-config` writes a random one).
+    as_token: str = ""
+
+    @model_validator(mode="after")
+    def _token_when_enabled(self) -> DoublePuppetConfig:
+        if self.enabled and len(self.as_token) < 16:
+            raise ValueError("double_puppet.as_token: must be set to a random secret of at "
+                             "least 16 characters when double_puppet.enabled is true "
+                             "(`bridge generate-config` makes one)")
+        return self
+
+
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -269,6 +286,7 @@ class Config(Section):
     bridge: BridgeSettings = Field(default_factory=BridgeSettings)
     provisioning: ProvisioningConfig = Field(default_factory=ProvisioningConfig)
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
+    double_puppet: DoublePuppetConfig = Field(default_factory=DoublePuppetConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
@@ -319,7 +337,7 @@ class Config(Section):
         """Values that must never appear in a log line (bridge/logs.py also masks the forms
         they take when URL-, JSON- or base64-encoded)."""
         values = [self.appservice.as_token, self.appservice.hs_token,
-                  self.provisioning.shared_secret]
+                  self.provisioning.shared_secret, self.double_puppet.as_token]
         password = _url_password(self.database.url)
         if password:
             # As written in the URL (percent-encoded) and as the driver gets it.

@@ -51,6 +51,9 @@ class Network:
     position: int = 100
     #: A word for `help link` on what its `link` command takes beyond the remote ID.
     link_hint: str | None = None
+    #: How ``people link``/``unlink`` name one of its identities, after the network's name
+    #: (``<workspace>:<user id>``); None if its people cannot be linked.
+    person_words: str | None = None
     #: The module with its tables (SQLAlchemy models on ``bridge.db.models.Base``).
     models: str | None = None
     #: Its alembic version location: its migrations, a branch on the core's history.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import secrets
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -40,6 +42,30 @@ def build_registration(config: Config) -> dict[str, Any]:
         # changes and its one-time-key counts (MSC3202) in the transactions.
         registration["org.matrix.msc3202"] = True
     return registration
+
+
+def double_puppet_registration_path(path: Path) -> Path:
+    """Where the second registration goes: beside the first, ``<name>-double-puppet.yaml``."""
+    return path.with_name(f"{path.stem}-double-puppet{path.suffix or '.yaml'}")
+
+
+def build_double_puppet_registration(config: Config) -> dict[str, Any]:
+    """The second registration, for double puppeting: the homeserver lets its token act as
+    any of its local users (``?user_id=``), so a linked person's remote messages can be sent
+    as their own account. No URL: the homeserver sends it no events (the first registration
+    gets them all). Not exclusive: the users stay the homeserver's own."""
+    domain = re.escape(config.homeserver.domain)
+    return {
+        "id": f"{config.appservice.id}-double-puppet",
+        "url": None,
+        "as_token": config.double_puppet.as_token,
+        # Nothing is ever sent to a registration without URL; still a fresh secret.
+        "hs_token": secrets.token_urlsafe(48),
+        "sender_localpart": f"{config.appservice.bot_username}-double-puppet",
+        "namespaces": {"users": [{"exclusive": False, "regex": f"@.*:{domain}"}],
+                       "aliases": [], "rooms": []},
+        "rate_limited": False,
+    }
 
 
 # The localpart a network's namespace is probed with. A '-' keeps it apart from every real

@@ -19,6 +19,7 @@ import yaml
 from bridge.app import Bridge
 from bridge.cli import main as bridge_cli
 from bridge.config import Config, load_config
+from bridge.registration import double_puppet_registration_path
 from testkit.matrix_client import MatrixTestClient
 from testkit.synapse import SynapseServer, free_port
 from tests.support.recording import TEST_PREFIX, RecordingConnector
@@ -107,11 +108,13 @@ def homeserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Homeserver]
     data["bridge"]["admins"] = [f"@admin*:{SERVER_NAME}"]
     config_path.write_text(yaml.safe_dump(data))
     # Registered with every network's namespace, so tests can switch networks on.
-    # And with encryption allowed, so that the homeserver sends the keys and device news
-    # (MSC2409, MSC3202) to the bridges of the tests in encrypted rooms (tests/e2ee/).
+    # And with double puppeting, whose second registration the homeserver loads too (tests
+    # switch it on per bridge: homeserver.config(url, double_puppet__enabled=True)), and with
+    # encryption allowed, so that the homeserver sends the keys and device news (MSC2409,
+    # MSC3202) to the bridges of the tests in encrypted rooms (tests/e2ee/).
     os.environ.update(BRIDGE_ENCRYPTION__ALLOW="true",
                       BRIDGE_EMAIL__ENABLED="true", BRIDGE_EMAIL__SENDER_AUTH="none",
-                      BRIDGE_SLACK__ENABLED="true",
+                      BRIDGE_SLACK__ENABLED="true", BRIDGE_DOUBLE_PUPPET__ENABLED="true",
                       BRIDGE_SLACK__WORKSPACES="[{name: t, bot_token: xoxb-t, app_token: xapp-t}]")
     try:
         assert bridge_cli(["generate-registration", "-c", str(config_path),
@@ -119,7 +122,7 @@ def homeserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Homeserver]
     finally:
         for name in ("BRIDGE_ENCRYPTION__ALLOW", "BRIDGE_EMAIL__ENABLED",
                      "BRIDGE_EMAIL__SENDER_AUTH", "BRIDGE_SLACK__ENABLED",
-                     "BRIDGE_SLACK__WORKSPACES"):
+                     "BRIDGE_SLACK__WORKSPACES", "BRIDGE_DOUBLE_PUPPET__ENABLED"):
             del os.environ[name]
     registration = yaml.safe_load(registration_path.read_text())
     # The test network's puppets need a namespace of their own, like Slack's and email's.
@@ -127,7 +130,9 @@ def homeserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Homeserver]
         {"exclusive": True, "regex": f"@{TEST_PREFIX}.*:bridge\\.test"})
     registration_path.write_text(yaml.safe_dump(registration))
     synapse = SynapseServer(work / "synapse", port=synapse_port, server_name=SERVER_NAME,
-                            registration_files=[registration_path])
+                            registration_files=[registration_path,
+                                                double_puppet_registration_path(
+                                                    registration_path)])
     synapse.start()
     try:
         yield Homeserver(synapse, config_path, bridge_port)

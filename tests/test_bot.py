@@ -53,7 +53,8 @@ async def test_version(homeserver: Homeserver, bridge: RunningBridge,
 
 async def test_invite_from_non_admin_is_declined_with_reason(
         homeserver: Homeserver, bridge: RunningBridge, outsider: MatrixTestClient) -> None:
-    room = await outsider.create_room(invite=[homeserver.bot], is_direct=True)
+    # (A direct chat is open to everyone of the homeserver: tests/people/.)
+    room = await outsider.create_room(invite=[homeserver.bot], name="Arbeitskreis")
     event = await outsider.wait_for_membership(room, homeserver.bot, "leave", timeout=15)
     assert "bridge.admins" in event["content"].get("reason", "")
 

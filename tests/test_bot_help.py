@@ -34,6 +34,14 @@ ADMIN_USAGES = [
     "unlink <network> [<remote-id>]",
     "failed",
     "retry <id>|all",
+    "people link <network> <identity> <@user:domain>",
+    "people unlink <network> <identity> [<@user:domain>]",
+    "people list [<@user:domain>]",
+    "me",
+    "me email <address>",
+    "me slack <workspace> <user-id-or-e-mail>",
+    "me confirm <code>",
+    "me unlink <network> <identity>...",
     "email subscribe <address> [name...]",
     "email unsubscribe <address>",
     "email list",
@@ -74,7 +82,8 @@ async def test_help_lists_every_command_with_its_syntax(
     listing = body(await command(bot, outsider, room, "!bridge help",
                                  expect="Bridge bot commands"))
     shown = [line.split("`")[1] for line in listing.splitlines() if line.startswith("- `")]
-    assert shown == ["help [<command>...]", "ping", "version"]
+    assert shown == ["help [<command>...]", "ping", "version",
+                     *(usage for usage in ADMIN_USAGES if usage.split()[0] == "me")]
     assert "Start each command with `!bridge`" in listing
 
 
@@ -102,6 +111,19 @@ async def test_help_for_one_command(homeserver: Homeserver, both_bridge: SlackBr
     answer = body(await command(bot, admin, room, "!bridge help slack channels"))
     assert answer.startswith("`!bridge slack channels [workspace]`: ")
 
+    # The first word of commands of two words gives them all.
+    answer = body(await command(bot, admin, room, "!bridge help people"))
+    assert [line.split("`")[1] for line in answer.splitlines()] == [
+        f"!bridge {usage}" for usage in ADMIN_USAGES if usage.startswith("people ")]
+    answer = body(await command(bot, admin, room, "!bridge help people link"))
+    assert answer.startswith("`!bridge people link <network> <identity> <@user:domain>`: ")
+    assert "slack <workspace>:<user id>" in answer and "email <address>" in answer
+
+    # `me` gives the self-service commands, the networks' forms included.
+    answer = body(await command(bot, admin, direct, "help me"))
+    assert [line.split("`")[1] for line in answer.splitlines()] == [
+        usage for usage in ADMIN_USAGES if usage.split()[0] == "me"]
+
     answer = body(await command(bot, admin, room, "!bridge help frobnicate"))
     assert "no command `frobnicate`" in answer and "`!bridge help`" in answer
 
@@ -122,6 +144,21 @@ async def test_usage_messages_end_where_they_end(homeserver: Homeserver,
 
     answer = body(await command(bot, admin, room, "!bridge unlink", expect="Usage"))
     assert answer == "Usage: `!bridge unlink <network> [<remote-id>]`"
+
+    answer = body(await command(bot, admin, room, "!bridge people link slack", expect="Usage"))
+    first, *rest = answer.splitlines()
+    assert first == "Usage: `!bridge people link <network> <identity> <@user:domain>`"
+    assert rest == ["`!bridge people link slack <workspace>:<user id> <@user:domain>` or "
+                    "`!bridge people link email <address> <@user:domain>`"]
+    answer = body(await command(bot, admin, room, "!bridge people list a b", expect="Usage"))
+    assert answer == "Usage: `!bridge people list [<@user:domain>]`"
+    direct = await open_room(bot, admin, direct=True)
+    answer = body(await command(bot, admin, direct, "me slack rathaus", expect="Usage"))
+    assert answer == "Usage: `me slack <workspace> <user-id-or-e-mail>`"
+    answer = body(await command(bot, admin, direct, "me confirm", expect="Usage"))
+    assert answer == "Usage: `me confirm <code>`"
+    answer = body(await command(bot, admin, direct, "me teams x", expect="has no command"))
+    assert "`me email <address>`" in answer and "`me confirm <code>`" in answer
 
     # A sub-command's usage needs the room's link to be checked first for some commands.
     await command(bot, admin, room, "!bridge link email nutzung", expect="Linked")

@@ -16,7 +16,7 @@ NETWORK_WORDS = re.compile(r"slack|email", re.IGNORECASE)
 
 def _core_files() -> list[Path]:
     files = sorted(BRIDGE.glob("*.py"))
-    for folder in ("core", "db", "matrix"):
+    for folder in ("core", "db", "matrix", "people"):
         files += sorted((BRIDGE / folder).rglob("*.py"))
     return files
 

@@ -3,6 +3,7 @@ homeserver's own M_TOO_LARGE answer handled the same way."""
 
 from __future__ import annotations
 
+import asyncio
 from html.parser import HTMLParser
 
 import pytest
@@ -117,6 +118,12 @@ async def test_the_homeservers_m_too_large_is_answered_by_cutting_deeper(
         room, lambda e: e["content"].get("msgtype") == "m.file", timeout=40)
     assert attachment["content"]["body"] == "message.txt"
     assert await bridge.hub.download_media(attachment["content"]["url"]) == text.encode()
-    async with bridge.bridge.db.sessions() as session:  # type: ignore[union-attr]
-        mapped = await store.mappings_for_remote(session, "test", "C-archiv", "m-1")
+    # The mapping is written with the delivery's success, a moment after the homeserver
+    # shows both events.
+    for _ in range(100):
+        async with bridge.bridge.db.sessions() as session:  # type: ignore[union-attr]
+            mapped = await store.mappings_for_remote(session, "test", "C-archiv", "m-1")
+        if mapped:
+            break
+        await asyncio.sleep(0.05)
     assert [m.event_id for m in mapped] == [first["event_id"]]

@@ -145,3 +145,19 @@ async def test_a_database_of_the_shared_history_upgrades_in_place(database_url: 
                 for table, rows in after.items()} == before
     finally:
         await engine.dispose()
+
+
+async def test_two_databases_upgrade_at_once_in_one_process(tmp_path: Path) -> None:
+    # Two bridges (or a bridge and `bridge db upgrade` in a test) starting together in one
+    # process: alembic's module-level context must not be shared by two runs at once.
+    from bridge.db.engine import Database
+
+    databases = [Database(f"sqlite+aiosqlite:///{tmp_path / f'bridge{i}.db'}") for i in range(3)]
+    try:
+        results = await asyncio.gather(*(db.upgrade() for db in databases))
+        assert [after for _, after in results] == [", ".join(head_revisions())] * 3
+        for db in databases:
+            assert await current_revisions(db.engine) == head_revisions()
+    finally:
+        for db in databases:
+            await db.close()

@@ -149,13 +149,20 @@ async def test_a_bridge_started_before_its_homeserver_opens_email_once_it_answer
     bridge = Bridge(config, build_connectors(config))
     starting = asyncio.create_task(bridge.start())
     try:
+        # Until the bridge got as far as asking the homeserver (the database upgrade before
+        # it can take seconds on a busy machine), then a while longer.
+        waiting = ("not started: waiting for the homeserver to confirm this network's "
+                   "namespace")
+        deadline = asyncio.get_running_loop().time() + 30
+        while bridge.hub.connectors["email"].state().detail != waiting:
+            assert asyncio.get_running_loop().time() < deadline, \
+                bridge.hub.connectors["email"].state().detail
+            await asyncio.sleep(0.05)
         await asyncio.sleep(1.5)
         # Whether the homeserver accepts email's puppets is not known yet: accept no mail.
         with pytest.raises(OSError):
             await asyncio.open_connection("127.0.0.1", smtp_port)
-        state = bridge.hub.connectors["email"].state()
-        assert state.detail == ("not started: waiting for the homeserver to confirm this "
-                                "network's namespace")
+        assert bridge.hub.connectors["email"].state().detail == waiting
 
         await proxy.start()
         await starting

@@ -230,6 +230,10 @@ class Connector(ABC):
     # --- people (identity links) ------------------------------------------------------------
     #: Whether this network's identities can be linked to Matrix accounts.
     links_people = False
+    #: The words after ``me <network>`` (a person linking their own identity with a
+    #: one-time code, :mod:`bridge.people.self_service`), as help and usage answers show
+    #: them: ``<address>``. Each ``<…>`` is one word.
+    me_words = "<identity>"
 
     async def resolve_person(self, hub: Hub, words: list[str]) -> PersonRef:
         """The remote identity the words name, as typed after ``people link <network>`` (Slack:

@@ -3,7 +3,8 @@
 The relay rule: whatever arrives in a portal (from a Matrix user, or from one link's puppets)
 goes to every link of that room except the one it came from. A puppet's event names its
 link in the origin marker (:mod:`bridge.core.origin`), trusted only when the sender is a
-puppet of that link's network; a connector whose link stands for many participants
+puppet of that link's network (or, double puppeting, a linked person's account with the
+bridge's proof for that very event); a connector whose link stands for many participants
 (``relays_within_link``, email) also gets its own link's events and skips their author
 itself. Events without a marker (older ones, puppets' membership) skip every link of the
 sender's network, as the puppet namespace tells it. Either way echo suppression does not
@@ -13,6 +14,7 @@ depend on remembering what we sent.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -24,10 +26,12 @@ from bridge.core import activity
 from bridge.core.cache import BoundedCache
 from bridge.core.connector import Connector
 from bridge.core.errors import TemporaryError
-from bridge.core.origin import Origin, read_origin
+from bridge.core.origin import ORIGIN_KEY, Origin, read_origin, read_signed_origin
 from bridge.db import queues, store
 from bridge.db.engine import Database
 from bridge.db.queues import Delivery, InboxEntry, NewDelivery
+from bridge.people import changes as people_changes
+from bridge.people.double_puppet import DoublePuppets, People, on_change
 
 log = logging.getLogger("bridge.hub")
 
@@ -96,6 +100,8 @@ class MatrixSide(Protocol):
 
     async def may_mention_room(self, room_id: str, user_id: str) -> bool: ...
 
+    async def is_joined(self, room_id: str, user_id: str) -> bool: ...
+
     async def set_profile(self, user_id: str, displayname: str | None,
                           avatar_mxc: str | None) -> None: ...
 
@@ -114,6 +120,8 @@ class Hub:
         self.bot_mxid = config.bot_mxid
         self.prefix = config.bridge.command_prefix
         self.matrix: MatrixSide | None = None
+        # The clock of what expires (one-time codes): tests move it instead of waiting.
+        self.clock: Callable[[], float] = time.time
         # Set by the app: wakes the outbox worker after something was enqueued.
         # (Given the lanes it queued in, if known: the outbox need not wake for busy ones.)
         self.wake_outbox: Callable[..., None] = lambda lanes=None: None
@@ -122,6 +130,10 @@ class Hub:
         # or was pushed out by newer ones costs one write that changes nothing.
         self._profiles: BoundedCache[str, tuple[str | None, str | None]] = BoundedCache(
             PROFILE_CACHE_MAX_ITEMS, PROFILE_CACHE_MAX_AGE_SECONDS)
+        # Identity links (cached) and double puppeting: who posts a linked person's messages.
+        self.people = People(self)
+        self.double_puppets = DoublePuppets(self, self.people)
+        people_changes.listen(on_change)
 
     # --- who is who ---------------------------------------------------------------------
 
@@ -135,6 +147,13 @@ class Hub:
 
     def is_admin(self, user_id: str) -> bool:
         return self.config.bridge.is_admin(user_id)
+
+    def is_local(self, user_id: str) -> bool:
+        """A user of the bridge's own homeserver (not a puppet, not the bot): who may use
+        the bot's self-service commands in a direct chat."""
+        server = user_id.partition(":")[2]
+        return (user_id.startswith("@") and server == self.config.homeserver.domain
+                and user_id != self.bot_mxid and self.network_of(user_id) is None)
 
     # --- inbound: one Matrix event from the inbox ---------------------------------------
 
@@ -171,6 +190,8 @@ class Hub:
         content: dict[str, Any] = raw_content if isinstance(raw_content, dict) else {}
         if state_key is not None and self.matrix is not None:
             await self.matrix.note_state(event)
+        if etype == "m.room.member" and isinstance(state_key, str):
+            self.double_puppets.note_membership(room_id, state_key, content.get("membership"))
         if state_key == "" and etype in NAMING_STATE:
             # Before the bot's own events are dropped: a plan's rooms are named by the bot.
             await self._note_naming(session, room_id, etype, content)
@@ -184,12 +205,17 @@ class Hub:
         if sender == self.bot_mxid:
             return []  # the bot's own notices and state are never relayed
 
+        # A linked person's remote message, sent as their own account (double puppeting):
+        # its origin marker is trusted only with the bridge's proof for exactly this event.
+        signed = read_signed_origin(event, self.double_puppets.key) \
+            if self.double_puppets.enabled and ORIGIN_KEY in content and \
+            self.network_of(sender) is None else None
         portal = portals.get(room_id)
         if etype == "m.room.encrypted" and portal is not None:
             # Not decrypted on arrival (bridge/matrix/crypto.py): never relayed as it is.
             crypto = self.matrix.crypto if self.matrix is not None else None
             return [crypto.waiting_delivery(room_id, event)] if crypto is not None else []
-        if etype == "m.room.message" and portal is not None:
+        if etype == "m.room.message" and portal is not None and signed is None:
             command = self._command_text(content, portal.is_direct, sender)
             if command is not None:
                 return [self._matrix(room_id, "command", {
@@ -210,16 +236,22 @@ class Hub:
         room_links = links.get(room_id) or []
         if not room_links:
             return []
-        sender_network = self.network_of(sender)
-        if sender_network is None and activity.is_new_message(etype, content):
+        sender_network = signed.network if signed is not None else self.network_of(sender)
+        deliveries = []
+        if etype == "m.room.member" and content.get("membership") == "join" and \
+                isinstance(state_key, str) and sender_network is None:
+            # A person joined: their retired puppets leave (if they are here).
+            deliveries += await self.double_puppets.joined(
+                session, room_id, state_key, {link.network for link in room_links})
+        if signed is None and sender_network is None and \
+                activity.is_new_message(etype, content):
             # Written on Matrix (commands and the bot's notices went their own way above).
             # (Written once for the whole batch: route_batch flushes.)
             activity.note_message(session, room_id=room_id, side=activity.MATRIX_SIDE,
                                   user_id=sender, timestamp_ms=event.get("origin_server_ts"))
-        origin = read_origin(content) if sender_network is not None else None
+        origin = signed or (read_origin(content) if sender_network is not None else None)
         if origin is not None and origin.network != sender_network:
             origin = None  # a puppet cannot speak for another network's link
-        deliveries = []
         for link in room_links:
             connector = self.connectors.get(link.network)
             if connector is None:
@@ -265,10 +297,21 @@ class Hub:
                 return [self._matrix(room_id, "join", {
                     "inviter": sender, "is_direct": bool(content.get("is_direct")),
                 })]
-            return [self._matrix(room_id, "reject_invite", {
-                "reason": f"{sender} may not use this bridge: only the bridge's admins "
-                          "(bridge.admins in its config) can invite the bot.",
-            })]
+            if self.is_local(sender) and content.get("is_direct"):
+                # Anyone of our homeserver may talk to the bot in a direct chat (their own
+                # identity links: `me`); the Matrix side checks that it is one.
+                return [self._matrix(room_id, "join", {
+                    "inviter": sender, "is_direct": True, "direct_only": True,
+                })]
+            if self.is_local(sender):
+                reason = (f"{sender} may not invite the bot into a room: only the bridge's "
+                          "admins (bridge.admins in its config) can. Start a direct chat "
+                          "with the bot to link your own accounts.")
+            else:
+                reason = (f"{sender} may not use this bridge: only the bridge's admins "
+                          "(bridge.admins in its config) and, in a direct chat, users of "
+                          f"{self.config.homeserver.domain} can invite the bot.")
+            return [self._matrix(room_id, "reject_invite", {"reason": reason})]
         if membership in ("leave", "ban"):
             if sender != self.bot_mxid:
                 log.info("bot removed from %s by %s; forgetting its links", room_id, sender)
@@ -352,6 +395,9 @@ class Hub:
         """Set a puppet's profile on the homeserver right away (the queued profile update
         repeats it harmlessly); homeserver trouble is a :class:`TemporaryError`."""
         assert self.matrix is not None
+        if self.double_puppets.enabled:
+            await self.people.load()
+            displayname = self.double_puppets.retired_name(user_id, displayname)
         await self.matrix.set_profile(user_id, displayname, avatar_mxc)
 
     async def room_name(self, room_id: str) -> str | None:
@@ -394,6 +440,9 @@ class Hub:
         if name_changed or avatar_changed:
             payload: dict[str, Any] = {"user": user_id}
             if name_changed and displayname is not None:
+                if self.double_puppets.enabled:  # a retired puppet's name points onwards
+                    await self.people.load(session)
+                    displayname = self.double_puppets.retired_name(user_id, displayname)
                 payload["displayname"] = displayname
             if avatar_changed and avatar_mxc:
                 payload["avatar_mxc"] = avatar_mxc

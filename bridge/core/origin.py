@@ -12,11 +12,15 @@ Without it the rule could only skip the sender's whole *network*, so two email s
 of one room, or two Slack channels linked to one room, would never hear each other.
 
 The marker is trusted only on events whose sender is a puppet of the marker's network: a
-Matrix user who copies it into a message cannot stop that message from being relayed.
+Matrix user who copies it into a message cannot stop that message from being relayed. The one
+exception, double puppeting, is an event the bridge sent as a linked person's own account:
+its marker is trusted only with a proof the bridge made for exactly that event (see below).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,3 +74,69 @@ def read_origin(content: Any) -> Origin | None:
     thread = value.get("thread")
     return Origin(network=network, link_id=link_id, also_received=also,
                   thread=thread if isinstance(thread, str) else None)
+
+
+# --- proof, for events a real account sent for the bridge (double puppeting) -------------
+#
+# A double-puppeted event comes back from the homeserver with a real user as its sender,
+# who could copy a marker into an event of their own. So the bridge signs, besides the room,
+# the sender and the link, what ties the proof to one event: for a message or reaction its
+# origin_server_ts, which the bridge sets itself (the appservice ``ts`` parameter) and a
+# client cannot choose; for a redaction (where homeservers take no ``ts``) the event it
+# redacts, which a copy could only redact again, to no effect. A copied marker fails.
+
+#: The key under the marker that holds the proof.
+PROOF_KEY = "proof"
+
+
+def proof_key(secret: str) -> bytes:
+    """The HMAC key derived from a bridge secret (double_puppet.as_token)."""
+    return hashlib.sha256(b"net.matrix_hub_bridge.origin-proof\0" + secret.encode()).digest()
+
+
+def _proof(key: bytes, room_id: str, sender: str, anchor: str, origin: Origin) -> str:
+    message = "\n".join((room_id, sender, anchor, origin.network, str(origin.link_id)))
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+
+def _anchor(timestamp_ms: int | None, redacts: str | None) -> str:
+    return f"redacts:{redacts}" if redacts is not None else f"ts:{timestamp_ms}"
+
+
+def sign(content: dict[str, Any], key: bytes, room_id: str, sender: str, *,
+         timestamp_ms: int | None = None, redacts: str | None = None) -> dict[str, Any]:
+    """``content`` with its marker (if it has one) signed for the event ``sender`` sends in
+    ``room_id``: with origin_server_ts ``timestamp_ms``, or the redaction of ``redacts``
+    (a new dict)."""
+    origin = read_origin(content)
+    if origin is None:
+        return content
+    marker = {**content[ORIGIN_KEY],
+              PROOF_KEY: _proof(key, room_id, sender, _anchor(timestamp_ms, redacts), origin)}
+    return {**content, ORIGIN_KEY: marker}
+
+
+def read_signed_origin(event: dict[str, Any], key: bytes) -> Origin | None:
+    """The marker of an event a real account sent, if the bridge signed it for exactly this
+    event; else None (a copied or made-up marker)."""
+    content = event.get("content")
+    origin = read_origin(content)
+    if origin is None or not isinstance(content, dict):
+        return None
+    proof = content[ORIGIN_KEY].get(PROOF_KEY)
+    room_id, sender = event.get("room_id"), event.get("sender")
+    if not isinstance(proof, str) or not isinstance(room_id, str) or \
+            not isinstance(sender, str):
+        return None
+    if event.get("type") == "m.room.redaction":
+        redacts = event.get("redacts") or content.get("redacts")
+        if not isinstance(redacts, str):
+            return None
+        anchor = _anchor(None, redacts)
+    else:
+        ts = event.get("origin_server_ts")
+        if not isinstance(ts, int) or isinstance(ts, bool):
+            return None
+        anchor = _anchor(ts, None)
+    expected = _proof(key, room_id, sender, anchor, origin)
+    return origin if hmac.compare_digest(proof, expected) else None

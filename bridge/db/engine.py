@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -138,8 +139,25 @@ async def upgrade(engine: AsyncEngine) -> tuple[str | None, str | None]:
         command.upgrade(_alembic_config(connection), "heads")
         return describe(before), describe(_current_revisions(connection))
 
-    async with engine.begin() as conn:
+    # Alembic keeps the running migration in module globals (alembic.context, alembic.op),
+    # and run_sync gives up the event loop at every statement: two upgrades in one process
+    # (two bridges, a test's second database) would interleave and break each other
+    # ("KeyError: 'script'" as the second removes the first's proxies). One at a time.
+    async with _upgrade_lock(), engine.begin() as conn:
         return await conn.run_sync(run)
+
+
+_UPGRADE_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = \
+    weakref.WeakKeyDictionary()
+
+
+def _upgrade_lock() -> asyncio.Lock:
+    """The lock that keeps this event loop's upgrades apart (a lock is bound to its loop)."""
+    loop = asyncio.get_running_loop()
+    lock = _UPGRADE_LOCKS.get(loop)
+    if lock is None:
+        lock = _UPGRADE_LOCKS[loop] = asyncio.Lock()
+    return lock
 
 
 class Database:

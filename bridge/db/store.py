@@ -138,6 +138,12 @@ _LINK_BY_REMOTE = select(
         Link.__table__.c.remote_id == bindparam("remote_id"))
 
 
+async def rooms_linked_to(session: AsyncSession, network: str) -> list[str]:
+    """The portals with at least one link of ``network``."""
+    return list(await session.scalars(select(Link.room_id).where(Link.network == network)
+                                      .distinct().order_by(Link.room_id)))
+
+
 async def link_by_remote(session: AsyncSession, network: str, remote_id: str) -> LinkInfo | None:
     # Built once, on the table: looked up for every mail's recipient (SMTP RCPT).
     row = (await session.execute(_LINK_BY_REMOTE, {"network": network,

@@ -28,7 +28,14 @@ from bridge import metrics
 from bridge.admin.audit import Actor
 from bridge.config import Config
 from bridge.core.cache import BoundedCache
-from bridge.core.connector import Connector, Health, LinkTarget, SubCommand, media_msgtype
+from bridge.core.connector import (
+    Connector,
+    Health,
+    LinkTarget,
+    PersonRef,
+    SubCommand,
+    media_msgtype,
+)
 from bridge.core.errors import CommandError, PermanentError, UsageError
 from bridge.core.event_size import too_large
 from bridge.core.hub import RemotePart
@@ -36,7 +43,7 @@ from bridge.core.origin import ORIGIN_KEY, Origin, read_origin
 from bridge.db import queues, store
 from bridge.db.queues import Delivery, NewDelivery
 from bridge.db.store import LinkInfo
-from bridge.email import actions
+from bridge.email import actions, person_code
 from bridge.email import api as email_api
 from bridge.email import store as email_store
 from bridge.email.addresses import (
@@ -111,6 +118,8 @@ class EmailConnector(Connector):
     # One room address, many subscribers: a subscriber's mail goes to the others.
     relays_within_link = True
     max_links_per_room = 1
+    links_people = True
+    me_words = "<address>"
 
     def __init__(self, config: Config) -> None:
         settings = config.section(EmailConfig)
@@ -183,6 +192,35 @@ class EmailConnector(Connector):
     async def link_for(self, localpart: str) -> LinkInfo | None:
         async with self.hub.db.sessions() as session:
             return await store.link_by_remote(session, NETWORK, localpart.lower())
+
+    async def resolve_person(self, hub: Hub, words: list[str]) -> PersonRef:
+        """An email address, lower case: as the email puppets know it
+        (:meth:`puppet_user_id` of the sender's address). A room's own address names
+        nobody."""
+        if len(words) != 1:
+            raise CommandError("Name one email address, like anna.schmidt@stadt.example.")
+        typed = words[0]
+        try:
+            address = actions.checked_address(typed, self.domain)
+        except CommandError:
+            if typed.strip().strip("<>").lower().endswith("@" + self.domain):
+                raise CommandError(f"`{typed}` is an address of the bridge's rooms "
+                                   f"(@{self.domain}), not a person's.") from None
+            raise CommandError(f"`{typed}` is not an email address (like "
+                               "anna.schmidt@stadt.example).") from None
+        return PersonRef(remote_id=address, label=address)
+
+    async def send_person_code(self, hub: Hub, person: PersonRef, code: str,
+                               matrix_user_id: str) -> str:
+        """A plain mail from the bridge's no-reply address (``me email``)."""
+        from bridge.people.self_service import CODE_LIFETIME_SECONDS
+
+        message = person_code.code_mail(
+            domain=self.domain, address=person.remote_id, code=code,
+            matrix_user_id=matrix_user_id, bot_mxid=hub.bot_mxid,
+            minutes=CODE_LIFETIME_SECONDS // 60)
+        return await person_code.send_code_mail(self.relay, message, domain=self.domain,
+                                                address=person.remote_id)
 
     async def resolve_link(self, hub: Hub, room_id: str, remote_id: str,
                            args: list[str]) -> LinkTarget:
@@ -635,14 +673,21 @@ class EmailConnector(Connector):
             if thread is None:
                 thread = await self._thread(session, room_id, root)
             recipients = await email_store.subscribers(session, room_id, active_only=True)
-            author = None
+            authors: set[str] = set()
             if hub.network_of(sender) == NETWORK:
                 puppet = await store.get_puppet(session, sender)
-                author = puppet.remote_id if puppet else None
+                if puppet is not None:
+                    authors.add(puppet.remote_id)
+            else:
+                # A person's own Matrix message (or their mail, sent as their account by
+                # double puppeting) is not mailed to their own linked addresses.
+                links = await hub.people.load(session)
+                authors.update(i.remote_id for i in links.identities(sender, NETWORK))
         # Its author has the message, and so have those a subscriber's mail was addressed
         # to directly (the marker names them).
         received = set(origin.also_received) if own_mail and origin is not None else set()
-        recipients = [r for r in recipients if r.address != author and r.address not in received]
+        recipients = [r for r in recipients
+                      if r.address.lower() not in authors and r.address not in received]
         if own_mail and not recipients:
             return "0 recipient(s)"
 

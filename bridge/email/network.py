@@ -40,6 +40,7 @@ network = Network(
     example_config=_example_config,
     checks=_checks,
     position=20,
+    person_words="<address>",
     models="bridge.email.models",
     migrations=Path(__file__).resolve().parent / "migrations",
 )

@@ -27,6 +27,8 @@ from bridge.db.queues import Delivery
 from bridge.matrix import encryption
 from bridge.matrix.side import json_body
 from bridge.networks import networks
+from bridge.people import actions as people
+from bridge.people import self_service
 
 if TYPE_CHECKING:
     from bridge.core.hub import Hub
@@ -123,6 +125,18 @@ class Bot:
 
     async def _answer(self, ctx: Context, name: str) -> str:
         cmd = COMMANDS.get(name)
+        # A command of two words (``people link``, ``me confirm``): the second word picks it.
+        if ctx.args and f"{name} {ctx.args[0].lower()}" in COMMANDS:
+            name = f"{name} {ctx.args[0].lower()}"
+            cmd = COMMANDS[name]
+            ctx.args = ctx.args[1:]
+            if name == f"{ME} confirm" and len(ctx.args) > 1 and \
+                    all(word.isdigit() for word in ctx.args):
+                ctx.args = ["".join(ctx.args)]  # typed as it reads: 1234 5678
+        elif name == ME and ctx.args:
+            return await self._me_network(ctx)
+        elif cmd is None and _group(name):
+            return self._group_reply(ctx, name)
         connector = self.hub.connectors.get(name)
         if cmd is None and connector is not None:
             return await self._network_command(ctx, name)
@@ -132,7 +146,8 @@ class Bot:
         if cmd.admin_only and not ctx.is_admin:
             return (f"Sorry, only bridge admins may use `{name}`. Ask your bridge "
                     "administrator to add you to `bridge.admins`.")
-        if not word_count(cmd.usage.partition(" ")[2]).allows(len(ctx.args)):
+        # The arguments are what follows the command's name, of one word or two.
+        if not word_count(cmd.usage[len(cmd.name):]).allows(len(ctx.args)):
             note = cmd.usage_note(self.hub) if cmd.usage_note else ""
             return self._usage_reply(cmd.usage, UsageError(note), ctx.is_direct)
         return await self._run_handler(ctx, name, cmd.handler(self, ctx), cmd.usage)
@@ -151,6 +166,33 @@ class Bot:
         except Exception:
             log.exception("command %r failed in %s", name, ctx.room_id)
             return _went_wrong(name)
+
+    async def _me_network(self, ctx: Context) -> str:
+        """``me <network> <words>``: a one-time code for one's own identity there."""
+        network = ctx.args[0].lower()
+        connector = self.hub.connectors.get(network)
+        if connector is None or not connector.links_people:
+            lines = [f"`me` has no command `{ctx.args[0]}`; it has:"]
+            lines += [self._entry_line(e, ctx) for e in self.declared()
+                      if _command_words(e.usage).split(" ")[0] == ME]
+            return "\n".join(lines)
+        usage = f"{ME} {network} {connector.me_words}"
+        words = ctx.args[1:]
+        if not word_count(connector.me_words).allows(len(words)):
+            return self._usage_reply(usage, UsageError(), ctx.is_direct)
+        return await self._run_handler(ctx, f"{ME} {network}",
+                                       _me_ask(self, ctx, network, words), usage)
+
+    def _group_reply(self, ctx: Context, group: str) -> str:
+        """``people`` alone, or with a word that is none of its commands: its commands."""
+        commands = _group(group)
+        if not ctx.is_admin and all(cmd.admin_only for cmd in commands):
+            return (f"Sorry, only bridge admins may use `{group}`. Ask your bridge "
+                    "administrator to add you to `bridge.admins`.")
+        opening = (f"`{group}` has no command `{ctx.args[0]}`; it has:" if ctx.args
+                   else f"`{group}` commands:")
+        return "\n".join([opening, *(f"- `{self._prefixed(cmd.usage, ctx.is_direct)}`: "
+                                      f"{cmd.summary}" for cmd in commands)])
 
     async def _network_command(self, ctx: Context, network: str) -> str:
         connector = self.hub.connectors[network]
@@ -177,8 +219,16 @@ class Bot:
     def declared(self) -> list[HelpEntry]:
         """Every command with its usage and summary: the bot's own in the order they are
         declared, then each enabled network's sub-commands."""
-        entries = [HelpEntry(cmd.usage, cmd.summary, cmd.admin_only, network=None)
-                   for cmd in COMMANDS.values()]
+        entries = []
+        for cmd in COMMANDS.values():
+            entries.append(HelpEntry(cmd.usage, cmd.summary, cmd.admin_only, network=None))
+            if cmd.name == ME:
+                entries += [
+                    HelpEntry(f"{ME} {network} {connector.me_words}",
+                              f"send your {connector.display_name} identity a one-time code "
+                              "that links it to your account", admin_only=False, network=None)
+                    for network, connector in sorted(self.hub.connectors.items())
+                    if connector.links_people]
         for network in sorted(self.hub.connectors):
             entries += [HelpEntry(sub.usage(network), sub.summary, sub.admin_only, network)
                         for sub in self.hub.connectors[network].commands()]
@@ -233,7 +283,8 @@ def _help_for(bot: Bot, ctx: Context, asked: str) -> str:
     entries = bot.declared()
     # A command's name is its usage up to the first argument: "link", "email subscribe".
     exact = [e for e in entries if _command_words(e.usage) == asked]
-    found = exact or [e for e in entries if e.network == asked]
+    group = [e for e in entries if _command_words(e.usage).startswith(asked + " ")]
+    found = exact + group or [e for e in entries if e.network == asked]
     if not found:
         return (f"There is no command `{asked}`. Send "
                 f"`{bot._prefixed('help', ctx.is_direct)}` for the list of commands.")
@@ -243,6 +294,11 @@ def _help_for(bot: Bot, ctx: Context, asked: str) -> str:
         lines.append(f"`{bot._prefixed(entry.usage, ctx.is_direct)}`: {entry.summary}."
                      f"{admins}")
     return "\n".join(lines)
+
+
+def _group(name: str) -> list[Command]:
+    """The commands of two words whose first word is ``name`` (``people``)."""
+    return [cmd for key, cmd in COMMANDS.items() if key.startswith(name + " ")]
 
 
 def _command_words(usage: str) -> str:
@@ -396,3 +452,78 @@ async def _retry(bot: Bot, ctx: Context) -> str:
         raise CommandError(f"{exc} `{bot._prefixed('failed', ctx.is_direct)}` lists "
                            "them.") from None
     return outcome.message
+
+
+# --- people: identity links (bridge/people/actions.py) ------------------------------------
+
+_PERSON_FORMS = "; ".join(f"{n.name} {n.person_words}" for n in networks() if n.person_words)
+
+
+@command("people link", "people link <network> <identity> <@user:domain>",
+         "link a person's remote identity to their Matrix account"
+         + (f" ({_PERSON_FORMS})" if _PERSON_FORMS else ""), admin_only=True,
+         usage_note=lambda hub: people.link_forms(hub))
+async def _people_link(bot: Bot, ctx: Context) -> str:
+    network, identity, user_id = ctx.args[0].lower(), ctx.args[1], ctx.args[2]
+    outcome = await people.link(bot.hub, Actor.command(ctx.sender), user_id, network,
+                                [identity])
+    return outcome.message
+
+
+@command("people unlink", "people unlink <network> <identity> [<@user:domain>]",
+         "remove an identity link (with the Matrix user: only if it is theirs)",
+         admin_only=True)
+async def _people_unlink(bot: Bot, ctx: Context) -> str:
+    network, identity = ctx.args[0].lower(), ctx.args[1]
+    user_id = ctx.args[2] if len(ctx.args) == 3 else None
+    outcome = await people.unlink(bot.hub, Actor.command(ctx.sender), network, [identity],
+                                  user_id)
+    return outcome.message
+
+
+@command("people list", "people list [<@user:domain>]",
+         "who is linked to which remote identities (everyone, or one person)",
+         admin_only=True)
+async def _people_list(bot: Bot, ctx: Context) -> str:
+    user_id = ctx.args[0] if ctx.args else None
+    identities = await people.people(bot.hub, user_id)
+    return people.listing(bot.hub, identities, user_id)
+
+
+# --- me: one's own identity links, proven with a one-time code (bridge/people/) ------------
+
+ME = "me"
+
+
+def _direct_only(bot: Bot, ctx: Context) -> None:
+    """``me`` commands are answered only in a direct chat with the bot: codes are private."""
+    if not ctx.is_direct:
+        raise CommandError(f"Send `me` commands to me in a direct chat (start one with "
+                           f"{bot.hub.bot_mxid}); codes and links are private.")
+
+
+async def _me_ask(bot: Bot, ctx: Context, network: str, words: list[str]) -> str:
+    _direct_only(bot, ctx)
+    return await self_service.request_code(bot.hub, ctx.sender, network, words)
+
+
+@command(ME, ME, "your own linked identities, and codes waiting for confirmation "
+         "(in a direct chat with me)", admin_only=False)
+async def _me(bot: Bot, ctx: Context) -> str:
+    _direct_only(bot, ctx)
+    return await self_service.own_links(bot.hub, ctx.sender)
+
+
+@command(f"{ME} confirm", f"{ME} confirm <code>",
+         "link the identity that one-time code was sent to", admin_only=False)
+async def _me_confirm(bot: Bot, ctx: Context) -> str:
+    _direct_only(bot, ctx)
+    return await self_service.confirm(bot.hub, ctx.sender, ctx.args[0])
+
+
+@command(f"{ME} unlink", f"{ME} unlink <network> <identity>...",
+         "remove one of your own linked identities", admin_only=False)
+async def _me_unlink(bot: Bot, ctx: Context) -> str:
+    _direct_only(bot, ctx)
+    return await self_service.unlink_own(bot.hub, ctx.sender, ctx.args[0].lower(),
+                                         ctx.args[1:])

@@ -231,19 +231,10 @@ class EncryptingIntent(IntentAPI):
             self, room_id: RoomID, event_type: EventType, content: Any, **kwargs: Any
     ) -> EventID:
         crypto = self._crypto()
-        if (crypto is None or event_type == EventType.ROOM_ENCRYPTED
-                or not await crypto.is_encrypted(room_id)):
-            return await super().send_message_event(room_id, event_type, content, **kwargs)
-        if isinstance(content, bytes | bytearray):
-            plain = json_codec.loads(bytes(content))
-        elif isinstance(content, Serializable):
-            plain = content.serialize()
-        else:
-            plain = dict(content)
-        plain = await crypto.encrypt_media(self, plain)
-        encrypted = await crypto.encrypt(room_id, event_type, plain)
-        return await super().send_message_event(room_id, EventType.ROOM_ENCRYPTED,
-                                                cast(Any, encrypted), **kwargs)
+        if crypto is not None:
+            event_type, content = await crypto.encrypted_if_needed(self, room_id, event_type,
+                                                                   content)
+        return await super().send_message_event(room_id, event_type, content, **kwargs)
 
 
 class BridgeAppServiceAPI(AppServiceAPI):
@@ -490,6 +481,21 @@ class BridgeCrypto:
         result = encrypted.serialize()
         assert isinstance(encrypted, EncryptedMegolmEventContent) and isinstance(result, dict)
         return result
+
+    async def encrypted_if_needed(self, uploader: IntentAPI, room_id: RoomID,
+                                  event_type: EventType, content: Any) -> tuple[EventType, Any]:
+        """(type, content) to send: as they are in an unencrypted room, else encrypted (its
+        media uploaded again encrypted, by ``uploader``)."""
+        if event_type == EventType.ROOM_ENCRYPTED or not await self.is_encrypted(room_id):
+            return event_type, content
+        if isinstance(content, bytes | bytearray):
+            plain = json_codec.loads(bytes(content))
+        elif isinstance(content, Serializable):
+            plain = content.serialize()
+        else:
+            plain = dict(content)
+        plain = await self.encrypt_media(uploader, plain)
+        return EventType.ROOM_ENCRYPTED, await self.encrypt(room_id, event_type, plain)
 
     async def _recipients(self, room_id: RoomID) -> list[UserID]:
         """The room's people whose devices get the bridge's session: members and invitees,

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
+from mautrix.api import Method, Path
 from mautrix.appservice import AppServiceAPI, IntentAPI
 from mautrix.appservice.state_store import ASStateStore
 from mautrix.client.state_store import MemoryStateStore
@@ -39,7 +41,7 @@ from mautrix.util.logging import TraceLogger
 from bridge import json_codec
 from bridge.core.cache import BoundedCache
 from bridge.core.errors import PermanentError, TemporaryError
-from bridge.core.origin import ORIGIN_KEY
+from bridge.core.origin import ORIGIN_KEY, sign
 from bridge.db import store
 from bridge.db.queues import Delivery
 from bridge.matrix import long_message
@@ -181,6 +183,41 @@ class PowerReport:
         return "\n".join(lines)
 
 
+class RealSender:
+    """A linked person's own account, acting through the double-puppet registration's token
+    (``?user_id=``). It only sends events and redactions: unlike a mautrix intent it never
+    registers or joins, since the bridge never joins a real user to a room; a room the
+    person is not in answers 403 and the puppet posts instead."""
+
+    def __init__(self, api: AppServiceAPI, user_id: str,
+                 crypto: BridgeCrypto | None = None, uploader: IntentAPI | None = None) -> None:
+        self.api = api
+        self.mxid = UserID(user_id)
+        # In an encrypted room its events are encrypted with the bridge's device, as the
+        # puppets' are (bridge/matrix/crypto.py); media uploads go through ``uploader``.
+        self.crypto = crypto
+        self.uploader = uploader
+
+    async def send_message_event(self, room_id: RoomID, event_type: EventType, content: Any,
+                                 txn_id: str, timestamp: int | None = None) -> EventID:
+        if self.crypto is not None and self.uploader is not None:
+            event_type, content = await self.crypto.encrypted_if_needed(
+                self.uploader, room_id, event_type, content)
+        answer = await self.api.request(
+            Method.PUT, Path.v3.rooms[room_id].send[str(event_type)][txn_id], content,
+            timestamp=timestamp)
+        return EventID(answer["event_id"])
+
+    async def redact(self, room_id: RoomID, event_id: str, txn_id: str,
+                     reason: str | None, extra_content: dict[str, Any] | None) -> EventID:
+        body: dict[str, Any] = dict(extra_content or {})
+        if reason:
+            body["reason"] = reason
+        answer = await self.api.request(
+            Method.PUT, Path.v3.rooms[room_id].redact[event_id][txn_id], body)
+        return EventID(answer["event_id"])
+
+
 class MatrixSide:
     def __init__(self, hub: Hub, session: aiohttp.ClientSession) -> None:
         self.hub = hub
@@ -218,7 +255,8 @@ class MatrixSide:
 
     async def upload(self, data: bytes, mimetype: str, filename: str | None,
                      user_id: str | None) -> str:
-        intent = self.intent(user_id)
+        # A real account (double puppeting) does not upload through the bridge: the bot does.
+        intent = self.intent(user_id if user_id and self.hub.network_of(user_id) else None)
         await intent.ensure_registered()
         body: Any = data if len(data) <= UPLOAD_PIECE else UploadPieces(data)
         return str(await intent.upload_media(body, mime_type=mimetype, filename=filename,
@@ -253,6 +291,44 @@ class MatrixSide:
             return False
         needed = (levels.notifications.room if levels.notifications else None)
         return levels.get_user_level(UserID(user_id)) >= (50 if needed is None else needed)
+
+    async def is_joined(self, room_id: str, user_id: str) -> bool:
+        """Is ``user_id`` joined to the room now (as its state says)?"""
+        try:
+            member = await self.bot_intent.get_state_event(
+                RoomID(room_id), EventType.ROOM_MEMBER, user_id)
+        except (MNotFound, MForbidden):  # never in the room, or the bot is not
+            return False
+        return getattr(member, "membership", None) == Membership.JOIN
+
+    def real_sender(self, user_id: str) -> RealSender:
+        """A linked person's own account (double puppeting)."""
+        api = self.api.real_user(UserID(user_id), self.hub.config.double_puppet.as_token,
+                                 as_token=True)
+        return RealSender(api, user_id, getattr(self.api, "crypto", None), self.bot_intent)
+
+    async def _sender_of(self, room_id: str, event_id: str) -> str | None:
+        try:
+            event = await self.bot_intent.get_event(RoomID(room_id), EventID(event_id))
+        except MatrixRequestError:
+            return None
+        return str(event.sender)
+
+    async def _acting(self, room_id: str, puppet: str | None,
+                      changes: str | None = None) -> str | None:
+        """The real account that sends this puppet's event (double puppeting), or None for
+        the puppet itself. An edit or a redaction (``changes``: the event it changes) comes
+        from whoever sent that event, so that clients accept it."""
+        people = self.hub.double_puppets
+        if not people.enabled or not puppet:
+            return None
+        if changes is not None:
+            if await self.hub.people.account_of(puppet) is None:
+                return None  # not a linked person's puppet: no need to ask who sent it
+            original = await self._sender_of(room_id, changes)
+            return original if original and await people.may_act_for(puppet, original) \
+                else None
+        return await people.account_for(room_id, puppet)
 
     async def room_name(self, room_id: str) -> str | None:
         try:
@@ -341,22 +417,37 @@ class MatrixSide:
             if relates.get("rel_type") == "m.thread":
                 thread_root = relates.get("event_id")
         event_type = p.get("event_type", "m.room.message")
-        long_text = event_type == "m.room.message" and long_message.can_shorten(content)
-        encoded = json_body(content)
-        if long_text and len(encoded) > long_message.CONTENT_LIMIT:
-            event_id = await self._send_long_message(d, intent, content, thread_root, kwargs)
-        else:
+        relates = content.get("m.relates_to")
+        edited = relates.get("event_id") if isinstance(relates, dict) and \
+            relates.get("rel_type") == "m.replace" else None
+        # Only with an origin marker, which the proof makes trusted: an unmarked event
+        # from a real account would be relayed back to where it came from.
+        acting = await self._acting(d.room_id, p.get("sender"),
+                                    str(edited) if edited else None) \
+            if ORIGIN_KEY in content else None
+        event_id = None
+        if acting is not None:
+            # As the linked person (double puppeting), with a timestamp the bridge sets and
+            # signs, so the event's origin marker is trusted when it comes back.
+            ts = int(kwargs.get("timestamp") or time.time() * 1000)
+            signed = sign(content, self.hub.double_puppets.key, d.room_id, acting,
+                          timestamp_ms=ts)
             try:
-                event_id = await intent.send_message_event(
-                    RoomID(d.room_id), EventType.find(event_type), encoded, **kwargs,
-                )
-            except MatrixRequestError as exc:
-                # Our estimate of the envelope was short for this homeserver: cut deeper.
-                if not (long_text and _is_too_large(exc)):
-                    raise
-                event_id = await self._send_long_message(
-                    d, intent, content, thread_root, kwargs,
-                    limit=min(long_message.CONTENT_LIMIT, len(encoded)) // 2)
+                event_id = await self._send(d, self.real_sender(acting), event_type, signed,
+                                            thread_root, {**kwargs, "timestamp": ts})
+            except MForbidden as exc:
+                # Left the room since it was checked: the puppet posts instead.
+                log.info("delivery %s: %s may not post in %s (%s); the puppet posts",
+                         d.id, acting, d.room_id, exc.message)
+                self.hub.double_puppets.note_membership(d.room_id, acting, "leave")
+            else:
+                try:
+                    await self.hub.double_puppets.posted_as(d.room_id, str(p["sender"]), acting)
+                except Exception:  # sent already: finishing the retirement can wait
+                    log.exception("delivery %s: could not check %s's retired puppet", d.id,
+                                  acting)
+        if event_id is None:
+            event_id = await self._send(d, intent, event_type, content, thread_root, kwargs)
         mapping = p.get("mapping")
         if mapping:
             async def record(session: Any) -> None:
@@ -370,7 +461,27 @@ class MatrixSide:
                     await record(session)
         return str(event_id)
 
-    async def _send_long_message(self, d: Delivery, intent: IntentAPI, content: dict[str, Any],
+    async def _send(self, d: Delivery, intent: IntentAPI | RealSender, event_type: str,
+                    content: dict[str, Any], thread_root: str | None,
+                    kwargs: dict[str, Any]) -> EventID:
+        long_text = event_type == "m.room.message" and long_message.can_shorten(content)
+        encoded = json_body(content)
+        if long_text and len(encoded) > long_message.CONTENT_LIMIT:
+            return await self._send_long_message(d, intent, content, thread_root, kwargs)
+        try:
+            return await intent.send_message_event(
+                RoomID(d.room_id), EventType.find(event_type), encoded, **kwargs,
+            )
+        except MatrixRequestError as exc:
+            # Our estimate of the envelope was short for this homeserver: cut deeper.
+            if not (long_text and _is_too_large(exc)):
+                raise
+            return await self._send_long_message(
+                d, intent, content, thread_root, kwargs,
+                limit=min(long_message.CONTENT_LIMIT, len(encoded)) // 2)
+
+    async def _send_long_message(self, d: Delivery, intent: IntentAPI | RealSender,
+                                 content: dict[str, Any],
                                  thread_root: str | None, kwargs: dict[str, Any],
                                  limit: int = long_message.CONTENT_LIMIT) -> EventID:
         """A message over the homeserver's event size limit: its beginning, then the whole
@@ -393,6 +504,8 @@ class MatrixSide:
                                           "m.in_reply_to": {"event_id": first}}
         else:
             attachment["m.relates_to"] = {"m.in_reply_to": {"event_id": first}}
+        if ORIGIN_KEY in content:  # the file came the same way as its beginning
+            attachment[ORIGIN_KEY] = content[ORIGIN_KEY]
         await intent.send_message_event(
             RoomID(d.room_id), EventType.ROOM_MESSAGE, json_body(attachment),
             **{**kwargs, "txn_id": f"{kwargs['txn_id']}-file"})
@@ -424,6 +537,19 @@ class MatrixSide:
         # The origin marker rides in the redaction's content (the homeserver keeps extra
         # keys of the PUT /redact body), so the relay rule knows which link deleted it.
         extra = {ORIGIN_KEY: p["origin"]} if p.get("origin") else None
+        acting = await self._acting(d.room_id, p.get("sender"), str(p["event_id"])) \
+            if extra else None
+        if acting is not None:
+            # Removed by whoever sent it: the linked person's own account.
+            signed = sign(extra or {}, self.hub.double_puppets.key, d.room_id, acting,
+                          redacts=str(p["event_id"]))
+            try:
+                return str(await self.real_sender(acting).redact(
+                    RoomID(d.room_id), str(p["event_id"]), f"ob{d.id}", p.get("reason"),
+                    signed or None))
+            except MForbidden as exc:
+                log.info("delivery %s: %s may not redact in %s (%s); the puppet tries",
+                         d.id, acting, d.room_id, exc.message)
         return str(await intent.redact(RoomID(d.room_id), p["event_id"], reason=p.get("reason"),
                                        extra_content=extra))
 
@@ -461,6 +587,23 @@ class MatrixSide:
         await intent.ensure_joined(RoomID(d.room_id))
         return None
 
+    async def _deliver_puppet_retire(self, d: Delivery, p: dict[str, Any]) -> None:
+        """A linked person's puppet leaves the room, if their own account is a member (and
+        the puppet is, and the link still stands): decided now, not when it was queued."""
+        puppet, account = p["user"], p["account"]
+        people = self.hub.double_puppets
+        if not people.enabled or await self.hub.people.account_of(puppet) != account:
+            return None
+        if not await self.is_joined(d.room_id, account) or \
+                not await self.is_joined(d.room_id, puppet):
+            return None
+        await self.intent(puppet).leave_room(
+            RoomID(d.room_id), reason=f"now writes here as {account}")
+        people.note_membership(d.room_id, puppet, "leave")
+        log.info("%s left %s: %s writes there with their own account", puppet, d.room_id,
+                 account)
+        return None
+
     async def _deliver_leave(self, d: Delivery, p: dict[str, Any]) -> None:
         await self.intent(p["user"]).leave_room(RoomID(d.room_id), reason=p.get("reason"))
         return None
@@ -468,6 +611,17 @@ class MatrixSide:
     async def _deliver_join(self, d: Delivery, p: dict[str, Any]) -> None:
         """The bot accepts an admin's invitation, then says what it can and cannot do."""
         await self.bot_intent.join_room_by_id(RoomID(d.room_id))
+        if p.get("direct_only") and not await self._only_us(RoomID(d.room_id),
+                                                            p.get("inviter")):
+            # Someone who is not an admin may only have a direct chat with the bot.
+            log.info("leaving %s: %s invited the bot into a room with others", d.room_id,
+                     p.get("inviter"))
+            await self.bot_intent.leave_room(
+                RoomID(d.room_id),
+                reason=f"{p.get('inviter')} may not invite the bot into a room with others: "
+                       "only the bridge's admins (bridge.admins in its config) can. A direct "
+                       "chat with the bot is open to everyone of this homeserver.")
+            return None
         is_direct = bool(p.get("is_direct"))
         name = None
         if not is_direct:
@@ -483,7 +637,10 @@ class MatrixSide:
                 await store.set_portal_naming(session, d.room_id, "alias", alias)
         log.info("joined %s on the invitation of %s%s", d.room_id, p.get("inviter"),
                  " (direct chat)" if is_direct else "")
-        if is_direct:
+        if is_direct and p.get("direct_only"):
+            text = ("Hello! I am the bridge bot. Here you can link your accounts on other "
+                    "networks to your Matrix account: send `help me` to see how.")
+        elif is_direct:
             text = "Hello! I am the bridge bot. Send `help` to see what I can do."
         else:
             text = (f"Hello! I am the bridge bot. Send `{self.hub.prefix} help` to see what "
@@ -493,6 +650,12 @@ class MatrixSide:
                 text += "\n" + report.describe()
         await self.bot_intent.send_notice(RoomID(d.room_id), text, txn_id=f"ob{d.id}")
         return None
+
+    async def _only_us(self, room_id: RoomID, inviter: str | None) -> bool:
+        """Whether only the inviter and the bot are in the room (joined or invited)."""
+        members = await self.bot_intent.get_room_members(
+            room_id, allowed_memberships=(Membership.JOIN, Membership.INVITE))
+        return set(members) <= {self.hub.bot_mxid, inviter}
 
     async def _looks_direct(self, room_id: str, inviter: str | None) -> tuple[bool, str | None]:
         """Some clients start a direct chat without the is_direct flag: an unnamed room

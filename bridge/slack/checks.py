@@ -8,6 +8,7 @@ from bridge.checks import CheckResult
 from bridge.config import Config
 from bridge.core.errors import PermanentError, TemporaryError
 from bridge.slack.config import SlackConfig
+from bridge.slack.person_code import PERSON_CODE_SCOPES
 from bridge.slack.workspace import Workspace
 
 
@@ -29,6 +30,14 @@ async def check_workspaces(session: aiohttp.ClientSession, config: Config) -> li
                 detail += (f"; Events API: Slack must reach {slack.events_api.path} "
                            f"on port {slack.events_api.port} through your proxy")
             results.append(CheckResult(name, True, detail))
+            missing = [s for s in PERSON_CODE_SCOPES if ws.scopes is not None
+                       and s not in ws.scopes]
+            if missing:
+                results.append(CheckResult(
+                    f"{name} scopes", True,
+                    "the app lacks " + ", ".join(missing) + ": `me slack` cannot send people "
+                    "their one-time codes; add the scopes from slack-app-manifest.yaml and "
+                    "reinstall the app", warning=True))
         except PermanentError as exc:
             results.append(CheckResult(name, False, f"{exc} {exc.hint or ''}".strip()))
         except TemporaryError as exc:

@@ -25,12 +25,18 @@ from bridge import metrics
 from bridge.admin.audit import Actor
 from bridge.config import Config
 from bridge.core.cache import BoundedCache
-from bridge.core.connector import Connector, Health, LinkTarget, SubCommand
-from bridge.core.errors import CommandError, PermanentError, TemporaryError, UsageError
+from bridge.core.connector import Connector, Health, LinkTarget, PersonRef, SubCommand
+from bridge.core.errors import (
+    CommandError,
+    PermanentError,
+    TemporaryError,
+    UnavailableError,
+    UsageError,
+)
 from bridge.db import queues, store
 from bridge.db.queues import Delivery, NewDelivery
 from bridge.db.store import LinkInfo
-from bridge.slack import actions, catch_up
+from bridge.slack import actions, catch_up, person_code
 from bridge.slack import api as slack_api
 from bridge.slack import store as slack_store
 from bridge.slack.config import SlackConfig
@@ -60,6 +66,8 @@ log = logging.getLogger("bridge.slack")
 # A Slack conversation ID as Slack writes it (public C…, private G…); anything else typed
 # after `link slack` is taken for a channel name.
 CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{2,}")
+# A Slack user ID: U… (W… for Enterprise Grid users).
+USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
 # Slack channel names: lower case letters, digits, '-', '_' and some non-ASCII letters.
 CHANNEL_NAME = re.compile(r"[^\s#:,.<>@]{1,80}")
 # Bounds of the connector's caches (entries; seconds an entry is trusted).
@@ -123,6 +131,8 @@ class UserDirectory:
 class SlackConnector(Connector):
     network = NETWORK
     display_name = "Slack"
+    links_people = True
+    me_words = "<workspace> <user-id-or-e-mail>"
 
     def __init__(self, config: Config) -> None:
         settings = config.section(SlackConfig)
@@ -302,12 +312,19 @@ class SlackConnector(Connector):
         return str(name) if name else None
 
     def linked_matrix_user(self, ws: Workspace, slack_user_id: str) -> str | None:
-        """A Matrix account the Slack user is known to be (no such links are made yet:
-        without double puppeting every Slack user is their puppet)."""
-        return None
+        """The Matrix account the Slack user is linked to (identity links, as last read by
+        ``await hub.people.load()``), so a mention of them follows the person."""
+        puppet = self.puppet_user_id(f"{ws.team_id}_{slack_user_id}")
+        return self.hub.people.current.account_of(puppet)
 
     def slack_user_of(self, ws: Workspace, matrix_user_id: str) -> str | None:
-        """The Slack user a puppet of this workspace stands for."""
+        """The Slack user a puppet of this workspace stands for, or the one of this
+        workspace a person's Matrix account is linked to (as last read by
+        ``await hub.people.load()``)."""
+        prefix = f"{ws.team_id}_"
+        for identity in self.hub.people.current.identities(matrix_user_id, NETWORK):
+            if identity.remote_id.startswith(prefix):
+                return identity.remote_id[len(prefix):]
         localpart, _, server = matrix_user_id[1:].partition(":")
         prefix = f"{self.puppet_prefix}{ws.team_id.lower()}_"
         if server != self.homeserver_domain or not localpart.startswith(prefix):
@@ -823,6 +840,74 @@ class SlackConnector(Connector):
                           settings={"team": ws.team_id, "channel": channel,
                                     "workspace": ws.name},
                           external_url=url)
+
+    # --- people (identity links) --------------------------------------------------------
+
+    async def resolve_person(self, hub: Hub, words: list[str]) -> PersonRef:
+        """A Slack user as ``<workspace>:<user id>`` (``people link``) or as the two words
+        ``<workspace> <user id or e-mail address>`` (``me slack``): the workspace is a
+        configured one's name (or its team ID); Slack is asked who the user is
+        (users.info, or users.lookupByEmail for an address)."""
+        if len(words) == 1 and ":" in words[0]:
+            workspace, typed = (part.strip() for part in words[0].split(":", 1))
+        elif len(words) == 2:
+            workspace, typed = words[0].strip(), words[1].strip()
+        else:
+            raise CommandError("Name the Slack user as `<workspace>:<user id>`, like "
+                               f"`{self._example_workspace()}:U0123ABCD`.")
+        if not workspace or not typed:
+            raise CommandError(f"`{' '.join(words)}` does not name a Slack user; write "
+                               f"`<workspace>:<user id>`, like "
+                               f"`{self._example_workspace()}:U0123ABCD`.")
+        ws = self.workspace_named(workspace)
+        try:
+            if "@" in typed:
+                data = await ws.read("users.lookupByEmail", email=typed)
+            elif USER_ID.fullmatch(typed.upper()):
+                data = await ws.read("users.info", user=typed.upper())
+            else:
+                raise CommandError(
+                    f"`{typed}` is not a Slack user ID. Slack shows it in the person's "
+                    "profile (⋮ → Copy member ID); it looks like U0123ABCD.")
+        except PermanentError as exc:
+            code = str(exc).rsplit(": ", 1)[-1]
+            if code in ("user_not_found", "users_not_found"):
+                what = f"the address {typed}" if "@" in typed else f"the ID {typed.upper()}"
+                raise CommandError(f"Slack workspace `{ws.name}` has no user with {what} "
+                                   f"(Slack answered `{code}`).") from None
+            raise CommandError(f"Slack refused to say who `{typed}` is: {exc}") from None
+        except TemporaryError as exc:
+            raise UnavailableError(f"Slack is not reachable right now ({exc}); try again.") \
+                from None
+        user = data.get("user") or {}
+        user_id = str(user.get("id") or "")
+        if not user_id:
+            raise CommandError(f"Slack did not say who `{typed}` is in workspace "
+                               f"`{ws.name}`.")
+        if user.get("is_bot") or user_id == "USLACKBOT":
+            raise CommandError(f"`{ws.name}:{user_id}` is a bot in Slack, not a person.")
+        profile = self.users.remember(ws, user)
+        return PersonRef(remote_id=f"{ws.team_id}_{user_id}", label=f"{ws.name}:{user_id}",
+                         display_name=profile.name)
+
+    def _example_workspace(self) -> str:
+        return self.workspaces[0].name if self.workspaces else "rathaus"
+
+    async def send_person_code(self, hub: Hub, person: PersonRef, code: str,
+                               matrix_user_id: str) -> str:
+        """A direct message from the app to the Slack user (``me slack``)."""
+        from bridge.people.self_service import CODE_LIFETIME_SECONDS
+
+        team_id, _, user_id = person.remote_id.partition("_")
+        ws = self.workspace_of_team(team_id)
+        if ws is None:
+            raise UnavailableError(f"The Slack workspace of `{person.label}` is not connected "
+                                   "right now; no code was sent. Please try again later.")
+        text = person_code.code_message(
+            code=code, label=person.label, matrix_user_id=matrix_user_id,
+            homeserver=self.homeserver_domain, bot_mxid=hub.bot_mxid,
+            minutes=CODE_LIFETIME_SECONDS // 60)
+        return await person_code.send_code(ws, user_id, text)
 
     async def _channel_by_name(self, hub: Hub, ws: Workspace, typed: str) -> dict[str, Any]:
         """A channel named like ``general`` or ``#general``: Slack's methods want IDs, so the

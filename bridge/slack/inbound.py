@@ -222,6 +222,8 @@ class SlackToMatrix:
                         blocks: Any) -> _Resolver:
         users, channels, broadcast = _mentioned_ids(text, blocks)
         resolver = _Resolver(via_server=self.hub.config.homeserver.domain)
+        if users:
+            await self.hub.people.load()  # a linked person's mention names their account
         for user_id in users:
             try:
                 profile = await self.connector.users.get(ws, user_id)

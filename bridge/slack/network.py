@@ -41,4 +41,5 @@ network = Network(
     models="bridge.slack.models",
     migrations=Path(__file__).resolve().parent / "migrations",
     link_hint="Slack: name the workspace when there are several",
+    person_words="<workspace>:<user id>",
 )

@@ -167,6 +167,8 @@ class MatrixToSlack:
         text = f"{body} {formatted or ''}"
         candidates = set(mentioned) | {
             part.split('"')[0].split("<")[0] for part in text.split("matrix.to/#/")[1:]}
+        if candidates:
+            await self.hub.people.load()  # a linked person's account names their Slack user
         for user_id in candidates:
             user_id = user_id.replace("%40", "@").replace("%3A", ":")
             if not user_id.startswith("@"):

@@ -26,6 +26,7 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 
+from bridge.core.cache import BoundedCache
 from bridge.slack.workspace import Workspace
 
 log = logging.getLogger("bridge.slack")
@@ -92,6 +93,11 @@ class Intake:
         self.refused_while_full = 0
         self.set_aside_count = 0
         self._last_refusal = "refused by the database"
+        # Events set aside, by Slack's event_id: when Slack sends one again (its
+        # acknowledgement came after Slack's timeout, the tries take seconds) it is
+        # acknowledged at once, not logged, counted and told to the room a second time.
+        # Forgetting one (bounded, an hour) costs only that repeated notice.
+        self._set_aside_ids: BoundedCache[str, bool] = BoundedCache(1000, 3600)
 
     def submit(self, payload: dict[str, Any], ack: Ack) -> bool:
         """Queue one event; ``ack(stored)`` is called once it is stored (or could not be).
@@ -147,6 +153,12 @@ class Intake:
         refuses the batch's data, its events are stored one by one, in order, and the one it
         refuses is set aside (and acknowledged). Anything else (a bug) is left to Slack's
         retries."""
+        again = [self._set_aside_ids.get(str(payload.get("event_id"))) is not None
+                 for payload, _ in batch]
+        if any(again):
+            fresh = [item for item, seen in zip(batch, again, strict=True) if not seen]
+            fresh_acks = iter(await self._store_in_order(fresh) if fresh else [])
+            return [True if seen else next(fresh_acks) for seen in again]
         payloads = [payload for payload, _ in batch]
         outcome = await self._store_retrying(payloads, tries=1 if len(batch) > 1 else
                                              UNSTORABLE_TRIES)
@@ -158,6 +170,9 @@ class Intake:
             return [await self._put_aside(payloads[0])]
         acks = []
         for payload in payloads:
+            if self._set_aside_ids.get(str(payload.get("event_id"))) is not None:
+                acks.append(True)  # its first copy in this batch was just set aside
+                continue
             single = await self._store_retrying([payload], tries=UNSTORABLE_TRIES)
             if single is _Outcome.UNSTORABLE:
                 acks.append(await self._put_aside(payload))
@@ -197,6 +212,8 @@ class Intake:
         block the workspace, but never silently: its payload goes to the log at ERROR and
         the linked room is told."""
         reason = self._last_refusal.splitlines()[0]
+        if payload.get("event_id"):
+            self._set_aside_ids.set(str(payload["event_id"]), True)
         self.set_aside_count += 1
         log.error("set aside Slack event %s of %s after %d tries, it can never be stored (%s); "
                   "its payload: %s", payload.get("event_id"), self.workspace.name,

@@ -30,8 +30,10 @@ TIER_PER_MINUTE = {1: 1, 2: 20, 3: 50, 4: 100}
 METHOD_TIER = {
     "apps.connections.open": 1,
     "users.list": 2, "conversations.list": 2, "reactions.remove": 2, "emoji.list": 2,
-    "bots.info": 3, "team.info": 3, "conversations.info": 3, "conversations.history": 3,
-    "conversations.replies": 3, "conversations.join": 3, "chat.update": 3, "chat.delete": 3,
+    "users.lookupByEmail": 3, "bots.info": 3, "team.info": 3, "conversations.info": 3,
+    "conversations.history": 3,
+    "conversations.replies": 3, "conversations.join": 3, "conversations.open": 3,
+    "chat.update": 3, "chat.delete": 3,
     "chat.meMessage": 3, "reactions.add": 3, "files.delete": 3,
     "users.info": 4, "conversations.members": 4, "files.getUploadURLExternal": 4,
     "files.completeUploadExternal": 4, "files.info": 4,
@@ -131,6 +133,8 @@ class Workspace:
         self.app_id = ""
         self.connected = False
         self.last_error: str | None = None
+        # The scopes Slack says the bot token has (its x-oauth-scopes header), once known.
+        self.scopes: set[str] | None = None
         # Set when Slack says the app was uninstalled or its bot token revoked.
         self.access_lost: str | None = None
 
@@ -173,6 +177,9 @@ class Workspace:
             self.last_error = f"{method}: {exc!r}"
             raise TemporaryError(f"Slack is not reachable ({method}: {exc!r})") from exc
         self.last_error = None
+        scopes = response.headers.get("x-oauth-scopes") if response.headers else None
+        if isinstance(scopes, str):
+            self.scopes = {scope.strip() for scope in scopes.split(",") if scope.strip()}
         return dict(response.data) if isinstance(response.data, dict) else {}
 
     def _error(self, method: str, channel_key: str | None,

@@ -320,6 +320,12 @@ class SlackSimulator:
         """Channel history as stored (top-level messages), oldest first."""
         return copy.deepcopy(self.team(team).channel(channel_id).history())
 
+    def im_messages(self, team: TeamRef, user_id: str) -> list[JsonDict]:
+        """What the app wrote to the person in their direct messages (the app's IM with
+        them, opened with conversations.open), oldest first; none if it never opened one."""
+        im = self.team(team).ims.get(user_id)
+        return copy.deepcopy(im.messages) if im is not None else []
+
     def replies(self, team: TeamRef, channel_id: str, thread_ts: str) -> list[JsonDict]:
         """The replies of a thread, oldest first (without the parent)."""
         thread = self.team(team).channel(channel_id).thread(thread_ts)

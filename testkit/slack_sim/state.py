@@ -503,6 +503,27 @@ class Channel:
         return out
 
 
+class Im:
+    """A direct message conversation (``D…``) between the app's bot user and one person, as
+    ``conversations.open`` makes it: one per person, the same one every time."""
+
+    def __init__(self, team_id: str, im_id: str, user_id: str, created: int) -> None:
+        self.team_id = team_id
+        self.id = im_id
+        self.user = user_id
+        self.created = created
+        self.messages: list[JsonDict] = []  # oldest first
+
+    def to_api(self, *, user_deleted: bool = False) -> JsonDict:
+        """The IM object of ``conversations.open`` with ``return_im`` (and of
+        ``conversations.info``)."""
+        return {"id": self.id, "created": self.created, "is_archived": False, "is_im": True,
+                "is_org_shared": False, "context_team_id": self.team_id,
+                "updated": self.created * 1000, "user": self.user,
+                "is_user_deleted": user_deleted, "priority": 0,
+                "last_read": self.messages[-1]["ts"] if self.messages else "0000000000.000000"}
+
+
 _team_counter = itertools.count(1)
 
 
@@ -534,6 +555,12 @@ class Team:
         self.files: dict[str, StoredFile] = {}
         self.uploads: dict[str, PendingUpload] = {}  # upload key -> pending upload
         self.emoji: dict[str, str] = {}
+        # Direct message conversations of the app's bot user, by the person's user ID.
+        self.ims: dict[str, Im] = {}
+        # The OAuth scopes the app was granted; None: every scope the methods need (as if
+        # installed from the bridge's manifest). A method needing one not here answers
+        # missing_scope, as Slack does.
+        self.scopes: set[str] | None = None
         # A workspace preference ("who may archive channels") that keeps apps from archiving:
         # conversations.archive then answers restricted_action.
         self.archiving_restricted = False
@@ -590,6 +617,10 @@ class Team:
             if candidate.name == name:
                 return candidate
         return None
+
+    def im(self, im_id: str) -> Im | None:
+        """The app's IM with this ID, if it opened one."""
+        return next((im for im in self.ims.values() if im.id == im_id), None)
 
     def find_user(self, ref: str) -> User | None:
         user = self.users.get(ref)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from testkit.slack_sim.richtext import block_id
 from testkit.slack_sim.state import (
     Channel,
+    Im,
     JsonDict,
     PendingUpload,
     SimulatorError,
@@ -51,6 +52,7 @@ TIERS: dict[str, str] = {
     "conversations.join": "Tier3",
     "conversations.list": "Tier2",
     "conversations.members": "Tier4",
+    "conversations.open": "Tier3",
     "conversations.replies": "Tier3",
     "emoji.list": "Tier2",
     "files.completeUploadExternal": "Tier4",
@@ -78,6 +80,16 @@ class ApiError(Exception):
         self.extra = extra
         if messages:
             self.extra["response_metadata"] = {"messages": messages}
+
+
+# Scopes the simulator checks when a team's granted scopes are set (``Team.scopes``), as
+# Slack's Web API reference lists them: any one of the list will do. Methods not listed here
+# are not checked.
+SCOPES: dict[str, tuple[str, ...]] = {
+    # A 1:1 DM needs im:write; the method takes any of its conversation-writing scopes.
+    "conversations.open": ("channels:write", "groups:write", "mpim:write", "im:write"),
+    "users.lookupByEmail": ("users:read.email",),
+}
 
 
 def _missing(field: str) -> ApiError:
@@ -215,15 +227,23 @@ class WebApi:
         team, kind = owner
         if (kind == "app") != (name == "apps.connections.open"):
             return 200, {"ok": False, "error": "not_allowed_token_type"}, {}
+        # Slack names the token's scopes on every answer to it (when the simulator knows
+        # them: Team.scopes).
+        granted = ({"x-oauth-scopes": ",".join(sorted(team.scopes))}
+                   if team.scopes is not None and kind == "bot" else {})
+        needed = SCOPES.get(name)
+        if needed and team.scopes is not None and not team.scopes.intersection(needed):
+            return 200, {"ok": False, "error": "missing_scope", "needed": ",".join(needed),
+                         "provided": ",".join(sorted(team.scopes))}, granted
         params = Params(raw)
         if sim.enforce_tiers:
             retry_after = self._over_limit(team, name, params)
             if retry_after is not None:
                 return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(retry_after)}
         try:
-            return 200, handler(self, Ctx(team, kind), params), {}
+            return 200, handler(self, Ctx(team, kind), params), granted
         except ApiError as exc:
-            return 200, {"ok": False, "error": exc.error, **exc.extra}, {}
+            return 200, {"ok": False, "error": exc.error, **exc.extra}, granted
 
     def _over_limit(self, team: Team, name: str, params: Params) -> int | None:
         now = time.monotonic()
@@ -446,6 +466,54 @@ def conversations_join(api: WebApi, ctx: Ctx, p: Params) -> JsonDict:
     return out
 
 
+@method("conversations.open")
+def conversations_open(api: WebApi, ctx: Ctx, p: Params) -> JsonDict:
+    """A 1:1 DM between the app's bot user and one person (multi-person DMs are not
+    simulated). The same person gets the same ``D…`` channel every time; Slack then adds
+    ``no_op`` and ``already_open``."""
+    team = ctx.team
+    ref = p.opt("channel")
+    if ref is not None:
+        im = team.im(ref)
+        if im is None:
+            raise ApiError("channel_not_found")
+        return _opened(api, team, im, p, already=True)
+    listed = [u.strip() for u in (p.opt("users") or "").split(",") if u.strip()]
+    if not listed:
+        raise ApiError("users_list_not_supplied")
+    if len(listed) > 8:
+        raise ApiError("too_many_users")
+    others = [u for u in listed if u != team.bot_user_id]
+    if not others:
+        raise ApiError("cannot_dm_bot")
+    if len(others) > 1:
+        raise SimulatorError("the simulator opens 1:1 DMs only, not multi-person ones")
+    user = team.users.get(others[0])
+    if user is None:
+        raise ApiError("user_not_found")
+    if user.is_bot:
+        raise ApiError("cannot_dm_bot")
+    if user.deleted:
+        raise ApiError("user_disabled")
+    im = team.ims.get(user.id)
+    if im is not None:
+        return _opened(api, team, im, p, already=True)
+    im = Im(team.id, new_id("D"), user.id, int(time.time()))
+    team.ims[user.id] = im
+    return _opened(api, team, im, p, already=False)
+
+
+def _opened(api: WebApi, team: Team, im: Im, p: Params, *, already: bool) -> JsonDict:
+    user = team.users.get(im.user)
+    channel: JsonDict = (im.to_api(user_deleted=bool(user and user.deleted))
+                         if p.flag("return_im") else {"id": im.id})
+    out: JsonDict = {"ok": True}
+    if already:
+        out.update(no_op=True, already_open=True)
+    out["channel"] = channel
+    return out
+
+
 def _history_limit(p: Params, default: int, maximum: int) -> int:
     limit = p.number("limit", default)
     if limit <= 0:
@@ -571,8 +639,29 @@ def _writable(api: WebApi, ctx: Ctx, p: Params) -> Channel:
     return channel
 
 
+def _post_to_im(api: WebApi, ctx: Ctx, p: Params, im: Im) -> JsonDict:
+    """chat.postMessage into a DM the app opened. Stored, not announced: the bridge's app
+    does not subscribe to message.im events."""
+    text = p.opt("text") or ""
+    blocks = _blocks(p)
+    if not text and not blocks:
+        raise ApiError("no_text")
+    if len(text) > 40000:
+        raise ApiError("msg_too_long")
+    user = ctx.team.users.get(im.user)
+    if user is not None and user.deleted:
+        raise ApiError("user_disabled")
+    extra: JsonDict = {"blocks": blocks} if blocks is not None else {}
+    message = api.sim.bot_message(ctx.team, text=text, extra=extra)
+    im.messages.append(message)
+    return {"ok": True, "channel": im.id, "ts": message["ts"], "message": message}
+
+
 @method("chat.postMessage")
 def chat_post_message(api: WebApi, ctx: Ctx, p: Params) -> JsonDict:
+    im = ctx.team.im(p.opt("channel") or "")
+    if im is not None:
+        return _post_to_im(api, ctx, p, im)
     channel = _writable(api, ctx, p)
     text = p.opt("text") or ""
     blocks = _blocks(p)

@@ -64,7 +64,9 @@ async def test_openapi_document_describes_every_route(
                        ("DELETE", "/rooms/{room_id}/email/subscribers/{address}"),
                        ("PUT", "/rooms/{room_id}/email/policy"), ("GET", "/audit"),
                        ("GET", "/failed"), ("POST", "/failed/retry"), ("GET", "/report"),
-                       ("GET", "/openapi.json")):
+                       ("GET", "/openapi.json"), ("GET", "/people"),
+                       ("GET", "/people/{user_id}"), ("PUT", "/people/{user_id}"),
+                       ("DELETE", "/people/{user_id}")):
             assert wanted in documented, wanted
         slack_put = document["paths"]["/rooms/{room_id}/links/slack"]["put"]
         body = slack_put["requestBody"]["content"]["application/json"]["schema"]
@@ -73,6 +75,15 @@ async def test_openapi_document_describes_every_route(
         email_put = document["paths"]["/rooms/{room_id}/links/email"]["put"]
         answer = email_put["responses"]["200"]["content"]["application/json"]["schema"]
         assert "address" in answer["properties"]
+
+        # The people routes take each linkable network's identities by the network's name.
+        people_put = document["paths"]["/people/{user_id}"]["put"]
+        body = people_put["requestBody"]["content"]["application/json"]["schema"]
+        assert set(body["properties"]) == {"slack", "email", "replace"}
+        assert body["additionalProperties"] is False
+        assert {"400", "404", "409", "503"} <= set(people_put["responses"])
+        answer = people_put["responses"]["200"]["content"]["application/json"]["schema"]
+        assert {"changed", "message", "user_id", "links"} <= set(answer["required"])
 
         # Every documented path is served: without a token each answers 401, not 404/405.
         for method, path in sorted(documented - {("GET", "/openapi.json")}):

@@ -117,9 +117,59 @@ def test_department_mistakes_and_all_of_them_at_once() -> None:
     ({"departments": [{"name": "A", "rooms": []}]}, "version: missing"),
     ({"version": 1, "departments": [{"name": "A", "rooms": []}], "extra": 1},
      "extra: unknown key"),
+    ({"version": 1, "people": []}, "people: lists nobody"),
+    ({"version": 1, "people": {"matrix": "@a:b"}}, "people: must be a list"),
 ])
 def test_the_top_of_the_file(raw: Any, expected: str) -> None:
     assert any(p.startswith(expected) for p in problems(raw)), problems(raw)
+
+
+@pytest.mark.parametrize(("person", "context", "expected"), [
+    ({"slack": ["rathaus:U0ANNA"]}, CONTEXT, "people[1].matrix: missing"),
+    ({"matrix": "anna"}, CONTEXT,
+     'people[1].matrix: "anna" is not a Matrix user ID (like "@anna.schmidt:stadt.example")'),
+    ({"matrix": "@ben:stadt.example"}, CONTEXT,
+     'people[1].matrix: "@ben:stadt.example" is already listed at people[0].matrix'),
+    ({"matrix": "@c:stadt.example", "slack": ["U0ANNA"]}, CONTEXT,
+     'people[1].slack[0]: "U0ANNA" is not a Slack user as <workspace>:<user id> (like '
+     '"rathaus:U0123ABCD")'),
+    ({"matrix": "@c:stadt.example", "slack": ["rathuas:U0ANNA"]}, CONTEXT,
+     'people[1].slack[0]: unknown workspace "rathuas"\n  (the config\'s slack.workspaces: '
+     "rathaus)"),
+    ({"matrix": "@c:stadt.example", "slack": ["rathaus:u0ben"]}, CONTEXT,
+     'people[1].slack[0]: "rathaus:U0BEN" is already listed at people[0].slack[0]'),
+    ({"matrix": "@c:stadt.example", "slack": "rathaus:U0C"}, Context(None, "m.example"),
+     "people[1].slack: Slack is not enabled in this bridge's config (slack.enabled)"),
+    ({"matrix": "@c:stadt.example", "email": ["c(at)stadt.example"]}, CONTEXT,
+     'people[1].email[0]: "c(at)stadt.example" is not an email address.'),
+    ({"matrix": "@c:stadt.example", "email": ["Ben@Stadt.example"]}, CONTEXT,
+     'people[1].email[0]: "ben@stadt.example" is already listed at people[0].email[0]'),
+    ({"matrix": "@c:stadt.example", "email": ["c@stadt.example"]}, Context(("rathaus",), None),
+     "people[1].email: email is not enabled in this bridge's config (email.enabled)"),
+    ({"matrix": "@c:stadt.example", "teams": ["c"]}, CONTEXT,
+     "people[1].teams: unknown key (known here: matrix, slack, email)"),
+])
+def test_a_mistake_in_people_is_named_by_its_path(person: dict[str, Any], context: Context,
+                                                  expected: str) -> None:
+    raw = {"version": 1, "people": [
+        {"matrix": "@ben:stadt.example", "slack": ["rathaus:U0BEN"],
+         "email": ["ben@stadt.example"]}, person]}
+    found = [p for p in problems(raw, context) if not p.startswith("people[0]")]
+    assert found == [expected], found
+
+
+def test_people_read_as_written() -> None:
+    plan = parse({"version": 1, "people": [
+        {"matrix": "@anna.schmidt:stadt.example", "slack": ["rathaus:u0anna"],
+         "email": ["Anna.Schmidt@Stadt.example"]},
+        {"matrix": "@ben:stadt.example", "email": "ben@stadt.example"},
+        {"matrix": "@nobody:stadt.example"}]}, CONTEXT)
+    assert plan.departments == []
+    assert [(p.matrix, p.identities(), p.path) for p in plan.people] == [
+        ("@anna.schmidt:stadt.example",
+         [("slack", "rathaus:U0ANNA"), ("email", "anna.schmidt@stadt.example")], "people[0]"),
+        ("@ben:stadt.example", [("email", "ben@stadt.example")], "people[1]"),
+        ("@nobody:stadt.example", [], "people[2]")]
 
 
 def test_a_good_plan_reads_as_written() -> None:
@@ -147,6 +197,10 @@ def test_the_example_file_is_a_valid_plan_of_two_departments() -> None:
     assert plan.departments[0].space == "bauamt"
     assert {c.label for room in plan.rooms for c in room.slack} == {
         "rathaus/C0123ABCD", "rathaus/C0456EFGH", "rathaus/C0789IJKL", "rathaus/G0PERSLEIT"}
+    assert [(p.matrix, p.identities()) for p in plan.people] == [
+        ("@anna.schmidt:stadt.example",
+         [("slack", "rathaus:U0ANNA"), ("email", "anna.schmidt@stadt.example")]),
+        ("@erika.mustermann:stadt.example", [("email", "erika@stadt.example")])]
 
 
 def test_the_commands_refuse_a_broken_plan_or_config_without_asking_the_bridge(

@@ -22,12 +22,14 @@ ENCRYPTION = {"allow": True, "key_wait_seconds": 8}
 
 @asynccontextmanager
 async def encrypted_bridge(homeserver: Homeserver, database_url: str, sim: SlackSimulator,
-                           team: Any, sink: SmtpSink,
+                           team: Any, sink: SmtpSink, double_puppet: bool = False,
                            **encryption: Any) -> AsyncIterator[SlackBridge]:
-    """Slack and email on (see running_slack_and_email_bridge), encryption allowed."""
+    """Slack and email on (see running_slack_and_email_bridge), encryption allowed (and
+    ``encryption``'s keys set)."""
+    extra = {"double_puppet__enabled": True} if double_puppet else {}
     async with running_slack_and_email_bridge(
             homeserver, database_url, sim, team, sink,
-            encryption={**ENCRYPTION, **encryption}) as running:
+            encryption={**ENCRYPTION, **encryption}, **extra) as running:
         yield running
 
 

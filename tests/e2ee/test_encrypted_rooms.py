@@ -289,3 +289,31 @@ async def test_commands_in_an_encrypted_direct_chat_and_encrypted_new_rooms(
         state = await bridge.bridge.matrix.bot_intent.get_state_event(
             RoomID(created.room_id), EventType.ROOM_ENCRYPTION)
         assert str(state.algorithm) == "m.megolm.v1.aes-sha2"
+
+
+async def test_a_double_puppet_writes_encrypted(
+        homeserver: Homeserver, database_url: str, slack_sim: SlackSimulator, team: Any,
+        sink: SmtpSink, nio_users: Callable[..., Any]) -> None:
+    """A linked person's Slack message, sent as their own Matrix account (double puppeting),
+    is encrypted in an encrypted room like the puppets' are, and is not relayed back."""
+    from tests.test_double_puppet import link, team_remote
+
+    async with encrypted_bridge(homeserver, database_url, slack_sim, team, sink,
+                                double_puppet=True) as bridge:
+        admin: EncryptingUser = await nio_users()
+        anna: EncryptingUser = await nio_users(admin=False)
+        room, _address = await encrypted_linked_room(bridge, admin)
+        await admin.client.room_invite(room, anna.user_id)
+        await anna.client.join(room)
+        await admin.wait_for(room, lambda s: s.type == "m.room.member"
+                             and s.sender == anna.user_id, timeout=WAIT)
+        await link(bridge, anna.user_id, "slack", team_remote(team, ANNA), "Anna")
+
+        await slack_sim.post_message(team, CHANNEL, ANNA, text="Als Anna selbst")
+        seen = await admin.wait_for(room, body("Als Anna selbst"), timeout=WAIT)
+        assert seen.sender == anna.user_id and seen.decrypted
+        await sink.wait_for(lambda r: "Als Anna selbst" in plain(r))
+        # A message after it from Matrix: once it is in Slack, an echo would be there too.
+        await admin.send_text(room, "Danach aus Matrix")
+        await posted(slack_sim, team, "Danach aus Matrix")
+        assert count_in_slack(slack_sim, team, "Als Anna selbst") == 1

@@ -138,7 +138,8 @@ async def linked_room(bridge: SlackBridge, admin: MatrixTestClient, channel: str
 @asynccontextmanager
 async def running_slack_and_email_bridge(homeserver: Homeserver, database_url: str,
                                          sim: SlackSimulator, team: Any,
-                                         sink: Any, **overrides: Any) -> AsyncIterator[SlackBridge]:
+                                         sink: Any, **overrides: Any
+                                         ) -> AsyncIterator[SlackBridge]:
     """A bridge with Slack (the simulator's ``team``) and email on (mail out to ``sink``,
     trusted senders), besides the test network; ``smtp_port`` is where it takes mail in."""
     from tests.email.conftest import MAIL_DOMAIN

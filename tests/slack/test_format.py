@@ -799,7 +799,10 @@ def test_deep_nesting_does_not_recurse_forever() -> None:
 # ----------------------------------------------------------------------------------------
 
 
-def test_hundreds_of_messages_per_second() -> None:
+def test_no_input_makes_the_formatters_backtrack() -> None:
+    """Pathological input (thousands of markers) must not take the regexes exponential
+    time. CPU time of this process, with a bound far above the normal 0.1 s, so a busy
+    machine cannot fail it; speed itself is measured by bench/."""
     mrkdwn = (
         "*Release* <@U1> shipped _v2_ :tada: see <https://example.org/notes|the notes>\n"
         "• fixed `bug_1`\n• faster ~slow~ paths\n&gt; quote from <#C1>"
@@ -811,11 +814,11 @@ def test_hundreds_of_messages_per_second() -> None:
         "<blockquote>quote</blockquote>"
     )
     long_line = "word *bold* _it_ " * 500
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(300):
         to_matrix(mrkdwn)
         matrix_to_slack("x", html, MatrixSide())
     to_matrix(long_line)
     to_matrix("*x " * 5000)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 3, f"{elapsed:.2f}s for 300 messages each way"
+    elapsed = time.process_time() - start
+    assert elapsed < 10, f"{elapsed:.2f} s of CPU for 300 messages each way"

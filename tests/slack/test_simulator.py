@@ -1159,15 +1159,13 @@ async def test_many_messages_per_second(sim: SlackSimulator, rathaus: Team) -> N
     """A smoke test of the hot path, not a benchmark: 600 posts, all events acked."""
     async with SocketApp(sim, rathaus) as app, aiohttp.ClientSession() as session:
         client = AsyncWebClient(token=BOT_TOKEN, base_url=sim.api_url, session=session)
-        started = time.monotonic()
         for batch in range(6):
             await asyncio.gather(*(client.chat_postMessage(channel=BAUAMT, text=f"{batch}-{n}")
                                    for n in range(100)))
-        await sim.wait_for(lambda: sim.delivered_count(rathaus) == 600, timeout=15)
-        elapsed = time.monotonic() - started
+        # No time limit of its own (timed tests fail on a busy machine; bench/ measures).
+        await sim.wait_for(lambda: sim.delivered_count(rathaus) == 600, timeout=60)
     assert len(app.requests) == 600
     assert len({m["ts"] for m in sim.messages(rathaus, BAUAMT)}) == 600
-    assert elapsed < 10, elapsed
 
 
 @pytest.mark.filterwarnings("ignore:The top-level `text` argument:UserWarning")

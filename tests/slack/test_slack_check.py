@@ -43,3 +43,18 @@ async def test_check_names_a_wrong_token(tmp_path: Path, slack_sim: SlackSimulat
     out = await _check(tmp_path, slack_sim, [wrong])
     assert "[FAIL] slack workspace rathaus" in out, out
     assert "invalid_auth" in out and "bot_token is not valid" in out
+
+
+async def test_check_warns_when_the_app_cannot_send_people_codes(
+        tmp_path: Path, slack_sim: SlackSimulator, team: Any) -> None:
+    # Installed from an older manifest: no im:write, no users:read.email.
+    team.scopes = {"channels:history", "chat:write", "users:read"}
+    out = await _check(tmp_path, slack_sim, [workspace_config(team)])
+    assert "[  OK] slack workspace rathaus" in out, out
+    assert "[WARN] slack workspace rathaus scopes" in out, out
+    assert "im:write, users:read.email" in out and "slack-app-manifest.yaml" in out
+    team.scopes |= {"im:write", "users:read.email"}
+    again = tmp_path / "again"
+    again.mkdir()
+    out = await _check(again, slack_sim, [workspace_config(team)])
+    assert "scopes" not in out, out

@@ -20,7 +20,13 @@ from aiohttp import web
 from bridge.admin import actions
 
 # core_routes' and plan_routes' declarations fill CORE_ROUTES.
-from bridge.admin.api import PREFIX, core_routes, openapi, plan_routes  # noqa: F401
+from bridge.admin.api import (  # noqa: F401
+    PREFIX,
+    core_routes,
+    openapi,
+    people_routes,
+    plan_routes,
+)
 from bridge.admin.api.auth import Authenticator, Unauthorized
 from bridge.admin.api.routes import (
     CORE_ROUTES,
@@ -52,7 +58,8 @@ def all_routes(bridge: Bridge) -> list[Route]:
     """The core's routes, the rooms' and each enabled network's links, then each network's
     own routes in registry order, then the OpenAPI document describing all of them."""
     connectors = list(bridge.hub.connectors.values())
-    routes = list(CORE_ROUTES) + core_routes.room_routes(connectors)
+    routes = list(CORE_ROUTES) + core_routes.room_routes(connectors) + \
+        people_routes.people_routes(connectors)
     for connector in connectors:
         routes += [dataclasses.replace(route, handler=_while_started(connector, route.handler))
                    for route in connector.api_routes()]

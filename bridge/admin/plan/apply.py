@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from bridge.admin.plan.client import ApiClient, ApiError, segment
-from bridge.admin.plan.schema import Context, Department, Plan, RoomPlan, SlackChannel
+from bridge.admin.plan.schema import (
+    Context,
+    Department,
+    PersonPlan,
+    Plan,
+    RoomPlan,
+    SlackChannel,
+)
 
 Run = Callable[[], Awaitable[None]]
 
@@ -41,21 +48,29 @@ class Chain:
     """Steps that must run in order; one failing skips the rest of its chain."""
 
     steps: list[Step] = field(default_factory=list)
+    #: What the chain's steps are about, for the line saying the rest were skipped.
+    about: str = "room"
 
 
 @dataclass(slots=True)
 class Changes:
     #: Per department: the space's chain first (its rooms wait for it), then one per room.
     departments: list[tuple[Chain, list[Chain]]]
+    #: Per person of ``people:``: the links to remove (``--prune``), then, once every
+    #: person's are removed (an identity may move from one person to another), those to add.
+    unlinks: list[Chain] = field(default_factory=list)
+    links: list[Chain] = field(default_factory=list)
 
     @property
     def count(self) -> int:
         return sum(len(head.steps) + sum(len(chain.steps) for chain in rooms)
-                   for head, rooms in self.departments)
+                   for head, rooms in self.departments) + \
+            sum(len(chain.steps) for chain in (*self.unlinks, *self.links))
 
     def lines(self) -> list[str]:
         return [step.line for head, rooms in self.departments
-                for chain in (head, *rooms) for step in chain.steps]
+                for chain in (head, *rooms) for step in chain.steps] + \
+            [step.line for chain in (*self.unlinks, *self.links) for step in chain.steps]
 
 
 class Planner:
@@ -74,8 +89,38 @@ class Planner:
         return f"{localpart}@{self.context.mail_domain}"
 
     async def changes(self, plan: Plan) -> Changes:
-        return Changes(list(await asyncio.gather(*(self._department(d)
-                                                   for d in plan.departments))))
+        departments = list(await asyncio.gather(*(self._department(d)
+                                                  for d in plan.departments)))
+        people = await asyncio.gather(*(self._person(p) for p in plan.people))
+        return Changes(departments, [u for u, _ in people if u.steps],
+                       [lk for _, lk in people if lk.steps])
+
+    async def _person(self, person: PersonPlan) -> tuple[Chain, Chain]:
+        """The person's links to remove (only with ``--prune``) and to add, each one step:
+        PUT and DELETE of ``/people/{user}`` with that identity, as idempotent as the rest."""
+        path = f"/people/{segment(person.matrix)}"
+        answer = await self.api.request("GET", path)
+        assert answer is not None
+        current = [(str(lk["network"]), str(lk["id"])) for lk in answer.get("links") or []]
+        wanted = person.identities()
+        unlinks, links = Chain(about="person"), Chain(about="person")
+
+        def call(method: str, network: str, identity: str) -> Run:
+            async def run() -> None:
+                await self.api.request(method, path, {network: [identity]})
+            return run
+
+        if self.prune:
+            for network, identity in current:
+                if (network, identity) not in wanted:
+                    unlinks.steps.append(Step(f"- unlink {network} {identity} from "
+                                              f"{person.matrix}",
+                                              call("DELETE", network, identity)))
+        for network, identity in wanted:
+            if (network, identity) not in current:
+                links.steps.append(Step(f"+ link {network} {identity} -> {person.matrix}",
+                                        call("PUT", network, identity)))
+        return unlinks, links
 
     async def _find(self, localpart: str) -> tuple[str | None, dict[str, Any] | None]:
         """The room ID of the alias (None: no such room) and the bridge's view of it (None:
@@ -249,7 +294,8 @@ class Runner:
                 await step.run()
             except ApiError as exc:
                 skipped = len(chain.steps) - index - 1
-                also = f" ({skipped} later step(s) of this room skipped)" if skipped else ""
+                also = (f" ({skipped} later step(s) of this {chain.about} skipped)"
+                        if skipped else "")
                 self.failures.append(f"failed: {step.line}: {exc}{also}")
                 print(f"! failed: {step.line}: {exc}{also}", file=self.out, flush=True)
                 return False
@@ -272,8 +318,9 @@ async def apply(api: ApiClient, plan: Plan, context: Context, domain: str, *, dr
     """Print and (unless ``dry_run``) do what the plan needs; the exit code."""
     changes = await Planner(api, context, domain, prune=prune).changes(plan)
     if changes.count == 0:
+        people = f", the links of {len(plan.people)} people" if plan.people else ""
         print(f"Nothing to do: the bridge is as the plan says ({len(plan.rooms)} room(s) in "
-              f"{len(plan.departments)} department(s)).", file=out)
+              f"{len(plan.departments)} department(s){people}).", file=out)
         return 0
     for line in changes.lines():
         print(line, file=out)
@@ -284,6 +331,8 @@ async def apply(api: ApiClient, plan: Plan, context: Context, domain: str, *, dr
     runner = Runner(changes.count, out, progress=out.isatty())
     await asyncio.gather(*(runner.department(head, rooms)
                            for head, rooms in changes.departments))
+    await asyncio.gather(*(runner.chain(chain) for chain in changes.unlinks))
+    await asyncio.gather(*(runner.chain(chain) for chain in changes.links))
     if runner.failures:
         print(f"Done {runner.done} of {changes.count} action(s); {len(runner.failures)} "
               "failed. What is done stays done: fix the cause and apply again to finish the "

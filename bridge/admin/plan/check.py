@@ -12,7 +12,7 @@ import sys
 from typing import Any, TextIO
 
 from bridge.admin.plan.client import ApiClient, ApiError, segment
-from bridge.admin.plan.schema import Plan, RoomPlan
+from bridge.admin.plan.schema import PersonPlan, Plan, RoomPlan
 
 
 async def check(api: ApiClient, plan: Plan, domain: str, out: TextIO = sys.stdout) -> int:
@@ -24,6 +24,7 @@ async def check(api: ApiClient, plan: Plan, domain: str, out: TextIO = sys.stdou
     used = {"slack"} if any(room.slack for room in plan.rooms) else set()
     if any(room.email for room in plan.rooms):
         used.add("email")
+    used |= {network for person in plan.people for network, _ in person.identities()}
     for name in sorted(used):
         health = networks.get(name)
         if health is None:
@@ -35,6 +36,8 @@ async def check(api: ApiClient, plan: Plan, domain: str, out: TextIO = sys.stdou
     for d_index, department in enumerate(plan.departments):
         for a_index, admin in enumerate(department.admins):
             users.setdefault(admin, []).append(f"departments[{d_index}].admins[{a_index}]")
+    for person in plan.people:
+        users.setdefault(person.matrix, []).append(f"{person.path}.matrix")
 
     async def user(user_id: str, paths: list[str]) -> list[str]:
         found = await api.request("GET", f"/users/{segment(user_id)}", missing_ok=True)
@@ -52,14 +55,47 @@ async def check(api: ApiClient, plan: Plan, domain: str, out: TextIO = sys.stdou
           for room in plan.rooms))
     for lines in results:
         findings += lines
+    findings += await _people(api, plan, used - set(_down(networks, used)))
     for line in findings:
         print(line, file=out)
     if findings:
         print(f"{len(findings)} finding(s); fix them before `bridge plan apply`.", file=out)
         return 1
-    print(f"All is well: {len(plan.rooms)} room(s) in {len(plan.departments)} department(s) "
-          "can be applied.", file=out)
+    people = f" and the links of {len(plan.people)} people" if plan.people else ""
+    print(f"All is well: {len(plan.rooms)} room(s) in {len(plan.departments)} department(s)"
+          f"{people} can be applied.", file=out)
     return 0
+
+
+async def _people(api: ApiClient, plan: Plan, usable: set[str]) -> list[str]:
+    """Each identity of ``people``: the network knows it (an unknown Slack user), and it is
+    not linked to someone else, which apply would refuse (409) unless that other person is
+    in the plan without it (``--prune`` moves it)."""
+    planned = {person.matrix: set(person.identities()) for person in plan.people}
+
+    async def one(person: PersonPlan, network: str, identity: str, path: str) -> list[str]:
+        try:
+            answer = await api.request("POST", f"/networks/{network}/resolve-person",
+                                       {"id": identity})
+        except ApiError as exc:
+            return [f"{path}: {exc}"]
+        assert answer is not None
+        other = answer.get("linked_to")
+        if other is None or other == person.matrix or (
+                other in planned and (network, identity) not in planned[other]):
+            return []
+        return [f"{path}: {identity} is linked to {other}; unlink it there first "
+                f"(`!bridge people unlink {network} {identity}`), or list it under {other}"]
+
+    work = []
+    for person in plan.people:
+        counters: dict[str, int] = {}
+        for network, identity in person.identities():
+            index = counters[network] = counters.get(network, -1) + 1
+            if network not in usable:  # said once above: the network is not working
+                continue
+            work.append(one(person, network, identity, f"{person.path}.{network}[{index}]"))
+    return [line for lines in await asyncio.gather(*work) for line in lines]
 
 
 def _down(networks: dict[str, Any], used: set[str]) -> list[str]:

@@ -24,6 +24,8 @@ _ALIAS = re.compile(r"^[a-z0-9._=-]+$")
 _USER = re.compile(r"^@[^:\s]+:[^\s]+$")
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 _DOMAIN = re.compile(r"^[a-z0-9.-]+\.[a-z]{2,}$")
+# A Slack person as `people:` names them: <workspace>:<user id>.
+_SLACK_PERSON = re.compile(r"^(?P<workspace>[^:\s]+):(?P<user>[UW][A-Z0-9]{2,})$", re.IGNORECASE)
 
 
 class PlanError(Exception):
@@ -88,8 +90,24 @@ class Department:
 
 
 @dataclass(slots=True)
+class PersonPlan:
+    """One person of ``people:``: their Matrix account and the identities linked to it
+    (Slack ``<workspace>:<user id>``, email addresses in lower case)."""
+
+    matrix: str
+    slack: list[str]
+    email: list[str]
+    path: str
+
+    def identities(self) -> list[tuple[str, str]]:
+        """(network, identity) as the API's ``/people`` routes name them."""
+        return [*(("slack", i) for i in self.slack), *(("email", i) for i in self.email)]
+
+
+@dataclass(slots=True)
 class Plan:
     departments: list[Department]
+    people: list[PersonPlan] = field(default_factory=list)
 
     @property
     def rooms(self) -> list[RoomPlan]:
@@ -199,9 +217,11 @@ def load(path: Path, context: Context) -> Plan:
 def parse(raw: Any, context: Context) -> Plan:
     """Check a plan read from YAML; :class:`PlanError` lists every mistake."""
     reader = _Reader(context)
-    top = reader.mapping(raw, "", ("version", "departments"), ("version", "departments"))
+    top = reader.mapping(raw, "", ("version", "departments", "people"), ("version",))
     if top is None:
         raise PlanError(["the plan must be a mapping with `version: 1` and `departments`"])
+    if top.get("departments") is None and top.get("people") is None:
+        reader.fail("departments", "missing")
     if top.get("version") is not None and top.get("version") != VERSION:
         reader.fail("version", f"must be {VERSION} (the only format this bridge reads), "
                                f"not {top.get('version')!r}")
@@ -236,9 +256,84 @@ def parse(raw: Any, context: Context) -> Plan:
             if room is not None:
                 rooms.append(room)
         departments.append(Department(name, space, admins, rooms, d_path))
+    people = _people(reader, top.get("people"))
     if reader.problems:
         raise PlanError(reader.problems)
-    return Plan(departments)
+    return Plan(departments, people)
+
+
+def _people(reader: _Reader, raw: Any) -> list[PersonPlan]:
+    """``people:``: who is who. Each Matrix account and each identity once in the plan."""
+    people = []
+    seen_users: dict[str, str] = {}
+    seen: dict[tuple[str, str], str] = {}
+    if raw is not None and isinstance(raw, list) and not raw:
+        reader.fail("people", "lists nobody")
+    for index, item in enumerate(reader.items(raw, "people")):
+        path = f"people[{index}]"
+        entry = reader.mapping(item, path, ("matrix", "slack", "email"), ("matrix",))
+        if entry is None:
+            continue
+        user = reader.text(entry.get("matrix"), f"{path}.matrix")
+        if user is not None and not _USER.match(user):
+            reader.fail(f"{path}.matrix", f'"{user}" is not a Matrix user ID (like '
+                                          '"@anna.schmidt:stadt.example")')
+            user = None
+        if user is not None and user in seen_users:
+            reader.fail(f"{path}.matrix", f'"{user}" is already listed at {seen_users[user]}')
+            user = None
+        elif user is not None:
+            seen_users[user] = f"{path}.matrix"
+        slack = _person_identities(reader, entry.get("slack"), f"{path}.slack", "slack", seen)
+        email = _person_identities(reader, entry.get("email"), f"{path}.email", "email", seen)
+        if user is not None:
+            people.append(PersonPlan(user, slack, email, path))
+    return people
+
+
+def _person_identities(reader: _Reader, raw: Any, path: str, network: str,
+                       seen: dict[tuple[str, str], str]) -> list[str]:
+    from bridge.email.actions import checked_address
+
+    if raw is None:
+        return []
+    if network == "slack" and reader.context.workspaces is None:
+        reader.fail(path, "Slack is not enabled in this bridge's config (slack.enabled)")
+        return []
+    if network == "email" and reader.context.mail_domain is None:
+        reader.fail(path, "email is not enabled in this bridge's config (email.enabled)")
+        return []
+    many = isinstance(raw, list)
+    found = []
+    for index, item in enumerate(raw if many else [raw]):
+        i_path = f"{path}[{index}]" if many else path
+        typed = reader.text(item, i_path)
+        if typed is None:
+            continue
+        if network == "slack":
+            match = _SLACK_PERSON.match(typed)
+            known = reader.context.workspaces or ()
+            if match is None:
+                reader.fail(i_path, f'"{typed}" is not a Slack user as <workspace>:<user id> '
+                                    f"(like \"{known[0] if known else 'rathaus'}:U0123ABCD\")")
+                continue
+            if match["workspace"] not in known:
+                reader.fail(i_path, f'unknown workspace "{match["workspace"]}"\n  (the '
+                                    f"config's slack.workspaces: {', '.join(known)})")
+                continue
+            identity = f"{match['workspace']}:{match['user'].upper()}"
+        else:
+            try:
+                identity = checked_address(typed, str(reader.context.mail_domain))
+            except CommandError as exc:  # the action's own refusal
+                reader.fail(i_path, str(exc).replace("`", '"'))
+                continue
+        if (network, identity) in seen:
+            reader.fail(i_path, f'"{identity}" is already listed at {seen[network, identity]}')
+            continue
+        seen[network, identity] = i_path
+        found.append(identity)
+    return found
 
 
 def _unique(reader: _Reader, seen: dict[str, str], alias: str, path: str) -> None:
