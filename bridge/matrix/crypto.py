@@ -99,6 +99,9 @@ PICKLE_KEY = "matrix-hub-bridge"
 # connectors download it like any other (MatrixSide.download decrypts it); it never leaves
 # the bridge.
 FILE_MARK = "#bridge-encrypted-file="
+# Transactions in a row without one-time-key counts before the bridge says that the
+# homeserver does not send them (MSC3202 off).
+MISSING_COUNTS_BEFORE_ALARM = 3
 # Wait for a missing key in pieces of this length; the outbox tries again in between.
 KEY_WAIT_PIECE_SECONDS = 20.0
 
@@ -296,6 +299,7 @@ class BridgeCrypto:
         # Whether the homeserver's transactions carry the MSC3202 fields (it adds the bot's
         # one-time-key counts to every one when it does); None until the first transaction.
         self.extensions_seen: bool | None = None
+        self._without_counts = 0
 
     @property
     def device_id(self) -> str:
@@ -365,12 +369,14 @@ class BridgeCrypto:
                 log.exception("could not handle the device list changes %s", lists)
         counts = _field(body, "device_one_time_keys_count", "org.matrix.msc3202")
         self._note_extensions(counts is not None)
-        if isinstance(counts, dict):
+        # Only this device's: the bot's older devices (a database that was reset) are not ours.
+        mine = counts.get(self.client.mxid, {}).get(self.client.device_id) \
+            if isinstance(counts, dict) and isinstance(counts.get(self.client.mxid), dict) \
+            else None
+        if isinstance(mine, dict):
             try:
-                await self.machine.handle_as_otk_counts({
-                    UserID(user): {device: DeviceOTKCount.deserialize(count)
-                                   for device, count in devices.items()}
-                    for user, devices in counts.items() if isinstance(devices, dict)})
+                await self.machine.handle_as_otk_counts({self.client.mxid: {
+                    self.client.device_id: DeviceOTKCount.deserialize(cast(Any, mine))}})
             except Exception:
                 log.exception("could not handle the one-time key counts")
         result = []
@@ -391,6 +397,11 @@ class BridgeCrypto:
         return result
 
     def _note_extensions(self, seen: bool) -> None:
+        # The homeserver computes a transaction's counts when it queues it: one queued before
+        # the device existed has none. Only several in a row without any mean "not sent".
+        self._without_counts = 0 if seen else self._without_counts + 1
+        if not seen and self._without_counts < MISSING_COUNTS_BEFORE_ALARM:
+            return
         if seen == self.extensions_seen:
             return
         self.extensions_seen = seen
