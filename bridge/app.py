@@ -20,6 +20,7 @@ from bridge.core.outbox import OutboxWorker
 from bridge.db.engine import Database
 from bridge.matrix.appservice import AppserviceServer
 from bridge.matrix.bot import Bot
+from bridge.matrix.crypto import BridgeCrypto
 from bridge.matrix.side import MatrixSide
 from bridge.networks import networks
 from bridge.registration import HomeserverUnavailable, namespace_refusal, regenerate_hint
@@ -61,6 +62,8 @@ class Bridge:
         self.server = AppserviceServer(self)
         self.http: aiohttp.ClientSession | None = None
         self._matrix: MatrixSide | None = None
+        # The bot's encryption device (encryption.allow), made with the Matrix side.
+        self.crypto: BridgeCrypto | None = None
         self._setup_task: asyncio.Task[None] | None = None
         self._networks_task: asyncio.Task[None] | None = None
         self._homeserver_state: tuple[float, str] | None = None
@@ -118,6 +121,8 @@ class Bridge:
         self._matrix = MatrixSide(self.hub, self.http)
         self._matrix.bot = Bot(self.hub, self._matrix)
         self.hub.matrix = self._matrix
+        if self.config.encryption.allow:
+            self.crypto = self._matrix.crypto = BridgeCrypto(self._matrix, self.config)
         appservice = self.config.listeners()[0]
         await self._listen(appservice, self.server.start(appservice.hostname, appservice.port))
         log.info("listening on %s:%d", appservice.hostname, appservice.port)
@@ -210,12 +215,29 @@ class Bridge:
                 log.warning("homeserver not ready (%s); retrying in %.0fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60)
+        if self.crypto is not None:
+            await self._start_crypto()
         try:
             # Synapse backs off after failed transactions; a ping makes it retry now.
             await self.matrix.bot_intent.appservice_ping(
                 self.config.appservice.id, txn_id=f"startup-{int(time.time())}")
         except Exception as exc:
             log.warning("appservice ping failed: %s (run `bridge check` for details)", exc)
+
+    async def _start_crypto(self) -> None:
+        """Log the bot's encryption device in; until then transactions wait (503). If the
+        homeserver refuses, the bridge runs on without decrypting (encrypted messages wait
+        for their keys, then the room is told) and says why; `bridge check` says it too."""
+        assert self.crypto is not None and self._matrix is not None
+        try:
+            await self.crypto.start()
+        except Exception as exc:
+            self.crypto.failed = f"{exc.__class__.__name__}: {exc}"
+            log.error("encryption could not start, encrypted rooms are not bridged: %s "
+                      "(see the README's \"Encrypted rooms\" for what the homeserver must "
+                      "enable)", self.crypto.failed, exc_info=True)
+            return
+        self._matrix.api.crypto = self.crypto  # type: ignore[attr-defined]
 
     async def stop(self) -> None:
         """Stop taking work, finish what is in flight; the rest waits in the database."""
@@ -232,6 +254,11 @@ class Bridge:
                 await connector.stop()
             except Exception:
                 log.exception("stopping the %s connector failed", connector.network)
+        if self.crypto is not None:
+            try:
+                await self.crypto.stop()
+            except Exception:
+                log.exception("closing the crypto store failed")
         if self.http is not None:
             await self.http.close()
         await self.db.close()

@@ -264,6 +264,24 @@ async def run_checks(config: Config, config_path: str = "config.yaml") -> list[C
             section = config.networks().get(network.name)
             if network.checks is not None and section is not None and section.enabled:
                 results += await network.checks(session, config)
-    results.append(await _check_database(config))
+        results.append(await _check_database(config))
+        if results[0].ok and results[-1].ok:
+            results.append(await _check_encrypted_rooms(session, config))
     results.append(_check_admins(config))
     return results
+
+
+async def _check_encrypted_rooms(session: aiohttp.ClientSession,
+                                 config: Config) -> CheckResult:
+    from bridge.db import crypto
+    from bridge.db.engine import Database
+    from bridge.matrix.encryption_check import NAME, check_encryption
+
+    db = Database(config.database.url)
+    try:
+        async with db.sessions() as db_session:
+            rooms = await crypto.linked_room_ids(db_session)
+    finally:
+        await db.close()
+    ok, warning, detail = await check_encryption(session, config, rooms)
+    return CheckResult(NAME, ok, detail, warning)

@@ -189,6 +189,31 @@ class ProvisioningConfig(Section):
         return value
 
 
+class EncryptionConfig(Section):
+    """End-to-bridge encryption (issue 13): the bridge decrypts what it relays out of an
+    encrypted Matrix room and encrypts what it posts into one (bridge/matrix/crypto.py)."""
+
+    # The bridge takes part in encrypted rooms. Off: linking an encrypted room is refused.
+    allow: bool = False
+    # Rooms the bridge creates (plans, direct chats with the bot) are encrypted.
+    default: bool = False
+    # The bridge refuses to link a room that is not encrypted.
+    require: bool = False
+    # How long a message whose key the bridge never got waits for it (the bridge asks the
+    # sender's devices) before the room is told that it could not be bridged.
+    key_wait_seconds: float = Field(default=60.0, gt=0)
+    # The name of the bridge's device, as users see it in the device list of the bot.
+    device_name: str = "Matrix hub bridge"
+
+    @model_validator(mode="after")
+    def _needs_allow(self) -> EncryptionConfig:
+        for key in ("default", "require"):
+            if getattr(self, key) and not self.allow:
+                raise ValueError(f"encryption.{key}: needs encryption.allow: true (the bridge "
+                                 "takes part in encrypted rooms only when allowed to)")
+        return self
+
+
 class DoublePuppetConfig(Section):
     """Double puppeting: a linked person's remote messages appear as their own Matrix account
     (through a second registration, bridge/registration.py)."""
@@ -260,6 +285,7 @@ class Config(Section):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     bridge: BridgeSettings = Field(default_factory=BridgeSettings)
     provisioning: ProvisioningConfig = Field(default_factory=ProvisioningConfig)
+    encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
     double_puppet: DoublePuppetConfig = Field(default_factory=DoublePuppetConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 

@@ -24,7 +24,7 @@ def build_registration(config: Config) -> dict[str, Any]:
     # create only aliases in its namespace, and migration plans have the bot create rooms
     # with the aliases the plan names (bridge/admin/rooms.py).
     aliases = [{"exclusive": False, "regex": f"#.*:{domain}"}]
-    return {
+    registration: dict[str, Any] = {
         "id": config.appservice.id,
         "url": config.appservice.address,
         "as_token": config.appservice.as_token,
@@ -36,6 +36,12 @@ def build_registration(config: Config) -> dict[str, Any]:
         # The name under which Synapse read this before MSC2409 became stable.
         "de.sorunome.msc2409.push_ephemeral": True,
     }
+    if config.encryption.allow:
+        # Encrypted rooms (bridge/matrix/crypto.py): the homeserver sends the bot's device
+        # its to-device messages (MSC2409, with the ephemeral keys above), the device list
+        # changes and its one-time-key counts (MSC3202) in the transactions.
+        registration["org.matrix.msc3202"] = True
+    return registration
 
 
 def double_puppet_registration_path(path: Path) -> Path:

@@ -196,6 +196,11 @@ class SynapseServer:
             # Default is 12 rounds (~0.25 s per hash); tests register many users.
             "bcrypt_rounds": 4,
             # default_room_version is deliberately left at Synapse's default ("12").
+            # Encrypted rooms (issue 13): to-device messages (MSC2409), device list changes
+            # and one-time-key counts (MSC3202) in appservice transactions, for registrations
+            # that ask for them ("org.matrix.msc3202": true).
+            "experimental_features": {"msc2409_to_device_messages_enabled": True,
+                                      "msc3202_transaction_extensions": True},
             **_ratelimit_config(),
         }
         config.update(self.extra_config)

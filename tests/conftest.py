@@ -109,17 +109,20 @@ def homeserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Homeserver]
     config_path.write_text(yaml.safe_dump(data))
     # Registered with every network's namespace, so tests can switch networks on.
     # And with double puppeting, whose second registration the homeserver loads too (tests
-    # switch it on per bridge: homeserver.config(url, double_puppet__enabled=True)).
-    os.environ.update(BRIDGE_EMAIL__ENABLED="true", BRIDGE_EMAIL__SENDER_AUTH="none",
+    # switch it on per bridge: homeserver.config(url, double_puppet__enabled=True)), and with
+    # encryption allowed, so that the homeserver sends the keys and device news (MSC2409,
+    # MSC3202) to the bridges of the tests in encrypted rooms (tests/e2ee/).
+    os.environ.update(BRIDGE_ENCRYPTION__ALLOW="true",
+                      BRIDGE_EMAIL__ENABLED="true", BRIDGE_EMAIL__SENDER_AUTH="none",
                       BRIDGE_SLACK__ENABLED="true", BRIDGE_DOUBLE_PUPPET__ENABLED="true",
                       BRIDGE_SLACK__WORKSPACES="[{name: t, bot_token: xoxb-t, app_token: xapp-t}]")
     try:
         assert bridge_cli(["generate-registration", "-c", str(config_path),
                            "-r", str(registration_path)]) == 0
     finally:
-        for name in ("BRIDGE_EMAIL__ENABLED", "BRIDGE_EMAIL__SENDER_AUTH",
-                     "BRIDGE_SLACK__ENABLED", "BRIDGE_SLACK__WORKSPACES",
-                     "BRIDGE_DOUBLE_PUPPET__ENABLED"):
+        for name in ("BRIDGE_ENCRYPTION__ALLOW", "BRIDGE_EMAIL__ENABLED",
+                     "BRIDGE_EMAIL__SENDER_AUTH", "BRIDGE_SLACK__ENABLED",
+                     "BRIDGE_SLACK__WORKSPACES", "BRIDGE_DOUBLE_PUPPET__ENABLED"):
             del os.environ[name]
     registration = yaml.safe_load(registration_path.read_text())
     # The test network's puppets need a namespace of their own, like Slack's and email's.

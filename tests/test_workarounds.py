@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import sqlite3
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import aiosqlite
 import pytest
 import sqlalchemy
 from aiosmtpd.smtp import SMTP
+from mautrix.util.async_db.aiosqlite import SQLiteDatabase, TxnConnection
 from sqlalchemy import text
 from sqlalchemy.dialects.sqlite import aiosqlite as sqlalchemy_aiosqlite
 
@@ -57,9 +59,13 @@ COPIED: dict[tuple[type, str], tuple[str, str]] = {
                              "answers, in its order"),
     (SMTP, "_getaddr"):
         ("c9f8dc386b41034a", "aiosmtpd_data.SmtpProtocol._getaddr must give what it gives"),
+    (TxnConnection, "transaction"):
+        ("0815e663adeca33e", "crypto.ImmediateTxnConnection.transaction copies it, beginning "
+                             "IMMEDIATE"),
 }
 
 MODULE_FILES = {"sqlite_driver": "bridge/db/sqlite_driver.py",
+                "crypto": "bridge/matrix/crypto.py",
                 "aiosmtpd_data": "bridge/email/aiosmtpd_data.py"}
 VERSIONS = (f"SQLAlchemy {sqlalchemy.__version__}, aiosqlite {aiosqlite.__version__}, "
             f"aiosmtpd {aiosmtpd.__version__}")
@@ -115,6 +121,52 @@ def test_the_private_api_we_call_is_still_there(cls: type, name: str, signature:
         f"{cls.__module__}.{cls.__qualname__}.{name} is now {_signature_of(cls, name)!r}, "
         f"was {signature!r} ({VERSIONS}); bridge/db/sqlite_driver.py or "
         "bridge/email/aiosmtpd_data.py calls it that way")
+
+
+async def test_the_crypto_stores_sqlite_connections_begin_immediate(tmp_path: Path) -> None:
+    """bridge/matrix/crypto.py: mautrix's pool hands out ImmediateTxnConnections, whose
+    transactions hold the write lock from their first statement."""
+    from mautrix.util.async_db import Database
+
+    from bridge.matrix.crypto import ImmediateTxnConnection, _immediate_transactions
+
+    db = Database.create(f"sqlite:{tmp_path / 'crypto.db'}")
+    await db.start()
+    try:
+        _immediate_transactions(db)
+        assert isinstance(db, SQLiteDatabase)
+        assert db._pool.qsize() >= 1
+        async with db.acquire() as conn:
+            assert isinstance(conn.wrapped, ImmediateTxnConnection)
+            async with conn.transaction():
+                await conn.execute("CREATE TABLE t (x INTEGER)")
+                # Another connection cannot write meanwhile: the lock is taken.
+                other = sqlite3.connect(tmp_path / "crypto.db", timeout=0)
+                try:
+                    with pytest.raises(sqlite3.OperationalError, match="locked"):
+                        other.execute("BEGIN IMMEDIATE")
+                finally:
+                    other.close()
+    finally:
+        await db.stop()
+
+
+def test_the_megolm_session_class_swap_notes_the_plaintext() -> None:
+    """bridge/matrix/crypto.py: BridgeCryptoStore turns mautrix's inbound Megolm sessions into
+    _RecordingGroupSessions by assigning __class__, which needs the same layout."""
+    import olm
+    from mautrix.crypto import InboundGroupSession
+
+    from bridge.matrix.crypto import _PLAINTEXT, _RecordingGroupSession
+
+    assert _RecordingGroupSession.__bases__ == (InboundGroupSession,)
+    assert "__slots__" not in vars(_RecordingGroupSession)
+    outbound = olm.OutboundGroupSession()
+    inbound = InboundGroupSession(outbound.session_key, "signing", "sender", "!r:x")
+    inbound.__class__ = _RecordingGroupSession
+    plaintext, index = inbound.decrypt(outbound.encrypt('{"type": "m.room.message"}'))
+    assert (plaintext, index) == ('{"type": "m.room.message"}', 0)
+    assert _PLAINTEXT.get() == plaintext
 
 
 def test_the_connection_class_swap_still_fits() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -27,11 +27,13 @@ from bridge.db import queues, store
 from bridge.db.models import Portal
 from bridge.db.queues import NewDelivery
 from bridge.db.store import LinkInfo
+from bridge.matrix import encryption
 from bridge.matrix.bridge_info import bridge_info_deliveries
 
 if TYPE_CHECKING:
     from bridge.core.connector import Connector
     from bridge.core.hub import Hub
+    from bridge.matrix.side import MatrixSide
 
 log = logging.getLogger("bridge.admin")
 
@@ -103,6 +105,15 @@ async def link(hub: Hub, actor: Actor, room_id: str, network: str, remote_id: st
                             f"{link_list(mine)}; a room can have {limit} {network} link"
                             f"{'' if limit == 1 else 's'}. Unlink it first with "
                             f"`{hub.prefix} unlink {network}`.")
+    # Encrypted rooms (encryption.allow, encryption.require): refused before the network is
+    # asked, like the limit above.
+    encrypted = False
+    if hub.matrix is not None:
+        side = cast("MatrixSide", hub.matrix)
+        refusal = await encryption.link_refusal(side, room_id)
+        if refusal is not None:
+            raise ConflictError(refusal)
+        encrypted = await encryption.is_encrypted(side, room_id)
     target = await connector.resolve_link(hub, room_id, remote_id, extra)
     # Checked with the ID the connector resolved (what is stored, e.g. TEAM:CHANNEL), not
     # with what was typed.
@@ -125,7 +136,15 @@ async def link(hub: Hub, actor: Actor, room_id: str, network: str, remote_id: st
         # not at all: a half-made link would never be caught up.
         await connector.on_link_written(session, new)
         created.append(new)
-        await queues.enqueue(session, bridge_info_deliveries(hub, new, actor.name, target))
+        info = bridge_info_deliveries(hub, new, actor.name, target)
+        if encrypted:
+            names = sorted({connector.display_name, *(
+                c.display_name for lk in existing if (c := hub.connectors.get(lk.network)))})
+            for delivery in info:
+                delivery.payload["content"][encryption.BRIDGE_INFO_KEY] = \
+                    encryption.bridge_info_field(names)
+            info.append(hub.notice(room_id, encryption.leaves_encryption(names)))
+        await queues.enqueue(session, info)
         await audit.record(session, actor, room_id, "link", network=network,
                            remote_id=new.remote_id, remote_name=new.remote_name)
 

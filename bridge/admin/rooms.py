@@ -133,15 +133,19 @@ async def find_or_create_room(hub: Hub, actor: Actor, localpart: str, name: str 
             # The override replaces the creator's default entry: keep the bot's power.
             users[hub.bot_mxid] = ADMIN_POWER
         levels: dict[str, Any] = {"users": users}
+        initial_state: list[dict[str, Any]] = [] if parent is None else [{
+            "type": str(EventType.SPACE_PARENT), "state_key": parent,
+            "content": {"via": [hub.config.homeserver.domain], "canonical": True}}]
+        if hub.config.encryption.default and not space:
+            # encryption.default: the rooms the bridge makes are end-to-end encrypted.
+            initial_state.append({"type": "m.room.encryption", "state_key": "",
+                                  "content": {"algorithm": "m.megolm.v1.aes-sha2"}})
         try:
             room_id = str(await bot.create_room(
                 alias_localpart=localpart, name=name or None,
                 invitees=[UserID(admin) for admin in admins],
                 creation_content={"type": "m.space"} if space else None,
-                initial_state=[] if parent is None else [{
-                    "type": str(EventType.SPACE_PARENT), "state_key": parent,
-                    "content": {"via": [hub.config.homeserver.domain], "canonical": True}}],
-                power_level_override=levels))
+                initial_state=initial_state, power_level_override=levels))
         except MatrixRequestError as exc:
             if exc.errcode == "M_ROOM_IN_USE" and await room_by_alias(hub, localpart):
                 # Created a moment ago by someone else (or an apply running twice): use it.

@@ -82,6 +82,10 @@ class RemotePart:
 class MatrixSide(Protocol):
     """What the hub needs from the Matrix side (bridge.matrix): deliver and report."""
 
+    # The bot's encryption device (bridge/matrix/crypto.py), None unless encryption.allow:
+    # the hub asks it only for the delivery that waits for a missing key.
+    crypto: Any
+
     async def deliver(self, delivery: Delivery) -> str | None: ...
 
     async def upload(self, data: bytes, mimetype: str, filename: str | None,
@@ -207,6 +211,10 @@ class Hub:
             if self.double_puppets.enabled and ORIGIN_KEY in content and \
             self.network_of(sender) is None else None
         portal = portals.get(room_id)
+        if etype == "m.room.encrypted" and portal is not None:
+            # Not decrypted on arrival (bridge/matrix/crypto.py): never relayed as it is.
+            crypto = self.matrix.crypto if self.matrix is not None else None
+            return [crypto.waiting_delivery(room_id, event)] if crypto is not None else []
         if etype == "m.room.message" and portal is not None and signed is None:
             command = self._command_text(content, portal.is_direct, sender)
             if command is not None:
@@ -215,6 +223,14 @@ class Hub:
                     "is_direct": portal.is_direct,
                 })]
 
+        if etype == "m.room.encryption" and state_key == "" and links.get(room_id):
+            # A linked room turned encryption on (bridge/matrix/encryption.py tells it).
+            before = (event.get("unsigned") or {}).get("prev_content") or {}
+            if not before.get("algorithm"):
+                return [self._matrix(room_id, "encryption_on", {
+                    "names": sorted({c.display_name for lk in links[room_id]
+                                     if (c := self.connectors.get(lk.network))}),
+                    "links": [[lk.network, lk.remote_id] for lk in links[room_id]]})]
         if state_key is not None and etype not in RELAYED_STATE:
             return []
         room_links = links.get(room_id) or []

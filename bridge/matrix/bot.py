@@ -24,6 +24,7 @@ from bridge.core.commands import word_count
 from bridge.core.errors import CommandError, NotFoundError, UsageError
 from bridge.db import queues, store
 from bridge.db.queues import Delivery
+from bridge.matrix import encryption
 from bridge.matrix.side import json_body
 from bridge.networks import networks
 from bridge.people import actions as people
@@ -336,6 +337,9 @@ async def _status(bot: Bot, ctx: Context) -> str:
         name = connector.display_name if connector else f"{link.network} (network disabled)"
         label = f"{link.remote_id}" + (f" ({link.remote_name})" if link.remote_name else "")
         lines.append(f"- {name}: {label}")
+    encryption_line = await encryption.status_line(bot.matrix, ctx.room_id)
+    if encryption_line is not None:
+        lines.append(encryption_line)
     lines.append("**Networks**")
     sections = bot.hub.config.networks()
     for network in sorted(set(sections) | set(bot.hub.connectors)):

@@ -45,10 +45,12 @@ from bridge.core.origin import ORIGIN_KEY, sign
 from bridge.db import store
 from bridge.db.queues import Delivery
 from bridge.matrix import long_message
+from bridge.matrix.crypto import FILE_MARK, BridgeAppServiceAPI, download_attachment
 
 if TYPE_CHECKING:
     from bridge.core.hub import Hub
     from bridge.matrix.bot import Bot
+    from bridge.matrix.crypto import BridgeCrypto
 
 log = logging.getLogger("bridge.matrix")
 
@@ -136,7 +138,7 @@ class CacheStateStore(MemoryStateStore, ASStateStore):
                     store_of_room.pop(RoomID(room_id), None)
 
 
-STATE_CACHED = {"m.room.power_levels", "m.room.create", "m.room.member"}
+STATE_CACHED = {"m.room.power_levels", "m.room.create", "m.room.member", "m.room.encryption"}
 
 UPLOAD_PIECE = 1 << 20
 
@@ -187,12 +189,20 @@ class RealSender:
     registers or joins, since the bridge never joins a real user to a room; a room the
     person is not in answers 403 and the puppet posts instead."""
 
-    def __init__(self, api: AppServiceAPI, user_id: str) -> None:
+    def __init__(self, api: AppServiceAPI, user_id: str,
+                 crypto: BridgeCrypto | None = None, uploader: IntentAPI | None = None) -> None:
         self.api = api
         self.mxid = UserID(user_id)
+        # In an encrypted room its events are encrypted with the bridge's device, as the
+        # puppets' are (bridge/matrix/crypto.py); media uploads go through ``uploader``.
+        self.crypto = crypto
+        self.uploader = uploader
 
     async def send_message_event(self, room_id: RoomID, event_type: EventType, content: Any,
                                  txn_id: str, timestamp: int | None = None) -> EventID:
+        if self.crypto is not None and self.uploader is not None:
+            event_type, content = await self.crypto.encrypted_if_needed(
+                self.uploader, room_id, event_type, content)
         answer = await self.api.request(
             Method.PUT, Path.v3.rooms[room_id].send[str(event_type)][txn_id], content,
             timestamp=timestamp)
@@ -216,7 +226,8 @@ class MatrixSide:
         # decision depends on them, so a restart with an empty cache changes nothing.
         self.state_store = CacheStateStore(CACHE_MAX_ROOMS, CACHE_MAX_USERS,
                                            CACHE_MAX_AGE_SECONDS)
-        self.api = AppServiceAPI(
+        # (Its intents encrypt in encrypted rooms once ``crypto`` is set: bridge/matrix/crypto.py.)
+        self.api: AppServiceAPI = BridgeAppServiceAPI(
             base_url=config.homeserver.address,
             bot_mxid=UserID(config.bot_mxid),
             token=config.appservice.as_token,
@@ -227,6 +238,8 @@ class MatrixSide:
         )
         self.bot_intent: IntentAPI = self.api.bot_intent()
         self.bot: Bot | None = None
+        # The bot's encryption device, when encryption.allow is on (set by the app).
+        self.crypto: BridgeCrypto | None = None
         self._intents: BoundedCache[str, IntentAPI] = BoundedCache(CACHE_MAX_USERS,
                                                                     CACHE_MAX_AGE_SECONDS)
         # Profile writes go one at a time per user, and what each last set is remembered:
@@ -250,6 +263,8 @@ class MatrixSide:
                                              size=len(data)))
 
     async def download(self, mxc: str) -> bytes:
+        if FILE_MARK in mxc:  # an attachment of an encrypted room
+            return await download_attachment(self.bot_intent, mxc)
         return await self.bot_intent.download_media(ContentURI(mxc))
 
     async def member_name(self, room_id: str, user_id: str) -> str | None:
@@ -290,7 +305,7 @@ class MatrixSide:
         """A linked person's own account (double puppeting)."""
         api = self.api.real_user(UserID(user_id), self.hub.config.double_puppet.as_token,
                                  as_token=True)
-        return RealSender(api, user_id)
+        return RealSender(api, user_id, getattr(self.api, "crypto", None), self.bot_intent)
 
     async def _sender_of(self, room_id: str, event_id: str) -> str | None:
         try:
@@ -662,6 +677,20 @@ class MatrixSide:
         except MatrixRequestError as exc:
             if exc.http_status not in (403, 404):  # invite already withdrawn
                 raise
+        return None
+
+    async def _deliver_decrypt(self, d: Delivery, p: dict[str, Any]) -> None:
+        """An encrypted message whose key had not arrived: wait for it (crypto.py)."""
+        if self.crypto is None:
+            raise PermanentError("encryption.allow is off: the bridge cannot decrypt")
+        await self.crypto.deliver_waiting(d, p)
+        return None
+
+    async def _deliver_encryption_on(self, d: Delivery, p: dict[str, Any]) -> None:
+        """A linked room turned encryption on: tell it what that means (encryption.py)."""
+        from bridge.matrix.encryption import deliver_turned_on
+
+        await deliver_turned_on(self, f"ob{d.id}", d.room_id, p)
         return None
 
     async def _deliver_command(self, d: Delivery, p: dict[str, Any]) -> None:
