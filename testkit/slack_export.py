@@ -145,3 +145,18 @@ def small_export(path: Path, **overrides: Any) -> Path:
     }
     arguments.update(overrides)
     return write_export(path, **arguments)
+
+
+def export_of_channel(path: Path, *, users: list[dict[str, Any]], channel_entry: dict[str, Any],
+                      messages: list[dict[str, Any]],
+                      extra: dict[str, bytes] | None = None) -> Path:
+    """An export of one channel holding ``messages`` (top-level messages and thread replies,
+    as the Web API gives them, e.g. read from the Slack simulator), in day files by their
+    UTC day, as Slack's export writes them."""
+    days: dict[str, list[dict[str, Any]]] = {}
+    for item in messages:
+        seconds = int(str(item["ts"]).partition(".")[0])
+        day = datetime.datetime.fromtimestamp(seconds, datetime.UTC).date().isoformat()
+        days.setdefault(f"{channel_entry['name']}/{day}", []).append(item)
+    return write_export(path, users=users, channels=[channel_entry], days=dict(days),
+                        extra=extra)
