@@ -2,13 +2,13 @@
 #   make demo   set up, then run the bridge against a throwaway local Synapse (SQLite)
 #   make test   set up, then run the linters and the whole test suite (every tier)
 #   make test-fast   only the unit tier: no Synapse, no PostgreSQL, no network (tests/tiers.py)
-#   make bench, make bench-slack, make bench-plan   benchmarks (bench/README.md)
+#   make bench, make bench-slack, make bench-plan, make bench-import   benchmarks (bench/README.md)
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test test-fast lint bench bench-slack bench-plan clean
+.PHONY: demo test test-fast lint bench bench-slack bench-plan bench-import clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ bench-slack: $(VENV)/.installed
 # again (< 10 s, nothing to do).
 bench-plan: $(VENV)/.installed
 	$(PY) bench/plan_apply.py
+
+# Issue 12's numbers: `bridge import slack-export` of a generated 50,000-message export into
+# a real Synapse, next to straight appservice sends (>= 0.8 of their rate), and its peak
+# memory (< 200 MB). Several minutes; BENCH_ARGS="--messages 5000" for a quick run.
+bench-import: $(VENV)/.installed
+	$(PY) bench/slack_import.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache .mypy_cache
