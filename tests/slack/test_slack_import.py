@@ -5,10 +5,14 @@ of a real Synapse, as the command is run by an operator (a separate process)."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
+import pty
 import signal
+import struct
 import sys
+import termios
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,7 @@ import pytest
 from aiohttp import web
 from sqlalchemy import func, select
 
+from bridge.core.origin import HISTORY_KEY
 from bridge.db.engine import Database
 from bridge.db.models import InboundKey, MessageMapping
 from bridge.slack.export.importer import txn_id
@@ -77,6 +82,37 @@ async def run_import(config: Path, export: Path, *args: str) -> tuple[int, str, 
     out, err = await process.communicate()
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+async def run_import_on_terminal(config: Path, export: Path, *args: str
+                                 ) -> tuple[int, str, str]:
+    """As run_import, with stderr on a terminal (a pseudo-terminal the test reads)."""
+    master, slave = pty.openpty()
+    # A terminal of 100 columns and 30 rows, as a console has.
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "import", "slack-export", "-c", str(config),
+        str(export), *args, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=slave)
+    os.close(slave)
+
+    def read_terminal() -> bytes:
+        data = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                return data
+            if not chunk:
+                return data
+            data += chunk
+
+    try:
+        terminal, (out, _) = await asyncio.gather(asyncio.to_thread(read_terminal),
+                                                  process.communicate())
+    finally:
+        os.close(master)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), terminal.decode(errors="replace")
 
 
 def puppet(bridge: SlackBridge, remote: str) -> str:
@@ -279,12 +315,17 @@ async def test_a_malformed_day_stops_and_a_rerun_after_the_fix_goes_on(
     async with running_slack_bridge(homeserver, sqlite_url, slack_sim, [team]) as bridge:
         admin = await homeserver.user("admin-broken")
         room_id = await open_room(homeserver.bot, admin, name="Kaputt")
+        # The room has another link: history is for the room, never relayed to it.
+        await command(homeserver.bot, admin, room_id, "!bridge link test C-history",
+                      expect="Linked")
         config = config_for(homeserver, sqlite_url, slack_sim, team)
         senders = {puppet(bridge, ANNA), puppet(bridge, BEN)}
 
         code, out, err = await run_import(config, path, "--channel", "bauamt",
                                           "--room", room_id)
         assert code == 1
+        # Not a terminal: plain progress lines.
+        assert "importing 2 day file(s)" in err and "up to 2024-03-04: 3 messages" in err
         assert 'bauamt/2024-03-05.json, message 1: "ts" is missing' in err
         assert "Fix the file and run the same command again" in err
         bodies = [e["content"]["body"] for e in await timeline(admin, room_id, senders)]
@@ -292,13 +333,24 @@ async def test_a_malformed_day_stops_and_a_rerun_after_the_fix_goes_on(
 
         fixed = write_export(tmp_path / "fixed.zip", users=USERS, channels=[BAUAMT],
                              days={"bauamt/2024-03-04": good, "bauamt/2024-03-05": second})
-        code, out, err = await run_import(config, fixed, "--channel", "bauamt",
-                                          "--room", room_id)
-        assert code == 0, err
+        code, out, terminal = await run_import_on_terminal(config, fixed, "--channel",
+                                                           "bauamt", "--room", room_id)
+        assert code == 0, terminal
         assert "messages: 3 posted, 3 already in the room" in out
+        # On a terminal: a progress bar (redrawn in place) with the rate.
+        assert "\r" in terminal and "100%" in terminal and "msg/s" in terminal, terminal
         bodies = [e["content"]["body"] for e in await timeline(admin, room_id, senders)]
         assert bodies == [f"Tag eins, {n}" for n in range(3)] + \
             [f"Tag zwei, {n}" for n in range(3)]
+
+        # The marker is trusted on puppets only: a Matrix user's message with it is relayed.
+        await admin.send_event(room_id, "m.room.message", {
+            "msgtype": "m.text", "body": "from Matrix", HISTORY_KEY: True})
+        await bridge.connector.wait_for(lambda e: e["content"].get("body") == "from Matrix",
+                                        timeout=30)
+        relayed = [item["event"]["content"].get("body") for item in bridge.connector.delivered
+                   if item["event"]["type"] in ("m.room.message", "m.reaction")]
+        assert relayed == ["from Matrix"]
 
 
 async def test_killed_half_way_then_run_again_posts_each_message_once(

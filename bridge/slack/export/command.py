@@ -89,6 +89,7 @@ class LineProgress:
         self.total = 0
         self.started = time.monotonic()
         self.last_line = 0.0
+        self.lines = 0
 
     def start(self, total_bytes: int, days: int) -> None:
         self.total = total_bytes
@@ -98,9 +99,12 @@ class LineProgress:
 
     def advance(self, done_bytes: int, messages: int, day: str) -> None:
         now = time.monotonic()
-        if now - self.last_line < LINE_EVERY_SECONDS and done_bytes < self.total:
+        # The first day at once (the rate shows early), then every few seconds, and the end.
+        if self.lines and now - self.last_line < LINE_EVERY_SECONDS and \
+                done_bytes < self.total:
             return
         self.last_line = now
+        self.lines += 1
         elapsed = max(now - self.started, 1e-6)
         share = done_bytes / self.total if self.total else 1.0
         left = elapsed * (1 - share) / share if share else 0.0
