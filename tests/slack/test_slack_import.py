@@ -169,7 +169,10 @@ async def test_import_then_link_then_a_live_edit(
              "url_private": "https://files.slack.com/files-pri/T0RATHAUS-F0PLAN/plan.pdf"},
             {"id": "F0MISSING", "name": "foto.jpg", "title": "foto.jpg",
              "mimetype": "image/jpeg", "size": 9, "mode": "hosted",
-             "url_private": "https://files.slack.com/files-pri/T0RATHAUS-F0MISSING/foto.jpg"}]),
+             "url_private": "https://files.slack.com/files-pri/T0RATHAUS-F0MISSING/foto.jpg"},
+            {"id": "F0LOCAL", "name": "scan.png", "title": "scan.png",
+             "mimetype": "image/png", "size": len(PNG), "mode": "hosted",
+             "url_private": "https://files.slack.com/files-pri/T0RATHAUS-F0LOCAL/scan.png"}]),
     ]
     async def picture(_: web.Request) -> web.Response:
         return web.Response(body=PNG, content_type="image/png")
@@ -190,14 +193,17 @@ async def test_import_then_link_then_a_live_edit(
     room_id = await open_room(homeserver.bot, admin, bot_power=100, name="Bauamt")
     config = config_for(homeserver, database_url, slack_sim, team)
     try:
+        files = tmp_path / "files"
+        (files / "F0LOCAL").mkdir(parents=True)
+        (files / "F0LOCAL" / "scan.png").write_bytes(PNG)
         code, out, err = await run_import(config, export, "--channel", "bauamt",
-                                          "--room", room_id)
+                                          "--room", room_id, "--files", str(files))
     finally:
         await runner.cleanup()
     assert code == 0, err
     assert "messages: 5 posted, 0 already in the room" in out
     assert "threads: 1 (1 replies)" in out and "reactions: 1" in out
-    assert "files: 1 uploaded, 1 not in the export" in out
+    assert "files: 2 uploaded, 1 not in the export" in out
     assert "skipped: 1 channel joins and leaves" in out
 
     anna, ben, ci = puppet(bridge, ANNA), puppet(bridge, BEN), puppet(bridge, "B0CI")
@@ -206,7 +212,7 @@ async def test_import_then_link_then_a_live_edit(
              if e["type"] == "m.room.message"]
     assert texts == [(ci, "Build passed"),
                      (anna, "Die Zeichnung\n📎 foto.jpg (file F0MISSING, not in the export)"),
-                     (anna, "plan.pdf"),
+                     (anna, "plan.pdf"), (anna, "scan.png"),
                      (anna, "Der Grundriss, final"), (ben, "Anna passt so"),
                      (anna, "Danke!")]
     by_body = {e["content"].get("body"): e for e in events if e["type"] == "m.room.message"}
@@ -222,6 +228,8 @@ async def test_import_then_link_then_a_live_edit(
     assert threaded["origin_server_ts"] == int(float(reply) * 1000)
     plan = by_body["plan.pdf"]
     assert plan["content"]["msgtype"] == "m.file" and plan["content"]["url"].startswith("mxc:")
+    scan = by_body["scan.png"]
+    assert scan["content"]["msgtype"] == "m.image" and scan["content"]["info"]["size"] == len(PNG)
     reactions = [e for e in events if e["type"] == "m.reaction"]
     assert [(e["sender"], e["content"]["m.relates_to"]["event_id"],
              e["content"]["m.relates_to"]["key"]) for e in reactions] == [
@@ -265,6 +273,7 @@ async def test_dry_run_changes_nothing_and_errors_name_what_is_wrong(
         admin = await homeserver.user("admin-dry")
         room_id = await open_room(homeserver.bot, admin, name="Trocken")
         elsewhere = await admin.create_room(name="Ohne Bot")
+        elsewhere_linked = await open_room(homeserver.bot, admin, bot_power=100, name="Andere")
         config = config_for(homeserver, sqlite_url, slack_sim, team)
         export = small_export(tmp_path / "export.zip")
         before = await count_rows(sqlite_url, InboundKey)
@@ -293,6 +302,15 @@ async def test_dry_run_changes_nothing_and_errors_name_what_is_wrong(
                                         "--room", elsewhere)
         assert code == 1 and f"the bridge's bot {homeserver.bot} is not in that room" in err
         assert "Invite the bot there" in err
+        code, _, err = await run_import(config, export, "--channel", "bauamt",
+                                        "--room", room_id, "--files", str(tmp_path / "nix"))
+        assert code == 1 and "--files " in err and "nix: no such folder" in err
+        # A channel linked to another room: its history belongs there.
+        await command(homeserver.bot, admin, elsewhere_linked, f"!bridge link slack {CHANNEL}",
+                      expect="Linked")
+        code, _, err = await run_import(config, export, "--channel", "bauamt",
+                                        "--room", room_id)
+        assert code == 1 and f"is linked to the room {elsewhere_linked}" in err
         code, _, err = await run_import(config, tmp_path / "missing.zip", "--channel",
                                         "bauamt", "--room", room_id)
         assert code == 1 and "missing.zip: cannot be read as a zip archive" in err

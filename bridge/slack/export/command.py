@@ -197,7 +197,7 @@ async def _run(config: Any, db: Any, slack: Any, channel: Any, team_id: str,
         CacheStateStore,
     )
     from bridge.slack.config import SlackConfig
-    from bridge.slack.export.importer import NoProgress, SlackImport
+    from bridge.slack.export.importer import ImportRefused, NoProgress, SlackImport
 
     settings = config.section(SlackConfig)
     stream = sys.stderr
@@ -239,6 +239,8 @@ async def _run(config: Any, db: Any, slack: Any, channel: Any, team_id: str,
                 domain=config.homeserver.domain, files_dir=args.files,
                 dry_run=args.dry_run, progress=progress, http=http)
             return await importer.run()
+        except ImportRefused as exc:
+            raise Failure(f"--room {room}: {exc}") from None
         except MatrixRequestError as exc:
             raise Failure(f"the homeserver refused ({exc.errcode}): {exc.message}") from None
         except aiohttp.ClientError as exc:

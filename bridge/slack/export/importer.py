@@ -141,8 +141,8 @@ class Summary:
         return lines
 
 
-class ImportError_(Exception):
-    """A clear failure of the import (the room, the homeserver): said as is."""
+class ImportRefused(Exception):
+    """The import cannot go into this room: said as is, nothing changed."""
 
 
 @dataclass
@@ -246,6 +246,21 @@ class SlackImport:
                 if remote.startswith(f"{self.team_id}:")}
             for puppet in await _puppets(session):
                 self._known_puppets[puppet[0]] = puppet[1:]
+            elsewhere = await session.scalar(
+                select(MessageMapping.room_id).where(
+                    MessageMapping.network == NETWORK, MessageMapping.remote_space == self.space,
+                    MessageMapping.room_id != self.room_id).limit(1))
+        linked = self.linked_rooms.get(self.channel.id)
+        if linked is not None and linked != self.room_id:
+            raise ImportRefused(
+                f"#{self.channel.name} ({self.channel.id}) is linked to the room {linked}: "
+                "its history belongs there (edits and replies from Slack go to that room); "
+                "import into that room, or unlink it first")
+        if elsewhere is not None:
+            raise ImportRefused(
+                f"messages of #{self.channel.name} ({self.channel.id}) are in the room "
+                f"{elsewhere} already (imported or bridged there); a channel's history goes "
+                "into one room")
         day_files = self.export.day_files(self.channel)
         total = sum(day.size for day in day_files)
         self.progress.start(total, len(day_files))
