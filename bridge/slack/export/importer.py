@@ -273,10 +273,12 @@ class SlackImport:
                 self.progress.advance(done, self.summary.posted + self.summary.already,
                                       day.day)
         finally:
-            # What was sent is recorded, also when a later day stops the run.
-            await self._drain_reactions()
-            await self._flush()
-            self.progress.close()
+            # What was sent is recorded, also when a later day (or Ctrl-C) stops the run.
+            try:
+                await self._drain_reactions()
+            finally:
+                await self._flush()
+                self.progress.close()
         return self.summary
 
     async def _day(self, day: DayFile) -> None:
