@@ -264,6 +264,43 @@ async def test_import_then_link_then_a_live_edit(
         timeout=30)
     assert edit["content"]["m.relates_to"]["event_id"] == imported_root["event_id"]
     assert edit["content"]["m.new_content"]["body"] == "Der Grundriss, Version 2"
+    # So do a live thread reply and a live reaction.
+    await slack_sim.post_message(team, CHANNEL, ANNA, "noch eine Frage", thread_ts=root)
+    live_reply = await admin.wait_for_event(
+        room_id, lambda e: e["content"].get("body") == "noch eine Frage", timeout=30)
+    assert live_reply["content"]["m.relates_to"]["rel_type"] == "m.thread"
+    assert live_reply["content"]["m.relates_to"]["event_id"] == imported_root["event_id"]
+    await slack_sim.add_reaction(team, CHANNEL, root, ANNA, "tada")
+    live_reaction = await admin.wait_for_event(
+        room_id, lambda e: e["type"] == "m.reaction" and e["sender"] == anna, timeout=30)
+    assert live_reaction["content"]["m.relates_to"]["event_id"] == imported_root["event_id"]
+
+
+async def test_import_into_a_linked_room_leaves_what_the_bridge_brought(
+        homeserver: Homeserver, sqlite_url: str, slack_sim: SlackSimulator, team: Any,
+        tmp_path: Path) -> None:
+    """Linked first (the backfill brings the recent messages), imported afterwards: the
+    older history arrives, nothing the bridge brought is posted again."""
+    old = [message(ts_of("2024-03-04", n), ANNA, f"alt {n}") for n in range(3)]
+    recent = [await slack_sim.post_message(team, CHANNEL, BEN, f"neu {n}") for n in range(2)]
+    async with running_slack_bridge(homeserver, sqlite_url, slack_sim, [team]) as bridge:
+        admin = await homeserver.user("admin-linked")
+        room_id = await open_room(homeserver.bot, admin, bot_power=100, name="Verknüpft")
+        await command(homeserver.bot, admin, room_id, f"!bridge link slack {CHANNEL}",
+                      expect="Linked")
+        await admin.wait_for_event(room_id, lambda e: e["content"].get("body") == "neu 1",
+                                   timeout=30)
+        export = export_of_channel(tmp_path / "export.zip", users=USERS, channel_entry=BAUAMT,
+                                   messages=old + slack_sim.messages(team, CHANNEL))
+        config = config_for(homeserver, sqlite_url, slack_sim, team)
+        code, out, err = await run_import(config, export, "--channel", "bauamt",
+                                          "--room", room_id)
+        assert code == 0, err
+        assert "messages: 3 posted, 2 already in the room" in out
+        senders = {puppet(bridge, ANNA), puppet(bridge, BEN)}
+        bodies = [e["content"]["body"] for e in await timeline(admin, room_id, senders)]
+        assert sorted(bodies) == ["alt 0", "alt 1", "alt 2", "neu 0", "neu 1"]
+        assert len(recent) == 2
 
 
 async def test_dry_run_changes_nothing_and_errors_name_what_is_wrong(
