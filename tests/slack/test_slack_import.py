@@ -13,6 +13,7 @@ import signal
 import struct
 import sys
 import termios
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,7 @@ async def test_import_then_link_then_a_live_edit(
                                extra={"__uploads/F0PLAN/plan.pdf": b"%PDF-"})
     assert earlier_day < root
 
-    admin = await homeserver.user("admin-import")
+    admin = await homeserver.user(f"admin-import-{uuid.uuid4().hex[:6]}")
     room_id = await open_room(homeserver.bot, admin, bot_power=100, name="Bauamt")
     config = config_for(homeserver, database_url, slack_sim, team)
     try:
@@ -284,7 +285,7 @@ async def test_import_into_a_linked_room_leaves_what_the_bridge_brought(
     old = [message(ts_of("2024-03-04", n), ANNA, f"alt {n}") for n in range(3)]
     recent = [await slack_sim.post_message(team, CHANNEL, BEN, f"neu {n}") for n in range(2)]
     async with running_slack_bridge(homeserver, sqlite_url, slack_sim, [team]) as bridge:
-        admin = await homeserver.user("admin-linked")
+        admin = await homeserver.user(f"admin-linked-{uuid.uuid4().hex[:6]}")
         room_id = await open_room(homeserver.bot, admin, bot_power=100, name="Verknüpft")
         await command(homeserver.bot, admin, room_id, f"!bridge link slack {CHANNEL}",
                       expect="Linked")
@@ -307,7 +308,7 @@ async def test_dry_run_changes_nothing_and_errors_name_what_is_wrong(
         homeserver: Homeserver, sqlite_url: str, slack_sim: SlackSimulator, team: Any,
         tmp_path: Path) -> None:
     async with running_slack_bridge(homeserver, sqlite_url, slack_sim, [team]) as bridge:
-        admin = await homeserver.user("admin-dry")
+        admin = await homeserver.user(f"admin-dry-{uuid.uuid4().hex[:6]}")
         room_id = await open_room(homeserver.bot, admin, name="Trocken")
         elsewhere = await admin.create_room(name="Ohne Bot")
         elsewhere_linked = await open_room(homeserver.bot, admin, bot_power=100, name="Andere")
@@ -368,7 +369,7 @@ async def test_a_malformed_day_stops_and_a_rerun_after_the_fix_goes_on(
                         days={"bauamt/2024-03-04": good,
                               "bauamt/2024-03-05": broken.encode()})
     async with running_slack_bridge(homeserver, sqlite_url, slack_sim, [team]) as bridge:
-        admin = await homeserver.user("admin-broken")
+        admin = await homeserver.user(f"admin-broken-{uuid.uuid4().hex[:6]}")
         room_id = await open_room(homeserver.bot, admin, name="Kaputt")
         # The room has another link: history is for the room, never relayed to it.
         await command(homeserver.bot, admin, room_id, "!bridge link test C-history",
@@ -429,7 +430,7 @@ async def test_killed_half_way_then_run_again_posts_each_message_once(
                                   for i, m in enumerate(items[120:])
                                   if "thread_ts" not in m]})
     async with running_slack_bridge(homeserver, database_url, slack_sim, [team]) as bridge:
-        admin = await homeserver.user("admin-kill")
+        admin = await homeserver.user(f"admin-kill-{uuid.uuid4().hex[:6]}")
         room_id = await open_room(homeserver.bot, admin, name="Abbruch")
         config = config_for(homeserver, database_url, slack_sim, team)
         senders = {puppet(bridge, ANNA), puppet(bridge, BEN)}
