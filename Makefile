@@ -2,13 +2,13 @@
 #   make demo   set up, then run the bridge against a throwaway local Synapse (SQLite)
 #   make test   set up, then run the linters and the whole test suite (every tier)
 #   make test-fast   only the unit tier: no Synapse, no PostgreSQL, no network (tests/tiers.py)
-#   make bench, make bench-slack, make bench-plan, make bench-e2ee   benchmarks (bench/README.md)
+#   make bench, make bench-slack, make bench-plan, make bench-e2ee, make bench-import   benchmarks (bench/README.md)
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test test-fast lint bench bench-slack bench-plan bench-e2ee clean
+.PHONY: demo test test-fast lint bench bench-slack bench-plan bench-e2ee bench-import clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ bench-plan: $(VENV)/.installed
 # unencrypted workload, on a real Synapse (encrypted at least 0.7 of unencrypted).
 bench-e2ee: $(VENV)/.installed
 	$(PY) bench/encrypted_rooms.py
+
+# Issue 12's numbers: `bridge import slack-export` of a generated 50,000-message export into
+# a real Synapse, next to straight appservice sends (>= 0.8 of their rate), and its peak
+# memory (< 200 MB). Several minutes; BENCH_ARGS="--messages 5000" for a quick run.
+bench-import: $(VENV)/.installed
+	$(PY) bench/slack_import.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache .mypy_cache

@@ -172,6 +172,32 @@ def cmd_plan_apply(args: argparse.Namespace) -> int:
     return run_apply(args.config, args.plan, dry_run=args.dry_run, prune=args.prune)
 
 
+class CommandGroups:
+    """Where a network adds its own sub-commands (see ``Network.cli``): ``bridge <group>
+    <command>``, the group made on first use."""
+
+    #: What each group is for, as ``bridge --help`` says it.
+    HELP = {"import": "bring a network's history into rooms from its export files"}
+
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+        self._groups: dict[str, Any] = {}
+
+    def group(self, name: str) -> Any:
+        """The sub-parsers of ``bridge <name>``: ``add_parser`` a command there."""
+        if name not in self._groups:
+            parser = self._sub.add_parser(name, help=self.HELP.get(name, name))
+            self._groups[name] = parser.add_subparsers(dest=f"{name}_command", required=True,
+                                                       parser_class=_Parser)
+        return self._groups[name]
+
+
+def read_database(config: Config, read: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
+    """Run ``read(db)`` on the configured database as it is (see :func:`_read_db`), for a
+    network's own commands: a database behind the code is refused, naming the fix."""
+    return _read_db(config, read)
+
+
 def _read_db(config: Config, read: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
     """Run ``read(db)`` on the configured database, as it is: the bridge need not run, and
     nothing is migrated (a database behind the code is refused, naming the fix)."""
@@ -349,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--room", metavar="ROOM_ID", help="only this room's entries")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_audit)
+
+    groups = CommandGroups(sub)
+    for network in networks():
+        if network.cli is not None:
+            network.cli(groups)
     return parser
 
 

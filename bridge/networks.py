@@ -5,8 +5,9 @@ A network is one folder (``bridge/<network>/``) with a module that declares a
 migrations. The folders are listed as entry points of the group ``matrix_hub_bridge.networks``
 in pyproject.toml (``Network.position`` orders them); another package can add a
 network the same way, and tests add one with :func:`register_network`. The core builds the
-config, the connectors, ``bridge check``, the registration, the bot's sentences and the
-migrations from this list and never names a network itself.
+config, the connectors, ``bridge check``, the registration, the bot's sentences, the
+migrations and the networks' own ``bridge`` sub-commands from this list and never names a
+network itself.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from bridge.checks import CheckResult
+    from bridge.cli import CommandGroups
     from bridge.config import Config, NetworkConfig
     from bridge.core.connector import Connector
 
@@ -58,6 +60,9 @@ class Network:
     models: str | None = None
     #: Its alembic version location: its migrations, a branch on the core's history.
     migrations: Path | None = None
+    #: Adds its own ``bridge`` sub-commands to the command groups it is handed
+    #: (``bridge import slack-export``); the core's commands name no network.
+    cli: Callable[[CommandGroups], None] | None = None
 
 
 _extra: list[Network] = []

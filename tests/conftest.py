@@ -69,6 +69,10 @@ class Homeserver:
         self.as_id = str(yaml.safe_load(config_path.read_text())["appservice"]["id"])
 
     def config(self, database_url: str, **overrides: Any) -> Config:
+        return load_config(self.config_file(database_url, **overrides), environ={})
+
+    def config_file(self, database_url: str, **overrides: Any) -> Path:
+        """The config written to a file of its own (for the commands a test runs)."""
         data = yaml.safe_load(self.config_path.read_text())
         data["database"]["url"] = database_url
         for dotted, value in overrides.items():
@@ -79,7 +83,7 @@ class Homeserver:
             node[last] = value
         path = self.config_path.parent / f"config-{uuid.uuid4().hex[:8]}.yaml"
         path.write_text(yaml.safe_dump(data))
-        return load_config(path, environ={})
+        return path
 
     def appservice_report(self) -> str:
         return self.synapse.appservice_report(self.as_id)

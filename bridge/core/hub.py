@@ -26,7 +26,13 @@ from bridge.core import activity
 from bridge.core.cache import BoundedCache
 from bridge.core.connector import Connector
 from bridge.core.errors import TemporaryError
-from bridge.core.origin import ORIGIN_KEY, Origin, read_origin, read_signed_origin
+from bridge.core.origin import (
+    HISTORY_KEY,
+    ORIGIN_KEY,
+    Origin,
+    read_origin,
+    read_signed_origin,
+)
 from bridge.db import queues, store
 from bridge.db.engine import Database
 from bridge.db.queues import Delivery, InboxEntry, NewDelivery
@@ -249,6 +255,10 @@ class Hub:
             # (Written once for the whole batch: route_batch flushes.)
             activity.note_message(session, room_id=room_id, side=activity.MATRIX_SIDE,
                                   user_id=sender, timestamp_ms=event.get("origin_server_ts"))
+        if sender_network is not None and content.get(HISTORY_KEY) is True:
+            # Imported history (a puppet's, or a double puppet's with the bridge's
+            # proof): in the room, relayed to no link.
+            return deliveries
         origin = signed or (read_origin(content) if sender_network is not None else None)
         if origin is not None and origin.network != sender_network:
             origin = None  # a puppet cannot speak for another network's link

@@ -26,6 +26,9 @@ from typing import Any
 
 #: The key in an event's content (namespaced, as the spec asks of custom keys).
 ORIGIN_KEY = "net.matrix_hub_bridge.origin"
+#: ``true`` on a puppet's event that brings a remote conversation's *history* into the
+#: room (an import): the room's other links never get it relayed (trusted on puppets only).
+HISTORY_KEY = "net.matrix_hub_bridge.history"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -12,6 +13,9 @@ from bridge.config import Config
 from bridge.core.connector import Connector
 from bridge.networks import Network
 from bridge.slack.config import SlackConfig
+
+if TYPE_CHECKING:
+    from bridge.cli import CommandGroups
 
 
 def _connector(config: Config) -> Connector:
@@ -30,6 +34,12 @@ async def _checks(session: aiohttp.ClientSession, config: Config) -> list[CheckR
     return await check_workspaces(session, config)
 
 
+def _cli(groups: CommandGroups) -> None:
+    from bridge.slack.export.command import add_commands
+
+    add_commands(groups)
+
+
 network = Network(
     name="slack",
     prose_name="Slack",
@@ -42,4 +52,5 @@ network = Network(
     migrations=Path(__file__).resolve().parent / "migrations",
     link_hint="Slack: name the workspace when there are several",
     person_words="<workspace>:<user id>",
+    cli=_cli,
 )

@@ -86,6 +86,8 @@ class User:
     deleted: bool
     is_bot: bool
     profile: dict[str, Any] = field(repr=False, compare=False)
+    # The workspace the user belongs to ("team_id"; a shared channel's guests differ).
+    team_id: str | None = None
 
     @property
     def shown_name(self) -> str:
@@ -288,6 +290,11 @@ class Export:
                      if from_day is None or day_file.day >= from_day]
         return self._messages_of(day_files)
 
+    def read_day(self, day_file: DayFile) -> list[ExportMessage]:
+        """One day file's messages by ts, the whole file checked first (an ExportError
+        names the file and position before any of the day is handed out)."""
+        return self._read_day(day_file.member)
+
     def _messages_of(self, day_files: list[DayFile]) -> Iterator[ExportMessage]:
         for day_file in day_files:
             # The whole day is parsed and checked before its first message is yielded.
@@ -380,6 +387,7 @@ class Export:
                 deleted=bool(item.get("deleted")),
                 is_bot=bool(item.get("is_bot")),
                 profile=profile,
+                team_id=fields.text("team_id") or _text(profile.get("team")) or None,
             )
         return users
 
