@@ -349,6 +349,12 @@ async def test_dry_run_changes_nothing_and_errors_name_what_is_wrong(
         code, _, err = await run_import(config, export, "--channel", "bauamt",
                                         "--room", room_id)
         assert code == 1 and f"is linked to the room {elsewhere_linked}" in err
+        encrypted = await open_room(homeserver.bot, admin, name="Verschlüsselt", extra={
+            "initial_state": [{"type": "m.room.encryption", "state_key": "",
+                               "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]})
+        code, _, err = await run_import(config, export, "--channel", "bauamt",
+                                        "--room", encrypted)
+        assert code == 1 and "the room is encrypted" in err and "posted unencrypted" in err
         code, _, err = await run_import(config, tmp_path / "missing.zip", "--channel",
                                         "bauamt", "--room", room_id)
         assert code == 1 and "missing.zip: cannot be read as a zip archive" in err
@@ -468,3 +474,57 @@ def test_transaction_ids_are_the_same_on_every_run() -> None:
     assert txn_id("T1:C1", "1.000100", "0") != txn_id("T1:C1", "1.000100", "1")
     assert len({txn_id("T1:C1", str(n), "0") for n in range(1000)}) == 1000
 
+
+
+async def test_a_linked_person_s_history_comes_from_their_own_account_and_goes_nowhere(
+        homeserver: Homeserver, database_url: str, slack_sim: SlackSimulator, team: Any,
+        tmp_path: Path) -> None:
+    """With double puppeting on, Anna (linked, in the room) gets her history as herself, her
+    reaction too; Ben (not linked) as his puppet. The channel is linked and the bridge
+    runs: the imported history is not posted back to Slack."""
+    from tests.slack.conftest import linked_room
+    from tests.slack.relay_helpers import count_in_slack, posted
+
+    async with running_slack_bridge(homeserver, database_url, slack_sim, [team],
+                                    double_puppet__enabled=True) as running:
+        admin = await homeserver.user(f"admin-import-{uuid.uuid4().hex[:6]}")
+        anna = await homeserver.user(f"anna-{uuid.uuid4().hex[:6]}")
+        try:
+            room_id = await linked_room(running, admin)
+            await admin.invite(room_id, anna.user_id)
+            await anna.join(room_id)
+            await command(homeserver.bot, admin, room_id,
+                          f"!bridge people link slack rathaus:{ANNA} {anna.user_id}",
+                          expect="Linked")
+            first, second = ts_of("2023-05-02", 0), ts_of("2023-05-02", 60)
+            export = export_of_channel(
+                tmp_path / "export.zip", users=USERS, channel_entry=BAUAMT,
+                messages=[message(first, ANNA, "Annas alte Nachricht"),
+                          message(second, BEN, "Bens alte Nachricht",
+                                  reactions=[{"name": "thumbsup", "users": [ANNA],
+                                              "count": 1}])])
+            config = homeserver.config_file(database_url, slack__enabled=True,
+                                            slack__api_url=slack_sim.api_url,
+                                            slack__workspaces=[workspace_config(team)],
+                                            double_puppet__enabled=True)
+            code, _out, err = await run_import(config, export, "--channel", "bauamt",
+                                              "--room", room_id)
+            assert code == 0, err
+            ben = puppet(running, BEN)
+            events = await timeline(admin, room_id, {anna.user_id, ben})
+            by_body = {e["content"].get("body"): e for e in events}
+            assert by_body["Annas alte Nachricht"]["sender"] == anna.user_id
+            assert by_body["Annas alte Nachricht"]["origin_server_ts"] == int(float(first) * 1000)
+            assert by_body["Bens alte Nachricht"]["sender"] == ben
+            reaction = next(e for e in events if e["type"] == "m.reaction")
+            assert reaction["sender"] == anna.user_id
+            assert reaction["content"]["m.relates_to"]["event_id"] == \
+                by_body["Bens alte Nachricht"]["event_id"]
+            # A live message after the import reaches Slack; the history before it did not.
+            await admin.send_text(room_id, "Nach dem Import")
+            await posted(slack_sim, team, "Nach dem Import")
+            assert count_in_slack(slack_sim, team, "alte Nachricht") == 0
+            assert not slack_sim.calls_to("reactions.add")
+        finally:
+            await admin.close()
+            await anna.close()

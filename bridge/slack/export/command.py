@@ -190,6 +190,7 @@ async def _run(config: Any, db: Any, slack: Any, channel: Any, team_id: str,
     from mautrix.types import Membership, RoomAlias, RoomID, UserID
 
     from bridge.cli import Failure
+    from bridge.core.origin import proof_key
     from bridge.matrix.side import (
         CACHE_MAX_AGE_SECONDS,
         CACHE_MAX_ROOMS,
@@ -233,11 +234,27 @@ async def _run(config: Any, db: Any, slack: Any, channel: Any, team_id: str,
                     "it joins by itself) and run the command again.") from None
             for member in members:
                 await bot.state_store.set_membership(RoomID(room_id), member, Membership.JOIN)
+            if await _is_encrypted(bot, room_id):
+                # This process has no share in the bridge's encryption device: its events
+                # would go into the room in the clear, next to encrypted ones.
+                raise Failure(f"--room {room}: the room is encrypted, and importing history "
+                              "into an encrypted room is not supported yet (it would be "
+                              "posted unencrypted). Import into an unencrypted room.")
+            real_accounts, link_id = await _double_puppeting(config, db, team_id, channel.id,
+                                                             members)
             importer = SlackImport(
                 export=slack, channel=channel, team_id=team_id, room_id=room_id, db=db,
                 bot=bot, puppet_prefix=settings.puppet_prefix,
                 domain=config.homeserver.domain, files_dir=args.files,
-                dry_run=args.dry_run, progress=progress, http=http)
+                dry_run=args.dry_run, progress=progress, http=http,
+                real_accounts=real_accounts,
+                real_api=AppServiceAPI(
+                    base_url=config.homeserver.address, bot_mxid=UserID(config.bot_mxid),
+                    token=config.double_puppet.as_token, log=log,  # type: ignore[arg-type]
+                    client_session=http, bridge_name=config.appservice.id)
+                if real_accounts else None,
+                proof_key=proof_key(config.double_puppet.as_token) if real_accounts else None,
+                link_id=link_id)
             return await importer.run()
         except ImportRefused as exc:
             raise Failure(f"--room {room}: {exc}") from None
@@ -246,3 +263,38 @@ async def _run(config: Any, db: Any, slack: Any, channel: Any, team_id: str,
         except aiohttp.ClientError as exc:
             raise Failure(f"cannot reach the homeserver at {config.homeserver.address}: "
                           f"{exc}") from None
+
+
+async def _is_encrypted(bot: Any, room_id: str) -> bool:
+    from mautrix.errors import MNotFound
+    from mautrix.types import EventType, RoomID
+
+    try:
+        await bot.get_state_event(RoomID(room_id), EventType.ROOM_ENCRYPTION)
+    except MNotFound:
+        return False
+    return True
+
+
+async def _double_puppeting(config: Any, db: Any, team_id: str, channel_id: str,
+                            members: Any) -> tuple[dict[str, str], int]:
+    """With double puppeting on: Slack user ID -> the linked person's own account, for the
+    people whose account (on this homeserver) is in the room; and the channel's link ID in
+    this room (0 if it is not linked), which their signed origin markers name."""
+    from bridge.db import people, store
+    from bridge.slack.ids import NETWORK, space_of
+
+    if not config.double_puppet.enabled:
+        return {}, 0
+    joined = {str(member) for member in members}
+    prefix = f"{team_id}_"
+    local = f":{config.homeserver.domain}"
+    async with db.sessions() as session:
+        identities = await people.all_identities(session, NETWORK)
+        link = await store.link_by_remote(session, NETWORK, space_of(team_id, channel_id))
+    accounts = {identity.remote_id[len(prefix):]: identity.matrix_user_id
+                for identity in identities
+                if identity.remote_id.startswith(prefix)
+                and identity.matrix_user_id in joined
+                and identity.matrix_user_id.endswith(local)}
+    return accounts, link.id if link is not None else 0

@@ -45,7 +45,7 @@ import aiohttp
 from sqlalchemy import select
 
 from bridge.core.connector import escape_localpart, media_msgtype
-from bridge.core.origin import HISTORY_KEY
+from bridge.core.origin import HISTORY_KEY, Origin, sign
 from bridge.db import store
 from bridge.db.models import InboundKey, MessageMapping
 from bridge.db.queues import insert_ignoring_conflicts
@@ -189,7 +189,9 @@ class SlackImport:
     def __init__(self, *, export: Export, channel: Channel, team_id: str, room_id: str,
                  db: Database, bot: IntentAPI | None, puppet_prefix: str, domain: str,
                  files_dir: Path | None, dry_run: bool, progress: Progress,
-                 http: aiohttp.ClientSession | None = None) -> None:
+                 http: aiohttp.ClientSession | None = None,
+                 real_accounts: dict[str, str] | None = None, real_api: Any = None,
+                 proof_key: bytes | None = None, link_id: int = 0) -> None:
         self.export = export
         self.channel = channel
         self.team_id = team_id
@@ -202,6 +204,15 @@ class SlackImport:
         self.dry_run = dry_run
         self.progress = progress
         self.http = http
+        # Double puppeting: Slack user ID -> the linked person's own account, for those whose
+        # account is in the room (the command works it out); their history is posted as
+        # them through ``real_api`` (the double-puppet registration's token), with an origin
+        # marker signed with ``proof_key`` so the running bridge relays it to no link.
+        self.real_accounts = dict(real_accounts or {})
+        self._real_senders = set(self.real_accounts.values())
+        self.real_api = real_api
+        self.proof_key = proof_key
+        self.link_id = link_id
         self.space = space_of(team_id, channel.id)
         self.summary = Summary()
         self.linked_rooms: dict[str, str] = {}
@@ -224,10 +235,11 @@ class SlackImport:
         return f"@{self.puppet_prefix}{escape_localpart(remote_id)}:{self.domain}"
 
     def sender_for(self, slack_user_id: str) -> str:
-        """Who posts a Slack user's messages and reactions. The one place where double
-        puppeting (a linked person's own Matrix account, when it is in the room) is to be
-        wired in; until then, as live Slack without it: the user's puppet."""
-        return self.puppet_of(f"{self.team_id}_{slack_user_id}")
+        """Who posts a Slack user's messages and reactions: the linked person's own Matrix
+        account when double puppeting is on and it is in the room, else the user's puppet
+        (as live Slack does)."""
+        return self.real_accounts.get(slack_user_id) or \
+            self.puppet_of(f"{self.team_id}_{slack_user_id}")
 
     def _profile(self, slack_user_id: str) -> tuple[str, str | None]:
         """Display name and avatar URL as live Slack's user directory makes them."""
@@ -548,21 +560,35 @@ class SlackImport:
 
     async def _upload(self, sender: str, data: bytes, mimetype: str, name: str) -> str:
         assert self.bot is not None
-        intent = self.bot.user(sender) if sender != self.bot.mxid else self.bot  # type: ignore[arg-type]
+        # A person's own account is not the bridge's to act as for uploads: the bot uploads.
+        own = sender != self.bot.mxid and sender not in self._real_senders
+        intent = self.bot.user(sender) if own else self.bot  # type: ignore[arg-type]
         return str(await intent.upload_media(data, mime_type=mimetype, filename=name,
                                              size=len(data)))
 
     async def _send(self, sender: str, event_type: str, content: dict[str, Any],
                     ts_ms: int, *key: str) -> str:
-        from mautrix.types import EventType, RoomID
+        from mautrix.api import Method, Path
+        from mautrix.types import EventType, RoomID, UserID
 
         from bridge.matrix.side import json_body
 
         assert self.bot is not None
-        intent = self.bot.user(sender)  # type: ignore[arg-type]
         # Never relayed to the room's other links (an email subscriber does not want a
-        # channel's years of history in their inbox); trusted on puppets only.
+        # channel's years of history in their inbox); trusted on puppets, and on a person's
+        # own account only with the bridge's signed origin marker.
         content = {**content, HISTORY_KEY: True}
+        if sender in self._real_senders and self.real_api is not None and \
+                self.proof_key is not None:
+            marked = Origin(NETWORK, self.link_id).mark(content)
+            signed = sign(marked, self.proof_key, self.room_id, sender, timestamp_ms=ts_ms)
+            api = self.real_api.real_user(UserID(sender), self.real_api.token, as_token=True)
+            answer = await api.request(
+                Method.PUT, Path.v3.rooms[RoomID(self.room_id)].send[event_type][
+                    txn_id(self.space, *key)], json_body(signed), timestamp=ts_ms)
+            self.summary.events += 1
+            return str(answer["event_id"])
+        intent = self.bot.user(sender)  # type: ignore[arg-type]
         event_id = await intent.send_message_event(
             RoomID(self.room_id), EventType.find(event_type), json_body(content),
             txn_id=txn_id(self.space, *key), timestamp=ts_ms)
