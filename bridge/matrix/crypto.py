@@ -102,6 +102,8 @@ FILE_MARK = "#bridge-encrypted-file="
 # Transactions in a row without one-time-key counts before the bridge says that the
 # homeserver does not send them (MSC3202 off).
 MISSING_COUNTS_BEFORE_ALARM = 3
+# Users per /keys/query when the devices of everyone tracked are re-read.
+DEVICE_REFRESH_CHUNK = 100
 # Wait for a missing key in pieces of this length; the outbox tries again in between.
 KEY_WAIT_PIECE_SECONDS = 20.0
 
@@ -300,6 +302,8 @@ class BridgeCrypto:
         # one-time-key counts to every one when it does); None until the first transaction.
         self.extensions_seen: bool | None = None
         self._without_counts = 0
+        # A re-read of every tracked user's devices, waiting to run (see _refresh_devices).
+        self._refresh: asyncio.Task[None] | None = None
 
     @property
     def device_id(self) -> str:
@@ -332,6 +336,9 @@ class BridgeCrypto:
         await self.client.api.request(Method.PUT, Path.v3.devices[self.client.device_id],
                                       {"display_name": name})
         self.started.set()
+        # Devices that people added while the bridge was away: Synapse drops device-list
+        # news while it counts the bridge as down, so the news of then never comes.
+        self._refresh_devices()
         log.info("encryption: device %s of %s ready (identity key %s)", self.client.device_id,
                  self.config.bot_mxid,
                  self.machine.account.identity_key if self.machine.account else None)
@@ -341,7 +348,36 @@ class BridgeCrypto:
         device = resp.device_keys.get(self.client.mxid, {}).get(self.client.device_id)
         return device is not None and len(device.keys) > 0
 
+    def _refresh_devices(self, delay: float = 1.0) -> None:
+        """Soon, ask the homeserver again for the devices of everyone the bridge encrypts
+        for. Synapse leaves device-list news out of what it re-sends after the bridge was
+        unreachable (a transaction that arrives without the MSC3202 fields is such a
+        re-sent one), so a device added meanwhile would never get the bridge's keys: its
+        owner could not read what the bridge posts. Several calls close together make one
+        re-read."""
+        if self._refresh is not None and not self._refresh.done():
+            return
+        self._refresh = asyncio.create_task(self._refresh_after(delay),
+                                            name="crypto-refresh-devices")
+
+    async def _refresh_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            rows = await self.db.fetch("SELECT user_id FROM crypto_tracked_user")
+            users = [UserID(row["user_id"]) for row in rows]
+            for start in range(0, len(users), DEVICE_REFRESH_CHUNK):
+                # The public way to have mautrix re-read them: as if they were "changed".
+                await self.machine.handle_device_lists(
+                    DeviceLists(changed=users[start:start + DEVICE_REFRESH_CHUNK], left=[]))
+            log.info("encryption: re-read the devices of %d user(s)", len(users))
+        except Exception:
+            log.warning("encryption: could not re-read the devices of the tracked users",
+                        exc_info=True)
+
     async def stop(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+            await asyncio.gather(self._refresh, return_exceptions=True)
         try:
             await self.store.close()
         finally:
@@ -369,6 +405,8 @@ class BridgeCrypto:
                 log.exception("could not handle the device list changes %s", lists)
         counts = _field(body, "device_one_time_keys_count", "org.matrix.msc3202")
         self._note_extensions(counts is not None)
+        if counts is None and self.started.is_set():
+            self._refresh_devices()  # a re-sent transaction: its device news were dropped
         # Only this device's: the bot's older devices (a database that was reset) are not ours.
         mine = counts.get(self.client.mxid, {}).get(self.client.device_id) \
             if isinstance(counts, dict) and isinstance(counts.get(self.client.mxid), dict) \
