@@ -16,15 +16,17 @@ from typing import Any
 
 from mautrix.crypto.attachments import decrypt_attachment
 
+from testkit.matrix_client import MatrixTestClient
 from testkit.nio_client import EncryptingUser, Seen
 from testkit.slack_sim import SlackSimulator
 from testkit.slack_sim.images import solid_png
 from testkit.smtp_sink import SmtpSink
 from tests.e2ee.test_encrypted_rooms import WAIT, body, encrypted_linked_room
 from tests.email.conftest import sink as sink
-from tests.slack.conftest import ANNA, CHANNEL, SlackBridge
+from tests.slack.conftest import ANNA, CHANNEL, SlackBridge, linked_room
 from tests.slack.conftest import slack_sim as slack_sim
 from tests.slack.conftest import team as team
+from tests.slack.test_slack_to_matrix import download
 from tests.test_all_directions import ERIKA
 
 
@@ -104,7 +106,8 @@ async def send_mail_with_files(port: int, to: str, png: bytes, pdf: bytes) -> No
 
 
 async def test_a_mails_attachment_and_inline_image_are_uploaded_encrypted_only(
-        e2ee_bridge: SlackBridge, nio_users: Callable[..., Any], sink: SmtpSink) -> None:
+        e2ee_bridge: SlackBridge, nio_users: Callable[..., Any], sink: SmtpSink,
+        team: Any) -> None:
     user: EncryptingUser = await nio_users()
     room, address = await encrypted_linked_room(e2ee_bridge, user)
     png = unique(solid_png(uuid.uuid4().hex, 24))
@@ -123,6 +126,13 @@ async def test_a_mails_attachment_and_inline_image_are_uploaded_encrypted_only(
     report = await user.wait_for(room, named("bericht.pdf"), timeout=WAIT)
     assert report.content["msgtype"] == "m.file"
     check_encrypted(e2ee_bridge, report, pdf)
+    # The room's other link gets the mail's files intact (decrypted by the bridge).
+    sim: SlackSimulator = e2ee_bridge.sim
+    await sim.wait_for(lambda: {f["name"] for f in sim.uploaded_files(team)}
+                       >= {"plan.png", "bericht.pdf"}, timeout=WAIT)
+    assert {f["name"]: f["data"] for f in sim.uploaded_files(team)
+            if f["name"] in ("plan.png", "bericht.pdf")} == {"plan.png": png,
+                                                             "bericht.pdf": pdf}
 
 
 async def test_a_queued_file_by_url_is_still_encrypted_for_the_room(
@@ -145,3 +155,18 @@ async def test_a_queued_file_by_url_is_still_encrypted_for_the_room(
     assert file["url"] != mxc
     assert decrypt_attachment(e2ee_bridge.homeserver.synapse.media_bytes(file["url"]),
                               file["key"]["k"], file["hashes"]["sha256"], file["iv"]) == data
+
+
+async def test_an_unencrypted_room_gets_its_files_by_url_as_before(
+        e2ee_bridge: SlackBridge, admin: MatrixTestClient, team: Any) -> None:
+    """With encryption allowed, a room that is not encrypted gets a Slack file as it always
+    did: uploaded once, as it is, named by ``url``."""
+    room = await linked_room(e2ee_bridge, admin)
+    pdf = unique(b"%PDF-1.4 offen " + bytes(range(256)) * 4)
+    await e2ee_bridge.sim.share_file(team, CHANNEL, ANNA, "offen.pdf", pdf, "application/pdf")
+    event = await admin.wait_for_event(room, lambda e: e["content"].get("body") == "offen.pdf",
+                                       timeout=WAIT)
+    assert event["type"] == "m.room.message" and "file" not in event["content"]
+    mxc = event["content"]["url"]
+    assert await download(e2ee_bridge.homeserver, admin, mxc) == pdf
+    assert e2ee_bridge.homeserver.synapse.media_holding(pdf) == [mxc.rpartition("/")[2]]
