@@ -310,6 +310,32 @@ class SynapseServer:
                              (as_id,)).fetchone()
         return int(row[0])
 
+    def media_holding(self, data: bytes) -> list[str]:
+        """The IDs of the local media (uploads to this homeserver) whose stored bytes contain
+        ``data``: is a plain copy of a file anywhere in the media repository?"""
+        root = self.workdir / "media_store" / "local_content"
+        found = []
+        for path in sorted(root.glob("*/*/*")):
+            if path.is_file() and data in path.read_bytes():
+                found.append("".join(path.relative_to(root).parts))
+        return found
+
+    def media_bytes(self, mxc: str) -> bytes:
+        """What the media repository stores for a local ``mxc://`` URI, byte for byte (for
+        an encrypted attachment: the ciphertext)."""
+        server, _, media_id = mxc.removeprefix("mxc://").partition("/")
+        assert server == self._server_name, f"{mxc} is not this homeserver's"
+        uri = f"file:{self.workdir / 'homeserver.db'}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
+            row = db.execute("SELECT media_length FROM local_media_repository "
+                             "WHERE media_id = ?", (media_id,)).fetchone()
+        assert row is not None, f"{mxc} is not in the media repository"
+        path = (self.workdir / "media_store" / "local_content" / media_id[0:2]
+                / media_id[2:4] / media_id[4:])
+        data = path.read_bytes()
+        assert len(data) == int(row[0])
+        return data
+
     async def wait_appservice_up(self, as_id: str, timeout: float = 20.0) -> None:
         """Until Synapse counts the appservice as up and holds no transaction for it.
 

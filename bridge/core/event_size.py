@@ -17,6 +17,10 @@ from bridge import json_codec
 # is well under 2 KB; the rest is kept free for it with a wide margin. (Should it not
 # suffice, the homeserver's M_TOO_LARGE makes the Matrix side cut deeper.)
 CONTENT_LIMIT = 60_000
+# In an encrypted room the content travels as Megolm ciphertext, in base64 (4 bytes for every
+# 3, with the event's type and room), inside an m.room.encrypted content beside the session's
+# keys: plain content of at most this size still makes an event under the limit.
+ENCRYPTED_CONTENT_LIMIT = CONTENT_LIMIT * 3 // 4 - 1_000
 
 
 def content_size(content: dict[str, Any]) -> int:

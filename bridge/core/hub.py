@@ -97,6 +97,9 @@ class MatrixSide(Protocol):
     async def upload(self, data: bytes, mimetype: str, filename: str | None,
                      user_id: str | None) -> str: ...
 
+    async def upload_attachment(self, room_id: str, data: bytes, mimetype: str,
+                                filename: str | None, user_id: str | None) -> dict[str, Any]: ...
+
     async def download(self, mxc: str) -> bytes: ...
 
     async def member_name(self, room_id: str, user_id: str) -> str | None: ...
@@ -374,11 +377,25 @@ class Hub:
     async def upload_media(self, data: bytes, mimetype: str, filename: str | None = None,
                            user_id: str | None = None) -> str:
         """Upload to the homeserver's media repository (as ``user_id``); returns the mxc URI.
+        Not for a message's attachment: :meth:`upload_attachment` (encrypted rooms).
 
         Called before the message that uses it is queued: an upload is harmless to repeat.
         """
         assert self.matrix is not None
         return await self.matrix.upload(data, mimetype, filename, user_id)
+
+    async def upload_attachment(self, room_id: str, data: bytes, mimetype: str,
+                                filename: str | None = None,
+                                user_id: str | None = None) -> dict[str, Any]:
+        """Upload a file that a message for ``room_id`` will carry (as ``user_id``); returns
+        the content keys that name it, to merge into the message's content: ``{"url": mxc}``,
+        or in an encrypted room ``{"file": {...}}`` (an encrypted attachment: the file is
+        encrypted before it is uploaded, so no plain copy reaches the homeserver).
+
+        For every attachment of a message; :meth:`upload_media` is for what is not a
+        room's (avatars). Called before the message is queued: harmless to repeat."""
+        assert self.matrix is not None
+        return await self.matrix.upload_attachment(room_id, data, mimetype, filename, user_id)
 
     async def download_media(self, mxc: str) -> bytes:
         """Read a file of the room (through the authenticated media API)."""

@@ -522,15 +522,17 @@ class EmailConnector(Connector):
         cid_map: dict[str, str] = {}
         files: list[dict[str, Any]] = []
         for attachment in mail.attachments:
-            mxc = await hub.upload_media(attachment.data, attachment.mimetype,
-                                         attachment.filename, user_id=puppet)
-            if attachment.inline and attachment.content_id and mail.html and \
-                    attachment.content_id in mail.html:
-                cid_map[attachment.content_id] = mxc
+            media = await hub.upload_attachment(room_id, attachment.data, attachment.mimetype,
+                                                attachment.filename, user_id=puppet)
+            # An inline image shows in the text by its mxc; an encrypted one (``file``: an
+            # encrypted room) cannot, and follows the text as an attachment of its own.
+            if "url" in media and attachment.inline and attachment.content_id and \
+                    mail.html and attachment.content_id in mail.html:
+                cid_map[attachment.content_id] = media["url"]
                 continue
             files.append({
                 "msgtype": media_msgtype(attachment.mimetype), "body": attachment.filename,
-                "filename": attachment.filename, "url": mxc,
+                "filename": attachment.filename, **media,
                 "info": {"mimetype": attachment.mimetype, "size": len(attachment.data)},
             })
         content = self._text_content(mail, new_thread=root is None, cid_map=cid_map)

@@ -20,8 +20,10 @@ tells the room once that the message could not be bridged.
 
 Outbound: every message event the bridge's intents send into an encrypted room (puppets and
 the bot alike) is encrypted with the bot device's Megolm session for the room; a puppet sends
-the ``m.room.encrypted`` event itself. Media referred to by ``url`` is uploaded again
-encrypted and referred to by ``file``.
+the ``m.room.encrypted`` event itself. The connectors' attachments for an encrypted room
+are encrypted before they are uploaded (``MatrixSide.upload_attachment``: content names them
+by ``file``, no plain copy is stored); content that still names media by ``url`` (queued
+before the room turned encrypted) has it uploaded again encrypted (:meth:`encrypt_media`).
 
 SQLite: the crypto store has its own connection to the bridge's file. The bridge's writing
 transactions take the write lock up front (BEGIN IMMEDIATE), so nothing here is ever called

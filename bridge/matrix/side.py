@@ -19,6 +19,7 @@ from mautrix.api import Method, Path
 from mautrix.appservice import AppServiceAPI, IntentAPI
 from mautrix.appservice.state_store import ASStateStore
 from mautrix.client.state_store import MemoryStateStore
+from mautrix.crypto.attachments import encrypt_attachment
 from mautrix.errors import (
     IntentError,
     MatrixRequestError,
@@ -41,6 +42,7 @@ from mautrix.util.logging import TraceLogger
 from bridge import json_codec
 from bridge.core.cache import BoundedCache
 from bridge.core.errors import PermanentError, TemporaryError
+from bridge.core.event_size import ENCRYPTED_CONTENT_LIMIT
 from bridge.core.origin import ORIGIN_KEY, sign
 from bridge.db import store
 from bridge.db.queues import Delivery
@@ -262,6 +264,25 @@ class MatrixSide:
         return str(await intent.upload_media(body, mime_type=mimetype, filename=filename,
                                              size=len(data)))
 
+    async def upload_attachment(self, room_id: str, data: bytes, mimetype: str,
+                                filename: str | None, user_id: str | None) -> dict[str, Any]:
+        """Upload a file that a message of ``room_id`` will carry; the content keys that
+        name it. In an encrypted room (when the bridge takes part in them) the file is
+        encrypted before it leaves the bridge and named by ``file`` (no plain copy ever
+        reaches the media repository); elsewhere it is uploaded as it is and named by
+        ``url``. Without encryption allowed this asks nothing more than :meth:`upload`; with
+        it, whether the room is encrypted comes from the state cache."""
+        if self.crypto is not None and await self.crypto.is_encrypted(room_id):
+            intent = self.intent(user_id if user_id and self.hub.network_of(user_id) else None)
+            await intent.ensure_registered()
+            ciphertext, file = encrypt_attachment(data)
+            body: Any = ciphertext if len(ciphertext) <= UPLOAD_PIECE \
+                else UploadPieces(ciphertext)
+            file.url = await intent.upload_media(body, mime_type="application/octet-stream",
+                                                 size=len(ciphertext))
+            return {"file": file.serialize()}
+        return {"url": await self.upload(data, mimetype, filename, user_id)}
+
     async def download(self, mxc: str) -> bytes:
         if FILE_MARK in mxc:  # an attachment of an encrypted room
             return await download_attachment(self.bot_intent, mxc)
@@ -466,8 +487,13 @@ class MatrixSide:
                     kwargs: dict[str, Any]) -> EventID:
         long_text = event_type == "m.room.message" and long_message.can_shorten(content)
         encoded = json_body(content)
-        if long_text and len(encoded) > long_message.CONTENT_LIMIT:
-            return await self._send_long_message(d, intent, content, thread_root, kwargs)
+        limit = long_message.CONTENT_LIMIT
+        if long_text and len(encoded) > ENCRYPTED_CONTENT_LIMIT and self.crypto is not None \
+                and await self.crypto.is_encrypted(d.room_id):
+            limit = ENCRYPTED_CONTENT_LIMIT  # encrypted, the event grows by a third
+        if long_text and len(encoded) > limit:
+            return await self._send_long_message(d, intent, content, thread_root, kwargs,
+                                                 limit=limit)
         try:
             return await intent.send_message_event(
                 RoomID(d.room_id), EventType.find(event_type), encoded, **kwargs,
@@ -478,7 +504,7 @@ class MatrixSide:
                 raise
             return await self._send_long_message(
                 d, intent, content, thread_root, kwargs,
-                limit=min(long_message.CONTENT_LIMIT, len(encoded)) // 2)
+                limit=min(limit, len(encoded)) // 2)
 
     async def _send_long_message(self, d: Delivery, intent: IntentAPI | RealSender,
                                  content: dict[str, Any],
@@ -490,12 +516,13 @@ class MatrixSide:
         data, mimetype, filename = long_message.full_text_file(content)
         # Uploaded first: repeating an upload after a failure is harmless, and the note
         # "continued in the attached file" never stands without its file.
-        mxc = await self.upload(data, mimetype, filename, str(intent.mxid))
+        media = await self.upload_attachment(d.room_id, data, mimetype, filename,
+                                             str(intent.mxid))
         first = await intent.send_message_event(
             RoomID(d.room_id), EventType.ROOM_MESSAGE,
             json_body(long_message.beginning(content, limit)), **kwargs)
         attachment: dict[str, Any] = {
-            "msgtype": "m.file", "body": filename, "filename": filename, "url": mxc,
+            "msgtype": "m.file", "body": filename, "filename": filename, **media,
             "info": {"mimetype": mimetype, "size": len(data)},
         }
         if thread_root is not None:

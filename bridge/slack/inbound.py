@@ -292,7 +292,7 @@ class SlackToMatrix:
                                     remote_id=ts, part=0, timestamp_ms=timestamp,
                                     thread_of=str(thread_ts) if in_thread else None))
         for index, file in enumerate(files, start=1):
-            file_content = await self._file(ws, file, sender)
+            file_content = await self._file(ws, room_id, file, sender)
             if file_content is not None:
                 parts.append(RemotePart(
                     sender=sender, content=file_content, remote_space=space, remote_id=ts,
@@ -341,7 +341,7 @@ class SlackToMatrix:
         content["m.mentions"] = mentions
         return content
 
-    async def _file(self, ws: Workspace, file: dict[str, Any], sender: str
+    async def _file(self, ws: Workspace, room_id: str, file: dict[str, Any], sender: str
                     ) -> dict[str, Any] | None:
         url = file.get("url_private_download") or file.get("url_private")
         name = str(file.get("name") or file.get("title") or "file")
@@ -350,12 +350,12 @@ class SlackToMatrix:
         data = await self.connector.download_private(ws, str(url))
         mimetype = str(file.get("mimetype") or mimetypes.guess_type(name)[0]
                        or "application/octet-stream")
-        mxc = await self.hub.upload_media(data, mimetype, name, user_id=sender)
+        media = await self.hub.upload_attachment(room_id, data, mimetype, name, user_id=sender)
         info: dict[str, Any] = {"mimetype": mimetype, "size": len(data)}
         if file.get("original_w") and file.get("original_h"):
             info["w"], info["h"] = int(file["original_w"]), int(file["original_h"])
         return {"msgtype": media_msgtype(mimetype), "body": name, "filename": name,
-                "url": mxc, "info": info}
+                **media, "info": info}
 
     async def _event_of(self, space: str, ts: str) -> str | None:
         async with self.hub.db.sessions() as session:
