@@ -29,6 +29,7 @@ import aiohttp
 import yaml
 
 from testkit.stub_homeserver import SentEvent, StubHomeserver
+from testkit.synapse import SynapseServer, SynapseStartError
 
 DOMAIN = "bench"
 BOT = f"@bridgebot:{DOMAIN}"
@@ -550,6 +551,19 @@ async def wait_started(bridge: BridgeProcess, client: BridgeClient, stub: StubHo
                 return time.monotonic() - started
         await asyncio.sleep(0.05)
     raise BenchError(f"the bridge was not ready within {timeout:.0f}s:\n" + bridge.log_tail())
+
+
+async def start_synapse(workdir: Path, port: int, registration: Path) -> SynapseServer:
+    """A real Synapse for a benchmark, under ``workdir``, with the bridge's registration;
+    BenchError if it does not come up."""
+    print("starting Synapse ...", flush=True)
+    synapse = SynapseServer(workdir, port=port, server_name=DOMAIN,
+                            registration_files=[registration])
+    try:
+        await asyncio.to_thread(synapse.start)
+    except SynapseStartError as exc:
+        raise BenchError(f"Synapse did not start: {exc}") from None
+    return synapse
 
 
 def git_revision() -> str:

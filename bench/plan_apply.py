@@ -35,13 +35,13 @@ import aiohttp
 import yaml
 from common import (
     ADMIN,
-    DOMAIN,
     REPO,
     BenchDatabase,
     BridgeClient,
     BridgeProcess,
     free_port,
     git_revision,
+    start_synapse,
     verdict,
     write_config,
 )
@@ -50,7 +50,7 @@ from slack_common import add_workspace, database_arg, slack_config
 
 from testkit.slack_sim import SlackSimulator
 from testkit.smtp_sink import SmtpSink
-from testkit.synapse import SynapseServer, SynapseStartError
+from testkit.synapse import SynapseServer
 
 FIRST_TARGET = 120.0
 SECOND_TARGET = 10.0
@@ -148,13 +148,7 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> Results:
         registration = workdir / "registration.yaml"
         registration.write_text(yaml.safe_dump(build_registration(config)), encoding="utf-8")
 
-        print("starting Synapse ...", flush=True)
-        synapse = SynapseServer(workdir / "synapse", port=synapse_port, server_name=DOMAIN,
-                                registration_files=[registration])
-        try:
-            await asyncio.to_thread(synapse.start)
-        except SynapseStartError as exc:
-            raise BenchError(f"Synapse did not start: {exc}") from None
+        synapse = await start_synapse(workdir / "synapse", synapse_port, registration)
         await synapse.register_user(ADMIN[1:].split(":")[0])
 
         bridge = BridgeProcess(config_path, workdir, args.bridge_cpu, None)

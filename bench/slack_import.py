@@ -42,11 +42,19 @@ from urllib.parse import quote
 
 import aiohttp
 import yaml
-from common import BenchDatabase, BenchError, free_port, git_revision, verdict, write_config
+from common import (
+    BenchDatabase,
+    BenchError,
+    free_port,
+    git_revision,
+    start_synapse,
+    verdict,
+    write_config,
+)
 
 from testkit.matrix_client import MatrixTestClient
 from testkit.slack_export import channel, message, user
-from testkit.synapse import SynapseServer, SynapseStartError
+from testkit.synapse import SynapseServer
 
 DOMAIN = "bench"
 BOT = f"@bridgebot:{DOMAIN}"
@@ -202,13 +210,7 @@ async def main(args: argparse.Namespace) -> int:
     if upgrade.returncode:
         raise BenchError(f"bridge db upgrade failed: {upgrade.stderr}")
 
-    print("starting Synapse ...", flush=True)
-    synapse = SynapseServer(workdir / "synapse", port=synapse_port, server_name=DOMAIN,
-                            registration_files=[registration])
-    try:
-        await asyncio.to_thread(synapse.start)
-    except SynapseStartError as exc:
-        raise BenchError(f"Synapse did not start: {exc}") from None
+    synapse = await start_synapse(workdir / "synapse", synapse_port, registration)
     try:
         return await run_phases(args, synapse, config_path, tokens[0], export, counts)
     finally:

@@ -59,6 +59,7 @@ from common import (
     machine_busy_seconds,
     metric_value,
     proc_cpu_seconds,
+    start_synapse,
     verdict,
     write_config,
 )
@@ -66,7 +67,6 @@ from email_common import BenchError, run
 from slack_common import (
     ADMIN,
     BOT,
-    DOMAIN,
     PREFIX,
     BenchWorkspace,
     Messages,
@@ -83,7 +83,7 @@ from testkit.helpers import command, open_room
 from testkit.matrix_client import MatrixTestClient
 from testkit.slack_sim import SlackSimulator
 from testkit.slack_sim.richtext import escape_client_text, rich_text_blocks
-from testkit.synapse import SynapseServer, SynapseStartError
+from testkit.synapse import SynapseServer
 
 TARGET_SHARE = 0.8
 
@@ -246,13 +246,8 @@ class Setup:
         registration = self.workdir / "registration.yaml"
         registration.write_text(yaml.safe_dump(build_registration(config)), encoding="utf-8")
 
-        print("starting Synapse ...")
-        self.synapse = SynapseServer(self.workdir / "synapse", port=self.synapse_port,
-                                     server_name=DOMAIN, registration_files=[registration])
-        try:
-            await asyncio.to_thread(self.synapse.start)
-        except SynapseStartError as exc:
-            raise BenchError(f"Synapse did not start: {exc}") from None
+        self.synapse = await start_synapse(self.workdir / "synapse", self.synapse_port,
+                                           registration)
         self.pin_synapse()
 
         self.bridge = BridgeProcess(config_path, self.workdir, self.args.bridge_cpu, None)
