@@ -204,6 +204,11 @@ class EncryptionConfig(Section):
     key_wait_seconds: float = Field(default=60.0, gt=0)
     # The name of the bridge's device, as users see it in the device list of the bot.
     device_name: str = "Matrix hub bridge"
+    # How often the bridge asks the homeserver again for the devices of everyone it encrypts
+    # for (0: never). The homeserver pushes device-list news (MSC3202), but Synapse drops
+    # some: while it counts the bridge as down, and in the transactions it re-sends. A device
+    # added then would not get the keys of what the bridge posts until this re-read.
+    device_refresh_seconds: float = Field(default=300.0, ge=0)
 
     @model_validator(mode="after")
     def _needs_allow(self) -> EncryptionConfig:

@@ -304,8 +304,10 @@ class BridgeCrypto:
         # one-time-key counts to every one when it does); None until the first transaction.
         self.extensions_seen: bool | None = None
         self._without_counts = 0
-        # A re-read of every tracked user's devices, waiting to run (see _refresh_devices).
+        # A re-read of every tracked user's devices, waiting to run (see _refresh_devices),
+        # and the loop that asks for one every encryption.device_refresh_seconds.
         self._refresh: asyncio.Task[None] | None = None
+        self._refresh_loop: asyncio.Task[None] | None = None
 
     @property
     def device_id(self) -> str:
@@ -341,6 +343,10 @@ class BridgeCrypto:
         # Devices that people added while the bridge was away: Synapse drops device-list
         # news while it counts the bridge as down, so the news of then never comes.
         self._refresh_devices()
+        if self.config.encryption.device_refresh_seconds > 0:
+            self._refresh_loop = asyncio.create_task(
+                self._refresh_every(self.config.encryption.device_refresh_seconds),
+                name="crypto-refresh-loop")
         log.info("encryption: device %s of %s ready (identity key %s)", self.client.device_id,
                  self.config.bot_mxid,
                  self.machine.account.identity_key if self.machine.account else None)
@@ -362,6 +368,15 @@ class BridgeCrypto:
         self._refresh = asyncio.create_task(self._refresh_after(delay),
                                             name="crypto-refresh-devices")
 
+    async def _refresh_every(self, interval: float) -> None:
+        """Re-read the devices now and then, whatever the homeserver pushed: Synapse drops
+        device-list news in more cases than the re-sent transactions _refresh_devices
+        notices (seen: a device that logged in while the bridge was busy never reached it),
+        and a device the bridge does not know cannot read what the bridge posts."""
+        while True:
+            await asyncio.sleep(interval)
+            self._refresh_devices(delay=0)
+
     async def _refresh_after(self, delay: float) -> None:
         await asyncio.sleep(delay)
         try:
@@ -377,9 +392,10 @@ class BridgeCrypto:
                         exc_info=True)
 
     async def stop(self) -> None:
-        if self._refresh is not None:
-            self._refresh.cancel()
-            await asyncio.gather(self._refresh, return_exceptions=True)
+        for task in (self._refresh_loop, self._refresh):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         try:
             await self.store.close()
         finally:
