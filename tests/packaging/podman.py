@@ -103,5 +103,10 @@ def build(base: str, options: list[str], log: Path) -> str:
     if HOST_CA_BUNDLE.is_file():
         args += ["-v", f"{HOST_CA_BUNDLE}:/run/host-ca.crt:ro",
                  "--build-arg", "PIP_CERT=/run/host-ca.crt"]
+    before = podman("image", "inspect", "--format", "{{.Id}}", IMAGE).stdout.strip()
     podman(*args, str(REPO), timeout=1200, check=True, log=log)
+    # The image of the previous build lost its tag: drop it, or every change of the code
+    # leaves a few hundred MB behind (the build stage's layers stay: they are the cache).
+    if before and before != podman("image", "inspect", "--format", "{{.Id}}", IMAGE).stdout.strip():
+        podman("rmi", before)
     return IMAGE
