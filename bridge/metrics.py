@@ -49,7 +49,7 @@ HOMESERVER_UP = Gauge(
     "bridge_homeserver_up", "1 while the homeserver answers the bridge, else 0")
 BOUNCES = Counter(
     "bridge_bounces_total",
-    "Deliveries to a person that failed for good on their side (email: bounce reports and "
-    "recipients the relay refused), by network",
+    "Deliveries to a person that failed for good on their side (a bounce report, a "
+    "recipient the relay refused), by network",
     ["network"],
 )
