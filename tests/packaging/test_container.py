@@ -7,6 +7,8 @@ import importlib.util
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -42,8 +44,10 @@ def test_containerfile_is_multi_stage_non_root_with_health_check_and_entry_point
     stages = [i for i, (word, _) in enumerate(steps) if word == "FROM"]
     assert len(stages) >= 2, "a build stage and a runtime stage"
     runtime = steps[stages[-1]:]
-    # The runtime stage takes the built virtualenv, not the sources or a compiler.
+    # The runtime stage takes the built virtualenv, not the sources or a build tool.
     assert any(word == "COPY" and "--from=build" in args for word, args in runtime)
+    assert not any(word == "COPY" and args.split()[0] in ("bridge", ".", "/src")
+                   for word, args in runtime)
     users = [args for word, args in runtime if word == "USER"]
     assert users and users[-1] not in ("root", "0", "0:0"), users
     health = [args for word, args in runtime if word == "HEALTHCHECK"]
@@ -87,6 +91,16 @@ def test_health_check_asks_the_listener_the_config_names(
     assert healthcheck.main() == 1
 
 
+# A digest of the bridge package's Python files (the migrations aside: the wheel adds them).
+SOURCE_DIGEST = """
+import hashlib, pathlib, bridge
+root = pathlib.Path(bridge.__file__).parent
+files = sorted(p for p in root.rglob("*.py") if "_migrations" not in p.parts)
+print(hashlib.sha256(b"".join(str(p.relative_to(root)).encode() + p.read_bytes()
+                               for p in files)).hexdigest())
+"""
+
+
 def _logs(name: str, tail: int = 4000) -> str:
     logs = pm.podman("logs", name)
     return (logs.stdout + logs.stderr)[-tail:]
@@ -117,6 +131,13 @@ def test_the_image_builds_and_runs_the_bridge_as_non_root_with_its_data_in_the_v
     assert config["Entrypoint"] == ["bridge"]
     assert "/data" in config["Volumes"]
     assert "healthcheck.py" in " ".join(inspected["Healthcheck"]["Test"])
+
+    # The image runs this checkout's code, not a layer cached from an earlier build.
+    in_image = pm.podman("run", "--rm", *options, "--entrypoint", "python3", image,
+                         "-c", SOURCE_DIGEST, check=True).stdout.strip()
+    here = subprocess.run([sys.executable, "-c", SOURCE_DIGEST], capture_output=True,
+                          text=True, check=True, cwd=pm.REPO).stdout.strip()
+    assert in_image == here
 
     # The volume: config.yaml in it, the SQLite database to be made in it. A directory of
     # the host here; it must belong to the image's user, as the README says.
