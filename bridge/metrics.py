@@ -40,3 +40,16 @@ EVENTS_NOT_OURS = Counter(
     "Events of rooms the bridge is not in (sent because of the alias namespace), "
     "acknowledged and not stored",
 )
+# Set on every scrape of /metrics from what /_bridge/health reports (contrib/prometheus
+# alerts on them: a network down, the homeserver unreachable).
+NETWORK_UP = Gauge(
+    "bridge_network_up",
+    "1 while a network is started and healthy, else 0 (why: /_bridge/health)", ["network"])
+HOMESERVER_UP = Gauge(
+    "bridge_homeserver_up", "1 while the homeserver answers the bridge, else 0")
+BOUNCES = Counter(
+    "bridge_bounces_total",
+    "Deliveries to a person that failed for good on their side (a bounce report, a "
+    "recipient the relay refused), by network",
+    ["network"],
+)

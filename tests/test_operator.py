@@ -72,6 +72,9 @@ async def test_a_network_missing_from_the_registration_is_not_started(
                 await asyncio.open_connection("127.0.0.1", smtp_port)
             async with aiohttp.ClientSession() as http:
                 _, health = await _health(http, bridge_port)
+                # The alert "a network unhealthy" (contrib/prometheus/alerts.yml) sees it.
+                async with http.get(f"http://127.0.0.1:{bridge_port}/metrics") as scraped:
+                    assert 'bridge_network_up{network="email"} 0.0' in await scraped.text()
                 # Its pages too: an unsubscribe link from an old mail gets "not now".
                 async with http.get(f"http://127.0.0.1:{bridge_port}/_bridge/email/"
                                     "unsubscribe?room=x&address=a@b.example&token=t") as page:

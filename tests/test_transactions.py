@@ -195,6 +195,10 @@ async def test_health_and_metrics(homeserver: Homeserver, bridge: RunningBridge,
     assert 'bridge_queue_depth{queue="inbox"}' in text
     assert "bridge_event_handling_seconds_bucket" in text
     assert "# TYPE bridge_failures_total counter" in text
+    # What contrib/prometheus/alerts.yml watches besides: each network's and the
+    # homeserver's health, as /_bridge/health reports them.
+    assert 'bridge_network_up{network="test"} 1.0' in text
+    assert "\nbridge_homeserver_up 1.0\n" in text
 
 
 async def test_health_is_503_when_the_database_is_gone(homeserver: Homeserver,

@@ -618,6 +618,7 @@ class EmailConnector(Connector):
                                        bounce.diagnostic or bounce.status or "bounced")
 
     async def _record_failure(self, room_id: str, address: str, error: str) -> None:
+        metrics.BOUNCES.labels(network=NETWORK).inc()
         async with self.hub.db.transaction() as session:
             paused = await email_store.record_delivery_failure(
                 session, room_id, address, error, self.settings.max_bounces)

@@ -277,4 +277,8 @@ class AppserviceServer:
             metrics.FAILED_DELIVERIES.set(failed)
         except Exception:
             log.warning("could not read queue depths for /metrics", exc_info=True)
+        for name, connector in self.bridge.hub.connectors.items():
+            metrics.NETWORK_UP.labels(network=name).set(1 if connector.state().ok else 0)
+        homeserver = await self.bridge.homeserver_state()  # cached: scrapes add no load
+        metrics.HOMESERVER_UP.set(1 if homeserver == "ok" else 0)
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -350,6 +350,7 @@ async def test_delivery_status_notifications_count_as_bounces(
         homeserver: Homeserver, email_bridge: EmailBridge, sink: SmtpSink,
         admin: MatrixTestClient) -> None:
     room, address = await _email_room(homeserver, admin, None, "alt@stadt.example")
+    bounced_before = await _bounces_metric(homeserver)
     for n in range(3):  # email.max_bounces is 3
         await admin.send_text(room, f"Rundschreiben {n}")
         mail = (await sink.wait_for(lambda r, n=n: f"Rundschreiben {n}" in
@@ -363,6 +364,20 @@ async def test_delivery_status_notifications_count_as_bounces(
     assert "alt@stadt.example" in notice["content"]["body"]
     bodies = [e["content"].get("body", "") for e in await admin.messages(room, limit=30)]
     assert not any("could not be delivered" in b for b in bodies)  # never posted as chat
+    # What contrib/prometheus/alerts.yml watches ("mail bouncing"): one per bounce report.
+    assert await _bounces_metric(homeserver) == bounced_before + 3
+
+
+async def _bounces_metric(homeserver: Homeserver) -> float:
+    import aiohttp
+
+    url = f"http://127.0.0.1:{homeserver.bridge_port}/metrics"
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        text = await response.text()
+    sample = 'bridge_bounces_total{network="email"} '
+    # Not there until the first bounce of this process: zero so far.
+    return next((float(line.removeprefix(sample)) for line in text.splitlines()
+                 if line.startswith(sample)), 0.0)
 
 
 async def test_inline_images_are_shown_in_the_message(
