@@ -83,6 +83,7 @@ PROBE_SECONDS = 600.0
 PROBE_SECONDS_IN_OUTAGE = 60.0
 NAME_CACHE_ITEMS = 10_000
 NAME_CACHE_SECONDS = 3600.0
+FAN_OUT_SLICE = 200  # subscribers' outbox rows written per statement
 
 
 def _headers_of(raw: bytes | bytearray) -> EmailMessage:
@@ -130,6 +131,7 @@ class EmailConnector(Connector):
         self.secret = settings.token_secret.encode()
         self.relay = RelayPool(settings.smtp_out, local_hostname=self.domain)
         self.server = SmtpServer(self)
+        self._sending = asyncio.Semaphore(settings.smtp_out.max_connections)
         self._hub: Hub | None = None
         self._rooms_told_of_outage: set[str] = set()
         # DKIM key look-ups (name -> TXT record) for email.sender_auth: verify; None is the
@@ -674,7 +676,7 @@ class EmailConnector(Connector):
                                                                 origin.thread)
             if thread is None:
                 thread = await self._thread(session, room_id, root)
-            recipients = await email_store.subscribers(session, room_id, active_only=True)
+            recipients = await email_store.active_addresses(session, room_id)
             authors: set[str] = set()
             if hub.network_of(sender) == NETWORK:
                 puppet = await store.get_puppet(session, sender)
@@ -688,8 +690,7 @@ class EmailConnector(Connector):
         # Its author has the message, and so have those a subscriber's mail was addressed
         # to directly (the marker names them).
         received = set(origin.also_received) if own_mail and origin is not None else set()
-        recipients = [r for r in recipients
-                      if r.address.lower() not in authors and r.address not in received]
+        recipients = [r for r in recipients if r.lower() not in authors and r not in received]
         if own_mail and not recipients:
             return "0 recipient(s)"
 
@@ -737,12 +738,15 @@ class EmailConnector(Connector):
                                         network=NETWORK, remote_space=localpart,
                                         remote_id=_strip_brackets(message_id),
                                         thread_root=None if root == event_id else root)
-            await queues.enqueue(session, [
-                NewDelivery(network=NETWORK, room_id=room_id, kind="mail",
-                            payload={**mail, "to": r.address},
-                            lane=f"email:{room_id}:{r.address}")
-                for r in recipients
-            ])
+            # In slices: each subscriber's row holds the whole mail, and thousands of them
+            # at once would make the memory this takes grow with the subscribers.
+            for start in range(0, len(recipients), FAN_OUT_SLICE):
+                await queues.enqueue(session, [
+                    NewDelivery(network=NETWORK, room_id=room_id, kind="mail",
+                                payload={**mail, "to": address},
+                                lane=f"email:{room_id}:{address}")
+                    for address in recipients[start:start + FAN_OUT_SLICE]
+                ])
 
         await hub.enqueue([], also=write)
         return f"{len(recipients)} recipient(s)"
@@ -819,6 +823,13 @@ class EmailConnector(Connector):
                 for room_id in sorted(told)])
 
     async def _send(self, delivery: Delivery) -> str:
+        # As many mails built at once (their attachments downloaded, their message trees
+        # made) as the relay has connections: the other deliveries of a fan-out to
+        # thousands wait here as their payloads, so memory does not grow with them.
+        async with self._sending:
+            return await self._send_now(delivery)
+
+    async def _send_now(self, delivery: Delivery) -> str:
         p = delivery.payload
         attachments: list[OutgoingAttachment] = []
         linked: list[LinkedFile] = []
