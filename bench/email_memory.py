@@ -7,7 +7,7 @@ uploaded to the stub homeserver's media repository (``POST /_matrix/media/v3/upl
 
 Measured: peak memory growth = the bridge's peak resident memory while it handles the mail
 (VmHWM, reset just before the mail through /proc/<pid>/clear_refs) minus its resident memory
-right before (VmRSS). Target: under 3x the attachment (60 MiB for 20 MiB). A sampler reads
+right before (VmRSS). Target: under 1.5x the attachment (30 MiB for 20 MiB). A sampler reads
 VmRSS every few milliseconds, to show in which step the peak happens. Run ``python
 bench/email_memory.py --help`` for the options; bench/README.md explains the numbers.
 """
@@ -42,7 +42,7 @@ from email_common import (
     run,
 )
 
-TARGET_FACTOR = 3.0  # peak growth < this many times the attachment
+TARGET_FACTOR = 1.5  # peak growth < this many times the attachment (issue 15)
 
 
 @dataclass
@@ -225,13 +225,15 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> Results:
         _, address = await harness.email_room("bauamt", [sender])
         text = german_text(4 * 1024)
 
-        # Warm-up, not measured: a mail with a small attachment runs every step once
-        # (parsing, puppet, upload, posting), so that imports and caches are in place.
+        # Warm-up, not measured: a mail with a smaller attachment runs every step once
+        # (parsing, puppet, upload, posting), so that imports and caches are in place. It
+        # is big enough for the steps of a big mail too: parsed in a thread (whose memory
+        # arena is then in place), the attachment decoded in place and uploaded in pieces.
         small = make_mail(sender=sender, sender_name="Erika Mustermann", to=address,
                           subject="Pläne (klein)", body=text,
-                          attachments=[(os.urandom(64 * 1024), "application/pdf",
+                          attachments=[(os.urandom(1536 * 1024), "application/pdf",
                                         "warmup.pdf")])
-        print("warm-up: one mail with a 64 KiB attachment ...")
+        print("warm-up: one mail with a 1.5 MiB attachment ...")
         await send_mail(harness.smtp_port, sender, address, small)
         await wait_for(lambda: posted.file("warmup.pdf"), "the warm-up attachment post",
                        args.timeout, harness)
@@ -320,7 +322,7 @@ def report(args: argparse.Namespace, r: Results) -> bool:
     print("  max per 0.1 s: " + " ".join(curve))
     r.outcome.print(r.wall_seconds)
     print("-" * 78)
-    print(f"peak memory growth: {r.growth_mb:.1f} MiB (target < {TARGET_FACTOR:.0f}x the "
+    print(f"peak memory growth: {r.growth_mb:.1f} MiB (target < {TARGET_FACTOR:g}x the "
           f"attachment = {r.limit_mb:.0f} MiB) {verdict(ok)}")
     print("=" * 78)
     return ok
