@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import math
 import os
 import re
@@ -239,6 +240,7 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> Results:
                        args.timeout, harness)
 
         data = os.urandom(size)  # incompressible, like a PDF scan or a ZIP
+        sent_sha256 = hashlib.sha256(data).hexdigest()
         raw = make_mail(sender=sender, sender_name="Erika Mustermann", to=address,
                         subject="Bauantrag: Pläne und Gutachten", body=text,
                         attachments=[(data, "application/pdf", "Bauantrag-Plaene.pdf")])
@@ -280,6 +282,8 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> Results:
         if results.uploaded_bytes != size:
             raise BenchError(f"the stub received an upload of {results.uploaded_bytes} bytes, "
                              f"not {size}")
+        if upload.sha256 != sent_sha256:
+            raise BenchError("the stub received other bytes than the attachment's")
         results.outcome = await harness.outcome()
     finally:
         await harness.close()
