@@ -49,10 +49,6 @@ def cannot_succeed_on_retry(exc: BaseException) -> bool:
 
 
 CLAIM_LIMIT = 64
-# Deliveries in flight at most (each with its payload in memory): one message to 5,000
-# email subscribers is 5,000 lanes, all due at once, which would otherwise all be claimed
-# and wait in memory for the relay's few connections. The rest wait in the table.
-MAX_IN_FLIGHT = 256
 # A claim older than this is assumed to belong to a crashed worker.
 LEASE_SECONDS = 300.0
 
@@ -117,12 +113,10 @@ class OutboxWorker:
                 async with self.db.sessions() as session:
                     due_at = await queues.next_due_time(session)
                 items = []
-                # (A task that just finished may still be in the set until its callback.)
-                room = MAX_IN_FLIGHT - sum(not task.done() for task in self._in_flight)
-                if due_at is not None and due_at <= time.time() and room > 0:
+                if due_at is not None and due_at <= time.time():
                     async with self.db.transaction() as session:
-                        items = await queues.claim_deliveries(
-                            session, min(CLAIM_LIMIT, room), LEASE_SECONDS)
+                        items = await queues.claim_deliveries(session, CLAIM_LIMIT,
+                                                              LEASE_SECONDS)
                 db_delay = 0.5
             except Exception:
                 log.exception("could not claim outbox items; retrying in %.1fs", db_delay)
@@ -132,8 +126,7 @@ class OutboxWorker:
             await self.dispatch(items)
             if items:
                 continue  # more may be due right away (the next item of each lane)
-            # Full: a delivery that finishes without a next item in its lane wakes us.
-            await self._sleep_until(due_at if room > 0 else None)
+            await self._sleep_until(due_at)
 
     async def claim_within(self, session: AsyncSession) -> list[Delivery]:
         """Claim due items inside the caller's transaction (the one that queued them), to
