@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import math
@@ -166,7 +167,8 @@ def _now_local() -> Any:
 
 @dataclass(slots=True)
 class Upload:
-    """A file the bridge uploaded (POST /_matrix/media/v3/upload): its size, not its bytes."""
+    """A file the bridge uploaded (POST /_matrix/media/v3/upload): its size and SHA-256,
+    not its bytes."""
 
     started: float  # time.monotonic() when the request's headers had arrived
     finished: float  # ... when its body had been read
@@ -175,6 +177,7 @@ class Upload:
     filename: str | None
     user_id: str
     content_uri: str
+    sha256: str = ""
 
 
 class EmailStub(StubHomeserver):
@@ -212,13 +215,16 @@ class EmailStub(StubHomeserver):
             return web.json_response({"errcode": "M_UNKNOWN_TOKEN",
                                       "error": "Unknown access token"}, status=401)
         size = 0
+        digest = hashlib.sha256()
         async for chunk in request.content.iter_chunked(1 << 20):
             size += len(chunk)
+            digest.update(chunk)
         uri = f"mxc://{self.domain}/bench{next(self._media_ids)}"
         self.uploads.append(Upload(started=started, finished=time.monotonic(), size=size,
                                    mimetype=request.headers.get("Content-Type", ""),
                                    filename=request.query.get("filename"),
-                                   user_id=self._user(request), content_uri=uri))
+                                   user_id=self._user(request), content_uri=uri,
+                                   sha256=digest.hexdigest()))
         return web.json_response({"content_uri": uri})
 
     def calls_summary(self) -> str:

@@ -7,7 +7,7 @@ uploaded to the stub homeserver's media repository (``POST /_matrix/media/v3/upl
 
 Measured: peak memory growth = the bridge's peak resident memory while it handles the mail
 (VmHWM, reset just before the mail through /proc/<pid>/clear_refs) minus its resident memory
-right before (VmRSS). Target: under 3x the attachment (60 MiB for 20 MiB). A sampler reads
+right before (VmRSS). Target: under 1.5x the attachment (30 MiB for 20 MiB). A sampler reads
 VmRSS every few milliseconds, to show in which step the peak happens. Run ``python
 bench/email_memory.py --help`` for the options; bench/README.md explains the numbers.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import math
 import os
 import re
@@ -42,7 +43,7 @@ from email_common import (
     run,
 )
 
-TARGET_FACTOR = 3.0  # peak growth < this many times the attachment
+TARGET_FACTOR = 1.5  # peak growth < this many times the attachment (issue 15)
 
 
 @dataclass
@@ -225,18 +226,21 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> Results:
         _, address = await harness.email_room("bauamt", [sender])
         text = german_text(4 * 1024)
 
-        # Warm-up, not measured: a mail with a small attachment runs every step once
-        # (parsing, puppet, upload, posting), so that imports and caches are in place.
+        # Warm-up, not measured: a mail with a smaller attachment runs every step once
+        # (parsing, puppet, upload, posting), so that imports and caches are in place. It
+        # is big enough for the steps of a big mail too: parsed in a thread (whose memory
+        # arena is then in place), the attachment decoded in place and uploaded in pieces.
         small = make_mail(sender=sender, sender_name="Erika Mustermann", to=address,
                           subject="Pläne (klein)", body=text,
-                          attachments=[(os.urandom(64 * 1024), "application/pdf",
+                          attachments=[(os.urandom(1536 * 1024), "application/pdf",
                                         "warmup.pdf")])
-        print("warm-up: one mail with a 64 KiB attachment ...")
+        print("warm-up: one mail with a 1.5 MiB attachment ...")
         await send_mail(harness.smtp_port, sender, address, small)
         await wait_for(lambda: posted.file("warmup.pdf"), "the warm-up attachment post",
                        args.timeout, harness)
 
         data = os.urandom(size)  # incompressible, like a PDF scan or a ZIP
+        sent_sha256 = hashlib.sha256(data).hexdigest()
         raw = make_mail(sender=sender, sender_name="Erika Mustermann", to=address,
                         subject="Bauantrag: Pläne und Gutachten", body=text,
                         attachments=[(data, "application/pdf", "Bauantrag-Plaene.pdf")])
@@ -278,6 +282,8 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> Results:
         if results.uploaded_bytes != size:
             raise BenchError(f"the stub received an upload of {results.uploaded_bytes} bytes, "
                              f"not {size}")
+        if upload.sha256 != sent_sha256:
+            raise BenchError("the stub received other bytes than the attachment's")
         results.outcome = await harness.outcome()
     finally:
         await harness.close()
@@ -320,7 +326,7 @@ def report(args: argparse.Namespace, r: Results) -> bool:
     print("  max per 0.1 s: " + " ".join(curve))
     r.outcome.print(r.wall_seconds)
     print("-" * 78)
-    print(f"peak memory growth: {r.growth_mb:.1f} MiB (target < {TARGET_FACTOR:.0f}x the "
+    print(f"peak memory growth: {r.growth_mb:.1f} MiB (target < {TARGET_FACTOR:g}x the "
           f"attachment = {r.limit_mb:.0f} MiB) {verdict(ok)}")
     print("=" * 78)
     return ok

@@ -21,7 +21,7 @@ from aiosmtpd.smtp import MISSING, SMTP
 log = logging.getLogger("bridge.email.in")
 
 TERMINATOR = b"\r\n.\r\n"
-READ_SIZE = 1 << 20
+READ_SIZE = 1 << 18
 TOO_MUCH = "552 Error: Too much mail data"
 TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 

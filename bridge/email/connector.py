@@ -83,6 +83,16 @@ PROBE_SECONDS = 600.0
 PROBE_SECONDS_IN_OUTAGE = 60.0
 NAME_CACHE_ITEMS = 10_000
 NAME_CACHE_SECONDS = 3600.0
+FAN_OUT_SLICE = 200  # subscribers' outbox rows written per statement
+
+
+_MESSAGE_ID_FIELD = re.compile(rb"(?im)^message-id[ \t]*:")
+
+
+def _header_end(raw: bytes | bytearray) -> int:
+    end = raw.find(b"\r\n\r\n")
+    end = raw.find(b"\n\n") if end < 0 else end
+    return len(raw) if end < 0 else end
 
 
 def _headers_of(raw: bytes | bytearray) -> EmailMessage:
@@ -130,6 +140,7 @@ class EmailConnector(Connector):
         self.secret = settings.token_secret.encode()
         self.relay = RelayPool(settings.smtp_out, local_hostname=self.domain)
         self.server = SmtpServer(self)
+        self._sending = asyncio.Semaphore(settings.smtp_out.max_connections)
         self._hub: Hub | None = None
         self._rooms_told_of_outage: set[str] = set()
         # DKIM key look-ups (name -> TXT record) for email.sender_auth: verify; None is the
@@ -394,12 +405,15 @@ class EmailConnector(Connector):
         ``raw`` may be the bytearray the SMTP server collected the mail in: it is read, never
         changed, and not copied (a big mail would take its size again).
         """
+        digest: str | None = None
         try:
             # Parsing a big mail takes a while; in a thread it does not stall the bridge. A
             # small one (a few ms) costs less right here than the hand-over to a thread and
             # back, and than the two threads taking turns at the interpreter meanwhile.
-            mail = parse_message(raw) if len(raw) <= PARSE_INLINE_MAX else \
-                await asyncio.to_thread(parse_message, raw)
+            if len(raw) <= PARSE_INLINE_MAX:
+                mail = parse_message(raw)
+            else:
+                mail, digest = await asyncio.to_thread(self._parse_big, raw)
         except MalformedMail as exc:
             return f"550 5.6.0 The message could not be read: {exc}"
         if mail.bounce is not None:
@@ -434,13 +448,26 @@ class EmailConnector(Connector):
         for target in targets:
             if target.recipient.kind == "unsubscribe":
                 await self._unsubscribe_by_mail(target, mail)
-            elif not await self._post(target, mail, raw):
+            elif not await self._post(target, mail, raw, digest):
                 refused.append(target.address)
         if refused and len(refused) == len(targets):
             return (f"550 5.7.1 Sorry, {mail.from_address} may not write to "
                     f"{', '.join(refused)}: only its subscribers can. Ask someone in the "
                     "room to subscribe you.")
         return "250 2.0.0 Message accepted for the room"
+
+    def _parse_big(self, raw: bytes | bytearray) -> tuple[ParsedMail, str | None]:
+        """A big mail parsed (in a thread) with its attachments decoded into its own buffer
+        (``consume``: a 20 MB attachment then needs no 20 MB beside the 27 MB mail), where
+        nothing reads the mail's body afterwards: not when DKIM verifies it. Also the
+        content hash that names a mail without a Message-ID, taken before the buffer
+        changes. (A Message-ID too garbled to read is rare; that mail's name is then the
+        hash of the changed buffer, which the same mail always changes in the same way.)"""
+        consume = isinstance(raw, bytearray) and self.settings.sender_auth != "verify"
+        digest = None
+        if consume and not _MESSAGE_ID_FIELD.search(raw, 0, _header_end(raw)):
+            digest = hashlib.sha256(raw).hexdigest()
+        return parse_message(raw, consume=consume), digest
 
     @staticmethod
     def _may_write(target: Target, address: str,
@@ -489,7 +516,8 @@ class EmailConnector(Connector):
                 return ref
         return None
 
-    async def _post(self, target: Target, mail: ParsedMail, raw: bytes | bytearray) -> bool:
+    async def _post(self, target: Target, mail: ParsedMail, raw: bytes | bytearray,
+                    digest: str | None = None) -> bool:
         """Post the mail into the target's room; False if the sender may not write there.
 
         One read session before and one write transaction after the uploads, however many
@@ -499,7 +527,7 @@ class EmailConnector(Connector):
         room_id, localpart = target.room_id, target.recipient.localpart
         address = mail.from_address.lower()
         message_id = mail.message_id or \
-            f"sha256-{hashlib.sha256(raw).hexdigest()[:32]}@{self.domain}"
+            f"sha256-{(digest or hashlib.sha256(raw).hexdigest())[:32]}@{self.domain}"
         # Subscribers the mail was addressed to directly (To/Cc) have it already: the copy
         # the room's other subscribers get through the relay skips them.
         addressed = {a.lower() for a in [*mail.to, *mail.cc]} - {address}
@@ -675,7 +703,7 @@ class EmailConnector(Connector):
                                                                 origin.thread)
             if thread is None:
                 thread = await self._thread(session, room_id, root)
-            recipients = await email_store.subscribers(session, room_id, active_only=True)
+            recipients = await email_store.active_addresses(session, room_id)
             authors: set[str] = set()
             if hub.network_of(sender) == NETWORK:
                 puppet = await store.get_puppet(session, sender)
@@ -689,8 +717,7 @@ class EmailConnector(Connector):
         # Its author has the message, and so have those a subscriber's mail was addressed
         # to directly (the marker names them).
         received = set(origin.also_received) if own_mail and origin is not None else set()
-        recipients = [r for r in recipients
-                      if r.address.lower() not in authors and r.address not in received]
+        recipients = [r for r in recipients if r.lower() not in authors and r not in received]
         if own_mail and not recipients:
             return "0 recipient(s)"
 
@@ -738,12 +765,15 @@ class EmailConnector(Connector):
                                         network=NETWORK, remote_space=localpart,
                                         remote_id=_strip_brackets(message_id),
                                         thread_root=None if root == event_id else root)
-            await queues.enqueue(session, [
-                NewDelivery(network=NETWORK, room_id=room_id, kind="mail",
-                            payload={**mail, "to": r.address},
-                            lane=f"email:{room_id}:{r.address}")
-                for r in recipients
-            ])
+            # In slices: each subscriber's row holds the whole mail, and thousands of them
+            # at once would make the memory this takes grow with the subscribers.
+            for start in range(0, len(recipients), FAN_OUT_SLICE):
+                await queues.enqueue(session, [
+                    NewDelivery(network=NETWORK, room_id=room_id, kind="mail",
+                                payload={**mail, "to": address},
+                                lane=f"email:{room_id}:{address}")
+                    for address in recipients[start:start + FAN_OUT_SLICE]
+                ])
 
         await hub.enqueue([], also=write)
         return f"{len(recipients)} recipient(s)"
@@ -820,6 +850,13 @@ class EmailConnector(Connector):
                 for room_id in sorted(told)])
 
     async def _send(self, delivery: Delivery) -> str:
+        # As many mails built at once (their attachments downloaded, their message trees
+        # made) as the relay has connections: the other deliveries of a fan-out to
+        # thousands wait here as their payloads, so memory does not grow with them.
+        async with self._sending:
+            return await self._send_now(delivery)
+
+    async def _send_now(self, delivery: Delivery) -> str:
         p = delivery.payload
         attachments: list[OutgoingAttachment] = []
         linked: list[LinkedFile] = []

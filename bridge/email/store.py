@@ -37,6 +37,18 @@ async def subscribers(session: AsyncSession, room_id: str,
     return [_subscriber(r) for r in rows]
 
 
+_ACTIVE_ADDRESSES = select(EmailSubscriber.__table__.c.address).where(
+    EmailSubscriber.__table__.c.room_id == bindparam("room_id"),
+    EmailSubscriber.__table__.c.status == "active").order_by(
+    EmailSubscriber.__table__.c.address)
+
+
+async def active_addresses(session: AsyncSession, room_id: str) -> list[str]:
+    """The addresses a room message is mailed to, and nothing else: a room may have
+    thousands of subscribers, whose ORM objects would cost a kilobyte or more each."""
+    return list(await session.scalars(_ACTIVE_ADDRESSES, {"room_id": room_id}))
+
+
 _SUBSCRIBER = select(*(EmailSubscriber.__table__.c[name] for name in (
     "address", "display_name", "status", "bounces"))).where(
     EmailSubscriber.__table__.c.room_id == bindparam("room_id"),

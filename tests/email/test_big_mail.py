@@ -2,17 +2,21 @@
 
 The SMTP server collects the mail in one bytearray (`DataDecoder`), the parser reads that
 bytearray without copying it, and decodes an attachment's base64 straight out of it (a
-`_Run`), so that the base64 text never exists as a str of its own. The results must be
+`_Run`), so that the base64 text never exists as a str of its own; the connector lets it
+decode a big attachment into that bytearray itself (``consume``). The results must be
 exactly those of parsing the same mail as bytes the plain way.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 import tracemalloc
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
+
+import pytest
 
 import bridge.email.parse.raw as parse_module
 from bridge.email.aiosmtpd_data import DataDecoder
@@ -83,3 +87,73 @@ def test_lazy_payloads_give_what_the_plain_payloads_give() -> None:
     assert [a.filename for a in lazy.attachments] == ["a.pdf", "inner.eml", "b.png"]
     assert b64.replace(b"\r\n", b"\n") in lazy.attachments[1].data.replace(b"\r\n", b"\n")
     assert lazy.attachments[2].data == base64.b64decode(b64)
+
+
+def test_a_consumed_mail_holds_the_attachment_in_its_own_bytes() -> None:
+    """parse_message(consume=True), as the connector parses a big mail: the attachment is
+    decoded into the mail's bytearray, so parsing needs next to no memory beyond the mail,
+    and the result is the plain parse's."""
+    raw, data = big_mail(8 * 1024 * 1024)
+    buffer = bytearray(raw)
+    tracemalloc.start()
+    try:
+        mail = parse_message(buffer, consume=True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.2 * len(data)  # pieces of the run on their way, not a second copy
+    assert [(a.filename, bytes(a.data)) for a in mail.attachments] == [("scan.pdf", data)]
+    assert mail == parse_message(raw)
+    # The header block is still the mail's (sender authentication reads it afterwards).
+    end = raw.index(b"\r\n\r\n")
+    assert buffer[:end] == raw[:end]
+
+
+def test_consuming_gives_what_the_plain_parse_gives_forwarded_mail_included() -> None:
+    b64 = base64.encodebytes(os.urandom(120_000)).replace(b"\n", b"\r\n")
+    forwarded = (b"From: b@example.org\r\nSubject: inner\r\nContent-Type: multipart/mixed;"
+                 b" boundary=in\r\n\r\n--in\r\nContent-Type: text/plain\r\n\r\ninnen\r\n"
+                 b"--in\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n"
+                 b"Content-Disposition: attachment; filename=b.png\r\n\r\n" + b64 +
+                 b"--in--\r\n")
+    raw = (b"From: a@example.org\r\nSubject: outer\r\nContent-Type: multipart/mixed;"
+           b" boundary=out\r\n\r\n--out\r\nContent-Type: text/plain\r\n\r\nsiehe unten\r\n"
+           b"--out\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
+           b"Content-Disposition: attachment; filename=a.pdf\r\n\r\n" + b64 +
+           b"--out\r\nContent-Type: message/rfc822\r\n\r\n" + forwarded +
+           b"--out--\r\n")
+    consumed = parse_message(bytearray(raw), consume=True)
+    plain = parse_message(raw)
+    assert [(a.filename, bytes(a.data)) for a in consumed.attachments] == \
+        [(a.filename, bytes(a.data)) for a in plain.attachments]
+    assert consumed.attachments[0].data == base64.b64decode(b64)
+
+
+@pytest.mark.parametrize("text", [
+    base64.encodebytes(bytes(range(256)) * 3000),  # LF, 76 columns, no padding needed
+    base64.encodebytes(os.urandom(300_001)).replace(b"\n", b"\r\n"),  # CRLF, "=="
+    base64.encodebytes(os.urandom(300_002)).replace(b"\n", b"\r\n"),  # "="
+    b"\r\n".join(base64.b64encode(os.urandom(3000))[i:i + 50]
+                 for i in range(0, 4000, 50)) + b"\r\n",  # lines not of whole quads
+])
+def test_decoding_in_place_gives_what_binascii_gives(text: bytes) -> None:
+    buffer = bytearray(b"head\r\n" + text + b"tail")
+    run = parse_module._Run("X", memoryview(buffer)[6:6 + len(text)])
+    decoded = parse_module.decode_in_place(run)
+    assert decoded is not None and bytes(decoded) == binascii.a2b_base64(text)
+    assert buffer.startswith(b"head\r\n") and buffer.endswith(b"tail")
+    assert "".join(run.text().split()) == base64.b64encode(bytes(decoded)).decode()
+
+
+@pytest.mark.parametrize("text", [
+    b"QUJD\r\nRE=F\r\n",  # padding inside
+    b"QUJD\r\nREVG\r\nR\r\n",  # not whole quads
+    b"QUJD\r\nRE*G\r\n",  # not base64
+    b"QUJD\r\nREV=\r\n==\r\n",  # too much padding
+])
+def test_decoding_in_place_changes_nothing_where_it_is_not_certain(text: bytes) -> None:
+    buffer = bytearray(text)
+    run = parse_module._Run("X", memoryview(buffer))
+    assert parse_module.decode_in_place(run) is None
+    assert buffer == text and run.decoded is None
+    assert parse_module.decode_in_place(parse_module._Run("X", memoryview(text))) is None

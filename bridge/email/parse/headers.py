@@ -39,10 +39,17 @@ class _HeaderClasses(HeaderRegistry):
     _MAX_VALUE = 512  # longer values (rare) are parsed each time
     _MAX_KEPT = 2048  # header objects kept; the cache starts over when it is full
 
-    def __init__(self) -> None:
+    def __init__(self, max_kept: int = _MAX_KEPT) -> None:
         super().__init__()
+        self._max_kept = max_kept
         self._classes: dict[str, type] = {}
         self._made: dict[tuple[str, str], Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Without the caches: a message keeps its policy, and a copied or pickled message
+        # (a DKIM signer's, a test's) takes the policy along; the classes made here cannot
+        # be pickled, and the cache need not be copied.
+        return self.__dict__ | {"_classes": {}, "_made": {}}
 
     def __getitem__(self, name: str) -> type:
         key = name.lower()
@@ -51,14 +58,16 @@ class _HeaderClasses(HeaderRegistry):
             cls = self._classes[key] = super().__getitem__(name)
         return cls
 
-    def __call__(self, name: str, value: str) -> Any:
-        if len(value) > self._MAX_VALUE:
+    def __call__(self, name: str, value: Any) -> Any:
+        # (Only plain text is kept: a value may also be an Address or Group object, which
+        # the mail composer sets and which cannot be a dictionary key.)
+        if type(value) is not str or len(value) > self._MAX_VALUE:
             return super().__call__(name, value)
         key = (name, value)
         header = self._made.get(key)
         if header is None:
             header = super().__call__(name, value)
-            if len(self._made) >= self._MAX_KEPT:
+            if len(self._made) >= self._max_kept:
                 self._made.clear()
             self._made[key] = header
         return header

@@ -37,7 +37,7 @@ from bridge.email.parse.headers import (
 from bridge.email.parse.html_reply import _squash, split_html_reply
 from bridge.email.parse.mime import _append_forwards, _append_forwards_html, _Collected, _walk
 from bridge.email.parse.parts import _content_type
-from bridge.email.parse.raw import _parse_bytes
+from bridge.email.parse.raw import CONSUME, _parse_bytes
 from bridge.email.parse.reply import ReplySplit, split_reply
 from bridge.email.parse.results import Attachment, Bounce, MalformedMail, ParsedMail
 from bridge.email.sanitize import html_to_text
@@ -139,8 +139,14 @@ _KNOWN_FIELDS = {
 }
 
 
-def parse_message(raw: bytes | bytearray) -> ParsedMail:
-    """Parse a raw RFC 5322 message; raises only `MalformedMail`."""
+def parse_message(raw: bytes | bytearray, consume: bool = False) -> ParsedMail:
+    """Parse a raw RFC 5322 message; raises only `MalformedMail`.
+
+    With ``consume``, the caller gives up ``raw`` (a bytearray) to the parse: big base64
+    attachments are decoded into its own bytes (raw.decode_in_place), so a 20 MB attachment
+    costs no memory next to the mail, and their ``data`` are views into it. ``raw`` is
+    not a copy of the mail any more afterwards (its header block still is).
+    """
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise MalformedMail("a mail is bytes")
     if isinstance(raw, memoryview):
@@ -153,6 +159,7 @@ def parse_message(raw: bytes | bytearray) -> ParsedMail:
     if not names & _KNOWN_FIELDS:
         raise MalformedMail("no header block: not a mail")
     memo = _MEMO.set({})
+    consuming = CONSUME.set(consume)
     try:
         return _parse(msg)
     except RecursionError as exc:
@@ -163,6 +170,7 @@ def parse_message(raw: bytes | bytearray) -> ParsedMail:
         raise MalformedMail(f"internal error: {exc!r}") from exc
     finally:
         _MEMO.reset(memo)
+        CONSUME.reset(consuming)
 
 
 def _parse(msg: EmailMessage) -> ParsedMail:

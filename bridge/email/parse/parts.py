@@ -23,7 +23,7 @@ from bridge.email.parse.headers import (
     _param,
     _transfer_encoding,
 )
-from bridge.email.parse.raw import _materialize, _Run
+from bridge.email.parse.raw import CONSUME, _materialize, _Run, decode_in_place
 
 _MIME_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
 
@@ -81,8 +81,8 @@ def _part_bytes(part: Message) -> bytes:
             data = part.get_payload(decode=True)
     except Exception:
         data = None
-    if isinstance(data, bytes):
-        return data
+    if isinstance(data, bytes | memoryview):
+        return data  # type: ignore[return-value]  # (decoded in place: a bytes-like view)
     payload = part.get_payload()
     if isinstance(payload, str):
         return payload.encode("utf-8", "surrogateescape")
@@ -105,6 +105,13 @@ def _base64_payload(part: Message) -> bytes | None:
         return None
     if _transfer_encoding(part) != "base64":
         return None  # exactly get_payload's test
+    if isinstance(payload, _Run):
+        # Decoded once; when the mail may be reused (parse_message's consume), into its
+        # own bytes, without a copy of the attachment beside it.
+        if payload.decoded is None and CONSUME.get():
+            decode_in_place(payload)
+        if payload.decoded is not None:
+            return payload.decoded  # type: ignore[return-value]  # (bytes-like)
     try:
         # A lazy payload is decoded from the mail itself (the same ASCII text).
         return binascii.a2b_base64(payload.view if isinstance(payload, _Run) else payload)

@@ -8,6 +8,9 @@ neither held as thousands of line objects nor copied more often than needed.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextvars
 import itertools
 import re
 from collections.abc import Iterator
@@ -195,14 +198,76 @@ class _Run(str):
     """
 
     view: memoryview
+    # The run decoded into the mail's own bytes (`decode_in_place`); the text is gone then,
+    # and these say how it was written.
+    decoded: memoryview | None
+    line_break: str
+    ended_with_break: bool
 
     def __new__(cls, placeholder: str, view: memoryview) -> _Run:
         run = super().__new__(cls, placeholder)
         run.view = view
+        run.decoded = None
         return run
 
     def text(self) -> str:
+        if self.decoded is not None:
+            # (Only a forwarded message's file needs the text again: the same data in
+            # base64, in lines of 76 with the run's line breaks, ending as it did.)
+            text = base64.encodebytes(self.decoded).decode("ascii")
+            text = text.replace("\n", self.line_break) if self.line_break != "\n" else text
+            return text if self.ended_with_break else text[:-len(self.line_break)]
         return str(self.view, "ascii")
+
+
+# Set while parse_message(consume=True) runs: the mail's bytes may be reused (see
+# decode_in_place).
+CONSUME: contextvars.ContextVar[bool] = contextvars.ContextVar("consume", default=False)
+_DECODE_PIECE = 1 << 18  # (each piece is copied a few times on the way: keep them small)
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+
+
+def decode_in_place(run: _Run) -> memoryview | None:
+    """The run's base64 decoded into the mail's own bytes where the text was (the decoded
+    data is shorter, so each piece lands behind what is still to be read): a big
+    attachment then costs no memory beyond the mail itself, which holds it until it is
+    uploaded. The same bytes as ``binascii.a2b_base64`` of the whole run; None (and nothing
+    changed) where that is not certain: a read-only mail, characters other than base64's
+    and line breaks, padding other than at the end, a length that is not whole quads.
+    """
+    view = run.view
+    if view.readonly:
+        return None
+    # First look, then change: the text must be certain to decode before any of it is
+    # overwritten.
+    count, padding = 0, -1
+    for start in range(0, len(view), _DECODE_PIECE):
+        piece = view[start:start + _DECODE_PIECE].tobytes().translate(None, b"\r\n")
+        if piece.translate(None, _BASE64_ALPHABET):
+            return None
+        at = piece.find(b"=")
+        if padding >= 0 or at >= 0:
+            tail = piece if padding >= 0 else piece[at:]
+            if tail.strip(b"="):
+                return None  # something after the padding
+            padding = max(padding, 0) + len(tail)
+        count += len(piece)
+    if count % 4 or padding > 2:
+        return None
+    head = view[:_DECODE_PIECE].tobytes()
+    run.line_break = "\r\n" if b"\r\n" in head else "\r" if b"\r" in head and \
+        b"\n" not in head else "\n"
+    run.ended_with_break = view[-1:].tobytes() in (b"\r", b"\n")
+    written, carry = 0, b""
+    for start in range(0, len(view), _DECODE_PIECE):
+        piece = carry + view[start:start + _DECODE_PIECE].tobytes().translate(None, b"\r\n")
+        usable = len(piece) - len(piece) % 4
+        data = binascii.a2b_base64(piece[:usable])
+        carry = piece[usable:]
+        view[written:written + len(data)] = data
+        written += len(data)
+    run.decoded = view[:written]
+    return run.decoded
 
 
 def _materialize(msg: Message) -> None:

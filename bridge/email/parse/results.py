@@ -24,6 +24,8 @@ class MalformedMail(ValueError):
 class Attachment:
     filename: str
     mimetype: str
+    # (A memoryview into the mail itself where parse_message(consume=True) decoded a big
+    # attachment in place: bytes-like, and it keeps the mail's buffer alive.)
     data: bytes
     content_id: str | None = None  # without angle brackets
     inline: bool = False  # referenced from the HTML (``cid:``), not a file of its own
