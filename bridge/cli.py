@@ -238,6 +238,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_report(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    from bridge.admin.data_report import build, render
+
+    sys.stdout.write(render(_read_db(config, lambda db: build(db, config.retention))))
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     from bridge.admin import audit
@@ -375,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--room", metavar="ROOM_ID", help="only this room's entries")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("data-report", help="what the bridge stores, per table: rows, the "
+                                           "oldest, and the retention that applies")
+    p.add_argument("-c", "--config", default="config.yaml")
+    p.set_defaults(func=cmd_data_report)
 
     groups = CommandGroups(sub)
     for network in networks():

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from bridge.cli import CommandGroups
     from bridge.config import Config, NetworkConfig
     from bridge.core.connector import Connector
+    from bridge.db.retention import StoredData
 
 ENTRY_POINT_GROUP = "matrix_hub_bridge.networks"
 
@@ -63,6 +64,9 @@ class Network:
     #: Adds its own ``bridge`` sub-commands to the command groups it is handed
     #: (``bridge import slack-export``); the core's commands name no network.
     cli: Callable[[CommandGroups], None] | None = None
+    #: What each of its tables stores and how long (the retention job, ``bridge
+    #: data-report``); every table in ``models`` should be declared.
+    stored_data: tuple[StoredData, ...] = ()
 
 
 _extra: list[Network] = []

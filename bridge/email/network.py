@@ -11,6 +11,7 @@ import aiohttp
 from bridge.checks import CheckResult
 from bridge.config import Config
 from bridge.core.connector import Connector
+from bridge.db.retention import StoredData
 from bridge.email.config import EmailConfig
 from bridge.networks import Network
 
@@ -43,4 +44,14 @@ network = Network(
     person_words="<address>",
     models="bridge.email.models",
     migrations=Path(__file__).resolve().parent / "migrations",
+    stored_data=(
+        StoredData("email_subscriber", "who receives a room by mail: address, name, "
+                   "bounce count and the last delivery error, who subscribed them",
+                   "created_at", kept="until unsubscribed or erased"),
+        # The bridge keeps no raw mail: what it keeps of a mail beyond the relayed message
+        # (inbox/outbox, delivered_days) is this, so replies find their thread.
+        StoredData("email_thread", "of each mail that started a thread: its subject, "
+                   "Message-ID and room, so that replies land in that thread",
+                   "created_at", "mail_originals_days"),
+    ),
 )

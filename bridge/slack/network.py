@@ -11,6 +11,7 @@ import aiohttp
 from bridge.checks import CheckResult
 from bridge.config import Config
 from bridge.core.connector import Connector
+from bridge.db.retention import StoredData
 from bridge.networks import Network
 from bridge.slack.config import SlackConfig
 
@@ -53,4 +54,9 @@ network = Network(
     link_hint="Slack: name the workspace when there are several",
     person_words="<workspace>:<user id>",
     cli=_cli,
+    stored_data=(
+        StoredData("slack_channel", "how far each linked Slack channel has been bridged "
+                   "(team, channel, the newest message's ts)", "updated_at",
+                   kept="while the channel is linked"),
+    ),
 )
