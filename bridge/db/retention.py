@@ -92,7 +92,7 @@ async def delete_older_batch(session: AsyncSession, table: Table, data: StoredDa
     writer anyway and renders no such clause)."""
     assert data.age_column is not None
     key = _primary_key(table)
-    chosen = select(key).where(table.c[data.age_column] < cutoff)
+    chosen = select(*table.primary_key.columns).where(table.c[data.age_column] < cutoff)
     if data.deletable is not None:
         chosen = chosen.where(data.deletable(table))
     chosen = chosen.limit(batch).with_for_update(skip_locked=True)
