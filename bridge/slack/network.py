@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.checks import CheckResult
 from bridge.config import Config
@@ -41,6 +43,34 @@ def _cli(groups: CommandGroups) -> None:
     add_commands(groups)
 
 
+async def _find_person(session: AsyncSession, config: Config, words: str) -> list[str]:
+    """``bridge erase --slack WORKSPACE:USER``: the Slack user's remote ID (``T…_U…``), from
+    the puppets and identity links the bridge holds, without asking Slack. The workspace is
+    its team ID or a configured workspace's name."""
+    from bridge.db.erasure import identity_remote_ids, puppet_remote_ids
+    from bridge.slack.config import SlackConfig
+
+    workspace, _, user = (part.strip() for part in words.partition(":"))
+    user = user.upper()
+    if not workspace or not re.fullmatch(r"[UW][A-Z0-9]{2,}", user):
+        raise ValueError(f"{words!r} does not name a Slack user: write WORKSPACE:USER, like "
+                         "rathaus:U0123ABCD (the workspace's name in the config, or its team "
+                         "ID)")
+    if re.fullmatch(r"T[A-Z0-9]{2,}", workspace.upper()):
+        return [f"{workspace.upper()}_{user}"]
+    names = [ws.name for ws in config.section(SlackConfig).workspaces]
+    if workspace not in names:
+        raise ValueError(f"{workspace!r} is not a workspace of slack.workspaces "
+                         f"({', '.join(names) or 'none configured'}); name it by its team ID "
+                         "(T…) instead")
+    found = set(await puppet_remote_ids(session, "slack", suffix=f"_{user}"))
+    found |= set(await identity_remote_ids(session, "slack", f"{workspace}:{user}"))
+    if len({remote_id.split("_", 1)[0] for remote_id in found}) > 1:
+        raise ValueError(f"the bridge knows {user} in several workspaces "
+                         f"({', '.join(sorted(found))}); name the workspace by its team ID")
+    return sorted(found)
+
+
 network = Network(
     name="slack",
     prose_name="Slack",
@@ -59,4 +89,6 @@ network = Network(
                    "(team, channel, the newest message's ts)", "updated_at",
                    kept="while the channel is linked"),
     ),
+    erase_words="WORKSPACE:USER",
+    find_person=_find_person,
 )
