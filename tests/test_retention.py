@@ -209,3 +209,62 @@ async def test_an_edit_or_reply_to_a_message_whose_mapping_expired_is_posted_as_
             "msgtype": "m.text", "body": f"Antwort aus Matrix {tag}",
             "m.relates_to": {"m.in_reply_to": {"event_id": old_event["event_id"]}}})
         await posted(sim, team, f"Antwort aus Matrix {tag}")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_bridge_run_applies_retention_at_start(homeserver: Homeserver,
+                                                     database_url: str) -> None:
+    """The job is scheduled by the bridge itself: rows a year and more old are gone once it
+    has started, newer ones stay."""
+    from tests.conftest import RunningBridge
+
+    db = Database(database_url)
+    try:
+        await db.upgrade()
+        async with db.transaction() as session:
+            for n, age in enumerate((400, 10)):
+                session.add(MessageMapping(room_id=ROOM, event_id=f"$e{n}", network="slack",
+                                           remote_space="T_C", remote_id=f"{n}.0", part=0,
+                                           created_at=time.time() - age * DAY))
+    finally:
+        await db.close()
+    running = RunningBridge(homeserver, homeserver.config(database_url))
+    bridge = await running.start()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while await _count(bridge.db, MessageMapping) != 1:
+            assert loop.time() < deadline, "the retention job did not run at start"
+            await asyncio.sleep(0.05)
+        async with bridge.db.sessions() as session:
+            assert await session.scalar(select(MessageMapping.event_id)) == "$e1"
+    finally:
+        await running.stop()
+
+
+async def test_data_report_lists_every_table_with_rows_oldest_and_retention(
+        database_url: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.admin.test_audit_cli import config_for, run_cli
+
+    db = Database(database_url)
+    try:
+        await db.upgrade()
+        await _seed(db)
+    finally:
+        await db.close()
+    code, out, err = await run_cli(capsys, "data-report", "-c",
+                                   config_for(tmp_path, database_url))
+    assert code == 0, err
+    blocks = {block.split(":", 1)[0]: block for block in out.strip().split("\n\n")}
+    load_models()
+    assert set(blocks) == set(Base.metadata.tables)
+    mapping = blocks["message_mapping"]
+    assert "4 rows, oldest 2025-" in mapping, mapping  # 400 days before NOW (2027-01-15)
+    assert "retention.message_mappings_days: 365 days" in mapping
+    assert "which Matrix event each remote message became" in mapping
+    assert "retention.mail_originals_days: 90 days" in blocks["email_thread"]
+    assert "retention.audit_days: 0, kept for ever" in blocks["audit_log"]
+    assert "1 rows" in blocks["email_subscriber"] and "until unsubscribed" in \
+        blocks["email_subscriber"]
+    assert "0 rows, oldest -" in blocks["puppet"]
+    assert "(not declared" not in out
