@@ -14,16 +14,16 @@ import uuid
 from typing import Any
 
 import pytest
+import yaml
 from sqlalchemy import func, select
 
 from bridge.config import RetentionConfig
-from bridge.core.retention import declarations, run_retention
+from bridge.core.retention import declarations, run_retention, schema_tables
 from bridge.db import store
 from bridge.db.engine import Database
 from bridge.db.models import (
     AppserviceTransaction,
     AuditEntry,
-    Base,
     InboundKey,
     InboxItem,
     MessageMapping,
@@ -31,7 +31,6 @@ from bridge.db.models import (
     Portal,
 )
 from bridge.email.models import EmailSubscriber, EmailThread
-from bridge.networks import load_models
 from testkit.matrix_client import MatrixTestClient
 from testkit.slack_sim import SlackSimulator
 from tests.conftest import Homeserver
@@ -52,12 +51,16 @@ def days_ago(days: float) -> float:
 def test_every_table_says_what_it_stores_and_how_long() -> None:
     """A new table without a declaration would be missing from the data report and from
     retention: this fails until it says what it holds."""
-    load_models()
-    declared = {data.table: data for data in declarations()}
-    assert set(Base.metadata.tables) <= set(declared), \
-        sorted(set(Base.metadata.tables) - set(declared))
+    from bridge.networks import registered
+    from tests.support.recording_network import network as test_network
+
+    with registered(test_network):  # a network added later declares its tables too
+        tables = schema_tables()
+        declared = {data.table: data for data in declarations()}
+    assert "recording_note" in tables
+    assert set(tables) <= set(declared), sorted(set(tables) - set(declared))
     for data in declared.values():
-        assert data.table in Base.metadata.tables, data.table
+        assert data.table in tables, data.table
         if data.retention is not None:
             assert data.age_column is not None, data.table
             assert hasattr(RetentionConfig(), data.retention), data.retention
@@ -256,8 +259,7 @@ async def test_data_report_lists_every_table_with_rows_oldest_and_retention(
                                    config_for(tmp_path, database_url))
     assert code == 0, err
     blocks = {block.split(":", 1)[0]: block for block in out.strip().split("\n\n")}
-    load_models()
-    assert set(blocks) == set(Base.metadata.tables)
+    assert set(blocks) == set(schema_tables())
     mapping = blocks["message_mapping"]
     assert "4 rows, oldest 2025-" in mapping, mapping  # 400 days before NOW (2027-01-15)
     assert "retention.message_mappings_days: 365 days" in mapping
@@ -268,3 +270,25 @@ async def test_data_report_lists_every_table_with_rows_oldest_and_retention(
         blocks["email_subscriber"]
     assert "0 rows, oldest -" in blocks["puppet"]
     assert "(not declared" not in out
+
+
+@pytest.mark.parametrize("value", [-1, "ein Jahr", 1.5])
+def test_a_bad_retention_value_names_its_key(value: Any) -> None:
+    from bridge.config import ConfigError, parse_config
+
+    data = {"homeserver": {"domain": "stadt.example"},
+            "appservice": {"as_token": "a" * 32, "hs_token": "h" * 32},
+            "retention": {"delivered_days": value}}
+    with pytest.raises(ConfigError, match=r"^retention\.delivered_days: "):
+        parse_config(data, environ={})
+    data["retention"] = {"delivered_day": 30}  # a typo is refused, not ignored
+    with pytest.raises(ConfigError, match=r"retention\.delivered_day"):
+        parse_config(data, environ={})
+
+
+def test_the_example_config_sets_every_retention_key() -> None:
+    from bridge.cli import example_config_text
+
+    section = yaml.safe_load(example_config_text())["retention"]
+    assert set(section) == set(RetentionConfig.model_fields)
+    assert RetentionConfig(**section) == RetentionConfig()  # the defaults, as documented

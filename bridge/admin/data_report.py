@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bridge.config import RetentionConfig
-from bridge.core.retention import declarations
+from bridge.core.retention import declarations, schema_tables
 from bridge.db.engine import Database
 from bridge.db.models import Base
 from bridge.db.retention import table_summary
-from bridge.networks import load_models
 
 UNDECLARED = "(not declared: nobody has said what this table holds)"
 
@@ -34,11 +33,11 @@ def retention_text(key: str | None, kept: str, retention: RetentionConfig) -> st
 
 
 async def build(db: Database, retention: RetentionConfig) -> list[TableReport]:
-    load_models()
     declared = {data.table: data for data in declarations()}
     reports = []
     async with db.sessions() as session:
-        for name, table in sorted(Base.metadata.tables.items()):
+        for name in schema_tables():
+            table = Base.metadata.tables[name]
             data = declared.get(name)
             rows, oldest = await table_summary(session, table,
                                                data.age_column if data else None)

@@ -37,6 +37,15 @@ def declarations() -> list[StoredData]:
     return found
 
 
+def schema_tables() -> list[str]:
+    """The tables of the core and of every network known now, by name (``Base.metadata`` may
+    also hold tables of a network imported once and since unregistered, as in tests)."""
+    load_models()
+    modules = {"bridge.db.models", *(known.models for known in networks() if known.models)}
+    return sorted({mapper.local_table.name for mapper in Base.registry.mappers  # type: ignore[attr-defined]
+                   if mapper.class_.__module__ in modules})
+
+
 async def run_retention(db: Database, retention: RetentionConfig, *,
                         now: float | None = None, batch: int = BATCH) -> dict[str, int]:
     """Delete every row older than its retention allows; returns the rows deleted per table.
