@@ -45,22 +45,22 @@ def _finished(table: Table) -> ColumnElement[bool]:
 CORE_TABLES: tuple[StoredData, ...] = (
     StoredData("portal", "the Matrix rooms the bot is in, with their name, alias and "
                "department", "created_at", kept="until the bot leaves the room"),
-    StoredData("link", "which room is linked to which remote conversation (Slack channel, "
-               "room address), who linked it and when", "created_at",
+    StoredData("link", "which room is linked to which remote conversation (a channel, a "
+               "room's mail address), who linked it and when", "created_at",
                kept="until the room is unlinked"),
     StoredData("puppet", "the profile cache of each remote person's Matrix puppet: remote "
                "ID, display name, avatar", "created_at",
                kept="until the person is erased (`bridge erase`)"),
     StoredData("message_mapping", "which Matrix event each remote message became or came "
                "from (IDs only, no content)", "created_at", "message_mappings_days"),
-    StoredData("inbound_key", "keys of remote messages already taken in (Slack event IDs, "
-               "a room and a mail's Message-ID), so a repeat is not posted twice",
+    StoredData("inbound_key", "keys of remote messages already taken in (event IDs, a "
+               "room and a message ID), so a repeat is not posted twice",
                "received_at", "message_mappings_days"),
     StoredData("inbox", "Matrix events waiting to be relayed, and finished ones (the whole "
                "event, content included)", "received_at", "delivered_days",
                deletable=_finished),
-    StoredData("outbox", "deliveries to Matrix, Slack and mail, waiting and finished (the "
-               "message content included)", "created_at", "delivered_days",
+    StoredData("outbox", "deliveries to Matrix and the other networks, waiting and "
+               "finished (the message content included)", "created_at", "delivered_days",
                deletable=_finished),
     StoredData("appservice_transaction", "IDs of the homeserver's transactions already "
                "handled", "received_at", "delivered_days"),
@@ -69,7 +69,7 @@ CORE_TABLES: tuple[StoredData, ...] = (
     StoredData("activity", "messages per room, day and side, with people as a hash of "
                "their Matrix or puppet ID (the progress report)", None,
                kept="for ever (counts; a person's rows go with `bridge erase`)"),
-    StoredData("identity_link", "which Slack user or mail address is which person's Matrix "
+    StoredData("identity_link", "which remote identity (a user, an address) is whose Matrix "
                "account, who linked it and when", "created_at",
                kept="until unlinked or erased"),
     StoredData("identity_claim", "pending self-service links: the Matrix account, the "
