@@ -51,14 +51,14 @@ def days_ago(days: float) -> float:
 def test_every_table_says_what_it_stores_and_how_long() -> None:
     """A new table without a declaration would be missing from the data report and from
     retention: this fails until it says what it holds."""
-    from bridge.networks import registered
     from tests.support.recording_network import network as test_network
 
-    with registered(test_network):  # a network added later declares its tables too
-        tables = schema_tables()
-        declared = {data.table: data for data in declarations()}
-    assert "recording_note" in tables
+    tables = schema_tables()
+    declared = {data.table: data for data in declarations()}
     assert set(tables) <= set(declared), sorted(set(tables) - set(declared))
+    # The example of a network added later declares its table too. (Its models are not
+    # imported here: they would join the one metadata that test_migrations compares.)
+    assert [data.table for data in test_network.stored_data] == ["recording_note"]
     for data in declared.values():
         assert data.table in tables, data.table
         if data.retention is not None:

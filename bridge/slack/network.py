@@ -56,9 +56,9 @@ async def _find_person(session: AsyncSession, config: Config, words: str) -> lis
         raise ValueError(f"{words!r} does not name a Slack user: write WORKSPACE:USER, like "
                          "rathaus:U0123ABCD (the workspace's name in the config, or its team "
                          "ID)")
-    if re.fullmatch(r"T[A-Z0-9]{2,}", workspace.upper()):
-        return [f"{workspace.upper()}_{user}"]
     names = [ws.name for ws in config.section(SlackConfig).workspaces]
+    if workspace not in names and re.fullmatch(r"T[A-Z0-9]{2,}", workspace):
+        return [f"{workspace}_{user}"]  # a team ID, as Slack writes it
     if workspace not in names:
         raise ValueError(f"{workspace!r} is not a workspace of slack.workspaces "
                          f"({', '.join(names) or 'none configured'}); name it by its team ID "
