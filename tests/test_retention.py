@@ -9,8 +9,11 @@ The clock is moved (``now``), never waited for. SQLite and PostgreSQL; the end-t
 from __future__ import annotations
 
 import asyncio
+import smtplib
 import time
 import uuid
+from email.message import EmailMessage
+from email.utils import make_msgid
 from typing import Any
 
 import pytest
@@ -31,10 +34,19 @@ from bridge.db.models import (
     Portal,
 )
 from bridge.email.models import EmailSubscriber, EmailThread
+from testkit.helpers import command
 from testkit.matrix_client import MatrixTestClient
 from testkit.slack_sim import SlackSimulator
+from testkit.smtp_sink import SmtpSink
 from tests.conftest import Homeserver
-from tests.slack.conftest import ANNA, CHANNEL, linked_room, running_slack_bridge
+from tests.email.conftest import MAIL_DOMAIN
+from tests.email.conftest import sink as sink
+from tests.slack.conftest import (
+    ANNA,
+    CHANNEL,
+    linked_room,
+    running_slack_and_email_bridge,
+)
 from tests.slack.conftest import slack_sim as slack_sim
 from tests.slack.conftest import team as team
 from tests.slack.relay_helpers import has_body, posted
@@ -42,6 +54,7 @@ from tests.slack.relay_helpers import has_body, posted
 DAY = 86400.0
 NOW = 1_800_000_000.0  # the moment the job is run at: any fixed time will do
 ROOM = "!bauamt:stadt.example"
+ERIKA = "erika@stadt.example"
 
 
 def days_ago(days: float) -> float:
@@ -152,6 +165,19 @@ async def test_two_processes_at_once_delete_each_row_once(database_url: str) -> 
         await second.close()
 
 
+async def _thread_roots(db: Database) -> list[str]:
+    async with db.sessions() as session:
+        return list(await session.scalars(select(EmailThread.root_message_id)))
+
+
+async def _smtp_send(port: int, message: EmailMessage) -> None:
+    def send() -> None:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.send_message(message)
+
+    await asyncio.to_thread(send)  # (the bridge runs in this event loop)
+
+
 async def _mapped(db: Database, event_id: str) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 15
@@ -166,11 +192,24 @@ async def _mapped(db: Database, event_id: str) -> None:
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 async def test_an_edit_or_reply_to_a_message_whose_mapping_expired_is_posted_as_new(
         homeserver: Homeserver, database_url: str, slack_sim: SlackSimulator, team: Any,
-        admin: MatrixTestClient) -> None:
-    async with running_slack_bridge(homeserver, database_url, slack_sim, [team]) as running:
+        sink: SmtpSink, admin: MatrixTestClient) -> None:
+    async with running_slack_and_email_bridge(homeserver, database_url, slack_sim, team,
+                                              sink) as running:
         sim = running.sim
         room = await linked_room(running, admin)
         tag = uuid.uuid4().hex[:6]
+        localpart = f"bauamt-{tag}"
+        await command(homeserver.bot, admin, room, f"!bridge link email {localpart}",
+                      expect="Linked")
+        await command(homeserver.bot, admin, room, f"!bridge email subscribe {ERIKA}",
+                      expect="Subscribed")
+        first_mail = EmailMessage()
+        first_mail["From"], first_mail["To"] = ERIKA, f"{localpart}@{MAIL_DOMAIN}"
+        first_mail["Subject"], first_mail["Message-ID"] = "Bauantrag", make_msgid()
+        first_mail.set_content(f"Alte Mail {tag}")
+        await _smtp_send(running.smtp_port, first_mail)  # type: ignore[attr-defined]
+        await admin.wait_for_event(room, has_body(f"Alte Mail {tag}"), timeout=20)
+        assert first_mail["Message-ID"].strip("<>") in await _thread_roots(running.hub.db)
         old_ts = await sim.post_message(team, CHANNEL, ANNA, text=f"Alte Nachricht {tag}")
         old_event = await admin.wait_for_event(room, has_body(f"Alte Nachricht {tag}"),
                                                timeout=15)
@@ -212,6 +251,17 @@ async def test_an_edit_or_reply_to_a_message_whose_mapping_expired_is_posted_as_
             "msgtype": "m.text", "body": f"Antwort aus Matrix {tag}",
             "m.relates_to": {"m.in_reply_to": {"event_id": old_event["event_id"]}}})
         await posted(sim, team, f"Antwort aus Matrix {tag}")
+
+        # Mail: a reply to the old mail, whose thread and mapping are gone, starts a thread.
+        assert first_mail["Message-ID"].strip("<>") not in await _thread_roots(bridge.db)
+        reply = EmailMessage()
+        reply["From"], reply["To"] = ERIKA, f"{localpart}@{MAIL_DOMAIN}"
+        reply["Subject"], reply["Message-ID"] = "Re: Bauantrag", make_msgid()
+        reply["In-Reply-To"] = reply["References"] = first_mail["Message-ID"]
+        reply.set_content(f"Spaete Antwort per Mail {tag}")
+        await _smtp_send(running.smtp_port, reply)  # type: ignore[attr-defined]
+        await admin.wait_for_event(room, has_body(f"Spaete Antwort per Mail {tag}"),
+                                   timeout=20)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
