@@ -172,3 +172,46 @@ async def test_erase_removes_a_person_and_their_puppet_leaves(
     await sim.post_message(team, CHANNEL, ANNA, text="Anna ist wieder da")
     again = await admin.wait_for_event(room, has_body("Anna ist wieder da"), timeout=20)
     assert again["sender"] == anna
+
+
+async def test_a_slack_person_is_named_by_workspace_name_or_team_id(sqlite_url: str) -> None:
+    """From what the bridge holds, without asking Slack. A user ID is one person (in an
+    Enterprise Grid the same in every workspace): all their puppets are found."""
+    import time
+
+    from bridge.config import parse_config
+    from bridge.db.engine import Database
+    from bridge.networks import network
+
+    slack = network("slack")
+    assert slack.find_person is not None
+    config = parse_config({
+        "homeserver": {"domain": "stadt.example"},
+        "appservice": {"as_token": "a" * 32, "hs_token": "h" * 32},
+        "slack": {"enabled": True, "workspaces": [
+            {"name": "rathaus", "bot_token": "xoxb-1", "app_token": "xapp-1"},
+            {"name": "Tiefbau", "bot_token": "xoxb-2", "app_token": "xapp-2"}]}}, environ={})
+    db = Database(sqlite_url)
+    try:
+        await db.upgrade()
+        async with db.transaction() as session:
+            for remote_id in ("T0RATHAUS_U0ANNA", "T0TIEF_U0ANNA", "T0RATHAUS_U0BEN"):
+                session.add(Puppet(user_id=f"@slack_{remote_id.lower()}:stadt.example",
+                                   network="slack", remote_id=remote_id,
+                                   created_at=time.time(), updated_at=time.time()))
+        async with db.sessions() as session:
+            assert await slack.find_person(session, config, "rathaus:u0ben") == \
+                ["T0RATHAUS_U0BEN"]
+            assert await slack.find_person(session, config, "T0TIEF:U0ANNA") == \
+                ["T0TIEF_U0ANNA"]
+            # "Tiefbau" looks like a team ID (T…) but is a configured name.
+            assert await slack.find_person(session, config, "Tiefbau:U0BEN") == \
+                ["T0RATHAUS_U0BEN"]
+            assert await slack.find_person(session, config, "rathaus:U0ANNA") == \
+                ["T0RATHAUS_U0ANNA", "T0TIEF_U0ANNA"]
+            for words, why in (("rathaus", "WORKSPACE:USER"), ("rathaus:anna", "WORKSPACE:USER"),
+                               ("stadtwerke:U0ANNA", "slack.workspaces")):
+                with pytest.raises(ValueError, match=why):
+                    await slack.find_person(session, config, words)
+    finally:
+        await db.close()
