@@ -27,6 +27,7 @@ from bridge.db.engine import Database
 from bridge.db.models import (
     AppserviceTransaction,
     AuditEntry,
+    IdentityClaim,
     InboundKey,
     InboxItem,
     MessageMapping,
@@ -103,6 +104,13 @@ async def _seed(db: Database) -> None:
                                 topic="Alt", created_at=days_ago(100)))
         session.add(EmailThread(thread_key="new", room_id=ROOM, root_message_id="<b@x>",
                                 topic="Neu", created_at=days_ago(10)))
+        # A self-service claim that expired long ago, and one still open.
+        for n, age in enumerate((2, 0)):
+            session.add(IdentityClaim(matrix_user_id="@anna:stadt.example", network="slack",
+                                      remote_id=f"T_U{n}", label=f"rathaus:U{n}",
+                                      code_hash="x", tries_left=3,
+                                      created_at=days_ago(age) - 600,
+                                      expires_at=days_ago(age) + 600))
         # Kept as long as the subscription lasts, whatever its age.
         session.add(EmailSubscriber(room_id=ROOM, address="erika@stadt.example",
                                     created_by="@a:x", created_at=days_ago(2000)))
@@ -122,7 +130,8 @@ async def test_the_job_deletes_what_is_older_and_nothing_else(database_url: str)
         # A small batch: the three old mappings take two batches.
         deleted = await run_retention(db, RetentionConfig(), now=NOW, batch=2)
         assert deleted == {"message_mapping": 3, "inbound_key": 3, "outbox": 2, "inbox": 2,
-                           "appservice_transaction": 1, "email_thread": 1}
+                           "appservice_transaction": 1, "email_thread": 1,
+                           "identity_claim": 1}
         assert await _count(db, MessageMapping) == 1
         # Pending work is never deleted for its age, however old: it was accepted.
         assert await _count(db, OutboxItem, OutboxItem.state == "pending") == 1

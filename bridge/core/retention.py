@@ -19,6 +19,7 @@ from collections.abc import Callable
 from bridge.config import RetentionConfig
 from bridge.db.engine import Database
 from bridge.db.models import Base
+from bridge.db.people import remove_stale_claims
 from bridge.db.retention import CORE_TABLES, StoredData, delete_older_batch
 from bridge.networks import load_models, networks
 
@@ -27,6 +28,7 @@ log = logging.getLogger("bridge.retention")
 #: Rows per delete: small enough that a batch takes milliseconds even on a busy database.
 BATCH = 500
 DAY = 86400.0
+CLAIM_KEPT_SECONDS = 3600.0
 
 
 def declarations() -> list[StoredData]:
@@ -72,6 +74,12 @@ async def run_retention(db: Database, retention: RetentionConfig, *,
             await asyncio.sleep(0)  # let the bridge's own work through between batches
         if total:
             deleted[data.table] = total
+    # Self-service codes live minutes; a claim counts for the sending limits an hour after
+    # it expired (bridge/people/self_service.py), then nothing needs it.
+    async with db.transaction() as session:
+        stale = await remove_stale_claims(session, older_than=moment - CLAIM_KEPT_SECONDS)
+    if stale:
+        deleted["identity_claim"] = stale
     if deleted:
         log.info("retention: deleted %s", ", ".join(f"{n} from {t}"
                                                     for t, n in sorted(deleted.items())))

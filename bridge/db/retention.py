@@ -74,7 +74,7 @@ CORE_TABLES: tuple[StoredData, ...] = (
                kept="until unlinked or erased"),
     StoredData("identity_claim", "pending self-service links: the Matrix account, the "
                "identity and a hash of the one-time code", "created_at",
-               kept="until confirmed or expired (minutes)"),
+               kept="until confirmed; an hour after it expired (minutes) at the latest"),
 )
 
 
