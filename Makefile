@@ -2,14 +2,14 @@
 #   make demo   set up, then run the bridge against a throwaway local Synapse (SQLite)
 #   make test   set up, then run the linters and the whole test suite (every tier)
 #   make test-fast   only the unit tier: no Synapse, no PostgreSQL, no network (tests/tiers.py)
-#   make bench, make bench-slack, make bench-plan, make bench-e2ee, make bench-import, make bench-email
-#   benchmarks (bench/README.md)
+#   make bench, make bench-slack, make bench-plan, make bench-e2ee, make bench-import,
+#   make bench-email, make bench-retention   benchmarks (bench/README.md)
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test test-fast lint bench bench-slack bench-plan bench-e2ee bench-import bench-email clean
+.PHONY: demo test test-fast lint bench bench-slack bench-plan bench-e2ee bench-import bench-email bench-retention clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,10 @@ bench-e2ee: $(VENV)/.installed
 # memory (< 200 MB). Several minutes; BENCH_ARGS="--messages 5000" for a quick run.
 bench-import: $(VENV)/.installed
 	$(PY) bench/slack_import.py $(BENCH_ARGS)
+
+# Issue 14's retention job on a year of rows: speed, longest batch, what writers notice.
+bench-retention: $(VENV)/.installed
+	$(PY) bench/retention.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache .mypy_cache

@@ -17,6 +17,7 @@ from bridge.core.connector import Connector
 from bridge.core.hub import Hub
 from bridge.core.inbox import InboxWorker
 from bridge.core.outbox import OutboxWorker
+from bridge.core.retention import retention_loop
 from bridge.db.engine import Database
 from bridge.matrix.appservice import AppserviceServer
 from bridge.matrix.bot import Bot
@@ -66,6 +67,8 @@ class Bridge:
         self.crypto: BridgeCrypto | None = None
         self._setup_task: asyncio.Task[None] | None = None
         self._networks_task: asyncio.Task[None] | None = None
+        # Retention (bridge/core/retention.py): at start, then once a day.
+        self._retention_task: asyncio.Task[None] | None = None
         self._homeserver_state: tuple[float, str] | None = None
         self._homeserver_probe: asyncio.Lock = asyncio.Lock()
         self.ready = False
@@ -137,6 +140,8 @@ class Bridge:
                                                       name="start-networks")
         await self.inbox.start()
         await self.outbox.start()
+        self._retention_task = asyncio.create_task(
+            retention_loop(self.db, self.config.retention), name="retention")
         self._setup_task = asyncio.create_task(self._setup_bot(), name="setup-bot")
         await asyncio.wait([self._setup_task], timeout=15)
 
@@ -242,9 +247,12 @@ class Bridge:
     async def stop(self) -> None:
         """Stop taking work, finish what is in flight; the rest waits in the database."""
         self.ready = False
-        for task in (self._setup_task, self._networks_task):
+        for task in (self._setup_task, self._networks_task, self._retention_task):
             if task is not None:
                 task.cancel()
+        if self._retention_task is not None:
+            # Its batch in flight ends (commits or rolls back) before the database closes.
+            await asyncio.gather(self._retention_task, return_exceptions=True)
         # First close the door: the homeserver keeps unacknowledged transactions for later.
         await self.server.stop()
         await self.inbox.stop()

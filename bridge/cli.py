@@ -238,6 +238,39 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_report(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    from bridge.admin.data_report import build, render
+
+    sys.stdout.write(render(_read_db(config, lambda db: build(db, config.retention))))
+    return 0
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    from bridge.admin.erase import EraseError, erase, render
+    from bridge.matrix.puppet_erase import MatrixError
+
+    chosen = [(known, getattr(args, f"erase_{known.name}")) for known in networks()
+              if known.erase_words and getattr(args, f"erase_{known.name}", None)]
+    known, words = chosen[0]  # (argparse requires exactly one)
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    try:
+        erasure = _read_db(config, lambda db: erase(config, db, known, words,
+                                                    redact=args.redact, dry_run=args.dry_run,
+                                                    progress=progress))
+    except EraseError as exc:
+        raise Failure(str(exc)) from None
+    except MatrixError as exc:
+        raise Failure(f"{exc}; what was done so far stays done: run the command again "
+                      "to finish") from None
+    sys.stdout.write(render(erasure))
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     from bridge.admin import audit
@@ -375,6 +408,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--room", metavar="ROOM_ID", help="only this room's entries")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("data-report", help="what the bridge stores, per table: rows, the "
+                                           "oldest, and the retention that applies")
+    p.add_argument("-c", "--config", default="config.yaml")
+    p.set_defaults(func=cmd_data_report)
+
+    p = sub.add_parser("erase", help="remove everything the bridge holds about one person "
+                                     "(data-protection request)")
+    p.add_argument("-c", "--config", default="config.yaml")
+    who = p.add_mutually_exclusive_group(required=True)
+    for network in networks():
+        if network.erase_words:
+            who.add_argument(f"--{network.name}", dest=f"erase_{network.name}",
+                             metavar=network.erase_words,
+                             help=f"the person's {network.prose_name} identity")
+    p.add_argument("--redact", action="store_true",
+                   help="also redact the messages the bridge posted for them in Matrix")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would be removed, change nothing")
+    p.set_defaults(func=cmd_erase)
 
     groups = CommandGroups(sub)
     for network in networks():

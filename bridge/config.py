@@ -236,6 +236,21 @@ class DoublePuppetConfig(Section):
         return self
 
 
+class RetentionConfig(Section):
+    """How many days each kind of stored data is kept (0: for ever). The retention job
+    (bridge/core/retention.py) deletes what is older, at start and once a day. The
+    defaults and why: bridge/example-config.yaml."""
+
+    message_mappings_days: int = Field(default=365, ge=0)
+    delivered_days: int = Field(default=30, ge=0)
+    mail_originals_days: int = Field(default=90, ge=0)
+    audit_days: int = Field(default=0, ge=0)
+
+    def days(self, key: str) -> int:
+        """The days a retention key (``delivered_days``) keeps; 0 keeps for ever."""
+        return int(getattr(self, key))
+
+
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -293,6 +308,7 @@ class Config(Section):
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
     double_puppet: DoublePuppetConfig = Field(default_factory=DoublePuppetConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     @model_validator(mode="after")
     def _distinct_namespaces(self) -> Config:

@@ -97,25 +97,61 @@ class _SecretMasking(logging.Formatter):
             line = json.dumps(entry, ensure_ascii=False)
         else:
             line = super().format(record)
+        if record.levelno >= PERSONAL_MASK_LEVEL:
+            # (An exception's text, formatted only here, may name an address too.)
+            line = mask_addresses(line)
         return self.masker.mask(line)
 
 
+# Mail addresses at INFO and above show their domain only ("…@stadt.example"): enough to
+# see which relay or recipient domain fails, not who wrote or received what. The full
+# address of a failed delivery is where admins look anyway (`!bridge failed`, the outbox).
+# Not a Matrix ID ("@anna.admin:stadt.example": no local part before the @, a ":" after).
+_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)(?![:\w-])")
+# The same address inside an email puppet's user ID ("@email_erika=40stadt.example:…",
+# bridge/core/connector.py escape_localpart).
+_ESCAPED_ADDRESS = re.compile(r"[a-z0-9._-]*(?:=[0-9a-f]{2}[a-z0-9._-]*)*=40([a-z0-9.-]+)")
+PERSONAL_MASK_LEVEL = logging.INFO
+
+
+def mask_addresses(text: str) -> str:
+    """Mail addresses, plain or escaped in a puppet's user ID, reduced to their domain."""
+    return _ESCAPED_ADDRESS.sub(r"…=40\1", _ADDRESS.sub(r"…@\1", text))
+
+
+def _mask_personal(record: logging.LogRecord) -> None:
+    """At INFO and above, no mail address beyond its domain (DEBUG keeps them: it is for
+    looking into one problem, and off in production)."""
+    if record.levelno < PERSONAL_MASK_LEVEL:
+        return
+    try:
+        message = record.getMessage()
+    except Exception:
+        return
+    masked = mask_addresses(message)
+    if masked != message:
+        record.msg, record.args = masked, ()
+
+
 def install_record_masking(secrets: Iterable[str]) -> None:
-    """Mask secrets in every log record from now on, for every handler."""
+    """Mask secrets (and, at INFO and above, mail addresses) in every log record from now
+    on, for every handler."""
     masker = SecretMasker(secrets)
 
     def make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = _PLAIN_RECORD_FACTORY(*args, **kwargs)
         masker.mask_record(record)
+        _mask_personal(record)
         return record
 
     logging.setLogRecordFactory(make_record)
 
 
-def setup_logging(level: str, fmt: str, secrets: Iterable[str]) -> None:
+def setup_logging(level: str, fmt: str, secrets: Iterable[str],
+                  stream: Any = None) -> None:
     secrets = list(secrets)
     install_record_masking(secrets)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(_SecretMasking(secrets, as_json=fmt == "json"))
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -23,11 +23,14 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import aiohttp
+    from sqlalchemy.ext.asyncio import AsyncSession
 
     from bridge.checks import CheckResult
     from bridge.cli import CommandGroups
     from bridge.config import Config, NetworkConfig
     from bridge.core.connector import Connector
+    from bridge.db.erasure import ErasedPerson
+    from bridge.db.retention import StoredData
 
 ENTRY_POINT_GROUP = "matrix_hub_bridge.networks"
 
@@ -63,6 +66,19 @@ class Network:
     #: Adds its own ``bridge`` sub-commands to the command groups it is handed
     #: (``bridge import slack-export``); the core's commands name no network.
     cli: Callable[[CommandGroups], None] | None = None
+    #: What each of its tables stores and how long (the retention job, ``bridge
+    #: data-report``); every table in ``models`` should be declared.
+    stored_data: tuple[StoredData, ...] = ()
+    #: ``bridge erase --<name> <erase_words>``: how a person of this network is named there
+    #: (``ADDRESS``); None: its people cannot be erased by name.
+    erase_words: str | None = None
+    #: The remote IDs (as its puppets know them) those words name, from the database; raises
+    #: ValueError with a sentence when the words cannot name anyone.
+    find_person: Callable[[AsyncSession, Config, str], Awaitable[list[str]]] | None = None
+    #: Removes (with ``dry_run``: counts) what its own tables hold about the person; rows
+    #: per table.
+    erase_person: Callable[[AsyncSession, ErasedPerson, bool],
+                           Awaitable[dict[str, int]]] | None = None
 
 
 _extra: list[Network] = []

@@ -20,8 +20,9 @@ from bridge.db.models import AuditEntry
 OPERATOR = "operator"
 
 #: Where an action came from: a bot command typed in a room, the provisioning API, a
-#: migration plan applied with ``bridge plan apply``, the admin web page.
-VIA = ("command", "api", "plan", "admin-page")
+#: migration plan applied with ``bridge plan apply``, the admin web page, a ``bridge``
+#: command run by the operator on the host (``bridge erase``).
+VIA = ("command", "api", "plan", "admin-page", "cli")
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,7 +68,9 @@ class InboxItem(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
-    __table_args__ = (Index("ix_inbox_pending", "state", "room_id", "id"),)
+    __table_args__ = (Index("ix_inbox_pending", "state", "room_id", "id"),
+                      # The retention job finds finished rows by age (migration 0009).
+                      Index("ix_inbox_received", "received_at"))
 
 
 class OutboxItem(Base):
@@ -105,6 +107,7 @@ class OutboxItem(Base):
     __table_args__ = (
         Index("ix_outbox_pending", "state", "next_attempt_at"),
         Index("ix_outbox_lane", "lane", "state", "id"),
+        Index("ix_outbox_created", "created_at"),
     )
 
 
@@ -187,6 +190,7 @@ class MessageMapping(Base):
     __table_args__ = (
         UniqueConstraint("network", "remote_space", "remote_id", "part"),
         Index("ix_message_mapping_event", "event_id"),
+        Index("ix_message_mapping_created", "created_at"),
     )
 
 
@@ -202,6 +206,8 @@ class InboundKey(Base):
     network: Mapped[str] = mapped_column(String(32), primary_key=True)
     key: Mapped[str] = mapped_column(String(998), primary_key=True)
     received_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_inbound_key_received", "received_at"),)
 
 
 class AuditEntry(Base):

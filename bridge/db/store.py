@@ -151,6 +151,13 @@ async def link_by_remote(session: AsyncSession, network: str, remote_id: str) ->
     return _link_info(row) if row else None
 
 
+async def link_created_at(session: AsyncSession, network: str, remote_id: str) -> float | None:
+    """When the remote conversation was linked (None: it is not)."""
+    value = await session.scalar(select(Link.created_at).where(Link.network == network,
+                                                               Link.remote_id == remote_id))
+    return float(value) if value is not None else None
+
+
 async def add_link(
     session: AsyncSession,
     *,

@@ -7,9 +7,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bridge.db.erasure import ErasedPerson
 from bridge.db.models import Link
 from bridge.db.queues import insert_ignoring_conflicts
 from bridge.email.models import EmailSubscriber, EmailThread
@@ -163,3 +164,24 @@ async def update_link_settings(session: AsyncSession, link_id: int,
     settings.update(changes)
     row.settings = json.dumps(settings)
     return settings
+
+
+# --- erasure (bridge erase --email) ------------------------------------------------------
+
+
+async def erase_person(session: AsyncSession, person: ErasedPerson,
+                       dry_run: bool) -> dict[str, int]:
+    """Their subscriptions, and the threads their mails started (subject, Message-ID)."""
+    async def remove(table: Any, where: Any) -> int:
+        if dry_run:
+            return int(await session.scalar(select(func.count()).select_from(table)
+                                            .where(where)) or 0)
+        result = await session.execute(delete(table).where(where))
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    removed = {"email_subscriber": await remove(
+        EmailSubscriber.__table__, EmailSubscriber.address.in_(person.remote_ids))}
+    removed["email_thread"] = await remove(
+        EmailThread.__table__, EmailThread.root_message_id.in_(person.message_ids)) \
+        if person.message_ids else 0
+    return removed

@@ -391,6 +391,10 @@ class SlackToMatrix:
                 # Taken in moments ago, still on its way to the room (as for reactions):
                 # an edit accepted now must not be dropped, so it waits for its message.
                 raise TemporaryError("the message edited is not in the room yet")
+            if not mapped and await self._mapping_expired(space, str(new["ts"])):
+                # Bridged once, but its mapping is gone (retention.message_mappings_days):
+                # the edited text is posted as a new message rather than lost.
+                return await self.post_message(ws, room_id, channel, new)
             return None  # never bridged (before the link, or the file part only)
         sender = await self.puppet(ws, str(new["user"])) if new.get("user") else \
             await self._bot_puppet(ws, new)
@@ -513,6 +517,17 @@ class SlackToMatrix:
         await self.hub.post_parts(network=NETWORK, room_id=room_id, parts=[part],
                                   dedup_key=f"posted:{event_id or key}", origin=origin)
         return "reacted"
+
+    async def _mapping_expired(self, space: str, ts: str) -> bool:
+        """A message written while the channel was linked, which has no mapping: it was
+        bridged, and retention has removed its mapping since (a message from before the
+        link never had one, and its edit stays out of the room as before)."""
+        async with self.hub.db.sessions() as session:
+            linked_at = await store.link_created_at(session, NETWORK, space)
+        try:
+            return linked_at is not None and float(ts) >= linked_at
+        except ValueError:
+            return False
 
     async def _on_its_way(self, ws: Workspace, channel: str, ts: str) -> bool:
         key = message_key(ws.team_id, channel, ts)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+from mautrix.types import EventID, RoomID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.core.errors import PermanentError, TemporaryError
@@ -232,6 +233,11 @@ class MatrixToSlack:
         async with self.hub.db.sessions() as session:
             mapped = await self._slack_message(session, str(target), ws, channel)
         if mapped is None:
+            if await self._mapping_expired(ws, channel, room_id, str(target)):
+                # It reached Slack once, and retention has removed its mapping since: the
+                # new text is posted as a new message rather than lost.
+                return await self._post(ws, channel, room_id,
+                                        {**event, "content": new_content}, {})
             return None  # the edited message never reached Slack
         text = await self._mrkdwn(ws, room_id, new_content)
         if new_content.get("msgtype") == "m.emote":
@@ -244,6 +250,24 @@ class MatrixToSlack:
                 return None  # deleted in Slack meanwhile
             raise
         return mapped.remote_id
+
+    async def _mapping_expired(self, ws: Workspace, channel: str, room_id: str,
+                               event_id: str) -> bool:
+        """Was the Matrix event written while the room was linked to the channel (so it
+        was relayed, and only its mapping is gone)? Asked only for an edit without a
+        mapping, which is rare."""
+        async with self.hub.db.sessions() as session:
+            linked_at = await store.link_created_at(session, NETWORK,
+                                                    space_of(ws.team_id, channel))
+        # (The Matrix side's bot intent; the hub's protocol of it does not name it.)
+        intent = getattr(self.hub.matrix, "bot_intent", None)
+        if linked_at is None or intent is None:
+            return False
+        try:
+            event = await intent.get_event(RoomID(room_id), EventID(event_id))
+        except Exception:
+            return False  # gone, or not visible: treated as never relayed, as before
+        return event.timestamp / 1000 >= linked_at
 
     async def _redact(self, ws: Workspace, channel: str, redacts: str) -> str | None:
         space = space_of(ws.team_id, channel)

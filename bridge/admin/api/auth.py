@@ -59,7 +59,7 @@ class Authenticator:
                                "admin.")
         token = token.strip()
         via = request.headers.get("X-Bridge-Via", "api")
-        if via not in VIA or via == "command":
+        if via not in VIA or via in ("command", "cli"):
             via = "api"
         if self.is_secret(token):
             return Actor(None, via)

@@ -16,6 +16,7 @@ import aiohttp
 from bridge.checks import CheckResult
 from bridge.config import Config
 from bridge.core.connector import Connector
+from bridge.db.retention import StoredData
 from bridge.networks import Network
 from tests.support.recording_network.config import RecordingConfig
 
@@ -51,4 +52,6 @@ network = Network(
     position=1000,
     models="tests.support.recording_network.models",
     migrations=Path(__file__).resolve().parent / "migrations",
+    stored_data=(StoredData("recording_note", "a note per room, written by the test network's "
+                            "tests", kept="as long as the test database"),),
 )
