@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 
 from bridge.config import Config, Listener
 from bridge.core.connector import Connector
+from bridge.core.heartbeat import Heartbeat
 from bridge.core.hub import Hub
 from bridge.core.inbox import InboxWorker
 from bridge.core.outbox import OutboxWorker
@@ -55,8 +56,13 @@ class Bridge:
         self.db = Database(config.database.url)
         self.hub = Hub(config, self.db,
                        connectors if connectors is not None else build_connectors(config))
+        beat = config.bridge.heartbeat
+        self.heartbeat = Heartbeat(self.db, beat.interval_seconds, beat.expiry_seconds)
+        self.hub.heartbeat = self.heartbeat
         self.outbox = OutboxWorker(self.db, self.hub.deliver, self.hub.on_delivery_failed,
-                                   config.bridge.outbox)
+                                   config.bridge.outbox, holder=self.heartbeat.process_id,
+                                   lease_seconds=beat.expiry_seconds)
+        self.heartbeat.on_released = self.outbox.wake
         self.inbox = InboxWorker(self.db, self.hub.route_batch, on_enqueued=self.outbox.wake)
         self.hub.wake_outbox = self.outbox.wake
         self.server = AppserviceServer(self)
@@ -92,6 +98,12 @@ class Bridge:
             raise
         if before != after:
             log.info("database schema upgraded from %s to %s", before or "empty", after)
+        try:
+            # Before any work is claimed: claims name this process, its beats keep them.
+            await self.heartbeat.start()
+        except Exception:
+            await self.db.close()
+            raise
         self.http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=120, connect=10),
             connector=aiohttp.TCPConnector(
@@ -261,6 +273,7 @@ class Bridge:
                 log.exception("closing the crypto store failed")
         if self.http is not None:
             await self.http.close()
+        await self.heartbeat.stop()
         await self.db.close()
 
     async def homeserver_state(self) -> str:

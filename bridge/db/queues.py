@@ -339,9 +339,10 @@ _CLAIM_LANE_HEAD = update(_OUTBOX).where(
     ).order_by(_OUTBOX.c.id).limit(1).scalar_subquery(),
     _OUTBOX.c.state == "pending",
     _OUTBOX.c.next_attempt_at <= bindparam("now"), _OUTBOX.c.claimed_until <= bindparam("now"),
-).values(claimed_until=bindparam("until")).returning(*_DELIVERY_COLUMNS)
+).values(claimed_until=bindparam("until"), claimed_by=bindparam("holder")) \
+    .returning(*_DELIVERY_COLUMNS)
 _SET_CLAIMED = update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True))) \
-    .values(claimed_until=bindparam("until"))
+    .values(claimed_until=bindparam("until"), claimed_by=bindparam("holder"))
 
 
 def _deliveries(rows: Any) -> list[Delivery]:
@@ -350,8 +351,10 @@ def _deliveries(rows: Any) -> list[Delivery]:
                      created_at=r.created_at, failed_at=r.failed_at) for r in rows]
 
 
-async def claim_deliveries(session: AsyncSession, limit: int, lease: float) -> list[Delivery]:
-    """Claim the due head item of up to ``limit`` lanes.
+async def claim_deliveries(session: AsyncSession, limit: int, lease: float,
+                           holder: str | None = None) -> list[Delivery]:
+    """Claim the due head item of up to ``limit`` lanes, for ``lease`` seconds; the heartbeat
+    of ``holder`` (a process ID, see bridge/core/heartbeat.py) renews the claim while it lives.
 
     Only a lane's oldest pending item is eligible, so a lane whose head waits for a retry
     holds back everything behind it: order within a lane is never broken.
@@ -361,21 +364,22 @@ async def claim_deliveries(session: AsyncSession, limit: int, lease: float) -> l
     items = _deliveries(await session.execute(query, {"now": now, "limit": limit}))
     if items:
         await session.execute(_SET_CLAIMED, {"ids": [i.id for i in items],
-                                             "until": now + lease})
+                                             "until": now + lease, "holder": holder})
     return items
 
 
-async def claim_lane_head(session: AsyncSession, lane: str, lease: float) -> Delivery | None:
+async def claim_lane_head(session: AsyncSession, lane: str, lease: float,
+                          holder: str | None = None) -> Delivery | None:
     """Claim the head item of one lane if it may go out now (the worker that just finished
     the item before it goes on with the lane, without a round through the claim loop)."""
     now = time.time()
     claimed = _deliveries(await session.execute(_CLAIM_LANE_HEAD, {
-        "head_lane": lane, "now": now, "until": now + lease}))
+        "head_lane": lane, "now": now, "until": now + lease, "holder": holder}))
     return claimed[0] if claimed else None  # none: empty, waiting, or taken meanwhile
 
 
 _RELEASE = update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True))) \
-    .values(claimed_until=0.0)
+    .values(claimed_until=0.0, claimed_by=None)
 
 
 async def release_claims(session: AsyncSession, ids: list[int]) -> None:
@@ -404,13 +408,14 @@ async def next_due_time(session: AsyncSession) -> float | None:
 
 
 _FINISH = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("item_id")).values(
-    state="done", result=bindparam("result"), claimed_until=0.0,
+    state="done", result=bindparam("result"), claimed_until=0.0, claimed_by=None,
     attempts=_OUTBOX.c.attempts + 1)
 _RETRY = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("item_id")).values(
-    next_attempt_at=bindparam("at"), claimed_until=0.0, last_error=bindparam("error"),
+    next_attempt_at=bindparam("at"), claimed_until=0.0, claimed_by=None,
+    last_error=bindparam("error"),
     attempts=_OUTBOX.c.attempts + 1)
 _FAIL = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("item_id")).values(
-    state="failed", claimed_until=0.0, last_error=bindparam("error"),
+    state="failed", claimed_until=0.0, claimed_by=None, last_error=bindparam("error"),
     attempts=_OUTBOX.c.attempts + 1, failed_at=bindparam("now"), failure_reported=True)
 
 
