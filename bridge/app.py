@@ -19,6 +19,7 @@ from bridge.core.hub import Hub
 from bridge.core.inbox import InboxWorker
 from bridge.core.outbox import OutboxWorker
 from bridge.db.engine import Database
+from bridge.db.single_process import DatabaseInUse, SingleProcessLock
 from bridge.matrix.appservice import AppserviceServer
 from bridge.matrix.bot import Bot
 from bridge.matrix.crypto import BridgeCrypto
@@ -54,6 +55,8 @@ class Bridge:
     def __init__(self, config: Config, connectors: list[Connector] | None = None) -> None:
         self.config = config
         self.db = Database(config.database.url)
+        # SQLite: one process per database file (a second one refuses to start).
+        self._single_process = SingleProcessLock(config.database.url)
         self.hub = Hub(config, self.db,
                        connectors if connectors is not None else build_connectors(config))
         beat = config.bridge.heartbeat
@@ -86,9 +89,15 @@ class Bridge:
         reason the operator must fix, such as a port in use)."""
         self._state_defaults()
         try:
+            self._single_process.acquire()
+        except DatabaseInUse as exc:
+            await self.db.close()
+            raise StartError(str(exc)) from None
+        try:
             before, after = await self.db.upgrade()
         except Exception as exc:
             await self.db.close()
+            self._single_process.release()
             if isinstance(exc, OSError) or exc.__class__.__module__.startswith(
                     ("sqlalchemy", "asyncpg", "sqlite3")):
                 where = make_url(self.config.database.url).render_as_string(hide_password=True)
@@ -103,6 +112,7 @@ class Bridge:
             await self.heartbeat.start()
         except Exception:
             await self.db.close()
+            self._single_process.release()
             raise
         self.http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=120, connect=10),
@@ -275,6 +285,7 @@ class Bridge:
             await self.http.close()
         await self.heartbeat.stop()
         await self.db.close()
+        self._single_process.release()
 
     async def homeserver_state(self) -> str:
         """"ok" if the homeserver answers, else why not. Cached for a few seconds, so a
