@@ -134,6 +134,10 @@ def build_app(sim: SlackSimulator) -> web.Application:
         ws = web.WebSocketResponse(autoping=True, max_msg_size=0)
         await ws.prepare(request)
         link = sim.dispatcher.attach(team, ws)
+        if link is None:  # too many connections: told so, and closed
+            async for _ in ws:
+                pass
+            return ws
         try:
             async for message in ws:
                 if message.type != aiohttp.WSMsgType.TEXT:
