@@ -206,7 +206,32 @@ async def test_held_events_wait_for_every_intake_and_go_out_in_ts_order(
         assert await _lane(db_b) == [6, 7, 8]
         async with db_b.sessions() as session:
             assert [p.id for p in await db_leases.processes(session)] == [beat_b.process_id]
-            assert await db_leases.lease_holder(session, HOUSEKEEPING, time.time()) is None
+            holder = await db_leases.lease_holder(session, HOUSEKEEPING, time.time())
+        assert holder is not None and holder[0] == beat_b.process_id  # taken over from A
+    finally:
+        await beat_b.stop()
+        await db_a.close()
+        await db_b.close()
+
+
+async def test_scheduled_jobs_run_in_one_process_and_move_when_it_dies(
+        database_url: str) -> None:
+    db_a, db_b = await _database(database_url), Database(database_url)
+    beat_a = Heartbeat(db_a, INTERVAL, EXPIRY)
+    beat_b = Heartbeat(db_b, INTERVAL, EXPIRY)
+    runs: list[str] = []
+    beat_a.schedule("retention", 3600, lambda: _note(runs, "a"))
+    beat_b.schedule("retention", 3600, lambda: _note(runs, "b"))
+    try:
+        await beat_a.start()
+        await beat_b.start()
+        await _until(lambda: runs == ["a"], "A runs the job at start")
+        since = time.time()
+        await _until(lambda: beat_b.last_beat > since + 3 * INTERVAL, "B beats on")
+        assert runs == ["a"] and beat_a.housekeeper and not beat_b.housekeeper
+        _kill(beat_a)
+        await _until(lambda: runs == ["a", "b"], "B takes over and runs it")
+        assert beat_b.housekeeper
     finally:
         await beat_b.stop()
         await db_a.close()

@@ -10,9 +10,11 @@ Every ``bridge.heartbeat.interval_seconds`` each one, in one transaction:
   claims and leases are free for the others within ``expiry_seconds``;
 - releases held remote events (below).
 
-The holder of the ``housekeeping`` lease also deals with dead processes: a row that
-expired is handed to the ``on_peer_dead`` callbacks (the Slack connector reads the gap from
-history) and then removed.
+One process holds the ``housekeeping`` lease (the first to ask, then the next when its
+holder dies). It deals with dead processes: a row that expired is handed to the
+``on_peer_dead`` callbacks (the Slack connector reads the gap from history) and then
+removed. And it runs the scheduled jobs (:meth:`Heartbeat.schedule`): each once at take-over
+(so at start) and then every so often, each under a lease of its own name.
 
 **Order across connections.** Slack spreads an app's events over its Socket Mode
 connections (and HAProxy spreads Events API requests over the processes). When a process
@@ -39,6 +41,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from bridge.core.leases import Leases
@@ -57,6 +60,15 @@ HOUSEKEEPING = "housekeeping"
 ORDER_MARGIN_SECONDS = 0.5
 
 OnPeerDead = Callable[[ProcessRow], Awaitable[None]]
+
+
+@dataclass
+class Scheduled:
+    name: str
+    every_seconds: float
+    job: Callable[[], Awaitable[object]]
+    next_run: float = 0.0  # (monotonic) 0: at once, when this process becomes housekeeper
+    task: asyncio.Task[None] | None = None
 # The oldest moment at which an intake received an event it has not stored yet (None: it
 # has nothing waiting).
 Watermark = Callable[[], float | None]
@@ -87,6 +99,8 @@ class Heartbeat:
         self.intake_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._beat_lock = asyncio.Lock()
+        self.scheduled: list[Scheduled] = []
+        self.housekeeper = False
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -96,10 +110,21 @@ class Heartbeat:
         await self.beat()
         self._task = asyncio.create_task(self._run(), name="heartbeat")
 
+    def schedule(self, name: str, every_seconds: float,
+                 job: Callable[[], Awaitable[object]]) -> None:
+        """Run ``job`` in one process of all (the housekeeper): when it becomes
+        housekeeper (at start, or when it takes over from a dead one), then every
+        ``every_seconds``. Its errors are logged; it runs again at the next turn."""
+        self.scheduled.append(Scheduled(name, every_seconds, job))
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        jobs = [s.task for s in self.scheduled if s.task is not None]
+        for task in jobs:
+            task.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
         try:
             async with self.intake_lock, self.db.transaction() as session:
                 # What this process still held is released (everything it received is
@@ -138,15 +163,56 @@ class Heartbeat:
                               pid=self.pid, started_at=self.started_at, now=now,
                               expires_at=until, watermark=self.watermark(now))
                 await db.renew_claims(session, self.process_id, until)
-                await db.renew_leases(session, self.process_id, sorted(self.leases.held()),
-                                      until)
+                held = sorted(self.leases.held())
+                renewed = await db.renew_leases(session, self.process_id, held, until)
                 rows = await db.processes(session)
+            if renewed < len(held):
+                await self._check_leases(held)
             self.last_beat = now
             self.peers = [p for p in rows if p.id != self.process_id]
+            was_housekeeper = self.housekeeper
+            self.housekeeper = await self.leases.keep(HOUSEKEEPING)
+            if self.housekeeper and not was_housekeeper:
+                log.info("this process (%s) is the housekeeper now: it runs the scheduled "
+                         "jobs and takes over the work of processes that die",
+                         self.process_id)
+                for job in self.scheduled:
+                    job.next_run = 0.0
             dead = [p for p in self.peers if p.expires_at <= now]
-            if dead:
-                await self.leases.run_exclusive(HOUSEKEEPING, lambda: self._bury(dead))
+            if dead and self.housekeeper:
+                await self._bury(dead)
             await self._release()
+            if self.housekeeper:
+                self._run_due_jobs()
+
+    async def _check_leases(self, held: list[str]) -> None:
+        """Some leases were not renewed: another process took them (this one's beats failed
+        for longer than the expiry); it no longer holds them."""
+        now = time.time()
+        async with self.db.sessions() as session:
+            lost = {name for name in held
+                    if (holder := await db.lease_holder(session, name, now)) is not None
+                    and holder[0] != self.process_id}
+        if lost:
+            log.warning("leases %s were taken over by another process (this one's heartbeat "
+                        "failed for too long)", ", ".join(sorted(lost)))
+            self.leases.lost(lost)
+
+    def _run_due_jobs(self) -> None:
+        now = time.monotonic()
+        for job in self.scheduled:
+            if job.next_run <= now and (job.task is None or job.task.done()):
+                job.next_run = now + job.every_seconds
+                job.task = asyncio.create_task(self._run_job(job), name=f"job-{job.name}")
+
+    async def _run_job(self, job: Scheduled) -> None:
+        try:
+            ran, _ = await self.leases.run_exclusive(job.name, job.job)
+            if not ran:
+                log.info("scheduled job %s runs in another process right now", job.name)
+        except Exception:
+            log.exception("scheduled job %s failed; it runs again in %.0f s", job.name,
+                          job.every_seconds)
 
     async def _bury(self, dead: list[ProcessRow]) -> None:
         for process in dead:

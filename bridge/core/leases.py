@@ -92,5 +92,22 @@ class Leases:
                 return False, None
             return True, await job()
 
+    async def keep(self, name: str) -> bool:
+        """Take the lease ``name`` if free and keep it (renewed by the heartbeat) until
+        :meth:`let_go` or the process ends; True while this process holds it. For a role
+        one process has at a time (the housekeeper), rather than a job."""
+        if name in self._held:
+            return True
+        if not await self.try_acquire(name):
+            return False
+        self._held[name] = 1
+        return True
+
+    def lost(self, names: set[str]) -> None:
+        """These leases were found taken by another process (this one's heartbeat failed
+        for longer than the expiry): no longer held here."""
+        for name in names:
+            self._held.pop(name, None)
+
     def held(self) -> set[str]:
         return set(self._held)

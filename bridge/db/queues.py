@@ -280,6 +280,10 @@ class Delivery:
     created_at: float
     # When the item last failed for good, if it did and an admin put it back since.
     failed_at: float | None = None
+    # Claimed before by another process that is gone (its claim ran out): it may have
+    # delivered the item and died before recording that, so a side that can look (the
+    # Slack channel's history) checks before delivering again.
+    taken_over: bool = False
     # Set by the outbox worker while it delivers the item: writes that belong with the
     # success (a message mapping, say) go here, and are made in the transaction that
     # records it, instead of one transaction each. None: nobody records it, write now.
@@ -327,8 +331,8 @@ def _claimable() -> Any:
 _DELIVERY_COLUMNS = (_OUTBOX.c.id, _OUTBOX.c.lane, _OUTBOX.c.network, _OUTBOX.c.room_id,
                      _OUTBOX.c.kind, _OUTBOX.c.payload, _OUTBOX.c.attempts,
                      _OUTBOX.c.created_at, _OUTBOX.c.failed_at)
-_CLAIM = select(*_DELIVERY_COLUMNS).where(*_claimable()).order_by(_OUTBOX.c.id).limit(
-    bindparam("limit"))
+_CLAIM = select(*_DELIVERY_COLUMNS, _OUTBOX.c.claimed_by).where(*_claimable()) \
+    .order_by(_OUTBOX.c.id).limit(bindparam("limit"))
 _CLAIM_FOR_UPDATE = _CLAIM.with_for_update(skip_locked=True)
 # Claim the head of one lane if it is due and free, in one statement: the head is found
 # through ix_outbox_lane however long the lane's backlog (_claimable's form walks every
@@ -361,7 +365,12 @@ async def claim_deliveries(session: AsyncSession, limit: int, lease: float,
     """
     now = time.time()
     query = _CLAIM_FOR_UPDATE if dialect_name(session) == "postgresql" else _CLAIM
-    items = _deliveries(await session.execute(query, {"now": now, "limit": limit}))
+    rows = list(await session.execute(query, {"now": now, "limit": limit}))
+    items = _deliveries(rows)
+    for item, row in zip(items, rows, strict=True):
+        # Finishing, retrying or releasing an item clears its holder: one still named is
+        # one whose holder's claim ran out.
+        item.taken_over = row.claimed_by is not None and row.claimed_by != holder
     if items:
         await session.execute(_SET_CLAIMED, {"ids": [i.id for i in items],
                                              "until": now + lease, "holder": holder})
