@@ -11,7 +11,9 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from bridge.config import OutboxConfig
+import pytest
+
+from bridge.config import ConfigError, OutboxConfig, parse_config
 from bridge.core.heartbeat import HOUSEKEEPING, Heartbeat
 from bridge.core.outbox import OutboxWorker
 from bridge.db import leases as db_leases
@@ -236,3 +238,17 @@ async def test_scheduled_jobs_run_in_one_process_and_move_when_it_dies(
         await beat_b.stop()
         await db_a.close()
         await db_b.close()
+
+
+def test_heartbeat_settings_are_checked_with_the_key_named() -> None:
+    def config(**heartbeat: object) -> object:
+        return parse_config({"homeserver": {"domain": "stadt.example"},
+                             "appservice": {"as_token": "a" * 32, "hs_token": "h" * 32},
+                             "bridge": {"heartbeat": heartbeat}}, environ={})
+
+    assert config().bridge.heartbeat.expiry_seconds == 10.0  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"^bridge\.heartbeat: .*expiry_seconds \(4\) must "
+                                          r"be at least three times interval_seconds \(2\)"):
+        config(interval_seconds=2, expiry_seconds=4)
+    with pytest.raises(ConfigError, match=r"^bridge\.heartbeat\.interval_seconds: "):
+        config(interval_seconds=0)
