@@ -252,3 +252,36 @@ def test_heartbeat_settings_are_checked_with_the_key_named() -> None:
         config(interval_seconds=2, expiry_seconds=4)
     with pytest.raises(ConfigError, match=r"^bridge\.heartbeat\.interval_seconds: "):
         config(interval_seconds=0)
+
+
+async def test_a_clean_stop_beside_others_is_dealt_with_like_a_death(
+        database_url: str) -> None:
+    """Slack sends what a stopping process's socket had on the way to another connection,
+    seconds later: the others read that gap (on_peer_dead) before releasing what they hold."""
+    db_a, db_b = await _database(database_url), Database(database_url)
+    beat_a = Heartbeat(db_a, INTERVAL, EXPIRY)
+    beat_b = Heartbeat(db_b, INTERVAL, EXPIRY)
+    buried: list[str] = []
+
+    async def bury(process: ProcessRow) -> None:
+        buried.append(process.id)
+
+    beat_b.on_peer_dead.append(bury)
+    try:
+        await beat_a.start()
+        await beat_b.start()
+        await beat_a.beat()
+        assert beat_a.housekeeper and beat_b.peers
+        await beat_a.stop()
+        async with db_b.sessions() as session:  # its leases went at once
+            holder = await db_leases.lease_holder(session, HOUSEKEEPING, time.time())
+        assert holder is None or holder[0] == beat_b.process_id
+        await _until(lambda: buried == [beat_a.process_id], "B deals with A")
+        assert beat_b.housekeeper
+        await _until(lambda: not beat_b.holding, "B is alone")
+        async with db_b.sessions() as session:
+            assert [p.id for p in await db_leases.processes(session)] == [beat_b.process_id]
+    finally:
+        await beat_b.stop()
+        await db_a.close()
+        await db_b.close()

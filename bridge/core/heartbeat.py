@@ -100,6 +100,7 @@ class Heartbeat:
         self._task: asyncio.Task[None] | None = None
         self._beat_lock = asyncio.Lock()
         self.scheduled: list[Scheduled] = []
+        self._bury_task: asyncio.Task[None] | None = None
         self.housekeeper = False
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -125,14 +126,22 @@ class Heartbeat:
         for task in jobs:
             task.cancel()
         await asyncio.gather(*jobs, return_exceptions=True)
+        if self._bury_task is not None:
+            self._bury_task.cancel()
+            await asyncio.gather(self._bury_task, return_exceptions=True)
         try:
             async with self.intake_lock, self.db.transaction() as session:
-                # What this process still held is released (everything it received is
-                # stored: its intakes stopped first); its leases go at once.
-                if not [p for p in self.peers if p.expires_at > time.time()]:
-                    await db.release_held(session, float("inf"), time.time())
+                # Its leases go at once. Alone, it releases what is held (everything its
+                # intakes received is stored: they stopped first) and its row goes. With
+                # others alive, its row is marked expired instead: Slack sends what its
+                # socket had on the way to another connection seconds later, so the
+                # housekeeper reads that gap first, as after a crash (_bury).
                 await db.release_all_leases(session, self.process_id)
-                await db.forget_process(session, self.process_id)
+                if [p for p in self.peers if p.expires_at > time.time()]:
+                    await db.expire_process(session, self.process_id)
+                else:
+                    await db.release_held(session, float("inf"), time.time())
+                    await db.forget_process(session, self.process_id)
         except Exception:
             log.warning("could not remove this process's row; it expires in %.0f s",
                         self.expiry, exc_info=True)
@@ -179,8 +188,11 @@ class Heartbeat:
                 for job in self.scheduled:
                     job.next_run = 0.0
             dead = [p for p in self.peers if p.expires_at <= now]
-            if dead and self.housekeeper:
-                await self._bury(dead)
+            if dead and self.housekeeper and (self._bury_task is None
+                                              or self._bury_task.done()):
+                # Beside the beats, not in one: reading a gap from Slack may take longer
+                # than this process's own expiry.
+                self._bury_task = asyncio.create_task(self._bury(dead), name="bury")
             await self._release()
             if self.housekeeper:
                 self._run_due_jobs()
@@ -215,15 +227,23 @@ class Heartbeat:
                           job.every_seconds)
 
     async def _bury(self, dead: list[ProcessRow]) -> None:
-        for process in dead:
-            silent = time.time() - process.heartbeat_at
-            log.warning("bridge process %s (host %s, pid %d) has not been heard of for %.1f s: "
-                        "taking over its work", process.id, process.host, process.pid, silent)
-            for callback in self.on_peer_dead:
-                await callback(process)  # an error leaves the row: tried again next beat
-            async with self.db.transaction() as session:
-                await db.forget_process(session, process.id, expired_before=time.time())
-        self.peers = [p for p in self.peers if p not in dead]
+        try:
+            for process in dead:
+                silent = time.time() - process.heartbeat_at
+                log.warning("bridge process %s (host %s, pid %d) stopped or died (last heard "
+                            "of %.1f s ago): taking over its work", process.id, process.host,
+                            process.pid, silent)
+                for callback in self.on_peer_dead:
+                    await callback(process)
+                async with self.db.transaction() as session:
+                    await db.forget_process(session, process.id, expired_before=time.time())
+                self.peers = [p for p in self.peers if p.id != process.id]
+        except Exception:
+            # The row stays (and what it held back with it): tried again at the next beat.
+            log.exception("could not take over the work of a process that is gone; trying "
+                          "again")
+            return
+        await self._release()  # what waited for them goes now, not at the next beat
 
     async def _release(self) -> None:
         async with self.intake_lock:

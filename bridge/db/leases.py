@@ -56,6 +56,12 @@ async def processes(session: AsyncSession) -> list[ProcessRow]:
             for r in rows]
 
 
+async def expire_process(session: AsyncSession, process_id: str) -> None:
+    """Mark a stopping process's row expired: the others deal with it as with a dead one."""
+    await session.execute(update(_PROCESS).where(_PROCESS.c.id == process_id)
+                          .values(expires_at=0.0))
+
+
 async def forget_process(session: AsyncSession, process_id: str,
                          expired_before: float | None = None) -> bool:
     """Remove a process's row (at its clean stop, or once its death is dealt with: then

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import enum
 import json
 import logging
@@ -94,6 +95,8 @@ class Intake:
         # intake may still store is no older than the first (its watermark for the
         # heartbeat, see bridge/core/heartbeat.py).
         self._received: collections.deque[float] = collections.deque()
+        self._drained = asyncio.Event()  # set while nothing received waits to be stored
+        self._drained.set()
         self._task: asyncio.Task[None] | None = None
         self._full_warned = False
         self.refused_while_full = 0
@@ -115,6 +118,7 @@ class Intake:
         try:
             self._queue.put_nowait((payload, ack))
             self._received.append(time.time())
+            self._drained.clear()
         except asyncio.QueueFull:
             self.refused_while_full += 1
             if not self._full_warned:
@@ -138,7 +142,12 @@ class Intake:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"slack-intake-{self.workspace.name}")
 
-    async def stop(self) -> None:
+    async def stop(self, drain_seconds: float = 10.0) -> None:
+        """Store what was received (its acknowledgements may no longer get through: Slack
+        sends those again, and the copies are dropped as duplicates), then stop."""
+        if self._task is not None and not self._task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), drain_seconds)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -153,6 +162,8 @@ class Intake:
             finally:
                 for _ in batch:  # stored, or left to Slack's re-sends: not waiting here
                     self._received.popleft()
+                if not self._received:
+                    self._drained.set()
             for (_, ack), stored in zip(batch, acks, strict=True):
                 try:
                     await ack(stored)
