@@ -304,6 +304,11 @@ async def test_two_processes_behind_haproxy_lose_double_and_reorder_nothing_when
               f"after {claims_after:.1f} s, leases {sorted(leases)} after "
               f"{leases_after:.1f} s")
         assert claims_after < 10 + 2 * 2 + 3 and leases_after < 10 + 2 * 2 + 3
+        async with aiohttp.ClientSession() as http, http.get(
+                f"http://127.0.0.1:{homeserver.bridge_port}/_bridge/health") as response:
+            health = await response.json()  # through HAProxy: only B answers now
+        assert response.status == 200
+        assert health["process"]["id"] == b_id and health["process"]["housekeeper"]
 
         # Nothing lost, nothing doubled, every room's order kept.
         def timeline_texts(events: list[dict[str, Any]]) -> list[str]:
