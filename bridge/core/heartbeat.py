@@ -29,7 +29,9 @@ stored already, and sorts before it. A process that dies stops its watermark: it
 stays, so nothing is released, until the housekeeper has read the gap from history
 (catch-up from the channel's cursor: exactly what the dead socket had not stored), then
 removes the row; Slack's later re-sends are dropped as duplicates by their natural key.
-With one process there is no other row: events go straight to the outbox, as before.
+A process that stops cleanly beside others is dealt with the same way (its socket may have
+had events on the way). With one process there is no other row: events go straight to the
+outbox, as before.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from bridge.core.leases import Leases
 from bridge.db import leases as db
@@ -50,8 +51,6 @@ from bridge.db.engine import Database
 from bridge.db.leases import ProcessRow
 
 log = logging.getLogger("bridge.heartbeat")
-
-T = TypeVar("T")
 
 HOUSEKEEPING = "housekeeping"
 # A held event waits until every intake's watermark is this far past its receipt: Slack
