@@ -13,12 +13,14 @@ import aiohttp
 from sqlalchemy.engine import make_url
 
 from bridge.config import Config, Listener
+from bridge.core import retention
 from bridge.core.connector import Connector
+from bridge.core.heartbeat import Heartbeat
 from bridge.core.hub import Hub
 from bridge.core.inbox import InboxWorker
 from bridge.core.outbox import OutboxWorker
-from bridge.core.retention import retention_loop
 from bridge.db.engine import Database
+from bridge.db.single_process import DatabaseInUse, SingleProcessLock
 from bridge.matrix.appservice import AppserviceServer
 from bridge.matrix.bot import Bot
 from bridge.matrix.crypto import BridgeCrypto
@@ -54,10 +56,17 @@ class Bridge:
     def __init__(self, config: Config, connectors: list[Connector] | None = None) -> None:
         self.config = config
         self.db = Database(config.database.url)
+        # SQLite: one process per database file (a second one refuses to start).
+        self._single_process = SingleProcessLock(config.database.url)
         self.hub = Hub(config, self.db,
                        connectors if connectors is not None else build_connectors(config))
+        beat = config.bridge.heartbeat
+        self.heartbeat = Heartbeat(self.db, beat.interval_seconds, beat.expiry_seconds)
+        self.hub.heartbeat = self.heartbeat
         self.outbox = OutboxWorker(self.db, self.hub.deliver, self.hub.on_delivery_failed,
-                                   config.bridge.outbox)
+                                   config.bridge.outbox, holder=self.heartbeat.process_id,
+                                   lease_seconds=beat.expiry_seconds)
+        self.heartbeat.on_released = self.outbox.wake
         self.inbox = InboxWorker(self.db, self.hub.route_batch, on_enqueued=self.outbox.wake)
         self.hub.wake_outbox = self.outbox.wake
         self.server = AppserviceServer(self)
@@ -67,8 +76,6 @@ class Bridge:
         self.crypto: BridgeCrypto | None = None
         self._setup_task: asyncio.Task[None] | None = None
         self._networks_task: asyncio.Task[None] | None = None
-        # Retention (bridge/core/retention.py): at start, then once a day.
-        self._retention_task: asyncio.Task[None] | None = None
         self._homeserver_state: tuple[float, str] | None = None
         self._homeserver_probe: asyncio.Lock = asyncio.Lock()
         self.ready = False
@@ -83,9 +90,15 @@ class Bridge:
         reason the operator must fix, such as a port in use)."""
         self._state_defaults()
         try:
+            self._single_process.acquire()
+        except DatabaseInUse as exc:
+            await self.db.close()
+            raise StartError(str(exc)) from None
+        try:
             before, after = await self.db.upgrade()
         except Exception as exc:
             await self.db.close()
+            self._single_process.release()
             if isinstance(exc, OSError) or exc.__class__.__module__.startswith(
                     ("sqlalchemy", "asyncpg", "sqlite3")):
                 where = make_url(self.config.database.url).render_as_string(hide_password=True)
@@ -95,6 +108,13 @@ class Bridge:
             raise
         if before != after:
             log.info("database schema upgraded from %s to %s", before or "empty", after)
+        try:
+            # Before any work is claimed: claims name this process, its beats keep them.
+            await self.heartbeat.start()
+        except Exception:
+            await self.db.close()
+            self._single_process.release()
+            raise
         self.http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=120, connect=10),
             connector=aiohttp.TCPConnector(
@@ -140,8 +160,10 @@ class Bridge:
                                                       name="start-networks")
         await self.inbox.start()
         await self.outbox.start()
-        self._retention_task = asyncio.create_task(
-            retention_loop(self.db, self.config.retention), name="retention")
+        # Retention (bridge/core/retention.py): in one process of all (the housekeeper), at
+        # start or take-over, then once a day.
+        self.heartbeat.schedule("retention", retention.DAY, lambda: retention.run_retention(
+            self.db, self.config.retention))
         self._setup_task = asyncio.create_task(self._setup_bot(), name="setup-bot")
         await asyncio.wait([self._setup_task], timeout=15)
 
@@ -247,12 +269,9 @@ class Bridge:
     async def stop(self) -> None:
         """Stop taking work, finish what is in flight; the rest waits in the database."""
         self.ready = False
-        for task in (self._setup_task, self._networks_task, self._retention_task):
+        for task in (self._setup_task, self._networks_task):
             if task is not None:
                 task.cancel()
-        if self._retention_task is not None:
-            # Its batch in flight ends (commits or rolls back) before the database closes.
-            await asyncio.gather(self._retention_task, return_exceptions=True)
         # First close the door: the homeserver keeps unacknowledged transactions for later.
         await self.server.stop()
         await self.inbox.stop()
@@ -269,7 +288,9 @@ class Bridge:
                 log.exception("closing the crypto store failed")
         if self.http is not None:
             await self.http.close()
+        await self.heartbeat.stop()
         await self.db.close()
+        self._single_process.release()
 
     async def homeserver_state(self) -> str:
         """"ok" if the homeserver answers, else why not. Cached for a few seconds, so a

@@ -1,9 +1,11 @@
 """The retention job: deletes what is older than the ``retention.*`` config allows.
 
-One entry point, :func:`run_retention`, run by ``bridge run`` at start and once a day
-(:func:`retention_loop`). It deletes in small batches, each its own short transaction, so
-that the queues' writers never wait long on it; two processes running it at once on one
-PostgreSQL split the rows between them (see bridge/db/retention.py).
+One entry point, :func:`run_retention`, run by ``bridge run`` as a scheduled job of the
+housekeeper (bridge/core/heartbeat.py: in one process of all, at start or take-over, then
+once a day; a failed run is logged and tried at the next turn). It deletes in small
+batches, each its own short transaction, so that the queues' writers never wait long on
+it; two processes running it at once on one PostgreSQL split the rows between them (see
+bridge/db/retention.py).
 
 What a table holds and which key limits it is declared beside the table: the core's in
 bridge/db/retention.py, each network's in its registry entry (``Network.stored_data``).
@@ -14,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 from bridge.config import RetentionConfig
 from bridge.db.engine import Database
@@ -84,18 +85,3 @@ async def run_retention(db: Database, retention: RetentionConfig, *,
         log.info("retention: deleted %s", ", ".join(f"{n} from {t}"
                                                     for t, n in sorted(deleted.items())))
     return deleted
-
-
-async def retention_loop(db: Database, retention: RetentionConfig, *,
-                         interval: float = DAY,
-                         clock: Callable[[], float] = time.time) -> None:
-    """Run the job now, then every ``interval`` seconds, until cancelled. A failed run is
-    logged and tried again at the next turn: retention is never worth stopping the bridge."""
-    while True:
-        try:
-            await run_retention(db, retention, now=clock())
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("the retention job failed; it runs again in %.0f h", interval / 3600)
-        await asyncio.sleep(interval)

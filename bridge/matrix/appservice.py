@@ -260,6 +260,10 @@ class AppserviceServer:
         checks["homeserver"] = await self.bridge.homeserver_state()
         if self.bridge.crypto is not None:
             checks["encryption"] = self.bridge.crypto.state()
+        beat = self.bridge.heartbeat
+        # Several processes (README "High availability"): which one this is, and who else.
+        checks["process"] = {"id": beat.process_id, "housekeeper": beat.housekeeper,
+                             "others": len(beat.peers)}
         networks = {name: c.state() for name, c in self.bridge.hub.connectors.items()}
         checks["networks"] = {name: {"ok": h.ok, "detail": h.detail}
                               for name, h in networks.items()}

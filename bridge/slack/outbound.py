@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("bridge.slack")
 
 TEXT_MSGTYPES = {"m.text", "m.notice", "m.emote"}
+# Slack message metadata of the app's posts of Matrix messages (names the Matrix event).
+RELAYED_EVENT_TYPE = "bridge_matrix_message"
+# How many of the channel's latest messages are searched for a post a process that died
+# made without recording it.
+TAKEN_OVER_LOOKBACK = 200
 # A delivery's writes that go with its success (Delivery.with_outcome), or None.
 Outcome = list[Callable[[AsyncSession], Awaitable[None]]] | None
 FILE_MSGTYPES = {"m.image", "m.file", "m.video", "m.audio"}
@@ -115,7 +120,41 @@ class MatrixToSlack:
         if msgtype in FILE_MSGTYPES and content.get("url"):
             return await self._file(ws, channel, delivery.room_id, event, relates, outcome)
         if msgtype in TEXT_MSGTYPES:
+            if delivery.taken_over:
+                posted = await self._posted_before(ws, channel, event, delivery.created_at)
+                if posted is not None:
+                    _, thread_root = await self._thread_ts(ws, channel, relates)
+                    await self._remember(ws, channel, delivery.room_id, event["event_id"],
+                                         posted, thread_root, outcome=outcome)
+                    return posted
             return await self._post(ws, channel, delivery.room_id, event, relates, outcome)
+        return None
+
+    async def _posted_before(self, ws: Workspace, channel: str, event: dict[str, Any],
+                             since: float) -> str | None:
+        """The ts of the app's post of this Matrix event, if a process that died posted it
+        before it could record so (each post names its event in Slack's message metadata);
+        None if it is not there. Read from the channel, and from the thread it went to."""
+        event_id = str(event.get("event_id") or "")
+        found: list[dict[str, Any]] = await ws.paginate(
+            "conversations.history", "messages", limit=TAKEN_OVER_LOOKBACK, channel=channel,
+            oldest=f"{since - 60:.6f}", include_all_metadata=True)
+        relates = (event.get("content") or {}).get("m.relates_to") or {}
+        if relates:
+            thread_ts, _ = await self._thread_ts(ws, channel, relates)
+            if thread_ts:
+                found += await ws.paginate(
+                    "conversations.replies", "messages", limit=TAKEN_OVER_LOOKBACK,
+                    channel=channel, ts=thread_ts, oldest=f"{since - 60:.6f}",
+                    include_all_metadata=True)
+        for message in found:
+            metadata = message.get("metadata") or {}
+            if (ws.is_own(message) and metadata.get("event_type") == RELAYED_EVENT_TYPE
+                    and (metadata.get("event_payload") or {}).get("matrix_event_id")
+                    == event_id):
+                log.info("Matrix event %s was posted to Slack by a process that died before "
+                         "recording it; not posting it again", event_id)
+                return str(message.get("ts") or "") or None
         return None
 
     # --- who and where -------------------------------------------------------------------
@@ -198,7 +237,12 @@ class MatrixToSlack:
             text = f"_{sender['username']} {text}_"
         thread_ts, thread_root = await self._thread_ts(ws, channel, relates)
         params: dict[str, Any] = {"channel": channel, "text": text or " ", **sender,
-                                  "unfurl_links": False, "unfurl_media": False}
+                                  "unfurl_links": False, "unfurl_media": False,
+                                  # Which Matrix event this is: a process taking over a
+                                  # delivery finds it posted already (_posted_before).
+                                  "metadata": {"event_type": RELAYED_EVENT_TYPE,
+                                               "event_payload": {
+                                                   "matrix_event_id": event["event_id"]}}}
         if thread_ts:
             params["thread_ts"] = thread_ts
         data = await ws.call("chat.postMessage", channel_key=channel, **params)

@@ -13,9 +13,12 @@ acknowledged and Slack sends them again later.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import enum
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -88,6 +91,12 @@ class Intake:
         self._set_aside = set_aside
         self._queue: asyncio.Queue[tuple[dict[str, Any], Ack]] = asyncio.Queue(
             maxsize=queue_limit)
+        # When each event taken and not yet stored was received, oldest first: what this
+        # intake may still store is no older than the first (its watermark for the
+        # heartbeat, see bridge/core/heartbeat.py).
+        self._received: collections.deque[float] = collections.deque()
+        self._drained = asyncio.Event()  # set while nothing received waits to be stored
+        self._drained.set()
         self._task: asyncio.Task[None] | None = None
         self._full_warned = False
         self.refused_while_full = 0
@@ -108,6 +117,8 @@ class Intake:
         """
         try:
             self._queue.put_nowait((payload, ack))
+            self._received.append(time.time())
+            self._drained.clear()
         except asyncio.QueueFull:
             self.refused_while_full += 1
             if not self._full_warned:
@@ -120,6 +131,10 @@ class Intake:
             self._full_warned = False
         return True
 
+    def oldest_unstored(self) -> float | None:
+        """When the oldest event received and not stored yet came (None: none waits)."""
+        return self._received[0] if self._received else None
+
     @property
     def queued(self) -> int:
         return self._queue.qsize()
@@ -127,7 +142,12 @@ class Intake:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"slack-intake-{self.workspace.name}")
 
-    async def stop(self) -> None:
+    async def stop(self, drain_seconds: float = 10.0) -> None:
+        """Store what was received (its acknowledgements may no longer get through: Slack
+        sends those again, and the copies are dropped as duplicates), then stop."""
+        if self._task is not None and not self._task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), drain_seconds)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -137,7 +157,13 @@ class Intake:
             batch = [await self._queue.get()]
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            acks = await self._store_in_order(batch)
+            try:
+                acks = await self._store_in_order(batch)
+            finally:
+                for _ in batch:  # stored, or left to Slack's re-sends: not waiting here
+                    self._received.popleft()
+                if not self._received:
+                    self._drained.set()
             for (_, ack), stored in zip(batch, acks, strict=True):
                 try:
                     await ack(stored)
