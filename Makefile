@@ -3,12 +3,13 @@
 #   make test   set up, then run the linters and the whole test suite (every tier)
 #   make test-fast   only the unit tier: no Synapse, no PostgreSQL, no network (tests/tiers.py)
 #   make bench, make bench-slack, make bench-plan, make bench-e2ee, make bench-import   benchmarks (bench/README.md)
+#   make bench-faults   the fault run of issue 14 (bench/README.md)
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test test-fast lint bench bench-slack bench-plan bench-e2ee bench-import clean
+.PHONY: demo test test-fast lint bench bench-slack bench-plan bench-e2ee bench-import bench-faults clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +60,13 @@ bench-e2ee: $(VENV)/.installed
 # memory (< 200 MB). Several minutes; BENCH_ARGS="--messages 5000" for a quick run.
 bench-import: $(VENV)/.installed
 	$(PY) bench/slack_import.py $(BENCH_ARGS)
+
+# Issue 14's fault run: 10,000 mixed messages (Matrix, Slack, mail) on PostgreSQL while the
+# bridge is SIGKILLed, Synapse and PostgreSQL restart, Slack answers 429/5xx and drops the
+# socket and the mail relay is down (0 lost, 0 doubled, 0 out of order). Own Synapse and
+# PostgreSQL cluster; about 15 minutes. BENCH_ARGS="--messages 600" for a quick run.
+bench-faults: $(VENV)/.installed
+	$(PY) bench/faults.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache .mypy_cache
