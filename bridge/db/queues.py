@@ -280,6 +280,10 @@ class Delivery:
     created_at: float
     # When the item last failed for good, if it did and an admin put it back since.
     failed_at: float | None = None
+    # A claim on it lapsed before: a process took it and died (or hung) without recording
+    # an outcome, so the remote side may have it already. A connector whose remote side
+    # cannot tell a repeat (a homeserver restarted since, Slack) looks before sending again.
+    in_doubt: bool = False
     # Set by the outbox worker while it delivers the item: writes that belong with the
     # success (a message mapping, say) go here, and are made in the transaction that
     # records it, instead of one transaction each. None: nobody records it, write now.
@@ -327,8 +331,10 @@ def _claimable() -> Any:
 _DELIVERY_COLUMNS = (_OUTBOX.c.id, _OUTBOX.c.lane, _OUTBOX.c.network, _OUTBOX.c.room_id,
                      _OUTBOX.c.kind, _OUTBOX.c.payload, _OUTBOX.c.attempts,
                      _OUTBOX.c.created_at, _OUTBOX.c.failed_at)
-_CLAIM = select(*_DELIVERY_COLUMNS).where(*_claimable()).order_by(_OUTBOX.c.id).limit(
-    bindparam("limit"))
+# (claimed_until as it was: above 0 on a pending item means an earlier claim lapsed; every
+# outcome and a release set it back to 0.)
+_CLAIM = select(*_DELIVERY_COLUMNS, _OUTBOX.c.claimed_until).where(*_claimable()).order_by(
+    _OUTBOX.c.id).limit(bindparam("limit"))
 _CLAIM_FOR_UPDATE = _CLAIM.with_for_update(skip_locked=True)
 # Claim the head of one lane if it is due and free, in one statement: the head is found
 # through ix_outbox_lane however long the lane's backlog (_claimable's form walks every
@@ -345,9 +351,12 @@ _SET_CLAIMED = update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding
 
 
 def _deliveries(rows: Any) -> list[Delivery]:
+    # (A lane's head claimed right after the item before it finished was never claimed
+    # before: its rows come from RETURNING, without claimed_until.)
     return [Delivery(id=r.id, lane=r.lane, network=r.network, room_id=r.room_id, kind=r.kind,
                      payload=json_codec.loads(r.payload), attempts=r.attempts,
-                     created_at=r.created_at, failed_at=r.failed_at) for r in rows]
+                     created_at=r.created_at, failed_at=r.failed_at,
+                     in_doubt=bool(getattr(r, "claimed_until", 0.0))) for r in rows]
 
 
 async def claim_deliveries(session: AsyncSession, limit: int, lease: float) -> list[Delivery]:
