@@ -35,6 +35,10 @@ TEXT_MSGTYPES = {"m.text", "m.notice", "m.emote"}
 # A delivery's writes that go with its success (Delivery.with_outcome), or None.
 Outcome = list[Callable[[AsyncSession], Awaitable[None]]] | None
 FILE_MSGTYPES = {"m.image", "m.file", "m.video", "m.audio"}
+# Message metadata on each relayed post: the Matrix event it stands for.
+RELAY_EVENT_TYPE = "matrix_bridge_relay"
+# How many of the channel's latest messages a repeated delivery looks through for its post.
+POSTED_LOOKBACK = 100
 
 
 # The purpose label of the avatar URL key: a key of its own, so a signature handed to Slack
@@ -114,7 +118,8 @@ class MatrixToSlack:
         if msgtype in FILE_MSGTYPES and content.get("url"):
             return await self._file(ws, channel, delivery.room_id, event, relates, outcome)
         if msgtype in TEXT_MSGTYPES:
-            return await self._post(ws, channel, delivery.room_id, event, relates, outcome)
+            return await self._post(ws, channel, delivery.room_id, event, relates, outcome,
+                                    in_doubt=delivery.in_doubt)
         return None
 
     # --- who and where -------------------------------------------------------------------
@@ -188,7 +193,8 @@ class MatrixToSlack:
     # --- messages ------------------------------------------------------------------------
 
     async def _post(self, ws: Workspace, channel: str, room_id: str, event: dict[str, Any],
-                    relates: dict[str, Any], outcome: Outcome = None) -> str:
+                    relates: dict[str, Any], outcome: Outcome = None, *,
+                    in_doubt: bool = False) -> str:
         content = event["content"]
         text = await self._mrkdwn(ws, room_id, content)
         sender = await self._sender(room_id, event["sender"])
@@ -200,11 +206,42 @@ class MatrixToSlack:
                                   "unfurl_links": False, "unfurl_media": False}
         if thread_ts:
             params["thread_ts"] = thread_ts
-        data = await ws.call("chat.postMessage", channel_key=channel, **params)
-        ts = str(data.get("ts") or (data.get("message") or {}).get("ts") or "")
+        # The Matrix event it stands for, for a repeat to find it by (_posted_before).
+        params["metadata"] = {"event_type": RELAY_EVENT_TYPE,
+                              "event_payload": {"event_id": event["event_id"]}}
+        earlier = await self._posted_before(ws, channel, thread_ts, event["event_id"]) \
+            if in_doubt else None
+        if earlier is not None:
+            log.info("Matrix event %s was posted to %s before the last claim lapsed (%s); "
+                     "not again", event["event_id"], channel, earlier)
+            ts = earlier
+        else:
+            data = await ws.call("chat.postMessage", channel_key=channel, **params)
+            ts = str(data.get("ts") or (data.get("message") or {}).get("ts") or "")
         await self._remember(ws, channel, room_id, event["event_id"], ts, thread_root,
                              outcome=outcome)
         return ts
+
+    async def _posted_before(self, ws: Workspace, channel: str, thread_ts: str | None,
+                             event_id: str) -> str | None:
+        """The ts of this app's post for ``event_id`` among the channel's (or thread's)
+        latest messages: a delivery whose process died after Slack took the post, before
+        it was recorded, is taken up again and must not post twice (Slack has no
+        idempotency key for chat.postMessage)."""
+        if thread_ts:
+            messages = await ws.paginate("conversations.replies", "messages",
+                                         limit=POSTED_LOOKBACK, channel=channel, ts=thread_ts,
+                                         include_all_metadata=True)
+        else:
+            messages = await ws.paginate("conversations.history", "messages",
+                                         limit=POSTED_LOOKBACK, channel=channel,
+                                         include_all_metadata=True)
+        for message in messages:
+            metadata = message.get("metadata") or {}
+            if (ws.is_own(message) and metadata.get("event_type") == RELAY_EVENT_TYPE
+                    and (metadata.get("event_payload") or {}).get("event_id") == event_id):
+                return str(message.get("ts") or "") or None
+        return None
 
     async def _remember(self, ws: Workspace, channel: str, room_id: str, event_id: str,
                         remote_id: str, thread_root: str | None, part: int = 0,
