@@ -14,10 +14,12 @@ from sqlalchemy.engine import make_url
 
 from bridge.config import Config, Listener
 from bridge.core.connector import Connector
+from bridge.core.heartbeat import Heartbeat
 from bridge.core.hub import Hub
 from bridge.core.inbox import InboxWorker
 from bridge.core.outbox import OutboxWorker
 from bridge.db.engine import Database
+from bridge.db.single_process import DatabaseInUse, SingleProcessLock
 from bridge.matrix.appservice import AppserviceServer
 from bridge.matrix.bot import Bot
 from bridge.matrix.crypto import BridgeCrypto
@@ -53,10 +55,17 @@ class Bridge:
     def __init__(self, config: Config, connectors: list[Connector] | None = None) -> None:
         self.config = config
         self.db = Database(config.database.url)
+        # SQLite: one process per database file (a second one refuses to start).
+        self._single_process = SingleProcessLock(config.database.url)
         self.hub = Hub(config, self.db,
                        connectors if connectors is not None else build_connectors(config))
+        beat = config.bridge.heartbeat
+        self.heartbeat = Heartbeat(self.db, beat.interval_seconds, beat.expiry_seconds)
+        self.hub.heartbeat = self.heartbeat
         self.outbox = OutboxWorker(self.db, self.hub.deliver, self.hub.on_delivery_failed,
-                                   config.bridge.outbox)
+                                   config.bridge.outbox, holder=self.heartbeat.process_id,
+                                   lease_seconds=beat.expiry_seconds)
+        self.heartbeat.on_released = self.outbox.wake
         self.inbox = InboxWorker(self.db, self.hub.route_batch, on_enqueued=self.outbox.wake)
         self.hub.wake_outbox = self.outbox.wake
         self.server = AppserviceServer(self)
@@ -80,9 +89,15 @@ class Bridge:
         reason the operator must fix, such as a port in use)."""
         self._state_defaults()
         try:
+            self._single_process.acquire()
+        except DatabaseInUse as exc:
+            await self.db.close()
+            raise StartError(str(exc)) from None
+        try:
             before, after = await self.db.upgrade()
         except Exception as exc:
             await self.db.close()
+            self._single_process.release()
             if isinstance(exc, OSError) or exc.__class__.__module__.startswith(
                     ("sqlalchemy", "asyncpg", "sqlite3")):
                 where = make_url(self.config.database.url).render_as_string(hide_password=True)
@@ -92,6 +107,13 @@ class Bridge:
             raise
         if before != after:
             log.info("database schema upgraded from %s to %s", before or "empty", after)
+        try:
+            # Before any work is claimed: claims name this process, its beats keep them.
+            await self.heartbeat.start()
+        except Exception:
+            await self.db.close()
+            self._single_process.release()
+            raise
         self.http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=120, connect=10),
             connector=aiohttp.TCPConnector(
@@ -261,7 +283,9 @@ class Bridge:
                 log.exception("closing the crypto store failed")
         if self.http is not None:
             await self.http.close()
+        await self.heartbeat.stop()
         await self.db.close()
+        self._single_process.release()
 
     async def homeserver_state(self) -> str:
         """"ok" if the homeserver answers, else why not. Cached for a few seconds, so a

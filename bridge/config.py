@@ -144,6 +144,23 @@ class OutboxConfig(Section):
     give_up_after_hours: float = Field(default=96.0, gt=0)
 
 
+class HeartbeatConfig(Section):
+    # Each process writes its liveness row and renews its claims and leases this often;
+    # one whose row is older than expiry_seconds is taken for dead and its claimed work and
+    # leases move to the others (see the README's "High availability").
+    interval_seconds: float = Field(default=2.0, gt=0)
+    expiry_seconds: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _room_for_missed_beats(self) -> HeartbeatConfig:
+        if self.expiry_seconds < 3 * self.interval_seconds:
+            raise ValueError(
+                f"expiry_seconds ({self.expiry_seconds:g}) must be at least three times "
+                f"interval_seconds ({self.interval_seconds:g}): a process that misses one "
+                "beat (a slow database round trip) must not be taken for dead")
+        return self
+
+
 class BridgeSettings(Section):
     admins: list[str] = Field(default_factory=list)
     command_prefix: str = "!bridge"
@@ -158,6 +175,7 @@ class BridgeSettings(Section):
             raise ValueError("must be an https:// URL (it is handed out to mail clients)")
         return value.rstrip("/")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig)
 
     @field_validator("admins")
     @classmethod

@@ -26,6 +26,7 @@ from bridge.core import activity
 from bridge.core.cache import BoundedCache
 from bridge.core.connector import Connector
 from bridge.core.errors import TemporaryError
+from bridge.core.heartbeat import Heartbeat
 from bridge.core.origin import (
     HISTORY_KEY,
     ORIGIN_KEY,
@@ -134,6 +135,9 @@ class Hub:
         # Set by the app: wakes the outbox worker after something was enqueued.
         # (Given the lanes it queued in, if known: the outbox need not wake for busy ones.)
         self.wake_outbox: Callable[..., None] = lambda lanes=None: None
+        # Set by the app: this process's liveness, leases, and whether remote events are
+        # held for order across processes (bridge/core/heartbeat.py). None in bare tests.
+        self.heartbeat: Heartbeat | None = None
         # Puppet profiles last written (user ID -> name, avatar source): a cache that saves a
         # write per remote message; the database stays the truth, so an entry that aged out
         # or was pushed out by newer ones costs one write that changes nothing.

@@ -49,7 +49,9 @@ def cannot_succeed_on_retry(exc: BaseException) -> bool:
 
 
 CLAIM_LIMIT = 64
-# A claim older than this is assumed to belong to a crashed worker.
+# A claim older than this is assumed to belong to a crashed worker. The bridge passes its
+# heartbeat's expiry instead (seconds) with its process ID as the holder: the heartbeat
+# renews the claims of a live process, so only a dead one's run out (bridge/core/heartbeat.py).
 LEASE_SECONDS = 300.0
 
 
@@ -69,8 +71,11 @@ def _resolve(done: _Finished, next_item: Delivery | None) -> None:
 
 class OutboxWorker:
     def __init__(self, db: Database, deliver: Deliver, on_failed: OnFailed,
-                 settings: OutboxConfig) -> None:
+                 settings: OutboxConfig, *, holder: str | None = None,
+                 lease_seconds: float = LEASE_SECONDS) -> None:
         self.db = db
+        self.holder = holder
+        self.lease_seconds = lease_seconds
         self.deliver = deliver
         self.on_failed = on_failed
         self.settings = settings
@@ -115,8 +120,8 @@ class OutboxWorker:
                 items = []
                 if due_at is not None and due_at <= time.time():
                     async with self.db.transaction() as session:
-                        items = await queues.claim_deliveries(session, CLAIM_LIMIT,
-                                                              LEASE_SECONDS)
+                        items = await queues.claim_deliveries(
+                            session, CLAIM_LIMIT, self.lease_seconds, self.holder)
                 db_delay = 0.5
             except Exception:
                 log.exception("could not claim outbox items; retrying in %.1fs", db_delay)
@@ -131,7 +136,8 @@ class OutboxWorker:
     async def claim_within(self, session: AsyncSession) -> list[Delivery]:
         """Claim due items inside the caller's transaction (the one that queued them), to
         be passed to :meth:`dispatch` after it commits: saves a transaction per event."""
-        return await queues.claim_deliveries(session, CLAIM_LIMIT, LEASE_SECONDS)
+        return await queues.claim_deliveries(session, CLAIM_LIMIT, self.lease_seconds,
+                                             self.holder)
 
     async def dispatch(self, items: list[Delivery]) -> None:
         """Start delivering claimed items, one task per lane."""
@@ -283,7 +289,7 @@ class OutboxWorker:
             await queues.finish_deliveries(session, [(d.item.id, d.result) for d in batch])
             for done in batch:
                 heads.append(None if self._closing else await queues.claim_lane_head(
-                    session, done.item.lane, LEASE_SECONDS))
+                    session, done.item.lane, self.lease_seconds, self.holder))
 
         return heads if await self._settle(write, attempts) else None
 
@@ -337,7 +343,7 @@ class OutboxWorker:
                 await asyncio.sleep(delay)
                 delay *= 2
         log.error("gave up recording a delivery outcome; the item becomes due again when its "
-                  "lease runs out (%.0f s)", LEASE_SECONDS)
+                  "lease runs out (%.0f s)", self.lease_seconds)
         return False
 
     async def drain(self, timeout: float = 30.0) -> None:

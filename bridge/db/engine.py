@@ -135,6 +135,11 @@ async def upgrade(engine: AsyncEngine) -> tuple[str | None, str | None]:
     and after (as :func:`describe` puts them)."""
 
     def run(connection: Connection) -> tuple[str | None, str | None]:
+        if connection.dialect.name == "postgresql":
+            # Several bridge processes starting at once on one database: one migrates, the
+            # others wait here and then find it done (held until this transaction ends).
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtextextended("
+                                       "'bridge schema upgrade', 0))")
         before = _current_revisions(connection)
         command.upgrade(_alembic_config(connection), "heads")
         return describe(before), describe(_current_revisions(connection))

@@ -93,6 +93,9 @@ class OutboxItem(Base):
     next_attempt_at: Mapped[float] = mapped_column(Float)
     # A worker that took the item holds it until then; after a crash it becomes free again.
     claimed_until: Mapped[float] = mapped_column(Float, default=0.0)
+    # The process (bridge_process.id) holding the claim: its heartbeat renews
+    # claimed_until while it lives, so only a dead holder's claims run out.
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     result: Mapped[str | None] = mapped_column(Text, nullable=True)
     # When the item last failed for good (``!bridge failed`` lists newest first), and
@@ -105,7 +108,54 @@ class OutboxItem(Base):
     __table_args__ = (
         Index("ix_outbox_pending", "state", "next_attempt_at"),
         Index("ix_outbox_lane", "lane", "state", "id"),
+        Index("ix_outbox_claimed_by", "claimed_by"),
     )
+
+
+class HeldDelivery(Base):
+    """A remote event stored but held back from its lane while another live process may
+    still be storing earlier events of the same conversation (bridge/core/heartbeat.py):
+    moved into the outbox in ``sort_key`` order (the remote side's own timestamp)."""
+
+    __tablename__ = "outbox_held"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    lane: Mapped[str] = mapped_column(String(600))
+    network: Mapped[str] = mapped_column(String(32))
+    room_id: Mapped[str] = mapped_column(ID)
+    kind: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text)
+    sort_key: Mapped[float] = mapped_column(Float)
+    received_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_outbox_held_received_at", "received_at"),)
+
+
+class BridgeProcess(Base):
+    """A running bridge process, kept alive by its heartbeat (bridge/core/heartbeat.py)."""
+
+    __tablename__ = "bridge_process"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)
+    # Past this, the process is taken for dead: its claims and leases are free.
+    expires_at: Mapped[float] = mapped_column(Float)
+    # Everything its remote intakes received before this moment is stored.
+    intake_watermark: Mapped[float] = mapped_column(Float)
+
+
+class BridgeLease(Base):
+    """Work that runs in one process at a time (bridge/core/leases.py)."""
+
+    __tablename__ = "bridge_lease"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    acquired_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
 
 
 class Portal(Base):

@@ -280,10 +280,10 @@ class Delivery:
     created_at: float
     # When the item last failed for good, if it did and an admin put it back since.
     failed_at: float | None = None
-    # A claim on it lapsed before: a process took it and died (or hung) without recording
-    # an outcome, so the remote side may have it already. A connector whose remote side
-    # cannot tell a repeat (a homeserver restarted since, Slack) looks before sending again.
-    in_doubt: bool = False
+    # Claimed before by another process that is gone (its claim ran out): it may have
+    # delivered the item and died before recording that, so a side that can look (the
+    # Slack channel's history) checks before delivering again.
+    taken_over: bool = False
     # Set by the outbox worker while it delivers the item: writes that belong with the
     # success (a message mapping, say) go here, and are made in the transaction that
     # records it, instead of one transaction each. None: nobody records it, write now.
@@ -331,10 +331,8 @@ def _claimable() -> Any:
 _DELIVERY_COLUMNS = (_OUTBOX.c.id, _OUTBOX.c.lane, _OUTBOX.c.network, _OUTBOX.c.room_id,
                      _OUTBOX.c.kind, _OUTBOX.c.payload, _OUTBOX.c.attempts,
                      _OUTBOX.c.created_at, _OUTBOX.c.failed_at)
-# (claimed_until as it was: above 0 on a pending item means an earlier claim lapsed; every
-# outcome and a release set it back to 0.)
-_CLAIM = select(*_DELIVERY_COLUMNS, _OUTBOX.c.claimed_until).where(*_claimable()).order_by(
-    _OUTBOX.c.id).limit(bindparam("limit"))
+_CLAIM = select(*_DELIVERY_COLUMNS, _OUTBOX.c.claimed_by).where(*_claimable()) \
+    .order_by(_OUTBOX.c.id).limit(bindparam("limit"))
 _CLAIM_FOR_UPDATE = _CLAIM.with_for_update(skip_locked=True)
 # Claim the head of one lane if it is due and free, in one statement: the head is found
 # through ix_outbox_lane however long the lane's backlog (_claimable's form walks every
@@ -345,46 +343,52 @@ _CLAIM_LANE_HEAD = update(_OUTBOX).where(
     ).order_by(_OUTBOX.c.id).limit(1).scalar_subquery(),
     _OUTBOX.c.state == "pending",
     _OUTBOX.c.next_attempt_at <= bindparam("now"), _OUTBOX.c.claimed_until <= bindparam("now"),
-).values(claimed_until=bindparam("until")).returning(*_DELIVERY_COLUMNS)
+).values(claimed_until=bindparam("until"), claimed_by=bindparam("holder")) \
+    .returning(*_DELIVERY_COLUMNS)
 _SET_CLAIMED = update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True))) \
-    .values(claimed_until=bindparam("until"))
+    .values(claimed_until=bindparam("until"), claimed_by=bindparam("holder"))
 
 
 def _deliveries(rows: Any) -> list[Delivery]:
-    # (A lane's head claimed right after the item before it finished was never claimed
-    # before: its rows come from RETURNING, without claimed_until.)
     return [Delivery(id=r.id, lane=r.lane, network=r.network, room_id=r.room_id, kind=r.kind,
                      payload=json_codec.loads(r.payload), attempts=r.attempts,
-                     created_at=r.created_at, failed_at=r.failed_at,
-                     in_doubt=bool(getattr(r, "claimed_until", 0.0))) for r in rows]
+                     created_at=r.created_at, failed_at=r.failed_at) for r in rows]
 
 
-async def claim_deliveries(session: AsyncSession, limit: int, lease: float) -> list[Delivery]:
-    """Claim the due head item of up to ``limit`` lanes.
+async def claim_deliveries(session: AsyncSession, limit: int, lease: float,
+                           holder: str | None = None) -> list[Delivery]:
+    """Claim the due head item of up to ``limit`` lanes, for ``lease`` seconds; the heartbeat
+    of ``holder`` (a process ID, see bridge/core/heartbeat.py) renews the claim while it lives.
 
     Only a lane's oldest pending item is eligible, so a lane whose head waits for a retry
     holds back everything behind it: order within a lane is never broken.
     """
     now = time.time()
     query = _CLAIM_FOR_UPDATE if dialect_name(session) == "postgresql" else _CLAIM
-    items = _deliveries(await session.execute(query, {"now": now, "limit": limit}))
+    rows = list(await session.execute(query, {"now": now, "limit": limit}))
+    items = _deliveries(rows)
+    for item, row in zip(items, rows, strict=True):
+        # Finishing, retrying or releasing an item clears its holder: one still named is
+        # one whose holder's claim ran out.
+        item.taken_over = row.claimed_by is not None and row.claimed_by != holder
     if items:
         await session.execute(_SET_CLAIMED, {"ids": [i.id for i in items],
-                                             "until": now + lease})
+                                             "until": now + lease, "holder": holder})
     return items
 
 
-async def claim_lane_head(session: AsyncSession, lane: str, lease: float) -> Delivery | None:
+async def claim_lane_head(session: AsyncSession, lane: str, lease: float,
+                          holder: str | None = None) -> Delivery | None:
     """Claim the head item of one lane if it may go out now (the worker that just finished
     the item before it goes on with the lane, without a round through the claim loop)."""
     now = time.time()
     claimed = _deliveries(await session.execute(_CLAIM_LANE_HEAD, {
-        "head_lane": lane, "now": now, "until": now + lease}))
+        "head_lane": lane, "now": now, "until": now + lease, "holder": holder}))
     return claimed[0] if claimed else None  # none: empty, waiting, or taken meanwhile
 
 
 _RELEASE = update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True))) \
-    .values(claimed_until=0.0)
+    .values(claimed_until=0.0, claimed_by=None)
 
 
 async def release_claims(session: AsyncSession, ids: list[int]) -> None:
@@ -413,13 +417,14 @@ async def next_due_time(session: AsyncSession) -> float | None:
 
 
 _FINISH = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("item_id")).values(
-    state="done", result=bindparam("result"), claimed_until=0.0,
+    state="done", result=bindparam("result"), claimed_until=0.0, claimed_by=None,
     attempts=_OUTBOX.c.attempts + 1)
 _RETRY = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("item_id")).values(
-    next_attempt_at=bindparam("at"), claimed_until=0.0, last_error=bindparam("error"),
+    next_attempt_at=bindparam("at"), claimed_until=0.0, claimed_by=None,
+    last_error=bindparam("error"),
     attempts=_OUTBOX.c.attempts + 1)
 _FAIL = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("item_id")).values(
-    state="failed", claimed_until=0.0, last_error=bindparam("error"),
+    state="failed", claimed_until=0.0, claimed_by=None, last_error=bindparam("error"),
     attempts=_OUTBOX.c.attempts + 1, failed_at=bindparam("now"), failure_reported=True)
 
 

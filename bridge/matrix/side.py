@@ -455,10 +455,10 @@ class MatrixSide:
             if ORIGIN_KEY in content else None
         event_id = await self._already_sent(
             d, kwargs["txn_id"], {str(intent.mxid), *([acting] if acting else [])}) \
-            if d.in_doubt else None
+            if d.taken_over else None
         if event_id is not None:
-            log.info("delivery %s was posted before its last claim lapsed (%s); not again",
-                     d.id, event_id)
+            log.info("delivery %s was posted by a process that died before recording it "
+                     "(%s); not posting it again", d.id, event_id)
         elif acting is not None:
             # As the linked person (double puppeting), with a timestamp the bridge sets and
             # signs, so the event's origin marker is trusted when it comes back.

@@ -33,7 +33,9 @@ from bridge.core.errors import (
     UnavailableError,
     UsageError,
 )
+from bridge.db import leases as db_leases
 from bridge.db import queues, store
+from bridge.db.leases import ProcessRow
 from bridge.db.queues import Delivery, NewDelivery
 from bridge.db.store import LinkInfo
 from bridge.slack import actions, catch_up, person_code
@@ -186,9 +188,14 @@ class SlackConnector(Connector):
             self._intakes[ws.name] = Intake(ws, self.store_events,
                                             queue_limit=self.settings.intake_queue_limit,
                                             set_aside=self._event_set_aside)
+            if hub.heartbeat is not None:
+                hub.heartbeat.watermarks.append(self._intakes[ws.name].oldest_unstored)
             self._spawn(self._connect(ws), f"slack-connect-{ws.name}")
+        if hub.heartbeat is not None:
+            hub.heartbeat.on_peer_dead.append(self._peer_died)
         http_workspaces = [ws for ws in self.workspaces if not ws.socket_mode]
         if http_workspaces:
+            await self._seen_by_peers()
             api = self.settings.events_api
             self._events_api = EventsApiServer(api.hostname, api.port, api.path,
                                                http_workspaces, self._intakes)
@@ -214,6 +221,7 @@ class SlackConnector(Connector):
         log.info("Slack workspace %s is team %s (%s); app user %s", ws.name, ws.team_id,
                  ws.team_name, ws.bot_user_id)
         self._intakes[ws.name].start()
+        await self._seen_by_peers()
         if ws.socket_mode:
             receiver = SocketModeReceiver(ws, self.settings.api_url, self._intakes[ws.name],
                                           on_connected=lambda: self.schedule_catch_up(ws))
@@ -221,6 +229,13 @@ class SlackConnector(Connector):
             await receiver.start()
         else:
             self.schedule_catch_up(ws)
+
+    async def _seen_by_peers(self) -> None:
+        """Receive nothing before every other live process knows of this one: from then
+        on each of them holds its events for this one's intake (bridge/core/heartbeat.py)."""
+        heartbeat = self.hub.heartbeat
+        if heartbeat is not None and heartbeat.peers:
+            await heartbeat.seen_by_peers(timeout=3 * heartbeat.interval)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -434,12 +449,26 @@ class SlackConnector(Connector):
         if not items:
             return
 
+        heartbeat = self.hub.heartbeat
+        held = False
+
         async def write(session: AsyncSession) -> None:
             fresh = [item for key, item in items
                      if await store.claim_inbound_key(session, NETWORK, key)]
-            await queues.enqueue(session, fresh)
+            if held:
+                # Other processes receive this workspace's events too: into the channel's
+                # lane in ts order, once none of them can still be storing an earlier one.
+                await db_leases.hold(session, [(item, _sort_key(item.payload))
+                                               for item in fresh], time.time())
+            else:
+                await queues.enqueue(session, fresh)
 
-        await self.hub.enqueue([], also=write)
+        if heartbeat is None:
+            await self.hub.enqueue([], also=write)
+        else:
+            async with heartbeat.intake_lock:  # (holding changes only under it)
+                held = heartbeat.holding
+                await self.hub.enqueue([], also=write)
         metrics.EVENTS.labels(network=NETWORK, direction="in").inc(len(items))
 
     async def channel_state_changed(self, ws: Workspace, room_id: str, channel: str,
@@ -595,19 +624,42 @@ class SlackConnector(Connector):
         self._catch_up_tasks[ws.name] = asyncio.create_task(
             self._catch_up(ws), name=f"slack-catch-up-{ws.name}")
 
-    async def _catch_up(self, ws: Workspace) -> None:
+    async def _catch_up(self, ws: Workspace, *, raise_errors: bool = False) -> None:
         try:
-            channels = await self.linked_channel_ids(ws)
-            for room_id, channel in channels:
-                async with self.hub.db.sessions() as session:
-                    last = await slack_store.cursor(session, ws.team_id, channel)
-                await self._check_archived(ws, room_id, channel)
-                await self._read_since(ws, room_id, channel, last)
+            heartbeat = self.hub.heartbeat
+            if heartbeat is None:
+                await self._catch_up_now(ws)
+                return
+            # One process at a time reads a workspace's history (several processes all
+            # reconnect after a Slack outage); the others wait their turn, then read only
+            # what is still missing.
+            async with heartbeat.leases.exclusive(f"slack-catch-up:{ws.team_id}", wait=True):
+                await self._catch_up_now(ws)
         except asyncio.CancelledError:
             raise
         except Exception:
+            if raise_errors:
+                raise
             log.exception("catch-up of Slack workspace %s failed; it runs again on the next "
                           "connection", ws.name)
+
+    async def _catch_up_now(self, ws: Workspace) -> None:
+        channels = await self.linked_channel_ids(ws)
+        for room_id, channel in channels:
+            async with self.hub.db.sessions() as session:
+                last = await slack_store.cursor(session, ws.team_id, channel)
+            await self._check_archived(ws, room_id, channel)
+            await self._read_since(ws, room_id, channel, last)
+
+    async def _peer_died(self, process: ProcessRow) -> None:
+        """Another bridge process died: what its sockets received and never stored, Slack
+        sends again only seconds later (after newer events). Read that gap from history now,
+        while this workspace's events are still held (bridge/core/heartbeat.py), so they go
+        out in ts order; Slack's re-sends are then duplicates. An error leaves the dead
+        process's row, so the next beat tries again (and events stay held meanwhile)."""
+        for ws in self.workspaces:
+            if ws.team_id:
+                await self._catch_up(ws, raise_errors=True)
 
     async def _check_archived(self, ws: Workspace, room_id: str, channel: str) -> None:
         """A channel archived or unarchived while the bridge was away: its event is gone,
@@ -1046,3 +1098,17 @@ def _image_type(data: bytes) -> str:
     if data[8:12] == b"WEBP":
         return "image/webp"
     return "application/octet-stream"
+
+
+def _sort_key(payload: dict[str, Any]) -> float:
+    """Where a stored Slack event goes in its channel's order: Slack's own timestamp of it
+    (a message's ts, an edit's, a reaction's event_ts), else when Slack sent it."""
+    event = payload.get("event") or {}
+    for value in (event.get("ts"), event.get("event_ts"), payload.get("event_time")):
+        if value is None:
+            continue
+        try:
+            return float(str(value))
+        except (TypeError, ValueError):
+            continue
+    return time.time()

@@ -32,13 +32,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("bridge.slack")
 
 TEXT_MSGTYPES = {"m.text", "m.notice", "m.emote"}
+# Slack message metadata of the app's posts of Matrix messages (names the Matrix event).
+RELAYED_EVENT_TYPE = "bridge_matrix_message"
+# How many of the channel's latest messages are searched for a post a process that died
+# made without recording it.
+TAKEN_OVER_LOOKBACK = 200
 # A delivery's writes that go with its success (Delivery.with_outcome), or None.
 Outcome = list[Callable[[AsyncSession], Awaitable[None]]] | None
 FILE_MSGTYPES = {"m.image", "m.file", "m.video", "m.audio"}
-# Message metadata on each relayed post: the Matrix event it stands for.
-RELAY_EVENT_TYPE = "matrix_bridge_relay"
-# How many of the channel's latest messages a repeated delivery looks through for its post.
-POSTED_LOOKBACK = 100
 
 
 # The purpose label of the avatar URL key: a key of its own, so a signature handed to Slack
@@ -118,8 +119,41 @@ class MatrixToSlack:
         if msgtype in FILE_MSGTYPES and content.get("url"):
             return await self._file(ws, channel, delivery.room_id, event, relates, outcome)
         if msgtype in TEXT_MSGTYPES:
-            return await self._post(ws, channel, delivery.room_id, event, relates, outcome,
-                                    in_doubt=delivery.in_doubt)
+            if delivery.taken_over:
+                posted = await self._posted_before(ws, channel, event, delivery.created_at)
+                if posted is not None:
+                    _, thread_root = await self._thread_ts(ws, channel, relates)
+                    await self._remember(ws, channel, delivery.room_id, event["event_id"],
+                                         posted, thread_root, outcome=outcome)
+                    return posted
+            return await self._post(ws, channel, delivery.room_id, event, relates, outcome)
+        return None
+
+    async def _posted_before(self, ws: Workspace, channel: str, event: dict[str, Any],
+                             since: float) -> str | None:
+        """The ts of the app's post of this Matrix event, if a process that died posted it
+        before it could record so (each post names its event in Slack's message metadata);
+        None if it is not there. Read from the channel, and from the thread it went to."""
+        event_id = str(event.get("event_id") or "")
+        found: list[dict[str, Any]] = await ws.paginate(
+            "conversations.history", "messages", limit=TAKEN_OVER_LOOKBACK, channel=channel,
+            oldest=f"{since - 60:.6f}", include_all_metadata=True)
+        relates = (event.get("content") or {}).get("m.relates_to") or {}
+        if relates:
+            thread_ts, _ = await self._thread_ts(ws, channel, relates)
+            if thread_ts:
+                found += await ws.paginate(
+                    "conversations.replies", "messages", limit=TAKEN_OVER_LOOKBACK,
+                    channel=channel, ts=thread_ts, oldest=f"{since - 60:.6f}",
+                    include_all_metadata=True)
+        for message in found:
+            metadata = message.get("metadata") or {}
+            if (ws.is_own(message) and metadata.get("event_type") == RELAYED_EVENT_TYPE
+                    and (metadata.get("event_payload") or {}).get("matrix_event_id")
+                    == event_id):
+                log.info("Matrix event %s was posted to Slack by a process that died before "
+                         "recording it; not posting it again", event_id)
+                return str(message.get("ts") or "") or None
         return None
 
     # --- who and where -------------------------------------------------------------------
@@ -193,8 +227,7 @@ class MatrixToSlack:
     # --- messages ------------------------------------------------------------------------
 
     async def _post(self, ws: Workspace, channel: str, room_id: str, event: dict[str, Any],
-                    relates: dict[str, Any], outcome: Outcome = None, *,
-                    in_doubt: bool = False) -> str:
+                    relates: dict[str, Any], outcome: Outcome = None) -> str:
         content = event["content"]
         text = await self._mrkdwn(ws, room_id, content)
         sender = await self._sender(room_id, event["sender"])
@@ -203,45 +236,19 @@ class MatrixToSlack:
             text = f"_{sender['username']} {text}_"
         thread_ts, thread_root = await self._thread_ts(ws, channel, relates)
         params: dict[str, Any] = {"channel": channel, "text": text or " ", **sender,
-                                  "unfurl_links": False, "unfurl_media": False}
+                                  "unfurl_links": False, "unfurl_media": False,
+                                  # Which Matrix event this is: a process taking over a
+                                  # delivery finds it posted already (_posted_before).
+                                  "metadata": {"event_type": RELAYED_EVENT_TYPE,
+                                               "event_payload": {
+                                                   "matrix_event_id": event["event_id"]}}}
         if thread_ts:
             params["thread_ts"] = thread_ts
-        # The Matrix event it stands for, for a repeat to find it by (_posted_before).
-        params["metadata"] = {"event_type": RELAY_EVENT_TYPE,
-                              "event_payload": {"event_id": event["event_id"]}}
-        earlier = await self._posted_before(ws, channel, thread_ts, event["event_id"]) \
-            if in_doubt else None
-        if earlier is not None:
-            log.info("Matrix event %s was posted to %s before the last claim lapsed (%s); "
-                     "not again", event["event_id"], channel, earlier)
-            ts = earlier
-        else:
-            data = await ws.call("chat.postMessage", channel_key=channel, **params)
-            ts = str(data.get("ts") or (data.get("message") or {}).get("ts") or "")
+        data = await ws.call("chat.postMessage", channel_key=channel, **params)
+        ts = str(data.get("ts") or (data.get("message") or {}).get("ts") or "")
         await self._remember(ws, channel, room_id, event["event_id"], ts, thread_root,
                              outcome=outcome)
         return ts
-
-    async def _posted_before(self, ws: Workspace, channel: str, thread_ts: str | None,
-                             event_id: str) -> str | None:
-        """The ts of this app's post for ``event_id`` among the channel's (or thread's)
-        latest messages: a delivery whose process died after Slack took the post, before
-        it was recorded, is taken up again and must not post twice (Slack has no
-        idempotency key for chat.postMessage)."""
-        if thread_ts:
-            messages = await ws.paginate("conversations.replies", "messages",
-                                         limit=POSTED_LOOKBACK, channel=channel, ts=thread_ts,
-                                         include_all_metadata=True)
-        else:
-            messages = await ws.paginate("conversations.history", "messages",
-                                         limit=POSTED_LOOKBACK, channel=channel,
-                                         include_all_metadata=True)
-        for message in messages:
-            metadata = message.get("metadata") or {}
-            if (ws.is_own(message) and metadata.get("event_type") == RELAY_EVENT_TYPE
-                    and (metadata.get("event_payload") or {}).get("event_id") == event_id):
-                return str(message.get("ts") or "") or None
-        return None
 
     async def _remember(self, ws: Workspace, channel: str, room_id: str, event_id: str,
                         remote_id: str, thread_root: str | None, part: int = 0,

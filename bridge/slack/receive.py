@@ -13,9 +13,11 @@ acknowledged and Slack sends them again later.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -88,6 +90,10 @@ class Intake:
         self._set_aside = set_aside
         self._queue: asyncio.Queue[tuple[dict[str, Any], Ack]] = asyncio.Queue(
             maxsize=queue_limit)
+        # When each event taken and not yet stored was received, oldest first: what this
+        # intake may still store is no older than the first (its watermark for the
+        # heartbeat, see bridge/core/heartbeat.py).
+        self._received: collections.deque[float] = collections.deque()
         self._task: asyncio.Task[None] | None = None
         self._full_warned = False
         self.refused_while_full = 0
@@ -108,6 +114,7 @@ class Intake:
         """
         try:
             self._queue.put_nowait((payload, ack))
+            self._received.append(time.time())
         except asyncio.QueueFull:
             self.refused_while_full += 1
             if not self._full_warned:
@@ -119,6 +126,10 @@ class Intake:
         if self._full_warned and self._queue.qsize() < self._queue.maxsize // 2:
             self._full_warned = False
         return True
+
+    def oldest_unstored(self) -> float | None:
+        """When the oldest event received and not stored yet came (None: none waits)."""
+        return self._received[0] if self._received else None
 
     @property
     def queued(self) -> int:
@@ -137,7 +148,11 @@ class Intake:
             batch = [await self._queue.get()]
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            acks = await self._store_in_order(batch)
+            try:
+                acks = await self._store_in_order(batch)
+            finally:
+                for _ in batch:  # stored, or left to Slack's re-sends: not waiting here
+                    self._received.popleft()
             for (_, ack), stored in zip(batch, acks, strict=True):
                 try:
                     await ack(stored)

@@ -3,10 +3,15 @@
 Delivery goes the way the team's app is configured:
 
 * Socket Mode (the team has an app token): envelopes over the websockets the app opened
-  with apps.connections.open, each to be acknowledged with its envelope_id. What is not
-  acknowledged (connection lost, or no ack within `ack_timeout`) is sent again with
-  retry_attempt + 1 and the same event_id; what is emitted while no socket is open waits and
-  goes out once one connects.
+  with apps.connections.open (up to MAX_CONNECTIONS at once, as Slack allows; a further one
+  gets a `too_many_websockets` disconnect), each event to one of them (in turn), to be
+  acknowledged with its envelope_id. What is not acknowledged within `ack_timeout` is sent
+  again with retry_attempt + 1 and the same event_id, to another open connection if there
+  is one. An envelope written to a connection that is lost meanwhile comes again only then,
+  too, not at once: like Slack, the simulator cannot tell a dead socket from a slow app, so
+  with several connections the re-sent event arrives after newer ones sent over the others.
+  An envelope not written yet goes to another connection at once. What is emitted while no
+  socket is open waits and goes out once one connects.
 * Events API (no app token): signed POSTs to the team's events_url, retried up to
   `max_retries` times with X-Slack-Retry-Num / X-Slack-Retry-Reason when the answer is not
   2xx within `http_timeout` seconds, unless the app answers with `X-Slack-No-Retry: 1`.
@@ -95,6 +100,10 @@ def event_callback(team: Team, event: JsonDict, *, event_id: str, event_time: in
         # schema requires it.
         "authed_users": [team.bot_user_id],
     }
+
+
+# Slack allows an app this many Socket Mode connections at once.
+MAX_CONNECTIONS = 10
 
 
 def new_event_id() -> str:
@@ -287,8 +296,13 @@ class Dispatcher:
         return event_id
 
     # -- socket mode ----------------------------------------------------------------------
-    def attach(self, team: Team, ws: web.WebSocketResponse) -> SocketLink:
+    def attach(self, team: Team, ws: web.WebSocketResponse) -> SocketLink | None:
+        """A new websocket of the team's app; None (and the socket told, then closed) when
+        the app has MAX_CONNECTIONS open already."""
         delivery = self.teams[team.id]
+        if len(delivery.links) >= MAX_CONNECTIONS:
+            self._spawn(self._refuse(team, ws))
+            return None
         link = SocketLink(ws, team)
         delivery.links.append(link)
         link.writer = asyncio.ensure_future(self._write(delivery, link))
@@ -302,12 +316,19 @@ class Dispatcher:
         self._flush(delivery)
         return link
 
+    async def _refuse(self, team: Team, ws: web.WebSocketResponse) -> None:
+        with contextlib.suppress(Exception):
+            await ws.send_str(_dumps({"type": "disconnect", "reason": "too_many_websockets",
+                                      "debug_info": {"host": "applink-sim-refused"}}))
+            await asyncio.wait_for(ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION), 2)
+
     def _flush(self, delivery: TeamDelivery) -> None:
         while delivery.queue and delivery.links and self.online:
             self._send(delivery, delivery.queue.popleft())
 
-    def _send(self, delivery: TeamDelivery, env: Envelope) -> None:
-        links = delivery.links
+    def _send(self, delivery: TeamDelivery, env: Envelope,
+              avoid: SocketLink | None = None) -> None:
+        links = [link for link in delivery.links if link is not avoid] or delivery.links
         link = links[delivery.rr % len(links)]
         delivery.rr += 1
         env.envelope_id = str(uuid.uuid4())
@@ -377,7 +398,7 @@ class Dispatcher:
         env.attempt += 1
         env.reason = "timeout"
         if delivery.links and self.online:
-            self._send(delivery, env)
+            self._send(delivery, env, avoid=env.link)
         else:
             delivery.queue.appendleft(env)
 
@@ -389,16 +410,12 @@ class Dispatcher:
         delivery.links.remove(link)
         link.closed.set()
         link.out.put_nowait(None)
-        orphans = sorted((env for env in delivery.pending.values() if env.link is link),
-                         key=lambda env: env.seq)
+        # Written ones wait for their ack timeout (then _ack_timeout sends them again, to
+        # another connection); those that never left go elsewhere now.
+        orphans = sorted((env for env in delivery.pending.values()
+                          if env.link is link and not env.written), key=lambda env: env.seq)
         for env in orphans:
             del delivery.pending[env.envelope_id]
-            if env.timer is not None:
-                env.timer.cancel()
-                env.timer = None
-            if env.written:
-                env.attempt += 1
-                env.reason = "timeout"
             env.link = None
         delivery.queue.extendleft(reversed(orphans))
         self._flush(delivery)

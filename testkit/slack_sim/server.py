@@ -17,6 +17,7 @@ Mode websocket, and /_sim/ endpoints for people poking at a demo.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,9 @@ def build_app(sim: SlackSimulator) -> web.Application:
         auth = request.headers.get("Authorization", "")
         if auth.startswith("Bearer "):
             token = auth[len("Bearer "):].strip() or token
+        latency = sim.latency.get(request.match_info["method"])
+        if latency:
+            await asyncio.sleep(latency)  # a slow answer (set with sim.slow_down)
         status, body, headers = sim.webapi.call(request.match_info["method"], params,
                                                 token if isinstance(token, str) else None)
         return _json(body, status, headers)
@@ -134,6 +138,10 @@ def build_app(sim: SlackSimulator) -> web.Application:
         ws = web.WebSocketResponse(autoping=True, max_msg_size=0)
         await ws.prepare(request)
         link = sim.dispatcher.attach(team, ws)
+        if link is None:  # too many connections: told so, and closed
+            async for _ in ws:
+                pass
+            return ws
         try:
             async for message in ws:
                 if message.type != aiohttp.WSMsgType.TEXT:

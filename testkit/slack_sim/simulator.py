@@ -116,6 +116,8 @@ class SlackSimulator:
         self.enforce_tiers = False
         self.post_message_burst = 5  # chat.postMessage: 1 per second per channel, bursts of this
         self.faults: dict[str, list[Fault]] = {}
+        # Seconds a Web API method takes to answer (slow_down), by method.
+        self.latency: dict[str, float] = {}
         self._tokens: dict[str, tuple[Team, str]] = {}   # token -> (team, "bot" | "app")
         # Tokens of an uninstalled app or revoked: the error Slack answers them with.
         self.revoked_tokens: dict[str, str] = {}
@@ -414,8 +416,13 @@ class SlackSimulator:
         """Answer the next `times` calls of method with an HTTP error status."""
         self.faults.setdefault(method, []).append(Fault(status, error, times))
 
+    def slow_down(self, method: str, seconds: float) -> None:
+        """Answer every call of method only after `seconds` (0: at once again)."""
+        self.latency[method] = seconds
+
     def clear_faults(self) -> None:
         self.faults.clear()
+        self.latency.clear()
 
     def take_fault(self, method: str) -> Fault | None:
         queue = self.faults.get(method)

@@ -535,14 +535,6 @@ def _micros_cursor(micros: int) -> str:
     return encode_cursor("next_ts", str(micros))
 
 
-def _shown_metadata(messages: list[JsonDict], p: Params) -> list[JsonDict]:
-    """As Slack: a message's metadata is in history only with include_all_metadata."""
-    if p.flag("include_all_metadata"):
-        return messages
-    return [{k: v for k, v in m.items() if k != "metadata"} if "metadata" in m else m
-            for m in messages]
-
-
 @method("conversations.history")
 def conversations_history(api: WebApi, ctx: Ctx, p: Params) -> JsonDict:
     channel = api.member_channel(ctx, p)
@@ -557,9 +549,8 @@ def conversations_history(api: WebApi, ctx: Ctx, p: Params) -> JsonDict:
     messages, has_more = channel.history_page(oldest=oldest, latest=latest,
                                               oldest_inclusive=inclusive,
                                               latest_inclusive=latest_inclusive, limit=limit + 1)
-    page, more = messages[:limit], messages[limit:]
-    out: JsonDict = {"ok": True, "messages": _shown_metadata(page, p),
-                     "has_more": bool(more) or has_more,
+    page, more = _metadata_if_asked(p, messages[:limit]), messages[limit:]
+    out: JsonDict = {"ok": True, "messages": page, "has_more": bool(more) or has_more,
                      "pin_count": 0, "channel_actions_ts": None, "channel_actions_count": 0}
     out["response_metadata"] = {"next_cursor": _micros_cursor(ts_to_micros(more[0]["ts"]))
                                 if more else ""}
@@ -568,6 +559,14 @@ def conversations_history(api: WebApi, ctx: Ctx, p: Params) -> JsonDict:
     if p.opt("latest") is not None:
         out["latest"] = p.opt("latest")
     return out
+
+
+def _metadata_if_asked(p: Params, messages: list[JsonDict]) -> list[JsonDict]:
+    """Slack reads messages' metadata out only with include_all_metadata=true."""
+    if p.flag("include_all_metadata"):
+        return messages
+    return [{k: v for k, v in m.items() if k != "metadata"} if "metadata" in m else m
+            for m in messages]
 
 
 @method("conversations.replies")
@@ -595,7 +594,7 @@ def conversations_replies(api: WebApi, ctx: Ctx, p: Params) -> JsonDict:
     selected = [r for r in replies if wanted(r)]
     page, more = selected[:limit], selected[limit:]
     # Slack repeats the parent at the top of every page.
-    return {"ok": True, "messages": _shown_metadata([parent, *page], p),
+    return {"ok": True, "messages": _metadata_if_asked(p, [parent, *page]),
             "has_more": bool(more),
             "response_metadata": {"next_cursor": _micros_cursor(ts_to_micros(more[0]["ts"]))
                                   if more else ""}}

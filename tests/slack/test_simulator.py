@@ -742,6 +742,48 @@ async def test_unacked_envelopes_come_again_after_a_lost_connection(
     assert [p["event"]["text"] for p in sim.delivered(rathaus)] == ["verloren?"]
 
 
+async def test_events_are_spread_over_an_apps_connections_and_a_dead_ones_come_again_later(
+        sim: SlackSimulator, rathaus: Team) -> None:
+    """Like Slack: each event goes to one of the app's connections; what a connection that
+    died had not acknowledged comes again over another one only after the ack timeout, so
+    after newer events (the order problem several bridge processes must handle)."""
+    sim.ack_timeout = 0.5
+    async with SocketApp(sim, rathaus) as dying, SocketApp(sim, rathaus) as survivor:
+        dying.ack = lambda request: False  # its process hangs, then dies
+        sent = [await sim.post_message(rathaus, BAUAMT, ANNA, f"Nachricht {n}")
+                for n in range(4)]
+        await sim.wait_for(lambda: len(dying.requests) + len(survivor.requests) == 4)
+        assert dying.requests and survivor.requests  # spread over both
+        lost = [r.payload["event"]["ts"] for r in dying.requests]
+        await dying.client.close()
+        later = await sim.post_message(rathaus, BAUAMT, ANNA, "Danach")
+        await sim.wait_for(lambda: len(sim.delivered(rathaus)) == 5, timeout=10)
+    order = [r.payload["event"]["ts"] for r in survivor.requests]
+    assert sorted(order) == sorted([*sent, later])
+    # The re-sent ones came after the newer event, each once more with retry_attempt 1.
+    assert order.index(later) < min(order.index(ts) for ts in lost)
+    assert all(r.retry_attempt == 1 and r.retry_reason == "timeout"
+               for r in survivor.requests if r.payload["event"]["ts"] in lost)
+
+
+async def test_an_app_gets_at_most_ten_socket_mode_connections(
+        sim: SlackSimulator, rathaus: Team) -> None:
+    web_client = AsyncWebClient(base_url=sim.api_url)
+    async with aiohttp.ClientSession() as http:
+        sockets = []
+        for _ in range(11):
+            opened = await web_client.apps_connections_open(app_token=APP_TOKEN)
+            sockets.append(await http.ws_connect(opened["url"]))
+        first = [json.loads((await ws.receive()).data) for ws in sockets]
+        assert [f["type"] for f in first] == ["hello"] * 10 + ["disconnect"]
+        assert first[-1]["reason"] == "too_many_websockets"
+        assert (await sockets[-1].receive()).type in (aiohttp.WSMsgType.CLOSE,
+                                                      aiohttp.WSMsgType.CLOSED)
+        assert sim.socket_count(rathaus) == 10
+        for ws in sockets:
+            await ws.close()
+
+
 async def test_unacked_envelopes_come_again_after_the_ack_timeout(
         sim: SlackSimulator, rathaus: Team) -> None:
     sim.ack_timeout = 0.3
