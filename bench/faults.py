@@ -186,6 +186,7 @@ class Arrival:
     n: int
     where: int  # room index where it arrived (-1: somewhere unknown)
     at: float  # wall clock; for Matrix, when this script's /sync saw it (or the server's ts)
+    message_id: str = ""  # mail: its Message-ID header
 
 
 @dataclass
@@ -204,7 +205,15 @@ class Figures:
     doubled: int = 0
     out_of_order: int = 0
     misplaced: int = 0
+    # Mail: copies with the Message-ID of the first (a mail client shows them as one).
+    same_message_id: int = 0
     last_arrival: float | None = None
+    examples: dict[str, list[int]] = field(default_factory=dict)  # what -> message numbers
+
+    def example(self, what: str, n: int) -> None:
+        found = self.examples.setdefault(what, [])
+        if len(found) < 10:
+            found.append(n)
 
 
 @dataclass
@@ -244,7 +253,8 @@ class Results:
             "directions": {
                 name: {"sent": f.sent, "arrived": f.arrived, "lost": f.lost,
                        "doubled": f.doubled, "out_of_order": f.out_of_order,
-                       "misplaced": f.misplaced,
+                       "misplaced": f.misplaced, "same_message_id": f.same_message_id,
+                       "examples": f.examples,
                        "last_fault_to_last_arrival_s": (
                            round(f.last_arrival - last, 1)
                            if f.last_arrival is not None and last is not None else None)}
@@ -589,7 +599,8 @@ class FaultRun:
             direction = DIRECTIONS[source][1]
             for rcpt in received.rcpt_tos:
                 self.arrivals[direction].append(Arrival(n, rooms.get(rcpt.lower(), -1),
-                                                        received.arrived))
+                                                        received.arrived,
+                                                        str(mail["Message-ID"] or "")))
 
     async def sync_loop(self) -> None:
         """The admin's /sync, to note when each message reached the room (through Synapse
@@ -708,23 +719,32 @@ class FaultRun:
                     if m.sent_at is not None and direction in DIRECTIONS[m.source]}
             f = Figures(sent=len(sent))
             seen: dict[int, int] = defaultdict(int)
+            first_id: dict[int, str] = {}
             latest: dict[int, int] = {}  # room -> highest n arrived there so far
             for a in self.arrivals[direction]:  # in the order they arrived
                 if a.n not in sent:
                     continue
                 if a.where != sent[a.n].room:
                     f.misplaced += 1
+                    f.example("wrong room", a.n)
                     continue
                 seen[a.n] += 1
                 if seen[a.n] > 1:
                     f.doubled += 1
+                    f.example("doubled", a.n)
+                    if a.message_id and a.message_id == first_id.get(a.n):
+                        f.same_message_id += 1
                     continue
+                first_id[a.n] = a.message_id
                 if a.n < latest.get(a.where, 0):
                     f.out_of_order += 1
+                    f.example("out of order", a.n)
                 latest[a.where] = max(latest.get(a.where, 0), a.n)
                 f.last_arrival = max(f.last_arrival or 0.0, a.at)
             f.arrived = len(seen)
             f.lost = f.sent - f.arrived
+            for n in sorted(set(sent) - set(seen))[:10]:
+                f.example("lost", n)
             out[direction] = f
         return out
 
@@ -818,6 +838,12 @@ def report(args: argparse.Namespace, r: Results) -> bool:
                  if f.last_arrival is not None and last is not None else "    n/a")
         print(f"{name:16} {f.sent:6} {f.arrived:8} {f.lost:6} {f.doubled:8} "
               f"{f.out_of_order:13} {f.misplaced:10}  {after}")
+    for name, f in r.figures.items():
+        if f.same_message_id:
+            print(f"{name}: {f.same_message_id} of the {f.doubled} doubled mails carried the "
+                  "first copy's Message-ID (a mail client shows them once)")
+        for what, numbers in f.examples.items():
+            print(f"{name}: {what}, e.g. messages {', '.join(map(str, numbers))}")
     if r.refused:
         print(f"refused by the bridge with 5xx (not sent, not counted): {len(r.refused)}")
         for line in r.refused[:10]:
