@@ -879,10 +879,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default 20)")
     parser.add_argument("--relay-down", type=float, default=30.0,
                         help="seconds the mail relay is down (default 30)")
-    parser.add_argument("--settle", type=float, default=600.0,
+    parser.add_argument("--settle", type=float, default=1800.0,
                         help="after the last message was sent, wait at most this long for "
-                             "everything to arrive (default 600: above the bridge's claim "
-                             "lease)")
+                             "everything to arrive (default 1800: on a loaded 2-core machine "
+                             "the bridge and Synapse work off the backlog for many minutes)")
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="give up when a set-up step takes longer (default 120)")
     parser.add_argument("--json", default=None, metavar="FILE",
