@@ -453,12 +453,14 @@ class MatrixSide:
         acting = await self._acting(d.room_id, p.get("sender"),
                                     str(edited) if edited else None) \
             if ORIGIN_KEY in content else None
+        # Taken over from a process that died, or tried before with an error that may
+        # have come after Synapse took the event: it may be in the room already.
         event_id = await self._already_sent(
             d, kwargs["txn_id"], {str(intent.mxid), *([acting] if acting else [])}) \
-            if d.taken_over else None
+            if d.taken_over or d.attempts else None
         if event_id is not None:
-            log.info("delivery %s was posted by a process that died before recording it "
-                     "(%s); not posting it again", d.id, event_id)
+            log.info("delivery %s was posted by an earlier attempt (%s); not posting it "
+                     "again", d.id, event_id)
         elif acting is not None:
             # As the linked person (double puppeting), with a timestamp the bridge sets and
             # signs, so the event's origin marker is trusted when it comes back.
@@ -498,8 +500,9 @@ class MatrixSide:
                             senders: set[str]) -> EventID | None:
         """The event an earlier attempt of ``d`` posted, if the room's recent timeline has
         it. Synapse dedupes a repeated transaction ID of an appservice only in memory, so
-        after a bridge process died mid-delivery and Synapse restarted, sending again would
-        post the message twice. (Encrypted events hide their content: not found there.)"""
+        after a bridge process died mid-delivery, or an attempt failed after Synapse had
+        taken the event, and Synapse restarted, sending again would post the message twice.
+        (Encrypted events hide their content: not found there.)"""
         try:
             page = await self.bot_intent.api.request(
                 Method.GET, Path.v3.rooms[RoomID(d.room_id)].messages,
