@@ -94,6 +94,9 @@ DIRECTIONS = {  # source -> the directions its messages take
 }
 ORDERED_DIRECTIONS = [d for s in SOURCES for d in DIRECTIONS[s]]
 SUBSCRIBER_DOMAIN = "buerger.example"
+# Settling stops early once nothing is queued (bridge, Synapse) and nothing arrived for this
+# many seconds.
+STALLED_AFTER = 120.0
 
 
 def subscriber(room: int) -> str:
@@ -687,6 +690,8 @@ class FaultRun:
         expected = self.expected()
         outward = [d for d in ORDERED_DIRECTIONS if "-> Slack" in d or "-> mail" in d]
         next_print = 0.0
+        last_counts: dict[str, int] = {}
+        still_since = time.monotonic()
         while time.monotonic() < deadline:
             counts = self.live_counts()
             queues = await self.queues()
@@ -699,8 +704,27 @@ class FaultRun:
                 next_print = time.monotonic() + 10
             if done and empty:
                 return True
+            if counts != last_counts:
+                last_counts, still_since = counts, time.monotonic()
+            elif empty and await self._synapse_idle() and \
+                    time.monotonic() - still_since > STALLED_AFTER:
+                # Nothing queued anywhere and nothing arrived for a while: what is
+                # missing will not come.
+                print(f"  nothing queued and nothing new for {STALLED_AFTER:.0f} s: "
+                      "stopped waiting", flush=True)
+                return False
             await asyncio.sleep(1)
         return False
+
+    async def _synapse_idle(self) -> bool:
+        """Synapse holds no transaction for the bridge (it re-sends what it queued while
+        it counted the bridge as down one at a time, which can take many minutes)."""
+        assert self.synapse is not None
+        try:
+            return await asyncio.to_thread(self.synapse.unsent_appservice_transactions,
+                                           "bench-bridge") == 0
+        except Exception:
+            return False
 
     async def progress(self) -> None:
         started = time.monotonic()
