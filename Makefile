@@ -4,12 +4,13 @@
 #   make test-fast   only the unit tier: no Synapse, no PostgreSQL, no network (tests/tiers.py)
 #   make bench, make bench-slack, make bench-plan, make bench-e2ee, make bench-import,
 #   make bench-email, make bench-retention   benchmarks (bench/README.md)
+#   make bench-faults   the fault run of issue 14 (bench/README.md)
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test test-fast lint bench bench-slack bench-plan bench-e2ee bench-import bench-email bench-retention clean
+.PHONY: demo test test-fast lint bench bench-slack bench-plan bench-e2ee bench-import bench-email bench-retention bench-faults clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +71,13 @@ bench-import: $(VENV)/.installed
 # Issue 14's retention job on a year of rows: speed, longest batch, what writers notice.
 bench-retention: $(VENV)/.installed
 	$(PY) bench/retention.py $(BENCH_ARGS)
+
+# Issue 14's fault run: 10,000 mixed messages (Matrix, Slack, mail) on PostgreSQL while the
+# bridge is SIGKILLed, Synapse and PostgreSQL restart, Slack answers 429/5xx and drops the
+# socket and the mail relay is down (0 lost, 0 doubled, 0 out of order). Own Synapse and
+# PostgreSQL cluster; about 15 minutes. BENCH_ARGS="--messages 600" for a quick run.
+bench-faults: $(VENV)/.installed
+	$(PY) bench/faults.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache .mypy_cache

@@ -7,6 +7,7 @@ that is down (connection refused), answers 4xx (try later) or 5xx for a recipien
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -22,6 +23,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     raw: bytes
+    arrived: float = field(default_factory=time.time)  # wall clock, when DATA was accepted
 
     @property
     def message(self) -> EmailMessage:
@@ -37,6 +39,7 @@ class SmtpSink:
     refuse: dict[str, str] = field(default_factory=dict)
     connections: int = 0
     _server: asyncio.base_events.Server | None = None
+    _open: list[SMTP] = field(default_factory=list)
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     async def start(self) -> None:
@@ -62,14 +65,25 @@ class SmtpSink:
 
         def factory() -> SMTP:
             self.connections += 1
-            return SMTP(Handler(), hostname="sink.test", decode_data=False)
+            protocol = SMTP(Handler(), hostname="sink.test", decode_data=False)
+            self._open = [p for p in self._open if p.transport is None
+                          or not p.transport.is_closing()]
+            self._open.append(protocol)
+            return protocol
 
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(factory, self.host, self.port)
 
-    async def stop(self) -> None:
+    async def stop(self, *, drop_connections: bool = False) -> None:
+        """Stop listening. ``drop_connections`` also cuts the connections clients hold
+        open (a relay that went down, not one that stopped taking new connections)."""
         if self._server is not None:
             self._server.close()
+            if drop_connections:
+                for protocol in self._open:
+                    if isinstance(protocol.transport, asyncio.Transport):
+                        protocol.transport.abort()
+                self._open.clear()
             await self._server.wait_closed()
             self._server = None
 

@@ -56,6 +56,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bridge.matrix")
 
+# In the content of each message a puppet posts: the outbox delivery it came from, so that a
+# delivery repeated after its process died finds the event it may have posted already.
+DELIVERY_KEY = "net.matrix_hub_bridge.delivery"
+# How far back in the room a repeated delivery looks for its earlier attempt's event.
+ALREADY_SENT_LOOKBACK = 100
+
 
 def raw(content: dict[str, Any]) -> Any:
     """Event content as plain JSON: mautrix sends dicts as they are (its types are for
@@ -427,7 +433,8 @@ class MatrixSide:
         kwargs: dict[str, Any] = {"txn_id": f"ob{d.id}"}
         if p.get("ts"):
             kwargs["timestamp"] = int(p["ts"])
-        content = dict(p["content"])
+        # The delivery's mark in the event, for a repeat to find it by (_already_sent).
+        content = {**p["content"], DELIVERY_KEY: kwargs["txn_id"]}
         thread_root = await self._thread_root(p.get("thread_of"))
         if thread_root is not None:
             content["m.relates_to"] = {"rel_type": "m.thread", "event_id": thread_root,
@@ -446,8 +453,15 @@ class MatrixSide:
         acting = await self._acting(d.room_id, p.get("sender"),
                                     str(edited) if edited else None) \
             if ORIGIN_KEY in content else None
-        event_id = None
-        if acting is not None:
+        # Taken over from a process that died, or tried before with an error that may
+        # have come after Synapse took the event: it may be in the room already.
+        event_id = await self._already_sent(
+            d, kwargs["txn_id"], {str(intent.mxid), *([acting] if acting else [])}) \
+            if d.taken_over or d.attempts else None
+        if event_id is not None:
+            log.info("delivery %s was posted by an earlier attempt (%s); not posting it "
+                     "again", d.id, event_id)
+        elif acting is not None:
             # As the linked person (double puppeting), with a timestamp the bridge sets and
             # signs, so the event's origin marker is trusted when it comes back.
             ts = int(kwargs.get("timestamp") or time.time() * 1000)
@@ -481,6 +495,31 @@ class MatrixSide:
                 async with self.hub.db.transaction() as session:
                     await record(session)
         return str(event_id)
+
+    async def _already_sent(self, d: Delivery, txn_id: str,
+                            senders: set[str]) -> EventID | None:
+        """The event an earlier attempt of ``d`` posted, if the room's recent timeline has
+        it. Synapse dedupes a repeated transaction ID of an appservice only in memory, so
+        after a bridge process died mid-delivery, or an attempt failed after Synapse had
+        taken the event, and Synapse restarted, sending again would post the message twice.
+        (Encrypted events hide their content: not found there.)"""
+        try:
+            page = await self.bot_intent.api.request(
+                Method.GET, Path.v3.rooms[RoomID(d.room_id)].messages,
+                query_params={"dir": "b", "limit": str(ALREADY_SENT_LOOKBACK)})
+        except MatrixRequestError as exc:
+            if exc.http_status >= 500:
+                raise
+            log.warning("delivery %s: could not read %s to check for an earlier attempt: %s",
+                        d.id, d.room_id, exc)
+            return None
+        for event in page.get("chunk") or []:
+            content = event.get("content")
+            # Only from whom the bridge would have sent it: anyone could copy the mark.
+            if isinstance(content, dict) and content.get(DELIVERY_KEY) == txn_id and \
+                    event.get("sender") in senders:
+                return EventID(str(event["event_id"]))
+        return None
 
     async def _send(self, d: Delivery, intent: IntentAPI | RealSender, event_type: str,
                     content: dict[str, Any], thread_root: str | None,

@@ -64,6 +64,9 @@ if TYPE_CHECKING:
     from bridge.core.hub import Hub
 
 log = logging.getLogger("bridge.slack")
+# A failed catch-up is tried again after this many seconds, doubling up to the maximum.
+CATCH_UP_RETRY_FIRST = 1.0
+CATCH_UP_RETRY_MAX = 60.0
 
 # A Slack conversation ID as Slack writes it (public C…, private G…); anything else typed
 # after `link slack` is taken for a channel name.
@@ -625,23 +628,32 @@ class SlackConnector(Connector):
             self._catch_up(ws), name=f"slack-catch-up-{ws.name}")
 
     async def _catch_up(self, ws: Workspace, *, raise_errors: bool = False) -> None:
-        try:
-            heartbeat = self.hub.heartbeat
-            if heartbeat is None:
-                await self._catch_up_now(ws)
+        # Tried until it succeeds (or a new connection starts another): what Slack gave up
+        # re-sending while the bridge could not store it (the database restarting, say) is
+        # only in the channels' history now, and the connection may stay up for days.
+        delay = CATCH_UP_RETRY_FIRST
+        while True:
+            try:
+                heartbeat = self.hub.heartbeat
+                if heartbeat is None:
+                    await self._catch_up_now(ws)
+                    return
+                # One process at a time reads a workspace's history (several processes all
+                # reconnect after a Slack outage); the others wait their turn, then read
+                # only what is still missing.
+                async with heartbeat.leases.exclusive(f"slack-catch-up:{ws.team_id}",
+                                                      wait=True):
+                    await self._catch_up_now(ws)
                 return
-            # One process at a time reads a workspace's history (several processes all
-            # reconnect after a Slack outage); the others wait their turn, then read only
-            # what is still missing.
-            async with heartbeat.leases.exclusive(f"slack-catch-up:{ws.team_id}", wait=True):
-                await self._catch_up_now(ws)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            if raise_errors:
+            except asyncio.CancelledError:
                 raise
-            log.exception("catch-up of Slack workspace %s failed; it runs again on the next "
-                          "connection", ws.name)
+            except Exception:
+                if raise_errors:
+                    raise
+                log.exception("catch-up of Slack workspace %s failed; trying again in %.0f s",
+                              ws.name, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, CATCH_UP_RETRY_MAX)
 
     async def _catch_up_now(self, ws: Workspace) -> None:
         channels = await self.linked_channel_ids(ws)

@@ -141,3 +141,35 @@ async def test_history_carries_edits_and_reactions_as_slack_does(
 
 
 pytestmark = pytest.mark.filterwarnings("ignore:The top-level `text` argument:UserWarning")
+
+
+async def test_a_failed_catch_up_is_tried_again_on_the_same_connection(
+        slack_bridge: SlackBridge, admin: MatrixTestClient, team: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by bench/faults.py: the database restarted while the catch-up after a bridge
+    # kill ran; Slack had given up re-sending, and the messages waited for a reconnection
+    # that did not come.
+    from sqlalchemy.exc import OperationalError
+
+    from bridge.slack.connector import SlackConnector
+
+    sim = slack_bridge.sim
+    room = await linked_room(slack_bridge, admin)
+    await slack_bridge.stop()
+    await sim.post_message(team, CHANNEL, ANNA, "Geschrieben in der Pause")
+    sim.dispatcher.teams[team.id].queue.clear()  # Slack gave up on the event
+    attempts = 0
+    catch_up_now = SlackConnector._catch_up_now
+
+    async def database_restarting_at_first(self: SlackConnector, ws: Any) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise OperationalError("SELECT cursor", {}, Exception("the database restarts"))
+        await catch_up_now(self, ws)
+
+    monkeypatch.setattr(SlackConnector, "_catch_up_now", database_restarting_at_first)
+    await slack_bridge.start()
+    await slack_bridge.connected()
+    await admin.wait_for_event(room, message("Geschrieben in der Pause"), timeout=20)
+    assert attempts == 2

@@ -47,6 +47,7 @@ from tests.slack.relay_helpers import (
     puppet_of,
     room_events,
 )
+from tests.support.crash import dies_after_delivering, lease_runs_out, outbox_done
 
 
 @asynccontextmanager
@@ -487,3 +488,33 @@ async def test_several_workspaces_at_once(
         assert count_in_slack(sim, schulamt, "Antwort ans Rathaus") == 0
         assert count_in_slack(sim, team, "Antwort ans Rathaus") == 1
         assert count_in_slack(sim, schulamt, "Antwort ans Schulamt") == 1
+
+
+# --- a post Slack took just before the process died ------------------------------------
+
+
+async def test_post_slack_took_before_the_process_died_is_not_posted_again(
+        homeserver: Homeserver, database_url: str, slack_sim: SlackSimulator, team: Any,
+        admin: MatrixTestClient) -> None:
+    # Slack has no idempotency key for chat.postMessage: taken up again after the lease
+    # ran out, the delivery looks for its post (by its metadata) before posting.
+    text = "Bescheid geht heute raus"
+    async with running_slack_bridge(homeserver, database_url, slack_sim, [team]) as first:
+        room = await linked_room(first, admin)
+        assert first.bridge is not None
+        delivered = asyncio.Event()
+        dies_after_delivering(first.bridge.outbox, text, delivered)
+        event_id = await admin.send_text(room, text)
+        await asyncio.wait_for(delivered.wait(), 30)
+        assert count_in_slack(slack_sim, team, text) == 1
+    async with running_slack_bridge(homeserver, database_url, slack_sim, [team]) as second:
+        await lease_runs_out(second.hub, "slack")
+        await outbox_done(second.hub)
+        assert count_in_slack(slack_sim, team, text) == 1
+        # The mapping was recorded with the post it found: an edit reaches that post.
+        await admin.send_event(room, "m.room.message", {
+            "msgtype": "m.text", "body": "* Bescheid geht morgen raus",
+            "m.new_content": {"msgtype": "m.text", "body": "Bescheid geht morgen raus"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": event_id}})
+        await posted(slack_sim, team, "Bescheid geht morgen raus")
+        assert count_in_slack(slack_sim, team, "Bescheid geht") == 1
