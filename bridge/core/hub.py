@@ -262,9 +262,27 @@ class Hub:
             # Imported history (a puppet's, or a double puppet's with the bridge's
             # proof): in the room, relayed to no link.
             return deliveries
-        origin = signed or (read_origin(content) if sender_network is not None else None)
+        origin = signed or self._puppet_origin(content, sender_network)
+        for link in self._relay_links(room_links, origin, sender_network):
+            payload: dict[str, Any] = {"link_id": link.id, "event": event}
+            if origin is not None:
+                payload["origin"] = origin.marker()  # checked: connectors may rely on it
+            deliveries.append(NewDelivery(network=link.network, room_id=room_id,
+                                          kind="relay", payload=payload))
+        return deliveries
+
+    @staticmethod
+    def _puppet_origin(content: dict[str, Any], sender_network: str | None) -> Origin | None:
+        """The origin marker of a puppet's event, trusted for its own network's links only."""
+        origin = read_origin(content) if sender_network is not None else None
         if origin is not None and origin.network != sender_network:
-            origin = None  # a puppet cannot speak for another network's link
+            return None  # a puppet cannot speak for another network's link
+        return origin
+
+    def _relay_links(self, room_links: list[store.LinkInfo], origin: Origin | None,
+                     sender_network: str | None) -> list[store.LinkInfo]:
+        """The relay rule: the links an event goes to (every one but where it came from)."""
+        targets = []
         for link in room_links:
             connector = self.connectors.get(link.network)
             if connector is None:
@@ -274,12 +292,35 @@ class Hub:
                     continue  # the message came from there
             elif link.network == sender_network:
                 continue  # unmarked: all we know is the sender's network
-            payload: dict[str, Any] = {"link_id": link.id, "event": event}
-            if origin is not None:
-                payload["origin"] = origin.marker()  # checked: connectors may rely on it
-            deliveries.append(NewDelivery(network=link.network, room_id=room_id,
-                                          kind="relay", payload=payload))
-        return deliveries
+            targets.append(link)
+        return targets
+
+    def needs_nothing(self, event: dict[str, Any],
+                      links: dict[str, list[store.LinkInfo]]) -> bool:
+        """Would :meth:`route` do nothing at all with this event, whatever came before it?
+
+        True only for a message-like event (no state, not encrypted) of the bot or of a
+        puppet that the relay rule sends to no link: above all the bridge's own puppet's
+        message coming back from the homeserver into a room with one link, its own. Such an
+        event needs neither the inbox nor any other write (``links``: the rooms' links as
+        :func:`store.portals_and_links` reads them). Real users' events never qualify:
+        they may be commands, and they are counted for the report."""
+        sender = event.get("sender")
+        if "state_key" in event or event.get("type") == "m.room.encrypted" or \
+                not isinstance(sender, str):
+            return False
+        if sender == self.bot_mxid:
+            return True  # the bot's own notices are never relayed
+        sender_network = self.network_of(sender)
+        if sender_network is None:
+            return False
+        raw_content = event.get("content")
+        content = raw_content if isinstance(raw_content, dict) else {}
+        if content.get(HISTORY_KEY) is True:
+            return True  # imported history: in the room, relayed to no link
+        origin = self._puppet_origin(content, sender_network)
+        return not self._relay_links(links.get(str(event.get("room_id"))) or [], origin,
+                                     sender_network)
 
     @staticmethod
     async def _note_naming(session: AsyncSession, room_id: str, etype: str,
