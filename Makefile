@@ -44,6 +44,11 @@ bench-slack: $(VENV)/.installed
 	@status=0; for b in slack_synapse slack_latency slack_outbound; do \
 		$(PY) bench/$$b.py || status=$$?; done; exit $$status
 
+# Issue 15's idle memory: `bridge run` (Slack and email on) after start-up, under 60 MB.
+.PHONY: bench-memory
+bench-memory: $(VENV)/.installed
+	$(PY) bench/idle_memory.py
+
 # Issue 11's numbers: a 200-room migration plan applied to a fresh Synapse (< 2 min), then
 # again (< 10 s, nothing to do).
 bench-plan: $(VENV)/.installed

@@ -286,7 +286,7 @@ class AppserviceServer:
                 await session.execute(text("SELECT 1"))
                 inbox, outbox = await queues.count_pending(session)
             revision = await current_revision(self.bridge.db.engine)
-            head = head_revision()
+            head = self.bridge.db.head or head_revision()
             checks["database"] = "ok" if revision == head else (
                 f"schema at {revision}, expected {head}")
             checks["queues"] = {"inbox": inbox, "outbox": outbox}
