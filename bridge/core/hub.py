@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -42,6 +44,22 @@ from bridge.people.double_puppet import DoublePuppets, People, on_change
 log = logging.getLogger("bridge.hub")
 
 MATRIX = "matrix"
+
+Write = Callable[[AsyncSession], Awaitable[None]]
+
+
+class _OutcomeWrites:
+    """The writes to make with an outbox delivery's success (``Delivery.with_outcome``),
+    open while its connector handles it (:meth:`Hub.writes_with_outcome`)."""
+
+    __slots__ = ("open", "writes")
+
+    def __init__(self, writes: list[Write]) -> None:
+        self.writes = writes
+        self.open = True
+
+
+_OUTCOME: ContextVar[_OutcomeWrites | None] = ContextVar("bridge_hub_outcome", default=None)
 
 # State events the remote sides may care about (room renamed, topic changed).
 RELAYED_STATE = {"m.room.name", "m.room.topic", "m.room.avatar", "m.room.member"}
@@ -547,19 +565,43 @@ class Hub:
                               remote_space=remote_space, remote_id=remote_id, part=part,
                               timestamp_ms=timestamp_ms)])
 
+    @staticmethod
+    @contextmanager
+    def writes_with_outcome(delivery: Delivery) -> Iterator[None]:
+        """While a connector handles the outbox ``delivery`` (a remote event stored for
+        handling, such as a Slack event), :meth:`post_parts` adds its writes to the
+        transaction that records the delivery's success instead of committing its own: one
+        commit less per message, and the item is done exactly when its Matrix events are
+        queued (a failed attempt queues nothing; the retry does it). Writes asked for after
+        the handling returned (a task it started) commit on their own, as usual."""
+        holder = _OutcomeWrites(delivery.with_outcome) \
+            if delivery.with_outcome is not None else None
+        token = _OUTCOME.set(holder)
+        try:
+            yield
+        finally:
+            if holder is not None:
+                holder.open = False
+            _OUTCOME.reset(token)
+
     async def post_parts(self, *, network: str, dedup_key: str | None, room_id: str,
                          parts: list[RemotePart], origin: Origin | None = None,
-                         also: Callable[[AsyncSession], Awaitable[None]] | None = None) -> bool:
+                         also: Write | None = None) -> bool:
         """Queue the Matrix events one remote message becomes (text, then each file), all
         or none, exactly once per ``dedup_key``; ``also`` runs the connector's own writes
         in the same transaction (only when the message is new).
 
         ``origin`` is the link the message came in through: every part carries it (the
-        relay rule sends the events to every other link); give it whenever it is known."""
+        relay rule sends the events to every other link); give it whenever it is known.
+
+        Returns False when the key was seen before. Within :meth:`writes_with_outcome` the
+        writes join the delivery's success and this returns True: the key is checked then
+        (a repeat queues nothing)."""
         if origin is not None:
             parts = [replace(p, content=origin.mark(p.content)) for p in parts]
         deliveries = [self._matrix(room_id, "message", p.payload(network)) for p in parts]
-        async with self.db.transaction() as session:
+
+        async def write(session: AsyncSession) -> bool:
             if dedup_key is not None and not await store.claim_inbound_key(
                     session, network, dedup_key):
                 return False
@@ -572,6 +614,18 @@ class Hub:
                                              user_id=first.sender,
                                              timestamp_ms=first.timestamp_ms)
             await queues.enqueue(session, deliveries)
+            return True
+
+        outcome = _OUTCOME.get()
+        if outcome is not None and outcome.open:
+            async def with_success(session: AsyncSession) -> None:
+                await write(session)  # (the outbox wakes for its lanes after the commit)
+
+            outcome.writes.append(with_success)
+            return True
+        async with self.db.transaction() as session:
+            if not await write(session):
+                return False
         self.wake_outbox(queues.enqueued_lanes(session))
         return True
 
