@@ -410,10 +410,9 @@ class Hub:
                                  f"{connector.not_started}")
         link_id = delivery.payload.get("link_id")
         link = None
-        if link_id is not None:
+        if isinstance(link_id, int):
             async with self.db.sessions() as session:
-                links = await store.links_of_room(session, delivery.room_id)
-            link = next((lk for lk in links if lk.id == link_id), None)
+                link = await store.link_in_room(session, delivery.room_id, link_id)
         return await connector.deliver(self, delivery, link)
 
     async def on_delivery_failed(self, delivery: Delivery, error: str, hint: str | None) -> None:
