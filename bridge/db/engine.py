@@ -32,8 +32,9 @@ from bridge.db import sqlite_driver
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
-# Connections kept open to a SQLite file (each is a thread of aiosqlite's; opened when needed).
-SQLITE_POOL = 32
+# Connections kept open to a SQLite file (each is a thread of aiosqlite's; opened when needed;
+# up to 10 more are opened and closed beyond them).
+SQLITE_POOL = 20
 # The table in which alembic keeps the revisions a database is at (one row per branch).
 VERSION_TABLE = "alembic_version"
 
@@ -81,7 +82,7 @@ def create_engine(url: str) -> AsyncEngine:
         # busy): with the default 5, each connection beyond them was opened and closed per
         # use (a thread started, the pragmas set), a fifth of a relayed message's CPU.
         engine = create_async_engine(url, pool_reset_on_return=None, pool_size=SQLITE_POOL,
-                                     max_overflow=SQLITE_POOL,
+                                     max_overflow=10,
                                      module=sqlite_driver.dbapi(),
                                      connect_args={"check_same_thread": False})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
