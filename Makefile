@@ -3,14 +3,14 @@
 #   make test   set up, then run the linters and the whole test suite (every tier)
 #   make test-fast   only the unit tier: no Synapse, no PostgreSQL, no network (tests/tiers.py)
 #   make bench, make bench-slack, make bench-plan, make bench-e2ee, make bench-import,
-#   make bench-email, make bench-retention   benchmarks (bench/README.md)
+#   make bench-email, make bench-memory, make bench-retention   benchmarks (bench/README.md)
 #   make bench-faults   the fault run of issue 14 (bench/README.md)
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test test-fast lint bench bench-slack bench-plan bench-e2ee bench-import bench-email bench-retention bench-faults clean
+.PHONY: demo test test-fast lint bench bench-slack bench-plan bench-e2ee bench-import bench-email bench-retention bench-faults bench-memory clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench-slack: $(VENV)/.installed
 bench-email: $(VENV)/.installed
 	@status=0; for b in email_inbound email_memory email_fanout; do \
 		$(PY) bench/$$b.py || status=$$?; done; exit $$status
+
+# Issue 15's idle memory: `bridge run` (Slack and email on) after start-up, under 60 MB.
+bench-memory: $(VENV)/.installed
+	$(PY) bench/idle_memory.py
 
 # Issue 11's numbers: a 200-room migration plan applied to a fresh Synapse (< 2 min), then
 # again (< 10 s, nothing to do).

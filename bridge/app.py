@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 from sqlalchemy.engine import make_url
@@ -19,14 +20,16 @@ from bridge.core.heartbeat import Heartbeat
 from bridge.core.hub import Hub
 from bridge.core.inbox import InboxWorker
 from bridge.core.outbox import OutboxWorker
-from bridge.db.engine import Database
+from bridge.db.engine import Database, MigrationError
 from bridge.db.single_process import DatabaseInUse, SingleProcessLock
 from bridge.matrix.appservice import AppserviceServer
 from bridge.matrix.bot import Bot
-from bridge.matrix.crypto import BridgeCrypto
 from bridge.matrix.side import MatrixSide
 from bridge.networks import networks
 from bridge.registration import HomeserverUnavailable, namespace_refusal, regenerate_hint
+
+if TYPE_CHECKING:
+    from bridge.matrix.crypto import BridgeCrypto
 
 log = logging.getLogger("bridge")
 
@@ -79,6 +82,8 @@ class Bridge:
         self._homeserver_state: tuple[float, str] | None = None
         self._homeserver_probe: asyncio.Lock = asyncio.Lock()
         self.ready = False
+        # Set by `bridge run`: apply the migrations in a short-lived child process.
+        self.migrate_in_subprocess = False
 
     @property
     def matrix(self) -> MatrixSide:
@@ -95,17 +100,21 @@ class Bridge:
             await self.db.close()
             raise StartError(str(exc)) from None
         try:
-            before, after = await self.db.upgrade()
+            # `bridge run` migrates in a child process: alembic need not stay resident.
+            before, after = await (self.db.upgrade_in_subprocess() if self.migrate_in_subprocess
+                                   else self.db.upgrade())
         except Exception as exc:
             await self.db.close()
             self._single_process.release()
             if isinstance(exc, OSError) or exc.__class__.__module__.startswith(
-                    ("sqlalchemy", "asyncpg", "sqlite3")):
+                    ("sqlalchemy", "asyncpg", "sqlite3")) or (
+                    isinstance(exc, MigrationError) and exc.database_error):
                 where = make_url(self.config.database.url).render_as_string(hide_password=True)
                 detail = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
                 raise StartError(f"cannot use the database {where} (database.url): "
                                  f"{detail}") from None
             raise
+        self.db.head = after  # what the health check compares with (without alembic)
         if before != after:
             log.info("database schema upgraded from %s to %s", before or "empty", after)
         try:
@@ -145,6 +154,9 @@ class Bridge:
         self._matrix.bot = Bot(self.hub, self._matrix)
         self.hub.matrix = self._matrix
         if self.config.encryption.allow:
+            # Imported only here: Olm and its store stay out of a bridge without encryption.
+            from bridge.matrix.crypto import BridgeCrypto
+
             self.crypto = self._matrix.crypto = BridgeCrypto(self._matrix, self.config)
         appservice = self.config.listeners()[0]
         await self._listen(appservice, self.server.start(appservice.hostname, appservice.port))

@@ -129,6 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bridge.app import Bridge, StartError
 
     bridge = Bridge(config)
+    bridge.migrate_in_subprocess = True  # alembic stays out of the long-running process
 
     async def main() -> None:
         stop = asyncio.Event()

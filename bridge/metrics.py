@@ -32,7 +32,9 @@ END_TO_END_SECONDS = Histogram(
 TRANSACTIONS = Counter(
     "bridge_appservice_transactions_total",
     "Appservice transactions from the homeserver, by outcome (stored, duplicate, refused; "
-    "reused_id: an ID seen before that carried new events, handled and also counted as stored)",
+    "reused_id: an ID seen before that carried new events, handled and also counted as stored; "
+    "needed_nothing: only events that need no relay, such as the puppets' own messages "
+    "coming back, acknowledged without a write)",
     ["outcome"],
 )
 EVENTS_NOT_OURS = Counter(

@@ -261,8 +261,12 @@ async def _wait_healthy(homeserver: Homeserver, process: subprocess.Popen[str]) 
     import aiohttp
 
     url = f"http://127.0.0.1:{homeserver.bridge_port}/_bridge/health"
+    # Start-up includes the migrations' child process (python -m bridge.db.migrate): on a
+    # busy machine that alone can take several seconds.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
     async with aiohttp.ClientSession() as http:
-        for _ in range(200):
+        while loop.time() < deadline:
             assert process.poll() is None, "the bridge exited during start-up"
             try:
                 async with http.get(url) as response:

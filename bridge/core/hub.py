@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -43,6 +45,22 @@ from bridge.people.double_puppet import DoublePuppets, People, on_change
 log = logging.getLogger("bridge.hub")
 
 MATRIX = "matrix"
+
+Write = Callable[[AsyncSession], Awaitable[None]]
+
+
+class _OutcomeWrites:
+    """The writes to make with an outbox delivery's success (``Delivery.with_outcome``),
+    open while its connector handles it (:meth:`Hub.writes_with_outcome`)."""
+
+    __slots__ = ("open", "writes")
+
+    def __init__(self, writes: list[Write]) -> None:
+        self.writes = writes
+        self.open = True
+
+
+_OUTCOME: ContextVar[_OutcomeWrites | None] = ContextVar("bridge_hub_outcome", default=None)
 
 # State events the remote sides may care about (room renamed, topic changed).
 RELAYED_STATE = {"m.room.name", "m.room.topic", "m.room.avatar", "m.room.member"}
@@ -266,9 +284,27 @@ class Hub:
             # Imported history (a puppet's, or a double puppet's with the bridge's
             # proof): in the room, relayed to no link.
             return deliveries
-        origin = signed or (read_origin(content) if sender_network is not None else None)
+        origin = signed or self._puppet_origin(content, sender_network)
+        for link in self._relay_links(room_links, origin, sender_network):
+            payload: dict[str, Any] = {"link_id": link.id, "event": event}
+            if origin is not None:
+                payload["origin"] = origin.marker()  # checked: connectors may rely on it
+            deliveries.append(NewDelivery(network=link.network, room_id=room_id,
+                                          kind="relay", payload=payload))
+        return deliveries
+
+    @staticmethod
+    def _puppet_origin(content: dict[str, Any], sender_network: str | None) -> Origin | None:
+        """The origin marker of a puppet's event, trusted for its own network's links only."""
+        origin = read_origin(content) if sender_network is not None else None
         if origin is not None and origin.network != sender_network:
-            origin = None  # a puppet cannot speak for another network's link
+            return None  # a puppet cannot speak for another network's link
+        return origin
+
+    def _relay_links(self, room_links: list[store.LinkInfo], origin: Origin | None,
+                     sender_network: str | None) -> list[store.LinkInfo]:
+        """The relay rule: the links an event goes to (every one but where it came from)."""
+        targets = []
         for link in room_links:
             connector = self.connectors.get(link.network)
             if connector is None:
@@ -278,12 +314,35 @@ class Hub:
                     continue  # the message came from there
             elif link.network == sender_network:
                 continue  # unmarked: all we know is the sender's network
-            payload: dict[str, Any] = {"link_id": link.id, "event": event}
-            if origin is not None:
-                payload["origin"] = origin.marker()  # checked: connectors may rely on it
-            deliveries.append(NewDelivery(network=link.network, room_id=room_id,
-                                          kind="relay", payload=payload))
-        return deliveries
+            targets.append(link)
+        return targets
+
+    def needs_nothing(self, event: dict[str, Any],
+                      links: dict[str, list[store.LinkInfo]]) -> bool:
+        """Would :meth:`route` do nothing at all with this event, whatever came before it?
+
+        True only for a message-like event (no state, not encrypted) of the bot or of a
+        puppet that the relay rule sends to no link: above all the bridge's own puppet's
+        message coming back from the homeserver into a room with one link, its own. Such an
+        event needs neither the inbox nor any other write (``links``: the rooms' links as
+        :func:`store.portals_and_links` reads them). Real users' events never qualify:
+        they may be commands, and they are counted for the report."""
+        sender = event.get("sender")
+        if "state_key" in event or event.get("type") == "m.room.encrypted" or \
+                not isinstance(sender, str):
+            return False
+        if sender == self.bot_mxid:
+            return True  # the bot's own notices are never relayed
+        sender_network = self.network_of(sender)
+        if sender_network is None:
+            return False
+        raw_content = event.get("content")
+        content = raw_content if isinstance(raw_content, dict) else {}
+        if content.get(HISTORY_KEY) is True:
+            return True  # imported history: in the room, relayed to no link
+        origin = self._puppet_origin(content, sender_network)
+        return not self._relay_links(links.get(str(event.get("room_id"))) or [], origin,
+                                     sender_network)
 
     @staticmethod
     async def _note_naming(session: AsyncSession, room_id: str, etype: str,
@@ -355,10 +414,9 @@ class Hub:
                                  f"{connector.not_started}")
         link_id = delivery.payload.get("link_id")
         link = None
-        if link_id is not None:
+        if isinstance(link_id, int):
             async with self.db.sessions() as session:
-                links = await store.links_of_room(session, delivery.room_id)
-            link = next((lk for lk in links if lk.id == link_id), None)
+                link = await store.link_in_room(session, delivery.room_id, link_id)
         return await connector.deliver(self, delivery, link)
 
     async def on_delivery_failed(self, delivery: Delivery, error: str, hint: str | None) -> None:
@@ -510,19 +568,43 @@ class Hub:
                               remote_space=remote_space, remote_id=remote_id, part=part,
                               timestamp_ms=timestamp_ms)])
 
+    @staticmethod
+    @contextmanager
+    def writes_with_outcome(delivery: Delivery) -> Iterator[None]:
+        """While a connector handles the outbox ``delivery`` (a remote event stored for
+        handling, such as a Slack event), :meth:`post_parts` adds its writes to the
+        transaction that records the delivery's success instead of committing its own: one
+        commit less per message, and the item is done exactly when its Matrix events are
+        queued (a failed attempt queues nothing; the retry does it). Writes asked for after
+        the handling returned (a task it started) commit on their own, as usual."""
+        holder = _OutcomeWrites(delivery.with_outcome) \
+            if delivery.with_outcome is not None else None
+        token = _OUTCOME.set(holder)
+        try:
+            yield
+        finally:
+            if holder is not None:
+                holder.open = False
+            _OUTCOME.reset(token)
+
     async def post_parts(self, *, network: str, dedup_key: str | None, room_id: str,
                          parts: list[RemotePart], origin: Origin | None = None,
-                         also: Callable[[AsyncSession], Awaitable[None]] | None = None) -> bool:
+                         also: Write | None = None) -> bool:
         """Queue the Matrix events one remote message becomes (text, then each file), all
         or none, exactly once per ``dedup_key``; ``also`` runs the connector's own writes
         in the same transaction (only when the message is new).
 
         ``origin`` is the link the message came in through: every part carries it (the
-        relay rule sends the events to every other link); give it whenever it is known."""
+        relay rule sends the events to every other link); give it whenever it is known.
+
+        Returns False when the key was seen before. Within :meth:`writes_with_outcome` the
+        writes join the delivery's success and this returns True: the key is checked then
+        (a repeat queues nothing)."""
         if origin is not None:
             parts = [replace(p, content=origin.mark(p.content)) for p in parts]
         deliveries = [self._matrix(room_id, "message", p.payload(network)) for p in parts]
-        async with self.db.transaction() as session:
+
+        async def write(session: AsyncSession) -> bool:
             if dedup_key is not None and not await store.claim_inbound_key(
                     session, network, dedup_key):
                 return False
@@ -535,6 +617,18 @@ class Hub:
                                              user_id=first.sender,
                                              timestamp_ms=first.timestamp_ms)
             await queues.enqueue(session, deliveries)
+            return True
+
+        outcome = _OUTCOME.get()
+        if outcome is not None and outcome.open:
+            async def with_success(session: AsyncSession) -> None:
+                await write(session)  # (the outbox wakes for its lanes after the commit)
+
+            outcome.writes.append(with_success)
+            return True
+        async with self.db.transaction() as session:
+            if not await write(session):
+                return False
         self.wake_outbox(queues.enqueued_lanes(session))
         return True
 

@@ -280,6 +280,7 @@ class OutboxWorker:
     async def _write_finished(self, batch: list[_Finished],
                               attempts: int) -> list[Delivery | None] | None:
         heads: list[Delivery | None] = []
+        lanes: set[str] = set()
 
         async def write(session: AsyncSession) -> None:
             heads.clear()  # (a retried write claims afresh)
@@ -290,8 +291,13 @@ class OutboxWorker:
             for done in batch:
                 heads.append(None if self._closing else await queues.claim_lane_head(
                     session, done.item.lane, self.lease_seconds, self.holder))
+            lanes.update(queues.enqueued_lanes(session))
 
-        return heads if await self._settle(write, attempts) else None
+        if not await self._settle(write, attempts):
+            return None
+        if lanes:  # a success's writes queued deliveries (Hub.post_parts): claim them
+            self.wake(lanes)
+        return heads
 
     async def _retry(self, item: Delivery, error: str, retry_after: float | None) -> None:
         metrics.FAILURES.labels(network=item.network, direction="out", stage="deliver").inc()

@@ -1,21 +1,24 @@
-"""Engine creation and schema migrations (alembic), for SQLite and PostgreSQL alike."""
+"""Engine creation and schema migrations (alembic), for SQLite and PostgreSQL alike.
+
+alembic (with mako and the rest it brings, some ten megabytes) is imported only where a
+migration runs or the migrations are read: ``bridge run`` applies them in a short-lived
+child process (:meth:`Database.upgrade_in_subprocess`), so they never stay resident.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
+import sys
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import event
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -25,6 +28,15 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from bridge.db import sqlite_driver
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
+# Connections kept open to a SQLite file (each is a thread of aiosqlite's; opened when needed;
+# up to 10 more are opened and closed beyond them).
+SQLITE_POOL = 20
+# The table in which alembic keeps the revisions a database is at (one row per branch).
+VERSION_TABLE = "alembic_version"
 
 
 def migrations_dir() -> Path:
@@ -66,7 +78,11 @@ def create_engine(url: str) -> AsyncEngine:
         # is a wasted round trip. sqlite_driver: at most one trip to aiosqlite's thread per
         # statement, none for those that cannot wait for a lock (which run in the event
         # loop: hence check_same_thread off; a connection is never used by two at once).
-        engine = create_async_engine(url, pool_reset_on_return=None,
+        # The pool keeps as many connections as the outbox's lanes use at once (20 rooms
+        # busy): with the default 5, each connection beyond them was opened and closed per
+        # use (a thread started, the pragmas set), a fifth of a relayed message's CPU.
+        engine = create_async_engine(url, pool_reset_on_return=None, pool_size=SQLITE_POOL,
+                                     max_overflow=10,
                                      module=sqlite_driver.dbapi(),
                                      connect_args={"check_same_thread": False})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
@@ -80,6 +96,8 @@ def is_postgres(engine: AsyncEngine) -> bool:
 
 
 def _alembic_config(connection: Connection | None = None) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     from bridge.networks import migration_locations
 
     cfg = AlembicConfig()
@@ -103,6 +121,8 @@ def head_revisions() -> tuple[str, ...]:
 
 @functools.cache  # the migrations shipped with this process do not change while it runs
 def _head_revisions(_locations: tuple[Path, ...]) -> tuple[str, ...]:
+    from alembic.script import ScriptDirectory
+
     return tuple(sorted(ScriptDirectory.from_config(_alembic_config()).get_heads()))
 
 
@@ -117,7 +137,11 @@ def head_revision() -> str | None:
 
 
 def _current_revisions(connection: Connection) -> tuple[str, ...]:
-    return tuple(sorted(MigrationContext.configure(connection).get_current_heads()))
+    # What alembic's MigrationContext.get_current_heads reads, without importing alembic.
+    if not inspect(connection).has_table(VERSION_TABLE):
+        return ()
+    rows = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))
+    return tuple(sorted(str(row[0]) for row in rows))
 
 
 async def current_revisions(engine: AsyncEngine) -> tuple[str, ...]:
@@ -133,6 +157,8 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 async def upgrade(engine: AsyncEngine) -> tuple[str | None, str | None]:
     """Apply pending migrations of the core and every network; returns the revisions before
     and after (as :func:`describe` puts them)."""
+
+    from alembic import command
 
     def run(connection: Connection) -> tuple[str | None, str | None]:
         if connection.dialect.name == "postgresql":
@@ -165,6 +191,15 @@ def _upgrade_lock() -> asyncio.Lock:
     return lock
 
 
+class MigrationError(Exception):
+    """The migration child process could not migrate: its one-line description;
+    ``database_error`` when the database refused or was unreachable (not a bug)."""
+
+    def __init__(self, message: str, *, database_error: bool) -> None:
+        super().__init__(message)
+        self.database_error = database_error
+
+
 class Database:
     """The engine and a session factory; repositories take the sessions it hands out."""
 
@@ -176,6 +211,9 @@ class Database:
         self._writers = async_sessionmaker(self.engine.execution_options(writer=True),
                                            expire_on_commit=False)
         self.postgres = is_postgres(self.engine)
+        # The revisions a completed upgrade brought the schema to (the heads this code
+        # ships): the health check compares with it instead of reading the migrations.
+        self.head: str | None = None
         # SQLite allows one writer at a time; serialising our own writers in-process avoids
         # busy-waiting on the file lock and keeps latency flat.
         self._write_lock: asyncio.Lock | None = None if self.postgres else asyncio.Lock()
@@ -192,6 +230,26 @@ class Database:
 
     async def upgrade(self) -> tuple[str | None, str | None]:
         return await upgrade(self.engine)
+
+    async def upgrade_in_subprocess(self) -> tuple[str | None, str | None]:
+        """:meth:`upgrade` in a short-lived child process (``python -m bridge.db.migrate``),
+        so that alembic is never imported into this one: what ``bridge run`` uses, to keep
+        the running bridge small. The URL goes to the child on its stdin (not its command
+        line, which other users can read). A database error is raised as
+        :class:`MigrationError` with the child's one-line description."""
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bridge.db.migrate", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await child.communicate(self.url.encode("utf-8"))
+        try:
+            answer = json.loads(out.decode("utf-8").strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            tail = err.decode("utf-8", "replace").strip().splitlines()[-20:]
+            raise RuntimeError(f"the database migration process exited with code "
+                               f"{child.returncode}:\n" + "\n".join(tail)) from None
+        if "error" in answer:
+            raise MigrationError(str(answer["error"]), database_error=bool(answer["database"]))
+        return answer["before"], answer["after"]
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -138,6 +138,21 @@ _LINK_BY_REMOTE = select(
         Link.__table__.c.remote_id == bindparam("remote_id"))
 
 
+_LINK_IN_ROOM = select(
+    *(Link.__table__.c[name] for name in ("id", "room_id", "network", "remote_id",
+                                          "remote_name", "settings"))
+).where(Link.__table__.c.id == bindparam("link_id"),
+        Link.__table__.c.room_id == bindparam("room_id"))
+
+
+async def link_in_room(session: AsyncSession, room_id: str, link_id: int) -> LinkInfo | None:
+    """The room's link ``link_id``, if it still has it: what every relay delivery asks (one
+    row by its key, through Core: no ORM objects on this path)."""
+    row = (await session.execute(_LINK_IN_ROOM, {"link_id": link_id,
+                                                 "room_id": room_id})).first()
+    return _link_info(row) if row else None
+
+
 async def rooms_linked_to(session: AsyncSession, network: str) -> list[str]:
     """The portals with at least one link of ``network``."""
     return list(await session.scalars(select(Link.room_id).where(Link.network == network)

@@ -15,7 +15,7 @@ from mautrix.errors import MatrixRequestError
 from mautrix.types import EventType, RoomID
 
 from bridge.matrix.bridge_info import BRIDGE_INFO_TYPES, state_key
-from bridge.matrix.crypto import room_encryption
+from bridge.matrix.intents import room_encryption
 
 if TYPE_CHECKING:
     from bridge.matrix.side import MatrixSide

@@ -19,7 +19,6 @@ from mautrix.api import Method, Path
 from mautrix.appservice import AppServiceAPI, IntentAPI
 from mautrix.appservice.state_store import ASStateStore
 from mautrix.client.state_store import MemoryStateStore
-from mautrix.crypto.attachments import encrypt_attachment
 from mautrix.errors import (
     IntentError,
     MatrixRequestError,
@@ -47,7 +46,7 @@ from bridge.core.origin import ORIGIN_KEY, sign
 from bridge.db import store
 from bridge.db.queues import Delivery
 from bridge.matrix import long_message
-from bridge.matrix.crypto import FILE_MARK, BridgeAppServiceAPI, download_attachment
+from bridge.matrix.intents import FILE_MARK, BridgeAppServiceAPI, download_attachment
 
 if TYPE_CHECKING:
     from bridge.core.hub import Hub
@@ -281,6 +280,8 @@ class MatrixSide:
         if self.crypto is not None and await self.crypto.is_encrypted(room_id):
             intent = self.intent(user_id if user_id and self.hub.network_of(user_id) else None)
             await intent.ensure_registered()
+            from mautrix.crypto.attachments import encrypt_attachment  # (see intents.py)
+
             ciphertext, file = encrypt_attachment(data)
             body: Any = ciphertext if len(ciphertext) <= UPLOAD_PIECE \
                 else UploadPieces(ciphertext)

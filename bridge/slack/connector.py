@@ -1091,7 +1091,10 @@ class SlackConnector(Connector):
             if ws is None:
                 raise TemporaryError("the Slack workspace is not connected yet")
             started = time.perf_counter()
-            result = await self.inbound.handle(ws, delivery.room_id, delivery.payload)
+            # The Matrix events it becomes are queued in the transaction that records
+            # this item's success (one commit per Slack message instead of two).
+            with hub.writes_with_outcome(delivery):
+                result = await self.inbound.handle(ws, delivery.room_id, delivery.payload)
             metrics.HANDLING_SECONDS.labels(network=NETWORK, direction="in").observe(
                 time.perf_counter() - started)
             return result
