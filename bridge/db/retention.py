@@ -62,6 +62,16 @@ CORE_TABLES: tuple[StoredData, ...] = (
     StoredData("outbox", "deliveries to Matrix and the other networks, waiting and "
                "finished (the message content included)", "created_at", "delivered_days",
                deletable=_finished),
+    StoredData("outbox_held", "remote messages held a moment while several bridge "
+               "processes receive, until they can go in their conversation's order (the "
+               "message content included)",
+               "received_at", kept="seconds: until every process has stored what came before"),
+    StoredData("bridge_process", "the running bridge processes: host name, process ID and "
+               "their last heartbeat (no personal data)", "started_at",
+               kept="while the process runs; removed when it stops or is found dead"),
+    StoredData("bridge_lease", "which process runs a once-at-a-time job (catch-up, "
+               "retention) and until when (no personal data)", "acquired_at",
+               kept="while the job's process holds it"),
     StoredData("appservice_transaction", "IDs of the homeserver's transactions already "
                "handled", "received_at", "delivered_days"),
     StoredData("audit_log", "administrative actions: who linked, subscribed, erased what, "
