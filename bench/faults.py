@@ -43,7 +43,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import defaultdict
@@ -68,7 +67,7 @@ from common import (
     verdict,
     write_config,
 )
-from email_common import MAIL_DOMAIN, make_mail
+from email_common import MAIL_DOMAIN, make_mail, run
 from slack_common import (
     ADMIN,
     BOT,
@@ -245,11 +244,12 @@ class Results:
             f.lost == 0 and f.doubled == 0 and f.out_of_order == 0 and f.misplaced == 0
             for f in self.figures.values())
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, met: bool | None = None) -> dict[str, Any]:
+        # (met: what the report decided; the runner passes it, as to every benchmark)
         last = self.last_fault_end
         return {
             "revision": self.revision, "messages": self.messages, "rooms": self.rooms,
-            "targets_met": self.met(), "load_before": self.load_before,
+            "targets_met": self.met() if met is None else met, "load_before": self.load_before,
             "load_after": self.load_after,
             "faults": [{"name": f.name, "started": f.started, "ended": f.ended,
                         "detail": f.detail} for f in self.faults],
@@ -924,37 +924,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="bridge-faults-"))
-    started = time.monotonic()
-
-    async def main_task() -> Results:
-        task = asyncio.current_task()
-        assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await benchmark(args, workdir)
-
-    try:
-        results = asyncio.run(main_task())
-    except BenchError as exc:
-        print(f"fault run failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except asyncio.CancelledError:
-        print("fault run terminated", file=sys.stderr)
-        return 143
-    finally:
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    results.wall_seconds = time.monotonic() - started
-    met = report(args, results)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results.summary(), indent=2) + "\n",
-                                   encoding="utf-8")
-    return 0 if met else 3
+    """Exit code: 0 the target was met, 3 missed, 1 the run failed."""
+    return run(parse_args(argv), benchmark, report, prefix="bridge-faults-")
 
 
 if __name__ == "__main__":
