@@ -57,24 +57,32 @@ def test_a_big_mail_is_received_and_parsed_in_its_size_plus_the_attachment() -> 
     assert mail == parse_message(raw)
 
 
+def _mail_with_a_forwarded_one(pdf_base64: bytes, png_base64: bytes,
+                                forward_encoding: bytes = b"") -> bytes:
+    """A mail with a PDF and a forwarded message (message/rfc822, optionally sent with
+    ``forward_encoding``) that itself carries a PNG."""
+    forwarded = (b"From: b@example.org\r\nSubject: inner\r\nContent-Type: multipart/mixed;"
+                 b" boundary=in\r\n\r\n--in\r\nContent-Type: text/plain\r\n\r\ninnen\r\n"
+                 b"--in\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n"
+                 b"Content-Disposition: attachment; filename=b.png\r\n\r\n" + png_base64 +
+                 b"--in--\r\n")
+    encoding = b"Content-Transfer-Encoding: " + forward_encoding + b"\r\n" \
+        if forward_encoding else b""
+    return (b"From: a@example.org\r\nSubject: outer\r\nContent-Type: multipart/mixed;"
+            b" boundary=out\r\n\r\n--out\r\nContent-Type: text/plain\r\n\r\nsiehe unten\r\n"
+            b"--out\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
+            b"Content-Disposition: attachment; filename=a.pdf\r\n\r\n" + pdf_base64 +
+            b"--out\r\nContent-Type: message/rfc822\r\n" + encoding + b"\r\n" + forwarded +
+            b"--out--\r\n")
+
+
 def test_lazy_payloads_give_what_the_plain_payloads_give() -> None:
     """Where the fast path cannot decode a lazy payload (bad padding, which get_payload
     repairs), or where its text is needed (a forwarded message sent quoted-printable, which
     is parsed again from its text), the text is put back first."""
     b64 = base64.encodebytes(os.urandom(120_000)).replace(b"\n", b"\r\n")
     unpadded = b64[:-3] + b"\r\n"  # one character short: binascii refuses it
-    forwarded = (b"From: b@example.org\r\nSubject: inner\r\nContent-Type: multipart/mixed;"
-                 b" boundary=in\r\n\r\n--in\r\nContent-Type: text/plain\r\n\r\ninnen\r\n"
-                 b"--in\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n"
-                 b"Content-Disposition: attachment; filename=b.png\r\n\r\n" + b64 +
-                 b"--in--\r\n")
-    raw = (b"From: a@example.org\r\nSubject: outer\r\nContent-Type: multipart/mixed;"
-           b" boundary=out\r\n\r\n--out\r\nContent-Type: text/plain\r\n\r\nsiehe unten\r\n"
-           b"--out\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
-           b"Content-Disposition: attachment; filename=a.pdf\r\n\r\n" + unpadded +
-           b"--out\r\nContent-Type: message/rfc822\r\n"
-           b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + forwarded +
-           b"--out--\r\n")
+    raw = _mail_with_a_forwarded_one(unpadded, b64, forward_encoding=b"quoted-printable")
     lazy = parse_message(bytearray(raw))
     original = parse_module._RUN_SCAN_MIN
     parse_module._RUN_SCAN_MIN = 1 << 40  # no runs: the plain way through the parser
@@ -111,17 +119,7 @@ def test_a_consumed_mail_holds_the_attachment_in_its_own_bytes() -> None:
 
 def test_consuming_gives_what_the_plain_parse_gives_forwarded_mail_included() -> None:
     b64 = base64.encodebytes(os.urandom(120_000)).replace(b"\n", b"\r\n")
-    forwarded = (b"From: b@example.org\r\nSubject: inner\r\nContent-Type: multipart/mixed;"
-                 b" boundary=in\r\n\r\n--in\r\nContent-Type: text/plain\r\n\r\ninnen\r\n"
-                 b"--in\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n"
-                 b"Content-Disposition: attachment; filename=b.png\r\n\r\n" + b64 +
-                 b"--in--\r\n")
-    raw = (b"From: a@example.org\r\nSubject: outer\r\nContent-Type: multipart/mixed;"
-           b" boundary=out\r\n\r\n--out\r\nContent-Type: text/plain\r\n\r\nsiehe unten\r\n"
-           b"--out\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
-           b"Content-Disposition: attachment; filename=a.pdf\r\n\r\n" + b64 +
-           b"--out\r\nContent-Type: message/rfc822\r\n\r\n" + forwarded +
-           b"--out--\r\n")
+    raw = _mail_with_a_forwarded_one(b64, b64)
     consumed = parse_message(bytearray(raw), consume=True)
     plain = parse_message(raw)
     assert [(a.filename, bytes(a.data)) for a in consumed.attachments] == \
