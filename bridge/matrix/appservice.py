@@ -132,10 +132,8 @@ class AppserviceServer:
             try:
                 room_events = await self._needing_work(room_events)
             except Exception:
-                inbox.transaction_failed()
-                log.exception("could not read the rooms of transaction %s", txn_id)
-                metrics.FAILURES.labels(network="matrix", direction="in", stage="store").inc()
-                return _error(500, "M_UNKNOWN", "The bridge could not read its rooms")
+                return self._not_stored(txn_id, "read the rooms of",
+                                        "The bridge could not read its rooms")
             if not room_events:
                 # Only events that need nothing (our own puppets' messages coming back):
                 # acknowledged without a write. A repeat of it would need nothing either.
@@ -166,11 +164,8 @@ class AppserviceServer:
                 if outcome is not None and outcome.enqueued:
                     claimed = await outbox.claim_within(session)
         except Exception:
-            # Not acknowledged: the homeserver keeps the transaction and sends it again.
-            inbox.transaction_failed()
-            log.exception("could not store transaction %s", txn_id)
-            metrics.FAILURES.labels(network="matrix", direction="in", stage="store").inc()
-            return _error(500, "M_UNKNOWN", "The bridge could not store the transaction")
+            return self._not_stored(txn_id, "store", "The bridge could not store the "
+                                    "transaction")
         if not fresh:
             metrics.TRANSACTIONS.labels(outcome="duplicate").inc()
             log.debug("transaction %s was already stored; ignoring the repeat", txn_id)
@@ -180,6 +175,14 @@ class AppserviceServer:
                 inbox.after_commit(outcome)
             await outbox.dispatch(claimed)
         return web.json_response({})
+
+    def _not_stored(self, txn_id: str, failed_to: str, answer: str) -> web.Response:
+        """Called from an except block: the transaction is not acknowledged, so the
+        homeserver keeps it and sends it again."""
+        self.bridge.inbox.transaction_failed()
+        log.exception("could not %s transaction %s", failed_to, txn_id)
+        metrics.FAILURES.labels(network="matrix", direction="in", stage="store").inc()
+        return _error(500, "M_UNKNOWN", answer)
 
     async def _decrypted(self, crypto: BridgeCrypto, body: dict[str, Any],
                          events: list[dict[str, Any]]) -> list[dict[str, Any]]:
