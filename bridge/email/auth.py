@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 
 import authres
-import dkim
 
 log = logging.getLogger("bridge.email.auth")
 
@@ -72,6 +71,10 @@ def check_authentication_results(msg: EmailMessage, from_address: str,
 
 def check_dkim(raw: bytes, from_address: str, dnsfunc: DnsFunc | None = None) -> AuthVerdict:
     """Verify every DKIM signature; one valid signature aligned with From suffices."""
+    # dkimpy (and dnspython under it) only with email.sender_auth: verify: 4 MB of resident
+    # memory the usual setup, which trusts the MTA's Authentication-Results, never needs.
+    import dkim
+
     from_domain = _domain(from_address)
     try:
         verifier = dkim.DKIM(raw)
