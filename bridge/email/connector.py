@@ -61,17 +61,19 @@ from bridge.email.addresses import (
     verify_unsubscribe,
 )
 from bridge.email.auth import DnsFunc, authenticate
-from bridge.email.compose import LinkedFile, OutgoingAttachment, build_email, matrix_html_to_text
 from bridge.email.config import EmailConfig
 from bridge.email.inbound import SmtpServer, Target
 from bridge.email.outbound import RelayOutage, RelayPool, Utf8NotOffered
-from bridge.email.parse import MalformedMail, ParsedMail, parse_message
-from bridge.email.sanitize import sanitize_html
 from bridge.email.text import text_to_html
 
+# Mail parsing (bridge/email/parse), composing (compose.py) and HTML cleaning (sanitize.py)
+# are imported when the first mail comes in or goes out: with lxml, inscriptis and nh3 they
+# are several MB of resident memory that a bridge whose rooms get no mail never needs (issue
+# 15: idle RSS).
 if TYPE_CHECKING:
     from bridge.admin.api.routes import Route
     from bridge.core.hub import Hub
+    from bridge.email.parse import ParsedMail
 
 log = logging.getLogger("bridge.email")
 
@@ -405,6 +407,8 @@ class EmailConnector(Connector):
         ``raw`` may be the bytearray the SMTP server collected the mail in: it is read, never
         changed, and not copied (a big mail would take its size again).
         """
+        from bridge.email.parse import MalformedMail, parse_message
+
         digest: str | None = None
         try:
             # Parsing a big mail takes a while; in a thread it does not stall the bridge. A
@@ -463,6 +467,8 @@ class EmailConnector(Connector):
         content hash that names a mail without a Message-ID, taken before the buffer
         changes. (A Message-ID too garbled to read is rare; that mail's name is then the
         hash of the changed buffer, which the same mail always changes in the same way.)"""
+        from bridge.email.parse import parse_message
+
         consume = isinstance(raw, bytearray) and self.settings.sender_auth != "verify"
         digest = None
         if consume and not _MESSAGE_ID_FIELD.search(raw, 0, _header_end(raw)):
@@ -597,6 +603,8 @@ class EmailConnector(Connector):
     @staticmethod
     def _text_content(mail: ParsedMail, *, new_thread: bool,
                       cid_map: dict[str, str]) -> dict[str, Any]:
+        from bridge.email.sanitize import sanitize_html
+
         text = mail.text.strip()
         if mail.calendar:
             text = f"{text}\n\n{mail.calendar}".strip()
@@ -808,6 +816,8 @@ class EmailConnector(Connector):
 
     def _mail_body(self, content: dict[str, Any], sender_name: str, room_id: str,
                    event_id: str) -> dict[str, Any]:
+        from bridge.email.compose import matrix_html_to_text
+
         msgtype = content.get("msgtype", "m.text")
         body = str(content.get("body") or "")
         formatted = content.get("formatted_body") \
@@ -857,6 +867,8 @@ class EmailConnector(Connector):
             return await self._send_now(delivery)
 
     async def _send_now(self, delivery: Delivery) -> str:
+        from bridge.email.compose import LinkedFile, OutgoingAttachment, build_email
+
         p = delivery.payload
         attachments: list[OutgoingAttachment] = []
         linked: list[LinkedFile] = []
