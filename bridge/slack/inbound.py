@@ -24,7 +24,7 @@ from bridge.core.origin import Origin
 from bridge.db import store
 from bridge.db.queues import NewDelivery
 from bridge.slack import store as slack_store
-from bridge.slack.format import MatrixText, slack_emoji_to_unicode, slack_to_matrix
+from bridge.slack.format import MatrixText, slack_to_matrix
 from bridge.slack.ids import NETWORK, message_key, space_of, ts_ms
 from bridge.slack.workspace import Workspace
 
@@ -510,6 +510,8 @@ class SlackToMatrix:
         async with self.hub.db.sessions() as session:
             origin = await self._origin(session, space)
         sender = await self.puppet(ws, user)
+        from bridge.slack.emoji import slack_emoji_to_unicode
+
         emoji = slack_emoji_to_unicode(name) or f":{name}:"
         part = RemotePart(sender=sender, event_type="m.reaction", remote_space=space,
                           remote_id=key, content={"m.relates_to": {

@@ -22,7 +22,7 @@ from bridge.core.errors import PermanentError, TemporaryError
 from bridge.db import store
 from bridge.db.queues import Delivery
 from bridge.db.store import LinkInfo, MappingInfo
-from bridge.slack.format import matrix_to_slack, unicode_to_slack_emoji
+from bridge.slack.format import matrix_to_slack
 from bridge.slack.ids import NETWORK, space_of
 from bridge.slack.workspace import Workspace
 
@@ -356,6 +356,8 @@ class MatrixToSlack:
         async with self.hub.db.sessions() as session:
             mapped = await self._slack_message(session, str(relates.get("event_id")), ws,
                                                channel)
+        from bridge.slack.emoji import unicode_to_slack_emoji
+
         name = unicode_to_slack_emoji(str(relates.get("key") or ""))
         if mapped is None or not name:
             return None  # not a Slack message, or a reaction Slack has no emoji for

@@ -49,6 +49,7 @@ from bridge.core.origin import HISTORY_KEY, Origin, sign
 from bridge.db import store
 from bridge.db.models import InboundKey, MessageMapping
 from bridge.db.queues import insert_ignoring_conflicts
+from bridge.slack.emoji import slack_emoji_to_unicode
 from bridge.slack.export.reader import (
     Channel,
     DayFile,
@@ -57,7 +58,7 @@ from bridge.slack.export.reader import (
     ExportMessage,
     User,
 )
-from bridge.slack.format import slack_emoji_to_unicode, slack_to_matrix
+from bridge.slack.format import slack_to_matrix
 from bridge.slack.ids import NETWORK, message_key, space_of
 from bridge.slack.inbound import POSTING_SUBTYPES, render_attachments
 from bridge.slack.store import linked_channels

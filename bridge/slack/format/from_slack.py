@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from bridge.slack.emoji import SKIN_TONES, slack_emoji_to_unicode
 from bridge.slack.format.common import as_dict, as_list, as_str, escape_html, safe_url
 from bridge.slack.format.from_slack_mrkdwn import mrkdwn_pieces
 from bridge.slack.format.from_slack_pieces import (
@@ -25,6 +24,8 @@ _EMOJI_CODE_RE = re.compile(r":([a-z0-9_+'\-]+):(?::(skin-tone-[2-6](?:-[2-6])?)
 
 def _plain_text_emoji(text: str) -> str:
     def sub(m: re.Match[str]) -> str:
+        from bridge.slack.emoji import slack_emoji_to_unicode
+
         name = m.group(1) + (f"::{m.group(2)}" if m.group(2) else "")
         return slack_emoji_to_unicode(name) or m.group(0)
 
@@ -44,6 +45,8 @@ def _text_object(obj: Any, ctx: Conversion) -> list[Piece]:
 
 
 def _emoji_element(el: dict[str, Any]) -> str:
+    from bridge.slack.emoji import SKIN_TONES, slack_emoji_to_unicode
+
     name = as_str(el.get("name"))
     tone = el.get("skin_tone")
     tone = tone if isinstance(tone, int) and tone in SKIN_TONES else None

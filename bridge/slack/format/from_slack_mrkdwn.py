@@ -5,7 +5,6 @@ from __future__ import annotations
 import bisect
 import re
 
-from bridge.slack.emoji import slack_emoji_to_unicode
 from bridge.slack.format.common import escape_html
 from bridge.slack.format.from_slack_pieces import (
     Conversion,
@@ -93,6 +92,8 @@ def _atom_for(m: re.Match[str], ctx: Conversion, *, plain: bool) -> _Atom | None
     if kind in ("emoji", "tone"):
         if plain:
             return None
+        from bridge.slack.emoji import slack_emoji_to_unicode
+
         name = m.group("emoji")
         tone = m.group("tone")
         found = slack_emoji_to_unicode(f"{name}::{tone}" if tone else name)

@@ -6,9 +6,6 @@ import re
 from typing import Any
 from urllib.parse import unquote
 
-import lxml.html
-from lxml import etree
-
 from bridge.slack.format.common import LIST_BULLETS, MATRIX_TO, as_str, safe_url
 from bridge.slack.format.interface import MatrixResolver
 
@@ -285,6 +282,11 @@ def _strip_reply_fallback(body: str) -> str:
 
 
 def _parse_html(html: str) -> Any:
+    # lxml (4 MB resident, most of it its library) is imported with the first formatted
+    # Matrix message, not by every bridge at start (issue 15: idle RSS).
+    import lxml.html
+    from lxml import etree
+
     cleaned = _XML_INVALID_RE.sub("", html)
     if not cleaned.strip():
         return None
