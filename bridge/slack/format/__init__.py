@@ -13,6 +13,8 @@ raise (Slack and Matrix clients both send odd things; a message that cannot be
 formatted well is still delivered as text).
 """
 
+from typing import Any
+
 from bridge.slack.format.from_slack import slack_to_matrix
 from bridge.slack.format.interface import MatrixResolver, MatrixText, SlackResolver
 from bridge.slack.format.to_slack import emote_to_slack, matrix_to_slack
@@ -23,5 +25,16 @@ __all__ = [
     "SlackResolver",
     "emote_to_slack",
     "matrix_to_slack",
+    "slack_emoji_to_unicode",
     "slack_to_matrix",
+    "unicode_to_slack_emoji",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The emoji functions are this package's names too, imported when first asked for.
+    if name in ("slack_emoji_to_unicode", "unicode_to_slack_emoji"):
+        from bridge.slack import emoji
+
+        return getattr(emoji, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
