@@ -17,7 +17,6 @@ RUN_MODULES = ("bridge.cli", "bridge.app", "bridge.slack.connector", "bridge.ema
 NOT_AT_START = {
     "alembic": "migrations run in a child process (python -m bridge.db.migrate)",
     "mako": "alembic's templates",
-    "pydantic": "the config is checked by bridge/config_fields.py",
     "olm": "only with encryption.allow",
     "asyncpg": "only on PostgreSQL",
     "sqlalchemy.dialects.postgresql": "only on PostgreSQL",
