@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP
@@ -10,7 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bridge.email.parse as parse_module
+from bridge.core.event_size import CONTENT_LIMIT, too_large
 from bridge.email.aiosmtpd_data import SmtpProtocol
+from bridge.email.connector import EmailConnector
+from bridge.email.parse import ParsedMail
 from bridge.email.parse.headers import _POLICY, _HeaderClasses
 from bridge.email.text import text_to_html
 
@@ -66,3 +70,52 @@ def _parsed(raw: bytes) -> object:
         return parse_module.parse_message(raw)
     except parse_module.MalformedMail as exc:
         return str(exc)
+
+
+def _text_content_the_long_way(mail: ParsedMail, new_thread: bool) -> dict[str, Any]:
+    """EmailConnector._text_content of a mail without HTML, as it was written before its
+    shortcut for long plain-text mail: the HTML copy always written and measured."""
+    text = mail.text.strip()
+    if mail.calendar:
+        text = f"{text}\n\n{mail.calendar}".strip()
+    body_html = text_to_html(mail.text.strip())
+    if mail.calendar:
+        body_html += "<pre>" + html.escape(mail.calendar) + "</pre>"
+    if new_thread and mail.topic:
+        text = f"{mail.topic}\n\n{text}"
+        body_html = f"<p><strong>{html.escape(mail.topic)}</strong></p>{body_html}"
+    if mail.quoted_text:
+        body_html += ("<details><summary>Quoted text</summary><pre>"
+                      f"{html.escape(mail.quoted_text)}</pre></details>")
+    content = {"msgtype": "m.text", "body": text.rstrip() or "(empty message)"}
+    if not body_html:
+        return content
+    formatted = content | {"format": "org.matrix.custom.html", "formatted_body": body_html}
+    if not mail.quoted_text and too_large(formatted) and not too_large(content):
+        return content
+    return formatted
+
+
+# Pieces that make the escaped copy longer or shorter than the text, and the JSON longer
+# than the characters (escapes, multi-byte UTF-8).
+LONG_TEXT_PIECES = ["Wort ", "ü", "\n", "\r\n", "\u2028", "\x1d", "<", "&", '"', "\\", "\t",
+                    "€", " ", "\x01"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(pieces=st.lists(st.sampled_from(LONG_TEXT_PIECES), min_size=1, max_size=30),
+       size=st.integers(min_value=CONTENT_LIMIT // 4, max_value=CONTENT_LIMIT + 500),
+       topic=st.sampled_from(["", "Bauantrag <Müllerstraße>"]),
+       calendar=st.sampled_from([None, "Termin: 3. März, 10 Uhr"]),
+       quoted=st.sampled_from([None, "> alt"]), new_thread=st.booleans())
+def test_long_plain_text_mail_content_as_the_long_way_gives_it(
+        pieces: list[str], size: int, topic: str, calendar: str | None, quoted: str | None,
+        new_thread: bool) -> None:
+    unit = "".join(pieces)
+    text = (unit * (size // len(unit) + 1))[:size]
+    mail = ParsedMail(message_id=None, in_reply_to=[], references=[], subject=topic,
+                      topic=topic, from_address="a@b.example", from_name=None, to=[], cc=[],
+                      date=None, text=text, html=None, quoted_text=quoted, full_text=text,
+                      calendar=calendar)
+    assert EmailConnector._text_content(mail, new_thread=new_thread, cid_map={}) == \
+        _text_content_the_long_way(mail, new_thread)
