@@ -124,6 +124,8 @@ def _base64_payload(part: Message) -> bytes | None:
 def _part_text(part: Message) -> str:
     data = _part_bytes(part)
     text = decode_text(data, _param(part, "charset"))
+    if "\r" not in text:  # (a search for one character is fast, one for "\r\n" is not)
+        return text
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 

@@ -51,6 +51,10 @@ def _signoff_start(work: list[str], end: int, first_text: int, norm: str,
     non-empty line."""
     patterns = get_patterns()
     pos = 0
+    # The line number of each place found, counted on from the last one (the places come
+    # in order): counting the line breaks from the start for each costs a pass over the
+    # text up to it every time.
+    counted_to = line_no = 0
     for _ in range(20):
         if anchors is None:
             match = patterns.signature.search(norm, pos)
@@ -62,7 +66,8 @@ def _signoff_start(work: list[str], end: int, first_text: int, norm: str,
         start = found
         while start < len(norm) and norm[start] in "\n \t":
             start += 1
-        line_no = norm.count("\n", 0, start)
+        line_no += norm.count("\n", counted_to, start)
+        counted_to = start
         line = work[line_no] if line_no < len(work) else ""
         line_end = norm.find("\n", start)
         pos = len(norm) if line_end < 0 else line_end + 1

@@ -20,7 +20,8 @@ def split_reply(text: str) -> ReplySplit:
 
     When in doubt the text is kept: if stripping would leave nothing, nothing is stripped.
     """
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\r" in text:  # (a search for one character is fast, one for "\r\n" is not)
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     head, tail = text, ""
     if len(text) > _MAX_SPLIT_CHARS:
         cut = text.rfind("\n", 0, _MAX_SPLIT_CHARS)
