@@ -12,6 +12,7 @@ import binascii
 import contextlib
 import contextvars
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email import policy
 from email.headerregistry import HeaderRegistry
@@ -133,13 +134,25 @@ def _clean_header_text(text: str, hint: str | None = None) -> str:
     return _CONTROL.sub("", text).strip()
 
 
-def _raw_values(msg: Message, name: str) -> list[str]:
-    lname = name.lower()
-    values = []
-    for key, value in msg.raw_items():
-        if key.lower() == lname:
-            values.append(value if isinstance(value, str) else str(value))
+def _raw_values(msg: Message, name: str) -> Sequence[str]:
+    """The raw values of the `name` fields, in order. (Shared while parse_message runs, which
+    looks up a message's fields a few dozen times: from one index of them per message.)"""
+    memo = _MEMO.get()
+    if memo is None:
+        return _raw_index(msg).get(name.lower(), ())
+    key = ("raw", msg)
+    index = memo.get(key)
+    if index is None:
+        index = memo[key] = _raw_index(msg)
+    values: Sequence[str] = index.get(name.lower(), ())
     return values
+
+
+def _raw_index(msg: Message) -> dict[str, tuple[str, ...]]:
+    index: dict[str, list[str]] = {}
+    for key, value in msg.raw_items():
+        index.setdefault(key.lower(), []).append(value if isinstance(value, str) else str(value))
+    return {name: tuple(values) for name, values in index.items()}
 
 
 def _charset_hint(msg: Message) -> str | None:
