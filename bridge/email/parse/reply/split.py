@@ -6,6 +6,7 @@ import re
 
 from bridge.email.parse.reply.attributions import attribution_candidate
 from bridge.email.parse.reply.lines import MAX_LINE
+from bridge.email.parse.reply.mail_parser_reply_patterns import probed_line_starts
 from bridge.email.parse.reply.quote_blocks import split_bottom_posted, trailing_quote_candidate
 from bridge.email.parse.reply.quote_headers import header_candidate
 from bridge.email.parse.reply.result import ReplySplit
@@ -48,7 +49,9 @@ def split_reply(text: str) -> ReplySplit:
         return bottom
 
     norm = "\n".join(work)
-    candidates = [c for c in (header_candidate(work, norm), separator_candidate(work, norm),
+    probed = probed_line_starts(norm)
+    candidates = [c for c in (header_candidate(work, norm, probed),
+                              separator_candidate(work, norm),
                               attribution_candidate(work, norm),
                               trailing_quote_candidate(work) if quoted else None)
                   if c is not None]
@@ -65,7 +68,8 @@ def split_reply(text: str) -> ReplySplit:
     if quote_start is not None and not any(work[:quote_start]):
         quote_start = None  # the quote is all there is (a forward, or a misdetection)
     end = quote_start if quote_start is not None else len(lines)
-    sig_start = signature_start(work, end, norm if end == len(work) else None)
+    whole = end == len(work)
+    sig_start = signature_start(work, end, norm if whole else None, probed if whole else None)
 
     new_end = sig_start if sig_start is not None else end
     new_text = "\n".join(lines[:new_end]).strip("\n")
