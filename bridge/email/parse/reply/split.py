@@ -33,7 +33,10 @@ def split_reply(text: str) -> ReplySplit:
     if "\ufeff" in head or "\u200b" in head:
         work = [line.strip().lstrip("\ufeff\u200b")[:MAX_LINE] for line in lines]
     else:
-        work = [line.strip()[:MAX_LINE] for line in lines]
+        # (Stripped at C speed, then capped where a line is longer: rare.)
+        work = list(map(str.strip, lines))
+        if len(max(work, key=len, default="")) > MAX_LINE:
+            work = [line[:MAX_LINE] for line in work]
     # Without a ">" there are no quoted lines: no bottom-posted quote, no trailing quote.
     quoted = ">" in head
 
