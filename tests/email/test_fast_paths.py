@@ -16,6 +16,7 @@ from bridge.email.aiosmtpd_data import SmtpProtocol
 from bridge.email.connector import EmailConnector
 from bridge.email.parse import ParsedMail
 from bridge.email.parse.headers import _POLICY, _HeaderClasses
+from bridge.email.parse.raw import _header_block_end
 from bridge.email.text import text_to_html
 
 TEXT = st.lists(st.sampled_from(
@@ -119,3 +120,14 @@ def test_long_plain_text_mail_content_as_the_long_way_gives_it(
                       calendar=calendar)
     assert EmailConnector._text_content(mail, new_thread=new_thread, cid_map={}) == \
         _text_content_the_long_way(mail, new_thread)
+
+
+@settings(max_examples=500)
+@given(data=st.lists(st.sampled_from([b"\r", b"\n", b"a", b"\r\n"]), max_size=16).map(b"".join),
+       start=st.integers(min_value=0, max_value=20))
+def test_the_header_block_ends_at_the_first_blank_line_of_either_kind(data: bytes,
+                                                                       start: int) -> None:
+    first = min((i for i in (data.find(b"\n\n", start), data.find(b"\n\r\n", start))
+                 if i >= 0), default=len(data))
+    assert _header_block_end(data, start) == first
+    assert _header_block_end(bytearray(data), start) == first
