@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from email.message import Message
 from typing import Any
 
 import pytest
@@ -15,7 +16,8 @@ from bridge.core.event_size import CONTENT_LIMIT, too_large
 from bridge.email.aiosmtpd_data import SmtpProtocol
 from bridge.email.connector import EmailConnector
 from bridge.email.parse import ParsedMail
-from bridge.email.parse.headers import _POLICY, _HeaderClasses
+from bridge.email.parse.charsets import decode_text
+from bridge.email.parse.headers import _MEMO, _POLICY, _HeaderClasses, _param
 from bridge.email.parse.raw import _header_block_end
 from bridge.email.text import text_to_html
 
@@ -131,3 +133,55 @@ def test_the_header_block_ends_at_the_first_blank_line_of_either_kind(data: byte
                  if i >= 0), default=len(data))
     assert _header_block_end(data, start) == first
     assert _header_block_end(bytearray(data), start) == first
+
+
+def _param_the_long_way(part: Message, name: str, header: str) -> str | None:
+    """headers._param as it was before it read each field's parameters once: a new
+    Message.get_param for each name."""
+    raw = [v for k, v in part.raw_items() if k.lower() == header]
+    if not raw:
+        return None
+    try:
+        holder = Message()
+        holder[header] = raw[0]
+        value = holder.get_param(name, header=header)
+    except Exception:
+        return None
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        try:
+            charset, _, decoded = value
+            return decode_text(str(decoded).encode("latin-1", "replace"), charset or None)
+        except Exception:
+            return str(value[2])
+    return str(value).strip().strip('"')
+
+
+PARAMETER_PIECES = [
+    '; charset="utf-8"', "; charset=UTF-8", "; Charset=iso-8859-1", "; format=flowed",
+    '; delsp="yes"', "; name*=utf-8''%C3%BCbersicht.pdf", "; name*0*=utf-8''%C3%BC",
+    '; name*1="ber.pdf"', '; name="a\\"b.pdf"', "; filename=<x.pdf>", "; name=", ";;", "; =x",
+    '; boundary="----=_NextPart_000"', "; boundary=----=_NextPart_001", " ; NAME=\"Plan.pdf\"",
+    "; filename*=iso-8859-1'de'%FCber.txt", '; charset="', "; x=1; x=2", "; name=Bericht 3.pdf",
+]
+PARAMETER_NAMES = ["charset", "format", "delsp", "name", "filename", "boundary", "x", "NAME"]
+
+
+@settings(max_examples=300)
+@given(main=st.sampled_from(["text/plain", "application/pdf", "multipart/mixed", "attachment",
+                             "", "text/plain name=a.pdf"]),
+       pieces=st.lists(st.sampled_from(PARAMETER_PIECES), max_size=5),
+       header=st.sampled_from(["content-type", "content-disposition"]),
+       memo=st.booleans())
+def test_parameters_read_once_per_field_as_get_param_reads_each(
+        main: str, pieces: list[str], header: str, memo: bool) -> None:
+    part = Message()
+    part[header] = main + "".join(pieces)
+    token = _MEMO.set({}) if memo else None
+    try:
+        for name in PARAMETER_NAMES:
+            assert _param(part, name, header) == _param_the_long_way(part, name, header), name
+    finally:
+        if token is not None:
+            _MEMO.reset(token)
