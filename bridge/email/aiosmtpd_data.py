@@ -13,8 +13,11 @@ naming what changed, when the aiosmtpd installed no longer has what this module 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import re
+import tempfile
+from typing import cast
 
 from aiosmtpd.smtp import MISSING, SMTP
 
@@ -24,6 +27,13 @@ TERMINATOR = b"\r\n.\r\n"
 READ_SIZE = 1 << 18
 TOO_MUCH = "552 Error: Too much mail data"
 TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
+TEMPORARY = "451 4.3.0 Temporary problem on the bridge; please try again later"
+# A mail bigger than this goes to a temp file as it arrives and is read back into memory in
+# one piece at the end. A bytearray grown piece by piece to tens of MB leaves the malloc
+# heap behind it as holes that stay resident (each time it outgrows its place, below glibc's
+# mmap threshold, which a bridge that has freed a few big buffers has raised to many MB):
+# 3-4 MB more for a 27 MB mail. An ordinary mail stays in memory: the file costs syscalls.
+SPOOL_ABOVE = 1 << 19
 
 
 class DataDecoder:
@@ -35,14 +45,20 @@ class DataDecoder:
     reads the mail line by line and keeps a bytearray per line (five times the mail's size
     in memory for a big one, and most of the CPU time of a 50 KB mail); its answers stay the
     same: 552 for a mail over the size limit and 500 for a line too long, given after the
-    terminator and with nothing of the mail kept meanwhile.
+    terminator and with nothing of the mail kept meanwhile. A mail over ``spool_above``
+    bytes is collected in a temp file instead and is in `content` once `done`.
     """
 
-    def __init__(self, size_limit: int | None, line_limit: int = 1001) -> None:
+    def __init__(self, size_limit: int | None, line_limit: int = 1001,
+                 spool_above: int = SPOOL_ABOVE) -> None:
         """``line_limit``: the longest line allowed, its CRLF included (RFC 5321 4.5.3.1.6:
         1000, plus a stuffed dot; aiosmtpd's limit). Counted from LF to LF (a bare LF, not
         allowed in SMTP, ends a line here too)."""
         self.content = bytearray()
+        self._spool_above = spool_above
+        self._spool: io.RawIOBase | None = None
+        self._spooled = 0  # bytes of the mail in the spool file
+        self._unspooled = False  # in memory for good (read back, or no spool possible)
         self.error: str | None = None
         self.done = False
         self._size_limit = size_limit
@@ -64,6 +80,7 @@ class DataDecoder:
             self._decode(block, end + 2)  # with the line break of the last line
             self._pending = b""
             self.done = True
+            self._unspool()
             return block[end + len(TERMINATOR):]
         if len(block) <= 4:
             self._pending = block
@@ -101,12 +118,81 @@ class DataDecoder:
             end = len(raw)
         # (The removed dots all come after the fake line break, which stays in place.)
         skip = min(self._skip, end)
-        self.content += memoryview(raw)[skip:end]
+        self._append(memoryview(raw)[skip:end])
         self._skip -= skip
+
+    def _append(self, data: memoryview) -> None:
+        if self._spool is None and not self._unspooled and \
+                len(self.content) + len(data) > self._spool_above:
+            self._start_spool()
+        if self._spool is not None:
+            self._write(data)
+        elif self.error is None:
+            self.content += data
+
+    def _start_spool(self) -> None:
+        try:
+            # (Open until the mail is read back, or dropped: _unspool, close.)
+            self._spool = cast(io.RawIOBase, tempfile.TemporaryFile(buffering=0))  # noqa: SIM115
+        except OSError:
+            log.warning("cannot spool a big mail to a temp file; keeping it in memory",
+                        exc_info=True)
+            self._unspooled = True
+            return
+        head, self.content = self.content, bytearray()
+        self._write(memoryview(head))
+
+    def _write(self, data: memoryview) -> None:
+        """Append to the spool file; where that fails, the mail goes on in memory."""
+        assert self._spool is not None
+        try:
+            while data:
+                written = self._spool.write(data)
+                if not written:
+                    raise OSError("the spool file takes no more bytes")
+                self._spooled += written
+                data = data[written:]
+        except OSError:
+            log.warning("cannot spool a big mail to a temp file; keeping it in memory",
+                        exc_info=True)
+            self._unspool()
+            if self.error is None:
+                self.content += data
+
+    def _unspool(self) -> None:
+        """The spooled mail into `content`: allocated once, in its exact size. (A mail whose
+        spool cannot be read back is refused for now, 451: the sender keeps it.)"""
+        if self._spool is None:
+            return
+        spool, self._spool = self._spool, None
+        self._unspooled = True
+        with spool:
+            try:
+                content = bytearray(self._spooled)
+                spool.seek(0)
+                view, filled = memoryview(content), 0
+                while filled < self._spooled:
+                    read = spool.readinto(view[filled:])
+                    if not read:
+                        raise OSError("the spool file is shorter than what was written")
+                    filled += read
+                view.release()
+            except OSError:
+                log.exception("cannot read a spooled mail back")
+                self._fail(TEMPORARY)
+                return
+        self.content = content
+
+    def close(self) -> None:
+        """Drop what was received (a mail given up on before its end)."""
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+        self.content = bytearray()
 
     def _fail(self, error: str) -> None:
         self.error = error
-        self.content = bytearray()  # nothing of a refused mail is kept
+        self.close()  # nothing of a refused mail is kept
 
 
 class SmtpProtocol(SMTP):
@@ -135,6 +221,7 @@ class SmtpProtocol(SMTP):
                 rest = decoder.feed(chunk)
         except asyncio.CancelledError:
             log.info("connection lost during DATA")
+            decoder.close()
             self._writer.close()
             raise
         if rest:

@@ -37,7 +37,7 @@ from bridge.core.connector import (
     media_msgtype,
 )
 from bridge.core.errors import CommandError, PermanentError, UsageError
-from bridge.core.event_size import too_large
+from bridge.core.event_size import CONTENT_LIMIT, too_large
 from bridge.core.hub import RemotePart
 from bridge.core.origin import ORIGIN_KEY, Origin, read_origin
 from bridge.db import queues, store
@@ -608,24 +608,31 @@ class EmailConnector(Connector):
         text = mail.text.strip()
         if mail.calendar:
             text = f"{text}\n\n{mail.calendar}".strip()
+        if new_thread and mail.topic:
+            # The subject once, as the first line of a new thread.
+            text = f"{mail.topic}\n\n{text}"
+        content = {"msgtype": "m.text", "body": text.rstrip() or "(empty message)"}
+        plain_only = not mail.html and not mail.quoted_text
+        if plain_only and len(content["body"]) + len(mail.text.strip()) > CONTENT_LIMIT and \
+                not too_large(content):
+            # A long plain-text mail (below): its HTML copy, at least as long as the text it
+            # escapes, makes the event too large for sure; the text alone fits. Decided
+            # without writing that copy and measuring it as JSON.
+            return content
         # No HTML part, or one with nothing Matrix may show: the plain text.
         body_html = (sanitize_html(mail.html, cid_map) if mail.html else "") or \
             text_to_html(mail.text.strip())
         if mail.calendar:
             body_html += "<pre>" + html.escape(mail.calendar) + "</pre>"
         if new_thread and mail.topic:
-            # The subject once, as the first line of a new thread.
-            text = f"{mail.topic}\n\n{text}"
             body_html = f"<p><strong>{html.escape(mail.topic)}</strong></p>{body_html}"
         if mail.quoted_text:
             body_html += ("<details><summary>Quoted text</summary><pre>"
                           f"{html.escape(mail.quoted_text)}</pre></details>")
-        content = {"msgtype": "m.text", "body": text.rstrip() or "(empty message)"}
         if not body_html:  # an empty formatted_body would show as an empty message
             return content
         formatted = content | {"format": "org.matrix.custom.html", "formatted_body": body_html}
-        if not mail.html and not mail.quoted_text and too_large(formatted) and \
-                not too_large(content):
+        if plain_only and too_large(formatted) and not too_large(content):
             # A long plain-text mail: its HTML copy says nothing more than its text (line
             # breaks, the subject in bold), but would double the event past the homeserver's
             # limit and have the mail cut into a beginning and a file. The text alone fits.

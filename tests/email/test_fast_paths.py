@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import html
+from email.message import Message
+from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP
@@ -10,8 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bridge.email.parse as parse_module
+from bridge.core.event_size import CONTENT_LIMIT, too_large
 from bridge.email.aiosmtpd_data import SmtpProtocol
-from bridge.email.parse.headers import _POLICY, _HeaderClasses
+from bridge.email.connector import EmailConnector
+from bridge.email.parse import ParsedMail
+from bridge.email.parse.charsets import decode_text
+from bridge.email.parse.headers import _MEMO, _POLICY, _HeaderClasses, _param
+from bridge.email.parse.raw import _header_block_end
 from bridge.email.text import text_to_html
 
 TEXT = st.lists(st.sampled_from(
@@ -66,3 +73,115 @@ def _parsed(raw: bytes) -> object:
         return parse_module.parse_message(raw)
     except parse_module.MalformedMail as exc:
         return str(exc)
+
+
+def _text_content_the_long_way(mail: ParsedMail, new_thread: bool) -> dict[str, Any]:
+    """EmailConnector._text_content of a mail without HTML, as it was written before its
+    shortcut for long plain-text mail: the HTML copy always written and measured."""
+    text = mail.text.strip()
+    if mail.calendar:
+        text = f"{text}\n\n{mail.calendar}".strip()
+    body_html = text_to_html(mail.text.strip())
+    if mail.calendar:
+        body_html += "<pre>" + html.escape(mail.calendar) + "</pre>"
+    if new_thread and mail.topic:
+        text = f"{mail.topic}\n\n{text}"
+        body_html = f"<p><strong>{html.escape(mail.topic)}</strong></p>{body_html}"
+    if mail.quoted_text:
+        body_html += ("<details><summary>Quoted text</summary><pre>"
+                      f"{html.escape(mail.quoted_text)}</pre></details>")
+    content = {"msgtype": "m.text", "body": text.rstrip() or "(empty message)"}
+    if not body_html:
+        return content
+    formatted = content | {"format": "org.matrix.custom.html", "formatted_body": body_html}
+    if not mail.quoted_text and too_large(formatted) and not too_large(content):
+        return content
+    return formatted
+
+
+# Pieces that make the escaped copy longer or shorter than the text, and the JSON longer
+# than the characters (escapes, multi-byte UTF-8).
+LONG_TEXT_PIECES = ["Wort ", "ü", "\n", "\r\n", "\u2028", "\x1d", "<", "&", '"', "\\", "\t",
+                    "€", " ", "\x01"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(pieces=st.lists(st.sampled_from(LONG_TEXT_PIECES), min_size=1, max_size=30),
+       size=st.integers(min_value=CONTENT_LIMIT // 4, max_value=CONTENT_LIMIT + 500),
+       topic=st.sampled_from(["", "Bauantrag <Müllerstraße>"]),
+       calendar=st.sampled_from([None, "Termin: 3. März, 10 Uhr"]),
+       quoted=st.sampled_from([None, "> alt"]), new_thread=st.booleans())
+def test_long_plain_text_mail_content_as_the_long_way_gives_it(
+        pieces: list[str], size: int, topic: str, calendar: str | None, quoted: str | None,
+        new_thread: bool) -> None:
+    unit = "".join(pieces)
+    text = (unit * (size // len(unit) + 1))[:size]
+    mail = ParsedMail(message_id=None, in_reply_to=[], references=[], subject=topic,
+                      topic=topic, from_address="a@b.example", from_name=None, to=[], cc=[],
+                      date=None, text=text, html=None, quoted_text=quoted, full_text=text,
+                      calendar=calendar)
+    assert EmailConnector._text_content(mail, new_thread=new_thread, cid_map={}) == \
+        _text_content_the_long_way(mail, new_thread)
+
+
+@settings(max_examples=500)
+@given(data=st.lists(st.sampled_from([b"\r", b"\n", b"a", b"\r\n"]), max_size=16).map(b"".join),
+       start=st.integers(min_value=0, max_value=20))
+def test_the_header_block_ends_at_the_first_blank_line_of_either_kind(data: bytes,
+                                                                       start: int) -> None:
+    first = min((i for i in (data.find(b"\n\n", start), data.find(b"\n\r\n", start))
+                 if i >= 0), default=len(data))
+    assert _header_block_end(data, start) == first
+    assert _header_block_end(bytearray(data), start) == first
+
+
+def _param_the_long_way(part: Message, name: str, header: str) -> str | None:
+    """headers._param as it was before it read each field's parameters once: a new
+    Message.get_param for each name."""
+    raw = [v for k, v in part.raw_items() if k.lower() == header]
+    if not raw:
+        return None
+    try:
+        holder = Message()
+        holder[header] = raw[0]
+        value = holder.get_param(name, header=header)
+    except Exception:
+        return None
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        try:
+            charset, _, decoded = value
+            return decode_text(str(decoded).encode("latin-1", "replace"), charset or None)
+        except Exception:
+            return str(value[2])
+    return str(value).strip().strip('"')
+
+
+PARAMETER_PIECES = [
+    '; charset="utf-8"', "; charset=UTF-8", "; Charset=iso-8859-1", "; format=flowed",
+    '; delsp="yes"', "; name*=utf-8''%C3%BCbersicht.pdf", "; name*0*=utf-8''%C3%BC",
+    '; name*1="ber.pdf"', '; name="a\\"b.pdf"', "; filename=<x.pdf>", "; name=", ";;", "; =x",
+    '; boundary="----=_NextPart_000"', "; boundary=----=_NextPart_001", " ; NAME=\"Plan.pdf\"",
+    "; filename*=iso-8859-1'de'%FCber.txt", '; charset="', "; x=1; x=2", "; name=Bericht 3.pdf",
+]
+PARAMETER_NAMES = ["charset", "format", "delsp", "name", "filename", "boundary", "x", "NAME"]
+
+
+@settings(max_examples=300)
+@given(main=st.sampled_from(["text/plain", "application/pdf", "multipart/mixed", "attachment",
+                             "", "text/plain name=a.pdf"]),
+       pieces=st.lists(st.sampled_from(PARAMETER_PIECES), max_size=5),
+       header=st.sampled_from(["content-type", "content-disposition"]),
+       memo=st.booleans())
+def test_parameters_read_once_per_field_as_get_param_reads_each(
+        main: str, pieces: list[str], header: str, memo: bool) -> None:
+    part = Message()
+    part[header] = main + "".join(pieces)
+    token = _MEMO.set({}) if memo else None
+    try:
+        for name in PARAMETER_NAMES:
+            assert _param(part, name, header) == _param_the_long_way(part, name, header), name
+    finally:
+        if token is not None:
+            _MEMO.reset(token)

@@ -30,9 +30,13 @@ import pytest
 import bridge.email.parse.raw as parse_module
 from bridge.email.parse import parse_message, split_reply
 from bridge.email.parse.reply.lines import MAX_LINE
-from bridge.email.parse.reply.mail_parser_reply_patterns import get_patterns
+from bridge.email.parse.reply.mail_parser_reply_patterns import get_patterns, probed_line_starts
 from bridge.email.parse.reply.quote_headers import header_matches, probe_lines
-from bridge.email.parse.reply.signatures import MAX_SIGNATURE_LINES, signature_start
+from bridge.email.parse.reply.signatures import (
+    MAX_SIGNATURE_LINES,
+    _signoff_anchors,
+    signature_start,
+)
 
 CORPUS = Path(__file__).parents[2].parent / "shared" / "email-samples"
 
@@ -232,6 +236,20 @@ def test_signature_probes_find_what_the_whole_regex_finds() -> None:
         for end in {len(work), rnd.randint(0, len(work))}:
             assert signature_start(work, end) == plain_signature_start(work, end), \
                 (end, text)
+        norm = "\n".join(work)
+        assert signature_start(work, len(work), norm, probed_line_starts(norm)) == \
+            plain_signature_start(work, len(work)), text
+
+
+def test_both_kinds_of_probe_in_one_pass_find_what_each_finds_alone() -> None:
+    assert get_patterns().any_lines is not None, \
+        "the quote-header and signature probes can no longer be searched in one pass"
+    body, _ = prose(20_000)
+    for text in [*texts(), body, "\n".join(TEMPTING + TRICKY_LINES)]:
+        norm = "\n".join(work_lines(text))
+        probed = probed_line_starts(norm)
+        assert probe_lines(norm, probed) == probe_lines(norm), text
+        assert _signoff_anchors(norm, probed) == _signoff_anchors(norm), text
 
 
 # --------------------------------------------------------------------------------------------

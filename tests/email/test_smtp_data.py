@@ -4,21 +4,25 @@
 times a big mail's size in memory and most of the CPU time of a small one). What it must
 keep: the terminating line, the removal of stuffed dots (RFC 5321 4.5.2), 552 for a mail
 over the size limit and 500 for an overlong line, answered after the terminator, and the
-bytes a client sends after the terminator.
+bytes a client sends after the terminator. A big mail goes through a temp file on the way
+(one allocation of its exact size at the end): the same bytes and answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import smtplib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.email.aiosmtpd_data import DataDecoder, SmtpProtocol
+import bridge.email.aiosmtpd_data as data_module
+from bridge.email.aiosmtpd_data import SPOOL_ABOVE, DataDecoder, SmtpProtocol
 from testkit.synapse import free_port
 
 
@@ -50,8 +54,9 @@ def aiosmtpd_data(stream: bytes, limit: int | None) -> tuple[bytes | str, bytes]
     return b"".join(lines), stream[pos:]
 
 
-def decode(stream: bytes, limit: int | None, cuts: list[int]) -> tuple[bytes | str, bytes]:
-    decoder = DataDecoder(limit)
+def decode(stream: bytes, limit: int | None, cuts: list[int],
+           spool_above: int = SPOOL_ABOVE) -> tuple[bytes | str, bytes]:
+    decoder = DataDecoder(limit, spool_above=spool_above)
     pos, rest = 0, b""
     for cut in [*sorted(cuts), len(stream)]:
         if decoder.done:
@@ -71,15 +76,16 @@ PIECES = [b"\r\n", b".", b"..", b"a", b"\r", b"\n", b"\r\n.\r\n", b"x" * 333, b"
 @given(body=st.lists(st.sampled_from(PIECES), max_size=40),
        dot_first=st.booleans(),
        limit=st.sampled_from([None, 5, 40, 700]),
-       cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=12))
+       cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=12),
+       spool_above=st.sampled_from([SPOOL_ABOVE, 0, 300]))
 def test_decoder_agrees_with_aiosmtpd(body: list[bytes], dot_first: bool, limit: int | None,
-                                      cuts: list[int]) -> None:
+                                      cuts: list[int], spool_above: int) -> None:
     stream = b"".join(body) + b"\r\n.\r\nQUIT\r\n"
     if dot_first:
         stream = b".\r\n" + stream
     expected = aiosmtpd_data(stream, limit)
     assert expected is not None
-    assert decode(stream, limit, [c for c in cuts if c < len(stream)]) == expected
+    assert decode(stream, limit, [c for c in cuts if c < len(stream)], spool_above) == expected
 
 
 def test_decoder_edge_cases() -> None:
@@ -90,6 +96,63 @@ def test_decoder_edge_cases() -> None:
     assert decode(b"x" * 1000 + b"\r\n.\r\n", None, [500]) == ("500", b"")
     assert decode(b"ab\r\ncd\r\n.\r\n", 8, [2]) == (b"ab\r\ncd\r\n", b"")
     assert decode(b"ab\r\ncd\r\n.\r\n", 7, [2]) == ("552", b"")
+
+
+class _FailingSpool(io.BytesIO):
+    """A temp file that fails after ``fail_after`` bytes were written (a full disk) or when
+    it is read back."""
+
+    def __init__(self, fail_after: int | None = None, fail_read: bool = False) -> None:
+        super().__init__()
+        self.fail_after = fail_after
+        self.fail_read = fail_read
+
+    def write(self, data: Any) -> int:
+        if self.fail_after is not None and self.tell() + len(data) > self.fail_after:
+            room = max(0, self.fail_after - self.tell())
+            if room:
+                return super().write(bytes(data)[:room])  # a short write, then the error
+            raise OSError(28, "No space left on device")
+        return super().write(data)
+
+    def readinto(self, buffer: Any) -> int:
+        if self.fail_read:
+            raise OSError(5, "Input/output error")
+        return super().readinto(buffer)
+
+
+MAIL = b"".join(b"%sline %d of the mail\r\n" % (b"." * (n % 7 == 3), n) for n in range(400))
+STREAM = MAIL.replace(b"\r\n.", b"\r\n..") + b".\r\n"  # dot-stuffed, with the terminator
+
+
+@pytest.mark.parametrize("fail_after", [0, 100, 5000])
+def test_a_mail_whose_spool_file_fills_up_goes_on_in_memory(
+        monkeypatch: pytest.MonkeyPatch, fail_after: int) -> None:
+    spools: list[_FailingSpool] = []
+    monkeypatch.setattr(data_module.tempfile, "TemporaryFile",
+                        lambda **_: spools.append(_FailingSpool(fail_after)) or spools[-1])
+    assert decode(STREAM, None, [700, 3000, 3001, 9000], spool_above=500) == (MAIL, b"")
+    assert len(spools) == 1 and spools[0].closed
+
+
+def test_a_mail_whose_spool_cannot_be_read_back_is_refused_for_now(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    spools: list[_FailingSpool] = []
+    monkeypatch.setattr(data_module.tempfile, "TemporaryFile",
+                        lambda **_: spools.append(_FailingSpool(fail_read=True)) or spools[-1])
+    # 451: the sending server keeps the mail and tries again.
+    assert decode(STREAM + b"QUIT\r\n", None, [700], spool_above=500) == ("451",
+                                                                          b"QUIT\r\n")
+    assert spools[0].closed
+
+
+def test_a_spooled_mail_given_up_on_leaves_no_file() -> None:
+    decoder = DataDecoder(None, spool_above=10)
+    decoder.feed(b"x" * 100 + b"\r\n")
+    spool = decoder._spool
+    assert spool is not None and not spool.closed
+    decoder.close()
+    assert spool.closed and decoder.content == b""
 
 
 class Recorder:

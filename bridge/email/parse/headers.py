@@ -12,11 +12,12 @@ import binascii
 import contextlib
 import contextvars
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email import policy
 from email.headerregistry import HeaderRegistry
 from email.message import Message
-from email.utils import getaddresses, parsedate_to_datetime
+from email.utils import getaddresses, parsedate_to_datetime, unquote
 from typing import Any
 
 from bridge.email.parse.charsets import (
@@ -133,13 +134,25 @@ def _clean_header_text(text: str, hint: str | None = None) -> str:
     return _CONTROL.sub("", text).strip()
 
 
-def _raw_values(msg: Message, name: str) -> list[str]:
-    lname = name.lower()
-    values = []
-    for key, value in msg.raw_items():
-        if key.lower() == lname:
-            values.append(value if isinstance(value, str) else str(value))
+def _raw_values(msg: Message, name: str) -> Sequence[str]:
+    """The raw values of the `name` fields, in order. (Shared while parse_message runs, which
+    looks up a message's fields a few dozen times: from one index of them per message.)"""
+    memo = _MEMO.get()
+    if memo is None:
+        return _raw_index(msg).get(name.lower(), ())
+    key = ("raw", msg)
+    index = memo.get(key)
+    if index is None:
+        index = memo[key] = _raw_index(msg)
+    values: Sequence[str] = index.get(name.lower(), ())
     return values
+
+
+def _raw_index(msg: Message) -> dict[str, tuple[str, ...]]:
+    index: dict[str, list[str]] = {}
+    for key, value in msg.raw_items():
+        index.setdefault(key.lower(), []).append(value if isinstance(value, str) else str(value))
+    return {name: tuple(values) for name, values in index.items()}
 
 
 def _charset_hint(msg: Message) -> str | None:
@@ -163,12 +176,22 @@ def _charset_hint(msg: Message) -> str | None:
     return None
 
 
-def _param(part: Message, name: str, header: str = "content-type") -> str | None:
-    """A header parameter, parsed leniently; never raises.
+def _params(part: Message, header: str) -> list[tuple[str, Any]] | None:
+    """The parameters of the first `header` field as the old (compat32) parser reads them,
+    not unquoted (``Message.get_params(unquote=False)``); None where there is none or the
+    parser fails. Once per message and field while parse_message runs: a mail's charset,
+    format, name and filename are all asked for."""
+    memo = _MEMO.get()
+    if memo is None:
+        return _read_params(part, header)
+    key = ("params", part, header)
+    if key not in memo:
+        memo[key] = _read_params(part, header)
+    params: list[tuple[str, Any]] | None = memo[key]
+    return params
 
-    The old (compat32) parameter parser reads the raw header: unlike the new one it keeps
-    unquoted values with "=" or spaces in them (Outlook Express boundaries, filenames).
-    """
+
+def _read_params(part: Message, header: str) -> list[tuple[str, Any]] | None:
     raw = _raw_values(part, header)
     if not raw:
         return None
@@ -180,11 +203,28 @@ def _param(part: Message, name: str, header: str = "content-type") -> str | None
     try:
         holder = Message()  # compat32 policy
         holder[header] = text
-        value = holder.get_param(name, header=header)
+        params = holder.get_params(header=header, unquote=False)
     except Exception:
         return None
+    return params if isinstance(params, list) else None
+
+
+def _param(part: Message, name: str, header: str = "content-type") -> str | None:
+    """A header parameter, parsed leniently; never raises.
+
+    The old (compat32) parameter parser reads the raw header: unlike the new one it keeps
+    unquoted values with "=" or spaces in them (Outlook Express boundaries, filenames).
+    """
+    params = _params(part, header)
+    if not params:
+        return None
+    # Message.get_param's choice: the first of that name, unquoted.
+    lname = name.lower()
+    value: Any = next((v for k, v in params if k.lower() == lname), None)
     if value is None:
         return None
+    value = (value[0], value[1], unquote(value[2])) if isinstance(value, tuple) \
+        else unquote(value)
     if isinstance(value, tuple):  # RFC 2231: (charset, language, text)
         try:
             # The parser has %-decoded the value into one character per byte already.

@@ -56,8 +56,7 @@ def _parse_bytes(raw: bytes | bytearray, lazy_runs: bool = False) -> EmailMessag
     start = mbox.end() if mbox else 0
     # Quoting a boundary adds quote marks inside one line (`_quote_boundaries`), so the
     # header block ends in the same place with or without them.
-    end = min((i for i in (data.find(b"\n\n", start), data.find(b"\n\r\n", start)) if i >= 0),
-              default=len(data))
+    end = _header_block_end(data, start)
     header = _repair_header_block(b"".join(_quote_boundaries(data, start, end)))
     single = _parse_single_part(data, header, end, lazy_runs)
     if single is not None:
@@ -82,6 +81,15 @@ def _parse_bytes(raw: bytes | bytearray, lazy_runs: bool = False) -> EmailMessag
         _restore_runs(msg, data, marker, runs, lazy_runs)
     assert isinstance(msg, EmailMessage)
     return msg
+
+
+def _header_block_end(data: bytes | bytearray, start: int) -> int:
+    """Where the first blank line after `start` begins (its line break before it), or the
+    end: the first "\n\n" or "\n\r\n". A CRLF mail has no "\n\n" in it, and looking for
+    one would go through the whole mail; it can only be found before the first "\n\r\n"."""
+    crlf = data.find(b"\n\r\n", start)
+    lf = data.find(b"\n\n", start, len(data) if crlf < 0 else crlf + 1)
+    return lf if lf >= 0 else crlf if crlf >= 0 else len(data)
 
 
 # A header line to the email package's parser (feedparser.headerRE, in bytes).
@@ -150,8 +158,9 @@ def _quote_boundaries(data: bytes | bytearray, start: int,
 
 # The lines where _UNQUOTED_BOUNDARY can match: it starts with "content-type:" or blank
 # space at a line start (found at the line breaks at C speed; the regex would try every
-# position).
-_BOUNDARY_LINE = re.compile(rb"\n(?=[cC \t])")
+# position). The whole "content-type:", not just its "c": body lines starting with a "c"
+# would each cost a trip through the generator below.
+_BOUNDARY_LINE = re.compile(rb"\n(?=(?i:content-type:)|[ \t])")
 
 
 def _boundary_matches(data: bytes | bytearray, start: int,

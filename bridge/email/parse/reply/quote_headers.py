@@ -14,12 +14,16 @@ FROM_KEY = re.compile(
 _KEY_LINE = re.compile(r"^(?:>\s?)*[*\s]*[^\W\d_][\w .'-]{0,25}[*\s]*[:\uff1a]", re.IGNORECASE)
 
 
-def probe_lines(norm: str) -> list[int]:
-    """Starts of the lines of `norm` where some quote-header pattern's probe matches."""
+def probe_lines(norm: str, probed: list[int] | None = None) -> list[int]:
+    """Starts of the lines of `norm` where some quote-header pattern's probe matches.
+    (`probed`: `probed_line_starts(norm)`, the lines to look at instead of all.)"""
     patterns = get_patterns()
-    starts = {match.start() + 1 for match in patterns.header_lines.finditer(norm)}
-    if patterns.header_first_line.match(norm):
-        starts.add(0)
+    if probed is None:
+        starts = {match.start() + 1 for match in patterns.header_lines.finditer(norm)}
+        if patterns.header_first_line.match(norm):
+            starts.add(0)
+    else:
+        starts = {start for start in probed if patterns.header_first_line.match(norm, start)}
     for char, probe in patterns.header_char_probes:
         at = norm.find(char)
         while at >= 0:
@@ -62,10 +66,11 @@ def header_matches(index: int, norm: str, lines: list[int]) -> Iterator[re.Match
         pos = match.end()
 
 
-def header_candidate(work: list[str], norm: str) -> int | None:
-    """First line where mail-parser-reply's quote-header patterns match, after our checks."""
+def header_candidate(work: list[str], norm: str, probed: list[int] | None = None) -> int | None:
+    """First line where mail-parser-reply's quote-header patterns match, after our checks.
+    (`probed`: as for `probe_lines`.)"""
     best: int | None = None
-    lines = probe_lines(norm)
+    lines = probe_lines(norm, probed)
     for index in range(len(get_patterns().headers)):
         for count, match in enumerate(header_matches(index, norm, lines)):
             if count >= 20:

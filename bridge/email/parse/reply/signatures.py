@@ -12,14 +12,16 @@ from bridge.email.parse.reply.mail_parser_reply_patterns import RULER_LINE, get_
 MAX_SIGNATURE_LINES = 20  # an administration's signature block with address and disclaimer
 
 
-def signature_start(work: list[str], end: int, norm: str | None = None) -> int | None:
+def signature_start(work: list[str], end: int, norm: str | None = None,
+                    probed: list[int] | None = None) -> int | None:
     """Line where the sender's signature begins in work[:end] (`norm`: those lines joined,
-    if at hand), per mail-parser-reply."""
+    if at hand, and `probed`: its `probed_line_starts`), per mail-parser-reply."""
     patterns = get_patterns()
     first_text = next((i for i, line in enumerate(work) if line), len(work))
     if norm is None:
         norm = "\n".join(work[:end])
-    anchors = _signoff_anchors(norm)
+        probed = None
+    anchors = _signoff_anchors(norm, probed)
     lines_from = max(1, first_text + 1)  # a "Sent from" line needs text above it
     candidates: Iterable[int] = range(lines_from, end)
     if anchors is not None and patterns.sent_from_probed:
@@ -51,6 +53,10 @@ def _signoff_start(work: list[str], end: int, first_text: int, norm: str,
     non-empty line."""
     patterns = get_patterns()
     pos = 0
+    # The line number of each place found, counted on from the last one (the places come
+    # in order): counting the line breaks from the start for each costs a pass over the
+    # text up to it every time.
+    counted_to = line_no = 0
     for _ in range(20):
         if anchors is None:
             match = patterns.signature.search(norm, pos)
@@ -62,7 +68,8 @@ def _signoff_start(work: list[str], end: int, first_text: int, norm: str,
         start = found
         while start < len(norm) and norm[start] in "\n \t":
             start += 1
-        line_no = norm.count("\n", 0, start)
+        line_no += norm.count("\n", counted_to, start)
+        counted_to = start
         line = work[line_no] if line_no < len(work) else ""
         line_end = norm.find("\n", start)
         pos = len(norm) if line_end < 0 else line_end + 1
@@ -91,7 +98,7 @@ def _few_lines(work: list[str], start: int, end: int, most: int) -> bool:
     return True
 
 
-def _signoff_anchors(norm: str) -> list[int] | None:
+def _signoff_anchors(norm: str, probed: list[int] | None = None) -> list[int] | None:
     """Starts of the lines where a match of the signature regex can end its leading blank
     space, in order (None: the regex is not of the shape `_signature_head` knows). Every
     line that `sent_from` matches is among them too, when `sent_from_probed`.
@@ -99,16 +106,20 @@ def _signoff_anchors(norm: str) -> list[int] | None:
     A match begins on such a line or in the blank space right before it: the regex's
     alternatives start with ``\\s*^`` or ``^`` (then the regex matches at the line start
     too) or are the long ruler after an empty line. The probes may pick more lines than
-    that; `_signoff_search` tries the regex itself.
+    that; `_signoff_search` tries the regex itself. (`probed`: `probed_line_starts(norm)`,
+    the lines to look at instead of all.)
     """
     patterns = get_patterns()
     first, lines = patterns.signature_first_line, patterns.signature_lines
     if first is None or lines is None:
         return None
-    anchors = {match.start() + 1 for match in lines.finditer(norm)}
+    if probed is None:
+        anchors = {match.start() + 1 for match in lines.finditer(norm)}
+        if first.match(norm):
+            anchors.add(0)
+    else:
+        anchors = {start for start in probed if first.match(norm, start)}
     anchors.update(match.end() for match in RULER_LINE.finditer(norm))
-    if first.match(norm):
-        anchors.add(0)
     return sorted(anchors)
 
 

@@ -6,6 +6,7 @@ import re
 
 from bridge.email.parse.reply.attributions import attribution_candidate
 from bridge.email.parse.reply.lines import MAX_LINE
+from bridge.email.parse.reply.mail_parser_reply_patterns import probed_line_starts
 from bridge.email.parse.reply.quote_blocks import split_bottom_posted, trailing_quote_candidate
 from bridge.email.parse.reply.quote_headers import header_candidate
 from bridge.email.parse.reply.result import ReplySplit
@@ -20,7 +21,8 @@ def split_reply(text: str) -> ReplySplit:
 
     When in doubt the text is kept: if stripping would leave nothing, nothing is stripped.
     """
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\r" in text:  # (a search for one character is fast, one for "\r\n" is not)
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     head, tail = text, ""
     if len(text) > _MAX_SPLIT_CHARS:
         cut = text.rfind("\n", 0, _MAX_SPLIT_CHARS)
@@ -31,7 +33,10 @@ def split_reply(text: str) -> ReplySplit:
     if "\ufeff" in head or "\u200b" in head:
         work = [line.strip().lstrip("\ufeff\u200b")[:MAX_LINE] for line in lines]
     else:
-        work = [line.strip()[:MAX_LINE] for line in lines]
+        # (Stripped at C speed, then capped where a line is longer: rare.)
+        work = list(map(str.strip, lines))
+        if len(max(work, key=len, default="")) > MAX_LINE:
+            work = [line[:MAX_LINE] for line in work]
     # Without a ">" there are no quoted lines: no bottom-posted quote, no trailing quote.
     quoted = ">" in head
 
@@ -47,7 +52,9 @@ def split_reply(text: str) -> ReplySplit:
         return bottom
 
     norm = "\n".join(work)
-    candidates = [c for c in (header_candidate(work, norm), separator_candidate(work, norm),
+    probed = probed_line_starts(norm)
+    candidates = [c for c in (header_candidate(work, norm, probed),
+                              separator_candidate(work, norm),
                               attribution_candidate(work, norm),
                               trailing_quote_candidate(work) if quoted else None)
                   if c is not None]
@@ -64,7 +71,8 @@ def split_reply(text: str) -> ReplySplit:
     if quote_start is not None and not any(work[:quote_start]):
         quote_start = None  # the quote is all there is (a forward, or a misdetection)
     end = quote_start if quote_start is not None else len(lines)
-    sig_start = signature_start(work, end, norm if end == len(work) else None)
+    whole = end == len(work)
+    sig_start = signature_start(work, end, norm if whole else None, probed if whole else None)
 
     new_end = sig_start if sig_start is not None else end
     new_text = "\n".join(lines[:new_end]).strip("\n")
