@@ -84,6 +84,9 @@ class OutboxWorker:
         self._task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._busy_lanes: set[str] = set()
+        # The same lanes by room and network: a room with several lanes in flight (a mail
+        # fan-out, one lane per subscriber) hands a finished lane's place to its next lane.
+        self._room_lanes: dict[tuple[str, str], set[str]] = {}
         # Successes waiting to be recorded, and the task that records them: deliveries of
         # other lanes that finish while a record is being written are recorded together in
         # the next transaction (one commit for many under load, no wait when it is quiet).
@@ -131,6 +134,10 @@ class OutboxWorker:
             await self.dispatch(items)
             if items:
                 continue  # more may be due right away (the next item of each lane)
+            if due_at is not None and due_at <= time.time():
+                # Due, yet nothing to claim: its room has its share in flight (the per-room
+                # cap of the claim). Those deliveries' ends take the next, or wake us.
+                due_at = None
             await self._sleep_until(due_at)
 
     async def claim_within(self, session: AsyncSession) -> list[Delivery]:
@@ -149,7 +156,7 @@ class OutboxWorker:
         for item in items:
             if item.lane in self._busy_lanes:
                 continue
-            self._busy_lanes.add(item.lane)
+            self._take_lane(item)
             task = asyncio.create_task(self._deliver_one(item), name=f"deliver:{item.id}")
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
@@ -208,7 +215,7 @@ class OutboxWorker:
                 # Free the lane before recording the outcome: until that commit nothing
                 # else in the lane is claimable anyway, and right after it the next item
                 # must be.
-                self._busy_lanes.discard(item.lane)
+                self._free_lane(item)
         try:
             if retry is not None:
                 await self._retry(item, *retry)
@@ -225,10 +232,34 @@ class OutboxWorker:
                     max(0.0, time.time() - item.created_at)
                 )
         finally:
+            if next_item is not None and next_item.lane != item.lane:
+                # The room's next lane (see _write_finished) instead of this one's next item.
+                self._free_lane(item)
+                if next_item.lane in self._busy_lanes:
+                    # Only after a lease ran out while that lane's delivery still hangs (as
+                    # in dispatch): never run one lane twice; hand the claim back.
+                    await self._settle(lambda s, ids=[next_item.id]:
+                                       queues.release_claims(s, ids))
+                    next_item = None
+                else:
+                    self._take_lane(next_item)
             if next_item is None:
-                self._busy_lanes.discard(item.lane)
+                self._free_lane(item)
                 self._wake.set()
         return next_item
+
+    def _take_lane(self, item: Delivery) -> None:
+        self._busy_lanes.add(item.lane)
+        self._room_lanes.setdefault((item.room_id, item.network), set()).add(item.lane)
+
+    def _free_lane(self, item: Delivery) -> None:
+        self._busy_lanes.discard(item.lane)
+        key = (item.room_id, item.network)
+        lanes = self._room_lanes.get(key)
+        if lanes is not None:
+            lanes.discard(item.lane)
+            if not lanes:
+                del self._room_lanes[key]
 
     async def _finish(self, item: Delivery, result: str | None) -> Delivery | None:
         """Record the success and, in the same transaction, claim the lane's next item
@@ -289,8 +320,18 @@ class OutboxWorker:
                     await also(session)
             await queues.finish_deliveries(session, [(d.item.id, d.result) for d in batch])
             for done in batch:
-                heads.append(None if self._closing else await queues.claim_lane_head(
-                    session, done.item.lane, self.lease_seconds, self.holder))
+                item = done.item
+                if self._closing:
+                    heads.append(None)
+                elif len(self._room_lanes.get((item.room_id, item.network), ())) > 1:
+                    # Other lanes of its room are busy: a fan-out, whose next subscriber
+                    # (or this lane's next item, whichever is older) waits under the
+                    # per-room cap of the claim and takes this one's place.
+                    heads.append(await queues.claim_room_next(
+                        session, item, self.lease_seconds, self.holder))
+                else:
+                    heads.append(await queues.claim_lane_head(
+                        session, item.lane, self.lease_seconds, self.holder))
             lanes.update(queues.enqueued_lanes(session))
 
         if not await self._settle(write, attempts):
