@@ -49,6 +49,12 @@ def cannot_succeed_on_retry(exc: BaseException) -> bool:
 
 
 CLAIM_LIMIT = 64
+# A fan-out's successes (a room with several lanes in flight, one per mail subscriber) are
+# recorded this many per transaction, or whatever has come after a short wait: one
+# transaction per mail was most of a mail's CPU. The fan-out's other claimed deliveries
+# keep the relay busy meanwhile, so the wait costs it nothing.
+FAN_OUT_RECORD_BATCH = 16
+FAN_OUT_RECORD_WAIT_SECONDS = 0.02
 # A claim older than this is assumed to belong to a crashed worker. The bridge passes its
 # heartbeat's expiry instead (seconds) with its process ID as the holder: the heartbeat
 # renews the claims of a live process, so only a dead one's run out (bridge/core/heartbeat.py).
@@ -95,6 +101,7 @@ class OutboxWorker:
         # Recorders started that have not taken their batch yet: they will take what is
         # waiting, so no other needs starting for it.
         self._recorders_to_take = 0
+        self._fan_out_batch_full = asyncio.Event()
         # SQLite has one writer at a time anyway; PostgreSQL commits several in parallel,
         # which hides its round trips.
         self._max_recorders = 4 if db.postgres else 1
@@ -266,6 +273,8 @@ class OutboxWorker:
         if it is due (the lane is still ours: nobody else may deliver in it meanwhile)."""
         done = _Finished(item, result, asyncio.get_running_loop().create_future())
         self._finished.append(done)
+        if len(self._finished) >= FAN_OUT_RECORD_BATCH or not self._in_fan_out(item):
+            self._fan_out_batch_full.set()  # (anything else is recorded without a wait)
         # (A recorder that is done may still be in the set until its callback runs.)
         running = sum(not task.done() for task in self._recorders)
         if not self._recorders_to_take and running < self._max_recorders:
@@ -276,8 +285,11 @@ class OutboxWorker:
         return await done.next_item
 
     async def _record_finished(self) -> None:
-        self._recorders_to_take -= 1  # it takes what is waiting right now, without a pause
+        # (Counted as "to take" while it waits for a fan-out's batch: no other starts.)
+        await self._gather_fan_out()
+        self._recorders_to_take -= 1  # it takes what is waiting right now
         while self._finished:
+            await self._gather_fan_out()
             batch, self._finished = self._finished, []
             heads = None
             try:
@@ -299,6 +311,20 @@ class OutboxWorker:
                     for done in batch:
                         _resolve(done, None)
 
+    def _in_fan_out(self, item: Delivery) -> bool:
+        return len(self._room_lanes.get((item.room_id, item.network), ())) > 1
+
+    async def _gather_fan_out(self) -> None:
+        """Wait for a fan-out's batch (see FAN_OUT_RECORD_BATCH), if only fan-outs' successes
+        wait to be recorded: any other goes at once."""
+        if self._closing or len(self._finished) >= FAN_OUT_RECORD_BATCH or not all(
+                self._in_fan_out(done.item) for done in self._finished):
+            return
+        self._fan_out_batch_full.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._fan_out_batch_full.wait(),
+                                   FAN_OUT_RECORD_WAIT_SECONDS)
+
     async def _record_alone(self, done: _Finished) -> None:
         heads = None
         try:
@@ -314,24 +340,13 @@ class OutboxWorker:
         lanes: set[str] = set()
 
         async def write(session: AsyncSession) -> None:
-            heads.clear()  # (a retried write claims afresh)
+            heads[:] = [None] * len(batch)  # (a retried write claims afresh)
             for done in batch:
                 for also in done.item.with_outcome or ():
                     await also(session)
             await queues.finish_deliveries(session, [(d.item.id, d.result) for d in batch])
-            for done in batch:
-                item = done.item
-                if self._closing:
-                    heads.append(None)
-                elif len(self._room_lanes.get((item.room_id, item.network), ())) > 1:
-                    # Other lanes of its room are busy: a fan-out, whose next subscriber
-                    # (or this lane's next item, whichever is older) waits under the
-                    # per-room cap of the claim and takes this one's place.
-                    heads.append(await queues.claim_room_next(
-                        session, item, self.lease_seconds, self.holder))
-                else:
-                    heads.append(await queues.claim_lane_head(
-                        session, item.lane, self.lease_seconds, self.holder))
+            if not self._closing:
+                await self._claim_next(session, batch, heads)
             lanes.update(queues.enqueued_lanes(session))
 
         if not await self._settle(write, attempts):
@@ -339,6 +354,28 @@ class OutboxWorker:
         if lanes:  # a success's writes queued deliveries (Hub.post_parts): claim them
             self.wake(lanes)
         return heads
+
+    async def _claim_next(self, session: AsyncSession, batch: list[_Finished],
+                          heads: list[Delivery | None]) -> None:
+        """Each finished item's successor: its lane's next item, or for a fan-out the
+        next of its room (several claimed in one statement)."""
+        fan_outs: dict[tuple[str, str], list[int]] = {}
+        for index, done in enumerate(batch):
+            item = done.item
+            if self._in_fan_out(item):
+                # Other lanes of its room are busy: a fan-out, whose next subscribers
+                # (or this lane's next item, whichever is older) wait under the
+                # per-room cap of the claim and take these ones' places.
+                fan_outs.setdefault((item.room_id, item.network), []).append(index)
+            else:
+                heads[index] = await queues.claim_lane_head(
+                    session, item.lane, self.lease_seconds, self.holder)
+        for indexes in fan_outs.values():
+            oldest = min((batch[index].item for index in indexes), key=lambda i: i.id)
+            claimed = await queues.claim_room_next(session, oldest, len(indexes),
+                                                   self.lease_seconds, self.holder)
+            for index, head in zip(indexes, claimed, strict=False):
+                heads[index] = head
 
     async def _retry(self, item: Delivery, error: str, retry_after: float | None) -> None:
         metrics.FAILURES.labels(network=item.network, direction="out", stage="deliver").inc()

@@ -340,7 +340,7 @@ _DELIVERY_COLUMNS = (_OUTBOX.c.id, _OUTBOX.c.lane, _OUTBOX.c.network, _OUTBOX.c.
 IN_FLIGHT_PER_ROOM = 64
 
 
-def _claim() -> Any:
+def _claim(for_update: bool) -> Any:
     """The claimable items, oldest first, at most ``per_room`` in flight per room and
     network (counting those claimed already)."""
     now = bindparam("now", type_=Float)
@@ -353,13 +353,18 @@ def _claim() -> Any:
         in_flight, and_(in_flight.c.room_id == _OUTBOX.c.room_id,
                         in_flight.c.network == _OUTBOX.c.network)),
     ).where(*_claimable()).subquery("candidates")
-    return select(*_DELIVERY_COLUMNS, _OUTBOX.c.claimed_by).where(_OUTBOX.c.id.in_(
+    query = select(*_DELIVERY_COLUMNS, _OUTBOX.c.claimed_by).where(_OUTBOX.c.id.in_(
         select(candidates.c.id).where(candidates.c.slot <= bindparam("per_room"))),
     ).order_by(_OUTBOX.c.id).limit(bindparam("limit"))
+    if not for_update:
+        return query  # (SQLite: one writer at a time, nobody claims meanwhile)
+    # The conditions again on the rows themselves: PostgreSQL re-checks those (not the
+    # candidates' list) on a row another process claimed while this one waited for it.
+    return query.where(*_claimable()).with_for_update(skip_locked=True)
 
 
-_CLAIM = _claim()
-_CLAIM_FOR_UPDATE = _CLAIM.with_for_update(skip_locked=True)
+_CLAIM = _claim(for_update=False)
+_CLAIM_FOR_UPDATE = _claim(for_update=True)
 # Claim the head of one lane if it is due and free, in one statement: the head is found
 # through ix_outbox_lane however long the lane's backlog (_claimable's form walks every
 # pending item of every lane), and the conditions are re-checked under the row's lock.
@@ -395,12 +400,12 @@ def _claim_room_next() -> Any:
         _OUTBOX.c.claimed_until <= now,
         ~exists().where(earlier.c.lane == _OUTBOX.c.lane, earlier.c.state == "pending",
                         earlier.c.id < _OUTBOX.c.id),
-    ).order_by(_OUTBOX.c.id).limit(1).scalar_subquery()
+    ).order_by(_OUTBOX.c.id).limit(bindparam("count"))
     # The conditions again under the row's lock (PostgreSQL: another process may have
     # claimed it meanwhile).
     return update(_OUTBOX).where(
-        _OUTBOX.c.id == head, _OUTBOX.c.state == "pending",
-        _OUTBOX.c.next_attempt_at <= now, _OUTBOX.c.claimed_until <= now,
+        _OUTBOX.c.id.in_(head), _OUTBOX.c.state.concat("") == "pending",
+        _OUTBOX.c.next_attempt_at + 0 <= now, _OUTBOX.c.claimed_until <= now,
     ).values(claimed_until=bindparam("until"), claimed_by=bindparam("holder")) \
         .returning(*_DELIVERY_COLUMNS)
 
@@ -451,15 +456,15 @@ async def claim_lane_head(session: AsyncSession, lane: str, lease: float,
     return claimed[0] if claimed else None  # none: empty, waiting, or taken meanwhile
 
 
-async def claim_room_next(session: AsyncSession, after: Delivery, lease: float,
-                          holder: str | None = None) -> Delivery | None:
-    """Claim the first free, due lane head of ``after``'s room and network queued after it
-    (see _CLAIM_ROOM_NEXT); None when there is none."""
+async def claim_room_next(session: AsyncSession, after: Delivery, count: int, lease: float,
+                          holder: str | None = None) -> list[Delivery]:
+    """Claim the first ``count`` free, due lane heads of ``after``'s room and network queued
+    after it (see _CLAIM_ROOM_NEXT), oldest first; fewer when there are not as many."""
     now = time.time()
     claimed = _deliveries(await session.execute(_CLAIM_ROOM_NEXT, {
         "after": after.id, "next_room": after.room_id, "next_network": after.network,
-        "now": now, "until": now + lease, "holder": holder}))
-    return claimed[0] if claimed else None
+        "count": count, "now": now, "until": now + lease, "holder": holder}))
+    return sorted(claimed, key=lambda item: item.id)
 
 
 _RELEASE = update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True))) \
