@@ -49,10 +49,13 @@ def cannot_succeed_on_retry(exc: BaseException) -> bool:
 
 
 CLAIM_LIMIT = 64
-# A fan-out's successes (a room with several lanes in flight, one per mail subscriber) are
-# recorded this many per transaction, or whatever has come after a short wait: one
-# transaction per mail was most of a mail's CPU. The fan-out's other claimed deliveries
-# keep the relay busy meanwhile, so the wait costs it nothing.
+# A fan-out: a room with at least this many lanes of one network in flight (a message
+# mailed to its subscribers, one lane each). A room linked to two Slack channels, or with
+# an encrypted event waiting for its key, has two or three, and is not one.
+FAN_OUT_MIN_LANES = 16
+# A fan-out's successes are recorded this many per transaction, or whatever has come after
+# a short wait: one transaction per mail was most of a mail's CPU. The fan-out's other
+# claimed deliveries keep the relay busy meanwhile, so the wait costs it nothing.
 FAN_OUT_RECORD_BATCH = 16
 FAN_OUT_RECORD_WAIT_SECONDS = 0.02
 # A claim older than this is assumed to belong to a crashed worker. The bridge passes its
@@ -90,7 +93,7 @@ class OutboxWorker:
         self._task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._busy_lanes: set[str] = set()
-        # The same lanes by room and network: a room with several lanes in flight (a mail
+        # The same lanes by room and network: a room with many lanes in flight (a mail
         # fan-out, one lane per subscriber) hands a finished lane's place to its next lane.
         self._room_lanes: dict[tuple[str, str], set[str]] = {}
         # Successes waiting to be recorded, and the task that records them: deliveries of
@@ -312,7 +315,7 @@ class OutboxWorker:
                         _resolve(done, None)
 
     def _in_fan_out(self, item: Delivery) -> bool:
-        return len(self._room_lanes.get((item.room_id, item.network), ())) > 1
+        return len(self._room_lanes.get((item.room_id, item.network), ())) >= FAN_OUT_MIN_LANES
 
     async def _gather_fan_out(self) -> None:
         """Wait for a fan-out's batch (see FAN_OUT_RECORD_BATCH), if only fan-outs' successes
@@ -363,9 +366,9 @@ class OutboxWorker:
         for index, done in enumerate(batch):
             item = done.item
             if self._in_fan_out(item):
-                # Other lanes of its room are busy: a fan-out, whose next subscribers
-                # (or this lane's next item, whichever is older) wait under the
-                # per-room cap of the claim and take these ones' places.
+                # A fan-out, whose next subscribers (or this lane's next item, whichever
+                # is older) wait under the per-room cap of the claim and take these ones'
+                # places.
                 fan_outs.setdefault((item.room_id, item.network), []).append(index)
             else:
                 heads[index] = await queues.claim_lane_head(

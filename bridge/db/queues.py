@@ -376,13 +376,13 @@ _CLAIM_LANE_HEAD = update(_OUTBOX).where(
     _OUTBOX.c.next_attempt_at <= bindparam("now"), _OUTBOX.c.claimed_until <= bindparam("now"),
 ).values(claimed_until=bindparam("until"), claimed_by=bindparam("holder")) \
     .returning(*_DELIVERY_COLUMNS)
-# The next free head of another lane of the same room and network, for a worker whose lane
-# ran empty: a fan-out's next subscriber takes over the finished one's place under the
-# per-room cap, without a round through the claim loop (whose query reads every pending
-# item). Looked for among the room's next items after the finished one (a fan-out's items
-# are queued together), read through the primary key: the conditions on the state and
-# due time are written so that no index can serve them ("|| ''", "+ 0"), or the database
-# would walk every pending item of every room through ix_outbox_pending instead.
+# The next free lane heads of a room and network, for the worker of a fan-out (one lane per
+# mail subscriber): the next subscribers take the finished ones' places under the per-room
+# cap, without a round through the claim loop (whose query reads every pending item).
+# Looked for among the room's next items after the finished ones (a fan-out's items are
+# queued together), read through the primary key: the conditions on the state and due
+# time are written so that no index can serve them ("|| ''", "+ 0"), or the database would
+# walk every pending item of every room through ix_outbox_pending instead.
 _ROOM_NEXT_WINDOW = 4 * IN_FLIGHT_PER_ROOM
 
 
