@@ -49,6 +49,15 @@ def cannot_succeed_on_retry(exc: BaseException) -> bool:
 
 
 CLAIM_LIMIT = 64
+# A fan-out: a room with at least this many lanes of one network in flight (a message
+# mailed to its subscribers, one lane each). A room linked to two Slack channels, or with
+# an encrypted event waiting for its key, has two or three, and is not one.
+FAN_OUT_MIN_LANES = 16
+# A fan-out's successes are recorded this many per transaction, or whatever has come after
+# a short wait: one transaction per mail was most of a mail's CPU. The fan-out's other
+# claimed deliveries keep the relay busy meanwhile, so the wait costs it nothing.
+FAN_OUT_RECORD_BATCH = 16
+FAN_OUT_RECORD_WAIT_SECONDS = 0.02
 # A claim older than this is assumed to belong to a crashed worker. The bridge passes its
 # heartbeat's expiry instead (seconds) with its process ID as the holder: the heartbeat
 # renews the claims of a live process, so only a dead one's run out (bridge/core/heartbeat.py).
@@ -84,6 +93,9 @@ class OutboxWorker:
         self._task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._busy_lanes: set[str] = set()
+        # The same lanes by room and network: a room with many lanes in flight (a mail
+        # fan-out, one lane per subscriber) hands a finished lane's place to its next lane.
+        self._room_lanes: dict[tuple[str, str], set[str]] = {}
         # Successes waiting to be recorded, and the task that records them: deliveries of
         # other lanes that finish while a record is being written are recorded together in
         # the next transaction (one commit for many under load, no wait when it is quiet).
@@ -92,6 +104,7 @@ class OutboxWorker:
         # Recorders started that have not taken their batch yet: they will take what is
         # waiting, so no other needs starting for it.
         self._recorders_to_take = 0
+        self._fan_out_batch_full = asyncio.Event()
         # SQLite has one writer at a time anyway; PostgreSQL commits several in parallel,
         # which hides its round trips.
         self._max_recorders = 4 if db.postgres else 1
@@ -131,6 +144,10 @@ class OutboxWorker:
             await self.dispatch(items)
             if items:
                 continue  # more may be due right away (the next item of each lane)
+            if due_at is not None and due_at <= time.time():
+                # Due, yet nothing to claim: its room has its share in flight (the per-room
+                # cap of the claim). Those deliveries' ends take the next, or wake us.
+                due_at = None
             await self._sleep_until(due_at)
 
     async def claim_within(self, session: AsyncSession) -> list[Delivery]:
@@ -149,7 +166,7 @@ class OutboxWorker:
         for item in items:
             if item.lane in self._busy_lanes:
                 continue
-            self._busy_lanes.add(item.lane)
+            self._take_lane(item)
             task = asyncio.create_task(self._deliver_one(item), name=f"deliver:{item.id}")
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
@@ -208,7 +225,7 @@ class OutboxWorker:
                 # Free the lane before recording the outcome: until that commit nothing
                 # else in the lane is claimable anyway, and right after it the next item
                 # must be.
-                self._busy_lanes.discard(item.lane)
+                self._free_lane(item)
         try:
             if retry is not None:
                 await self._retry(item, *retry)
@@ -225,16 +242,42 @@ class OutboxWorker:
                     max(0.0, time.time() - item.created_at)
                 )
         finally:
+            if next_item is not None and next_item.lane != item.lane:
+                # The room's next lane (see _write_finished) instead of this one's next item.
+                self._free_lane(item)
+                if next_item.lane in self._busy_lanes:
+                    # Only after a lease ran out while that lane's delivery still hangs (as
+                    # in dispatch): never run one lane twice; hand the claim back.
+                    await self._settle(lambda s, ids=[next_item.id]:
+                                       queues.release_claims(s, ids))
+                    next_item = None
+                else:
+                    self._take_lane(next_item)
             if next_item is None:
-                self._busy_lanes.discard(item.lane)
+                self._free_lane(item)
                 self._wake.set()
         return next_item
+
+    def _take_lane(self, item: Delivery) -> None:
+        self._busy_lanes.add(item.lane)
+        self._room_lanes.setdefault((item.room_id, item.network), set()).add(item.lane)
+
+    def _free_lane(self, item: Delivery) -> None:
+        self._busy_lanes.discard(item.lane)
+        key = (item.room_id, item.network)
+        lanes = self._room_lanes.get(key)
+        if lanes is not None:
+            lanes.discard(item.lane)
+            if not lanes:
+                del self._room_lanes[key]
 
     async def _finish(self, item: Delivery, result: str | None) -> Delivery | None:
         """Record the success and, in the same transaction, claim the lane's next item
         if it is due (the lane is still ours: nobody else may deliver in it meanwhile)."""
         done = _Finished(item, result, asyncio.get_running_loop().create_future())
         self._finished.append(done)
+        if len(self._finished) >= FAN_OUT_RECORD_BATCH or not self._in_fan_out(item):
+            self._fan_out_batch_full.set()  # (anything else is recorded without a wait)
         # (A recorder that is done may still be in the set until its callback runs.)
         running = sum(not task.done() for task in self._recorders)
         if not self._recorders_to_take and running < self._max_recorders:
@@ -245,8 +288,11 @@ class OutboxWorker:
         return await done.next_item
 
     async def _record_finished(self) -> None:
-        self._recorders_to_take -= 1  # it takes what is waiting right now, without a pause
+        # (Counted as "to take" while it waits for a fan-out's batch: no other starts.)
+        await self._gather_fan_out()
+        self._recorders_to_take -= 1  # it takes what is waiting right now
         while self._finished:
+            await self._gather_fan_out()
             batch, self._finished = self._finished, []
             heads = None
             try:
@@ -268,6 +314,20 @@ class OutboxWorker:
                     for done in batch:
                         _resolve(done, None)
 
+    def _in_fan_out(self, item: Delivery) -> bool:
+        return len(self._room_lanes.get((item.room_id, item.network), ())) >= FAN_OUT_MIN_LANES
+
+    async def _gather_fan_out(self) -> None:
+        """Wait for a fan-out's batch (see FAN_OUT_RECORD_BATCH), if only fan-outs' successes
+        wait to be recorded: any other goes at once."""
+        if self._closing or len(self._finished) >= FAN_OUT_RECORD_BATCH or not all(
+                self._in_fan_out(done.item) for done in self._finished):
+            return
+        self._fan_out_batch_full.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._fan_out_batch_full.wait(),
+                                   FAN_OUT_RECORD_WAIT_SECONDS)
+
     async def _record_alone(self, done: _Finished) -> None:
         heads = None
         try:
@@ -283,14 +343,13 @@ class OutboxWorker:
         lanes: set[str] = set()
 
         async def write(session: AsyncSession) -> None:
-            heads.clear()  # (a retried write claims afresh)
+            heads[:] = [None] * len(batch)  # (a retried write claims afresh)
             for done in batch:
                 for also in done.item.with_outcome or ():
                     await also(session)
             await queues.finish_deliveries(session, [(d.item.id, d.result) for d in batch])
-            for done in batch:
-                heads.append(None if self._closing else await queues.claim_lane_head(
-                    session, done.item.lane, self.lease_seconds, self.holder))
+            if not self._closing:
+                await self._claim_next(session, batch, heads)
             lanes.update(queues.enqueued_lanes(session))
 
         if not await self._settle(write, attempts):
@@ -298,6 +357,28 @@ class OutboxWorker:
         if lanes:  # a success's writes queued deliveries (Hub.post_parts): claim them
             self.wake(lanes)
         return heads
+
+    async def _claim_next(self, session: AsyncSession, batch: list[_Finished],
+                          heads: list[Delivery | None]) -> None:
+        """Each finished item's successor: its lane's next item, or for a fan-out the
+        next of its room (several claimed in one statement)."""
+        fan_outs: dict[tuple[str, str], list[int]] = {}
+        for index, done in enumerate(batch):
+            item = done.item
+            if self._in_fan_out(item):
+                # A fan-out, whose next subscribers (or this lane's next item, whichever
+                # is older) wait under the per-room cap of the claim and take these ones'
+                # places.
+                fan_outs.setdefault((item.room_id, item.network), []).append(index)
+            else:
+                heads[index] = await queues.claim_lane_head(
+                    session, item.lane, self.lease_seconds, self.holder)
+        for indexes in fan_outs.values():
+            oldest = min((batch[index].item for index in indexes), key=lambda i: i.id)
+            claimed = await queues.claim_room_next(session, oldest, len(indexes),
+                                                   self.lease_seconds, self.holder)
+            for index, head in zip(indexes, claimed, strict=False):
+                heads[index] = head
 
     async def _retry(self, item: Delivery, error: str, retry_after: float | None) -> None:
         metrics.FAILURES.labels(network=item.network, direction="out", stage="deliver").inc()

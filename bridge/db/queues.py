@@ -18,6 +18,7 @@ from typing import Any, cast
 from sqlalchemy import (
     Float,
     Table,
+    and_,
     bindparam,
     delete,
     exists,
@@ -334,9 +335,39 @@ def _claimable() -> Any:
 _DELIVERY_COLUMNS = (_OUTBOX.c.id, _OUTBOX.c.lane, _OUTBOX.c.network, _OUTBOX.c.room_id,
                      _OUTBOX.c.kind, _OUTBOX.c.payload, _OUTBOX.c.attempts,
                      _OUTBOX.c.created_at, _OUTBOX.c.failed_at)
-_CLAIM = select(*_DELIVERY_COLUMNS, _OUTBOX.c.claimed_by).where(*_claimable()) \
-    .order_by(_OUTBOX.c.id).limit(bindparam("limit"))
-_CLAIM_FOR_UPDATE = _CLAIM.with_for_update(skip_locked=True)
+# Deliveries of one room to one network in flight at once (claimed, not yet finished), by
+# all workers together. A room message fans out to one lane per mail subscriber: claiming
+# all 5,000 at once kept them all in memory until the relay had sent them; a cap on all
+# deliveries instead held every other room back behind the big one. So each room gets its
+# share, and the rest of the big one is claimed as its deliveries finish.
+IN_FLIGHT_PER_ROOM = 64
+
+
+def _claim(for_update: bool) -> Any:
+    """The claimable items, oldest first, at most ``per_room`` in flight per room and
+    network (counting those claimed already)."""
+    now = bindparam("now", type_=Float)
+    in_flight = select(_OUTBOX.c.room_id, _OUTBOX.c.network, func.count().label("n")).where(
+        _OUTBOX.c.state == "pending", _OUTBOX.c.claimed_until > now,
+    ).group_by(_OUTBOX.c.room_id, _OUTBOX.c.network).subquery("in_flight")
+    slot = func.row_number().over(partition_by=(_OUTBOX.c.room_id, _OUTBOX.c.network),
+                                  order_by=_OUTBOX.c.id) + func.coalesce(in_flight.c.n, 0)
+    candidates = select(_OUTBOX.c.id, slot.label("slot")).select_from(_OUTBOX.outerjoin(
+        in_flight, and_(in_flight.c.room_id == _OUTBOX.c.room_id,
+                        in_flight.c.network == _OUTBOX.c.network)),
+    ).where(*_claimable()).subquery("candidates")
+    query = select(*_DELIVERY_COLUMNS, _OUTBOX.c.claimed_by).where(_OUTBOX.c.id.in_(
+        select(candidates.c.id).where(candidates.c.slot <= bindparam("per_room"))),
+    ).order_by(_OUTBOX.c.id).limit(bindparam("limit"))
+    if not for_update:
+        return query  # (SQLite: one writer at a time, nobody claims meanwhile)
+    # The conditions again on the rows themselves: PostgreSQL re-checks those (not the
+    # candidates' list) on a row another process claimed while this one waited for it.
+    return query.where(*_claimable()).with_for_update(skip_locked=True)
+
+
+_CLAIM = _claim(for_update=False)
+_CLAIM_FOR_UPDATE = _claim(for_update=True)
 # Claim the head of one lane if it is due and free, in one statement: the head is found
 # through ix_outbox_lane however long the lane's backlog (_claimable's form walks every
 # pending item of every lane), and the conditions are re-checked under the row's lock.
@@ -348,6 +379,41 @@ _CLAIM_LANE_HEAD = update(_OUTBOX).where(
     _OUTBOX.c.next_attempt_at <= bindparam("now"), _OUTBOX.c.claimed_until <= bindparam("now"),
 ).values(claimed_until=bindparam("until"), claimed_by=bindparam("holder")) \
     .returning(*_DELIVERY_COLUMNS)
+# The next free lane heads of a room and network, for the worker of a fan-out (one lane per
+# mail subscriber): the next subscribers take the finished ones' places under the per-room
+# cap, without a round through the claim loop (whose query reads every pending item).
+# Looked for among the room's next items after the finished ones (a fan-out's items are
+# queued together), read through the primary key: the conditions on the state and due
+# time are written so that no index can serve them ("|| ''", "+ 0"), or the database would
+# walk every pending item of every room through ix_outbox_pending instead.
+_ROOM_NEXT_WINDOW = 4 * IN_FLIGHT_PER_ROOM
+
+
+def _claim_room_next() -> Any:
+    now = bindparam("now", type_=Float)
+    earlier = _OUTBOX.alias("earlier")
+    window = select(_OUTBOX.c.id).where(
+        _OUTBOX.c.id > bindparam("after"), _OUTBOX.c.room_id == bindparam("next_room"),
+        _OUTBOX.c.network == bindparam("next_network"),
+    ).order_by(_OUTBOX.c.id).limit(_ROOM_NEXT_WINDOW)
+    head = select(_OUTBOX.c.id).where(
+        _OUTBOX.c.id.in_(window),
+        _OUTBOX.c.state.concat("") == "pending",
+        _OUTBOX.c.next_attempt_at + 0 <= now,
+        _OUTBOX.c.claimed_until <= now,
+        ~exists().where(earlier.c.lane == _OUTBOX.c.lane, earlier.c.state == "pending",
+                        earlier.c.id < _OUTBOX.c.id),
+    ).order_by(_OUTBOX.c.id).limit(bindparam("count"))
+    # The conditions again under the row's lock (PostgreSQL: another process may have
+    # claimed it meanwhile).
+    return update(_OUTBOX).where(
+        _OUTBOX.c.id.in_(head), _OUTBOX.c.state.concat("") == "pending",
+        _OUTBOX.c.next_attempt_at + 0 <= now, _OUTBOX.c.claimed_until <= now,
+    ).values(claimed_until=bindparam("until"), claimed_by=bindparam("holder")) \
+        .returning(*_DELIVERY_COLUMNS)
+
+
+_CLAIM_ROOM_NEXT = _claim_room_next()
 _SET_CLAIMED = update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True))) \
     .values(claimed_until=bindparam("until"), claimed_by=bindparam("holder"))
 
@@ -359,16 +425,19 @@ def _deliveries(rows: Any) -> list[Delivery]:
 
 
 async def claim_deliveries(session: AsyncSession, limit: int, lease: float,
-                           holder: str | None = None) -> list[Delivery]:
+                           holder: str | None = None,
+                           per_room: int = IN_FLIGHT_PER_ROOM) -> list[Delivery]:
     """Claim the due head item of up to ``limit`` lanes, for ``lease`` seconds; the heartbeat
     of ``holder`` (a process ID, see bridge/core/heartbeat.py) renews the claim while it lives.
+    No room has more than ``per_room`` items of one network in flight.
 
     Only a lane's oldest pending item is eligible, so a lane whose head waits for a retry
     holds back everything behind it: order within a lane is never broken.
     """
     now = time.time()
     query = _CLAIM_FOR_UPDATE if dialect_name(session) == "postgresql" else _CLAIM
-    rows = list(await session.execute(query, {"now": now, "limit": limit}))
+    rows = list(await session.execute(query, {"now": now, "limit": limit,
+                                              "per_room": per_room}))
     items = _deliveries(rows)
     for item, row in zip(items, rows, strict=True):
         # Finishing, retrying or releasing an item clears its holder: one still named is
@@ -388,6 +457,17 @@ async def claim_lane_head(session: AsyncSession, lane: str, lease: float,
     claimed = _deliveries(await session.execute(_CLAIM_LANE_HEAD, {
         "head_lane": lane, "now": now, "until": now + lease, "holder": holder}))
     return claimed[0] if claimed else None  # none: empty, waiting, or taken meanwhile
+
+
+async def claim_room_next(session: AsyncSession, after: Delivery, count: int, lease: float,
+                          holder: str | None = None) -> list[Delivery]:
+    """Claim the first ``count`` free, due lane heads of ``after``'s room and network queued
+    after it (see _CLAIM_ROOM_NEXT), oldest first; fewer when there are not as many."""
+    now = time.time()
+    claimed = _deliveries(await session.execute(_CLAIM_ROOM_NEXT, {
+        "after": after.id, "next_room": after.room_id, "next_network": after.network,
+        "count": count, "now": now, "until": now + lease, "holder": holder}))
+    return sorted(claimed, key=lambda item: item.id)
 
 
 _RELEASE = update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True))) \

@@ -15,7 +15,9 @@ is malformed, because sending such a mail would be a bug.
 from __future__ import annotations
 
 import base64
+import copy
 import html as html_lib
+import io
 import re
 import secrets
 import urllib.parse
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy as email_policy
+from email.generator import BytesGenerator
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import Policy
@@ -53,7 +56,8 @@ from bridge.email.html_allow_lists import (
 from bridge.email.parse.headers import _HeaderClasses
 from bridge.email.text import text_to_linked_html, tidy_text
 
-__all__ = ["LinkedFile", "OutgoingAttachment", "build_email", "matrix_html_to_text"]
+__all__ = ["LinkedFile", "MailTemplate", "OutgoingAttachment", "build_email", "flatten",
+           "matrix_html_to_text"]
 
 # SMTP policy: CRLF line ends and folding at 78, so as_bytes() is ready for the wire. Its
 # header registry makes each header class and object once, as the parser's does: the email
@@ -655,3 +659,136 @@ def build_email(
             # in quoted-printable or base64 content, and 128 random bits not in 7bit text.
             part.set_boundary(f"=_{secrets.token_hex(16)}")
     return msg
+
+
+# --- one fan-out, many subscribers -----------------------------------------------------------
+
+
+def flatten(message: EmailMessage) -> bytes:
+    """The bytes aiosmtplib's ``send_message`` puts on the wire for ``message`` when neither
+    address needs SMTPUTF8: a copy flattened under ``policy.SMTP`` (what compose writes is
+    7-bit clean, so the relay's 8BITMIME or its absence changes nothing)."""
+    buffer = io.BytesIO()
+    BytesGenerator(buffer, policy=email_policy.SMTP).flatten(copy.copy(message))
+    return buffer.getvalue()
+
+
+# Characters that every encoding on the way writes as themselves: header folding, HTML
+# escaping, quoted-printable (which may break a line between any two of them, with "=").
+_LITERAL_RE = re.compile(r"[A-Za-z0-9.+_@-]+")
+_PLACEHOLDER_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+class MailTemplate:
+    """One room message, flattened once, for every subscriber of a fan-out.
+
+    What differs between two subscribers' copies of :func:`build_email` is the To header,
+    the List-Unsubscribe header and the unsubscribe address in the footer of both text
+    parts; the rest (body, attachments, MIME structure) is the same text, so it is built and
+    flattened once here and each subscriber's mail is spliced from those bytes. A mail made
+    by :meth:`render` is byte for byte what ``flatten(build_email(...))`` gives with the same
+    arguments, except that all copies share the random MIME boundaries (and, without a
+    ``date``, the Date) of the template.
+
+    The footer's unsubscribe address is found through a random placeholder of the same
+    length (nobody can write it into a message). An address of another length, or with
+    characters some encoding would change, does not fit: :meth:`render` returns None then,
+    and the caller builds that mail on its own.
+    """
+
+    def __init__(self, *, unsubscribe_address: str, unsubscribe_url: str | None,
+                 **common: Any) -> None:
+        """``common``: the arguments of :func:`build_email` that are the same for every
+        subscriber; ``unsubscribe_address`` and ``unsubscribe_url`` are one subscriber's,
+        for their shape (length, whether there is a URL). ValueError as build_email."""
+        self._common = common
+        self._url_kind = _url_kind(unsubscribe_url)
+        shape = _header_address(unsubscribe_address, "unsubscribe_address").addr_spec
+        local, _, domain = shape.rpartition("@")
+        self._placeholder = "".join(secrets.choice(_PLACEHOLDER_ALPHABET)
+                                    for _ in local) + "@" + domain
+        placeholder_to = f"{secrets.token_hex(8)}@{domain}"
+        raw = flatten(build_email(recipient=placeholder_to, unsubscribe_address=self._placeholder,
+                                  unsubscribe_url=unsubscribe_url, **common))
+        header_end = raw.index(b"\r\n\r\n") + 2
+        header, body = raw[:header_end], raw[header_end:]
+        to_line = _to_line(str(_header_address(placeholder_to, "recipient")))
+        unsubscribe_line = self._unsubscribe_line(self._placeholder, unsubscribe_url)
+        before_to, found, rest = header.partition(to_line)
+        between, found_too, after = rest.partition(unsubscribe_line)
+        if not found or not found_too:
+            raise AssertionError("the template's To or List-Unsubscribe line is not where "
+                                 "build_email writes it")
+        self._header = (before_to, between, after)
+        # The body around each occurrence of the placeholder, and where quoted-printable
+        # broke each occurrence across lines (offsets into the address).
+        pattern = re.compile(b"(?:=\r\n)?".join(re.escape(bytes([c]))
+                                                for c in self._placeholder.encode()))
+        self._body_pieces: list[bytes] = []
+        self._breaks: list[list[int]] = []
+        position = 0
+        for match in pattern.finditer(body):
+            self._body_pieces.append(body[position:match.start()])
+            breaks, offset = [], 0
+            for part in match.group().split(b"=\r\n")[:-1]:
+                offset += len(part)
+                breaks.append(offset)
+            self._breaks.append(breaks)
+            position = match.end()
+        self._body_pieces.append(body[position:])
+
+    @staticmethod
+    def _unsubscribe_line(address: str, url: str | None) -> bytes:
+        links = [f"<mailto:{address}?subject=unsubscribe>"]
+        if url:
+            links = [links[0] + ",", f"<{_web_url(url, 'unsubscribe_url')}>"]
+        return _PrefoldedHeader("List-Unsubscribe", links).fold(
+            policy=email_policy.SMTP).encode("ascii")
+
+    def render(self, recipient: str, unsubscribe_address: str,
+               unsubscribe_url: str | None) -> bytes | None:
+        """This subscriber's mail as flattened bytes; None when they do not fit the template
+        (see the class). ValueError for a malformed recipient, as build_email."""
+        to_line = _to_line(str(_header_address(recipient, "recipient")))
+        address = _header_address(unsubscribe_address, "unsubscribe_address").addr_spec
+        if _url_kind(unsubscribe_url) != self._url_kind \
+                or len(address) != len(self._placeholder) \
+                or not _LITERAL_RE.fullmatch(address) or not to_line.isascii():
+            return None
+        before_to, between, after = self._header
+        pieces = [before_to, to_line, between,
+                  self._unsubscribe_line(address, unsubscribe_url), after]
+        encoded = address.encode("ascii")
+        for piece, breaks in zip(self._body_pieces, self._breaks, strict=False):
+            pieces.append(piece)
+            start = 0
+            for offset in breaks:
+                pieces += (encoded[start:offset], b"=\r\n")
+                start = offset
+            pieces.append(encoded[start:])
+        pieces.append(self._body_pieces[-1])
+        return b"".join(pieces)
+
+
+def _url_kind(url: str | None) -> str | None:
+    """What of the unsubscribe URL shapes the headers: none, or one with(out) one-click."""
+    if not url:  # (build_email treats "" as no URL)
+        return None
+    return "one-click" if url.strip().lower().startswith("https://") else "link"
+
+
+# A plain address the header registry writes unchanged on one line: parsing it into a
+# header object (a few tenths of a millisecond) is skipped for the usual subscriber.
+_PLAIN_ADDRESS_RE = re.compile(r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*"
+                               r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+
+
+def _to_line(address: str) -> bytes:
+    if len(address) <= 70 and _PLAIN_ADDRESS_RE.fullmatch(address):
+        return f"To: {address}\r\n".encode("ascii")
+    return _fold("To", address)
+
+
+def _fold(name: str, value: str) -> bytes:
+    """A header line as the generator writes it under the SMTP policy."""
+    return email_policy.SMTP.fold_binary(*MAIL_POLICY.header_store_parse(name, value))

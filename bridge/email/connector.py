@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bridge import metrics
+from bridge import json_codec, metrics
 from bridge.admin.audit import Actor
 from bridge.config import Config
 from bridge.core.cache import BoundedCache
@@ -63,7 +63,7 @@ from bridge.email.addresses import (
 from bridge.email.auth import DnsFunc, authenticate
 from bridge.email.config import EmailConfig
 from bridge.email.inbound import SmtpServer, Target
-from bridge.email.outbound import RelayOutage, RelayPool, Utf8NotOffered
+from bridge.email.outbound import RelayOutage, RelayPool, Utf8NotOffered, needs_smtputf8
 from bridge.email.text import text_to_html
 
 # Mail parsing (bridge/email/parse), composing (compose.py) and HTML cleaning (sanitize.py)
@@ -73,6 +73,7 @@ from bridge.email.text import text_to_html
 if TYPE_CHECKING:
     from bridge.admin.api.routes import Route
     from bridge.core.hub import Hub
+    from bridge.email.compose import LinkedFile, MailTemplate, OutgoingAttachment
     from bridge.email.parse import ParsedMail
 
 log = logging.getLogger("bridge.email")
@@ -86,6 +87,10 @@ PROBE_SECONDS_IN_OUTAGE = 60.0
 NAME_CACHE_ITEMS = 10_000
 NAME_CACHE_SECONDS = 3600.0
 FAN_OUT_SLICE = 200  # subscribers' outbox rows written per statement
+# Shared copies of fan-out mails kept (each as large as its mail, attachments included):
+# a fan-out's deliveries run close together, a few rooms' fan-outs may interleave.
+TEMPLATE_CACHE_ITEMS = 4
+TEMPLATE_CACHE_SECONDS = 600.0
 
 
 _MESSAGE_ID_FIELD = re.compile(rb"(?im)^message-id[ \t]*:")
@@ -117,6 +122,14 @@ def quiet_smtp_library_logs(bridge_level: str) -> None:
     debugging = logging.getLevelName(bridge_level) <= logging.DEBUG
     for name in SMTP_LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if debugging else logging.WARNING)
+
+
+class _Unwritable(Exception):
+    """A fan-out's mail cannot be written (a malformed bridge-side value, see compose)."""
+
+
+def _unwritable(recipient: str, exc: Exception) -> PermanentError:
+    return PermanentError(f"could not write the mail to {recipient}: {exc}")
 
 
 def _strip_brackets(message_id: str) -> str:
@@ -153,6 +166,9 @@ class EmailConnector(Connector):
         # many members; aged: a rename the bridge missed is picked up within the hour.
         self._names: BoundedCache[tuple[str, str], str] = BoundedCache(
             max_items=NAME_CACHE_ITEMS, max_age_seconds=NAME_CACHE_SECONDS)
+        # A fan-out's payload without its recipient -> the shared copy of its mail.
+        self._templates: BoundedCache[str, asyncio.Future[MailTemplate]] = BoundedCache(
+            max_items=TEMPLATE_CACHE_ITEMS, max_age_seconds=TEMPLATE_CACHE_SECONDS)
 
     @property
     def hub(self) -> Hub:
@@ -866,17 +882,11 @@ class EmailConnector(Connector):
                 room_id, "✅ The mail relay works again; delayed mail is being sent.")
                 for room_id in sorted(told)])
 
-    async def _send(self, delivery: Delivery) -> str:
-        # As many mails built at once (their attachments downloaded, their message trees
-        # made) as the relay has connections: the other deliveries of a fan-out to
-        # thousands wait here as their payloads, so memory does not grow with them.
-        async with self._sending:
-            return await self._send_now(delivery)
+    async def _files(self, p: dict[str, Any]) -> tuple[list[OutgoingAttachment],
+                                                        list[LinkedFile]]:
+        """A delivery's files: attached (downloaded here), or linked when too large."""
+        from bridge.email.compose import LinkedFile, OutgoingAttachment
 
-    async def _send_now(self, delivery: Delivery) -> str:
-        from bridge.email.compose import LinkedFile, OutgoingAttachment, build_email
-
-        p = delivery.payload
         attachments: list[OutgoingAttachment] = []
         linked: list[LinkedFile] = []
         for file in p.get("files", []):
@@ -889,27 +899,102 @@ class EmailConnector(Connector):
                 linked.append(LinkedFile(file["filename"], file["link"], len(data)))
             else:
                 attachments.append(OutgoingAttachment(file["filename"], file["mimetype"], data))
+        return attachments, linked
+
+    def _mail_arguments(self, p: dict[str, Any], attachments: list[OutgoingAttachment],
+                        linked: list[LinkedFile]) -> dict[str, Any]:
+        """What build_email needs for a delivery's mail besides the subscriber's own
+        values (ValueError for a date out of range)."""
         date_ms = p.get("date_ms")
+        return {
+            "room_localpart": p["localpart"], "domain": self.domain,
+            "room_name": p["room_name"],
+            "sender_name": clean_display_name(p["sender_name"], "Matrix"),
+            "subject": p["subject"], "text": p["text"], "html": p.get("html"),
+            "message_id": p["message_id"], "in_reply_to": p.get("in_reply_to"),
+            "references": p.get("references", []), "reply_to": p["reply_to"],
+            "attachments": attachments, "linked_files": linked,
+            # The mail's Date is when the message was written, not when it is sent.
+            "date": datetime.fromtimestamp(date_ms / 1000, UTC) if date_ms else None,
+            "is_correction": bool(p.get("correction")),
+        }
+
+    async def _template(self, p: dict[str, Any], unsubscribe_address: str,
+                        unsubscribe_url: str | None) -> MailTemplate:
+        """The shared copy of a fan-out's mail: built (attachments downloaded, MIME written
+        and flattened) by the first of its deliveries, reused by the others. The payloads of
+        one fan-out differ only in "to"; concurrent deliveries wait for one build."""
+        key = json_codec.dumps({k: v for k, v in p.items() if k != "to"})
+        building = self._templates.get(key)
+        if building is None:
+            building = asyncio.ensure_future(self._build_template(
+                p, unsubscribe_address, unsubscribe_url))
+            self._templates.set(key, building)
         try:
-            message = build_email(
-                room_localpart=p["localpart"], domain=self.domain, room_name=p["room_name"],
-                sender_name=clean_display_name(p["sender_name"], "Matrix"),
-                recipient=p["to"], subject=p["subject"], text=p["text"], html=p.get("html"),
-                message_id=p["message_id"], in_reply_to=p.get("in_reply_to"),
-                references=p.get("references", []), reply_to=p["reply_to"],
-                unsubscribe_address=make_unsubscribe_address(
-                    p["localpart"], self.domain, p["to"], self.secret),
-                unsubscribe_url=self.unsubscribe_url(p["localpart"], p["to"]),
-                attachments=attachments, linked_files=linked,
-                date=datetime.fromtimestamp(date_ms / 1000, UTC) if date_ms else None,
-                is_correction=bool(p.get("correction")))
+            return await asyncio.shield(building)
+        except Exception:
+            if self._templates.get(key) is building:
+                self._templates.pop(key)  # the next delivery tries afresh
+            raise
+
+    async def _build_template(self, p: dict[str, Any], unsubscribe_address: str,
+                              unsubscribe_url: str | None) -> MailTemplate:
+        from bridge.email.compose import MailTemplate
+
+        attachments, linked = await self._files(p)
+        try:
+            return MailTemplate(unsubscribe_address=unsubscribe_address,
+                                unsubscribe_url=unsubscribe_url,
+                                **self._mail_arguments(p, attachments, linked))
         except ValueError as exc:
-            # The same mail fails the same way on every retry: for good, and the room is told.
-            raise PermanentError(f"could not write the mail to {p['to']}: {exc}") from exc
+            raise _Unwritable(str(exc)) from exc
+
+    async def _send(self, delivery: Delivery) -> str:
+        # As many mails built at once (their attachments downloaded, their message trees
+        # made) as the relay has connections: the other deliveries of a fan-out to
+        # thousands wait here as their payloads, so memory does not grow with them.
+        async with self._sending:
+            return await self._send_now(delivery)
+
+    async def _send_now(self, delivery: Delivery) -> str:
+        from bridge.email.compose import build_email
+
+        p = delivery.payload
+        recipient = p["to"]
         sender = self.address_of(p["localpart"])
+        message: EmailMessage | bytes | None = None
+        # A ValueError in writing the mail recurs on every retry: it fails for good, and the
+        # room is told (a download's failure is the media repository's, and temporary).
+        try:
+            unsubscribe_address = make_unsubscribe_address(p["localpart"], self.domain,
+                                                           recipient, self.secret)
+            unsubscribe_url = self.unsubscribe_url(p["localpart"], recipient)
+        except ValueError as exc:
+            raise _unwritable(recipient, exc) from exc
+        if not needs_smtputf8(sender, recipient):
+            # Most mails: the fan-out's shared copy with this subscriber's headers and footer
+            # address. What it cannot carry (an SMTPUTF8 address, whose mail the relay
+            # library writes differently) is built on its own below.
+            try:
+                template = await self._template(p, unsubscribe_address, unsubscribe_url)
+            except _Unwritable as exc:
+                raise _unwritable(recipient, exc) from exc
+            try:
+                message = template.render(recipient, unsubscribe_address, unsubscribe_url)
+            except ValueError as exc:
+                raise _unwritable(recipient, exc) from exc
+        if message is None:
+            attachments, linked = await self._files(p)
+            try:
+                message = build_email(recipient=recipient,
+                                      unsubscribe_address=unsubscribe_address,
+                                      unsubscribe_url=unsubscribe_url,
+                                      **self._mail_arguments(p, attachments, linked))
+            except ValueError as exc:
+                raise _unwritable(recipient, exc) from exc
         started = time.perf_counter()
         try:
-            answer = await self.relay.send(message, sender=sender, recipient=p["to"])
+            answer = await self.relay.send(message, sender=sender, recipient=recipient)
         except RelayOutage as exc:
             # Our relay's fault, not the subscriber's: no bounce is counted; the mail waits.
             await self._tell_outage(delivery.room_id, exc)

@@ -108,8 +108,10 @@ class RelayPool:
         self.last_error = error
         self.last_checked = time.time()
 
-    async def send(self, message: EmailMessage, sender: str, recipient: str) -> str:
-        """Send one mail to one recipient; returns the relay's answer."""
+    async def send(self, message: EmailMessage | bytes, sender: str, recipient: str) -> str:
+        """Send one mail to one recipient; returns the relay's answer. ``message`` may be
+        flattened already (compose's ``MailTemplate``), for addresses that need no
+        SMTPUTF8: one room message to thousands is flattened once, not once per mail."""
         async with self._slots:
             client = self._take_idle()
             if client is not None:
@@ -127,7 +129,7 @@ class RelayPool:
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 raise self._outage(exc) from exc
 
-    async def _send_on(self, client: aiosmtplib.SMTP | None, message: EmailMessage,
+    async def _send_on(self, client: aiosmtplib.SMTP | None, message: EmailMessage | bytes,
                        sender: str, recipient: str) -> str:
         """One attempt on ``client`` (a new connection when None). What is about the
         recipient is raised as Permanent/TemporaryError; what is about the relay as the
@@ -143,8 +145,17 @@ class RelayPool:
                     f"with non-ASCII characters), and {self.where} does not",
                     hint="Have SMTPUTF8 enabled on the relay (Postfix: smtputf8_enable), "
                          "or subscribe an address of plain ASCII letters instead.")
-            _refused, answer = await client.send_message(message, sender=sender,
-                                                       recipients=[recipient])
+            if isinstance(message, bytes):
+                # The envelope send_message gives an ASCII mail (the bytes are its flattened
+                # form already, see compose.flatten).
+                options = ["BODY=8BITMIME"] if client.supports_extension("8bitmime") else []
+                if needs_smtputf8(sender, recipient):
+                    options.append("SMTPUTF8")
+                _refused, answer = await client.sendmail(sender, [recipient], message,
+                                                         mail_options=options)
+            else:
+                _refused, answer = await client.send_message(message, sender=sender,
+                                                           recipients=[recipient])
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refusal = exc.recipients[0]
             self._keep(client)

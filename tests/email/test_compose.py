@@ -24,8 +24,10 @@ from bridge.email.addresses import (
 )
 from bridge.email.compose import (
     LinkedFile,
+    MailTemplate,
     OutgoingAttachment,
     build_email,
+    flatten,
     matrix_html_to_text,
 )
 
@@ -534,3 +536,92 @@ def test_build_email_never_raises_or_adds_headers(sender: str, subject: str, roo
 @given(source=nasty_text | st.text())
 def test_matrix_html_to_text_never_raises(source: str) -> None:
     assert isinstance(matrix_html_to_text(source), str)
+
+
+# --- one template per fan-out ----------------------------------------------------------------
+
+_BOUNDARY_RE = re.compile(rb"=_[0-9a-f]{32}")
+_DATE = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
+
+
+def _same_boundaries(raw: bytes) -> bytes:
+    """Each mail has its own random MIME boundaries; a template's copies share theirs."""
+    return _BOUNDARY_RE.sub(b"=_boundary", raw)
+
+
+def _unsubscribe_url(recipient: str) -> str:
+    return f"https://bridge.example/_bridge/email/unsubscribe?room=bauamt&address={recipient}"
+
+
+FAN_OUT_RECIPIENTS = [RECIPIENT, "a@b.de", "anna.schmidt+newsletter@stadt-musterstadt.de",
+                      "x" * 60 + "@" + "sehr-lange-domain." * 6 + "example",
+                      "joerg@bücher.example", "o'brien@example.org"]
+
+
+@pytest.mark.parametrize("with_url", ["https", "http", None])
+@pytest.mark.parametrize("text", [
+    "Hallo zusammen",
+    "Grüße aus dem Bauamt: " + "Straßenbau und Müllabfuhr " * 40,  # quoted-printable
+    "\n".join(["kurz"] * 3 + ["y" * 200]),
+])
+def test_template_copies_are_the_mails_build_email_writes(with_url: str | None,
+                                                          text: str) -> None:
+    common: dict[str, Any] = {
+        "room_localpart": "bauamt", "domain": DOMAIN, "room_name": "Bauamt Süd",
+        "sender_name": "Erika Musterfrau", "subject": "[Bauamt] Frage zum Antrag", "text": text,
+        "html": "<p>Hallo <b>zusammen</b></p>" if with_url == "https" else None,
+        "message_id": MESSAGE_ID, "in_reply_to": ROOT_ID, "references": [ROOT_ID],
+        "reply_to": REPLY_TO, "date": _DATE,
+        "attachments": [OutgoingAttachment("Plan ä.pdf", "application/pdf", b"%PDF" * 500)],
+        "linked_files": [LinkedFile("big.zip", "https://example.org/big.zip", 50_000_000)],
+    }
+
+    def url(recipient: str) -> str | None:
+        if with_url is None:
+            return None
+        return _unsubscribe_url(recipient).replace("https:", f"{with_url}:")
+
+    first = FAN_OUT_RECIPIENTS[0]
+    template = MailTemplate(unsubscribe_address=make_unsubscribe_address(
+        "bauamt", DOMAIN, first, SECRET), unsubscribe_url=url(first), **common)
+    for recipient in FAN_OUT_RECIPIENTS:
+        unsubscribe = make_unsubscribe_address("bauamt", DOMAIN, recipient, SECRET)
+        copy_ = template.render(recipient, unsubscribe, url(recipient))
+        assert copy_ is not None
+        alone = flatten(build_email(recipient=recipient, unsubscribe_address=unsubscribe,
+                                    unsubscribe_url=url(recipient), **common))
+        assert _same_boundaries(copy_) == _same_boundaries(alone)
+
+
+def test_template_refuses_what_does_not_fit() -> None:
+    template = MailTemplate(unsubscribe_address=UNSUBSCRIBE, unsubscribe_url=None,
+                            room_localpart="bauamt", domain=DOMAIN, room_name="Bauamt",
+                            sender_name="Erika", subject="s", text="t", html=None,
+                            message_id=MESSAGE_ID, in_reply_to=None, references=[],
+                            reply_to=REPLY_TO, date=_DATE)
+    assert template.render(RECIPIENT, UNSUBSCRIBE, None) is not None
+    # Another length, a URL where the template has none: built on its own instead.
+    assert template.render(RECIPIENT, "x" + UNSUBSCRIBE, None) is None
+    assert template.render(RECIPIENT, UNSUBSCRIBE, _unsubscribe_url(RECIPIENT)) is None
+    with pytest.raises(ValueError):
+        template.render("not an address", UNSUBSCRIBE, None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=nasty_text, html=st.none() | nasty_text, local=st.from_regex(
+    r"[a-z0-9][a-z0-9._+-]{0,40}", fullmatch=True))
+def test_template_copies_match_for_any_message(text: str, html: str | None, local: str) -> None:
+    common: dict[str, Any] = {
+        "room_localpart": "bauamt", "domain": DOMAIN, "room_name": "Bauamt",
+        "sender_name": "Erika", "subject": "s", "text": text, "html": html,
+        "message_id": MESSAGE_ID, "in_reply_to": None, "references": [],
+        "reply_to": REPLY_TO, "date": _DATE}
+    template = MailTemplate(unsubscribe_address=UNSUBSCRIBE,
+                            unsubscribe_url=_unsubscribe_url(RECIPIENT), **common)
+    recipient = f"{local.strip('.') or 'a'}@example.org".replace("..", ".")
+    unsubscribe = make_unsubscribe_address("bauamt", DOMAIN, recipient, SECRET)
+    copy_ = template.render(recipient, unsubscribe, _unsubscribe_url(recipient))
+    assert copy_ is not None
+    alone = flatten(build_email(recipient=recipient, unsubscribe_address=unsubscribe,
+                                unsubscribe_url=_unsubscribe_url(recipient), **common))
+    assert _same_boundaries(copy_) == _same_boundaries(alone)
