@@ -77,6 +77,13 @@ async def record_transaction_id(session: AsyncSession, txn_id: str) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+async def transaction_id_known(session: AsyncSession, txn_id: str) -> bool:
+    """Whether a transaction with this ID was handled (by any process on this database)."""
+    return await session.scalar(
+        select(AppserviceTransaction.txn_id).where(AppserviceTransaction.txn_id == txn_id)
+    ) is not None
+
+
 async def unknown_event_ids(session: AsyncSession, events: list[dict[str, Any]]) -> list[str]:
     """The IDs of these (room) events that the inbox has never seen."""
     wanted = [e["event_id"] for e in events]
