@@ -210,15 +210,20 @@ class AppserviceServer:
         gaps = self.gaps
         if gaps.was_refused(number):
             # Refused once: handled now, whatever came before it.
-            if gaps.checking and gaps.came_back(
-                    number, gaps.seen(number - 1) or await self._handled_by_any(number - 1)):
+            if gaps.checking and gaps.came_back(number, gaps.seen(number - 1) or (
+                    number - 1 in await self._handled_by_any([number - 1], default=True))):
                 log.warning("transaction %d came again without %d: the homeserver's "
                             "transaction numbers have gaps of their own (another appservice "
                             "on it uses the same sequence?); gaps are not checked until %d "
                             "consecutive numbers have arrived", number, number - 1,
                             CONSECUTIVE_TO_RESUME)
             return None
-        if not gaps.needs_look(number) or await self._handled_by_any(number - 1):
+        if not gaps.needs_look(number):
+            return None
+        before = gaps.numbers_before(number)
+        handled = {n for n in before if gaps.seen(n)}
+        handled |= await self._handled_by_any(before, default=False)
+        if not gaps.is_gap(number, handled):
             return None
         if transaction_field(body, "to_device", "de.sorunome.msc2409"):
             # A re-sent transaction has no to-device messages (Synapse keeps only the
@@ -231,15 +236,18 @@ class AppserviceServer:
         metrics.TRANSACTIONS.labels(outcome="gap").inc()
         return _error(503, "M_UNKNOWN", f"transaction {number - 1} not received yet")
 
-    async def _handled_by_any(self, number: int) -> bool:
-        """Whether this or another process handled transaction N. When the database cannot
-        say, True: the gap is then not acted on (storing N will fail and be retried)."""
+    async def _handled_by_any(self, numbers: list[int], default: bool) -> set[int]:
+        """Those of these transactions that this or another process handled. When the
+        database cannot say: all of them (``default``) or none, whichever makes the gap
+        not acted on (storing the transaction will fail too and be retried)."""
         try:
             async with self.bridge.db.sessions() as session:
-                return await queues.transaction_id_known(session, str(number))
+                known = await queues.known_transaction_ids(session, [str(n) for n in numbers])
         except Exception:
-            log.warning("could not look up transaction %d", number, exc_info=True)
-            return True
+            log.warning("could not look up transactions %d to %d", numbers[0], numbers[-1],
+                        exc_info=True)
+            return set(numbers) if default else set()
+        return {int(txn_id) for txn_id in known}
 
     def _not_stored(self, txn_id: str, failed_to: str, answer: str) -> web.Response:
         """Called from an except block: the transaction is not acknowledged, so the

@@ -24,6 +24,10 @@ from typing import Any
 # How many recent IDs the process remembers: far more than can arrive between a
 # transaction and the next (Synapse sends one at a time).
 REMEMBERED = 4096
+# How far back a gap must have a handled number before it: a gap is one only in numbers the
+# bridge was following (not at the first contact with a homeserver or a new database, nor
+# after transactions that needed nothing and were not recorded).
+FOLLOWED_BEFORE = 16
 # Consecutive IDs after which a process that stopped checking (a permanent gap) checks again:
 # long enough that a homeserver sharing its sequence with another busy appservice does not
 # get there, so it is not refused once per run.
@@ -98,6 +102,17 @@ class TransactionGaps:
         restart."""
         return (self.checking and number > 1 and number not in self._refused
                 and number - 1 not in self._seen)
+
+    @staticmethod
+    def numbers_before(number: int) -> list[int]:
+        """N-1 and the numbers before it that show whether the bridge followed them."""
+        return list(range(max(1, number - 1 - FOLLOWED_BEFORE), number))
+
+    @staticmethod
+    def is_gap(number: int, handled: set[int]) -> bool:
+        """N-1 is missing among numbers the bridge was following (``handled``: those of
+        :meth:`numbers_before` that were handled, here or by another process)."""
+        return number - 1 not in handled and bool(handled)
 
     def refuse(self, number: int) -> None:
         """N is answered 503 this once. Whether the process had seen other IDs is kept: a
