@@ -25,8 +25,8 @@ from typing import Any
 # transaction and the next (Synapse sends one at a time).
 REMEMBERED = 4096
 # How far back a gap must have a handled number before it: a gap is one only in numbers the
-# bridge was following (not at the first contact with a homeserver or a new database, nor
-# after transactions that needed nothing and were not recorded).
+# bridge was following, not at its first contact with a homeserver or with a new database
+# (then nothing before N is known). A few held transactions in a row are still seen.
 FOLLOWED_BEFORE = 16
 # Consecutive IDs after which a process that stopped checking (a permanent gap) checks again:
 # long enough that a homeserver sharing its sequence with another busy appservice does not
