@@ -361,7 +361,9 @@ class SynapseServer:
         while no bridge listened fails a moment later and sets the state "down" only then
         (on a busy machine, after "up" was read). So the state must read "up" with no
         transaction stored, twice in a row. A transaction left behind by that race earlier
-        never goes away by itself; after a few seconds it is accepted, with a warning.
+        stays until a newer one reaches the bridge, which then asks for it (answers 503:
+        bridge/matrix/transaction_gaps.py); after a few seconds it is accepted, with a
+        warning.
         """
         deadline = time.monotonic() + timeout
         settled_since: float | None = None
