@@ -9,6 +9,7 @@ homeserver may use an ID again for other events after it restarts).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("bridge.appservice")
 
 _IN_EVENTS = metrics.EVENTS.labels(network="matrix", direction="in")
+# After a gap's 503 Synapse starts a recoverer, which waits 2 s before it sends anything; a
+# ping (the appservice ping API) makes it send at once. Sent a moment after the answer, so
+# that the recoverer exists: Synapse starts it in the background once the send failed.
+NUDGE_AFTER_SECONDS = 0.3
 
 
 def _error(status: int, errcode: str, message: str) -> web.Response:
@@ -88,6 +93,7 @@ class AppserviceServer:
         # With double puppeting, the homeserver's second registration for this bridge takes
         # a transaction number for every event it is interested in: gaps are the rule.
         self.gaps = TransactionGaps(checking=not bridge.config.double_puppet.enabled)
+        self._nudges: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int) -> None:
         self.runner = web.AppRunner(self.app, access_log=None)
@@ -98,6 +104,9 @@ class AppserviceServer:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+        for task in self._nudges:
+            task.cancel()
+        await asyncio.gather(*self._nudges, return_exceptions=True)
 
     # --- authentication --------------------------------------------------------------
 
@@ -234,7 +243,20 @@ class AppserviceServer:
                     "answered 503 once so that the homeserver sends the one it holds first",
                     number, number - 1)
         metrics.TRANSACTIONS.labels(outcome="gap").inc()
+        task = asyncio.create_task(self._nudge(number), name=f"nudge-{number}")
+        self._nudges.add(task)
+        task.add_done_callback(self._nudges.discard)
         return _error(503, "M_UNKNOWN", f"transaction {number - 1} not received yet")
+
+    async def _nudge(self, number: int) -> None:
+        await asyncio.sleep(NUDGE_AFTER_SECONDS)
+        try:
+            await self.bridge.matrix.bot_intent.appservice_ping(
+                self.bridge.config.appservice.id, txn_id=f"gap-{number}")
+        except Exception as exc:
+            # (Synapse answers an error when its recoverer had already begun: harmless.)
+            log.info("the ping after refusing transaction %d failed (%s); the homeserver "
+                     "retries by itself", number, exc)
 
     async def _handled_by_any(self, numbers: list[int], default: bool) -> set[int]:
         """Those of these transactions that this or another process handled. When the
