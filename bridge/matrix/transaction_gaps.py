@@ -6,7 +6,8 @@ appservice up; a transaction created between the recoverer's last look and that 
 stored but not sent, and the newer ones go out straight away (synapse/appservice/
 scheduler.py, ``_Recoverer.retry`` and ``_TransactionController.send``). It stays held
 until the next failure starts a recoverer. So when N arrives and N-1 was never seen, the
-bridge answers N with 503 once: Synapse starts a recoverer, which sends N-1 first, then N.
+bridge answers N with 503 once: Synapse starts a recoverer, which sends N-1 first, then N
+(and a ping from the bridge a moment later makes it start at once, not after 2 s).
 
 The check is bounded, because a gap may be permanent: a sequence value consumed without a
 transaction, or another appservice on the homeserver taking numbers from the same sequence
