@@ -9,6 +9,7 @@ sequence, so there gaps are the rule and a bridge stops checking them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import uuid
@@ -32,6 +33,7 @@ from tests.conftest import (
     _create_postgres_database,
     _drop_postgres_database,
 )
+from tests.test_high_availability import HAPROXY, _healthy, _start_haproxy
 from tests.test_transactions import _command_event, _replies_to
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -197,16 +199,14 @@ async def test_a_transaction_after_a_gap_waits_once_for_the_one_before(
         await bridge.stop()
 
 
-async def test_a_peer_process_sees_no_gap_for_the_others_transactions(
-        gap_homeserver: Homeserver, admin_of_gaps: MatrixTestClient) -> None:
-    """Two processes on one PostgreSQL: a transaction handled by one, also one that needed
-    nothing (written nowhere by a process alone), is known to the other."""
-    hs, admin = gap_homeserver, admin_of_gaps
+@contextlib.asynccontextmanager
+async def _two_processes(hs: Homeserver) -> AsyncIterator[tuple[RunningBridge, RunningBridge]]:
+    """Two bridges on one new PostgreSQL database (the first at the registration's port),
+    each knowing the other."""
     name = await _create_postgres_database()
     url = _asyncpg_url(name)
-    other_port = free_port()
     first = RunningBridge(hs, hs.config(url))
-    second = RunningBridge(hs, hs.config(url, appservice__port=other_port))
+    second = RunningBridge(hs, hs.config(url, appservice__port=free_port()))
     await first.start()
     try:
         await second.start()
@@ -214,7 +214,21 @@ async def test_a_peer_process_sees_no_gap_for_the_others_transactions(
         for running in (first.bridge, second.bridge):
             await running.heartbeat.beat()  # each knows the other now
         assert first.bridge.heartbeat.peers and second.bridge.heartbeat.peers
+        yield first, second
+    finally:
+        await second.stop()
+        await first.stop()
+        await _drop_postgres_database(name)
+
+
+async def test_a_peer_process_sees_no_gap_for_the_others_transactions(
+        gap_homeserver: Homeserver, admin_of_gaps: MatrixTestClient) -> None:
+    """Two processes on one PostgreSQL: a transaction handled by one, also one that needed
+    nothing (written nowhere by a process alone), is known to the other."""
+    hs, admin = gap_homeserver, admin_of_gaps
+    async with _two_processes(hs) as (first, second):
         token = first.config.appservice.hs_token
+        other_port = second.config.appservice.port
         room = await open_room(hs.bot, admin, direct=True)
         await command(hs.bot, admin, room, "ping", expect="Pong")
         base = await _first_free_base(first)
@@ -229,10 +243,38 @@ async def test_a_peer_process_sees_no_gap_for_the_others_transactions(
         assert await _put(hs.bridge_port, token, str(base + 3), [notice]) == (200, {})
         assert await _put(other_port, token, str(base + 4), [pings[2]]) == (200, {})
         assert await _replied_in_order(admin, room, pings) == [p["event_id"] for p in pings]
-    finally:
-        await second.stop()
-        await first.stop()
-        await _drop_postgres_database(name)
+
+
+@pytest.mark.skipif(HAPROXY is None, reason="HAProxy is not installed (Debian: apt install "
+                    "haproxy)")
+async def test_the_gap_answer_reaches_the_homeserver_through_haproxy(
+        gap_homeserver: Homeserver, admin_of_gaps: MatrixTestClient, tmp_path: Path) -> None:
+    """Behind the sample HAProxy config, the 503 is not retried on the other process (which
+    would refuse once too, and then the first would handle it): the homeserver gets it."""
+    hs, admin = gap_homeserver, admin_of_gaps
+    async with _two_processes(hs) as (first, second):
+        front = free_port()
+        haproxy = _start_haproxy(tmp_path, {
+            "APPSERVICE_BIND": f"127.0.0.1:{front}", "EVENTS_BIND": f"127.0.0.1:{free_port()}",
+            "BRIDGE_A_APPSERVICE": f"127.0.0.1:{first.config.appservice.port}",
+            "BRIDGE_B_APPSERVICE": f"127.0.0.1:{second.config.appservice.port}",
+            "BRIDGE_A_EVENTS": f"127.0.0.1:{free_port()}",
+            "BRIDGE_B_EVENTS": f"127.0.0.1:{free_port()}"})
+        try:
+            await _healthy(f"http://127.0.0.1:{front}/_bridge/health", haproxy, "HAProxy")
+            token = first.config.appservice.hs_token
+            room = await open_room(hs.bot, admin, direct=True)
+            base = await _first_free_base(first)
+            pings = [_command_event(room, admin.user_id, "ping") for _ in range(3)]
+            assert await _put(front, token, str(base + 1), [pings[0]]) == (200, {})
+            status, _ = await _put(front, token, str(base + 3), [pings[2]])
+            assert status == 503
+            assert await _put(front, token, str(base + 2), [pings[1]]) == (200, {})
+            assert await _put(front, token, str(base + 3), [pings[2]]) == (200, {})
+            assert await _replied_in_order(admin, room, pings) == [p["event_id"] for p in pings]
+        finally:
+            haproxy.terminate()
+            haproxy.wait(timeout=10)
 
 
 def _recoveries_finished(synapse: SynapseServer) -> int:
