@@ -34,7 +34,8 @@ TRANSACTIONS = Counter(
     "Appservice transactions from the homeserver, by outcome (stored, duplicate, refused; "
     "reused_id: an ID seen before that carried new events, handled and also counted as stored; "
     "needed_nothing: only events that need no relay, such as the puppets' own messages "
-    "coming back, acknowledged without a write)",
+    "coming back, acknowledged without a write; gap: answered 503 once because the one before "
+    "it never arrived, so that the homeserver sends the one it holds first)",
     ["outcome"],
 )
 EVENTS_NOT_OURS = Counter(

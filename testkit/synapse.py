@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import os
 import secrets
 import signal
 import socket
@@ -105,6 +106,8 @@ class SynapseServer:
 
     ``extra_config`` is merged (shallowly) over the generated config, e.g.
     ``{"experimental_features": {"msc2409_to_device_messages_enabled": True}}``.
+    ``python_path``: directories Synapse imports from besides its own (modules of tests
+    listed under ``modules:`` in ``extra_config``); it runs in ``workdir``, not here.
     """
 
     def __init__(
@@ -115,12 +118,14 @@ class SynapseServer:
         server_name: str = "bridge.test",
         registration_files: Sequence[Path] = (),
         extra_config: dict[str, Any] | None = None,
+        python_path: Sequence[Path] = (),
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.port = port
         self._server_name = server_name
         self.registration_files = [Path(p).resolve() for p in registration_files]
         self.extra_config = dict(extra_config or {})
+        self.python_path = [Path(p).resolve() for p in python_path]
         # Generated once so it survives restarts (register_user needs it).
         self._shared_secret = secrets.token_hex(32)
         self._macaroon_secret = secrets.token_hex(32)
@@ -224,6 +229,11 @@ class SynapseServer:
             raise RuntimeError("Synapse is already running")
         self._write_files()
         self._log_file = self.log_path.open("ab")
+        env = None
+        if self.python_path:
+            inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+                [*(str(p) for p in self.python_path), *inherited])}
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "synapse.app.homeserver", "-c", str(self.config_path)],
             # cwd matters: running from inside site-packages/synapse would shadow stdlib
@@ -234,6 +244,7 @@ class SynapseServer:
             stderr=subprocess.STDOUT,
             # Own process group, so a Ctrl-C aimed at pytest doesn't race our SIGTERM.
             start_new_session=True,
+            env=env,
         )
         atexit.register(self.stop)
 
@@ -350,7 +361,9 @@ class SynapseServer:
         while no bridge listened fails a moment later and sets the state "down" only then
         (on a busy machine, after "up" was read). So the state must read "up" with no
         transaction stored, twice in a row. A transaction left behind by that race earlier
-        never goes away by itself; after a few seconds it is accepted, with a warning.
+        stays until a newer one reaches the bridge, which then asks for it (answers 503:
+        bridge/matrix/transaction_gaps.py); after a few seconds it is accepted, with a
+        warning.
         """
         deadline = time.monotonic() + timeout
         settled_since: float | None = None

@@ -81,6 +81,12 @@ async def record_transaction_id(session: AsyncSession, txn_id: str) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+async def known_transaction_ids(session: AsyncSession, txn_ids: list[str]) -> set[str]:
+    """Those of these transaction IDs that were handled (by any process on this database)."""
+    return set(await session.scalars(
+        select(AppserviceTransaction.txn_id).where(AppserviceTransaction.txn_id.in_(txn_ids))))
+
+
 async def unknown_event_ids(session: AsyncSession, events: list[dict[str, Any]]) -> list[str]:
     """The IDs of these (room) events that the inbox has never seen."""
     wanted = [e["event_id"] for e in events]

@@ -9,6 +9,7 @@ homeserver may use an ID again for other events after it restarts).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,12 @@ from bridge.core.connector import Connector
 from bridge.db import queues, store
 from bridge.db.engine import current_revision, head_revision
 from bridge.db.queues import Delivery
+from bridge.matrix.transaction_gaps import (
+    CONSECUTIVE_TO_RESUME,
+    TransactionGaps,
+    transaction_field,
+    transaction_number,
+)
 
 if TYPE_CHECKING:
     from bridge.app import Bridge
@@ -33,6 +40,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("bridge.appservice")
 
 _IN_EVENTS = metrics.EVENTS.labels(network="matrix", direction="in")
+# After a gap's 503 Synapse starts a recoverer, which waits 2 s before it sends anything; a
+# ping (the appservice ping API) makes it send at once. Sent a moment after the answer, so
+# that the recoverer exists: Synapse starts it in the background once the send failed.
+NUDGE_AFTER_SECONDS = 0.3
 
 
 def _error(status: int, errcode: str, message: str) -> web.Response:
@@ -79,6 +90,10 @@ class AppserviceServer:
         # The provisioning API and the admin page (nothing when no shared secret is set).
         api_server.mount(self.app, bridge)
         self.runner: web.AppRunner | None = None
+        # With double puppeting, the homeserver's second registration for this bridge takes
+        # a transaction number for every event it is interested in: gaps are the rule.
+        self.gaps = TransactionGaps(checking=not bridge.config.double_puppet.enabled)
+        self._nudges: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int) -> None:
         self.runner = web.AppRunner(self.app, access_log=None)
@@ -89,6 +104,9 @@ class AppserviceServer:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+        for task in self._nudges:
+            task.cancel()
+        await asyncio.gather(*self._nudges, return_exceptions=True)
 
     # --- authentication --------------------------------------------------------------
 
@@ -116,6 +134,9 @@ class AppserviceServer:
         events = body.get("events") if isinstance(body, dict) else None
         if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
             return _error(400, "M_BAD_JSON", "'events' must be a list of events")
+        number = transaction_number(txn_id)
+        if number is not None and (held := await self._held_before(number, body)) is not None:
+            return held
         crypto = self.bridge.crypto
         if crypto is not None:
             if not crypto.started.is_set() and crypto.failed is None:
@@ -137,7 +158,17 @@ class AppserviceServer:
             if not room_events:
                 # Only events that need nothing (our own puppets' messages coming back):
                 # acknowledged without a write. A repeat of it would need nothing either.
+                # With other processes, its number is recorded all the same, so that the
+                # one that gets the next transaction sees no gap.
+                if number is not None and self.bridge.heartbeat.peers:
+                    try:
+                        async with self.bridge.db.transaction() as session:
+                            await queues.record_transaction_id(session, txn_id)
+                    except Exception:
+                        return self._not_stored(txn_id, "record", "The bridge could not "
+                                                "record the transaction")
                 metrics.TRANSACTIONS.labels(outcome="needed_nothing").inc()
+                self._handled(number)
                 return web.json_response({})
         try:
             async with self.bridge.db.transaction() as session:
@@ -174,7 +205,71 @@ class AppserviceServer:
             if outcome is not None:
                 inbox.after_commit(outcome)
             await outbox.dispatch(claimed)
+        self._handled(number)
         return web.json_response({})
+
+    def _handled(self, number: int | None) -> None:
+        if number is not None:
+            self.gaps.handled(number)
+
+    async def _held_before(self, number: int, body: dict[str, Any]) -> web.Response | None:
+        """503 when transaction N-1 never arrived: the homeserver may be holding it back
+        (bridge/matrix/transaction_gaps.py says how Synapse comes to); the answer makes it
+        send the oldest it has first. None to handle N now."""
+        gaps = self.gaps
+        if gaps.was_refused(number):
+            # Refused once: handled now, whatever came before it.
+            if gaps.checking and gaps.came_back(number, gaps.seen(number - 1) or (
+                    number - 1 in await self._handled_by_any([number - 1], default=True))):
+                log.warning("transaction %d came again without %d: the homeserver's "
+                            "transaction numbers have gaps of their own (another appservice "
+                            "on it uses the same sequence?); gaps are not checked until %d "
+                            "consecutive numbers have arrived", number, number - 1,
+                            CONSECUTIVE_TO_RESUME)
+            return None
+        if not gaps.needs_look(number):
+            return None
+        before = gaps.numbers_before(number)
+        handled = {n for n in before if gaps.seen(n)}
+        handled |= await self._handled_by_any(before, default=False)
+        if not gaps.is_gap(number, handled):
+            return None
+        if transaction_field(body, "to_device", "de.sorunome.msc2409"):
+            # A re-sent transaction has no to-device messages (Synapse keeps only the
+            # events), and they may carry keys: taken now rather than lost for order.
+            return None
+        gaps.refuse(number)
+        log.warning("transaction %d arrived before %d, which this bridge has not received; "
+                    "answered 503 once so that the homeserver sends the one it holds first",
+                    number, number - 1)
+        metrics.TRANSACTIONS.labels(outcome="gap").inc()
+        task = asyncio.create_task(self._nudge(number), name=f"nudge-{number}")
+        self._nudges.add(task)
+        task.add_done_callback(self._nudges.discard)
+        return _error(503, "M_UNKNOWN", f"transaction {number - 1} not received yet")
+
+    async def _nudge(self, number: int) -> None:
+        await asyncio.sleep(NUDGE_AFTER_SECONDS)
+        try:
+            await self.bridge.matrix.bot_intent.appservice_ping(
+                self.bridge.config.appservice.id, txn_id=f"gap-{number}")
+        except Exception as exc:
+            # (Synapse answers an error when its recoverer had already begun: harmless.)
+            log.info("the ping after refusing transaction %d failed (%s); the homeserver "
+                     "retries by itself", number, exc)
+
+    async def _handled_by_any(self, numbers: list[int], default: bool) -> set[int]:
+        """Those of these transactions that this or another process handled. When the
+        database cannot say: all of them (``default``) or none, whichever makes the gap
+        not acted on (storing the transaction will fail too and be retried)."""
+        try:
+            async with self.bridge.db.sessions() as session:
+                known = await queues.known_transaction_ids(session, [str(n) for n in numbers])
+        except Exception:
+            log.warning("could not look up transactions %d to %d", numbers[0], numbers[-1],
+                        exc_info=True)
+            return set(numbers) if default else set()
+        return {int(txn_id) for txn_id in known}
 
     def _not_stored(self, txn_id: str, failed_to: str, answer: str) -> web.Response:
         """Called from an except block: the transaction is not acknowledged, so the

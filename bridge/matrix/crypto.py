@@ -92,6 +92,7 @@ from bridge.matrix.intents import (  # noqa: F401
     download_attachment,
     room_encryption,
 )
+from bridge.matrix.transaction_gaps import transaction_field
 
 if TYPE_CHECKING:
     from bridge.config import Config
@@ -353,7 +354,7 @@ class BridgeCrypto:
                                  events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Take the keys and device news of a transaction, then return its events with each
         encrypted one that can be decrypted now replaced by its plain form."""
-        for raw in _field(body, "to_device", "de.sorunome.msc2409") or []:
+        for raw in transaction_field(body, "to_device", "de.sorunome.msc2409") or []:
             try:
                 await self.machine.handle_as_to_device_event(
                     cast(ASToDeviceEvent, ASToDeviceEvent.deserialize(raw)))
@@ -361,13 +362,13 @@ class BridgeCrypto:
                 log.exception("could not handle a to-device event of type %s from %s",
                               raw.get("type") if isinstance(raw, dict) else None,
                               raw.get("sender") if isinstance(raw, dict) else None)
-        lists = _field(body, "device_lists", "org.matrix.msc3202")
+        lists = transaction_field(body, "device_lists", "org.matrix.msc3202")
         if isinstance(lists, dict):
             try:
                 await self.machine.handle_as_device_lists(DeviceLists.deserialize(cast(Any, lists)))
             except Exception:
                 log.exception("could not handle the device list changes %s", lists)
-        counts = _field(body, "device_one_time_keys_count", "org.matrix.msc3202")
+        counts = transaction_field(body, "device_one_time_keys_count", "org.matrix.msc3202")
         self._note_extensions(counts is not None)
         if counts is None and self.started.is_set():
             self._refresh_devices()  # a re-sent transaction: its device news were dropped
@@ -635,13 +636,6 @@ def _raw_content(plaintext: str | None, event: dict[str, Any]) -> dict[str, Any]
     if isinstance(relates, dict) and "m.relates_to" not in content:
         content["m.relates_to"] = relates
     return content
-
-
-def _field(body: dict[str, Any], name: str, unstable_prefix: str) -> Any:
-    """A transaction field under its stable name or Synapse's unstable one."""
-    if name in body:
-        return body[name]
-    return body.get(f"{unstable_prefix}.{name}")
 
 
 def _attachment_urls(content: dict[str, Any]) -> None:
