@@ -14,6 +14,7 @@ fingerprint below to the one the failure names.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 import sqlite3
@@ -200,6 +201,75 @@ async def test_the_one_trip_driver_reads_and_writes(tmp_path: Path) -> None:
         async with engine.connect() as connection:
             rows = (await connection.execute(text("SELECT v FROM t ORDER BY id"))).all()
         assert [row.v for row in rows] == ["a", "b"]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_writer_waits_for_another_process_in_the_thread_not_the_loop(
+        tmp_path: Path) -> None:
+    """BEGIN IMMEDIATE runs in the event loop only while the write lock is free: held by
+    another process (here a plain sqlite3 connection), the writer waits for it in
+    aiosqlite's thread, and the event loop goes on meanwhile."""
+    path = tmp_path / "bridge.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    writer = engine.execution_options(writer=True)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        async with writer.begin() as connection:
+            await connection.execute(text("CREATE TABLE t (v TEXT)"))
+        other.execute("BEGIN IMMEDIATE")
+
+        async def write() -> None:
+            async with writer.begin() as connection:
+                await connection.execute(text("INSERT INTO t (v) VALUES ('after')"))
+
+        waiting = asyncio.create_task(write())
+        ticks = 0
+        for _ in range(10):  # the loop is free while the writer waits for the lock
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks == 10 and not waiting.done()
+        other.execute("INSERT INTO t (v) VALUES ('other')")
+        other.execute("COMMIT")
+        await asyncio.wait_for(waiting, 10)
+        async with engine.connect() as connection:
+            rows = (await connection.execute(text("SELECT v FROM t ORDER BY rowid"))).all()
+        assert [row.v for row in rows] == ["other", "after"]
+        # The loop's BEGIN left the connection's busy timeout as it was.
+        async with engine.connect() as connection:
+            timeout = (await connection.exec_driver_sql("PRAGMA busy_timeout")).scalar()
+        assert timeout == sqlite_driver.BUSY_TIMEOUT_MS
+    finally:
+        other.close()
+        await engine.dispose()
+
+
+async def test_commits_in_the_loop_checkpoint_the_wal_in_the_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite's own checkpoint is off (it would run in the event loop with a commit); every
+    CHECKPOINT_EVERY-th commit checkpoints in aiosqlite's thread, so the WAL stays small."""
+    path = tmp_path / "bridge.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    writer = engine.execution_options(writer=True)
+    monkeypatch.setattr(sqlite_driver, "_commits_since_checkpoint", 0)
+    try:
+        async with engine.connect() as connection:
+            assert (await connection.exec_driver_sql("PRAGMA wal_autocheckpoint")
+                    ).scalar() == 0
+        async with writer.begin() as connection:
+            await connection.execute(text("CREATE TABLE t (v TEXT)"))
+        # The table's commit was the first; the 2 * CHECKPOINT_EVERY-th checkpoints.
+        for n in range(2 * sqlite_driver.CHECKPOINT_EVERY - 1):
+            async with writer.begin() as connection:
+                await connection.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": str(n)})
+        # Then one more commit: a WAL that was checkpointed starts again from its beginning.
+        async with writer.begin() as connection:
+            await connection.execute(text("INSERT INTO t (v) VALUES ('last')"))
+        async with engine.connect() as connection:
+            busy, frames, _ = (await connection.exec_driver_sql(
+                "PRAGMA wal_checkpoint(PASSIVE)")).one()
+        # Without the driver's checkpoints it would hold a frame or more per commit.
+        assert busy == 0 and frames < 10
     finally:
         await engine.dispose()
 

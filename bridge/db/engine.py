@@ -57,7 +57,10 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # timeout turns short lock waits into waiting rather than "database is locked".
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={sqlite_driver.BUSY_TIMEOUT_MS}")
+    # Commits run in the event loop (sqlite_driver): one must never do a checkpoint's
+    # copying and syncing there. The driver checkpoints in aiosqlite's thread instead.
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
