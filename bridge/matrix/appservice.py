@@ -208,8 +208,8 @@ class AppserviceServer:
                                                  or hub.network_of(sender) is not None)}
         if not candidates:
             return events
-        async with self.bridge.db.sessions() as session:
-            _, links = await store.portals_and_links(session, candidates)
+        async with self.bridge.db.reading() as connection:
+            _, links = await store.portals_and_links(connection, candidates)
         kept = [e for e in events if e["room_id"] not in candidates
                 or not hub.needs_nothing(e, links)]
         if len(kept) < len(events):
