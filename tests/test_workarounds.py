@@ -3,7 +3,8 @@
 bridge/db/sqlite_driver.py subclasses SQLAlchemy's aiosqlite adapter, copies parts of it and
 calls aiosqlite's private Connection API; bridge/email/aiosmtpd_data.py replaces aiosmtpd's
 DATA command with a copy of its checks and answers and calls SMTP's private methods. Both are
-pinned in pyproject.toml to the series they were written for. Within that range a new
+pinned in pyproject.toml to the series they were written for; bridge/slack/receive.py
+copies slack-sdk's Socket Mode message parsing (to parse with orjson). Within that range a new
 release may still change what they copied: each copied upstream function is fingerprinted
 (its source), and each private name they call is checked, so that an upgrade fails here,
 saying what to compare, instead of misbehaving at run time.
@@ -28,6 +29,7 @@ import pytest
 import sqlalchemy
 from aiosmtpd.smtp import SMTP
 from mautrix.util.async_db.aiosqlite import SQLiteDatabase, TxnConnection
+from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
 from sqlalchemy import text
 from sqlalchemy.dialects.sqlite import aiosqlite as sqlalchemy_aiosqlite
 
@@ -60,6 +62,9 @@ COPIED: dict[tuple[type, str], tuple[str, str]] = {
                              "answers, in its order"),
     (SMTP, "_getaddr"):
         ("c9f8dc386b41034a", "aiosmtpd_data.SmtpProtocol._getaddr must give what it gives"),
+    (AsyncBaseSocketModeClient, "process_message"):
+        ("58229bcf7ca2423e", "receive._SocketModeClient.process_message copies it, parsing "
+                             "with json_codec"),
     (TxnConnection, "transaction"):
         ("0815e663adeca33e", "crypto.ImmediateTxnConnection.transaction copies it, beginning "
                              "IMMEDIATE"),
@@ -67,7 +72,8 @@ COPIED: dict[tuple[type, str], tuple[str, str]] = {
 
 MODULE_FILES = {"sqlite_driver": "bridge/db/sqlite_driver.py",
                 "crypto": "bridge/matrix/crypto.py",
-                "aiosmtpd_data": "bridge/email/aiosmtpd_data.py"}
+                "aiosmtpd_data": "bridge/email/aiosmtpd_data.py",
+                "receive": "bridge/slack/receive.py"}
 VERSIONS = (f"SQLAlchemy {sqlalchemy.__version__}, aiosqlite {aiosqlite.__version__}, "
             f"aiosmtpd {aiosmtpd.__version__}")
 
