@@ -223,7 +223,7 @@ _COUNT_OUTBOX_PENDING = select(func.count()).select_from(_OUTBOX) \
     .where(_OUTBOX.c.state == "pending")
 
 
-async def count_pending(session: AsyncSession) -> tuple[int, int]:
+async def count_pending(session: Reader) -> tuple[int, int]:
     """(inbox pending, outbox pending), for health and metrics."""
     inbox = await session.scalar(_COUNT_INBOX_PENDING)
     outbox = await session.scalar(_COUNT_OUTBOX_PENDING)
@@ -483,7 +483,7 @@ def _failed(room_id: str | None) -> Any:
 _COUNT_FAILED = select(func.count()).select_from(_OUTBOX).where(_failed(None))
 
 
-async def count_failed(session: AsyncSession, room_id: str | None = None) -> int:
+async def count_failed(session: Reader, room_id: str | None = None) -> int:
     """Deliveries that failed for good (of one room, if given) and wait for a retry."""
     query = _COUNT_FAILED if room_id is None else \
         select(func.count()).select_from(_OUTBOX).where(_failed(room_id))

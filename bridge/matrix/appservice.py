@@ -312,9 +312,9 @@ class AppserviceServer:
 
     async def metrics(self, request: web.Request) -> web.Response:
         try:
-            async with self.bridge.db.sessions() as session:
-                inbox, outbox = await queues.count_pending(session)
-                failed = await queues.count_failed(session)
+            async with self.bridge.db.reading() as connection:
+                inbox, outbox = await queues.count_pending(connection)
+                failed = await queues.count_failed(connection)
             metrics.QUEUE_DEPTH.labels(queue="inbox").set(inbox)
             metrics.QUEUE_DEPTH.labels(queue="outbox").set(outbox)
             metrics.FAILED_DELIVERIES.set(failed)
