@@ -72,6 +72,8 @@ class Bridge:
         self.heartbeat.on_released = self.outbox.wake
         self.inbox = InboxWorker(self.db, self.hub.route_batch, on_enqueued=self.outbox.wake)
         self.hub.wake_outbox = self.outbox.wake
+        self.hub.claim_outbox = self.outbox.claim_queued
+        self.hub.start_outbox = self.outbox.start_claimed
         self.server = AppserviceServer(self)
         self.http: aiohttp.ClientSession | None = None
         self._matrix: MatrixSide | None = None

@@ -3,7 +3,8 @@
 bridge/db/sqlite_driver.py subclasses SQLAlchemy's aiosqlite adapter, copies parts of it and
 calls aiosqlite's private Connection API; bridge/email/aiosmtpd_data.py replaces aiosmtpd's
 DATA command with a copy of its checks and answers and calls SMTP's private methods. Both are
-pinned in pyproject.toml to the series they were written for. Within that range a new
+pinned in pyproject.toml to the series they were written for; bridge/slack/receive.py
+copies slack-sdk's Socket Mode message parsing (to parse with orjson). Within that range a new
 release may still change what they copied: each copied upstream function is fingerprinted
 (its source), and each private name they call is checked, so that an upgrade fails here,
 saying what to compare, instead of misbehaving at run time.
@@ -14,6 +15,7 @@ fingerprint below to the one the failure names.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 import sqlite3
@@ -27,6 +29,7 @@ import pytest
 import sqlalchemy
 from aiosmtpd.smtp import SMTP
 from mautrix.util.async_db.aiosqlite import SQLiteDatabase, TxnConnection
+from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
 from sqlalchemy import text
 from sqlalchemy.dialects.sqlite import aiosqlite as sqlalchemy_aiosqlite
 
@@ -59,6 +62,9 @@ COPIED: dict[tuple[type, str], tuple[str, str]] = {
                              "answers, in its order"),
     (SMTP, "_getaddr"):
         ("c9f8dc386b41034a", "aiosmtpd_data.SmtpProtocol._getaddr must give what it gives"),
+    (AsyncBaseSocketModeClient, "process_message"):
+        ("58229bcf7ca2423e", "receive._SocketModeClient.process_message copies it, parsing "
+                             "with json_codec"),
     (TxnConnection, "transaction"):
         ("0815e663adeca33e", "crypto.ImmediateTxnConnection.transaction copies it, beginning "
                              "IMMEDIATE"),
@@ -66,7 +72,8 @@ COPIED: dict[tuple[type, str], tuple[str, str]] = {
 
 MODULE_FILES = {"sqlite_driver": "bridge/db/sqlite_driver.py",
                 "crypto": "bridge/matrix/crypto.py",
-                "aiosmtpd_data": "bridge/email/aiosmtpd_data.py"}
+                "aiosmtpd_data": "bridge/email/aiosmtpd_data.py",
+                "receive": "bridge/slack/receive.py"}
 VERSIONS = (f"SQLAlchemy {sqlalchemy.__version__}, aiosqlite {aiosqlite.__version__}, "
             f"aiosmtpd {aiosmtpd.__version__}")
 
@@ -200,6 +207,75 @@ async def test_the_one_trip_driver_reads_and_writes(tmp_path: Path) -> None:
         async with engine.connect() as connection:
             rows = (await connection.execute(text("SELECT v FROM t ORDER BY id"))).all()
         assert [row.v for row in rows] == ["a", "b"]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_writer_waits_for_another_process_in_the_thread_not_the_loop(
+        tmp_path: Path) -> None:
+    """BEGIN IMMEDIATE runs in the event loop only while the write lock is free: held by
+    another process (here a plain sqlite3 connection), the writer waits for it in
+    aiosqlite's thread, and the event loop goes on meanwhile."""
+    path = tmp_path / "bridge.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    writer = engine.execution_options(writer=True)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        async with writer.begin() as connection:
+            await connection.execute(text("CREATE TABLE t (v TEXT)"))
+        other.execute("BEGIN IMMEDIATE")
+
+        async def write() -> None:
+            async with writer.begin() as connection:
+                await connection.execute(text("INSERT INTO t (v) VALUES ('after')"))
+
+        waiting = asyncio.create_task(write())
+        ticks = 0
+        for _ in range(10):  # the loop is free while the writer waits for the lock
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks == 10 and not waiting.done()
+        other.execute("INSERT INTO t (v) VALUES ('other')")
+        other.execute("COMMIT")
+        await asyncio.wait_for(waiting, 10)
+        async with engine.connect() as connection:
+            rows = (await connection.execute(text("SELECT v FROM t ORDER BY rowid"))).all()
+        assert [row.v for row in rows] == ["other", "after"]
+        # The loop's BEGIN left the connection's busy timeout as it was.
+        async with engine.connect() as connection:
+            timeout = (await connection.exec_driver_sql("PRAGMA busy_timeout")).scalar()
+        assert timeout == sqlite_driver.BUSY_TIMEOUT_MS
+    finally:
+        other.close()
+        await engine.dispose()
+
+
+async def test_commits_in_the_loop_checkpoint_the_wal_in_the_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite's own checkpoint is off (it would run in the event loop with a commit); every
+    CHECKPOINT_EVERY-th commit checkpoints in aiosqlite's thread, so the WAL stays small."""
+    path = tmp_path / "bridge.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    writer = engine.execution_options(writer=True)
+    monkeypatch.setattr(sqlite_driver, "_commits_since_checkpoint", 0)
+    try:
+        async with engine.connect() as connection:
+            assert (await connection.exec_driver_sql("PRAGMA wal_autocheckpoint")
+                    ).scalar() == 0
+        async with writer.begin() as connection:
+            await connection.execute(text("CREATE TABLE t (v TEXT)"))
+        # The table's commit was the first; the 2 * CHECKPOINT_EVERY-th checkpoints.
+        for n in range(2 * sqlite_driver.CHECKPOINT_EVERY - 1):
+            async with writer.begin() as connection:
+                await connection.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": str(n)})
+        # Then one more commit: a WAL that was checkpointed starts again from its beginning.
+        async with writer.begin() as connection:
+            await connection.execute(text("INSERT INTO t (v) VALUES ('last')"))
+        async with engine.connect() as connection:
+            busy, frames, _ = (await connection.exec_driver_sql(
+                "PRAGMA wal_checkpoint(PASSIVE)")).one()
+        # Without the driver's checkpoints it would hold a frame or more per commit.
+        assert busy == 0 and frames < 10
     finally:
         await engine.dispose()
 

@@ -153,6 +153,12 @@ class Hub:
         # Set by the app: wakes the outbox worker after something was enqueued.
         # (Given the lanes it queued in, if known: the outbox need not wake for busy ones.)
         self.wake_outbox: Callable[..., None] = lambda lanes=None: None
+        # Set by the app (the outbox's claim_queued and start_claimed): a transaction that
+        # queued deliveries also claims the due ones, which start after it commits, instead
+        # of the outbox's claim loop looking for them and claiming them in a transaction of
+        # its own. Unset (bare tests), the outbox is woken as before.
+        self.claim_outbox: Callable[[AsyncSession], Awaitable[list[Delivery]]] | None = None
+        self.start_outbox: Callable[[list[Delivery], set[str]], Awaitable[None]] | None = None
         # Set by the app: this process's liveness, leases, and whether remote events are
         # held for order across processes (bridge/core/heartbeat.py). None in bare tests.
         self.heartbeat: Heartbeat | None = None
@@ -415,8 +421,8 @@ class Hub:
         link_id = delivery.payload.get("link_id")
         link = None
         if isinstance(link_id, int):
-            async with self.db.sessions() as session:
-                link = await store.link_in_room(session, delivery.room_id, link_id)
+            async with self.db.reading() as connection:
+                link = await store.link_in_room(connection, delivery.room_id, link_id)
         return await connector.deliver(self, delivery, link)
 
     async def on_delivery_failed(self, delivery: Delivery, error: str, hint: str | None) -> None:
@@ -629,7 +635,8 @@ class Hub:
         async with self.db.transaction() as session:
             if not await write(session):
                 return False
-        self.wake_outbox(queues.enqueued_lanes(session))
+            claimed = await self._claim_queued(session)
+        await self._start_queued(claimed, queues.enqueued_lanes(session))
         return True
 
     # --- helpers for connectors and the bot ----------------------------------------------
@@ -644,4 +651,17 @@ class Hub:
             if also is not None:
                 await also(session)
             await queues.enqueue(session, deliveries)
-        self.wake_outbox()
+            claimed = await self._claim_queued(session)
+        await self._start_queued(claimed, queues.enqueued_lanes(session))
+
+    async def _claim_queued(self, session: AsyncSession) -> list[Delivery]:
+        """The due deliveries, claimed in the transaction that queued them (see
+        ``claim_outbox``); none without an outbox."""
+        return await self.claim_outbox(session) if self.claim_outbox is not None else []
+
+    async def _start_queued(self, claimed: list[Delivery], lanes: set[str]) -> None:
+        """After the commit: start what was claimed; the outbox wakes for the rest."""
+        if self.start_outbox is not None:
+            await self.start_outbox(claimed, lanes)
+        else:
+            self.wake_outbox(lanes or None)

@@ -128,8 +128,8 @@ class OutboxWorker:
             self._wake.clear()
             try:
                 # Look before taking the write lock: most wake-ups find nothing due.
-                async with self.db.sessions() as session:
-                    due_at = await queues.next_due_time(session)
+                async with self.db.reading() as connection:
+                    due_at = await queues.next_due_time(connection)
                 items = []
                 if due_at is not None and due_at <= time.time():
                     async with self.db.transaction() as session:
@@ -155,6 +155,20 @@ class OutboxWorker:
         be passed to :meth:`dispatch` after it commits: saves a transaction per event."""
         return await queues.claim_deliveries(session, CLAIM_LIMIT, self.lease_seconds,
                                              self.holder)
+
+    async def claim_queued(self, session: AsyncSession) -> list[Delivery]:
+        """:meth:`claim_within` for a transaction that queued deliveries (nothing if it
+        queued none): the items go to :meth:`start_claimed` after the commit, instead of the
+        claim loop looking for them and claiming them in a transaction of its own."""
+        if self._closing or not queues.enqueued_lanes(session):
+            return []
+        return await self.claim_within(session)
+
+    async def start_claimed(self, items: list[Delivery], lanes: Collection[str]) -> None:
+        """After the commit of a transaction that queued in ``lanes`` and claimed ``items``:
+        deliver them, and wake the claim loop for any lane of those left unstarted."""
+        await self.dispatch(items)
+        self.wake(lanes or None)  # (started lanes are busy now: they need no wake-up)
 
     async def dispatch(self, items: list[Delivery]) -> None:
         """Start delivering claimed items, one task per lane."""
@@ -341,6 +355,7 @@ class OutboxWorker:
                               attempts: int) -> list[Delivery | None] | None:
         heads: list[Delivery | None] = []
         lanes: set[str] = set()
+        claimed: list[Delivery] = []
 
         async def write(session: AsyncSession) -> None:
             heads[:] = [None] * len(batch)  # (a retried write claims afresh)
@@ -351,11 +366,14 @@ class OutboxWorker:
             if not self._closing:
                 await self._claim_next(session, batch, heads)
             lanes.update(queues.enqueued_lanes(session))
+            # A success's writes queued deliveries (Hub.post_parts: a Slack message's
+            # Matrix events): claimed right here, after the lanes' own next items.
+            claimed[:] = await self.claim_queued(session)
 
         if not await self._settle(write, attempts):
             return None
-        if lanes:  # a success's writes queued deliveries (Hub.post_parts): claim them
-            self.wake(lanes)
+        if lanes:
+            await self.start_claimed(claimed, lanes)
         return heads
 
     async def _claim_next(self, session: AsyncSession, batch: list[_Finished],

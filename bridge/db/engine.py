@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 # Connections kept open to a SQLite file (each is a thread of aiosqlite's; opened when needed;
 # up to 10 more are opened and closed beyond them).
 SQLITE_POOL = 20
+# What the Core queries that only read take: a session, or a plain connection
+# (Database.reading).
+Reader = AsyncSession | AsyncConnection
 # The table in which alembic keeps the revisions a database is at (one row per branch).
 VERSION_TABLE = "alembic_version"
 
@@ -57,7 +61,10 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # timeout turns short lock waits into waiting rather than "database is locked".
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={sqlite_driver.BUSY_TIMEOUT_MS}")
+    # Commits run in the event loop (sqlite_driver): one must never do a checkpoint's
+    # copying and syncing there. The driver checkpoints in aiosqlite's thread instead.
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -217,6 +224,13 @@ class Database:
         # SQLite allows one writer at a time; serialising our own writers in-process avoids
         # busy-waiting on the file lock and keeps latency flat.
         self._write_lock: asyncio.Lock | None = None if self.postgres else asyncio.Lock()
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """A plain connection for Core reads (the queries that take a :data:`Reader`): what
+        the per-message paths read with, without an ORM session's bookkeeping around it."""
+        async with self.engine.connect() as connection:
+            yield connection
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row, bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.db.models import InboundKey, Link, MessageMapping, Portal, Puppet
 from bridge.db.queues import insert_ignoring_conflicts
+
+if TYPE_CHECKING:
+    from bridge.db.engine import Reader
 
 # --- portals and links -------------------------------------------------------------------
 
@@ -38,17 +41,23 @@ class PortalInfo:
     is_direct: bool
 
 
+_PORTAL, _LINK = Portal.__table__, Link.__table__
+# Built once: asked for every batch of Matrix events (and the puppets' events coming back),
+# and a statement built per call is keyed for SQLAlchemy's cache afresh each time.
+_PORTALS_AND_LINKS = select(
+    _PORTAL.c.room_id, _PORTAL.c.is_direct, _LINK.c.id, _LINK.c.network, _LINK.c.remote_id,
+    _LINK.c.remote_name, _LINK.c.settings,
+).select_from(_PORTAL.outerjoin(_LINK, _LINK.c.room_id == _PORTAL.c.room_id)) \
+    .where(_PORTAL.c.room_id.in_(bindparam("room_ids", expanding=True))) \
+    .order_by(_LINK.c.id)
+
+
 async def portals_and_links(
-    session: AsyncSession, room_ids: set[str]
+    session: Reader, room_ids: set[str]
 ) -> tuple[dict[str, PortalInfo], dict[str, list[LinkInfo]]]:
     """Portals and their links for many rooms at once (one query, whatever the count)."""
-    portal, link = Portal.__table__, Link.__table__
-    rows = await session.execute(
-        select(portal.c.room_id, portal.c.is_direct, link.c.id, link.c.network,
-               link.c.remote_id, link.c.remote_name, link.c.settings)
-        .select_from(portal.outerjoin(link, link.c.room_id == portal.c.room_id))
-        .where(portal.c.room_id.in_(room_ids))
-        .order_by(link.c.id))
+    rows: Any = await session.execute(_PORTALS_AND_LINKS, {"room_ids": sorted(room_ids)}) \
+        if room_ids else ()
     portals: dict[str, PortalInfo] = {}
     links: dict[str, list[LinkInfo]] = {room: [] for room in room_ids}
     for row in rows:
@@ -60,9 +69,16 @@ async def portals_and_links(
     return portals, links
 
 
+# (Built once: asked for every appservice transaction.)
+_EXISTING_PORTALS = select(_PORTAL.c.room_id).where(
+    _PORTAL.c.room_id.in_(bindparam("room_ids", expanding=True)))
+
+
 async def existing_portals(session: AsyncSession, room_ids: set[str]) -> set[str]:
     """Which of these rooms are portals (rooms the bot is in)."""
-    rows = await session.execute(select(Portal.room_id).where(Portal.room_id.in_(room_ids)))
+    if not room_ids:
+        return set()
+    rows = await session.execute(_EXISTING_PORTALS, {"room_ids": sorted(room_ids)})
     return {row.room_id for row in rows}
 
 
@@ -145,7 +161,7 @@ _LINK_IN_ROOM = select(
         Link.__table__.c.room_id == bindparam("room_id"))
 
 
-async def link_in_room(session: AsyncSession, room_id: str, link_id: int) -> LinkInfo | None:
+async def link_in_room(session: Reader, room_id: str, link_id: int) -> LinkInfo | None:
     """The room's link ``link_id``, if it still has it: what every relay delivery asks (one
     row by its key, through Core: no ORM objects on this path)."""
     row = (await session.execute(_LINK_IN_ROOM, {"link_id": link_id,
@@ -159,7 +175,7 @@ async def rooms_linked_to(session: AsyncSession, network: str) -> list[str]:
                                       .distinct().order_by(Link.room_id)))
 
 
-async def link_by_remote(session: AsyncSession, network: str, remote_id: str) -> LinkInfo | None:
+async def link_by_remote(session: Reader, network: str, remote_id: str) -> LinkInfo | None:
     # Built once, on the table: looked up for every mail's recipient (SMTP RCPT).
     row = (await session.execute(_LINK_BY_REMOTE, {"network": network,
                                                    "remote_id": remote_id})).first()
@@ -297,7 +313,7 @@ _MAPPINGS_FOR_REMOTE = select(*_MAPPING_COLUMNS).where(
 
 
 async def mappings_for_remote(
-    session: AsyncSession, network: str, remote_space: str, remote_id: str
+    session: Reader, network: str, remote_space: str, remote_id: str
 ) -> list[MappingInfo]:
     # Built once, on the table: asked for every mail (and every part sent in a thread).
     rows = await session.execute(_MAPPINGS_FOR_REMOTE, {

@@ -303,8 +303,8 @@ class AppserviceServer:
                                                  or hub.network_of(sender) is not None)}
         if not candidates:
             return events
-        async with self.bridge.db.sessions() as session:
-            _, links = await store.portals_and_links(session, candidates)
+        async with self.bridge.db.reading() as connection:
+            _, links = await store.portals_and_links(connection, candidates)
         kept = [e for e in events if e["room_id"] not in candidates
                 or not hub.needs_nothing(e, links)]
         if len(kept) < len(events):
@@ -407,9 +407,9 @@ class AppserviceServer:
 
     async def metrics(self, request: web.Request) -> web.Response:
         try:
-            async with self.bridge.db.sessions() as session:
-                inbox, outbox = await queues.count_pending(session)
-                failed = await queues.count_failed(session)
+            async with self.bridge.db.reading() as connection:
+                inbox, outbox = await queues.count_pending(connection)
+                failed = await queues.count_failed(connection)
             metrics.QUEUE_DEPTH.labels(queue="inbox").set(inbox)
             metrics.QUEUE_DEPTH.labels(queue="outbox").set(outbox)
             metrics.FAILED_DELIVERIES.set(failed)

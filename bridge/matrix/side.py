@@ -584,8 +584,8 @@ class MatrixSide:
         """The Matrix thread root for a part that names its root by remote message ID."""
         if not ref:
             return None
-        async with self.hub.db.sessions() as session:
-            mapped = await store.mappings_for_remote(session, ref["network"],
+        async with self.hub.db.reading() as connection:
+            mapped = await store.mappings_for_remote(connection, ref["network"],
                                                      ref["remote_space"], ref["remote_id"])
         if not mapped:
             return None  # the root never made it to Matrix: post in the main timeline

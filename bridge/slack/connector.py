@@ -434,8 +434,8 @@ class SlackConnector(Connector):
                   (self._channel_of(event) for _, event in wanted) if c}
         if not spaces and not any(e.get("type") == "user_change" for _, e in wanted):
             return
-        async with self.hub.db.sessions() as session:
-            linked = await slack_store.linked_channels(session, spaces) if spaces else {}
+        async with self.hub.db.reading() as connection:
+            linked = await slack_store.linked_channels(connection, spaces) if spaces else {}
         for payload, event in wanted:
             channel = self._channel_of(event)
             room_id = linked.get(space_of(ws.team_id, channel)) if channel else None

@@ -30,6 +30,7 @@ from bridge.slack.workspace import Workspace
 
 if TYPE_CHECKING:
     from bridge.core.hub import Hub
+    from bridge.db.engine import Reader
     from bridge.slack.connector import SlackConnector
 
 log = logging.getLogger("bridge.slack")
@@ -267,10 +268,10 @@ class SlackToMatrix:
         if not ts or ws.is_own(message):
             return None  # our own post: it came from Matrix
         space = space_of(ws.team_id, channel)
-        async with self.hub.db.sessions() as session:
-            if await store.mappings_for_remote(session, NETWORK, space, ts):
+        async with self.hub.db.reading() as connection:
+            if await store.mappings_for_remote(connection, NETWORK, space, ts):
                 return None  # already in the room (posted from Matrix, or bridged before)
-            origin = await self._origin(session, space)
+            origin = await self._origin(connection, space)
         if message.get("user") and message.get("subtype") != "bot_message":
             sender = await self.puppet(ws, str(message["user"]))
         else:
@@ -358,12 +359,12 @@ class SlackToMatrix:
                 **media, "info": info}
 
     async def _event_of(self, space: str, ts: str) -> str | None:
-        async with self.hub.db.sessions() as session:
-            mapped = await store.mappings_for_remote(session, NETWORK, space, ts)
+        async with self.hub.db.reading() as connection:
+            mapped = await store.mappings_for_remote(connection, NETWORK, space, ts)
         return mapped[0].event_id if mapped else None
 
     @staticmethod
-    async def _origin(session: AsyncSession, space: str) -> Origin | None:
+    async def _origin(session: Reader, space: str) -> Origin | None:
         """The link of the channel (``space``) an event came from, for the origin marker: a
         room may be linked to several channels, which must hear each other."""
         link = await store.link_by_remote(session, NETWORK, space)

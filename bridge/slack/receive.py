@@ -29,6 +29,7 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 
+from bridge import json_codec
 from bridge.core.cache import BoundedCache
 from bridge.slack.workspace import Workspace
 
@@ -252,6 +253,29 @@ class Intake:
         return True
 
 
+class _SocketModeClient(SocketModeClient):
+    """slack-sdk's Socket Mode client, parsing what Slack sends with orjson
+    (:mod:`bridge.json_codec`) instead of the standard library, which took a visible share
+    of a Slack message's CPU (an envelope with the message's blocks is a few kilobytes)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The listeners' tasks, held until done (the event loop keeps only weak references).
+        self._listening: set[asyncio.Task[None]] = set()
+
+    async def process_message(self) -> None:
+        # AsyncBaseSocketModeClient.process_message (tests/test_workarounds.py notices when
+        # it changes), with json_codec.loads: the same dict, or the same ValueError.
+        raw_message = await self.message_queue.get()
+        if raw_message is not None:
+            message: dict[str, Any] = {}
+            if raw_message.startswith("{"):
+                message = json_codec.loads(raw_message)
+            task = asyncio.ensure_future(self.run_message_listeners(message, raw_message))
+            self._listening.add(task)
+            task.add_done_callback(self._listening.discard)
+
+
 class SocketModeReceiver:
     """Socket Mode: the bridge connects out to Slack; no public URL needed.
 
@@ -266,7 +290,7 @@ class SocketModeReceiver:
         self.workspace = workspace
         self.intake = intake
         self.on_connected = on_connected
-        self.client = SocketModeClient(
+        self.client = _SocketModeClient(
             app_token=workspace.settings.app_token,
             web_client=AsyncWebClient(base_url=api_url),
             logger=logging.getLogger("bridge.slack.socket"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Integer, String, Table, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,6 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bridge.db.models import InboundKey, Link, MessageMapping
 from bridge.db.queues import insert_ignoring_conflicts
 from bridge.slack.models import SlackChannel
+
+if TYPE_CHECKING:
+    from bridge.db.engine import Reader
 
 
 def ts_key(ts: str) -> tuple[int, int]:
@@ -64,13 +67,24 @@ async def advance_cursor(session: AsyncSession, team_id: str, channel_id: str, t
             "updated_at": now})
 
 
-async def linked_channels(session: AsyncSession,
+_LINKED_CHANNELS = select(Link.remote_id, Link.room_id).where(Link.network == "slack")
+# Built once (asked for every batch of Slack events): a statement built per call is keyed
+# for SQLAlchemy's statement cache afresh each time, which costs more than running it.
+_LINKED_CHANNELS_ASKED = _LINKED_CHANNELS.where(
+    Link.remote_id.in_(bindparam("remote_ids", expanding=True)))
+
+
+async def linked_channels(session: Reader,
                           remote_ids: set[str] | None = None) -> dict[str, str]:
     """Linked Slack conversations ("T…:C…") and their rooms; all of them, or those asked."""
-    query = select(Link.remote_id, Link.room_id).where(Link.network == "slack")
-    if remote_ids is not None:
-        query = query.where(Link.remote_id.in_(remote_ids))
-    return {row.remote_id: row.room_id for row in await session.execute(query)}
+    if remote_ids is None:
+        rows = await session.execute(_LINKED_CHANNELS)
+    elif not remote_ids:
+        return {}
+    else:
+        rows = await session.execute(_LINKED_CHANNELS_ASKED,
+                                     {"remote_ids": sorted(remote_ids)})
+    return {row.remote_id: row.room_id for row in rows}
 
 
 # The state of a linked channel in Slack that stops the bridge from posting there, kept in the
