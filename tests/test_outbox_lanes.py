@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -30,6 +31,24 @@ async def _enqueue(db: Database, lane_items: int, room: str = "!r:x") -> None:
         await queues.enqueue(session, [NewDelivery(network="test", room_id=room, kind="relay",
                                                    payload={"n": n})
                                        for n in range(lane_items)])
+
+
+async def _work_until(worker: OutboxWorker, db: Database, done: Callable[[], bool],
+                      seconds: float) -> tuple[int, int]:
+    """Start the worker, wait until ``done()`` (at most ``seconds``), let it finish what it
+    holds, stop it and close the database; the queues' pending counts at the end."""
+    await worker.start()
+    try:
+        for _ in range(int(seconds / 0.02)):
+            if done():
+                break
+            await asyncio.sleep(0.02)
+        await worker.drain()
+        async with db.sessions() as session:
+            return await queues.count_pending(session)
+    finally:
+        await worker.stop()
+        await db.close()
 
 
 async def test_claim_lane_head_takes_only_a_due_free_head(database_url: str) -> None:
@@ -162,18 +181,7 @@ async def test_lanes_finishing_together_are_recorded_together_and_isolated(
     for room in rooms:
         await _enqueue(db, 3, room=room)
     worker = OutboxWorker(db, deliver, on_failed, OutboxConfig())
-    await worker.start()
-    try:
-        for _ in range(500):
-            if len(delivered) >= 36:
-                break
-            await asyncio.sleep(0.02)
-        await worker.drain()
-        async with db.sessions() as session:
-            pending = await queues.count_pending(session)
-    finally:
-        await worker.stop()
-        await db.close()
+    pending = await _work_until(worker, db, lambda: len(delivered) >= 36, 10)
 
     for room in rooms:  # every lane in order, each item once
         assert [n for r, n in delivered if r == room] == [0, 1, 2], room
@@ -228,18 +236,7 @@ async def test_a_big_fan_out_keeps_to_its_share_and_holds_no_other_room_back(
     await _enqueue_fan_out(db, "!big:x", subscribers)
     await _enqueue(db, 1, room="!small:x")
     worker = OutboxWorker(db, deliver, on_failed, OutboxConfig())
-    await worker.start()
-    try:
-        for _ in range(1500):
-            if len(delivered) >= subscribers + 1:
-                break
-            await asyncio.sleep(0.02)
-        await worker.drain()
-        async with db.sessions() as session:
-            pending = await queues.count_pending(session)
-    finally:
-        await worker.stop()
-        await db.close()
+    pending = await _work_until(worker, db, lambda: len(delivered) >= subscribers + 1, 30)
 
     assert delivered[0] == ("!small:x", 0)
     assert sorted(n for room, n in delivered if room == "!big:x") == list(range(subscribers))
@@ -276,17 +273,6 @@ async def test_a_fan_out_stopped_midway_goes_on_after_a_restart_each_mail_once(
     assert sent_before < subscribers
     second = OutboxWorker(db, deliver, on_failed, OutboxConfig(), holder="second",
                           lease_seconds=300)
-    await second.start()
-    try:
-        for _ in range(1500):
-            if len(delivered) >= subscribers:
-                break
-            await asyncio.sleep(0.02)
-        await second.drain()
-        async with db.sessions() as session:
-            pending = await queues.count_pending(session)
-    finally:
-        await second.stop()
-        await db.close()
+    pending = await _work_until(second, db, lambda: len(delivered) >= subscribers, 30)
     assert sorted(delivered) == list(range(subscribers))
     assert pending == (0, 0)
