@@ -12,13 +12,13 @@ import binascii
 import contextlib
 import contextvars
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from email import policy
 from email.headerregistry import HeaderRegistry
 from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime, unquote
-from typing import Any
+from typing import Any, TypeVar
 
 from bridge.email.parse.charsets import (
     _LATIN1_TO_CP1252,
@@ -181,14 +181,7 @@ def _params(part: Message, header: str) -> list[tuple[str, Any]] | None:
     not unquoted (``Message.get_params(unquote=False)``); None where there is none or the
     parser fails. Once per message and field while parse_message runs: a mail's charset,
     format, name and filename are all asked for."""
-    memo = _MEMO.get()
-    if memo is None:
-        return _read_params(part, header)
-    key = ("params", part, header)
-    if key not in memo:
-        memo[key] = _read_params(part, header)
-    params: list[tuple[str, Any]] | None = memo[key]
-    return params
+    return _memoized("params", part, header, _read_params)
 
 
 def _read_params(part: Message, header: str) -> list[tuple[str, Any]] | None:
@@ -249,30 +242,31 @@ _MAX_HEADER = 16_384  # the email package needs seconds for a 200 kB encoded-wor
 # own and never change; keys hold them, so no object id is reused meanwhile.)
 _MEMO: contextvars.ContextVar[dict[tuple[Any, ...], Any] | None] = contextvars.ContextVar(
     "bridge_email_parse_memo", default=None)
+_Found = TypeVar("_Found")
+
+
+def _memoized(kind: str, msg: Message, name: str,
+              read: Callable[[Message, str], _Found]) -> _Found:
+    """``read(msg, name)``, read once per message and name while parse_message runs."""
+    memo = _MEMO.get()
+    if memo is None:
+        return read(msg, name)
+    key = (kind, msg, name)
+    if key not in memo:
+        memo[key] = read(msg, name)
+    found: _Found = memo[key]
+    return found
 
 
 def _header(msg: Message, name: str) -> str | None:
     """The first `name` header as clean text, or None; never raises."""
-    memo = _MEMO.get()
-    if memo is None:
-        return _read_header(msg, name)
-    key = ("header", msg, name)
-    if key not in memo:
-        memo[key] = _read_header(msg, name)
-    value: str | None = memo[key]
-    return value
+    return _memoized("header", msg, name, _read_header)
 
 
 def _get(msg: Message, name: str) -> Any:
     """``msg.get(name)``: the parsed header object (the same one each time while
     parse_message runs), or None."""
-    memo = _MEMO.get()
-    if memo is None:
-        return msg.get(name)
-    key = ("get", msg, name)
-    if key not in memo:
-        memo[key] = msg.get(name)
-    return memo[key]
+    return _memoized("get", msg, name, lambda m, n: m.get(n))
 
 
 def _transfer_encoding(part: Message) -> str:
@@ -307,14 +301,7 @@ def _all_headers(msg: Message, name: str) -> list[str]:
 def _addresses(msg: Message, name: str) -> list[tuple[str, str]]:
     """(display name, address) pairs of an address header; never raises. (Shared: do not
     change the list.)"""
-    memo = _MEMO.get()
-    if memo is None:
-        return _read_addresses(msg, name)
-    key = ("addresses", msg, name)
-    if key not in memo:
-        memo[key] = _read_addresses(msg, name)
-    value: list[tuple[str, str]] = memo[key]
-    return value
+    return _memoized("addresses", msg, name, _read_addresses)
 
 
 def _read_addresses(msg: Message, name: str) -> list[tuple[str, str]]:
