@@ -60,6 +60,7 @@ from common import (
     git_revision,
     machine_busy_seconds,
     metric_value,
+    poll_until,
     proc_cpu_seconds,
     start_synapse,
     verdict,
@@ -449,12 +450,10 @@ async def direct_phase(setup: Setup, messages: Messages, planned: list[Planned],
         phase.messages = len(planned)
     # Synapse sends these events to the bridge too: until it has them all, so that they do
     # not count in the next phase.
-    deadline = time.monotonic() + setup.args.timeout
-    while await setup.handled_in() < echoes + len(planned):
-        if time.monotonic() > deadline:
-            raise BenchError("the bridge did not receive the direct messages from Synapse "
-                             f"within {setup.args.timeout:.0f}s")
-        await asyncio.sleep(0.05)
+    await poll_until(setup.handled_in, echoes + len(planned),
+                     time.monotonic() + setup.args.timeout,
+                     "the bridge received {done:.0f} of the {target:.0f} direct messages "
+                     f"from Synapse within {setup.args.timeout:.0f}s")
 
 
 async def bridge_phase(setup: Setup, messages: Messages, planned: list[Planned],
@@ -471,26 +470,25 @@ async def bridge_phase(setup: Setup, messages: Messages, planned: list[Planned],
     for m in planned:
         await messages.post(m)
     deadline = started + setup.args.timeout
-    while (done := await setup.delivered()) < base + len(planned):
-        if time.monotonic() > deadline:
-            raise BenchError(f"the bridge delivered {done - base:.0f} of {len(planned)} "
-                             f"messages to Synapse within {setup.args.timeout:.0f}s:\n"
-                             f"{setup.log_tail()}")
+
+    async def delivered() -> float:
         setup.check_alive()
-        await asyncio.sleep(0.05)
+        return await setup.delivered() - base
+
+    finished = await poll_until(delivered, len(planned), deadline,
+                                "the bridge delivered {done:.0f} of {target:.0f} messages to "
+                                f"Synapse within {setup.args.timeout:.0f}s")
     if phase is not None:
-        phase.finished = time.monotonic()
+        phase.finished = finished
         phase.started = started
         phase.cpu = clock.stop()
         phase.messages = len(planned)
         phase.resent = resent_envelopes(setup.sim, team) - resent
         # The puppets' events come back from Synapse; until the bridge has handled them all
         # (whether stored or, needing no relay, only acknowledged), for its CPU per message.
-        while await setup.handled_in() < echoes + len(planned):
-            if time.monotonic() > deadline:
-                raise BenchError("the bridge did not receive the puppets' events back from "
-                                 f"Synapse within {setup.args.timeout:.0f}s")
-            await asyncio.sleep(0.05)
+        await poll_until(setup.handled_in, echoes + len(planned), deadline,
+                         "the bridge received {done:.0f} of the {target:.0f} puppets' events "
+                         f"back from Synapse within {setup.args.timeout:.0f}s")
         phase.bridge_cpu_with_echo = proc_cpu_seconds(setup.bridge.pid) - bridge_cpu
 
 
