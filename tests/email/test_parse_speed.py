@@ -28,10 +28,18 @@ from typing import Any
 import pytest
 
 import bridge.email.parse.raw as parse_module
+import bridge.email.parse.reply.scan as scan_module
 from bridge.email.parse import parse_message, split_reply
-from bridge.email.parse.reply.lines import MAX_LINE
-from bridge.email.parse.reply.mail_parser_reply_patterns import get_patterns, probed_line_starts
-from bridge.email.parse.reply.quote_headers import header_matches, probe_lines
+from bridge.email.parse.reply.attributions import _is_strong_attribution, attribution_candidate
+from bridge.email.parse.reply.lines import MAX_LINE, is_quoted
+from bridge.email.parse.reply.mail_parser_reply_patterns import RULER_LINE, get_patterns
+from bridge.email.parse.reply.quote_headers import FROM_KEY, header_matches, probe_lines
+from bridge.email.parse.reply.scan import scan_lines
+from bridge.email.parse.reply.separators import (
+    _SEPARATOR,
+    _UNDERSCORE_LINE,
+    separator_candidate,
+)
 from bridge.email.parse.reply.signatures import (
     MAX_SIGNATURE_LINES,
     _signoff_anchors,
@@ -237,19 +245,71 @@ def test_signature_probes_find_what_the_whole_regex_finds() -> None:
             assert signature_start(work, end) == plain_signature_start(work, end), \
                 (end, text)
         norm = "\n".join(work)
-        assert signature_start(work, len(work), norm, probed_line_starts(norm)) == \
+        assert signature_start(work, len(work), norm, scan_lines(norm)) == \
             plain_signature_start(work, len(work)), text
 
 
-def test_both_kinds_of_probe_in_one_pass_find_what_each_finds_alone() -> None:
-    assert get_patterns().any_lines is not None, \
-        "the quote-header and signature probes can no longer be searched in one pass"
+def plain_separator_candidate(work: list[str]) -> int | None:
+    """The separator search without the scan: every line."""
+    for i, line in enumerate(work):
+        if _SEPARATOR.match(line):
+            return i
+        following = [ln for ln in work[i + 1:i + 4] if ln]
+        if _UNDERSCORE_LINE.match(line) and following and FROM_KEY.match(following[0]):
+            return i
+    return None
+
+
+def plain_attribution_candidate(work: list[str]) -> int | None:
+    """The attribution search without the scan: every line."""
+    for i, line in enumerate(work):
+        if not line or is_quoted(line):
+            continue
+        if _is_strong_attribution(line):
+            return i
+        if (i + 1 < len(work) and work[i + 1] and not line.endswith((".", "!", "?"))
+                and not _is_strong_attribution(work[i + 1])
+                and _is_strong_attribution(line + " " + work[i + 1])):
+            return i
+    return None
+
+
+def scan_texts() -> list[str]:
     body, _ = prose(20_000)
-    for text in [*texts(), body, "\n".join(TEMPTING + TRICKY_LINES)]:
-        norm = "\n".join(work_lines(text))
-        probed = probed_line_starts(norm)
-        assert probe_lines(norm, probed) == probe_lines(norm), text
-        assert _signoff_anchors(norm, probed) == _signoff_anchors(norm), text
+    rulers = "Text\n\n" + "_" * 40 + "\nx\n\n\n -" + "-" * 35 + "\n\n" + "-" * 20
+    return [*texts(), body, "\n".join(TEMPTING + TRICKY_LINES), rulers,
+            "\n" + rulers, "\n\n" + rulers, "Am 12.03.2024 schrieb Max <m@x.org>:\n> a"]
+
+
+def test_the_one_scan_finds_what_each_strategy_finds_alone() -> None:
+    assert get_patterns().any_probes is not None, \
+        "the quote-header and signature probes can no longer be searched in one pass"
+    for text in scan_texts():
+        work = work_lines(text)
+        norm = "\n".join(work)
+        scan = scan_lines(norm)
+        assert scan.probed
+        assert probe_lines(norm, scan.starts) == probe_lines(norm), text
+        assert _signoff_anchors(norm, scan) == _signoff_anchors(norm), text
+        assert separator_candidate(work, scan) == plain_separator_candidate(work), text
+        assert attribution_candidate(work, scan) == plain_attribution_candidate(work), text
+        # Line numbers counted from the scan's lines are those counted from the start.
+        for pos in {*range(0, len(norm) + 1, 97), len(norm), *scan.starts}:
+            assert scan.line_at(norm, pos) == norm.count("\n", 0, pos)
+        rulers = [m.end() for m in RULER_LINE.finditer(norm)]
+        assert set(rulers) <= set(scan.starts), text
+
+
+def test_without_the_probes_in_the_scan_replies_split_the_same(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mail-parser-reply whose patterns the scan cannot take in: the quote headers and
+    sign-offs are looked for in passes of their own, with the same results."""
+    cases = scan_texts()
+    expected = [split_reply(text) for text in cases]
+    monkeypatch.setattr(get_patterns(), "any_probes", None)
+    monkeypatch.setattr(scan_module, "_scanner", None)
+    assert not scan_lines("Am 12.03.2024 schrieb Max:").probed
+    assert [split_reply(text) for text in cases] == expected
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from bridge.email.parse.reply.lines import MAX_LINE, is_quoted
+from bridge.email.parse.reply.scan import LineScan
 
 _WROTE_WORD = re.compile(
     r"wrote|schrieb|a écrit|ha scritto|escribió|escreveu|schreef|skrev|napisał|написал|"
@@ -64,21 +65,22 @@ def _is_strong_attribution(text: str) -> bool:
 # How a strong attribution ends (with a colon, or dashed): lines that end otherwise, and
 # whose next line does too, cannot be one (nor start one that is wrapped).
 _ATTRIBUTION_ENDS = (":", "\uff1a", "--", "-=", "=-", "==")
-_ATTRIBUTION_END = re.compile(r"\n(?:(?<=[:\uff1a]\n)|(?<=[-=][-=]\n))")  # before a break
 
 
-def attribution_candidate(work: list[str], norm: str) -> int | None:
-    ends: set[int] = set()  # numbers of the lines that end like an attribution
-    number = last = 0
-    for match in _ATTRIBUTION_END.finditer(norm):
-        number += norm.count("\n", last, match.start())
-        last = match.start()
-        ends.update((number - 1, number))
+def attribution_candidate(work: list[str], scan: LineScan) -> int | None:
+    # The scan found the line break after each line that ends like an attribution (but the
+    # last line), among others: those lines and the ones above them are what is tried.
+    ends: set[int] = set()
+    for number in scan.numbers:
+        ends.update((number - 2, number - 1))
     if work and work[-1].endswith(_ATTRIBUTION_ENDS):
         ends.update((len(work) - 2, len(work) - 1))
     for i in sorted(ends):
         line = work[i] if 0 <= i < len(work) else ""
-        if not line or is_quoted(line):
+        if not line or not (line.endswith(_ATTRIBUTION_ENDS) or (
+                i + 1 < len(work) and work[i + 1].endswith(_ATTRIBUTION_ENDS))):
+            continue  # a line of the scan for another strategy
+        if is_quoted(line):
             continue
         if _is_strong_attribution(line):
             return i

@@ -104,9 +104,9 @@ class _Patterns:
         self.signature_first_line: re.Pattern[str] | None = None
         self.signature_lines: re.Pattern[str] | None = None
         self.sent_from_probed = False
-        # Where a quote-header or a signature probe matches; None: each looked for alone.
-        self.any_first_line: re.Pattern[str] | None = None
-        self.any_lines: re.Pattern[str] | None = None
+        # A regex (source) that matches at a line start where a quote-header or a signature
+        # probe does; None: each looked for alone.
+        self.any_probes: str | None = None
         found = _signature_head(self.signature.pattern)
         if found:
             head, signature_probes = found
@@ -119,12 +119,10 @@ class _Patterns:
             self.signature_lines = re.compile(rf"\n(?=(?:{alternatives}))",
                                               self.signature.flags)
             if self.signature.flags == re.compile("", flags).flags:
-                # Both kinds of probe in one pass over the lines (`probed_line_starts`):
-                # one regex of both is a third faster than two, as alternatives with the
-                # same first letter are tried together.
-                both = _any_of(line_probes + signature_probes)
-                self.any_first_line = re.compile(both, flags)
-                self.any_lines = re.compile(rf"\n(?=(?:{both}))", flags)
+                # Both kinds of probe in the one pass over the lines (`scan.scan_lines`,
+                # compiled with these flags): one regex of both is a third faster than two,
+                # as alternatives with the same first letter are tried together.
+                self.any_probes = _any_of(line_probes + signature_probes)
 
 
 _QUOTE_PREFIX = r"(?:> ?)*"
@@ -217,6 +215,7 @@ def _probe_char(probe: str) -> str | None:
 # one, or (the long ruler) on the line breaks before it.
 _SIGNATURE_RULER = r"(\n{2,} ?[_-]{32,})"
 RULER_LINE = re.compile(r"\n\n(?= ?[_-]{32})")
+RULER_START = re.compile(r" ?[_-]{32}")  # a line where RULER_LINE ends, after an empty one
 
 
 def _signature_head(src: str) -> tuple[str, list[str]] | None:
@@ -241,20 +240,6 @@ def _signature_head(src: str) -> tuple[str, list[str]] | None:
             return None
         probes.append("".join(a + q for a, q in rest[:2]))
     return (head, probes) if probes else None
-
-
-def probed_line_starts(norm: str) -> list[int] | None:
-    """Starts of the lines of `norm` where a quote-header probe on every line
-    (`header_lines`) or a signature probe (`signature_lines`) matches, found in one pass;
-    `probe_lines` and `_signoff_anchors` sort them out. None when they cannot be had in one
-    pass."""
-    patterns = get_patterns()
-    if patterns.any_lines is None or patterns.any_first_line is None:
-        return None
-    starts = [match.start() + 1 for match in patterns.any_lines.finditer(norm)]
-    if patterns.any_first_line.match(norm):
-        starts.insert(0, 0)
-    return starts
 
 
 _patterns: _Patterns | None = None

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 
 from bridge.email.parse.reply.mail_parser_reply_patterns import get_patterns
+from bridge.email.parse.reply.scan import LineScan
 
 FROM_KEY = re.compile(
     r"^(?:>\s?)*[*\s]*(?:from|von|de|da|fra|från|van|od|от|發件人|发件人|보낸\s?사람|sender|"
@@ -16,7 +17,8 @@ _KEY_LINE = re.compile(r"^(?:>\s?)*[*\s]*[^\W\d_][\w .'-]{0,25}[*\s]*[:\uff1a]",
 
 def probe_lines(norm: str, probed: list[int] | None = None) -> list[int]:
     """Starts of the lines of `norm` where some quote-header pattern's probe matches.
-    (`probed`: `probed_line_starts(norm)`, the lines to look at instead of all.)"""
+    (`probed`: the starts of the lines to look at instead of all, in order, among them every
+    line where a probe matches: `scan.LineScan.starts`.)"""
     patterns = get_patterns()
     if probed is None:
         starts = {match.start() + 1 for match in patterns.header_lines.finditer(norm)}
@@ -66,11 +68,11 @@ def header_matches(index: int, norm: str, lines: list[int]) -> Iterator[re.Match
         pos = match.end()
 
 
-def header_candidate(work: list[str], norm: str, probed: list[int] | None = None) -> int | None:
+def header_candidate(work: list[str], norm: str, scan: LineScan) -> int | None:
     """First line where mail-parser-reply's quote-header patterns match, after our checks.
-    (`probed`: as for `probe_lines`.)"""
+    (`scan`: `scan_lines(norm)`.)"""
     best: int | None = None
-    lines = probe_lines(norm, probed)
+    lines = probe_lines(norm, scan.starts if scan.probed else None)
     for index in range(len(get_patterns().headers)):
         for count, match in enumerate(header_matches(index, norm, lines)):
             if count >= 20:
@@ -78,7 +80,7 @@ def header_candidate(work: list[str], norm: str, probed: list[int] | None = None
             start = match.start()
             while start < match.end() and norm[start] in "\n \t":
                 start += 1
-            line = norm.count("\n", 0, start)
+            line = scan.line_at(norm, start)
             if best is not None and line >= best:
                 break
             block = [ln for ln in match.group(0).split("\n") if ln.strip()]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from bridge.email.parse.reply.quote_headers import FROM_KEY
+from bridge.email.parse.reply.scan import LineScan
 
 _SEPARATOR = re.compile(
     r"^(?:>\s?)*[-=_*\s]{2,}\s*(?:original message|ursprüngliche nachricht|originalnachricht|"
@@ -19,18 +20,14 @@ _SEPARATOR = re.compile(
     re.IGNORECASE,
 )
 _UNDERSCORE_LINE = re.compile(r"^_{20,}$")
-# Both separator patterns need a line that starts with ">", a ruler character or a space,
-# or one that ends with ":": found at the line breaks next to them, all lines at once.
-_SEPARATOR_HINT = re.compile(r"\n(?:(?=[>\-=_*]|[^\S\n])|(?<=:\n))")
 
 
-def separator_candidate(work: list[str], norm: str) -> int | None:
+def separator_candidate(work: list[str], scan: LineScan) -> int | None:
+    # Both separator patterns need a line that starts with ">", a ruler character or a space,
+    # or one that ends with ":": the scan found the line breaks next to each of them.
     hinted = {0, len(work) - 1}  # the first and last line have a break on one side only
-    number = last = 0
-    for match in _SEPARATOR_HINT.finditer(norm):
-        number += norm.count("\n", last, match.start())
-        last = match.start()
-        hinted.update((number, number + 1))
+    for number in scan.numbers:
+        hinted.update((number - 1, number))
     for i in sorted(hinted):
         line = work[i] if 0 <= i < len(work) else ""
         if not line or not (line[0] in ">-=_*" or line[0].isspace() or line[-1] == ":"):

@@ -7,25 +7,34 @@ import bisect
 import re
 from collections.abc import Iterable, Iterator
 
-from bridge.email.parse.reply.mail_parser_reply_patterns import RULER_LINE, get_patterns
+from bridge.email.parse.reply.mail_parser_reply_patterns import (
+    RULER_LINE,
+    RULER_START,
+    get_patterns,
+)
+from bridge.email.parse.reply.scan import LineScan
 
 MAX_SIGNATURE_LINES = 20  # an administration's signature block with address and disclaimer
 
 
 def signature_start(work: list[str], end: int, norm: str | None = None,
-                    probed: list[int] | None = None) -> int | None:
+                    scan: LineScan | None = None) -> int | None:
     """Line where the sender's signature begins in work[:end] (`norm`: those lines joined,
-    if at hand, and `probed`: its `probed_line_starts`), per mail-parser-reply."""
+    if at hand, and `scan`: its `scan_lines`), per mail-parser-reply."""
     patterns = get_patterns()
     first_text = next((i for i, line in enumerate(work) if line), len(work))
     if norm is None:
         norm = "\n".join(work[:end])
-        probed = None
-    anchors = _signoff_anchors(norm, probed)
+        scan = None
+    anchors = _signoff_anchors(norm, scan)
     lines_from = max(1, first_text + 1)  # a "Sent from" line needs text above it
     candidates: Iterable[int] = range(lines_from, end)
     if anchors is not None and patterns.sent_from_probed:
-        candidates = _line_numbers(norm, anchors)
+        if scan is not None and scan.probed:
+            # (The anchors are lines of the scan then, whose numbers it has counted.)
+            candidates = map(scan.number_of, anchors)
+        else:
+            candidates = _line_numbers(norm, anchors)
     sent_from = next((i for i in candidates if lines_from <= i < end
                       and patterns.sent_from.match(work[i])), None)
     if sent_from is not None:
@@ -98,7 +107,7 @@ def _few_lines(work: list[str], start: int, end: int, most: int) -> bool:
     return True
 
 
-def _signoff_anchors(norm: str, probed: list[int] | None = None) -> list[int] | None:
+def _signoff_anchors(norm: str, scan: LineScan | None = None) -> list[int] | None:
     """Starts of the lines where a match of the signature regex can end its leading blank
     space, in order (None: the regex is not of the shape `_signature_head` knows). Every
     line that `sent_from` matches is among them too, when `sent_from_probed`.
@@ -106,20 +115,27 @@ def _signoff_anchors(norm: str, probed: list[int] | None = None) -> list[int] | 
     A match begins on such a line or in the blank space right before it: the regex's
     alternatives start with ``\\s*^`` or ``^`` (then the regex matches at the line start
     too) or are the long ruler after an empty line. The probes may pick more lines than
-    that; `_signoff_search` tries the regex itself. (`probed`: `probed_line_starts(norm)`,
-    the lines to look at instead of all.)
+    that; `_signoff_search` tries the regex itself. (`scan`: `scan_lines(norm)`, whose
+    lines are looked at instead of all; they take in every ruler line and, when
+    `scan.probed`, every line where a probe matches.)
     """
     patterns = get_patterns()
     first, lines = patterns.signature_first_line, patterns.signature_lines
     if first is None or lines is None:
         return None
-    if probed is None:
+    if scan is None or not scan.probed:
         anchors = {match.start() + 1 for match in lines.finditer(norm)}
         if first.match(norm):
             anchors.add(0)
     else:
-        anchors = {start for start in probed if first.match(norm, start)}
-    anchors.update(match.end() for match in RULER_LINE.finditer(norm))
+        anchors = {start for start in scan.starts if first.match(norm, start)}
+    if scan is None:
+        anchors.update(match.end() for match in RULER_LINE.finditer(norm))
+    else:
+        # Where RULER_LINE ends: a line after an empty one (a line start of the scan is
+        # after a "\n") that starts with a ruler (the scan takes in every line that does).
+        anchors.update(start for start in scan.starts if start >= 2 and norm[start - 2] == "\n"
+                       and RULER_START.match(norm, start))
     return sorted(anchors)
 
 

@@ -6,10 +6,10 @@ import re
 
 from bridge.email.parse.reply.attributions import attribution_candidate
 from bridge.email.parse.reply.lines import MAX_LINE
-from bridge.email.parse.reply.mail_parser_reply_patterns import probed_line_starts
 from bridge.email.parse.reply.quote_blocks import split_bottom_posted, trailing_quote_candidate
 from bridge.email.parse.reply.quote_headers import header_candidate
 from bridge.email.parse.reply.result import ReplySplit
+from bridge.email.parse.reply.scan import scan_lines
 from bridge.email.parse.reply.separators import separator_candidate
 from bridge.email.parse.reply.signatures import signature_start
 
@@ -52,10 +52,10 @@ def split_reply(text: str) -> ReplySplit:
         return bottom
 
     norm = "\n".join(work)
-    probed = probed_line_starts(norm)
-    candidates = [c for c in (header_candidate(work, norm, probed),
-                              separator_candidate(work, norm),
-                              attribution_candidate(work, norm),
+    scan = scan_lines(norm)  # the lines each strategy below looks at, in one pass
+    candidates = [c for c in (header_candidate(work, norm, scan),
+                              separator_candidate(work, scan),
+                              attribution_candidate(work, scan),
                               trailing_quote_candidate(work) if quoted else None)
                   if c is not None]
     quote_start = min(candidates) if candidates else None
@@ -72,7 +72,7 @@ def split_reply(text: str) -> ReplySplit:
         quote_start = None  # the quote is all there is (a forward, or a misdetection)
     end = quote_start if quote_start is not None else len(lines)
     whole = end == len(work)
-    sig_start = signature_start(work, end, norm if whole else None, probed if whole else None)
+    sig_start = signature_start(work, end, norm if whole else None, scan if whole else None)
 
     new_end = sig_start if sig_start is not None else end
     new_text = "\n".join(lines[:new_end]).strip("\n")
