@@ -35,7 +35,7 @@ def split_reply(text: str) -> ReplySplit:
     else:
         # (Stripped at C speed, then capped where a line is longer: rare.)
         work = list(map(str.strip, lines))
-        if len(max(work, key=len, default="")) > MAX_LINE:
+        if max(map(len, work), default=0) > MAX_LINE:
             work = [line[:MAX_LINE] for line in work]
     # Without a ">" there are no quoted lines: no bottom-posted quote, no trailing quote.
     quoted = ">" in head
@@ -75,7 +75,8 @@ def split_reply(text: str) -> ReplySplit:
     sig_start = signature_start(work, end, norm if whole else None, scan if whole else None)
 
     new_end = sig_start if sig_start is not None else end
-    new_text = "\n".join(lines[:new_end]).strip("\n")
+    # (All the lines are the text they were split from: no need to join them again.)
+    new_text = (head if new_end == len(lines) else "\n".join(lines[:new_end])).strip("\n")
     if not new_text.strip():
         return ReplySplit(text.strip("\n"), None, None)
     signature = "\n".join(lines[new_end:end]).strip("\n") or None
