@@ -132,24 +132,39 @@ _BLOCK_LINE_START = r"(?:^|\n|\n(?:> ?)*)"
 def _any_of(regexes: list[str]) -> str:
     """One regex (for re.IGNORECASE) that matches where any of these does, built so that the
     regex engine tries it fast at each line start: the quote marks they all start with are
-    taken out in front, alternatives inside them are spread out into one list, and a letter
-    at the start of an alternative is written as a case-sensitive class (the engine skips an
-    alternative by its first character only when that is a plain literal or class)."""
+    taken out in front, alternatives inside them are spread out into one list, and grouped
+    by their first letters (`_by_first_letters`)."""
     if not regexes:
         return "(?!)"
     prefix = _QUOTE_PREFIX if all(r.startswith(_QUOTE_PREFIX) for r in regexes) else ""
-    by_letter: dict[str, list[str]] = {}  # alternatives by their first letter's class
+    alternatives = [alternative for regex in regexes
+                    for alternative in spread_alternatives(regex.removeprefix(prefix))]
+    return prefix + "(?:" + _by_first_letters(alternatives, _LETTER_LEVELS) + ")"
+
+
+# How many leading letters `_any_of` groups the alternatives by: at a line start that
+# matches none of them (most lines), the engine then looks at a handful of alternatives
+# for the first letter and a handful for the second, instead of all that share the first.
+_LETTER_LEVELS = 2
+
+
+def _by_first_letters(alternatives: list[str], levels: int) -> str:
+    """The alternatives joined with "|", those that start with a letter grouped under a
+    case-sensitive class of it (the engine skips an alternative by its first character only
+    when that is a plain literal or class, not a letter under re.IGNORECASE), and within
+    each group the same again for the next letter, `levels` deep. Where a match exists
+    stays the same."""
+    by_letter: dict[str, list[str]] = {}  # the rests of the alternatives by their letter
     others: list[str] = []
-    for regex in regexes:
-        for alternative in spread_alternatives(regex.removeprefix(prefix)):
-            letter, rest = first_letter_class(alternative)
-            if letter:
-                by_letter.setdefault(letter, []).append(rest)
-            else:
-                others.append(f"(?:{alternative})")
-    branches = [f"{letter}(?:{'|'.join(dict.fromkeys(rests))})"
+    for alternative in dict.fromkeys(alternatives):
+        letter, rest = first_letter_class(alternative) if levels else (None, alternative)
+        if letter:
+            by_letter.setdefault(letter, []).append(rest)
+        else:
+            others.append(f"(?:{alternative})")
+    branches = [f"{letter}(?:{_by_first_letters(rests, levels - 1)})"
                 for letter, rests in by_letter.items()]
-    return prefix + "(?:" + "|".join(branches + list(dict.fromkeys(others))) + ")"
+    return "|".join(branches + others)
 
 
 def _header_probe(src: str) -> tuple[str, str | None] | None:
