@@ -33,7 +33,12 @@ from bridge.email.parse import parse_message, split_reply
 from bridge.email.parse.reply.attributions import _is_strong_attribution, attribution_candidate
 from bridge.email.parse.reply.lines import MAX_LINE, is_quoted
 from bridge.email.parse.reply.mail_parser_reply_patterns import RULER_LINE, get_patterns
-from bridge.email.parse.reply.quote_headers import FROM_KEY, header_matches, probe_lines
+from bridge.email.parse.reply.quote_headers import (
+    FROM_KEY,
+    header_matches,
+    probe_lines,
+    probe_lines_by_kind,
+)
 from bridge.email.parse.reply.scan import scan_lines
 from bridge.email.parse.reply.separators import (
     _SEPARATOR,
@@ -198,9 +203,15 @@ def test_quote_header_probes_find_every_match() -> None:
     for text in texts():
         norm = "\n".join(work_lines(text))
         lines = probe_lines(norm)
+        by_kind = probe_lines_by_kind(norm)
         for index, pattern in enumerate(patterns.headers):
+            expected = [m.span() for m in pattern.finditer(norm)]
             fast = [m.span() for m in header_matches(index, norm, lines)]
-            assert fast == [m.span() for m in pattern.finditer(norm)], (pattern.pattern, text)
+            assert fast == expected, (pattern.pattern, text)
+            # Only the lines of the kind of probe it has: the same.
+            own_kind = by_kind[patterns.header_probe_chars[index]]
+            fast = [m.span() for m in header_matches(index, norm, own_kind)]
+            assert fast == expected, (pattern.pattern, text)
 
 
 def plain_signature_start(work: list[str], end: int) -> int | None:

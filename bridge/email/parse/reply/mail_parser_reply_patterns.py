@@ -59,6 +59,9 @@ class _Patterns:
         # text), and a guard, a regex that finds every text where the probe is not enough.
         self.header_probes: list[re.Pattern[str] | None] = []
         self.header_guards: list[re.Pattern[str] | None] = []
+        # Per header pattern: the character every line its probe matches on holds (see
+        # `header_char_probes`), or None: its probe is among those tried on every line.
+        self.header_probe_chars: list[str | None] = []
         line_probes: list[str] = []  # tried on every line
         char_probes: dict[str, list[str]] = {}  # tried on the lines that hold the character
         for lang in _HEADER_LANGUAGES:
@@ -71,8 +74,9 @@ class _Patterns:
                     self.header_probes.append(re.compile(probe[0], flags) if probe else None)
                     self.header_guards.append(
                         re.compile(probe[1], flags) if probe and probe[1] else None)
+                    char = _probe_char(probe[0]) if probe else None
+                    self.header_probe_chars.append(char)
                     if probe:
-                        char = _probe_char(probe[0])
                         if char:
                             char_probes.setdefault(char, []).append(probe[0])
                         else:

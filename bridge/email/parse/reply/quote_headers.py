@@ -19,6 +19,15 @@ def probe_lines(norm: str, probed: list[int] | None = None) -> list[int]:
     """Starts of the lines of `norm` where some quote-header pattern's probe matches.
     (`probed`: the starts of the lines to look at instead of all, in order, among them every
     line where a probe matches: `scan.LineScan.starts`.)"""
+    return sorted(set().union(*probe_lines_by_kind(norm, probed).values()))
+
+
+def probe_lines_by_kind(norm: str, probed: list[int] | None = None) -> dict[str | None,
+                                                                             list[int]]:
+    """`probe_lines` by the kind of probe that picked them: None for the probes tried on
+    every line, a character for those tried only on the lines that hold it. A pattern's
+    probe matches only on lines of its own kind (`header_probe_chars`), so each pattern
+    need be tried only on those."""
     patterns = get_patterns()
     if probed is None:
         starts = {match.start() + 1 for match in patterns.header_lines.finditer(norm)}
@@ -26,15 +35,18 @@ def probe_lines(norm: str, probed: list[int] | None = None) -> list[int]:
             starts.add(0)
     else:
         starts = {start for start in probed if patterns.header_first_line.match(norm, start)}
+    by_kind: dict[str | None, list[int]] = {None: sorted(starts)}
     for char, probe in patterns.header_char_probes:
+        with_char = set()
         at = norm.find(char)
         while at >= 0:
             start = norm.rfind("\n", 0, at) + 1
             if probe.match(norm, start):
-                starts.add(start)
+                with_char.add(start)
             end = norm.find("\n", at)
             at = norm.find(char, end) if end >= 0 else -1
-    return sorted(starts)
+        by_kind[char] = sorted(with_char)
+    return by_kind
 
 
 def header_matches(index: int, norm: str, lines: list[int]) -> Iterator[re.Match[str]]:
@@ -72,8 +84,10 @@ def header_candidate(work: list[str], norm: str, scan: LineScan) -> int | None:
     """First line where mail-parser-reply's quote-header patterns match, after our checks.
     (`scan`: `scan_lines(norm)`.)"""
     best: int | None = None
-    lines = probe_lines(norm, scan.starts if scan.probed else None)
-    for index in range(len(get_patterns().headers)):
+    patterns = get_patterns()
+    by_kind = probe_lines_by_kind(norm, scan.starts if scan.probed else None)
+    for index in range(len(patterns.headers)):
+        lines = by_kind[patterns.header_probe_chars[index]]
         for count, match in enumerate(header_matches(index, norm, lines)):
             if count >= 20:
                 break
