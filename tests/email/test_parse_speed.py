@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 import bridge.email.parse.raw as parse_module
+import bridge.email.parse.reply.mail_parser_reply_patterns as fence
 import bridge.email.parse.reply.scan as scan_module
 from bridge.email.parse import parse_message, split_reply
 from bridge.email.parse.reply.attributions import _is_strong_attribution, attribution_candidate
@@ -39,6 +40,7 @@ from bridge.email.parse.reply.quote_headers import (
     probe_lines,
     probe_lines_by_kind,
 )
+from bridge.email.parse.reply.regex_source import unroll_first_atom
 from bridge.email.parse.reply.scan import scan_lines
 from bridge.email.parse.reply.separators import (
     _SEPARATOR,
@@ -309,6 +311,40 @@ def test_the_one_scan_finds_what_each_strategy_finds_alone() -> None:
             assert scan.line_at(norm, pos) == norm.count("\n", 0, pos)
         rulers = [m.end() for m in RULER_LINE.finditer(norm)]
         assert set(rulers) <= set(scan.starts), text
+
+
+def test_probes_grouped_into_one_regex_match_where_one_of_them_does() -> None:
+    patterns = get_patterns()
+    head = fence._signature_head(patterns.signature.pattern)
+    assert head is not None
+    regexes = [probe.pattern for probe in patterns.header_probes if probe is not None]
+    regexes += head[1]
+    flags = re.MULTILINE | re.IGNORECASE
+    grouped = re.compile(fence._any_of(regexes), flags)
+    alone = [re.compile(regex, flags) for regex in regexes]
+    for text in scan_texts():
+        norm = "\n".join(work_lines(text))
+        for start in [0, *(m.end() for m in re.finditer("\n", norm))]:
+            assert bool(grouped.match(norm, start)) == \
+                any(regex.match(norm, start) for regex in alone), norm[start:start + 80]
+
+
+UNROLL_CASES = [r"[0-9]+\s+x", r"\d{2}年", r"[* ]*(?:보낸|제목):", r"[-_]{2}\n", "a*", "a?b",
+                "a{2,5}?b", "a{,3}b", "a{3,}b", r"\s*^x", "x{0}y", "(?:ab)+c", "a++b",
+                r"[ab]{1,2}?c", r"\-+:", "b*a*:"]
+
+
+def test_a_regex_unrolled_matches_where_it_does() -> None:
+    rnd = random.Random(11)
+    flags = re.MULTILINE | re.IGNORECASE
+    for src in UNROLL_CASES:
+        whole = re.compile(src, flags)
+        unrolled = [re.compile(part, flags) for part in unroll_first_atom(src)]
+        for _ in range(1500):
+            text = "".join(rnd.choice("abAB0x1 *_-\n年보낸제목:") for _ in range(rnd.randint(0, 7)))
+            for pos in range(len(text) + 1):
+                assert bool(whole.match(text, pos)) == \
+                    any(part.match(text, pos) for part in unrolled), (src, text, pos)
 
 
 def test_without_the_probes_in_the_scan_replies_split_the_same(

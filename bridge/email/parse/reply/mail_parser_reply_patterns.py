@@ -17,13 +17,14 @@ import re
 from mailparser_reply.constants import MAIL_LANGUAGES
 
 from bridge.email.parse.reply.regex_source import (
-    first_letter_class,
+    first_letter_chars,
     group_end,
     min_repeat,
     regex_alternatives,
     regex_atoms,
     spread_alternatives,
     stays_on_line,
+    unroll_first_atom,
 )
 
 # Languages whose quote headers we look for (mail-parser-reply's patterns). Polish is left out
@@ -150,25 +151,37 @@ def _any_of(regexes: list[str]) -> str:
 # matches none of them (most lines), the engine then looks at a handful of alternatives
 # for the first letter and a handful for the second, instead of all that share the first.
 _LETTER_LEVELS = 2
+# Above this many first letters, they are split in two halves, each behind a lookahead for
+# its letters: most lines are then turned away by two checks and half the letters.
+_LETTERS_IN_ONE = 8
 
 
 def _by_first_letters(alternatives: list[str], levels: int) -> str:
     """The alternatives joined with "|", those that start with a letter grouped under a
     case-sensitive class of it (the engine skips an alternative by its first character only
     when that is a plain literal or class, not a letter under re.IGNORECASE), and within
-    each group the same again for the next letter, `levels` deep. Where a match exists
-    stays the same."""
-    by_letter: dict[str, list[str]] = {}  # the rests of the alternatives by their letter
-    others: list[str] = []
-    for alternative in dict.fromkeys(alternatives):
-        letter, rest = first_letter_class(alternative) if levels else (None, alternative)
-        if letter:
-            by_letter.setdefault(letter, []).append(rest)
+    each group the same again for the next letter, `levels` deep. An alternative that starts
+    with a quantified character is unrolled so that it starts with the character alone.
+    Where a match exists stays the same."""
+    by_letter: dict[str, list[str]] = {}  # the rests of the alternatives by the characters
+    others: list[str] = []                # their first letter matches
+    spread_out = (spread for alternative in dict.fromkeys(alternatives)
+                  for unrolled in unroll_first_atom(alternative)
+                  for spread in spread_alternatives(unrolled))
+    for alternative in dict.fromkeys(spread_out):
+        chars, rest = first_letter_chars(alternative) if levels else (None, alternative)
+        if chars:
+            by_letter.setdefault(chars, []).append(rest)
         else:
             others.append(f"(?:{alternative})")
-    branches = [f"{letter}(?:{_by_first_letters(rests, levels - 1)})"
-                for letter, rests in by_letter.items()]
-    return "|".join(branches + others)
+    branches = {chars: f"(?-i:[{chars}])(?:{_by_first_letters(rests, levels - 1)})"
+                for chars, rests in by_letter.items()}
+    if levels == _LETTER_LEVELS and len(branches) > _LETTERS_IN_ONE:
+        letters = list(branches)
+        halves = [f"(?=(?-i:[{''.join(half)}]))(?:{'|'.join(branches[c] for c in half)})"
+                  for half in (letters[::2], letters[1::2])]
+        return "|".join(halves + others)
+    return "|".join([*branches.values(), *others])
 
 
 def _header_probe(src: str) -> tuple[str, str | None] | None:

@@ -137,18 +137,57 @@ def spread_alternatives(src: str, depth: int = 0) -> list[str]:
     return [x for alt in alternatives for x in spread_alternatives(alt + rest, depth + 1)]
 
 
+_BOUNDS = re.compile(r"\{(\d*)(,?)(\d*)\}")
+_ONE_CHARACTER = re.compile(r"\[.*\]|\\[dDsSwW]|\\[^\w\s]|[^\\.^$|()\[\]{}*+?]", re.DOTALL)
+
+
+def unroll_first_atom(src: str, depth: int = 0) -> list[str]:
+    """Regexes that together match where `src` does (not necessarily as far), each starting
+    with an atom of one character without a quantifier where `src` starts with a quantified
+    one: "x{2}y" becomes "xx{1}y", "x*y" becomes "xx*y" and "y". (The regex engine skips an
+    alternative by its first character only when that is a plain literal or class.)"""
+    atoms = regex_atoms(src)
+    if not atoms or depth > 3:
+        return [src]
+    atom, quantifier = atoms[0]
+    lazy = "?" if len(quantifier) > 1 and quantifier.endswith("?") else ""
+    base = quantifier.removesuffix(lazy)
+    if base == "*":
+        low, high = 0, ""
+    elif base == "+":
+        low, high = 1, ""
+    elif base == "?":
+        low, high = 0, "1"
+    else:
+        bounds = _BOUNDS.fullmatch(base)
+        if bounds is None:  # no quantifier, or a possessive one
+            return [src]
+        low = int(bounds.group(1) or 0)
+        high = bounds.group(3) if bounds.group(2) else bounds.group(1)
+    if not _ONE_CHARACTER.fullmatch(atom) or (high and int(high) < max(low, 1)):
+        return [src]
+    rest = "".join(a + q for a, q in atoms[1:])
+    # The atom once, then what the quantifier allows after it.
+    more = f"{{{max(low - 1, 0)},{int(high) - 1 if high else ''}}}{lazy}"
+    unrolled = [atom + (atom + more if more not in ("{0,0}", "{0,0}?") else "") + rest]
+    if low == 0:  # or without the atom at all
+        unrolled += unroll_first_atom(rest, depth + 1) if rest else [""]
+    return unrolled
+
+
 # The characters that an ASCII letter matches under re.IGNORECASE are ASCII letters and
 # these four (the re module's documentation names them).
 _CASE_CANDIDATES = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\u0130\u0131\u017f\u212a"
 
 
-def first_letter_class(src: str) -> tuple[str | None, str]:
-    """(case-sensitive class for the letter `src` starts with, the rest), or (None, src)."""
+def first_letter_chars(src: str) -> tuple[str | None, str]:
+    """(the characters that the letter `src` starts with matches under re.IGNORECASE, the
+    rest), or (None, src)."""
     atoms = regex_atoms(src)
     if not atoms or atoms[0][1] or not re.fullmatch(r"[A-Za-z]|\[[A-Za-z]+\]", atoms[0][0]):
         return None, src
     chars = "".join(c for c in _CASE_CANDIDATES if re.fullmatch(atoms[0][0], c, re.IGNORECASE))
-    return f"(?-i:[{chars}])", "".join(a + q for a, q in atoms[1:])
+    return chars, "".join(a + q for a, q in atoms[1:])
 
 
 def stays_on_line(src: str) -> bool:
