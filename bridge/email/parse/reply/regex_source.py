@@ -144,8 +144,8 @@ _ONE_CHARACTER = re.compile(r"\[.*\]|\\[dDsSwW]|\\[^\w\s]|[^\\.^$|()\[\]{}*+?]",
 def unroll_first_atom(src: str, depth: int = 0) -> list[str]:
     """Regexes that together match where `src` does (not necessarily as far), each starting
     with an atom of one character without a quantifier where `src` starts with a quantified
-    one: "x{2}y" becomes "xx{1}y", "x*y" becomes "xx*y" and "y". (The regex engine skips an
-    alternative by its first character only when that is a plain literal or class.)"""
+    one: "x{2}y" becomes "xx{1,1}y", "x*y" becomes "xx{0,}y" and "y". (The regex engine
+    skips an alternative by its first character only when that is a plain literal or class.)"""
     atoms = regex_atoms(src)
     if not atoms or depth > 3:
         return [src]
@@ -167,9 +167,9 @@ def unroll_first_atom(src: str, depth: int = 0) -> list[str]:
     if not _ONE_CHARACTER.fullmatch(atom) or (high and int(high) < max(low, 1)):
         return [src]
     rest = "".join(a + q for a, q in atoms[1:])
-    # The atom once, then what the quantifier allows after it.
-    more = f"{{{max(low - 1, 0)},{int(high) - 1 if high else ''}}}{lazy}"
-    unrolled = [atom + (atom + more if more not in ("{0,0}", "{0,0}?") else "") + rest]
+    # The atom once, then as often again as the quantifier allows after that.
+    again = "" if high == "1" else f"{atom}{{{max(low - 1, 0)},{int(high) - 1 if high else ''}}}"
+    unrolled = [atom + again + (lazy if again else "") + rest]
     if low == 0:  # or without the atom at all
         unrolled += unroll_first_atom(rest, depth + 1) if rest else [""]
     return unrolled

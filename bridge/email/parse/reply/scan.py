@@ -60,6 +60,7 @@ def _get_scanner() -> tuple[re.Pattern[str], bool]:
         patterns = get_patterns()
         probes = patterns.any_probes
         after = _STARTS_LIKE_QUOTE_OR_RULER + (f"|(?:{probes})" if probes is not None else "")
+        # (The flags that the probes are written for; they leave the rest alone.)
         _scanner = (re.compile(rf"\n(?:{_ENDS_LIKE_ATTRIBUTION}|(?={after}))",
                                re.MULTILINE | re.IGNORECASE), probes is not None)
     return _scanner
