@@ -38,6 +38,7 @@ from bridge.core.origin import (
 )
 from bridge.db import queues, store
 from bridge.db.engine import Database
+from bridge.db.portal_cache import PortalCache
 from bridge.db.queues import Delivery, InboxEntry, NewDelivery
 from bridge.people import changes as people_changes
 from bridge.people.double_puppet import DoublePuppets, People, on_change
@@ -144,6 +145,8 @@ class Hub:
     def __init__(self, config: Config, db: Database, connectors: list[Connector]) -> None:
         self.config = config
         self.db = db
+        # The rooms' portals and links, as routing and every relay delivery ask for them.
+        self.portals = PortalCache(db)
         self.connectors: dict[str, Connector] = {c.network: c for c in connectors}
         self.bot_mxid = config.bot_mxid
         self.prefix = config.bridge.command_prefix
@@ -199,7 +202,8 @@ class Hub:
     ) -> tuple[list[NewDelivery], list[tuple[InboxEntry, str]]]:
         """Route a batch of events in order; returns the deliveries and the events that
         could not be handled (with why), which are recorded and skipped."""
-        portals, links = await store.portals_and_links(session, {e.room_id for e in batch})
+        portals, links = await self.portals.portals_and_links({e.room_id for e in batch},
+                                                              session)
         deliveries: list[NewDelivery] = []
         failed: list[tuple[InboxEntry, str]] = []
         for entry in batch:
@@ -421,8 +425,7 @@ class Hub:
         link_id = delivery.payload.get("link_id")
         link = None
         if isinstance(link_id, int):
-            async with self.db.reading() as connection:
-                link = await store.link_in_room(connection, delivery.room_id, link_id)
+            link = await self.portals.link_in_room(delivery.room_id, link_id)
         return await connector.deliver(self, delivery, link)
 
     async def on_delivery_failed(self, delivery: Delivery, error: str, hint: str | None) -> None:

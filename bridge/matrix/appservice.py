@@ -303,8 +303,7 @@ class AppserviceServer:
                                                  or hub.network_of(sender) is not None)}
         if not candidates:
             return events
-        async with self.bridge.db.reading() as connection:
-            _, links = await store.portals_and_links(connection, candidates)
+        _, links = await hub.portals.portals_and_links(candidates)
         kept = [e for e in events if e["room_id"] not in candidates
                 or not hub.needs_nothing(e, links)]
         if len(kept) < len(events):
@@ -324,7 +323,7 @@ class AppserviceServer:
         rooms = {event["room_id"] for event in events}
         if not rooms:
             return events
-        portals = await store.existing_portals(session, rooms)
+        portals, _ = await self.bridge.hub.portals.portals_and_links(rooms, session)
         if len(portals) == len(rooms):
             return events
         hub = self.bridge.hub
