@@ -269,9 +269,11 @@ class SlackToMatrix:
             return None  # our own post: it came from Matrix
         space = space_of(ws.team_id, channel)
         async with self.hub.db.reading() as connection:
-            if await store.mappings_for_remote(connection, NETWORK, space, ts):
-                return None  # already in the room (posted from Matrix, or bridged before)
-            origin = await self._origin(connection, space)
+            mapped, link_id = await slack_store.arrival(connection, space, ts)
+        if mapped:
+            return None  # already in the room (posted from Matrix, or bridged before)
+        # The link it comes through, for the origin marker (see _origin).
+        origin = Origin(network=NETWORK, link_id=link_id) if link_id is not None else None
         if message.get("user") and message.get("subtype") != "bot_message":
             sender = await self.puppet(ws, str(message["user"]))
         else:

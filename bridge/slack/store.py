@@ -7,11 +7,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Integer, String, Table, bindparam, func, or_, select, update
+from sqlalchemy import Integer, String, Table, bindparam, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.db.models import InboundKey, Link, MessageMapping
-from bridge.db.queues import insert_ignoring_conflicts
+from bridge.db.queues import dialect_name, insert_ignoring_conflicts
 from bridge.slack.models import SlackChannel
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ def canonical_ts(ts: str) -> str:
 
 
 _CHANNEL = cast(Table, SlackChannel.__table__)
+_INBOUND_KEY = cast(Table, InboundKey.__table__)
 _TS: Any = bindparam("new_ts", type_=String)
 _TS_LENGTH: Any = bindparam("ts_length", type_=Integer)
 # Built once, on the table: run for every bridged message. Moves the cursor forward only;
@@ -67,6 +68,26 @@ async def advance_cursor(session: AsyncSession, team_id: str, channel_id: str, t
             "updated_at": now})
 
 
+_CLAIM_KEYS: dict[str, Any] = {}
+
+
+async def claim_event_keys(session: AsyncSession, keys: list[str]) -> set[str]:
+    """Claim the natural keys of a batch of Slack events (``store.claim_inbound_key`` for
+    many, in one statement instead of one per event); returns those seen for the first
+    time."""
+    if not keys:
+        return set()
+    dialect = dialect_name(session)
+    claim = _CLAIM_KEYS.get(dialect)
+    if claim is None:  # built once per dialect, as insert_ignoring_conflicts is
+        claim = _CLAIM_KEYS[dialect] = insert_ignoring_conflicts(
+            session, InboundKey).returning(_INBOUND_KEY.c.key)
+    now = time.time()
+    rows = await session.execute(claim, [{"network": "slack", "key": key, "received_at": now}
+                                         for key in keys])
+    return set(rows.scalars())
+
+
 _LINKED_CHANNELS = select(Link.remote_id, Link.room_id).where(Link.network == "slack")
 # Built once (asked for every batch of Slack events): a statement built per call is keyed
 # for SQLAlchemy's statement cache afresh each time, which costs more than running it.
@@ -85,6 +106,27 @@ async def linked_channels(session: Reader,
         rows = await session.execute(_LINKED_CHANNELS_ASKED,
                                      {"remote_ids": sorted(remote_ids)})
     return {row.remote_id: row.room_id for row in rows}
+
+
+_LINK = cast(Table, Link.__table__)
+_MAPPING = cast(Table, MessageMapping.__table__)
+# Asked for every new Slack message before it goes to the room: is it there already, and
+# through which link (its origin marker) does it come? One round trip instead of two: each
+# statement costs far more in SQLAlchemy and the driver than in the database.
+_ARRIVAL = select(
+    select(_LINK.c.id).where(_LINK.c.network == "slack",
+                             _LINK.c.remote_id == bindparam("space"))
+    .scalar_subquery().label("link_id"),
+    exists().where(_MAPPING.c.network == "slack", _MAPPING.c.remote_space == bindparam("space"),
+                   _MAPPING.c.remote_id == bindparam("ts")).label("mapped"),
+)
+
+
+async def arrival(session: Reader, space: str, ts: str) -> tuple[bool, int | None]:
+    """For the message ``ts`` of the channel ``space`` ("T…:C…"): whether the room has it
+    already (mapped either way), and the ID of the channel's link (None: not linked)."""
+    row = (await session.execute(_ARRIVAL, {"space": space, "ts": ts})).one()
+    return bool(row.mapped), row.link_id
 
 
 # The state of a linked channel in Slack that stops the bridge from posting there, kept in the
