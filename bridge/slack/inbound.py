@@ -314,7 +314,7 @@ class SlackToMatrix:
         team_id = ws.team_id
 
         async def advance(session: AsyncSession) -> None:
-            await slack_store.advance_cursor(session, team_id, channel, ts)
+            slack_store.note_cursor(session, team_id, channel, ts)
 
         await self.hub.post_parts(network=NETWORK, room_id=room_id, parts=parts, also=advance,
                                   dedup_key=f"posted:{message_key(team_id, channel, ts)}",

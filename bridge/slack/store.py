@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Integer, String, Table, bindparam, exists, func, or_, select, update
+from sqlalchemy import (
+    Integer,
+    String,
+    Table,
+    bindparam,
+    event,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from bridge.db.models import InboundKey, Link, MessageMapping
 from bridge.db.queues import dialect_name, insert_ignoring_conflicts
@@ -52,6 +65,52 @@ _ADVANCE = update(_CHANNEL).where(
     or_(func.length(_CHANNEL.c.last_ts) < _TS_LENGTH,
         (func.length(_CHANNEL.c.last_ts) == _TS_LENGTH) & (_CHANNEL.c.last_ts < _TS)),
 ).values(last_ts=_TS, updated_at=bindparam("now"))
+
+
+_PENDING_CURSORS = "slack_cursors_pending"
+_ADVANCE_MANY: dict[str, Any] = {}
+
+
+def note_cursor(session: AsyncSession, team_id: str, channel_id: str, ts: str) -> None:
+    """:func:`advance_cursor`, written when the transaction commits: the outbox records the
+    successes of several channels' messages in one transaction, and their cursors then move
+    in one statement instead of one each."""
+    canonical = canonical_ts(ts)
+    pending: dict[tuple[str, str], str] = session.info.setdefault(_PENDING_CURSORS, {})
+    noted = pending.get((team_id, channel_id))
+    if noted is None or (len(noted), noted) < (len(canonical), canonical):
+        pending[(team_id, channel_id)] = canonical
+
+
+def _advance_many(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT DO UPDATE that moves each cursor forward only (as _ADVANCE
+    does), or creates it; built once per dialect."""
+    statement = _ADVANCE_MANY.get(dialect)
+    if statement is None:
+        # Imported here, as in insert_ignoring_conflicts: no PostgreSQL dialect on SQLite.
+        module = "postgresql" if dialect == "postgresql" else "sqlite"
+        new = importlib.import_module(f"sqlalchemy.dialects.{module}").insert(_CHANNEL)
+        now, then = new.excluded.last_ts, _CHANNEL.c.last_ts
+        statement = _ADVANCE_MANY[dialect] = new.on_conflict_do_update(
+            index_elements=[_CHANNEL.c.team_id, _CHANNEL.c.channel_id],
+            set_={"last_ts": now, "updated_at": new.excluded.updated_at},
+            where=or_(func.length(then) < func.length(now),
+                      (func.length(then) == func.length(now)) & (then < now)))
+    return statement
+
+
+@event.listens_for(Session, "before_commit")
+def _write_noted_cursors(session: Session) -> None:
+    # Runs inside the commit of an AsyncSession too (in its greenlet), so it may execute.
+    pending: dict[tuple[str, str], str] | None = session.info.pop(_PENDING_CURSORS, None)
+    if not pending:
+        return
+    bind = session.get_bind()
+    now = time.time()
+    # In key order: two transactions touching the same rows lock them alike.
+    session.execute(_advance_many(bind.dialect.name), [
+        {"team_id": team, "channel_id": channel, "last_ts": ts, "updated_at": now}
+        for (team, channel), ts in sorted(pending.items())])
 
 
 async def advance_cursor(session: AsyncSession, team_id: str, channel_id: str, ts: str) -> None:
