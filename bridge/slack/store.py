@@ -144,7 +144,7 @@ async def claim_event_keys(session: AsyncSession, keys: list[str]) -> set[str]:
     now = time.time()
     rows = await session.execute(claim, [{"network": "slack", "key": key, "received_at": now}
                                          for key in keys])
-    return set(rows.scalars())
+    return {row[0] for row in rows}  # (scalars() builds a reduced result type per call)
 
 
 _LINKED_CHANNELS = select(Link.remote_id, Link.room_id).where(Link.network == "slack")

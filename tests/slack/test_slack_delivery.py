@@ -305,6 +305,19 @@ async def test_events_api_refuses_bad_and_stale_signatures_and_answers_url_verif
     assert not [e for e in events if "gefälscht" in e["content"].get("body", "").lower()]
 
 
+async def test_events_api_refuses_a_signed_body_that_is_not_a_json_object(
+        http_bridge: SlackBridge, admin: MatrixTestClient, http_team: Any) -> None:
+    sim = http_bridge.sim
+    room = await linked_room(http_bridge, admin)
+    for body, error in [(b"not json {", "body is not JSON"),
+                        ("{\"text\": \"Gr\u00fc\u00dfe\"".encode(), "body is not JSON"),
+                        (b'["event_callback"]', "body is not a JSON object")]:
+        answer = await sim.post_raw_event(http_team, body)
+        assert (answer.status, json.loads(answer.body)) == (400, {"error": error})
+    # Nothing was taken in; the next event is.
+    await marker_from_slack(sim, http_team, admin, room, "Danach")
+
+
 async def test_events_api_retries_are_posted_once(
         http_bridge: SlackBridge, admin: MatrixTestClient, http_team: Any,
         database_url: str) -> None:
