@@ -14,7 +14,9 @@ import time
 from collections import Counter
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from bridge.db import activity as activity_store
 
@@ -59,16 +61,30 @@ async def flush_noted(session: AsyncSession) -> None:
     """Write what :func:`note_message` counted in this transaction."""
     pending: Counter[tuple[str, str, str, str]] | None = session.info.pop(_PENDING, None)
     if pending:
-        await activity_store.add_many(session, [
-            {"room_id": room, "day": day, "side": side, "person": person, "messages": n}
+        await activity_store.add_many(session, _rows(pending))
+
+
+def _rows(pending: Counter[tuple[str, str, str, str]]) -> list[dict[str, Any]]:
+    return [{"room_id": room, "day": day, "side": side, "person": person, "messages": n}
             # In key order: two transactions touching the same rows lock them alike.
-            for (room, day, side, person), n in sorted(pending.items())])
+            for (room, day, side, person), n in sorted(pending.items())]
 
 
 async def count_message(session: AsyncSession, *, room_id: str, side: str, user_id: str,
                         timestamp_ms: Any = None) -> None:
     """Count one message in the caller's transaction, on the day it was written (the
-    event's or remote message's own time when given: imported history counts on its day)."""
-    seconds = timestamp_ms / 1000 if isinstance(timestamp_ms, int | float) else time.time()
-    await activity_store.add_messages(session, room_id=room_id, day=utc_day(seconds),
-                                      side=side, person=pseudonym(user_id))
+    event's or remote message's own time when given: imported history counts on its day).
+
+    Written when the transaction commits, with whatever else it counted: the outbox records
+    the successes of several remote messages (each counted here) in one transaction."""
+    note_message(session, room_id=room_id, side=side, user_id=user_id,
+                 timestamp_ms=timestamp_ms)
+
+
+@event.listens_for(Session, "before_commit")
+def _write_noted(session: Session) -> None:
+    # Runs inside the commit of an AsyncSession too (in its greenlet), so it may execute;
+    # what flush_noted wrote already is gone from the session's info.
+    pending: Counter[tuple[str, str, str, str]] | None = session.info.pop(_PENDING, None)
+    if pending:
+        activity_store.add_many_now(session, _rows(pending))

@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from bridge.db.models import Activity, Link, Portal
 from bridge.db.queues import dialect_name
@@ -36,18 +37,16 @@ def _add_statement(dialect: str) -> Any:
     return statement
 
 
-async def add_messages(session: AsyncSession, *, room_id: str, day: str, side: str,
-                       person: str, messages: int = 1) -> None:
-    """Count ``messages`` more for the person on that side of the room that day."""
-    await session.execute(_add_statement(dialect_name(session)), {
-        "room_id": room_id, "day": day, "side": side, "person": person,
-        "messages": messages})
-
-
 async def add_many(session: AsyncSession, counts: list[dict[str, Any]]) -> None:
-    """:func:`add_messages` for several rows (``room_id``, ``day``, ``side``, ``person``,
-    ``messages``) in one statement."""
+    """Count ``messages`` more for each row's person (``room_id``, ``day``, ``side``,
+    ``person``, ``messages``) on that side of the room that day, in one statement."""
     await session.execute(_add_statement(dialect_name(session)), counts)
+
+
+def add_many_now(session: Session, counts: list[dict[str, Any]]) -> None:
+    """:func:`add_many` on the synchronous session under an AsyncSession, for a hook that
+    runs inside its commit (bridge.core.activity)."""
+    session.execute(_add_statement(session.get_bind().dialect.name), counts)
 
 
 @dataclass(slots=True)

@@ -456,8 +456,12 @@ class SlackConnector(Connector):
         held = False
 
         async def write(session: AsyncSession) -> None:
-            fresh = [item for key, item in items
-                     if await store.claim_inbound_key(session, NETWORK, key)]
+            unseen = await slack_store.claim_event_keys(session, [key for key, _ in items])
+            fresh = []
+            for key, item in items:
+                if key in unseen:
+                    unseen.discard(key)  # a repeat within the batch is a repeat all the same
+                    fresh.append(item)
             if held:
                 # Other processes receive this workspace's events too: into the channel's
                 # lane in ts order, once none of them can still be storing an earlier one.

@@ -269,9 +269,11 @@ class SlackToMatrix:
             return None  # our own post: it came from Matrix
         space = space_of(ws.team_id, channel)
         async with self.hub.db.reading() as connection:
-            if await store.mappings_for_remote(connection, NETWORK, space, ts):
-                return None  # already in the room (posted from Matrix, or bridged before)
-            origin = await self._origin(connection, space)
+            mapped, link_id = await slack_store.arrival(connection, space, ts)
+        if mapped:
+            return None  # already in the room (posted from Matrix, or bridged before)
+        # The link it comes through, for the origin marker (see _origin).
+        origin = Origin(network=NETWORK, link_id=link_id) if link_id is not None else None
         if message.get("user") and message.get("subtype") != "bot_message":
             sender = await self.puppet(ws, str(message["user"]))
         else:
@@ -312,7 +314,7 @@ class SlackToMatrix:
         team_id = ws.team_id
 
         async def advance(session: AsyncSession) -> None:
-            await slack_store.advance_cursor(session, team_id, channel, ts)
+            slack_store.note_cursor(session, team_id, channel, ts)
 
         await self.hub.post_parts(network=NETWORK, room_id=room_id, parts=parts, also=advance,
                                   dedup_key=f"posted:{message_key(team_id, channel, ts)}",

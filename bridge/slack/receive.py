@@ -395,7 +395,7 @@ class EventsApiServer:
                         "signature from %s", request.remote)
             return web.json_response({"error": "invalid signature"}, status=401)
         try:
-            payload = json.loads(body)
+            payload = json_codec.loads(body)  # as Socket Mode's frames (_SocketModeClient)
         except ValueError:
             return web.json_response({"error": "body is not JSON"}, status=400)
         if not isinstance(payload, dict):

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Integer, String, Table, bindparam, func, or_, select, update
+from sqlalchemy import (
+    Integer,
+    String,
+    Table,
+    bindparam,
+    event,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from bridge.db.models import InboundKey, Link, MessageMapping
-from bridge.db.queues import insert_ignoring_conflicts
+from bridge.db.queues import dialect_name, insert_ignoring_conflicts
 from bridge.slack.models import SlackChannel
 
 if TYPE_CHECKING:
@@ -41,6 +54,7 @@ def canonical_ts(ts: str) -> str:
 
 
 _CHANNEL = cast(Table, SlackChannel.__table__)
+_INBOUND_KEY = cast(Table, InboundKey.__table__)
 _TS: Any = bindparam("new_ts", type_=String)
 _TS_LENGTH: Any = bindparam("ts_length", type_=Integer)
 # Built once, on the table: run for every bridged message. Moves the cursor forward only;
@@ -51,6 +65,52 @@ _ADVANCE = update(_CHANNEL).where(
     or_(func.length(_CHANNEL.c.last_ts) < _TS_LENGTH,
         (func.length(_CHANNEL.c.last_ts) == _TS_LENGTH) & (_CHANNEL.c.last_ts < _TS)),
 ).values(last_ts=_TS, updated_at=bindparam("now"))
+
+
+_PENDING_CURSORS = "slack_cursors_pending"
+_ADVANCE_MANY: dict[str, Any] = {}
+
+
+def note_cursor(session: AsyncSession, team_id: str, channel_id: str, ts: str) -> None:
+    """:func:`advance_cursor`, written when the transaction commits: the outbox records the
+    successes of several channels' messages in one transaction, and their cursors then move
+    in one statement instead of one each."""
+    canonical = canonical_ts(ts)
+    pending: dict[tuple[str, str], str] = session.info.setdefault(_PENDING_CURSORS, {})
+    noted = pending.get((team_id, channel_id))
+    if noted is None or (len(noted), noted) < (len(canonical), canonical):
+        pending[(team_id, channel_id)] = canonical
+
+
+def _advance_many(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT DO UPDATE that moves each cursor forward only (as _ADVANCE
+    does), or creates it; built once per dialect."""
+    statement = _ADVANCE_MANY.get(dialect)
+    if statement is None:
+        # Imported here, as in insert_ignoring_conflicts: no PostgreSQL dialect on SQLite.
+        module = "postgresql" if dialect == "postgresql" else "sqlite"
+        new = importlib.import_module(f"sqlalchemy.dialects.{module}").insert(_CHANNEL)
+        now, then = new.excluded.last_ts, _CHANNEL.c.last_ts
+        statement = _ADVANCE_MANY[dialect] = new.on_conflict_do_update(
+            index_elements=[_CHANNEL.c.team_id, _CHANNEL.c.channel_id],
+            set_={"last_ts": now, "updated_at": new.excluded.updated_at},
+            where=or_(func.length(then) < func.length(now),
+                      (func.length(then) == func.length(now)) & (then < now)))
+    return statement
+
+
+@event.listens_for(Session, "before_commit")
+def _write_noted_cursors(session: Session) -> None:
+    # Runs inside the commit of an AsyncSession too (in its greenlet), so it may execute.
+    pending: dict[tuple[str, str], str] | None = session.info.pop(_PENDING_CURSORS, None)
+    if not pending:
+        return
+    bind = session.get_bind()
+    now = time.time()
+    # In key order: two transactions touching the same rows lock them alike.
+    session.execute(_advance_many(bind.dialect.name), [
+        {"team_id": team, "channel_id": channel, "last_ts": ts, "updated_at": now}
+        for (team, channel), ts in sorted(pending.items())])
 
 
 async def advance_cursor(session: AsyncSession, team_id: str, channel_id: str, ts: str) -> None:
@@ -65,6 +125,26 @@ async def advance_cursor(session: AsyncSession, team_id: str, channel_id: str, t
         await session.execute(insert_ignoring_conflicts(session, SlackChannel), {
             "team_id": team_id, "channel_id": channel_id, "last_ts": canonical,
             "updated_at": now})
+
+
+_CLAIM_KEYS: dict[str, Any] = {}
+
+
+async def claim_event_keys(session: AsyncSession, keys: list[str]) -> set[str]:
+    """Claim the natural keys of a batch of Slack events (``store.claim_inbound_key`` for
+    many, in one statement instead of one per event); returns those seen for the first
+    time."""
+    if not keys:
+        return set()
+    dialect = dialect_name(session)
+    claim = _CLAIM_KEYS.get(dialect)
+    if claim is None:  # built once per dialect, as insert_ignoring_conflicts is
+        claim = _CLAIM_KEYS[dialect] = insert_ignoring_conflicts(
+            session, InboundKey).returning(_INBOUND_KEY.c.key)
+    now = time.time()
+    rows = await session.execute(claim, [{"network": "slack", "key": key, "received_at": now}
+                                         for key in keys])
+    return {row[0] for row in rows}  # (scalars() builds a reduced result type per call)
 
 
 _LINKED_CHANNELS = select(Link.remote_id, Link.room_id).where(Link.network == "slack")
@@ -85,6 +165,27 @@ async def linked_channels(session: Reader,
         rows = await session.execute(_LINKED_CHANNELS_ASKED,
                                      {"remote_ids": sorted(remote_ids)})
     return {row.remote_id: row.room_id for row in rows}
+
+
+_LINK = cast(Table, Link.__table__)
+_MAPPING = cast(Table, MessageMapping.__table__)
+# Asked for every new Slack message before it goes to the room: is it there already, and
+# through which link (its origin marker) does it come? One round trip instead of two: each
+# statement costs far more in SQLAlchemy and the driver than in the database.
+_ARRIVAL = select(
+    select(_LINK.c.id).where(_LINK.c.network == "slack",
+                             _LINK.c.remote_id == bindparam("space"))
+    .scalar_subquery().label("link_id"),
+    exists().where(_MAPPING.c.network == "slack", _MAPPING.c.remote_space == bindparam("space"),
+                   _MAPPING.c.remote_id == bindparam("ts")).label("mapped"),
+)
+
+
+async def arrival(session: Reader, space: str, ts: str) -> tuple[bool, int | None]:
+    """For the message ``ts`` of the channel ``space`` ("T…:C…"): whether the room has it
+    already (mapped either way), and the ID of the channel's link (None: not linked)."""
+    row = (await session.execute(_ARRIVAL, {"space": space, "ts": ts})).one()
+    return bool(row.mapped), row.link_id
 
 
 # The state of a linked channel in Slack that stops the bridge from posting there, kept in the

@@ -186,6 +186,26 @@ async def test_counting_adds_up_in_one_row_per_person_and_day(db: Database) -> N
     assert len(row.person) == 32
 
 
+async def test_messages_counted_in_one_transaction_are_all_counted(db: Database) -> None:
+    """The outbox records several remote messages' successes in one transaction: each is
+    counted once, on its own day and room, and only if the transaction commits."""
+    async with db.transaction() as session:
+        for room_id, user_id, day in [(BAUAMT, CARL, "2026-12-05"), (BAUAMT, CARL, "2026-12-05"),
+                                      (SCHULE, CARL, "2026-12-05"), (BAUAMT, CARL, "2026-12-04")]:
+            await activity.count_message(session, room_id=room_id, side="slack",
+                                         user_id=user_id, timestamp_ms=ms(day))
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as session:
+            await activity.count_message(session, room_id=BAUAMT, side="slack",
+                                         user_id=CARL, timestamp_ms=ms("2026-12-05"))
+            raise RuntimeError("the delivery's success was not recorded")
+    async with db.sessions() as session:
+        rows = (await session.execute(Activity.__table__.select())).all()
+    assert sorted((r.room_id, r.day, r.side, r.messages) for r in rows) == [
+        (BAUAMT, "2026-12-04", "slack", 1), (BAUAMT, "2026-12-05", "slack", 2),
+        (SCHULE, "2026-12-05", "slack", 1)]
+
+
 def test_what_counts_as_a_message() -> None:
     assert activity.is_new_message("m.room.message", {"msgtype": "m.text", "body": "hi"})
     assert activity.is_new_message("m.room.message", {

@@ -121,6 +121,30 @@ async def test_socket_mode_acks_only_after_the_event_is_stored(
     assert not sim.dropped(team)
 
 
+async def test_envelopes_sent_again_while_others_wait_are_posted_once_in_order(
+        slack_bridge: SlackBridge, admin: MatrixTestClient, team: Any,
+        database_url: str) -> None:
+    """While the intake is stuck on the first message, the second arrives and is sent
+    again: both of its copies are then stored in one batch, beside the first's copy."""
+    sim = slack_bridge.sim
+    room = await linked_room(slack_bridge, admin)
+    sim.ack_timeout = 1.0
+    texts = ["Erste wartet", "Zweite doppelt"]
+    async with writes_blocked(database_url):
+        for text in texts:  # the second once the first is sent again: the intake holds it
+            await sim.post_message(team, CHANNEL, ANNA, text=text)
+            await sim.wait_for(lambda text=text: [
+                e for e in sim.pending_envelopes(team)
+                if e["retry_attempt"] >= 1 and e["payload"]["event"]["text"] == text],
+                timeout=10)
+    await sim.wait_for(lambda: not sim.pending_envelopes(team), timeout=15)
+    await in_room_once(admin, room, texts)
+    await marker_from_slack(sim, team, admin, room, "danach")
+    events = await room_events(admin, room)
+    assert bodies(events, "Erste") + bodies(events, "Zweite") == texts
+    assert not sim.dropped(team)
+
+
 async def test_a_failed_store_is_retried_before_anything_later_of_the_workspace(
         slack_bridge: SlackBridge, admin: MatrixTestClient, team: Any) -> None:
     """The database refuses a batch (a connection reset, a failover): the bridge neither
@@ -279,6 +303,19 @@ async def test_events_api_refuses_bad_and_stale_signatures_and_answers_url_verif
     await marker_from_slack(sim, team, admin, room, "Echt")
     events = await room_events(admin, room)
     assert not [e for e in events if "gefälscht" in e["content"].get("body", "").lower()]
+
+
+async def test_events_api_refuses_a_signed_body_that_is_not_a_json_object(
+        http_bridge: SlackBridge, admin: MatrixTestClient, http_team: Any) -> None:
+    sim = http_bridge.sim
+    room = await linked_room(http_bridge, admin)
+    for body, error in [(b"not json {", "body is not JSON"),
+                        ("{\"text\": \"Gr\u00fc\u00dfe\"".encode(), "body is not JSON"),
+                        (b'["event_callback"]', "body is not a JSON object")]:
+        answer = await sim.post_raw_event(http_team, body)
+        assert (answer.status, json.loads(answer.body)) == (400, {"error": error})
+    # Nothing was taken in; the next event is.
+    await marker_from_slack(sim, http_team, admin, room, "Danach")
 
 
 async def test_events_api_retries_are_posted_once(
