@@ -389,7 +389,12 @@ class EventsApiServer:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        workspace = self._signed_by(body, request.headers)
+        try:
+            workspace = self._signed_by(body, request.headers)
+        except UnicodeDecodeError:
+            # slack-sdk's verifier decodes the body to check it, and Slack only sends UTF-8
+            # JSON: such a body is not Slack's, whoever signed it (it was a 500 before).
+            return web.json_response({"error": "body is not UTF-8"}, status=400)
         if workspace is None:
             log.warning("refused a Slack Events API request with a missing, wrong or stale "
                         "signature from %s", request.remote)

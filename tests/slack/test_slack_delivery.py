@@ -311,7 +311,8 @@ async def test_events_api_refuses_a_signed_body_that_is_not_a_json_object(
     room = await linked_room(http_bridge, admin)
     for body, error in [(b"not json {", "body is not JSON"),
                         ("{\"text\": \"Gr\u00fc\u00dfe\"".encode(), "body is not JSON"),
-                        (b'["event_callback"]', "body is not a JSON object")]:
+                        (b'["event_callback"]', "body is not a JSON object"),
+                        ('{"text": "Gr\u00fc\u00dfe"}'.encode("latin-1"), "body is not UTF-8")]:
         answer = await sim.post_raw_event(http_team, body)
         assert (answer.status, json.loads(answer.body)) == (400, {"error": error})
     # Nothing was taken in; the next event is.
