@@ -614,9 +614,11 @@ class Hub:
         ``origin`` is the link the message came in through: every part carries it (the
         relay rule sends the events to every other link); give it whenever it is known.
 
-        Returns False when the key was seen before. Within :meth:`writes_with_outcome` the
-        writes join the delivery's success and this returns True: the key is checked then
-        (a repeat queues nothing)."""
+        Returns once the writes are committed (in one transaction with those of the other
+        messages posted at the same moment, see :meth:`_commit_together`); False when the
+        key was seen before. Within :meth:`writes_with_outcome` the writes join the
+        delivery's success and this returns True: the key is checked then (a repeat queues
+        nothing)."""
         if origin is not None:
             parts = [replace(p, content=origin.mark(p.content)) for p in parts]
         deliveries = [self._matrix(room_id, "message", p.payload(network)) for p in parts]
@@ -700,14 +702,15 @@ class Hub:
                 log.debug("a transaction of %d messages failed (%r); one at a time",
                           len(batch), exc)
                 for waiting in batch:
-                    await self._commit_batch([waiting])
+                    if not waiting[1].done():  # (a caller gone meanwhile: nothing to keep)
+                        await self._commit_batch([waiting])
                 return
             error = exc
         else:
             try:
-                if any(results):  # (repeats alone queue nothing: no outbox to wake)
+                if any(results):  # (a batch of repeats queued nothing: no outbox to wake)
                     await self._start_queued(claimed, queues.enqueued_lanes(session))
-            except Exception as exc:  # (committed: the outbox's claim loop finds them)
+            except Exception as exc:  # committed already: never made again, but told
                 error = exc
         for index, (_, waiter) in enumerate(batch):
             if waiter.done():  # its caller was cancelled meanwhile (what it wrote stays)
