@@ -13,6 +13,8 @@ depend on remembering what we sent.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -48,6 +50,9 @@ log = logging.getLogger("bridge.hub")
 MATRIX = "matrix"
 
 Write = Callable[[AsyncSession], Awaitable[None]]
+# A message's writes waiting for the next shared transaction (Hub._commit_together), and
+# what its caller waits on.
+_Waiting = tuple[Callable[[AsyncSession], Awaitable[bool]], "asyncio.Future[bool]"]
 
 
 class _OutcomeWrites:
@@ -72,6 +77,9 @@ COMMAND_MSGTYPES = {"m.text", "m.notice"}
 # Puppet profiles remembered as written; older or further ones are compared in the database.
 PROFILE_CACHE_MAX_ITEMS = 10_000
 PROFILE_CACHE_MAX_AGE_SECONDS = 3600.0
+# Turns of the event loop a message's writes wait for those of other messages to join them
+# in one transaction (Hub._commit_together).
+GROUP_COMMIT_TURNS = 3
 
 
 @dataclass(slots=True)
@@ -173,6 +181,9 @@ class Hub:
         # Identity links (cached) and double puppeting: who posts a linked person's messages.
         self.people = People(self)
         self.double_puppets = DoublePuppets(self, self.people)
+        # Remote messages' writes waiting for their shared transaction, and its task.
+        self._to_commit: list[_Waiting] = []
+        self._committer: asyncio.Task[None] | None = None
         people_changes.listen(on_change)
 
     # --- who is who ---------------------------------------------------------------------
@@ -606,14 +617,16 @@ class Hub:
         ``origin`` is the link the message came in through: every part carries it (the
         relay rule sends the events to every other link); give it whenever it is known.
 
-        Returns False when the key was seen before. Within :meth:`writes_with_outcome` the
-        writes join the delivery's success and this returns True: the key is checked then
-        (a repeat queues nothing)."""
+        Returns once the writes are committed (in one transaction with those of the other
+        messages posted at the same moment, see :meth:`_commit_together`); False when the
+        key was seen before. Within :meth:`writes_with_outcome` the writes join the
+        delivery's success and this returns True: the key is checked then (a repeat queues
+        nothing)."""
         if origin is not None:
             parts = [replace(p, content=origin.mark(p.content)) for p in parts]
         deliveries = [self._matrix(room_id, "message", p.payload(network)) for p in parts]
 
-        async def write(session: AsyncSession) -> bool:
+        async def write(session: AsyncSession, *, counted_at_commit: bool = False) -> bool:
             if dedup_key is not None and not await store.claim_inbound_key(
                     session, network, dedup_key):
                 return False
@@ -622,9 +635,13 @@ class Hub:
             first = parts[0] if parts else None
             if first is not None and activity.is_new_message(first.event_type, first.content):
                 # One message however many events it becomes, on the day it was written.
-                await activity.count_message(session, room_id=room_id, side=network,
-                                             user_id=first.sender,
-                                             timestamp_ms=first.timestamp_ms)
+                if counted_at_commit:  # (with the transaction's other messages, in one go)
+                    activity.note_message(session, room_id=room_id, side=network,
+                                          user_id=first.sender, timestamp_ms=first.timestamp_ms)
+                else:
+                    await activity.count_message(session, room_id=room_id, side=network,
+                                                 user_id=first.sender,
+                                                 timestamp_ms=first.timestamp_ms)
             await queues.enqueue(session, deliveries)
             return True
 
@@ -635,12 +652,76 @@ class Hub:
 
             outcome.writes.append(with_success)
             return True
-        async with self.db.transaction() as session:
-            if not await write(session):
-                return False
-            claimed = await self._claim_queued(session)
-        await self._start_queued(claimed, queues.enqueued_lanes(session))
-        return True
+        return await self._commit_together(functools.partial(write, counted_at_commit=True))
+
+    async def _commit_together(self, write: Callable[[AsyncSession], Awaitable[bool]]) -> bool:
+        """Make ``write`` in a transaction shared with the writes of other messages that
+        are ready at the same moment (mails arriving over several SMTP connections at once);
+        returns its result once that transaction has committed. One transaction, one claim
+        of the outbox and one commit for all of them instead of one each; a write that fails
+        has the others made without it (see :meth:`_commit_batch`)."""
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._to_commit.append((write, waiter))
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_waiting(),
+                                                  name="hub-group-commit")
+        return await waiter
+
+    async def _commit_waiting(self) -> None:
+        try:
+            while self._to_commit:
+                # The writes of other messages that are being handled right now join: a few
+                # turns of the event loop, no timer (alone, a message waits for nothing).
+                for _ in range(GROUP_COMMIT_TURNS):
+                    await asyncio.sleep(0)
+                batch = [(w, f) for w, f in self._to_commit if not f.done()]  # (not cancelled)
+                self._to_commit = []
+                if not batch:
+                    continue
+                try:
+                    await self._commit_batch(batch)
+                finally:
+                    for _, waiter in batch:  # (only if this task itself was cancelled)
+                        if not waiter.done():
+                            waiter.cancel()
+        finally:
+            self._committer = None
+            for _, waiter in self._to_commit:  # (likewise)
+                waiter.cancel()
+            self._to_commit = []
+
+    async def _commit_batch(self, batch: list[_Waiting]) -> None:
+        """One transaction for the batch's writes; if it fails, each write in one of its
+        own, so that one message's error (its data, a bug) fails only that message."""
+        results: list[bool] = []
+        error: Exception | None = None
+        try:
+            async with self.db.transaction() as session:
+                results = [await write(session) for write, _ in batch]
+                await activity.flush_noted(session)
+                claimed = await self._claim_queued(session)
+        except Exception as exc:
+            if len(batch) > 1:
+                log.debug("a transaction of %d messages failed (%r); one at a time",
+                          len(batch), exc)
+                for waiting in batch:
+                    if not waiting[1].done():  # (a caller gone meanwhile: nothing to keep)
+                        await self._commit_batch([waiting])
+                return
+            error = exc
+        else:
+            try:
+                if any(results):  # (a batch of repeats queued nothing: no outbox to wake)
+                    await self._start_queued(claimed, queues.enqueued_lanes(session))
+            except Exception as exc:  # committed already: never made again, but told
+                error = exc
+        for index, (_, waiter) in enumerate(batch):
+            if waiter.done():  # its caller was cancelled meanwhile (what it wrote stays)
+                continue
+            if error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(results[index])
 
     # --- helpers for connectors and the bot ----------------------------------------------
 

@@ -73,6 +73,7 @@ from bridge.email.text import text_to_html
 if TYPE_CHECKING:
     from bridge.admin.api.routes import Route
     from bridge.core.hub import Hub
+    from bridge.db.engine import Reader
     from bridge.email.compose import LinkedFile, MailTemplate, OutgoingAttachment
     from bridge.email.parse import ParsedMail
 
@@ -219,8 +220,10 @@ class EmailConnector(Connector):
         return f"{localpart}@{self.domain}"
 
     async def link_for(self, localpart: str) -> LinkInfo | None:
-        async with self.hub.db.sessions() as session:
-            return await store.link_by_remote(session, NETWORK, localpart.lower())
+        # (A plain connection: asked at every RCPT, where an ORM session costs more than
+        # the look-up.)
+        async with self.hub.db.reading() as connection:
+            return await store.link_by_remote(connection, NETWORK, localpart.lower())
 
     async def resolve_person(self, hub: Hub, words: list[str]) -> PersonRef:
         """An email address, lower case: as the email puppets know it
@@ -513,8 +516,7 @@ class EmailConnector(Connector):
                 target.room_id, f"{mail.from_address} unsubscribed by mail.")])
 
     @staticmethod
-    async def _thread_for(session: AsyncSession, target: Target,
-                          mail: ParsedMail) -> str | None:
+    async def _thread_for(session: Reader, target: Target, mail: ParsedMail) -> str | None:
         """Message-ID of the mail that roots the Matrix thread this mail belongs to."""
         localpart = target.recipient.localpart
         if target.recipient.kind == "reply" and target.recipient.thread_key:
@@ -526,8 +528,7 @@ class EmailConnector(Connector):
             mapped = await store.mappings_for_remote(session, NETWORK, localpart, ref)
             if mapped:
                 root_event = mapped[0].thread_root or mapped[0].event_id
-                rooted = await store.mappings_for_event(session, root_event, NETWORK)
-                return rooted[0].remote_id if rooted else ref
+                return await email_store.mailed_as(session, root_event, NETWORK) or ref
         # A mail that started a thread is known from the moment it was queued; its Matrix
         # event (the mapping) only once it is posted, which a quick reply can overtake.
         for ref in refs:
@@ -542,8 +543,8 @@ class EmailConnector(Connector):
                     digest: str | None = None) -> bool:
         """Post the mail into the target's room; False if the sender may not write there.
 
-        One read session before and one write transaction after the uploads, however many
-        things a mail touches (puppet, bounce count, thread): mail arrives in bursts.
+        One read connection before and one write transaction after the uploads, however
+        many things a mail touches (puppet, bounce count, thread): mail arrives in bursts.
         """
         hub = self.hub
         room_id, localpart = target.room_id, target.recipient.localpart
@@ -554,19 +555,18 @@ class EmailConnector(Connector):
         # the room's other subscribers get through the relay skips them.
         addressed = {a.lower() for a in [*mail.to, *mail.cc]} - {address}
         addressed = {a for a in addressed if not a.endswith("@" + self.domain)}
-        async with hub.db.sessions() as session:
-            subscriber = await email_store.get_subscriber(session, room_id, address)
+        async with hub.db.reading() as connection:
+            subscriber = await email_store.get_subscriber(connection, room_id, address)
             if not self._may_write(target, address, subscriber):
                 return False
             if addressed:  # (only then: most mail is addressed to the room alone)
-                addressed &= {s.address for s in await email_store.subscribers(
-                    session, room_id, active_only=True)}
+                addressed &= set(await email_store.active_addresses(connection, room_id))
             # Already in the room? post_parts knows for sure (the dedup key); asking here
             # too only saves uploading the attachments again.
-            if mail.attachments and await store.mappings_for_remote(session, NETWORK,
+            if mail.attachments and await store.mappings_for_remote(connection, NETWORK,
                                                                     localpart, message_id):
                 return True
-            root = await self._thread_for(session, target, mail)
+            root = await self._thread_for(connection, target, mail)
         name = mail.from_name or mail.from_address
         puppet = self.puppet_user_id(address)
         cid_map: dict[str, str] = {}

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.db.erasure import ErasedPerson
-from bridge.db.models import Link
+from bridge.db.models import Link, MessageMapping
 from bridge.db.queues import insert_ignoring_conflicts
 from bridge.email.models import EmailSubscriber, EmailThread
+
+if TYPE_CHECKING:
+    from bridge.db.engine import Reader
 
 
 @dataclass(slots=True)
@@ -44,7 +47,7 @@ _ACTIVE_ADDRESSES = select(EmailSubscriber.__table__.c.address).where(
     EmailSubscriber.__table__.c.address)
 
 
-async def active_addresses(session: AsyncSession, room_id: str) -> list[str]:
+async def active_addresses(session: Reader, room_id: str) -> list[str]:
     """The addresses a room message is mailed to, and nothing else: a room may have
     thousands of subscribers, whose ORM objects would cost a kilobyte or more each."""
     return list(await session.scalars(_ACTIVE_ADDRESSES, {"room_id": room_id}))
@@ -56,8 +59,9 @@ _SUBSCRIBER = select(*(EmailSubscriber.__table__.c[name] for name in (
     EmailSubscriber.__table__.c.address == bindparam("address"))
 
 
-async def get_subscriber(session: AsyncSession, room_id: str, address: str) -> Subscriber | None:
-    # Built once, on the table: asked for every mail that comes in.
+async def get_subscriber(session: Reader, room_id: str, address: str) -> Subscriber | None:
+    # Built once, on the table: asked for every mail that comes in (on a plain connection:
+    # an ORM session's bookkeeping costs more than the look-up).
     row = (await session.execute(_SUBSCRIBER, {"room_id": room_id,
                                                "address": address.lower()})).first()
     return Subscriber(address=row.address, display_name=row.display_name, status=row.status,
@@ -127,9 +131,17 @@ def _thread(row: EmailThread) -> MailThread:
                       topic=row.topic)
 
 
-async def get_thread(session: AsyncSession, thread_key: str) -> MailThread | None:
-    row = await session.get(EmailThread, thread_key)
-    return _thread(row) if row else None
+_THREAD = select(*(EmailThread.__table__.c[name] for name in (
+    "thread_key", "room_id", "root_event_id", "root_message_id", "topic"))).where(
+    EmailThread.__table__.c.thread_key == bindparam("thread_key"))
+
+
+async def get_thread(session: Reader, thread_key: str) -> MailThread | None:
+    # Built once, on the table: asked for every reply that comes in.
+    row = (await session.execute(_THREAD, {"thread_key": thread_key})).first()
+    return MailThread(thread_key=row.thread_key, room_id=row.room_id,
+                      root_event_id=row.root_event_id, root_message_id=row.root_message_id,
+                      topic=row.topic) if row else None
 
 
 async def thread_by_root(session: AsyncSession, root_event_id: str) -> MailThread | None:
@@ -143,6 +155,19 @@ async def thread_by_message_id(session: AsyncSession, room_id: str,
     row = await session.scalar(select(EmailThread).where(
         EmailThread.room_id == room_id, EmailThread.root_message_id == message_id))
     return _thread(row) if row else None
+
+
+_MAILED_AS = select(MessageMapping.__table__.c.remote_id).where(
+    MessageMapping.__table__.c.event_id == bindparam("event_id"),
+    MessageMapping.__table__.c.network == bindparam("network"),
+).order_by(MessageMapping.__table__.c.id).limit(1)
+
+
+async def mailed_as(session: Reader, event_id: str, network: str) -> str | None:
+    """The Message-ID a Matrix event was mailed as or came in as (its first mapping to
+    ``network``), if any."""
+    value = await session.scalar(_MAILED_AS, {"event_id": event_id, "network": network})
+    return str(value) if value is not None else None
 
 
 async def add_thread(session: AsyncSession, *, thread_key: str, room_id: str,

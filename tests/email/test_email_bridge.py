@@ -184,6 +184,44 @@ async def test_auto_replies_duplicates_and_loops_are_not_posted(
     assert sum("Nur einmal bitte." in b for b in bodies) == 1
 
 
+async def test_mails_arriving_together_are_each_posted_once_and_a_bad_one_fails_alone(
+        homeserver: Homeserver, email_bridge: EmailBridge, admin: MatrixTestClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mails that come in over several SMTP connections at once are stored together
+    (one transaction); one whose storing fails gets 451 (the sending server keeps it and
+    tries again), the others their 250 and their place in the room."""
+    senders = ["erika@stadt.example", "max@stadt.example", "anna@stadt.example",
+               "ben@stadt.example"]
+    room, address = await _email_room(homeserver, admin, None, *senders)
+    from bridge.email import store as email_store
+
+    add_thread = email_store.add_thread
+
+    async def failing_for_one(session: Any, **values: Any) -> None:
+        if values["topic"] == "Kaputt":
+            raise RuntimeError("cannot store this one")
+        await add_thread(session, **values)
+
+    monkeypatch.setattr(email_store, "add_thread", failing_for_one)
+    mails = [_mail(sender, address, "Kaputt" if n == 1 else f"Antrag {n}", f"Mail Nummer {n}.")
+             for n, sender in enumerate(senders)]
+    answers = await asyncio.gather(*(_smtp_error(email_bridge, mail, [address])
+                                     for mail in mails))
+    assert [code for code, _ in answers] == [250, 451, 250, 250]
+    assert "4.3.0" in answers[1][1]
+    await admin.wait_for_event(room, _body("Mail Nummer 3."), timeout=20)
+    await admin.wait_for_event(room, _body("Mail Nummer 0."), timeout=20)
+    await admin.wait_for_event(room, _body("Mail Nummer 2."), timeout=20)
+
+    # The sending server tries again later, and the mail comes in once.
+    monkeypatch.setattr(email_store, "add_thread", add_thread)
+    assert await _smtp_error(email_bridge, mails[1], [address]) == (250, "")
+    await admin.wait_for_event(room, _body("Mail Nummer 1."), timeout=20)
+    bodies = [e["content"].get("body", "") for e in await admin.messages(room, limit=50)]
+    assert sorted(b.rsplit("\n", 1)[-1] for b in bodies if "Mail Nummer" in b) == [
+        f"Mail Nummer {n}." for n in range(4)]
+
+
 async def test_attachments_become_media_in_the_same_thread(
         homeserver: Homeserver, email_bridge: EmailBridge, admin: MatrixTestClient) -> None:
     room, address = await _email_room(homeserver, admin, None, "erika@stadt.example")
