@@ -50,18 +50,15 @@ _PENDING = "activity_pending"
 
 def note_message(session: AsyncSession, *, room_id: str, side: str, user_id: str,
                  timestamp_ms: Any = None) -> None:
-    """Count one message when :func:`flush_noted` runs in the same transaction: a batch of
-    Matrix events (50 in a busy room's transaction) costs one statement, not one each."""
+    """Count one message in the caller's transaction, on the day it was written (the
+    event's or remote message's own time when given: imported history counts on its day).
+
+    Written when the transaction commits, with whatever else it counted, in one statement:
+    a batch of Matrix events (50 in a busy room's transaction), or the successes of several
+    remote messages that the outbox records together."""
     seconds = timestamp_ms / 1000 if isinstance(timestamp_ms, int | float) else time.time()
     pending: Counter[tuple[str, str, str, str]] = session.info.setdefault(_PENDING, Counter())
     pending[(room_id, utc_day(seconds), side, pseudonym(user_id))] += 1
-
-
-async def flush_noted(session: AsyncSession) -> None:
-    """Write what :func:`note_message` counted in this transaction."""
-    pending: Counter[tuple[str, str, str, str]] | None = session.info.pop(_PENDING, None)
-    if pending:
-        await activity_store.add_many(session, _rows(pending))
 
 
 def _rows(pending: Counter[tuple[str, str, str, str]]) -> list[dict[str, Any]]:
@@ -70,21 +67,9 @@ def _rows(pending: Counter[tuple[str, str, str, str]]) -> list[dict[str, Any]]:
             for (room, day, side, person), n in sorted(pending.items())]
 
 
-async def count_message(session: AsyncSession, *, room_id: str, side: str, user_id: str,
-                        timestamp_ms: Any = None) -> None:
-    """Count one message in the caller's transaction, on the day it was written (the
-    event's or remote message's own time when given: imported history counts on its day).
-
-    Written when the transaction commits, with whatever else it counted: the outbox records
-    the successes of several remote messages (each counted here) in one transaction."""
-    note_message(session, room_id=room_id, side=side, user_id=user_id,
-                 timestamp_ms=timestamp_ms)
-
-
 @event.listens_for(Session, "before_commit")
 def _write_noted(session: Session) -> None:
-    # Runs inside the commit of an AsyncSession too (in its greenlet), so it may execute;
-    # what flush_noted wrote already is gone from the session's info.
+    # Runs inside the commit of an AsyncSession too (in its greenlet), so it may execute.
     pending: Counter[tuple[str, str, str, str]] | None = session.info.pop(_PENDING, None)
     if pending:
         activity_store.add_many_now(session, _rows(pending))

@@ -14,7 +14,6 @@ depend on remembering what we sent.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -225,7 +224,6 @@ class Hub:
                 log.exception("could not handle event %s in %s", entry.event.get("event_id"),
                               entry.room_id)
                 failed.append((entry, repr(exc)))
-        await activity.flush_noted(session)
         return deliveries, failed
 
     async def route(self, session: AsyncSession, entry: InboxEntry,
@@ -626,7 +624,7 @@ class Hub:
             parts = [replace(p, content=origin.mark(p.content)) for p in parts]
         deliveries = [self._matrix(room_id, "message", p.payload(network)) for p in parts]
 
-        async def write(session: AsyncSession, *, counted_at_commit: bool = False) -> bool:
+        async def write(session: AsyncSession) -> bool:
             if dedup_key is not None and not await store.claim_inbound_key(
                     session, network, dedup_key):
                 return False
@@ -634,14 +632,10 @@ class Hub:
                 await also(session)
             first = parts[0] if parts else None
             if first is not None and activity.is_new_message(first.event_type, first.content):
-                # One message however many events it becomes, on the day it was written.
-                if counted_at_commit:  # (with the transaction's other messages, in one go)
-                    activity.note_message(session, room_id=room_id, side=network,
-                                          user_id=first.sender, timestamp_ms=first.timestamp_ms)
-                else:
-                    await activity.count_message(session, room_id=room_id, side=network,
-                                                 user_id=first.sender,
-                                                 timestamp_ms=first.timestamp_ms)
+                # One message however many events it becomes, on the day it was written
+                # (written at the commit, with the transaction's other messages, in one go).
+                activity.note_message(session, room_id=room_id, side=network,
+                                      user_id=first.sender, timestamp_ms=first.timestamp_ms)
             await queues.enqueue(session, deliveries)
             return True
 
@@ -652,7 +646,7 @@ class Hub:
 
             outcome.writes.append(with_success)
             return True
-        return await self._commit_together(functools.partial(write, counted_at_commit=True))
+        return await self._commit_together(write)
 
     async def _commit_together(self, write: Callable[[AsyncSession], Awaitable[bool]]) -> bool:
         """Make ``write`` in a transaction shared with the writes of other messages that
@@ -698,7 +692,6 @@ class Hub:
         try:
             async with self.db.transaction() as session:
                 results = [await write(session) for write, _ in batch]
-                await activity.flush_noted(session)
                 claimed = await self._claim_queued(session)
         except Exception as exc:
             if len(batch) > 1:

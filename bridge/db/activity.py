@@ -13,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from bridge.db.models import Activity, Link, Portal
-from bridge.db.queues import dialect_name
 
 _ACTIVITY = cast(Table, Activity.__table__)
 _ADD: dict[str, Any] = {}
@@ -37,15 +36,11 @@ def _add_statement(dialect: str) -> Any:
     return statement
 
 
-async def add_many(session: AsyncSession, counts: list[dict[str, Any]]) -> None:
-    """Count ``messages`` more for each row's person (``room_id``, ``day``, ``side``,
-    ``person``, ``messages``) on that side of the room that day, in one statement."""
-    await session.execute(_add_statement(dialect_name(session)), counts)
-
-
 def add_many_now(session: Session, counts: list[dict[str, Any]]) -> None:
-    """:func:`add_many` on the synchronous session under an AsyncSession, for a hook that
-    runs inside its commit (bridge.core.activity)."""
+    """Count ``messages`` more for each row's person (``room_id``, ``day``, ``side``,
+    ``person``, ``messages``) on that side of the room that day, in one statement. On the
+    synchronous session under an AsyncSession: for the hook that runs inside its commit
+    (bridge.core.activity)."""
     session.execute(_add_statement(session.get_bind().dialect.name), counts)
 
 

@@ -59,8 +59,8 @@ async def wrote(db: Database, room_id: str, side: str, user_id: str, day: str,
                 times: int = 1, hour: int = 12) -> None:
     for _ in range(times):
         async with db.transaction() as session:
-            await activity.count_message(session, room_id=room_id, side=side,
-                                         user_id=user_id, timestamp_ms=ms(day, hour))
+            activity.note_message(session, room_id=room_id, side=side,
+                                  user_id=user_id, timestamp_ms=ms(day, hour))
 
 
 def by_id(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -192,12 +192,12 @@ async def test_messages_counted_in_one_transaction_are_all_counted(db: Database)
     async with db.transaction() as session:
         for room_id, user_id, day in [(BAUAMT, CARL, "2026-12-05"), (BAUAMT, CARL, "2026-12-05"),
                                       (SCHULE, CARL, "2026-12-05"), (BAUAMT, CARL, "2026-12-04")]:
-            await activity.count_message(session, room_id=room_id, side="slack",
-                                         user_id=user_id, timestamp_ms=ms(day))
+            activity.note_message(session, room_id=room_id, side="slack",
+                                  user_id=user_id, timestamp_ms=ms(day))
     with pytest.raises(RuntimeError):
         async with db.transaction() as session:
-            await activity.count_message(session, room_id=BAUAMT, side="slack",
-                                         user_id=CARL, timestamp_ms=ms("2026-12-05"))
+            activity.note_message(session, room_id=BAUAMT, side="slack",
+                                  user_id=CARL, timestamp_ms=ms("2026-12-05"))
             raise RuntimeError("the delivery's success was not recorded")
     async with db.sessions() as session:
         rows = (await session.execute(Activity.__table__.select())).all()
