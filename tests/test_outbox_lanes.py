@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.config import OutboxConfig
@@ -152,13 +153,13 @@ async def test_lanes_finishing_together_are_recorded_together_and_isolated(
     delivered: list[tuple[str, int]] = []
     broken_writes = 3
     batches: list[int] = []
-    finish_deliveries = queues.finish_deliveries
+    finish_deliveries = queues.finish_deliveries_sync
 
-    async def counting(session: AsyncSession, outcomes: Any) -> None:
+    def counting(connection: Connection, outcomes: Any) -> None:
         batches.append(len(outcomes))
-        await finish_deliveries(session, outcomes)
+        finish_deliveries(connection, outcomes)
 
-    monkeypatch.setattr(queues, "finish_deliveries", counting)
+    monkeypatch.setattr(queues, "finish_deliveries_sync", counting)
 
     async def deliver(item: Delivery) -> str:
         n = item.payload["n"]
@@ -278,3 +279,4 @@ async def test_a_fan_out_stopped_midway_goes_on_after_a_restart_each_mail_once(
     pending = await _work_until(second, db, lambda: len(delivered) >= subscribers, 30)
     assert sorted(delivered) == list(range(subscribers))
     assert pending == (0, 0)
+
