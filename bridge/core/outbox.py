@@ -51,6 +51,11 @@ def cannot_succeed_on_retry(exc: BaseException) -> bool:
 
 
 CLAIM_LIMIT = 64
+# A transaction that queued deliveries in at most this many lanes (a Slack message's Matrix
+# events, a Matrix event for one link) claims those lanes' heads, one statement each; more
+# (a transaction of many rooms, a mail to every subscriber) claims whatever is due with the
+# claim query, which reads every pending item.
+FEW_QUEUED_LANES = 4
 # A fan-out: a room with at least this many lanes of one network in flight (a message
 # mailed to its subscribers, one lane each). A room linked to two Slack channels, or with
 # an encrypted event waiting for its key, has two or three, and is not one.
@@ -158,6 +163,10 @@ class OutboxWorker:
         return await session.run_sync(self._claim_due)
 
     def _claim_due(self, session: Session) -> list[Delivery]:
+        lanes = queues.enqueued_lanes(session)
+        if lanes and len(lanes) <= FEW_QUEUED_LANES:
+            return queues.claim_queued_lane_heads_sync(
+                session.connection(), sorted(lanes), self.lease_seconds, self.holder)
         return queues.claim_deliveries_sync(session.connection(), CLAIM_LIMIT,
                                             self.lease_seconds, self.holder)
 

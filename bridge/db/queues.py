@@ -393,6 +393,25 @@ _CLAIM_LANE_HEAD = update(_OUTBOX).where(
     _OUTBOX.c.next_attempt_at <= bindparam("now"), _OUTBOX.c.claimed_until <= bindparam("now"),
 ).values(claimed_until=bindparam("until"), claimed_by=bindparam("holder")) \
     .returning(*_DELIVERY_COLUMNS)
+
+
+def _room_in_flight() -> Any:
+    """The items of the updated row's room and network in flight (claimed, not finished)."""
+    in_flight = _OUTBOX.alias("in_flight")
+    return select(func.count()).where(
+        in_flight.c.room_id == _OUTBOX.c.room_id, in_flight.c.network == _OUTBOX.c.network,
+        in_flight.c.state == "pending", in_flight.c.claimed_until > bindparam("now"),
+    ).scalar_subquery()
+
+
+# The head of a lane, claimed in the transaction that just queued in it (see
+# claim_queued_lane_heads_sync): the head the claim query would take, without reading every
+# pending item. Under the room's cap as there, and never claimed before: a head that a gone
+# process had claimed is left to the claim query, which tells its delivery it was taken over.
+_CLAIM_QUEUED_LANE_HEAD = _CLAIM_LANE_HEAD.where(
+    _OUTBOX.c.claimed_by.is_(None), _room_in_flight() < bindparam("per_room"))
+
+
 # The next free lane heads of a room and network, for the worker of a fan-out (one lane per
 # mail subscriber): the next subscribers take the finished ones' places under the per-room
 # cap, without a round through the claim loop (whose query reads every pending item).
@@ -474,6 +493,21 @@ async def claim_deliveries(session: AsyncSession, limit: int, lease: float,
     """:func:`claim_deliveries_sync` in the session's transaction."""
     return await session.run_sync(lambda s: claim_deliveries_sync(
         s.connection(), limit, lease, holder, per_room))
+
+
+def claim_queued_lane_heads_sync(connection: Connection, lanes: Iterable[str], lease: float,
+                                 holder: str | None = None,
+                                 per_room: int = IN_FLIGHT_PER_ROOM) -> list[Delivery]:
+    """:func:`claim_deliveries_sync` for a transaction that queued in a few ``lanes``: their
+    heads, one statement each, instead of reading every pending item of every lane. Other
+    due items are the claim loop's, as ever (woken for the lanes not taken here)."""
+    now = time.time()
+    claimed: list[Delivery] = []
+    for lane in lanes:
+        claimed += _deliveries(connection.execute(_CLAIM_QUEUED_LANE_HEAD, {
+            "head_lane": lane, "now": now, "until": now + lease, "holder": holder,
+            "per_room": per_room}))
+    return sorted(claimed, key=lambda item: item.id)
 
 
 def claim_lane_head_sync(connection: Connection, lane: str, lease: float,
