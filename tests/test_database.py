@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, func, select
 
 from bridge.db import queues
@@ -46,6 +47,22 @@ async def test_a_transaction_commits_even_after_one_was_left_open(tmp_path: Path
             await queues.enqueue(session, [_item("second")])
         assert kept.closed and db._kept_writer is not kept
         assert _committed_items(path) == ["first", "second"]
+    finally:
+        await db.close()
+
+
+async def test_a_transaction_that_fails_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    await db.upgrade()
+    try:
+        with pytest.raises(RuntimeError):
+            async with db.transaction() as session:
+                await queues.enqueue(session, [_item("rolled back")])
+                raise RuntimeError("the caller failed")
+        async with db.transaction() as session:
+            await queues.enqueue(session, [_item("committed")])
+        assert _committed_items(path) == ["committed"]
     finally:
         await db.close()
 

@@ -260,11 +260,18 @@ class Database:
         async with self._write_lock:
             self._kept_writer = await self._kept(self._kept_writer, self._writing_engine,
                                                  reader=False)
-            # The session begins and ends its transaction on the connection, and leaves the
-            # connection open.
-            async with AsyncSession(self._kept_writer, expire_on_commit=False) as session, \
-                    session.begin():
+            # The session begins its transaction on the connection with its first statement,
+            # and its close (which rolls back what was not committed) leaves the connection
+            # open. Not `async with` the session: its exit runs the close in a task of its
+            # own, shielded from cancellation, which cost more than a small transaction's
+            # statements; a kept connection that a cancellation leaves inside a transaction
+            # is replaced instead (_kept).
+            session = AsyncSession(self._kept_writer, expire_on_commit=False)
+            try:
                 yield session
+                await session.commit()
+            finally:
+                await session.close()
 
     @staticmethod
     async def _kept(connection: AsyncConnection | None, engine: AsyncEngine, *,
