@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.config import OutboxConfig
@@ -152,13 +153,13 @@ async def test_lanes_finishing_together_are_recorded_together_and_isolated(
     delivered: list[tuple[str, int]] = []
     broken_writes = 3
     batches: list[int] = []
-    finish_deliveries = queues.finish_deliveries
+    finish_deliveries = queues.finish_deliveries_sync
 
-    async def counting(session: AsyncSession, outcomes: Any) -> None:
+    def counting(connection: Connection, outcomes: Any) -> None:
         batches.append(len(outcomes))
-        await finish_deliveries(session, outcomes)
+        finish_deliveries(connection, outcomes)
 
-    monkeypatch.setattr(queues, "finish_deliveries", counting)
+    monkeypatch.setattr(queues, "finish_deliveries_sync", counting)
 
     async def deliver(item: Delivery) -> str:
         n = item.payload["n"]
@@ -278,3 +279,87 @@ async def test_a_fan_out_stopped_midway_goes_on_after_a_restart_each_mail_once(
     pending = await _work_until(second, db, lambda: len(delivered) >= subscribers, 30)
     assert sorted(delivered) == list(range(subscribers))
     assert pending == (0, 0)
+
+
+async def _queue_and_claim(db: Database, worker: OutboxWorker,
+                           deliveries: list[NewDelivery]) -> list[Delivery]:
+    """As Hub.enqueue does: queue, and claim in the same transaction what may go out."""
+    async with db.transaction() as session:
+        await queues.enqueue(session, deliveries)
+        return await worker.claim_queued(session)
+
+
+async def test_a_transaction_claims_the_heads_of_the_few_lanes_it_queued_in(
+        database_url: str) -> None:
+    """Queued in a lane or two, the transaction claims their heads itself: due, free, and
+    under the room's cap of deliveries in flight. A head that a gone process had claimed is
+    left to the claim loop, which delivers it as taken over (the side then looks whether
+    the first attempt arrived) before the item queued behind it."""
+    db = await _database(database_url)
+    delivered: list[tuple[int, bool]] = []
+
+    async def deliver(item: Delivery) -> str:
+        delivered.append((item.payload["n"], item.taken_over))
+        return "ok"
+
+    async def on_failed(item: Delivery, error: str, hint: str | None) -> None:
+        raise AssertionError(error)
+
+    worker = OutboxWorker(db, deliver, on_failed, OutboxConfig(), holder="live")
+    try:
+        # Two new lanes: both heads claimed, by this process, leased.
+        claimed = await _queue_and_claim(db, worker, [
+            NewDelivery(network="test", room_id="!a:x", kind="relay", payload={"n": 1}),
+            NewDelivery(network="test", room_id="!b:x", kind="relay", payload={"n": 2})])
+        assert [item.payload["n"] for item in claimed] == [1, 2]
+        assert not any(item.taken_over for item in claimed)
+        async with db.sessions() as session:
+            holders = set(await session.scalars(select(queues._OUTBOX.c.claimed_by)))
+        assert holders == {"live"}
+        # Behind a head in flight: nothing to claim (the lane's worker goes on with it).
+        assert await _queue_and_claim(db, worker, [
+            NewDelivery(network="test", room_id="!a:x", kind="relay", payload={"n": 3})]) == []
+        async with db.transaction() as session:
+            await queues.release_claims(session, [item.id for item in claimed])
+            await session.execute(update(queues._OUTBOX).values(state="done"))
+
+        # A head claimed by a process that is gone (its lease ran out).
+        await _enqueue(db, 1, room="!c:x")
+        async with db.transaction() as session:
+            assert len(await queues.claim_deliveries(session, 10, -1, "gone")) == 1
+        assert await _queue_and_claim(db, worker, [
+            NewDelivery(network="test", room_id="!c:x", kind="relay", payload={"n": 4})]) == []
+        pending = await _work_until(worker, db, lambda: len(delivered) >= 2, 10)
+        assert delivered == [(0, True), (4, False)]
+        assert pending == (0, 0)
+    finally:
+        await worker.stop()
+        await db.close()
+
+
+async def test_a_lane_queued_in_a_room_at_its_cap_waits_for_the_claim_loop(
+        database_url: str) -> None:
+    """A room with its share of deliveries in flight (a fan-out): a lane queued there is not
+    claimed with its transaction, another room's is."""
+    db = await _database(database_url)
+
+    async def deliver(item: Delivery) -> str:
+        return "ok"
+
+    async def on_failed(item: Delivery, error: str, hint: str | None) -> None:
+        raise AssertionError(error)
+
+    worker = OutboxWorker(db, deliver, on_failed, OutboxConfig(), holder="live")
+    try:
+        await _enqueue_fan_out(db, "!big:x", queues.IN_FLIGHT_PER_ROOM)
+        async with db.transaction() as session:
+            in_flight = await queues.claim_deliveries(session, 1000, 60, "live")
+        assert len(in_flight) == queues.IN_FLIGHT_PER_ROOM
+        claimed = await _queue_and_claim(db, worker, [
+            NewDelivery(network="email", room_id="!big:x", kind="mail", payload={"n": -1},
+                        lane="email:!big:x:late@example.org"),
+            NewDelivery(network="email", room_id="!small:x", kind="mail", payload={"n": 0},
+                        lane="email:!small:x:s0@example.org")])
+        assert [item.room_id for item in claimed] == ["!small:x"]
+    finally:
+        await db.close()

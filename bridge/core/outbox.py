@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import aiohttp
 import sqlalchemy.exc
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from bridge import metrics
 from bridge.config import OutboxConfig
@@ -49,6 +51,11 @@ def cannot_succeed_on_retry(exc: BaseException) -> bool:
 
 
 CLAIM_LIMIT = 64
+# A transaction that queued deliveries in at most this many lanes (a Slack message's Matrix
+# events, a Matrix event for one link) claims those lanes' heads, one statement each; more
+# (a transaction of many rooms, a mail to every subscriber) claims whatever is due with the
+# claim query, which reads every pending item.
+FEW_QUEUED_LANES = 4
 # A fan-out: a room with at least this many lanes of one network in flight (a message
 # mailed to its subscribers, one lane each). A room linked to two Slack channels, or with
 # an encrypted event waiting for its key, has two or three, and is not one.
@@ -153,8 +160,15 @@ class OutboxWorker:
     async def claim_within(self, session: AsyncSession) -> list[Delivery]:
         """Claim due items inside the caller's transaction (the one that queued them), to
         be passed to :meth:`dispatch` after it commits: saves a transaction per event."""
-        return await queues.claim_deliveries(session, CLAIM_LIMIT, self.lease_seconds,
-                                             self.holder)
+        return await session.run_sync(self._claim_due)
+
+    def _claim_due(self, session: Session) -> list[Delivery]:
+        lanes = queues.enqueued_lanes(session)
+        if lanes and len(lanes) <= FEW_QUEUED_LANES:
+            return queues.claim_queued_lane_heads_sync(
+                session.connection(), sorted(lanes), self.lease_seconds, self.holder)
+        return queues.claim_deliveries_sync(session.connection(), CLAIM_LIMIT,
+                                            self.lease_seconds, self.holder)
 
     async def claim_queued(self, session: AsyncSession) -> list[Delivery]:
         """:meth:`claim_within` for a transaction that queued deliveries (nothing if it
@@ -358,17 +372,12 @@ class OutboxWorker:
         claimed: list[Delivery] = []
 
         async def write(session: AsyncSession) -> None:
-            heads[:] = [None] * len(batch)  # (a retried write claims afresh)
             for done in batch:
                 for also in done.item.with_outcome or ():
                     await also(session)
-            await queues.finish_deliveries(session, [(d.item.id, d.result) for d in batch])
-            if not self._closing:
-                await self._claim_next(session, batch, heads)
+            # (A retried write claims afresh.)
+            heads[:], claimed[:] = await session.run_sync(self._record, batch)
             lanes.update(queues.enqueued_lanes(session))
-            # A success's writes queued deliveries (Hub.post_parts: a Slack message's
-            # Matrix events): claimed right here, after the lanes' own next items.
-            claimed[:] = await self.claim_queued(session)
 
         if not await self._settle(write, attempts):
             return None
@@ -376,8 +385,22 @@ class OutboxWorker:
             await self.start_claimed(claimed, lanes)
         return heads
 
-    async def _claim_next(self, session: AsyncSession, batch: list[_Finished],
-                          heads: list[Delivery | None]) -> None:
+    def _record(self, session: Session,
+                batch: list[_Finished]) -> tuple[list[Delivery | None], list[Delivery]]:
+        """The outbox's own statements of a batch's record, in one greenlet: the successes,
+        each one's successor (see _claim_next), and the due items among those the
+        successes' writes queued (Hub.post_parts: a Slack message's Matrix events), claimed
+        right here, after the lanes' own next items."""
+        connection = session.connection()
+        queues.finish_deliveries_sync(connection, [(d.item.id, d.result) for d in batch])
+        heads: list[Delivery | None] = [None] * len(batch)
+        if self._closing:
+            return heads, []
+        self._claim_next(connection, batch, heads)
+        return heads, self._claim_due(session) if queues.enqueued_lanes(session) else []
+
+    def _claim_next(self, connection: Connection, batch: list[_Finished],
+                    heads: list[Delivery | None]) -> None:
         """Each finished item's successor: its lane's next item, or for a fan-out the
         next of its room (several claimed in one statement)."""
         fan_outs: dict[tuple[str, str], list[int]] = {}
@@ -389,12 +412,12 @@ class OutboxWorker:
                 # places.
                 fan_outs.setdefault((item.room_id, item.network), []).append(index)
             else:
-                heads[index] = await queues.claim_lane_head(
-                    session, item.lane, self.lease_seconds, self.holder)
+                heads[index] = queues.claim_lane_head_sync(
+                    connection, item.lane, self.lease_seconds, self.holder)
         for indexes in fan_outs.values():
             oldest = min((batch[index].item for index in indexes), key=lambda i: i.id)
-            claimed = await queues.claim_room_next(session, oldest, len(indexes),
-                                                   self.lease_seconds, self.holder)
+            claimed = queues.claim_room_next_sync(connection, oldest, len(indexes),
+                                                  self.lease_seconds, self.holder)
             for index, head in zip(indexes, claimed, strict=False):
                 heads[index] = head
 
