@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -233,6 +233,10 @@ class Database:
         self._kept_writer: AsyncConnection | None = None
         self._kept_reader: AsyncConnection | None = None
         self._kept_reader_in_use = False
+        # Called with the connection's ``info`` when a writing transaction on the kept
+        # connection has ended (committed or rolled back): the pool's ``checkin`` event says
+        # so for a pooled connection, but the kept one never goes back to the pool.
+        self.kept_transaction_ended: list[Callable[[dict[Any, Any]], None]] = []
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncConnection]:
@@ -266,12 +270,26 @@ class Database:
             # own, shielded from cancellation, which cost more than a small transaction's
             # statements; a kept connection that a cancellation leaves inside a transaction
             # is replaced instead (_kept).
-            session = AsyncSession(self._kept_writer, expire_on_commit=False)
+            kept = self._kept_writer
+            session = AsyncSession(kept, expire_on_commit=False)
             try:
                 yield session
                 await session.commit()
             finally:
-                await session.close()
+                try:
+                    await session.close()
+                finally:
+                    self._kept_transaction_ended(kept)
+
+    def _kept_transaction_ended(self, connection: AsyncConnection) -> None:
+        if not self.kept_transaction_ended:
+            return
+        try:
+            info = connection.info
+        except Exception:  # invalidated: the pool's own event said the transaction ended
+            return
+        for ended in self.kept_transaction_ended:
+            ended(info)
 
     @staticmethod
     async def _kept(connection: AsyncConnection | None, engine: AsyncEngine, *,

@@ -10,7 +10,8 @@ The answers are kept only on SQLite, whose file serves a single bridge process
 (bridge/db/single_process.py), so every change of these tables goes through this process's
 engine and is seen here: any INSERT, UPDATE or DELETE on ``link`` or ``portal`` (a portal's
 deletion removes its links by cascade), from the ORM or from Core, empties the cache as it
-is sent, and again when its connection goes back to the pool (after its commit or rollback).
+is sent, and again when its transaction has ended (its connection goes back to the pool,
+or the database says so for the connection it keeps for writing).
 A read made while such a transaction is open, or that overlapped one, is answered but not
 kept, so what is kept is never older than the last commit. On PostgreSQL, which several
 processes share, every question is a read as before.
@@ -72,6 +73,7 @@ class PortalCache:
             event.listen(engine, "before_execute", self._before_execute)
             event.listen(engine.pool, "checkin", self._transaction_ended)
             event.listen(engine.pool, "invalidate", self._invalidated)
+            db.kept_transaction_ended.append(self._kept_transaction_ended)
 
     # --- what the per-message paths ask ------------------------------------------------
 
@@ -133,6 +135,13 @@ class PortalCache:
     def _transaction_ended(self, _dbapi_connection: Any,
                            entry: ConnectionPoolEntry | None) -> None:
         if entry is not None and entry.info.pop(_CHANGED, False):
+            self._open_changes -= 1
+            self._forget()
+
+    def _kept_transaction_ended(self, info: dict[Any, Any]) -> None:
+        # The connection that the database keeps for writing transactions (bridge.db.engine)
+        # does not go back to the pool after each one: its transaction ends here.
+        if info.pop(_CHANGED, False):
             self._open_changes -= 1
             self._forget()
 
