@@ -19,6 +19,7 @@ import yaml
 from bridge.app import Bridge
 from bridge.cli import main as bridge_cli
 from bridge.config import Config, load_config
+from bridge.db.engine import Database
 from bridge.registration import double_puppet_registration_path
 from testkit.matrix_client import MatrixTestClient
 from testkit.synapse import SynapseServer, free_port
@@ -183,6 +184,17 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'bridge.db'}"
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """The bridge's database on a fresh :func:`database_url`, migrated to the head."""
+    database = Database(database_url)
+    await database.upgrade()
+    try:
+        yield database
+    finally:
+        await database.close()
 
 
 class RunningBridge:

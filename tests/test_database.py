@@ -3,6 +3,7 @@ through a connection kept open between uses (bridge/db/engine.py)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,62 +29,60 @@ def _item(kind: str) -> NewDelivery:
     return NewDelivery(network="test", room_id="!r:x", kind=kind, payload={})
 
 
-async def test_a_transaction_commits_even_after_one_was_left_open(tmp_path: Path) -> None:
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "bridge.db"
+
+
+@pytest.fixture
+async def db(path: Path) -> AsyncIterator[Database]:
+    """On SQLite only: PostgreSQL keeps no connections (each use takes one from the pool)."""
+    database = Database(f"sqlite+aiosqlite:///{path}")
+    await database.upgrade()
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+async def test_a_transaction_commits_even_after_one_was_left_open(db: Database, path: Path) -> None:
     """A transaction cut short in its commit or rollback (a cancellation) can leave the kept
     connection inside it: the next transaction must not join it (its writes would never be
     committed), but start afresh on a new connection."""
-    path = tmp_path / "bridge.db"
-    db = Database(f"sqlite+aiosqlite:///{path}")
-    await db.upgrade()
-    try:
+    async with db.transaction() as session:
+        await queues.enqueue(session, [_item("first")])
+    kept = db._kept_writer
+    assert kept is not None
+    # What a commit cut short leaves behind: the connection still in its transaction.
+    await kept.begin()
+    await kept.execute(queues._OUTBOX.insert(), _item("never committed").row(0.0))
+    async with db.transaction() as session:
+        await queues.enqueue(session, [_item("second")])
+    assert kept.closed and db._kept_writer is not kept
+    assert _committed_items(path) == ["first", "second"]
+
+
+async def test_a_transaction_that_fails_writes_nothing(db: Database, path: Path) -> None:
+    with pytest.raises(RuntimeError):
         async with db.transaction() as session:
-            await queues.enqueue(session, [_item("first")])
-        kept = db._kept_writer
-        assert kept is not None
-        # What a commit cut short leaves behind: the connection still in its transaction.
-        await kept.begin()
-        await kept.execute(queues._OUTBOX.insert(), _item("never committed").row(0.0))
-        async with db.transaction() as session:
-            await queues.enqueue(session, [_item("second")])
-        assert kept.closed and db._kept_writer is not kept
-        assert _committed_items(path) == ["first", "second"]
-    finally:
-        await db.close()
+            await queues.enqueue(session, [_item("rolled back")])
+            raise RuntimeError("the caller failed")
+    async with db.transaction() as session:
+        await queues.enqueue(session, [_item("committed")])
+    assert _committed_items(path) == ["committed"]
 
 
-async def test_a_transaction_that_fails_writes_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "bridge.db"
-    db = Database(f"sqlite+aiosqlite:///{path}")
-    await db.upgrade()
-    try:
-        with pytest.raises(RuntimeError):
-            async with db.transaction() as session:
-                await queues.enqueue(session, [_item("rolled back")])
-                raise RuntimeError("the caller failed")
-        async with db.transaction() as session:
-            await queues.enqueue(session, [_item("committed")])
-        assert _committed_items(path) == ["committed"]
-    finally:
-        await db.close()
-
-
-async def test_reads_see_the_latest_commit_and_may_overlap(tmp_path: Path) -> None:
-    path = tmp_path / "bridge.db"
-    db = Database(f"sqlite+aiosqlite:///{path}")
-    await db.upgrade()
+async def test_reads_see_the_latest_commit_and_may_overlap(db: Database, path: Path) -> None:
     count = select(func.count()).select_from(queues._OUTBOX)
-    try:
-        async with db.reading() as connection:
-            assert await connection.scalar(count) == 0
-        async with db.transaction() as session:
-            await queues.enqueue(session, [_item("new")])
-        async with db.reading() as connection:  # the kept connection, used again
-            assert await connection.scalar(count) == 1
-            # A read inside another (a reader that awaits something else meanwhile) gets a
-            # connection of its own.
-            async with db.reading() as inner:
-                assert inner is not connection
-                assert await inner.scalar(count) == 1
-            assert await connection.scalar(count) == 1
-    finally:
-        await db.close()
+    async with db.reading() as connection:
+        assert await connection.scalar(count) == 0
+    async with db.transaction() as session:
+        await queues.enqueue(session, [_item("new")])
+    async with db.reading() as connection:  # the kept connection, used again
+        assert await connection.scalar(count) == 1
+        # A read inside another (a reader that awaits something else meanwhile) gets a
+        # connection of its own.
+        async with db.reading() as inner:
+            assert inner is not connection
+            assert await inner.scalar(count) == 1
+        assert await connection.scalar(count) == 1

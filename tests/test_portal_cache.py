@@ -5,7 +5,7 @@ only to a link its room still has, whatever was asked before the link changed, o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -23,16 +23,6 @@ from bridge.db.store import LinkInfo
 from bridge.email.store import update_link_settings
 
 ROOM = "!jugendamt:bridge.test"
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await database.upgrade()
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 async def _link(db: Database, remote_id: str, room_id: str = ROOM,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 from calendar import timegm
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -31,16 +30,6 @@ def ms(day: str, hour: int = 12) -> int:
     """A time on that UTC day, in milliseconds (as events and remote messages carry it)."""
     year, month, mday = (int(p) for p in day.split("-"))
     return timegm((year, month, mday, hour, 0, 0)) * 1000
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await database.upgrade()
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 async def room(db: Database, room_id: str, links: list[tuple[str, str]], *,
