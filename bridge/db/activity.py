@@ -4,7 +4,7 @@ and the rooms the progress report covers. What counts as a message is decided in
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -13,27 +13,22 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from bridge.db.models import Activity, Link, Portal
+from bridge.db.queues import upsert_statement
 
 _ACTIVITY = cast(Table, Activity.__table__)
-_ADD: dict[str, Any] = {}
 
 
 def _add_statement(dialect: str) -> Any:
     """INSERT ... ON CONFLICT (the row's key) DO UPDATE SET messages = messages + new: one
     statement, built once per dialect (it runs for every message the bridge relays)."""
-    statement = _ADD.get(dialect)
-    if statement is None:
-        # Imported here, once per dialect: the PostgreSQL dialect costs 2 MB of resident
-        # memory that a bridge on SQLite never needs (issue 15).
-        module = "postgresql" if dialect == "postgresql" else "sqlite"
-        insert = importlib.import_module(f"sqlalchemy.dialects.{module}").insert
+    def build(insert: Callable[[Table], Any]) -> Any:
         new = insert(_ACTIVITY)
-        statement = new.on_conflict_do_update(
+        return new.on_conflict_do_update(
             index_elements=[_ACTIVITY.c.room_id, _ACTIVITY.c.day, _ACTIVITY.c.side,
                             _ACTIVITY.c.person],
             set_={"messages": _ACTIVITY.c.messages + new.excluded.messages})
-        _ADD[dialect] = statement
-    return statement
+
+    return upsert_statement(dialect, "activity.add", build)
 
 
 def add_many_now(session: Session, counts: list[dict[str, Any]]) -> None:

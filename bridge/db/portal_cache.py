@@ -134,13 +134,12 @@ class PortalCache:
 
     def _transaction_ended(self, _dbapi_connection: Any,
                            entry: ConnectionPoolEntry | None) -> None:
-        if entry is not None and entry.info.pop(_CHANGED, False):
-            self._open_changes -= 1
-            self._forget()
+        if entry is not None:
+            self._kept_transaction_ended(entry.info)
 
     def _kept_transaction_ended(self, info: dict[Any, Any]) -> None:
-        # The connection that the database keeps for writing transactions (bridge.db.engine)
-        # does not go back to the pool after each one: its transaction ends here.
+        # Also called by the database for the connection it keeps for writing transactions
+        # (bridge.db.engine), which does not go back to the pool after each one.
         if info.pop(_CHANGED, False):
             self._open_changes -= 1
             self._forget()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from bridge.db.models import InboundKey, Link, MessageMapping
-from bridge.db.queues import dialect_name, insert_ignoring_conflicts
+from bridge.db.queues import dialect_name, insert_ignoring_conflicts, upsert_statement
 from bridge.slack.models import SlackChannel
 
 if TYPE_CHECKING:
@@ -68,7 +68,6 @@ _ADVANCE = update(_CHANNEL).where(
 
 
 _PENDING_CURSORS = "slack_cursors_pending"
-_ADVANCE_MANY: dict[str, Any] = {}
 
 
 def note_cursor(session: AsyncSession, team_id: str, channel_id: str, ts: str) -> None:
@@ -84,19 +83,17 @@ def note_cursor(session: AsyncSession, team_id: str, channel_id: str, ts: str) -
 
 def _advance_many(dialect: str) -> Any:
     """INSERT ... ON CONFLICT DO UPDATE that moves each cursor forward only (as _ADVANCE
-    does), or creates it; built once per dialect."""
-    statement = _ADVANCE_MANY.get(dialect)
-    if statement is None:
-        # Imported here, as in insert_ignoring_conflicts: no PostgreSQL dialect on SQLite.
-        module = "postgresql" if dialect == "postgresql" else "sqlite"
-        new = importlib.import_module(f"sqlalchemy.dialects.{module}").insert(_CHANNEL)
+    does), or creates it."""
+    def build(insert: Callable[[Table], Any]) -> Any:
+        new = insert(_CHANNEL)
         now, then = new.excluded.last_ts, _CHANNEL.c.last_ts
-        statement = _ADVANCE_MANY[dialect] = new.on_conflict_do_update(
+        return new.on_conflict_do_update(
             index_elements=[_CHANNEL.c.team_id, _CHANNEL.c.channel_id],
             set_={"last_ts": now, "updated_at": new.excluded.updated_at},
             where=or_(func.length(then) < func.length(now),
                       (func.length(then) == func.length(now)) & (then < now)))
-    return statement
+
+    return upsert_statement(dialect, "slack.advance_cursors", build)
 
 
 @event.listens_for(Session, "before_commit")
@@ -127,20 +124,15 @@ async def advance_cursor(session: AsyncSession, team_id: str, channel_id: str, t
             "updated_at": now})
 
 
-_CLAIM_KEYS: dict[str, Any] = {}
-
-
 async def claim_event_keys(session: AsyncSession, keys: list[str]) -> set[str]:
     """Claim the natural keys of a batch of Slack events (``store.claim_inbound_key`` for
     many, in one statement instead of one per event); returns those seen for the first
     time."""
     if not keys:
         return set()
-    dialect = dialect_name(session)
-    claim = _CLAIM_KEYS.get(dialect)
-    if claim is None:  # built once per dialect, as insert_ignoring_conflicts is
-        claim = _CLAIM_KEYS[dialect] = insert_ignoring_conflicts(
-            session, InboundKey).returning(_INBOUND_KEY.c.key)
+    claim = upsert_statement(dialect_name(session), "slack.claim_event_keys", lambda insert:
+                             insert(_INBOUND_KEY).on_conflict_do_nothing()
+                             .returning(_INBOUND_KEY.c.key))
     now = time.time()
     rows = await session.execute(claim, [{"network": "slack", "key": key, "received_at": now}
                                          for key in keys])
