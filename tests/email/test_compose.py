@@ -585,12 +585,18 @@ def test_template_copies_are_the_mails_build_email_writes(with_url: str | None,
     template = MailTemplate(unsubscribe_address=make_unsubscribe_address(
         "bauamt", DOMAIN, first, SECRET), unsubscribe_url=url(first), **common)
     for recipient in FAN_OUT_RECIPIENTS:
-        unsubscribe = make_unsubscribe_address("bauamt", DOMAIN, recipient, SECRET)
-        copy_ = template.render(recipient, unsubscribe, url(recipient))
-        assert copy_ is not None
-        alone = flatten(build_email(recipient=recipient, unsubscribe_address=unsubscribe,
-                                    unsubscribe_url=url(recipient), **common))
-        assert _same_boundaries(copy_) == _same_boundaries(alone)
+        _assert_copy_is_the_mail_alone(template, recipient, url(recipient), common)
+
+
+def _assert_copy_is_the_mail_alone(template: MailTemplate, recipient: str, url: str | None,
+                                   common: dict[str, Any]) -> None:
+    """The template's copy for ``recipient`` is the mail build_email writes for them."""
+    unsubscribe = make_unsubscribe_address("bauamt", DOMAIN, recipient, SECRET)
+    copy_ = template.render(recipient, unsubscribe, url)
+    assert copy_ is not None
+    alone = flatten(build_email(recipient=recipient, unsubscribe_address=unsubscribe,
+                                unsubscribe_url=url, **common))
+    assert _same_boundaries(copy_) == _same_boundaries(alone)
 
 
 def test_template_refuses_what_does_not_fit() -> None:
@@ -619,9 +625,4 @@ def test_template_copies_match_for_any_message(text: str, html: str | None, loca
     template = MailTemplate(unsubscribe_address=UNSUBSCRIBE,
                             unsubscribe_url=_unsubscribe_url(RECIPIENT), **common)
     recipient = f"{local.strip('.') or 'a'}@example.org".replace("..", ".")
-    unsubscribe = make_unsubscribe_address("bauamt", DOMAIN, recipient, SECRET)
-    copy_ = template.render(recipient, unsubscribe, _unsubscribe_url(recipient))
-    assert copy_ is not None
-    alone = flatten(build_email(recipient=recipient, unsubscribe_address=unsubscribe,
-                                unsubscribe_url=_unsubscribe_url(recipient), **common))
-    assert _same_boundaries(copy_) == _same_boundaries(alone)
+    _assert_copy_is_the_mail_alone(template, recipient, _unsubscribe_url(recipient), common)
