@@ -295,6 +295,7 @@ class Bridge:
                 await connector.stop()
             except Exception:
                 log.exception("stopping the %s connector failed", connector.network)
+        await self.hub.finish_commits()
         if self.crypto is not None:
             try:
                 await self.crypto.stop()

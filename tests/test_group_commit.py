@@ -98,3 +98,15 @@ async def test_a_message_whose_sender_went_away_before_the_commit_is_not_stored(
         await gone
     assert await _lane(hub) == ["eins"]
     assert await _post(hub, "zwei") is True
+
+
+async def test_stopping_waits_for_the_messages_waiting_to_be_written(hub: Hub) -> None:
+    """The bridge stops its connectors, then waits here before it closes the database: what
+    was handed over for the shared transaction is written (or refused), not cut off."""
+    await hub.finish_commits()  # nothing waiting: returns at once
+    posts = [asyncio.create_task(_post(hub, text)) for text in ("erste", "zweite")]
+    await asyncio.sleep(0)  # both handed over, the transaction not made yet
+    assert await _lane(hub) == []
+    await hub.finish_commits()
+    assert await _lane(hub) == ["erste", "zweite"]
+    assert await asyncio.gather(*posts) == [True, True]

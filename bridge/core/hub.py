@@ -661,6 +661,12 @@ class Hub:
                                                   name="hub-group-commit")
         return await waiter
 
+    async def finish_commits(self) -> None:
+        """Until the messages waiting for a shared transaction are written or refused (when
+        the bridge stops: after the connectors, before the database closes)."""
+        if self._committer is not None:
+            await self._committer
+
     async def _commit_waiting(self) -> None:
         try:
             while self._to_commit:
