@@ -228,8 +228,9 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> Results:
 
         # Warm-up, not measured: a mail with a smaller attachment runs every step once
         # (parsing, puppet, upload, posting), so that imports and caches are in place. It
-        # is big enough for the steps of a big mail too: parsed in a thread (whose memory
-        # arena is then in place), the attachment decoded in place and uploaded in pieces.
+        # is big enough for the steps of a big mail too: kept in a temp file, parsed from
+        # there in a thread (whose memory arena is then in place), the attachment decoded
+        # from the file into a buffer of its own and uploaded in pieces.
         small = make_mail(sender=sender, sender_name="Erika Mustermann", to=address,
                           subject="Pläne (klein)", body=text,
                           attachments=[(os.urandom(1536 * 1024), "application/pdf",

@@ -13,10 +13,12 @@ naming what changed, when the aiosmtpd installed no longer has what this module 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import logging
 import re
 import tempfile
+import threading
 from typing import cast
 
 from aiosmtpd.smtp import MISSING, SMTP
@@ -28,12 +30,95 @@ READ_SIZE = 1 << 18
 TOO_MUCH = "552 Error: Too much mail data"
 TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 TEMPORARY = "451 4.3.0 Temporary problem on the bridge; please try again later"
-# A mail bigger than this goes to a temp file as it arrives and is read back into memory in
-# one piece at the end. A bytearray grown piece by piece to tens of MB leaves the malloc
-# heap behind it as holes that stay resident (each time it outgrows its place, below glibc's
-# mmap threshold, which a bridge that has freed a few big buffers has raised to many MB):
-# 3-4 MB more for a 27 MB mail. An ordinary mail stays in memory: the file costs syscalls.
+# A mail bigger than this goes to a temp file as it arrives and stays there: it is handed on
+# as a `SpooledMail`, which the parser reads in pieces (a 20 MB attachment is decoded from
+# the file into a buffer of its own; the 27 MB of the mail are never in memory at once). A
+# bytearray grown piece by piece to tens of MB would also leave the malloc heap behind it as
+# holes that stay resident (each time it outgrows its place, below glibc's mmap threshold,
+# which a bridge that has freed a few big buffers has raised to many MB). An ordinary mail
+# stays in memory: the file costs syscalls.
 SPOOL_ABOVE = 1 << 19
+_FIND_WINDOW = 1 << 16
+
+
+class SpooledMail:
+    """A mail that `DataDecoder` collected in a temp file (unnamed: gone with its handle).
+
+    Read by position, from any thread; `close` may come from the event loop while a parse
+    in a thread still reads (the SMTP connection went away): the reads and the close take
+    turns, and a read after the close fails like a read of a broken file. Every failed read
+    is kept in `read_error`, because the parser may take it for a malformed mail: the
+    caller asks `raise_read_error` afterwards (the answer is then 451, not 550).
+    """
+
+    def __init__(self, file: io.RawIOBase, size: int) -> None:
+        self._file: io.RawIOBase | None = file
+        self._size = size
+        self._lock = threading.Lock()
+        self.read_error: OSError | None = None
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def closed(self) -> bool:
+        return self._file is None
+
+    def read_into(self, offset: int, buffer: memoryview) -> None:
+        """Fill ``buffer`` with the mail's bytes from ``offset`` on (OSError: cannot)."""
+        with self._lock:
+            try:
+                if self._file is None:
+                    raise OSError("the spooled mail was closed")
+                if offset < 0 or offset + len(buffer) > self._size:
+                    raise OSError("a read beyond the spooled mail")
+                self._file.seek(offset)
+                filled = 0
+                while filled < len(buffer):
+                    read = self._file.readinto(buffer[filled:])
+                    if not read:
+                        raise OSError("the spool file is shorter than what was written")
+                    filled += read
+            except OSError as exc:
+                self.read_error = self.read_error or exc
+                raise
+
+    def read(self, offset: int, size: int) -> bytearray:
+        data = bytearray(size)
+        with memoryview(data) as view:
+            self.read_into(offset, view)
+        return data
+
+    def read_back(self) -> bytearray:
+        """The whole mail in memory: allocated once, in its exact size."""
+        return self.read(0, self._size)
+
+    def find(self, sub: bytes) -> int:
+        """``bytes.find`` in the mail, read window by window."""
+        offset = 0
+        while offset < self._size:
+            window = self.read(offset, min(_FIND_WINDOW + len(sub) - 1, self._size - offset))
+            at = window.find(sub)
+            if at >= 0:
+                return offset + at
+            offset += _FIND_WINDOW
+        return -1
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for offset in range(0, self._size, READ_SIZE):
+            digest.update(self.read(offset, min(READ_SIZE, self._size - offset)))
+        return digest.hexdigest()
+
+    def raise_read_error(self) -> None:
+        if self.read_error is not None:
+            raise OSError("cannot read a spooled mail") from self.read_error
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
 
 class DataDecoder:
@@ -46,7 +131,8 @@ class DataDecoder:
     in memory for a big one, and most of the CPU time of a 50 KB mail); its answers stay the
     same: 552 for a mail over the size limit and 500 for a line too long, given after the
     terminator and with nothing of the mail kept meanwhile. A mail over ``spool_above``
-    bytes is collected in a temp file instead and is in `content` once `done`.
+    bytes is collected in a temp file instead and is `spooled` once `done` (the caller
+    closes it), where it could be written; `content` is then empty.
     """
 
     def __init__(self, size_limit: int | None, line_limit: int = 1001,
@@ -55,6 +141,7 @@ class DataDecoder:
         1000, plus a stuffed dot; aiosmtpd's limit). Counted from LF to LF (a bare LF, not
         allowed in SMTP, ends a line here too)."""
         self.content = bytearray()
+        self.spooled: SpooledMail | None = None
         self._spool_above = spool_above
         self._spool: io.RawIOBase | None = None
         self._spooled = 0  # bytes of the mail in the spool file
@@ -80,7 +167,9 @@ class DataDecoder:
             self._decode(block, end + 2)  # with the line break of the last line
             self._pending = b""
             self.done = True
-            self._unspool()
+            if self._spool is not None:
+                self.spooled = SpooledMail(self._spool, self._spooled)
+                self._spool = None
             return block[end + len(TERMINATOR):]
         if len(block) <= 4:
             self._pending = block
@@ -132,7 +221,8 @@ class DataDecoder:
 
     def _start_spool(self) -> None:
         try:
-            # (Open until the mail is read back, or dropped: _unspool, close.)
+            # (Open until the mail is handed on as `spooled`, read back (_unspool) or
+            # dropped (close).)
             self._spool = cast(io.RawIOBase, tempfile.TemporaryFile(buffering=0))  # noqa: SIM115
         except OSError:
             log.warning("cannot spool a big mail to a temp file; keeping it in memory",
@@ -160,34 +250,32 @@ class DataDecoder:
                 self.content += data
 
     def _unspool(self) -> None:
-        """The spooled mail into `content`: allocated once, in its exact size. (A mail whose
-        spool cannot be read back is refused for now, 451: the sender keeps it.)"""
+        """What was spooled into `content`, to go on in memory (the spool file failed):
+        allocated once, in its exact size. (A mail whose spool cannot be read back is
+        refused for now, 451: the sender keeps it.)"""
         if self._spool is None:
             return
-        spool, self._spool = self._spool, None
+        spooled = SpooledMail(self._spool, self._spooled)
+        self._spool = None
         self._unspooled = True
-        with spool:
-            try:
-                content = bytearray(self._spooled)
-                spool.seek(0)
-                view, filled = memoryview(content), 0
-                while filled < self._spooled:
-                    read = spool.readinto(view[filled:])
-                    if not read:
-                        raise OSError("the spool file is shorter than what was written")
-                    filled += read
-                view.release()
-            except OSError:
-                log.exception("cannot read a spooled mail back")
-                self._fail(TEMPORARY)
-                return
+        try:
+            content = spooled.read_back()
+        except OSError:
+            log.exception("cannot read a spooled mail back")
+            self._fail(TEMPORARY)
+            return
+        finally:
+            spooled.close()
         self.content = content
 
     def close(self) -> None:
-        """Drop what was received (a mail given up on before its end)."""
+        """Drop what was received (a mail given up on before its end, or refused)."""
         if self._spool is not None:
             self._spool.close()
             self._spool = None
+        if self.spooled is not None:
+            self.spooled.close()
+            self.spooled = None
         self.content = bytearray()
 
     def _fail(self, error: str) -> None:
@@ -230,11 +318,17 @@ class SmtpProtocol(SMTP):
             await self.push(decoder.error)
             self._set_post_data_state()
             return
-        # A bytearray, not bytes: converting would copy the whole mail.
-        self.envelope.content = decoder.content  # type: ignore[assignment]
-        self.envelope.original_content = decoder.content  # type: ignore[assignment]
+        # A bytearray, not bytes: converting would copy the whole mail. A big one stays in
+        # its temp file, which goes when the handler is done with it, however it ends.
+        mail = decoder.spooled if decoder.spooled is not None else decoder.content
+        self.envelope.content = mail  # type: ignore[assignment]
+        self.envelope.original_content = mail  # type: ignore[assignment]
         del decoder
-        status = await self._call_handler_hook("DATA")
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            if isinstance(mail, SpooledMail):
+                mail.close()
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
 

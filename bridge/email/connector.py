@@ -60,6 +60,7 @@ from bridge.email.addresses import (
     thread_key_for,
     verify_unsubscribe,
 )
+from bridge.email.aiosmtpd_data import SpooledMail
 from bridge.email.auth import DnsFunc, authenticate
 from bridge.email.config import EmailConfig
 from bridge.email.inbound import SmtpServer, Target
@@ -97,18 +98,25 @@ TEMPLATE_CACHE_SECONDS = 600.0
 _MESSAGE_ID_FIELD = re.compile(rb"(?im)^message-id[ \t]*:")
 
 
+def _content_hash(raw: bytes | bytearray | SpooledMail) -> str:
+    return raw.sha256() if isinstance(raw, SpooledMail) else hashlib.sha256(raw).hexdigest()
+
+
 def _header_end(raw: bytes | bytearray) -> int:
     end = raw.find(b"\r\n\r\n")
     end = raw.find(b"\n\n") if end < 0 else end
     return len(raw) if end < 0 else end
 
 
-def _headers_of(raw: bytes | bytearray) -> EmailMessage:
+def _headers_of(raw: bytes | bytearray | SpooledMail) -> EmailMessage:
     """Only the header block: sender authentication needs no body, and parsing a 20 MB
     body a second time would cost hundreds of MB."""
     end = raw.find(b"\r\n\r\n")
     end = raw.find(b"\n\n") if end < 0 else end
-    header = bytes(raw if end < 0 else raw[:end + 2])
+    if isinstance(raw, SpooledMail):
+        header = bytes(raw.read(0, len(raw) if end < 0 else end + 2))
+    else:
+        header = bytes(raw if end < 0 else raw[:end + 2])
     return message_from_bytes(header, policy=policy.default)  # type: ignore[return-value]
 
 
@@ -419,21 +427,26 @@ class EmailConnector(Connector):
 
     # --- inbound: a mail arrived over SMTP -----------------------------------------------
 
-    async def receive(self, raw: bytes | bytearray, targets: list[Target],
+    async def receive(self, raw: bytes | bytearray | SpooledMail, targets: list[Target],
                       mail_from: str) -> str:
         """Handle one mail for the accepted recipients; returns the SMTP answer.
 
         ``raw`` may be the bytearray the SMTP server collected the mail in: it is read, never
-        changed, and not copied (a big mail would take its size again).
+        changed, and not copied (a big mail would take its size again). A big mail comes in
+        its temp file (`SpooledMail`) and is read from there in pieces; OSError where that
+        file cannot be read (the SMTP server answers 451: the sender tries again).
         """
         from bridge.email.parse import MalformedMail, parse_message
 
         digest: str | None = None
+        if isinstance(raw, SpooledMail) and self.settings.sender_auth == "verify":
+            # DKIM hashes the whole body after the parse: the mail read back in one piece.
+            raw = await asyncio.to_thread(raw.read_back)
         try:
             # Parsing a big mail takes a while; in a thread it does not stall the bridge. A
             # small one (a few ms) costs less right here than the hand-over to a thread and
             # back, and than the two threads taking turns at the interpreter meanwhile.
-            if len(raw) <= PARSE_INLINE_MAX:
+            if len(raw) <= PARSE_INLINE_MAX and not isinstance(raw, SpooledMail):
                 mail = parse_message(raw)
             else:
                 mail, digest = await asyncio.to_thread(self._parse_big, raw)
@@ -453,6 +466,7 @@ class EmailConnector(Connector):
             return "550 5.1.7 The message has no valid From address"
         mode = self.settings.sender_auth
         if mode == "verify":
+            assert not isinstance(raw, SpooledMail)  # (read back above)
             # DNS look-ups and hashing up to the whole mail: in a thread, so the bridge
             # does not stall meanwhile.
             verdict = await asyncio.to_thread(authenticate, mode, None, bytes(raw),
@@ -479,15 +493,25 @@ class EmailConnector(Connector):
                     "room to subscribe you.")
         return "250 2.0.0 Message accepted for the room"
 
-    def _parse_big(self, raw: bytes | bytearray) -> tuple[ParsedMail, str | None]:
+    def _parse_big(self, raw: bytes | bytearray | SpooledMail) -> tuple[ParsedMail, str | None]:
         """A big mail parsed (in a thread) with its attachments decoded into its own buffer
         (``consume``: a 20 MB attachment then needs no 20 MB beside the 27 MB mail), where
         nothing reads the mail's body afterwards: not when DKIM verifies it. Also the
         content hash that names a mail without a Message-ID, taken before the buffer
         changes. (A Message-ID too garbled to read is rare; that mail's name is then the
-        hash of the changed buffer, which the same mail always changes in the same way.)"""
-        from bridge.email.parse import parse_message
+        hash of the changed buffer, which the same mail always changes in the same way.)
+        A mail in its temp file is read from there in pieces, its attachments decoded into
+        buffers of their own; the file does not change, and its hash is the mail's."""
+        from bridge.email.parse import MalformedMail, parse_message
 
+        if isinstance(raw, SpooledMail):
+            try:
+                mail = parse_message(raw, consume=True)
+            except MalformedMail:
+                raw.raise_read_error()  # not the sender's fault: 451, not 550
+                raise
+            raw.raise_read_error()  # (the parser may have made do without what it read)
+            return mail, None if mail.message_id else raw.sha256()
         consume = isinstance(raw, bytearray) and self.settings.sender_auth != "verify"
         digest = None
         if consume and not _MESSAGE_ID_FIELD.search(raw, 0, _header_end(raw)):
@@ -539,8 +563,8 @@ class EmailConnector(Connector):
                 return ref
         return None
 
-    async def _post(self, target: Target, mail: ParsedMail, raw: bytes | bytearray,
-                    digest: str | None = None) -> bool:
+    async def _post(self, target: Target, mail: ParsedMail,
+                    raw: bytes | bytearray | SpooledMail, digest: str | None = None) -> bool:
         """Post the mail into the target's room; False if the sender may not write there.
 
         One read connection before and one write transaction after the uploads, however
@@ -550,7 +574,7 @@ class EmailConnector(Connector):
         room_id, localpart = target.room_id, target.recipient.localpart
         address = mail.from_address.lower()
         message_id = mail.message_id or \
-            f"sha256-{(digest or hashlib.sha256(raw).hexdigest())[:32]}@{self.domain}"
+            f"sha256-{(digest or _content_hash(raw))[:32]}@{self.domain}"
         # Subscribers the mail was addressed to directly (To/Cc) have it already: the copy
         # the room's other subscribers get through the relay skips them.
         addressed = {a.lower() for a in [*mail.to, *mail.cc]} - {address}

@@ -4,13 +4,14 @@
 times a big mail's size in memory and most of the CPU time of a small one). What it must
 keep: the terminating line, the removal of stuffed dots (RFC 5321 4.5.2), 552 for a mail
 over the size limit and 500 for an overlong line, answered after the terminator, and the
-bytes a client sends after the terminator. A big mail goes through a temp file on the way
-(one allocation of its exact size at the end): the same bytes and answers.
+bytes a client sends after the terminator. A big mail goes to a temp file and is handed on
+in it (`SpooledMail`, closed once the handler is done): the same bytes and answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import smtplib
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bridge.email.aiosmtpd_data as data_module
-from bridge.email.aiosmtpd_data import SPOOL_ABOVE, DataDecoder, SmtpProtocol
+from bridge.email.aiosmtpd_data import SPOOL_ABOVE, DataDecoder, SmtpProtocol, SpooledMail
 from testkit.synapse import free_port
 
 
@@ -65,7 +66,16 @@ def decode(stream: bytes, limit: int | None, cuts: list[int],
         pos = cut
     assert decoder.done
     rest += stream[pos:]
-    return (decoder.error[:3] if decoder.error else bytes(decoder.content)), rest
+    if decoder.error:
+        return decoder.error[:3], rest
+    spooled = decoder.spooled
+    if spooled is None:
+        return bytes(decoder.content), rest
+    assert not decoder.content
+    try:
+        return bytes(spooled.read_back()), rest
+    finally:
+        spooled.close()
 
 
 PIECES = [b"\r\n", b".", b"..", b"a", b"\r", b"\n", b"\r\n.\r\n", b"x" * 333, b"\r\n.",
@@ -135,15 +145,59 @@ def test_a_mail_whose_spool_file_fills_up_goes_on_in_memory(
     assert len(spools) == 1 and spools[0].closed
 
 
-def test_a_mail_whose_spool_cannot_be_read_back_is_refused_for_now(
+def test_a_spooled_mail_is_handed_on_unread_and_a_failed_read_is_kept(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decoder does not read the spooled mail back; where the one who does cannot, the
+    failure is kept for the connector (which answers 451: the sending server keeps the
+    mail and tries again)."""
     spools: list[_FailingSpool] = []
     monkeypatch.setattr(data_module.tempfile, "TemporaryFile",
                         lambda **_: spools.append(_FailingSpool(fail_read=True)) or spools[-1])
-    # 451: the sending server keeps the mail and tries again.
-    assert decode(STREAM + b"QUIT\r\n", None, [700], spool_above=500) == ("451",
-                                                                          b"QUIT\r\n")
-    assert spools[0].closed
+    decoder = DataDecoder(None, spool_above=500)
+    assert decoder.feed(STREAM + b"QUIT\r\n") == b"QUIT\r\n"
+    spooled = decoder.spooled
+    assert decoder.done and decoder.error is None and spooled is not None
+    assert len(spooled) == len(MAIL) and spools[0].getvalue() == MAIL
+    with pytest.raises(OSError):
+        spooled.read(10, 20)
+    assert isinstance(spooled.read_error, OSError)
+    with pytest.raises(OSError, match="cannot read a spooled mail"):
+        spooled.raise_read_error()
+    spooled.close()
+    assert spools[0].closed and spooled.closed
+    with pytest.raises(OSError, match="closed"):
+        spooled.read_back()
+
+
+def test_a_spooled_mail_is_read_by_position() -> None:
+    decoder = DataDecoder(None, spool_above=500)
+    decoder.feed(STREAM)
+    spooled = decoder.spooled
+    assert spooled is not None
+    try:
+        assert spooled.read(1000, 50) == MAIL[1000:1050]
+        assert spooled.read(len(MAIL), 0) == b""
+        with pytest.raises(OSError):
+            spooled.read(len(MAIL) - 5, 10)
+        assert spooled.read_error is not None  # (kept: the parse's result cannot be trusted)
+        for needle in (b"line 399", b"line 1 ", b"\r\n.line", b"nowhere"):
+            assert spooled.find(needle) == MAIL.find(needle)
+        assert spooled.sha256() == hashlib.sha256(MAIL).hexdigest()
+    finally:
+        spooled.close()
+
+
+def test_find_in_a_spooled_mail_across_its_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data_module, "_FIND_WINDOW", 7)
+    decoder = DataDecoder(None, spool_above=0)
+    decoder.feed(STREAM)
+    spooled = decoder.spooled
+    assert spooled is not None
+    for start in range(0, 200, 3):
+        needle = MAIL[start:start + 4]
+        assert spooled.find(needle) == MAIL.find(needle)
+    assert spooled.find(b"\r\n\r\n") == -1
+    spooled.close()
 
 
 def test_a_spooled_mail_given_up_on_leaves_no_file() -> None:
@@ -158,21 +212,29 @@ def test_a_spooled_mail_given_up_on_leaves_no_file() -> None:
 class Recorder:
     def __init__(self) -> None:
         self.mails: list[bytes] = []
+        self.spooled: list[SpooledMail] = []
+        self.fail = False
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        content = envelope.original_content
+        content: Any = envelope.original_content
+        if isinstance(content, SpooledMail):  # a big mail, in its temp file
+            self.spooled.append(content)
+            content = content.read_back()
         assert isinstance(content, bytearray)  # handed over as collected, not copied
         self.mails.append(bytes(content))
+        if self.fail:
+            raise RuntimeError("the handler failed")
         return "250 2.0.0 taken"
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[tuple[int, Recorder]]:
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[tuple[int, Recorder]]:
     recorder = Recorder()
     port = free_port()
     loop = asyncio.get_running_loop()
+    limit = getattr(request, "param", 100_000)
     listener = await loop.create_server(
-        lambda: SmtpProtocol(recorder, hostname="bridge.example", data_size_limit=100_000),
+        lambda: SmtpProtocol(recorder, hostname="bridge.example", data_size_limit=limit),
         "127.0.0.1", port)
     yield port, recorder
     listener.close()
@@ -232,3 +294,30 @@ async def test_commands_right_after_the_terminator_are_not_lost(
     assert (await reader.readline()).startswith(b"221")
     writer.close()
     assert recorder.mails == [b"Subject: z\r\n\r\n.x\r\n"]
+
+
+@pytest.mark.integration  # a real aiosmtpd server on a local port
+@pytest.mark.parametrize("server", [4 * SPOOL_ABOVE], indirect=True)
+async def test_a_big_mail_is_handed_on_in_its_temp_file_which_goes_afterwards(
+        server: tuple[int, Recorder]) -> None:
+    """Over SPOOL_ABOVE, the handler gets the mail in its temp file; the file is closed
+    (and with it gone) once the handler is done, also when the handler fails."""
+    port, recorder = server
+    big = b"Subject: gross\r\n\r\n" + b"".join(
+        b"%s%d Zeile\r\n" % (b"." * (n % 5 == 0), n) for n in range(SPOOL_ABOVE // 10))
+
+    def send(count: int) -> list[tuple[int, bytes]]:
+        answers = []
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.ehlo("mta.example")
+            for _ in range(count):
+                client.mail("a@b.example")
+                client.rcpt("r@bridge.example")
+                answers.append(client.data(big))
+        return answers
+
+    assert [code for code, _ in await asyncio.to_thread(send, 1)] == [250]
+    recorder.fail = True
+    assert [code for code, _ in await asyncio.to_thread(send, 1)] != [250]
+    assert recorder.mails == [big, big]
+    assert len(recorder.spooled) == 2 and all(mail.closed for mail in recorder.spooled)

@@ -1,7 +1,8 @@
 """Inbound mail, parsed: a raw RFC 5322 message becomes what the bridge posts to a room.
 
-Pure functions only (no I/O): `parse_message` takes the bytes an MTA handed us and returns a
-`ParsedMail` with the *new* part of the message (quotes and signatures split off into
+Pure functions only (no I/O but reading a big mail from the temp file it was spooled to):
+`parse_message` takes the bytes an MTA handed us and returns a `ParsedMail` with the *new*
+part of the message (quotes and signatures split off into
 `quoted_text`, so nothing is lost), the HTML of that new part (not yet sanitised: the
 connector first uploads inline images, then calls `sanitize_html` with the ``cid:`` map),
 attachments, forwarded messages, calendar invitations, and whether the mail is an automatic

@@ -37,7 +37,7 @@ from bridge.email.parse.headers import (
 from bridge.email.parse.html_reply import _squash, split_html_reply
 from bridge.email.parse.mime import _append_forwards, _append_forwards_html, _Collected, _walk
 from bridge.email.parse.parts import _content_type
-from bridge.email.parse.raw import CONSUME, _parse_bytes
+from bridge.email.parse.raw import CONSUME, MailFile, _parse_bytes
 from bridge.email.parse.reply import ReplySplit, split_reply
 from bridge.email.parse.results import Attachment, Bounce, MalformedMail, ParsedMail
 from bridge.email.sanitize import html_to_text
@@ -139,15 +139,20 @@ _KNOWN_FIELDS = {
 }
 
 
-def parse_message(raw: bytes | bytearray, consume: bool = False) -> ParsedMail:
+def parse_message(raw: bytes | bytearray | MailFile, consume: bool = False) -> ParsedMail:
     """Parse a raw RFC 5322 message; raises only `MalformedMail`.
 
     With ``consume``, the caller gives up ``raw`` (a bytearray) to the parse: big base64
     attachments are decoded into its own bytes (raw.decode_in_place), so a 20 MB attachment
     costs no memory next to the mail, and their ``data`` are views into it. ``raw`` is
     not a copy of the mail any more afterwards (its header block still is).
+
+    A `MailFile` (a big mail in a temp file) is read in pieces: its big attachments are
+    decoded from the file into buffers of their own size, and the mail is not read into
+    memory whole (raw._parse_file). Where the file cannot be read, the result may be a
+    `MalformedMail` too: the caller must ask the file whether a read failed.
     """
-    if not isinstance(raw, bytes | bytearray | memoryview):
+    if not isinstance(raw, bytes | bytearray | memoryview | MailFile):
         raise MalformedMail("a mail is bytes")
     if isinstance(raw, memoryview):
         raw = bytes(raw)  # (a bytearray is read as it is: copying a big mail costs its size)

@@ -23,7 +23,7 @@ from bridge.email.parse.headers import (
     _param,
     _transfer_encoding,
 )
-from bridge.email.parse.raw import CONSUME, _materialize, _Run, decode_in_place
+from bridge.email.parse.raw import _materialize, _Run
 
 _MIME_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
 
@@ -107,14 +107,15 @@ def _base64_payload(part: Message) -> bytes | None:
         return None  # exactly get_payload's test
     if isinstance(payload, _Run):
         # Decoded once; when the mail may be reused (parse_message's consume), into its
-        # own bytes, without a copy of the attachment beside it.
-        if payload.decoded is None and CONSUME.get():
-            decode_in_place(payload)
+        # own bytes, without a copy of the attachment beside it; from a spooled mail's
+        # file, piece by piece into a buffer of its own.
+        if payload.decoded is None:
+            payload.decode()
         if payload.decoded is not None:
             return payload.decoded  # type: ignore[return-value]  # (bytes-like)
     try:
         # A lazy payload is decoded from the mail itself (the same ASCII text).
-        return binascii.a2b_base64(payload.view if isinstance(payload, _Run) else payload)
+        return binascii.a2b_base64(payload.encoded() if isinstance(payload, _Run) else payload)
     except (binascii.Error, ValueError):
         if isinstance(payload, _Run):
             part._payload = payload.text()  # type: ignore[attr-defined]  # for get_payload

@@ -13,9 +13,10 @@ import binascii
 import contextvars
 import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.message import EmailMessage, Message
 from email.parser import BytesFeedParser, BytesParser
+from typing import Protocol, runtime_checkable
 
 from bridge.email.parse.headers import _POLICY, _transfer_encoding
 
@@ -36,27 +37,39 @@ _FEED_CHUNK = 64 * 1024
 # the payload afterwards. To the parser the two are alike: neither a line of base64
 # characters nor the placeholder is a header, boundary or blank line, wherever it stands.
 # (Possessive: a plain repeat keeps a backtracking record per line, 70 MB for 20 MB.)
-_BASE64_RUN = re.compile(rb"\n((?:[A-Za-z0-9+/=]++(?:\r\n|\n|\r)){1024,}+)")
+_RUN_LINES = 1024
+_BASE64_RUN = re.compile(rb"\n((?:[A-Za-z0-9+/=]++(?:\r\n|\n|\r)){%d,}+)" % _RUN_LINES)
 _RUN_SCAN_MIN = 256 * 1024  # bodies smaller than this are fed as they are
 
 
 _LEADING_SPACE = re.compile(rb"[ \t\r\n]*")
 
 
-def _parse_bytes(raw: bytes | bytearray, lazy_runs: bool = False) -> EmailMessage:
+@runtime_checkable
+class MailFile(Protocol):
+    """A mail kept in a file instead of memory (a big one, spooled to a temp file as it
+    arrived: aiosmtpd_data.SpooledMail). Reads raise OSError where the file fails."""
+
+    def __len__(self) -> int: ...
+
+    def read(self, offset: int, size: int) -> bytes | bytearray: ...
+
+    def read_into(self, offset: int, buffer: memoryview) -> None: ...
+
+    def read_back(self) -> bytearray: ...
+
+
+def _parse_bytes(raw: bytes | bytearray | MailFile, lazy_runs: bool = False) -> EmailMessage:
     """The mail as the email package parses it. With ``lazy_runs``, attachments' base64
     payloads may be left as `_Run` (for parse_message, which reads them through
-    _part_bytes)."""
-    # Leading blank lines or spaces would end the header block before it starts; an mbox
-    # "From " line is not a header either. (No copies of the mail: the rest works with
-    # positions in it; lstrip would copy a bytearray even with nothing to strip.)
-    skip = _LEADING_SPACE.match(raw)
-    data = raw[skip.end():] if skip and skip.end() else raw
-    mbox = _MBOX_FROM.match(data)
-    start = mbox.end() if mbox else 0
-    # Quoting a boundary adds quote marks inside one line (`_quote_boundaries`), so the
-    # header block ends in the same place with or without them.
-    end = _header_block_end(data, start)
+    _part_bytes). A `MailFile` is read in pieces where its attachments' runs can be left in
+    the file (`_parse_file`), else read back whole."""
+    if isinstance(raw, MailFile):
+        spooled = _parse_file(raw, lazy_runs)
+        if spooled is not None:
+            return spooled
+        raw = raw.read_back()
+    data, start, end = _header_block(raw)
     header = _repair_header_block(b"".join(_quote_boundaries(data, start, end)))
     single = _parse_single_part(data, header, end, lazy_runs)
     if single is not None:
@@ -78,9 +91,24 @@ def _parse_bytes(raw: bytes | bytearray, lazy_runs: bool = False) -> EmailMessag
     _feed(parser, _quote_boundaries(data, pos, len(data)))
     msg = parser.close()
     if marker is not None and runs:
-        _restore_runs(msg, data, marker, runs, lazy_runs)
+        _restore_runs(msg, marker, runs, _RunsInMemory(data), lazy_runs)
     assert isinstance(msg, EmailMessage)
     return msg
+
+
+def _header_block(raw: bytes | bytearray) -> tuple[bytes | bytearray, int, int]:
+    """(data, start, end): the mail without leading blank space, and where its header block
+    starts and ends in it (see _header_block_end)."""
+    # Leading blank lines or spaces would end the header block before it starts; an mbox
+    # "From " line is not a header either. (No copies of the mail: the rest works with
+    # positions in it; lstrip would copy a bytearray even with nothing to strip.)
+    skip = _LEADING_SPACE.match(raw)
+    data = raw[skip.end():] if skip and skip.end() else raw
+    mbox = _MBOX_FROM.match(data)
+    start = mbox.end() if mbox else 0
+    # Quoting a boundary adds quote marks inside one line (`_quote_boundaries`), so the
+    # header block ends in the same place with or without them.
+    return data, start, _header_block_end(data, start)
 
 
 def _header_block_end(data: bytes | bytearray, start: int) -> int:
@@ -110,17 +138,10 @@ def _parse_single_part(data: bytes | bytearray, header: bytes, end: int,
     line break and the blank line. The parser's header block ends at that blank line when
     every line before it is a header line to the parser.
     """
-    if end >= len(data) or _MAYBE_COMPOUND.search(header):
+    msg = _single_part_headers(data, header, end)
+    if msg is None:
         return None
     body = end + (2 if data.startswith(b"\n\n", end) else 3)
-    lines = _LINE_BREAK.split(header)
-    if header.endswith(b"\r"):
-        lines.pop()  # that "\r" and the "\n" at data[end] are one line break
-    if not all(_HEADER_LINE.match(line) for line in lines):
-        return None
-    msg = BytesParser(policy=_POLICY).parsebytes(header + data[end:body], headersonly=True)
-    if msg.get_content_maintype() in ("multipart", "message"):
-        return None
     head = getattr(msg, "_payload", None)
     payload: str
     if next(_boundary_matches(data, body, len(data)), None) is None:
@@ -136,6 +157,25 @@ def _parse_single_part(data: bytes | bytearray, header: bytes, end: int,
     # After what the parser has put there itself: a last header line "From …" goes back to
     # the body.
     msg.set_payload(head + payload if isinstance(head, str) and head else payload)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def _single_part_headers(data: bytes | bytearray, header: bytes,
+                         end: int) -> EmailMessage | None:
+    """The headers of a mail that `_parse_single_part` parses, or None. Decided by the
+    header block and the blank line after it alone."""
+    if end >= len(data) or _MAYBE_COMPOUND.search(header):
+        return None
+    body = end + (2 if data.startswith(b"\n\n", end) else 3)
+    lines = _LINE_BREAK.split(header)
+    if header.endswith(b"\r"):
+        lines.pop()  # that "\r" and the "\n" at data[end] are one line break
+    if not all(_HEADER_LINE.match(line) for line in lines):
+        return None
+    msg = BytesParser(policy=_POLICY).parsebytes(header + data[end:body], headersonly=True)
+    if msg.get_content_maintype() in ("multipart", "message"):
+        return None
     assert isinstance(msg, EmailMessage)
     return msg
 
@@ -207,8 +247,8 @@ class _Run(str):
     """
 
     view: memoryview
-    # The run decoded into the mail's own bytes (`decode_in_place`); the text is gone then,
-    # and these say how it was written.
+    # The run decoded (`decode`); the text is gone then where it was decoded into the
+    # mail's own bytes, and these say how it was written.
     decoded: memoryview | None
     line_break: str
     ended_with_break: bool
@@ -219,6 +259,22 @@ class _Run(str):
         run.decoded = None
         return run
 
+    def encoded(self) -> bytes | bytearray | memoryview:
+        """The run's base64 text, line breaks included."""
+        return self.view
+
+    def pieces(self) -> Iterator[bytes | bytearray]:
+        """The run's text in pieces of _DECODE_PIECE, each read when it is asked for."""
+        view = self.view
+        for start in range(0, len(view), _DECODE_PIECE):
+            yield view[start:start + _DECODE_PIECE].tobytes()
+
+    def decode(self) -> None:
+        """Sets `decoded` where that is certain to give binascii's bytes. In the mail's own
+        bytes, and only while parse_message(consume=True) runs (the mail may be changed)."""
+        if CONSUME.get():
+            decode_in_place(self)
+
     def text(self) -> str:
         if self.decoded is not None:
             # (Only a forwarded message's file needs the text again: the same data in
@@ -226,7 +282,37 @@ class _Run(str):
             text = base64.encodebytes(self.decoded).decode("ascii")
             text = text.replace("\n", self.line_break) if self.line_break != "\n" else text
             return text if self.ended_with_break else text[:-len(self.line_break)]
-        return str(self.view, "ascii")
+        return str(self.encoded(), "ascii")
+
+
+class _SpooledRun(_Run):
+    """A run left in the file of a spooled mail (`MailFile`): read from there in pieces,
+    and decoded into a buffer of its own, of the decoded size."""
+
+    mail: MailFile
+    first: int
+    last: int
+
+    def __new__(cls, placeholder: str, mail: MailFile, first: int, last: int) -> _SpooledRun:
+        run = str.__new__(cls, placeholder)
+        run.mail, run.first, run.last = mail, first, last
+        run.decoded = None
+        return run
+
+    def encoded(self) -> bytes | bytearray:
+        return self.mail.read(self.first, self.last - self.first)
+
+    def pieces(self) -> Iterator[bytes | bytearray]:
+        for start in range(self.first, self.last, _DECODE_PIECE):
+            yield self.mail.read(start, min(_DECODE_PIECE, self.last - start))
+
+    def decode(self) -> None:
+        # (Nothing of the mail changes: whether parse_message may consume it is no matter.)
+        _decode(self, lambda size: memoryview(bytearray(size)))
+
+    def text(self) -> str:
+        # As written, decoded or not: its lines need not be base64.encodebytes's.
+        return str(self.encoded(), "ascii")
 
 
 # Set while parse_message(consume=True) runs: the mail's bytes may be reused (see
@@ -240,18 +326,31 @@ def decode_in_place(run: _Run) -> memoryview | None:
     """The run's base64 decoded into the mail's own bytes where the text was (the decoded
     data is shorter, so each piece lands behind what is still to be read): a big
     attachment then costs no memory beyond the mail itself, which holds it until it is
-    uploaded. The same bytes as ``binascii.a2b_base64`` of the whole run; None (and nothing
-    changed) where that is not certain: a read-only mail, characters other than base64's
-    and line breaks, padding other than at the end, a length that is not whole quads.
+    uploaded. See `_decode`; None (and nothing changed) also for a read-only mail.
     """
     view = run.view
     if view.readonly:
         return None
-    # First look, then change: the text must be certain to decode before any of it is
-    # overwritten.
+    return _decode(run, lambda size: view)
+
+
+def _decode(run: _Run, target: Callable[[int], memoryview]) -> memoryview | None:
+    """The run's base64 decoded into ``target(decoded size)``, piece by piece: the same bytes
+    as ``binascii.a2b_base64`` of the whole run. None (and nothing written) where that is
+    not certain: characters other than base64's and line breaks, padding other than at the
+    end, a length that is not whole quads.
+    """
+    # First look, then write: the text must be certain to decode before any of it is
+    # overwritten (in place) or a buffer of its size is taken.
     count, padding = 0, -1
-    for start in range(0, len(view), _DECODE_PIECE):
-        piece = view[start:start + _DECODE_PIECE].tobytes().translate(None, b"\r\n")
+    line_break = ""
+    last: bytes | bytearray = b""
+    for raw_piece in run.pieces():
+        if not line_break:  # (the line breaks of the first piece tell)
+            line_break = "\r\n" if b"\r\n" in raw_piece else "\r" if b"\r" in raw_piece \
+                and b"\n" not in raw_piece else "\n"
+        last = raw_piece[-1:]
+        piece = raw_piece.translate(None, b"\r\n")
         if piece.translate(None, _BASE64_ALPHABET):
             return None
         at = piece.find(b"=")
@@ -263,19 +362,21 @@ def decode_in_place(run: _Run) -> memoryview | None:
         count += len(piece)
     if count % 4 or padding > 2:
         return None
-    head = view[:_DECODE_PIECE].tobytes()
-    run.line_break = "\r\n" if b"\r\n" in head else "\r" if b"\r" in head and \
-        b"\n" not in head else "\n"
-    run.ended_with_break = view[-1:].tobytes() in (b"\r", b"\n")
-    written, carry = 0, b""
-    for start in range(0, len(view), _DECODE_PIECE):
-        piece = carry + view[start:start + _DECODE_PIECE].tobytes().translate(None, b"\r\n")
+    run.line_break = line_break
+    run.ended_with_break = last in (b"\r", b"\n")
+    output = target(count // 4 * 3 - max(padding, 0))
+    written = 0
+    carry: bytes | bytearray = b""
+    for raw_piece in run.pieces():
+        piece = raw_piece.translate(None, b"\r\n")
+        del raw_piece
+        piece = carry + piece if carry else piece
         usable = len(piece) - len(piece) % 4
         data = binascii.a2b_base64(piece[:usable])
         carry = piece[usable:]
-        view[written:written + len(data)] = data
+        output[written:written + len(data)] = data
         written += len(data)
-    run.decoded = view[:written]
+    run.decoded = output[:written]
     return run.decoded
 
 
@@ -298,16 +399,47 @@ def _lazy_leaf(part: Message) -> bool:
             and part.get_content_maintype() not in ("text", "message", "multipart"))
 
 
-def _restore_runs(msg: Message, data: bytes | bytearray, marker: str,
-                  runs: dict[str, tuple[int, int]], lazy: bool = False) -> None:
-    """Put the base64 runs back in place of their placeholders (with ``lazy``, a payload
-    of an attachment that is one run as a `_Run`)."""
-    view = memoryview(data)
+class _RunsInMemory:
+    """Where `_restore_runs` finds the runs' text: the mail in memory."""
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data
+        self.view = memoryview(data)
+
+    def text(self, first: int, last: int) -> str:
+        return str(self.view[first:last], "ascii")
+
+    def follows(self, at: int, rest: bytes) -> bool:
+        return self.data[at:at + len(rest)] == rest
+
+    def run(self, placeholder: str, first: int, last: int) -> _Run:
+        return _Run(placeholder, self.view[first:last])
+
+
+class _RunsInFile:
+    """Where `_restore_runs` finds the runs' text: the file of a spooled mail."""
+
+    def __init__(self, mail: MailFile) -> None:
+        self.mail = mail
+
+    def text(self, first: int, last: int) -> str:
+        return str(self.mail.read(first, last - first), "ascii")
+
+    def follows(self, at: int, rest: bytes) -> bool:
+        return self.mail.read(at, len(rest)) == rest
+
+    def run(self, placeholder: str, first: int, last: int) -> _Run:
+        return _SpooledRun(placeholder, self.mail, first, last)
+
+
+def _restore_runs(msg: Message, marker: str, runs: dict[str, tuple[int, int]],
+                  source: _RunsInMemory | _RunsInFile, lazy: bool = False) -> None:
+    """Put the base64 runs (at their positions in ``source``) back in place of their
+    placeholders (with ``lazy``, a payload of an attachment that is one run as a `_Run`)."""
     placeholder = re.compile(re.escape(marker) + r"\d+")
 
     def text(match: re.Match[str]) -> str:
-        first, last = runs[match.group(0)]
-        return str(view[first:last], "ascii")
+        return source.text(*runs[match.group(0)])
 
     parts = [msg]  # msg.walk(), without its recursion
     while parts:
@@ -327,13 +459,169 @@ def _restore_runs(msg: Message, data: bytes | bytearray, marker: str,
                 # one piece, without a second copy for joining.
                 first, last = runs[whole.group(0)]
                 rest = value[whole.end():].encode("ascii", "surrogateescape")
-                if data[last:last + len(rest)] == rest:
+                if source.follows(last, rest):
                     if lazy and name == "_payload" and _lazy_leaf(part):
-                        setattr(part, name, _Run(value, view[first:last + len(rest)]))
+                        setattr(part, name, source.run(value, first, last + len(rest)))
                     else:
-                        setattr(part, name, str(view[first:last + len(rest)], "ascii"))
+                        setattr(part, name, source.text(first, last + len(rest)))
                     continue
             setattr(part, name, placeholder.sub(text, value))
+
+
+# --------------------------------------------------------------------------------------------
+# A mail in a file
+# --------------------------------------------------------------------------------------------
+
+_FILE_HEAD = 1 << 18  # the header block must end within this (else: read back whole)
+_FILE_WINDOW = 1 << 18  # the file is searched for runs in windows of this size
+
+
+def _parse_file(mail: MailFile, lazy_runs: bool = True) -> EmailMessage | None:
+    """`_parse_bytes(mail, lazy_runs)` without the mail in memory: its runs of base64
+    lines are found in the file window by window (`_find_runs`), the rest is read into a
+    skeleton of the mail with the runs' placeholders in place, which the parser reads, and
+    the runs stay in the file as `_SpooledRun` (read and decoded in pieces). The parser is
+    fed what _parse_bytes feeds it and the runs go back where _parse_bytes puts them: the
+    same tree. None where the mail must be read whole: a single-part mail, a header block
+    that does not end within _FILE_HEAD, a mail without runs.
+    """
+    size = len(mail)
+    head = mail.read(0, min(size, _FILE_HEAD))
+    data, start, end = _header_block(head)
+    if end >= len(data):
+        return None  # (or not seen yet)
+    skip = len(head) - len(data)
+    header = _repair_header_block(b"".join(_quote_boundaries(data, start, end)))
+    if _single_part_headers(data, header, end) is not None or \
+            size - skip - end < _RUN_SCAN_MIN:
+        return None
+    del head, data
+    runs = []
+    for first, last in _find_runs(mail, skip + end, size):
+        eol = 2 if mail.read(last - 2, 2) == b"\r\n" else 1
+        runs.append((first, last - eol))
+    if not runs:
+        return None
+    number = 0
+    while True:
+        # Each run's text but its last line break is a placeholder in the skeleton. The
+        # prefix must not be in the rest of the mail: the skeleton has it once per run.
+        marker = f"Xb64run{number}X"
+        skeleton = _skeleton(mail, skip, runs, marker)
+        if skeleton.count(marker.encode("ascii")) == len(runs):
+            break
+        number += 1
+    parser = BytesFeedParser(policy=_POLICY)
+    parser.feed(header)
+    _feed(parser, _quote_boundaries(skeleton, end, len(skeleton)))
+    del skeleton
+    msg = parser.close()
+    _restore_runs(msg, marker, {f"{marker}{n}": run for n, run in enumerate(runs)},
+                  _RunsInFile(mail), lazy_runs)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def _skeleton(mail: MailFile, skip: int, runs: list[tuple[int, int]],
+              marker: str) -> bytearray:
+    """The mail from ``skip`` on with each run's text (first, last) replaced by its
+    placeholder, read into one buffer of its exact size."""
+    keys = [f"{marker}{n}".encode("ascii") for n in range(len(runs))]
+    size = len(mail) - skip - sum(last - first for first, last in runs) + \
+        sum(len(key) for key in keys)
+    skeleton = bytearray(size)
+    view = memoryview(skeleton)
+    at, pos = 0, skip
+    for (first, last), key in zip(runs, keys, strict=True):
+        mail.read_into(pos, view[at:at + first - pos])
+        at += first - pos
+        view[at:at + len(key)] = key
+        at += len(key)
+        pos = last
+    mail.read_into(pos, view[at:])
+    view.release()
+    return skeleton
+
+
+def _run_pattern(lines: int) -> re.Pattern[bytes]:
+    return re.compile(rb"\n((?:[A-Za-z0-9+/=]++(?:\r\n|\n|\r)){%d,}+)" % lines)
+
+
+# The parts of a run (_BASE64_RUN), to find runs in a file piece by piece. A chain is
+# what _BASE64_RUN matches with any number of lines: _BASE64_RUN matches a chain of at
+# least _RUN_LINES lines, and no other (from a "\n" inside a chain, the same lines follow,
+# fewer of them).
+_CHAIN = _run_pattern(1)
+_LINES = re.compile(rb"(?:[A-Za-z0-9+/=]++(?:\r\n|\n|\r))*+")
+_BASE64_CHARACTERS = re.compile(rb"[A-Za-z0-9+/=]*+")
+
+
+def _characters_end(buffer: bytes | bytearray, at: int) -> int:
+    """Where the base64 characters from ``at`` on end."""
+    match = _BASE64_CHARACTERS.match(buffer, at)
+    return match.end() if match else at
+
+
+def _line_count(buffer: bytes | bytearray, start: int, end: int) -> int:
+    """Lines of a chain (each ends in CRLF, LF or CR) in buffer[start:end]."""
+    return buffer.count(b"\n", start, end) + buffer.count(b"\r", start, end) - \
+        buffer.count(b"\r\n", start, end)
+
+
+def _last_line_start(buffer: bytes | bytearray, start: int, end: int) -> int:
+    """Where the chain's last line in buffer[start:end] begins."""
+    stop = end - 2 if buffer.endswith(b"\r\n", start, end) else end - 1  # (its line break)
+    at = max(buffer.rfind(b"\n", start, stop), buffer.rfind(b"\r", start, stop))
+    return at + 1 if at >= 0 else start
+
+
+def _find_runs(mail: MailFile, start: int, size: int, window: int = _FILE_WINDOW,
+               lines: int | None = None) -> Iterator[tuple[int, int]]:
+    """``m.span(1) for m in _BASE64_RUN.finditer(whole mail, start)``, for a mail in a file
+    read window by window (``lines``: _RUN_LINES, the lines a run needs).
+
+    What is undecided at a window's end is carried into the next one: a "\\n" followed by
+    base64 characters only (a chain may begin there), or a chain that reaches the end (kept
+    from its last line on, its lines counted: a run is many windows long; its last line
+    is kept whole, so that a CR and the LF of the next window are one line break).
+    """
+    lines = _RUN_LINES if lines is None else lines
+    buffer: bytes | bytearray = b""
+    base, pos, offset = start, 0, start  # buffer[0] is the mail's byte `base`
+    chain: tuple[int, int] | None = None  # a chain's start in the mail and its lines so far
+    while True:
+        final = offset >= size
+        if chain is None:
+            match = _CHAIN.search(buffer, pos)
+            if match is None:
+                line = buffer.rfind(b"\n", pos)
+                keep = line if line >= 0 and \
+                    _characters_end(buffer, line + 1) == len(buffer) \
+                    else len(buffer)
+            elif final or _characters_end(buffer, match.end()) < len(buffer):
+                if _line_count(buffer, match.start(1), match.end(1)) >= lines:
+                    yield base + match.start(1), base + match.end(1)
+                pos = match.end()
+                continue
+            else:
+                keep = _last_line_start(buffer, match.start(1), match.end(1))
+                chain = (base + match.start(1), _line_count(buffer, match.start(1), keep))
+        else:
+            lines_match = _LINES.match(buffer)
+            end = lines_match.end() if lines_match else 0
+            if final or _characters_end(buffer, end) < len(buffer):
+                if chain[1] + _line_count(buffer, 0, end) >= lines:
+                    yield chain[0], base + end
+                chain, pos = None, end
+                continue
+            keep = _last_line_start(buffer, 0, end) if end else 0
+            chain = (chain[0], chain[1] + _line_count(buffer, 0, keep))
+        if final:
+            return
+        piece = mail.read(offset, min(window, size - offset))
+        offset += len(piece)
+        buffer = buffer[keep:] + piece
+        base, pos = base + keep, 0
 
 
 def _repair_header_block(block: bytes) -> bytes:

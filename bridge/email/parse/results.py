@@ -24,8 +24,9 @@ class MalformedMail(ValueError):
 class Attachment:
     filename: str
     mimetype: str
-    # (A memoryview into the mail itself where parse_message(consume=True) decoded a big
-    # attachment in place: bytes-like, and it keeps the mail's buffer alive.)
+    # (A memoryview where a big attachment was decoded in pieces: into the mail itself
+    # (parse_message(consume=True) of a bytearray), keeping the mail's buffer alive, or from
+    # a spooled mail's file into a buffer of its own. Bytes-like.)
     data: bytes
     content_id: str | None = None  # without angle brackets
     inline: bool = False  # referenced from the HTML (``cid:``), not a file of its own
