@@ -261,6 +261,23 @@ def test_consuming_gives_what_the_plain_parse_gives_forwarded_mail_included() ->
     assert consumed.attachments[0].data == base64.b64decode(b64)
 
 
+def test_a_forwarded_message_keeps_its_attachments_text_as_written() -> None:
+    """Its file (.eml) has its attachment's base64 as written, here in lines of 72: not
+    decoded into the mail's bytes (encoding it again gives lines of 76), neither in memory
+    nor from a file."""
+    data = os.urandom(200_000)
+    b64 = base64.b64encode(data)
+    lines = b"\r\n".join(b64[at:at + 72] for at in range(0, len(b64), 72)) + b"\r\n"
+    raw = _mail_with_a_forwarded_one(lines, lines)
+    plain = parse_message(raw)
+    assert [a.filename for a in plain.attachments] == ["a.pdf", "inner.eml", "b.png"]
+    assert lines.replace(b"\r\n", b"\n") in plain.attachments[1].data
+    buffer = bytearray(raw)
+    assert parse_message(buffer, consume=True) == plain
+    assert buffer.count(lines) == 1  # the forwarded one; the outer one was decoded in place
+    assert parse_message(in_a_file(raw)) == plain
+
+
 @pytest.mark.parametrize("text", [
     base64.encodebytes(bytes(range(256)) * 3000),  # LF, 76 columns, no padding needed
     base64.encodebytes(os.urandom(300_001)).replace(b"\n", b"\r\n"),  # CRLF, "=="

@@ -252,11 +252,16 @@ class _Run(str):
     decoded: memoryview | None
     line_break: str
     ended_with_break: bool
+    # False for a run inside a forwarded message (message/*): its text is needed again for
+    # the message's file, and base64.encodebytes gives it back as written only where it was
+    # written in lines of 76.
+    may_overwrite: bool
 
     def __new__(cls, placeholder: str, view: memoryview) -> _Run:
         run = super().__new__(cls, placeholder)
         run.view = view
         run.decoded = None
+        run.may_overwrite = True
         return run
 
     def encoded(self) -> bytes | bytearray | memoryview:
@@ -272,7 +277,7 @@ class _Run(str):
     def decode(self) -> None:
         """Sets `decoded` where that is certain to give binascii's bytes. In the mail's own
         bytes, and only while parse_message(consume=True) runs (the mail may be changed)."""
-        if CONSUME.get():
+        if CONSUME.get() and self.may_overwrite:
             decode_in_place(self)
 
     def text(self) -> str:
@@ -297,6 +302,7 @@ class _SpooledRun(_Run):
         run = str.__new__(cls, placeholder)
         run.mail, run.first, run.last = mail, first, last
         run.decoded = None
+        run.may_overwrite = False  # (nothing to overwrite: decoded into a buffer of its own)
         return run
 
     def encoded(self) -> bytes | bytearray:
@@ -441,12 +447,13 @@ def _restore_runs(msg: Message, marker: str, runs: dict[str, tuple[int, int]],
     def text(match: re.Match[str]) -> str:
         return source.text(*runs[match.group(0)])
 
-    parts = [msg]  # msg.walk(), without its recursion
+    parts = [(msg, False)]  # msg.walk(), without its recursion; in a forwarded message?
     while parts:
-        part = parts.pop()
+        part, forwarded = parts.pop()
         payload = getattr(part, "_payload", None)
         if isinstance(payload, list):
-            parts.extend(p for p in payload if isinstance(p, Message))
+            inside = forwarded or part.get_content_maintype() == "message"
+            parts.extend((p, inside) for p in payload if isinstance(p, Message))
         # The attributes themselves: get_payload() would hand back a converted copy of a
         # payload with raw 8-bit bytes in it.
         for name in ("_payload", "preamble", "epilogue"):
@@ -461,7 +468,9 @@ def _restore_runs(msg: Message, marker: str, runs: dict[str, tuple[int, int]],
                 rest = value[whole.end():].encode("ascii", "surrogateescape")
                 if source.follows(last, rest):
                     if lazy and name == "_payload" and _lazy_leaf(part):
-                        setattr(part, name, source.run(value, first, last + len(rest)))
+                        run = source.run(value, first, last + len(rest))
+                        run.may_overwrite = not forwarded
+                        setattr(part, name, run)
                     else:
                         setattr(part, name, source.text(first, last + len(rest)))
                     continue
