@@ -254,7 +254,7 @@ class _Run(str):
     ended_with_break: bool
     # False for a run inside a forwarded message (message/*): its text is needed again for
     # the message's file, and base64.encodebytes gives it back as written only where it was
-    # written in lines of 76.
+    # written in lines of 76. (A `_SpooledRun`'s text stays in its file.)
     may_overwrite: bool
 
     def __new__(cls, placeholder: str, view: memoryview) -> _Run:
@@ -302,7 +302,6 @@ class _SpooledRun(_Run):
         run = str.__new__(cls, placeholder)
         run.mail, run.first, run.last = mail, first, last
         run.decoded = None
-        run.may_overwrite = False  # (nothing to overwrite: decoded into a buffer of its own)
         return run
 
     def encoded(self) -> bytes | bytearray:
@@ -418,8 +417,10 @@ class _RunsInMemory:
     def follows(self, at: int, rest: bytes) -> bool:
         return self.data[at:at + len(rest)] == rest
 
-    def run(self, placeholder: str, first: int, last: int) -> _Run:
-        return _Run(placeholder, self.view[first:last])
+    def run(self, placeholder: str, first: int, last: int, forwarded: bool) -> _Run:
+        run = _Run(placeholder, self.view[first:last])
+        run.may_overwrite = not forwarded
+        return run
 
 
 class _RunsInFile:
@@ -434,7 +435,8 @@ class _RunsInFile:
     def follows(self, at: int, rest: bytes) -> bool:
         return self.mail.read(at, len(rest)) == rest
 
-    def run(self, placeholder: str, first: int, last: int) -> _Run:
+    def run(self, placeholder: str, first: int, last: int, forwarded: bool) -> _Run:
+        # (Forwarded or not: its text stays in the file as written.)
         return _SpooledRun(placeholder, self.mail, first, last)
 
 
@@ -468,9 +470,8 @@ def _restore_runs(msg: Message, marker: str, runs: dict[str, tuple[int, int]],
                 rest = value[whole.end():].encode("ascii", "surrogateescape")
                 if source.follows(last, rest):
                     if lazy and name == "_payload" and _lazy_leaf(part):
-                        run = source.run(value, first, last + len(rest))
-                        run.may_overwrite = not forwarded
-                        setattr(part, name, run)
+                        setattr(part, name,
+                                source.run(value, first, last + len(rest), forwarded))
                     else:
                         setattr(part, name, source.text(first, last + len(rest)))
                     continue
@@ -618,13 +619,16 @@ def _find_runs(mail: MailFile, start: int, size: int, window: int = _FILE_WINDOW
         else:
             lines_match = _LINES.match(buffer)
             end = lines_match.end() if lines_match else 0
+            # (Counted only until there are enough: the counting costs as much as the rest.)
+            counted = chain[1] >= lines
             if final or _characters_end(buffer, end) < len(buffer):
-                if chain[1] + _line_count(buffer, 0, end) >= lines:
+                if counted or chain[1] + _line_count(buffer, 0, end) >= lines:
                     yield chain[0], base + end
                 chain, pos = None, end
                 continue
             keep = _last_line_start(buffer, 0, end) if end else 0
-            chain = (chain[0], chain[1] + _line_count(buffer, 0, keep))
+            if not counted:
+                chain = (chain[0], chain[1] + _line_count(buffer, 0, keep))
         if final:
             return
         piece = mail.read(offset, min(window, size - offset))
