@@ -329,6 +329,37 @@ def test_probes_grouped_into_one_regex_match_where_one_of_them_does() -> None:
                 any(regex.match(norm, start) for regex in alone), norm[start:start + 80]
 
 
+# Regexes that start with one character, of every form `_first_characters` takes in: "-"
+# and "^" where they would mean something else next to another class, escapes, non-ASCII.
+FIRST_CHARACTER_CASES = [r"[-_]x", r"[_-]y", r"[\^a]z", r"[a\-]", r"\d\d年", r"[0-9].+?\s", "보낸",
+                         r"[* ][* ]*:", r"\-:", r"\.x", "从", r"[\]a]", r"\s?x"]
+
+
+def test_the_others_first_characters_match_wherever_one_of_them_does() -> None:
+    """The lookahead that the probes not starting with a letter stand behind lets every line
+    start through where one of them matches."""
+    rnd = random.Random(5)
+    flags = re.MULTILINE | re.IGNORECASE
+    for size in range(1, len(FIRST_CHARACTER_CASES) + 1):
+        cases = rnd.sample(FIRST_CHARACTER_CASES, size)
+        firsts = fence._first_characters(cases)
+        if firsts is None:
+            assert any(c in cases for c in (r"[\]a]", r"\s?x")), cases  # (not one character)
+            continue
+        lookahead = re.compile(f"(?=[{firsts}])", flags)
+        alone = [re.compile(case, flags) for case in cases]
+        for _ in range(300):
+            size = rnd.randint(1, 4)
+            text = "".join(rnd.choice("-_^a\\]0x9y年보낸从 *:.\nz") for _ in range(size))
+            if any(regex.match(text) for regex in alone):
+                assert lookahead.match(text), (cases, firsts, text)
+    # No ranges where classes meet: not "_-a", nor "a-_" backwards.
+    assert fence._first_characters(["[-_]", "a"]) == "\\-_a"
+    assert fence._first_characters(["a", "[_-]", "b"]) == "a_\\-b"
+    assert fence._first_characters(["[^x]"]) is None  # a negated class
+    assert fence._first_characters(["x*"]) is None  # a quantified first character
+
+
 UNROLL_CASES = [r"[0-9]+\s+x", r"\d{2}年", r"[* ]*(?:보낸|제목):", r"[-_]{2}\n", "a*", "a?b",
                 "a{2,5}?b", "a{,3}b", "a{3,}b", r"\s*^x", "x{0}y", "(?:ab)+c", "a++b",
                 r"[ab]{1,2}?c", r"\-+:", "b*a*:"]
