@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import html
 from email.message import Message
 from typing import Any
@@ -18,6 +19,7 @@ from bridge.email.connector import EmailConnector
 from bridge.email.parse import ParsedMail
 from bridge.email.parse.charsets import decode_text
 from bridge.email.parse.headers import _MEMO, _POLICY, _HeaderClasses, _param
+from bridge.email.parse.parts import _part_text
 from bridge.email.parse.raw import _header_block_end
 from bridge.email.text import text_to_html
 
@@ -185,3 +187,24 @@ def test_parameters_read_once_per_field_as_get_param_reads_each(
     finally:
         if token is not None:
             _MEMO.reset(token)
+
+
+@settings(max_examples=400)
+@given(text=st.lists(st.sampled_from(["\r", "\n", "\r\n", "ü", "a", " ", "\u2028"]),
+                     max_size=24).map("".join),
+       cte=st.sampled_from(["8bit", "quoted-printable", "base64"]))
+def test_a_text_part_has_its_line_breaks_as_the_replace_gives_them(text: str, cte: str) -> None:
+    """Line breaks of a text part, CRLF, CR or LF in any mix, all become "\\n": dropping
+    the "\\r" of a mail whose every "\\r" ends a CRLF gives what replacing gives."""
+    part = Message()
+    part["Content-Type"] = 'text/plain; charset="utf-8"'
+    part["Content-Transfer-Encoding"] = cte
+    data = text.encode("utf-8")
+    if cte == "base64":
+        import base64
+        part.set_payload(base64.encodebytes(data).decode("ascii"))
+    elif cte == "quoted-printable":
+        part.set_payload(binascii.b2a_qp(data, istext=False).decode("ascii"))
+    else:
+        part.set_payload(data.decode("ascii", "surrogateescape"))
+    assert _part_text(part) == text.replace("\r\n", "\n").replace("\r", "\n")
