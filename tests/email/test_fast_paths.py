@@ -20,7 +20,7 @@ from bridge.email.parse import ParsedMail
 from bridge.email.parse.charsets import decode_text
 from bridge.email.parse.headers import _MEMO, _POLICY, _HeaderClasses, _param
 from bridge.email.parse.parts import _part_text
-from bridge.email.parse.raw import _header_block_end
+from bridge.email.parse.raw import _header_block_end, _parse_bytes
 from bridge.email.text import text_to_html
 
 TEXT = st.lists(st.sampled_from(
@@ -208,3 +208,61 @@ def test_a_text_part_has_its_line_breaks_as_the_replace_gives_them(text: str, ct
     else:
         part.set_payload(data.decode("ascii", "surrogateescape"))
     assert _part_text(part) == text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _fields(name: str, value: str) -> Message:
+    """A message whose header block holds ``name: value`` as the parser would keep it."""
+    return _parse_bytes(
+        f"From: a@b.example\r\n{name}: {value}\r\n\r\nx\r\n".encode("utf-8", "surrogateescape"))
+
+
+ATOM_PIECES = ["a", "Z", "0", ".", "..", "-", "_", "=", "+", "$", "'", "`", "{", "~", "!", "#"]
+MESSAGE_ID_PIECES = [*ATOM_PIECES, "@", "<", ">", " ", "(c)", '"', "\r\n ", "\t", "ü", "[1]",
+                     "=?utf-8?q?x?="]
+
+
+@settings(max_examples=600)
+@given(left=st.lists(st.sampled_from(ATOM_PIECES), min_size=1, max_size=8).map("".join),
+       right=st.lists(st.sampled_from(ATOM_PIECES), min_size=1, max_size=8).map("".join),
+       wrapped=st.booleans(),
+       other=st.lists(st.sampled_from(MESSAGE_ID_PIECES), max_size=10).map("".join))
+def test_a_message_id_read_without_its_header_object_reads_the_same(
+        left: str, right: str, wrapped: bool, other: str) -> None:
+    """Message-IDs that `_read_header` takes as they are: the header object's text is the
+    same; the others still go through it."""
+    from bridge.email.parse import headers
+
+    for value in (f"<{left}@{right}>" if wrapped else f"{left}@{right}", other):
+        msg = _fields("Message-ID", value)
+        quick = headers._read_header(msg, "message-id")
+        with pytest.MonkeyPatch.context() as patched:
+            patched.setattr(headers, "_KEPT_AS_THEY_ARE", {})
+            assert headers._read_header(msg, "message-id") == quick, value
+
+
+DATE_PIECES = ["Sat, ", "5 ", "05 ", "Dec ", "dec ", "2026 ", "26 ", "0 ", "20:", "07", ":59",
+               ":60", " +0100", " -0000", " GMT", " EST", " (CET)", " +2500", "\r\n ", ",",
+               "99999 ", "x", " ", "ü", "=?utf-8?q?x?="]
+
+
+@settings(max_examples=1500)
+@given(pieces=st.lists(st.sampled_from(DATE_PIECES), max_size=10))
+def test_a_date_read_without_its_header_object_reads_the_same(pieces: list[str]) -> None:
+    from bridge.email.parse import headers
+
+    values = ["".join(pieces), "Sat, 05 Dec 2026 20:07:59 " + "".join(pieces[:2]),
+              "".join(pieces[:3]) + "5 Dec 2026 20:07:59 +0100"]
+    for value in values:
+        msg = _fields("Date", value)
+        token = _MEMO.set({})
+        try:
+            quick = headers._date(msg)
+        finally:
+            _MEMO.reset(token)
+        with pytest.MonkeyPatch.context() as patched:
+            patched.setattr(headers, "_readable_date", lambda _msg: None)
+            token = _MEMO.set({})
+            try:
+                assert headers._date(msg) == quick, value
+            finally:
+                _MEMO.reset(token)
