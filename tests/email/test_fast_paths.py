@@ -266,3 +266,25 @@ def test_a_date_read_without_its_header_object_reads_the_same(pieces: list[str])
                 assert headers._date(msg) == quick, value
             finally:
                 _MEMO.reset(token)
+
+
+SUBJECT_PIECES = ["=?utf-8?q?", "=?UTF-8?Q?", "=?utf-8?b?", "=?iso-8859-1?q?", "?=", "?= ", " ",
+                  "\t", "\r\n ", "a", "AW:", "_", "=C3=BC", "=c3=bc", "=C3", "=BC", "=3D", "=3F",
+                  "=0D=0A", "=FF", "=", "?", "=?", "\u00fc", "(x)", '"', "=E2=82=AC"]
+
+
+@settings(max_examples=3000)
+@given(pieces=st.lists(st.sampled_from(SUBJECT_PIECES), max_size=14))
+def test_a_subject_of_q_words_read_without_its_header_object_reads_the_same(
+        pieces: list[str]) -> None:
+    """Subjects that `_read_header` decodes itself (UTF-8 "Q" words and plain words): the
+    same text as the email package's header object gives; the others go through it."""
+    from bridge.email.parse import headers
+
+    words = "".join(pieces)
+    for value in (words, f"=?utf-8?q?{words}?=", f"AW: =?utf-8?q?{words}?= x"):
+        msg = _fields("Subject", value)
+        quick = headers._read_header(msg, "subject")
+        with pytest.MonkeyPatch.context() as patched:
+            patched.setattr(headers, "_q_words_text", lambda _value: None)
+            assert headers._read_header(msg, "subject") == quick, value
