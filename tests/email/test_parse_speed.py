@@ -36,6 +36,7 @@ from bridge.email.parse.reply.lines import MAX_LINE, is_quoted
 from bridge.email.parse.reply.mail_parser_reply_patterns import RULER_LINE, get_patterns
 from bridge.email.parse.reply.quote_headers import (
     FROM_KEY,
+    header_candidate,
     header_matches,
     probe_lines,
     probe_lines_by_kind,
@@ -311,6 +312,21 @@ def test_the_one_scan_finds_what_each_strategy_finds_alone() -> None:
             assert scan.line_at(norm, pos) == norm.count("\n", 0, pos)
         rulers = [m.end() for m in RULER_LINE.finditer(norm)]
         assert set(rulers) <= set(scan.starts), text
+
+
+def test_patterns_whose_probes_pick_no_line_are_left_out_without_changing_the_result(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """header_candidate skips a pattern with no line of its probe's kind; asking each of
+    them anyway (a guard that never matches keeps every pattern in) finds the same line."""
+    cases = [(work, norm, scan_lines(norm)) for work, norm in
+             ((work, "\n".join(work)) for work in map(work_lines, scan_texts()))]
+    found = [header_candidate(*case) for case in cases]
+    patterns = get_patterns()
+    never = re.compile("(?!)")
+    monkeypatch.setattr(patterns, "header_guards",
+                        [guard or never for guard in patterns.header_guards])
+    assert [header_candidate(*case) for case in cases] == found
+    assert any(line is not None for line in found)
 
 
 def test_probes_grouped_into_one_regex_match_where_one_of_them_does() -> None:
