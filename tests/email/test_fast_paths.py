@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import html
 from email.message import Message
 from typing import Any
@@ -18,7 +19,8 @@ from bridge.email.connector import EmailConnector
 from bridge.email.parse import ParsedMail
 from bridge.email.parse.charsets import decode_text
 from bridge.email.parse.headers import _MEMO, _POLICY, _HeaderClasses, _param
-from bridge.email.parse.raw import _header_block_end
+from bridge.email.parse.parts import _part_text
+from bridge.email.parse.raw import _header_block_end, _parse_bytes
 from bridge.email.text import text_to_html
 
 TEXT = st.lists(st.sampled_from(
@@ -185,3 +187,104 @@ def test_parameters_read_once_per_field_as_get_param_reads_each(
     finally:
         if token is not None:
             _MEMO.reset(token)
+
+
+@settings(max_examples=400)
+@given(text=st.lists(st.sampled_from(["\r", "\n", "\r\n", "ü", "a", " ", "\u2028"]),
+                     max_size=24).map("".join),
+       cte=st.sampled_from(["8bit", "quoted-printable", "base64"]))
+def test_a_text_part_has_its_line_breaks_as_the_replace_gives_them(text: str, cte: str) -> None:
+    """Line breaks of a text part, CRLF, CR or LF in any mix, all become "\\n": dropping
+    the "\\r" of a mail whose every "\\r" ends a CRLF gives what replacing gives."""
+    part = Message()
+    part["Content-Type"] = 'text/plain; charset="utf-8"'
+    part["Content-Transfer-Encoding"] = cte
+    data = text.encode("utf-8")
+    if cte == "base64":
+        import base64
+        part.set_payload(base64.encodebytes(data).decode("ascii"))
+    elif cte == "quoted-printable":
+        part.set_payload(binascii.b2a_qp(data, istext=False).decode("ascii"))
+    else:
+        part.set_payload(data.decode("ascii", "surrogateescape"))
+    assert _part_text(part) == text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _fields(name: str, value: str) -> Message:
+    """A message whose header block holds ``name: value`` as the parser would keep it."""
+    return _parse_bytes(
+        f"From: a@b.example\r\n{name}: {value}\r\n\r\nx\r\n".encode("utf-8", "surrogateescape"))
+
+
+ATOM_PIECES = ["a", "Z", "0", ".", "..", "-", "_", "=", "+", "$", "'", "`", "{", "~", "!", "#"]
+MESSAGE_ID_PIECES = [*ATOM_PIECES, "@", "<", ">", " ", "(c)", '"', "\r\n ", "\t", "ü", "[1]",
+                     "=?utf-8?q?x?="]
+
+
+@settings(max_examples=600)
+@given(left=st.lists(st.sampled_from(ATOM_PIECES), min_size=1, max_size=8).map("".join),
+       right=st.lists(st.sampled_from(ATOM_PIECES), min_size=1, max_size=8).map("".join),
+       wrapped=st.booleans(),
+       other=st.lists(st.sampled_from(MESSAGE_ID_PIECES), max_size=10).map("".join))
+def test_a_message_id_read_without_its_header_object_reads_the_same(
+        left: str, right: str, wrapped: bool, other: str) -> None:
+    """Message-IDs that `_read_header` takes as they are: the header object's text is the
+    same; the others still go through it."""
+    from bridge.email.parse import headers
+
+    for value in (f"<{left}@{right}>" if wrapped else f"{left}@{right}", other):
+        msg = _fields("Message-ID", value)
+        quick = headers._read_header(msg, "message-id")
+        with pytest.MonkeyPatch.context() as patched:
+            patched.setattr(headers, "_KEPT_AS_THEY_ARE", {})
+            assert headers._read_header(msg, "message-id") == quick, value
+
+
+DATE_PIECES = ["Sat, ", "5 ", "05 ", "Dec ", "dec ", "2026 ", "26 ", "0 ", "20:", "07", ":59",
+               ":60", " +0100", " -0000", " GMT", " EST", " (CET)", " +2500", "\r\n ", ",",
+               "99999 ", "x", " ", "ü", "=?utf-8?q?x?="]
+
+
+@settings(max_examples=1500)
+@given(pieces=st.lists(st.sampled_from(DATE_PIECES), max_size=10))
+def test_a_date_read_without_its_header_object_reads_the_same(pieces: list[str]) -> None:
+    from bridge.email.parse import headers
+
+    values = ["".join(pieces), "Sat, 05 Dec 2026 20:07:59 " + "".join(pieces[:2]),
+              "".join(pieces[:3]) + "5 Dec 2026 20:07:59 +0100"]
+    for value in values:
+        msg = _fields("Date", value)
+        token = _MEMO.set({})
+        try:
+            quick = headers._date(msg)
+        finally:
+            _MEMO.reset(token)
+        with pytest.MonkeyPatch.context() as patched:
+            patched.setattr(headers, "_readable_date", lambda _msg: None)
+            token = _MEMO.set({})
+            try:
+                assert headers._date(msg) == quick, value
+            finally:
+                _MEMO.reset(token)
+
+
+SUBJECT_PIECES = ["=?utf-8?q?", "=?UTF-8?Q?", "=?utf-8?b?", "=?iso-8859-1?q?", "?=", "?= ", " ",
+                  "\t", "\r\n ", "a", "AW:", "_", "=C3=BC", "=c3=bc", "=C3", "=BC", "=3D", "=3F",
+                  "=0D=0A", "=FF", "=", "?", "=?", "\u00fc", "(x)", '"', "=E2=82=AC"]
+
+
+@settings(max_examples=3000)
+@given(pieces=st.lists(st.sampled_from(SUBJECT_PIECES), max_size=14))
+def test_a_subject_of_q_words_read_without_its_header_object_reads_the_same(
+        pieces: list[str]) -> None:
+    """Subjects that `_read_header` decodes itself (UTF-8 "Q" words and plain words): the
+    same text as the email package's header object gives; the others go through it."""
+    from bridge.email.parse import headers
+
+    words = "".join(pieces)
+    for value in (words, f"=?utf-8?q?{words}?=", f"AW: =?utf-8?q?{words}?= x"):
+        msg = _fields("Subject", value)
+        quick = headers._read_header(msg, "subject")
+        with pytest.MonkeyPatch.context() as patched:
+            patched.setattr(headers, "_q_words_text", lambda _value: None)
+            assert headers._read_header(msg, "subject") == quick, value

@@ -36,6 +36,7 @@ from bridge.email.parse.reply.lines import MAX_LINE, is_quoted
 from bridge.email.parse.reply.mail_parser_reply_patterns import RULER_LINE, get_patterns
 from bridge.email.parse.reply.quote_headers import (
     FROM_KEY,
+    header_candidate,
     header_matches,
     probe_lines,
     probe_lines_by_kind,
@@ -313,6 +314,21 @@ def test_the_one_scan_finds_what_each_strategy_finds_alone() -> None:
         assert set(rulers) <= set(scan.starts), text
 
 
+def test_patterns_whose_probes_pick_no_line_are_left_out_without_changing_the_result(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """header_candidate skips a pattern with no line of its probe's kind; asking each of
+    them anyway (a guard that never matches keeps every pattern in) finds the same line."""
+    cases = [(work, norm, scan_lines(norm)) for work, norm in
+             ((work, "\n".join(work)) for work in map(work_lines, scan_texts()))]
+    found = [header_candidate(*case) for case in cases]
+    patterns = get_patterns()
+    never = re.compile("(?!)")
+    monkeypatch.setattr(patterns, "header_guards",
+                        [guard or never for guard in patterns.header_guards])
+    assert [header_candidate(*case) for case in cases] == found
+    assert any(line is not None for line in found)
+
+
 def test_probes_grouped_into_one_regex_match_where_one_of_them_does() -> None:
     patterns = get_patterns()
     head = fence._signature_head(patterns.signature.pattern)
@@ -327,6 +343,37 @@ def test_probes_grouped_into_one_regex_match_where_one_of_them_does() -> None:
         for start in [0, *(m.end() for m in re.finditer("\n", norm))]:
             assert bool(grouped.match(norm, start)) == \
                 any(regex.match(norm, start) for regex in alone), norm[start:start + 80]
+
+
+# Regexes that start with one character, of every form `_first_characters` takes in: "-"
+# and "^" where they would mean something else next to another class, escapes, non-ASCII.
+FIRST_CHARACTER_CASES = [r"[-_]x", r"[_-]y", r"[\^a]z", r"[a\-]", r"\d\d年", r"[0-9].+?\s", "보낸",
+                         r"[* ][* ]*:", r"\-:", r"\.x", "从", r"[\]a]", r"\s?x"]
+
+
+def test_the_others_first_characters_match_wherever_one_of_them_does() -> None:
+    """The lookahead that the probes not starting with a letter stand behind lets every line
+    start through where one of them matches."""
+    rnd = random.Random(5)
+    flags = re.MULTILINE | re.IGNORECASE
+    for size in range(1, len(FIRST_CHARACTER_CASES) + 1):
+        cases = rnd.sample(FIRST_CHARACTER_CASES, size)
+        firsts = fence._first_characters(cases)
+        if firsts is None:
+            assert any(c in cases for c in (r"[\]a]", r"\s?x")), cases  # (not one character)
+            continue
+        lookahead = re.compile(f"(?=[{firsts}])", flags)
+        alone = [re.compile(case, flags) for case in cases]
+        for _ in range(300):
+            size = rnd.randint(1, 4)
+            text = "".join(rnd.choice("-_^a\\]0x9y年보낸从 *:.\nz") for _ in range(size))
+            if any(regex.match(text) for regex in alone):
+                assert lookahead.match(text), (cases, firsts, text)
+    # No ranges where classes meet: not "_-a", nor "a-_" backwards.
+    assert fence._first_characters(["[-_]", "a"]) == "\\-_a"
+    assert fence._first_characters(["a", "[_-]", "b"]) == "a_\\-b"
+    assert fence._first_characters(["[^x]"]) is None  # a negated class
+    assert fence._first_characters(["x*"]) is None  # a quantified first character
 
 
 UNROLL_CASES = [r"[0-9]+\s+x", r"\d{2}年", r"[* ]*(?:보낸|제목):", r"[-_]{2}\n", "a*", "a?b",

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from email import policy
 from email.headerregistry import HeaderRegistry
 from email.message import Message
-from email.utils import getaddresses, parsedate_to_datetime, unquote
+from email.utils import format_datetime, getaddresses, parsedate_to_datetime, unquote
 from typing import Any, TypeVar
 
 from bridge.email.parse.charsets import (
@@ -275,6 +275,67 @@ def _transfer_encoding(part: Message) -> str:
     return "" if value is None else str(value).lower()
 
 
+# The fields whose values of this form the email package's header object gives back as
+# they are (tests/email/test_fast_paths.py): a Message-ID of letters, digits, dots and the
+# other characters of an atom, without blank space or comments. Read without making the
+# header object (some 25 us for a Message-ID, different in every mail).
+_ATOM_OR_DOT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+"
+_KEPT_AS_THEY_ARE = {"message-id": re.compile(f"<{_ATOM_OR_DOT}@{_ATOM_OR_DOT}>")}
+
+
+# How the email package's policy takes the line breaks out of a header value it hands out
+# (email.policy.linesep_splitter).
+_LINE_BREAKS = re.compile(r"\n|\r")
+# A Subject of UTF-8 "Q" encoded words ("_" for a space, "=XX" for a byte), as most mail
+# clients write one with an umlaut in it, and of plain words (printable ASCII without "=?"),
+# with blank space between them.
+_Q_WORD = r"=\?(?i:utf-8)\?[qQ]\?((?:[!-<>@-~]|=[0-9A-Fa-f]{2})*)\?="
+_PLAIN_WORD = r"((?:(?!=\?)[!-~])+)"
+_WORD = rf"(?:{_Q_WORD}(?![!-~])|{_PLAIN_WORD})"
+_Q_WORDS = re.compile(rf"{_WORD}(?:[ \t]+{_WORD})*")
+_Q_PIECE = re.compile(rf"{_Q_WORD}(?![!-~])|{_PLAIN_WORD}|([ \t]+)")
+_Q_BYTE = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+def _q_words_text(value: str) -> str | None:
+    """The text of a Subject of UTF-8 "Q" encoded words and plain words as the email
+    package's header object gives it (tests/email/test_fast_paths.py), decoded without
+    making that object (some 25 us, for a Subject new in almost every mail): each encoded
+    word decoded alone, the blank space between two of them dropped, the rest as it is.
+    None where the object's answer could be another (a word that is not whole UTF-8
+    characters, other syntax) or is not taken as it is (`_read_header` decodes the raw
+    field itself where the text shows "=?" or U+FFFD)."""
+    value = "".join(_LINE_BREAKS.split(value))
+    if not _Q_WORDS.fullmatch(value):
+        return None
+    pieces: list[str] = []
+    after_encoded = False  # the last word was an encoded one
+    pending_space = ""  # blank space after it, dropped if another encoded word follows
+    for piece in _Q_PIECE.finditer(value):
+        encoded, plain, space = piece.groups()
+        if space is not None:
+            if after_encoded:
+                pending_space = space
+            else:
+                pieces.append(space)
+            continue
+        if encoded is not None:
+            data = _Q_BYTE.sub(lambda m: bytes.fromhex(m.group(1).decode()),
+                               encoded.replace("_", " ").encode("ascii"))
+            try:
+                word = data.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        else:
+            word = plain
+            pieces.append(pending_space)
+        pending_space = ""
+        pieces.append(word)
+        after_encoded = encoded is not None
+    text = "".join(pieces)  # (no blank space at the end: the value ends with a word)
+    return None if "=?" in text or "\ufffd" in text else text
+
+
 def _read_header(msg: Message, name: str) -> str | None:
     raw = _raw_values(msg, name)
     if not raw:
@@ -283,6 +344,12 @@ def _read_header(msg: Message, name: str) -> str | None:
         return _decode_raw_header(msg, raw[0][:_MAX_HEADER])
     if _SURROGATES.search(raw[0]):
         return _decode_raw_header(msg, raw[0])  # raw 8-bit bytes in the header
+    lname = name.lower()
+    kept = _KEPT_AS_THEY_ARE.get(lname)
+    if kept is not None and kept.fullmatch(raw[0]):
+        return _clean_header_text(raw[0])
+    if lname == "subject" and "=?" in raw[0] and (text := _q_words_text(raw[0])) is not None:
+        return _clean_header_text(text)
     try:
         value = str(_get(msg, name))
     except Exception:
@@ -361,6 +428,10 @@ def _msgid_list(value: str | None) -> list[str]:
 
 
 def _date(msg: Message) -> tuple[datetime | None, str | None]:
+    """(when, the Date field as text), as the email package's header object gives them."""
+    quick = _readable_date(msg)
+    if quick is not None:
+        return quick
     raw = _header(msg, "date")
     if not raw:
         return None, None
@@ -374,6 +445,27 @@ def _date(msg: Message) -> tuple[datetime | None, str | None]:
     if value is not None and value.tzinfo is None:
         value = value.replace(tzinfo=UTC)  # "-0000": UTC, origin unknown
     return value, raw
+
+
+def _readable_date(msg: Message) -> tuple[datetime, str] | None:
+    """`_date` of a Date field that parsedate reads, without the header object: its
+    datetime is parsedate's, and its text that datetime formatted again, which the header
+    object then parses once more into a token tree that nothing here reads (most of the
+    30 us it costs, for a Date different in every mail). None where the header object's
+    answer could be another: no Date, raw 8-bit bytes, a date parsedate cannot read."""
+    raw = _raw_values(msg, "date")
+    if not raw or len(raw[0]) > _MAX_HEADER or _SURROGATES.search(raw[0]):
+        return None
+    try:
+        value = parsedate_to_datetime("".join(_LINE_BREAKS.split(raw[0])))
+        text = _clean_header_text(format_datetime(value))
+    except Exception:
+        return None
+    if not text:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)  # "-0000": UTC, origin unknown
+    return value, text
 
 
 # Reply and forward prefixes of the mail clients in use around us. "WG" is German Outlook's

@@ -188,7 +188,10 @@ def _parse(msg: EmailMessage) -> ParsedMail:
     ctx = _Collected()
     _walk(msg, ctx, frozenset({"plain", "html"}))
 
-    plain = "\n\n".join(t.strip("\n") for t in ctx.plain if t.strip()) if ctx.plain else None
+    # (A part counts when it is not all blank space: isspace() stops at the first other
+    # character, where strip() copies the whole text.)
+    plain = "\n\n".join(t.strip("\n") for t in ctx.plain if t and not t.isspace()) \
+        if ctx.plain else None
     html = "".join(ctx.html) if ctx.html and any(h.strip() for h in ctx.html) else None
     full_text = plain if plain is not None else (html_to_text(html) if html else "")
 

@@ -130,7 +130,7 @@ class _Patterns:
                 self.any_probes = _any_of(line_probes + signature_probes)
 
 
-_QUOTE_PREFIX = r"(?:> ?)*"
+QUOTE_PREFIX = r"(?:> ?)*"  # the quote marks the probes allow in front
 _BLOCK_LINE_START = r"(?:^|\n|\n(?:> ?)*)"
 
 
@@ -141,7 +141,7 @@ def _any_of(regexes: list[str]) -> str:
     by their first letters (`_by_first_letters`)."""
     if not regexes:
         return "(?!)"
-    prefix = _QUOTE_PREFIX if all(r.startswith(_QUOTE_PREFIX) for r in regexes) else ""
+    prefix = QUOTE_PREFIX if all(r.startswith(QUOTE_PREFIX) for r in regexes) else ""
     alternatives = [alternative for regex in regexes
                     for alternative in spread_alternatives(regex.removeprefix(prefix))]
     return prefix + "(?:" + _by_first_letters(alternatives, _LETTER_LEVELS) + ")"
@@ -176,12 +176,49 @@ def _by_first_letters(alternatives: list[str], levels: int) -> str:
             others.append(f"(?:{alternative})")
     branches = {chars: f"(?-i:[{chars}])(?:{_by_first_letters(rests, levels - 1)})"
                 for chars, rests in by_letter.items()}
+    if levels == _LETTER_LEVELS:
+        # The others (digits, "* ", Korean, "-_" …) behind one lookahead for their first
+        # characters: a line of prose is turned away by one check instead of one per
+        # alternative (a tenth of the time of the line probes).
+        firsts = _first_characters([alternative[3:-1] for alternative in others])
+        if firsts is not None and len(others) > 1:
+            others = [f"(?=[{firsts}])(?:{'|'.join(others)})"]
     if levels == _LETTER_LEVELS and len(branches) > _LETTERS_IN_ONE:
         letters = list(branches)
         halves = [f"(?=(?-i:[{''.join(half)}]))(?:{'|'.join(branches[c] for c in half)})"
                   for half in (letters[::2], letters[1::2])]
         return "|".join(halves + others)
     return "|".join([*branches.values(), *others])
+
+
+# One character without a quantifier, which can stand in a character class: a non-negated
+# class, a class escape, an escaped punctuation character, a plain character.
+_CLASS_MEMBER = re.compile(r"\[[^\^\]](?:\\.|[^\]\\])*\]|\\[dsw]|\\[^\w\s]|[^\\.^$|()\[\]{}*+?]",
+                           re.DOTALL)
+
+
+def _first_characters(alternatives: list[str]) -> str | None:
+    """The inside of a character class that holds every character these regexes can start
+    with, or None where one of them does not start with a single character."""
+    members = []
+    for alternative in alternatives:
+        atoms = regex_atoms(alternative)
+        if not atoms or atoms[0][1] or not _CLASS_MEMBER.fullmatch(atoms[0][0]):
+            return None
+        atom = atoms[0][0]
+        if atom.startswith("["):
+            # Kept apart from its neighbours: a "-" at either end, or a "^" at the start,
+            # would mean something else next to them.
+            inner = atom[1:-1]
+            if inner.startswith(("-", "^")):
+                inner = "\\" + inner
+            trailing_backslashes = len(inner[:-1]) - len(inner[:-1].rstrip("\\"))
+            if inner.endswith("-") and trailing_backslashes % 2 == 0:
+                inner = inner[:-1] + "\\-"
+            members.append(inner)
+        else:
+            members.append(atom if atom.startswith("\\") else re.escape(atom))
+    return "".join(members)
 
 
 def _header_probe(src: str) -> tuple[str, str | None] | None:
@@ -200,7 +237,7 @@ def _header_probe(src: str) -> tuple[str, str | None] | None:
             return None
         body_end = group_end(src, lookahead_end)
         atoms = regex_atoms(src[lookahead_end + 1:body_end - 1]) if body_end > 0 else None
-        if not atoms or len(atoms) < 2 or atoms[0] != (_QUOTE_PREFIX[:-1], "*"):
+        if not atoms or len(atoms) < 2 or atoms[0] != (QUOTE_PREFIX[:-1], "*"):
             return None
         return "".join(a + q for a, q in atoms[:4]), None
     if not src.startswith("(") or src.startswith("(?") or group_end(src, 0) != len(src):
@@ -227,7 +264,7 @@ def _header_probe(src: str) -> tuple[str, str | None] | None:
     line = regex_atoms(block[3:-1])
     if not line or len(line) < 2 or line[0] != (_BLOCK_LINE_START, ""):
         return None
-    return _QUOTE_PREFIX + "".join(a + q for a, q in line[1:4]), guard
+    return QUOTE_PREFIX + "".join(a + q for a, q in line[1:4]), guard
 
 
 def _probe_char(probe: str) -> str | None:

@@ -88,6 +88,9 @@ def header_candidate(work: list[str], norm: str, scan: LineScan) -> int | None:
     by_kind = probe_lines_by_kind(norm, scan.starts if scan.probed else None)
     for index in range(len(patterns.headers)):
         lines = by_kind[patterns.header_probe_chars[index]]
+        if not lines and patterns.header_probes[index] is not None \
+                and patterns.header_guards[index] is None:
+            continue  # (no line of its probe's kind: header_matches would find nothing)
         for count, match in enumerate(header_matches(index, norm, lines)):
             if count >= 20:
                 break

@@ -17,12 +17,13 @@ import bisect
 import re
 from dataclasses import dataclass, field
 
-from bridge.email.parse.reply.mail_parser_reply_patterns import get_patterns
+from bridge.email.parse.reply.mail_parser_reply_patterns import QUOTE_PREFIX, get_patterns
 
 # A line break after a line that ends like an attribution or separator (with a colon, ASCII
 # or fullwidth, or "--", "==", "-=", "=-"), or before one that starts like a quote, a ruler
-# or with blank space.
-_ENDS_LIKE_ATTRIBUTION = r"(?<=[:\uff1a]\n)|(?<=[-=][-=]\n)"
+# or with blank space. (The line's last character is looked at once first: most lines of
+# prose end otherwise, and one look back is cheaper than two.)
+_ENDS_LIKE_ATTRIBUTION = r"(?<=[:\uff1a\-=]\n)(?:(?<=[:\uff1a]\n)|(?<=[-=][-=]\n))"
 _STARTS_LIKE_QUOTE_OR_RULER = r"[>\-=_*]|[^\S\n]"
 
 
@@ -59,6 +60,11 @@ def _get_scanner() -> tuple[re.Pattern[str], bool]:
     if _scanner is None:
         patterns = get_patterns()
         probes = patterns.any_probes
+        if probes is not None and probes.startswith(QUOTE_PREFIX):
+            # A probe that matches after quote marks matches on a line that starts with
+            # ">", which the scan takes anyway: trying the marks at every line costs a
+            # tenth of the scan.
+            probes = probes.removeprefix(QUOTE_PREFIX)
         after = _STARTS_LIKE_QUOTE_OR_RULER + (f"|(?:{probes})" if probes is not None else "")
         # (The flags that the probes are written for; they leave the rest alone.)
         _scanner = (re.compile(rf"\n(?:{_ENDS_LIKE_ATTRIBUTION}|(?={after}))",
