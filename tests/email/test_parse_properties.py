@@ -6,7 +6,7 @@ connector never crashes; these tests fail on that message, so such bugs still sh
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bridge.email.parse import (
@@ -67,11 +67,25 @@ HEADER_LINES = [
 ]
 
 
+# Found by this test: a forwarded multipart without its boundary, with bytes that are not ASCII
+# (its .eml could not be written back as bytes: "internal error").
+BROKEN_FORWARD = [b"From: a@b.de", b"Content-Type: message/rfc822", b"",
+                  b"Content-Type: multipart/mixed; boundary=b", b"\xff\xfe\x00"]
+
+
 @PROPERTY
 @given(st.lists(st.one_of(st.sampled_from(HEADER_LINES), st.binary(max_size=40)), max_size=60),
        st.sampled_from([b"\r\n", b"\n", b"\r"]))
+@example(BROKEN_FORWARD, b"\r\n")
 def test_mail_shaped_junk(lines: list[bytes], newline: bytes) -> None:
     check(newline.join(lines))
+
+
+def test_a_broken_forwarded_multipart_is_still_attached_as_its_eml() -> None:
+    mail = parse_message(b"\r\n".join(BROKEN_FORWARD))
+    [eml] = mail.attachments
+    assert eml.filename == "forwarded message.eml"
+    assert eml.data.startswith(b"Content-Type: multipart/mixed; boundary=b")
 
 
 MUTATIONS = ["delete", "insert", "flip", "truncate", "duplicate", "swap_lines"]

@@ -277,7 +277,13 @@ def _forwarded_file(part: Message, inner: Message, subject: str) -> Attachment:
     if not filename.lower().endswith(".eml"):
         filename += ".eml"
     _materialize(inner)
-    data = inner.as_bytes(policy=_EML_POLICY)
+    try:
+        data = inner.as_bytes(policy=_EML_POLICY)
+    except UnicodeEncodeError:
+        # A broken multipart (no boundary found) keeps its body as text that the parser
+        # already decoded with replacement characters, which the bytes generator cannot
+        # write as ASCII. The forwarded mail is still attached: written as text, in UTF-8.
+        data = inner.as_string(policy=_EML_POLICY).encode("utf-8", "surrogateescape")
     return Attachment(filename=filename, mimetype="message/rfc822", data=data)
 
 
