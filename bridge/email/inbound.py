@@ -18,7 +18,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from bridge import metrics
 from bridge.email.addresses import ForgedAddress, Recipient, parse_recipient
-from bridge.email.aiosmtpd_data import SmtpProtocol
+from bridge.email.aiosmtpd_data import SmtpProtocol, SpooledMail
 
 if TYPE_CHECKING:
     from bridge.email.connector import EmailConnector
@@ -66,8 +66,10 @@ class _Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        # As received (a bytearray from SmtpProtocol): a copy would cost the mail's size.
-        raw: bytes | bytearray = envelope.original_content or b""
+        # As received from SmtpProtocol, never copied (a copy would cost the mail's size): a
+        # bytearray, or for a mail over its spool threshold a SpooledMail, still in its temp
+        # file, which SmtpProtocol closes after this handler.
+        raw: bytes | bytearray | SpooledMail = envelope.original_content or b""
         targets: list[Target] = getattr(envelope, "targets", [])
         try:
             return await self.connector.receive(raw, targets, str(envelope.mail_from or ""))
