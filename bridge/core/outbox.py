@@ -240,6 +240,7 @@ class OutboxWorker:
         give_up: tuple[str, str | None] | None = None
         next_item: Delivery | None = None
         item.with_outcome = []
+        item.with_outcome_sync = []
         try:
             result = await self.deliver(item)
         except TemporaryError as exc:
@@ -395,11 +396,15 @@ class OutboxWorker:
 
     def _record(self, session: Session,
                 batch: list[_Finished]) -> tuple[list[Delivery | None], list[Delivery]]:
-        """The outbox's own statements of a batch's record, in one greenlet: the successes,
+        """The outbox's own statements of a batch's record, in one greenlet: the deliveries'
+        own writes that come as plain functions (``with_outcome_sync``), the successes,
         each one's successor (see _claim_next), and the due items among those the
         successes' writes queued (Hub.post_parts: a Slack message's Matrix events), claimed
         right here, after the lanes' own next items."""
         connection = session.connection()
+        for done in batch:
+            for write in done.item.with_outcome_sync or ():
+                write(connection)
         queues.finish_deliveries_sync(connection, [(d.item.id, d.result) for d in batch])
         heads: list[Delivery | None] = [None] * len(batch)
         if self._closing:

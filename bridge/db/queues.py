@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from bridge.db.engine import Reader
 
 
-def dialect_name(session: Reader) -> str:
+def dialect_name(session: Reader | Connection) -> str:
     if not isinstance(session, AsyncSession):
         return session.dialect.name
     bind = session.bind
@@ -69,7 +69,7 @@ def upsert_statement(dialect: str, name: Hashable,
     return statement
 
 
-def insert_ignoring_conflicts(session: AsyncSession, model: type) -> Any:
+def insert_ignoring_conflicts(session: AsyncSession | Connection, model: type) -> Any:
     """INSERT ... ON CONFLICT DO NOTHING, on the model's table (Core: no ORM bookkeeping)."""
     table = cast(Table, model.__table__)  # type: ignore[attr-defined]
     return upsert_statement(dialect_name(session), ("ignoring", model),
@@ -314,6 +314,10 @@ class Delivery:
     # success (a message mapping, say) go here, and are made in the transaction that
     # records it, instead of one transaction each. None: nobody records it, write now.
     with_outcome: list[Callable[[AsyncSession], Awaitable[None]]] | None = None
+    # The same for writes that are plain functions of the recording transaction's
+    # connection: made in the greenlet of the outbox's own statements of the record, without
+    # a greenlet (and an ORM session's execution) of their own per statement. None likewise.
+    with_outcome_sync: list[Callable[[Connection], None]] | None = None
 
 
 async def enqueue(session: AsyncSession, deliveries: Iterable[NewDelivery]) -> int:

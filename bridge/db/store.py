@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row, bindparam, delete, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.db.models import InboundKey, Link, MessageMapping, Portal, Puppet
@@ -296,11 +297,32 @@ async def add_mapping(
     part: int = 0,
     thread_root: str | None = None,
 ) -> None:
-    await session.execute(insert_ignoring_conflicts(session, MessageMapping), {
-        "room_id": room_id, "event_id": event_id, "network": network,
-        "remote_space": remote_space, "remote_id": remote_id, "part": part,
-        "thread_root": thread_root, "created_at": time.time(),
-    })
+    await session.execute(insert_ignoring_conflicts(session, MessageMapping), _mapping_row(
+        room_id, event_id, network, remote_space, remote_id, part, thread_root))
+
+
+def add_mapping_sync(
+    connection: Connection,
+    *,
+    room_id: str,
+    event_id: str,
+    network: str,
+    remote_space: str,
+    remote_id: str,
+    part: int = 0,
+    thread_root: str | None = None,
+) -> None:
+    """:func:`add_mapping` on a synchronous connection: a write that goes with a delivery's
+    success (``Delivery.with_outcome_sync``)."""
+    connection.execute(insert_ignoring_conflicts(connection, MessageMapping), _mapping_row(
+        room_id, event_id, network, remote_space, remote_id, part, thread_root))
+
+
+def _mapping_row(room_id: str, event_id: str, network: str, remote_space: str, remote_id: str,
+                 part: int, thread_root: str | None) -> dict[str, Any]:
+    return {"room_id": room_id, "event_id": event_id, "network": network,
+            "remote_space": remote_space, "remote_id": remote_id, "part": part,
+            "thread_root": thread_root, "created_at": time.time()}
 
 
 _MAPPING_COLUMNS = tuple(MessageMapping.__table__.c[name] for name in (
