@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from bridge import json_codec
+from bridge.db.direct import DirectStatement
 from bridge.db.models import AppserviceTransaction, InboxItem, OutboxItem
 
 if TYPE_CHECKING:
@@ -459,6 +460,10 @@ def _claim_room_next() -> Any:
 
 
 _CLAIM_ROOM_NEXT = _claim_room_next()
+# The claims that go with a relayed message's record (the outbox worker's), run straight on
+# SQLite where that is safe (bridge/db/direct.py).
+_CLAIM_LANE_HEAD_DIRECT = DirectStatement(_CLAIM_LANE_HEAD)
+_CLAIM_QUEUED_LANE_HEAD_DIRECT = DirectStatement(_CLAIM_QUEUED_LANE_HEAD)
 _SET_CLAIMED = update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True))) \
     .values(claimed_until=bindparam("until"), claimed_by=bindparam("holder"))
 
@@ -521,7 +526,7 @@ def claim_queued_lane_heads_sync(connection: Connection, lanes: Iterable[str], l
     now = time.time()
     claimed: list[Delivery] = []
     for lane in lanes:
-        claimed += _deliveries(connection.execute(_CLAIM_QUEUED_LANE_HEAD, {
+        claimed += _deliveries(_CLAIM_QUEUED_LANE_HEAD_DIRECT.execute(connection, {
             "head_lane": lane, "now": now, "until": now + lease, "holder": holder,
             "per_room": per_room}))
     return sorted(claimed, key=lambda item: item.id)
@@ -532,7 +537,7 @@ def claim_lane_head_sync(connection: Connection, lane: str, lease: float,
     """Claim the head item of one lane if it may go out now (the worker that just finished
     the item before it goes on with the lane, without a round through the claim loop)."""
     now = time.time()
-    claimed = _deliveries(connection.execute(_CLAIM_LANE_HEAD, {
+    claimed = _deliveries(_CLAIM_LANE_HEAD_DIRECT.execute(connection, {
         "head_lane": lane, "now": now, "until": now + lease, "holder": holder}))
     return claimed[0] if claimed else None  # none: empty, waiting, or taken meanwhile
 
@@ -594,6 +599,7 @@ _RETRY = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("item_id")).values(
 _FAIL = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("item_id")).values(
     state="failed", claimed_until=0.0, claimed_by=None, last_error=bindparam("error"),
     attempts=_OUTBOX.c.attempts + 1, failed_at=bindparam("now"), failure_reported=True)
+_FINISH_DIRECT = DirectStatement(_FINISH)
 
 
 async def finish_delivery(session: AsyncSession, item_id: int, result: str | None) -> None:
@@ -605,10 +611,10 @@ def finish_deliveries_sync(connection: Connection,
     """Several successes, one statement (executemany)."""
     if len(outcomes) == 1:
         item_id, result = outcomes[0]
-        connection.execute(_FINISH, {"item_id": item_id, "result": result})
+        _FINISH_DIRECT.execute(connection, {"item_id": item_id, "result": result})
     elif outcomes:
-        connection.execute(_FINISH, [{"item_id": item_id, "result": result}
-                                     for item_id, result in outcomes])
+        _FINISH_DIRECT.execute(connection, [{"item_id": item_id, "result": result}
+                                            for item_id, result in outcomes])
 
 
 async def retry_delivery(session: AsyncSession, item_id: int, at: float, error: str) -> None:

@@ -43,6 +43,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.util import EMPTY_DICT
 from sqlalchemy.util.concurrency import await_
 
@@ -82,6 +83,21 @@ def through_sessions_only(dbapi_connection: Any, only: bool) -> None:
         _THROUGH_SESSIONS_ONLY.add(connection)
     else:
         _THROUGH_SESSIONS_ONLY.discard(connection)
+
+
+def writing_here(connection: Connection) -> sqlite3.Connection | None:
+    """The sqlite3 connection under ``connection`` (SQLAlchemy's) if a write may be run on it
+    right here, bypassing SQLAlchemy (bridge.db.direct): the connection kept for writing
+    transactions (see _THROUGH_SESSIONS_ONLY), inside its transaction, and nothing else
+    using it. None otherwise, and for any other database."""
+    if connection.dialect.name != "sqlite":
+        return None
+    adapted = connection.connection.dbapi_connection
+    if not isinstance(adapted, OneTripConnection) or adapted._execute_mutex.locked() or \
+            adapted._connection not in _THROUGH_SESSIONS_ONLY:
+        return None
+    sqlite = adapted._connection._conn
+    return sqlite if sqlite.in_transaction else None
 
 
 def _begins_here(connection: sqlite3.Connection, operation: Any) -> bool:
