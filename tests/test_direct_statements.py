@@ -17,6 +17,7 @@ from bridge.db import queues, store
 from bridge.db.direct import DirectStatement
 from bridge.db.engine import Database
 from bridge.db.queues import Delivery, NewDelivery
+from bridge.slack import store as slack_store
 
 LANE = "test:!r:x"
 
@@ -84,7 +85,28 @@ async def test_an_error_is_sqlalchemys(db: Database) -> None:
         assert await queues.count_pending(connection) == (0, 0)  # all rolled back
 
 
-async def test_on_sqlite_they_bypass_sqlalchemy_only_in_the_kept_writers_transactions(
+async def test_a_read_converts_as_sqlalchemy_does(db: Database) -> None:
+    """A Slack message's arrival check: the channel's link and whether the message is in
+    the room already (a boolean, which SQLite stores as 0 or 1)."""
+    async with db.transaction() as session:
+        link = await store.add_link(session, room_id="!r:x", network="slack",
+                                    remote_id="T1:C1", remote_name="general",
+                                    created_by="@admin:x")
+        await store.add_mapping(session, room_id="!r:x", event_id="$e", network="slack",
+                                remote_space="T1:C1", remote_id="1700000000.000100")
+    async with db.reading() as connection:
+        assert await slack_store.arrival(connection, "T1:C1", "1700000000.000100") == \
+            (True, link.id)
+        assert await slack_store.arrival(connection, "T1:C1", "1700000000.000200") == \
+            (False, link.id)
+        assert await slack_store.arrival(connection, "T1:C2", "1700000000.000100") == \
+            (False, None)
+    async with db.sessions() as session:
+        mapped, _ = await slack_store.arrival(session, "T1:C1", "1700000000.000100")
+    assert mapped is True
+
+
+async def test_on_sqlite_they_bypass_sqlalchemy_where_the_driver_runs_them_in_the_loop(
         sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     db = Database(sqlite_url)
     await db.upgrade()
@@ -104,8 +126,11 @@ async def test_on_sqlite_they_bypass_sqlalchemy_only_in_the_kept_writers_transac
                 s.connection(), LANE, 60.0, "holder"))
             assert head is not None
             await session.run_sync(lambda s: _record(s.connection(), [(head.id, "$a")]))
+        async with db.reading() as connection:
+            await slack_store.arrival(connection, "T1:C1", "1")
         assert through_sqlalchemy == []
-        # Another connection's transaction (not the kept writer's): through SQLAlchemy.
+        # A write outside a writing transaction, which the driver hands to aiosqlite's
+        # thread: through SQLAlchemy.
         async with db.engine.begin() as connection:
             await connection.run_sync(lambda c: queues.claim_lane_head_sync(
                 c, LANE, 60.0, "holder"))

@@ -7,16 +7,17 @@ few microseconds of SQLite's own, and the outbox's record of a relayed message r
 (its success, its lane's next item claimed, its message mapping). A :class:`DirectStatement`
 compiles its Core statement once, with SQLAlchemy, per dialect and set of parameter names,
 and then hands each call's values to sqlite3 in the compiled order, converted as SQLAlchemy's
-bind processors convert them; rows come back as tuples, as sqlite3 reads them.
+bind processors convert them; rows come back as tuples, their values converted as
+SQLAlchemy's result processors convert them.
 
-Only where the bridge's SQLite driver runs statements in the event loop anyway: inside a
-writing transaction of the connection the database keeps for them
-(:func:`sqlite_driver.writing_here`), and only for statements whose result columns SQLAlchemy
-would not convert and that no ``before_execute`` listener needs to see (the portal cache
+Only where the bridge's SQLite driver runs the statement in the event loop anyway (a
+statement of a writing transaction, a read outside one: :func:`sqlite_driver.runs_here`),
+and only for statements that no ``before_execute`` listener needs to see (the portal cache
 watches ``link`` and ``portal``; these are statements of the outbox and the message
-mappings). Anywhere else (PostgreSQL, a read, another connection) the statement goes through
-SQLAlchemy as before, so the answer is the same either way. An error comes out as SQLAlchemy
-raises it (its ``DBAPIError`` subclass of the driver's error).
+mappings, and reads). Anywhere else (PostgreSQL, a write outside a transaction, a statement
+that must wait for a lock) it goes through SQLAlchemy as before, so the answer is the same
+either way. An error comes out as SQLAlchemy raises it (its ``DBAPIError`` subclass of the
+driver's error).
 """
 
 from __future__ import annotations
@@ -44,6 +45,15 @@ class _Compiled:
     names: tuple[str, ...]
     defaults: dict[str, Any]
     converts: dict[str, Callable[[Any], Any]]
+    # Each result column's conversion (None: none), if any column has one.
+    converts_out: tuple[Callable[[Any], Any] | None, ...] | None
+
+    def rows(self, rows: list[Any]) -> list[Any]:
+        converts = self.converts_out
+        if converts is None:
+            return rows
+        return [tuple(value if convert is None else convert(value)
+                      for convert, value in zip(converts, row, strict=True)) for row in rows]
 
     def values(self, parameters: Parameters) -> tuple[Any, ...]:
         merged = {**self.defaults, **parameters}
@@ -69,8 +79,8 @@ class DirectStatement:
         returns (RETURNING), [] when none."""
         many = not isinstance(parameters, Mapping)
         rows: Sequence[Parameters] = parameters if many else [parameters]  # type: ignore[assignment,list-item]
-        sqlite = sqlite_driver.writing_here(connection) if rows else None
-        compiled = self._compile(connection.dialect, rows[0], many) if sqlite else None
+        compiled = self._compile(connection.dialect, rows[0], many) if rows else None
+        sqlite = sqlite_driver.runs_here(connection, compiled.sql) if compiled else None
         if sqlite is None or compiled is None:
             result = connection.execute(self.statement, parameters)
             return list(result) if result.returns_rows else []
@@ -80,7 +90,7 @@ class DirectStatement:
                 return []
             cursor = sqlite.execute(compiled.sql, compiled.values(rows[0]))
             try:
-                return cursor.fetchall() if cursor.description else []
+                return compiled.rows(cursor.fetchall()) if cursor.description else []
             finally:
                 cursor.close()
         except sqlite3.Error as error:
@@ -102,17 +112,17 @@ class DirectStatement:
 def _direct_form(compiled: SQLCompiler, dialect: Dialect, many: bool) -> _Compiled | None:
     """The compiled statement as sqlite3 takes it, or None where that would differ from what
     SQLAlchemy does with it: parameters rendered at execution time (expanding IN lists),
-    result columns SQLAlchemy converts, RETURNING of several rows at once."""
+    RETURNING of several rows at once."""
     names = compiled.positiontup
     if names is None or "__[POSTCOMPILE" in compiled.string or \
             (many and compiled.effective_returning):
         return None
-    for column in compiled._result_columns:
-        if column.type.dialect_impl(dialect).result_processor(dialect, None) is not None:
-            return None
+    converts_out = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None)
+                         for column in compiled._result_columns)
     converts: dict[str, Callable[[Any], Any]] = {
         name: convert for name, convert in compiled._bind_processors.items()
         if not isinstance(convert, Sequence)}  # (tuples: expanding parameters)
     return _Compiled(sql=compiled.string, names=tuple(names),
                      defaults=dict(compiled.construct_params(_check=False)),
-                     converts=converts)
+                     converts=converts,
+                     converts_out=converts_out if any(converts_out) else None)

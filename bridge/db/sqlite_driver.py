@@ -85,19 +85,19 @@ def through_sessions_only(dbapi_connection: Any, only: bool) -> None:
         _THROUGH_SESSIONS_ONLY.discard(connection)
 
 
-def writing_here(connection: Connection) -> sqlite3.Connection | None:
-    """The sqlite3 connection under ``connection`` (SQLAlchemy's) if a write may be run on it
-    right here, bypassing SQLAlchemy (bridge.db.direct): the connection kept for writing
-    transactions (see _THROUGH_SESSIONS_ONLY), inside its transaction, and nothing else
-    using it. None otherwise, and for any other database."""
+def runs_here(connection: Connection, operation: str) -> sqlite3.Connection | None:
+    """The sqlite3 connection under ``connection`` (SQLAlchemy's) if this driver would run
+    ``operation`` right here in the event loop (see `_here`: a statement of a writing
+    transaction, a read outside one) and nothing else uses it now: then the statement may
+    be handed to it directly, bypassing SQLAlchemy (bridge.db.direct). None otherwise, and
+    for any other database."""
     if connection.dialect.name != "sqlite":
         return None
     adapted = connection.connection.dbapi_connection
-    if not isinstance(adapted, OneTripConnection) or adapted._execute_mutex.locked() or \
-            adapted._connection not in _THROUGH_SESSIONS_ONLY:
+    if not isinstance(adapted, OneTripConnection) or adapted._execute_mutex.locked():
         return None
     sqlite = adapted._connection._conn
-    return sqlite if sqlite.in_transaction else None
+    return sqlite if _here(sqlite, operation) else None
 
 
 def _begins_here(connection: sqlite3.Connection, operation: Any) -> bool:

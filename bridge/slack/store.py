@@ -20,9 +20,11 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from bridge.db.direct import DirectStatement
 from bridge.db.models import InboundKey, Link, MessageMapping
 from bridge.db.queues import dialect_name, insert_ignoring_conflicts, upsert_statement
 from bridge.slack.models import SlackChannel
@@ -173,11 +175,21 @@ _ARRIVAL = select(
 )
 
 
+# (Run straight on SQLite where that is safe: bridge/db/direct.py.)
+_ARRIVAL_DIRECT = DirectStatement(_ARRIVAL)
+
+
 async def arrival(session: Reader, space: str, ts: str) -> tuple[bool, int | None]:
     """For the message ``ts`` of the channel ``space`` ("T…:C…"): whether the room has it
     already (mapped either way), and the ID of the channel's link (None: not linked)."""
-    row = (await session.execute(_ARRIVAL, {"space": space, "ts": ts})).one()
-    return bool(row.mapped), row.link_id
+    link_id, mapped = await session.run_sync(_arrival, {"space": space, "ts": ts})
+    return bool(mapped), link_id
+
+
+def _arrival(reader: Session | Connection, parameters: dict[str, str]) -> tuple[Any, Any]:
+    connection = reader.connection() if isinstance(reader, Session) else reader
+    (row,) = _ARRIVAL_DIRECT.execute(connection, parameters)
+    return row[0], row[1]
 
 
 # The state of a linked channel in Slack that stops the bridge from posting there, kept in the
