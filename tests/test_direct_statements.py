@@ -13,13 +13,16 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bridge.core import activity
 from bridge.db import queues, store
 from bridge.db.direct import DirectStatement
 from bridge.db.engine import Database
+from bridge.db.models import Activity
 from bridge.db.queues import Delivery, NewDelivery
 from bridge.slack import store as slack_store
 
 LANE = "test:!r:x"
+activity_table = Activity.__table__
 
 
 async def _enqueue(session: AsyncSession, count: int) -> None:
@@ -126,9 +129,17 @@ async def test_on_sqlite_they_bypass_sqlalchemy_where_the_driver_runs_them_in_th
                 s.connection(), LANE, 60.0, "holder"))
             assert head is not None
             await session.run_sync(lambda s: _record(s.connection(), [(head.id, "$a")]))
+            # What a Slack message's success notes, written at the commit.
+            slack_store.note_cursor(session, "T1", "C1", "1700000000.000100")
+            activity.note_message(session, room_id="!r:x", side="slack", user_id="@u:x")
         async with db.reading() as connection:
             await slack_store.arrival(connection, "T1:C1", "1")
         assert through_sqlalchemy == []
+        async with db.reading() as connection:  # (written all the same)
+            assert (await connection.execute(select(activity_table.c.messages))).scalar() == 1
+        async with db.sessions() as session:
+            assert await slack_store.cursor(session, "T1", "C1") == "1700000000.000100"
+        through_sqlalchemy.clear()  # (those reads)
         # A write outside a writing transaction, which the driver hands to aiosqlite's
         # thread: through SQLAlchemy.
         async with db.engine.begin() as connection:

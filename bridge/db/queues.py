@@ -70,6 +70,20 @@ def upsert_statement(dialect: str, name: Hashable,
     return statement
 
 
+_DIRECT_UPSERTS: dict[tuple[str, Hashable], DirectStatement] = {}
+
+
+def direct_upsert(dialect: str, name: Hashable,
+                  build: Callable[[Callable[[Table], Any]], Any]) -> DirectStatement:
+    """:func:`upsert_statement` as a :class:`DirectStatement` (built once as well): for the
+    upserts that run with every relayed message (bridge/db/direct.py)."""
+    direct = _DIRECT_UPSERTS.get((dialect, name))
+    if direct is None:
+        direct = _DIRECT_UPSERTS[(dialect, name)] = DirectStatement(
+            upsert_statement(dialect, name, build))
+    return direct
+
+
 def insert_ignoring_conflicts(session: AsyncSession | Connection, model: type) -> Any:
     """INSERT ... ON CONFLICT DO NOTHING, on the model's table (Core: no ORM bookkeeping)."""
     table = cast(Table, model.__table__)  # type: ignore[attr-defined]
