@@ -78,23 +78,31 @@ async def test_claim_lane_head_takes_only_a_due_free_head(database_url: str) -> 
         await db.close()
 
 
-async def test_a_lane_is_delivered_in_order_with_its_outcome_writes(database_url: str) -> None:
+@pytest.mark.parametrize("form", ["coroutine", "plain"])
+async def test_a_lane_is_delivered_in_order_with_its_outcome_writes(database_url: str,
+                                                                     form: str) -> None:
     """Each success is recorded with the writes its delivery asked for (here a message
-    mapping, as the Matrix side does); a failed attempt's writes are dropped."""
+    mapping, as the Matrix side does), given as a coroutine function of the session
+    (``with_outcome``) or a plain function of its connection (``with_outcome_sync``); a
+    failed attempt's writes are dropped."""
     db = await _database(database_url)
     seen: list[int] = []
     fail_once = {1}
 
     async def deliver(item: Delivery) -> str:
         n = item.payload["n"]
-        assert item.with_outcome is not None
+        mapping = {"room_id": item.room_id, "event_id": f"$e{n}-{item.attempts}",
+                   "network": "test", "remote_space": "s", "remote_id": f"m{n}"}
+        if form == "coroutine":
+            async def record(session: AsyncSession) -> None:
+                await store.add_mapping(session, **mapping)
 
-        async def record(session: AsyncSession) -> None:
-            await store.add_mapping(session, room_id=item.room_id,
-                                    event_id=f"$e{n}-{item.attempts}", network="test",
-                                    remote_space="s", remote_id=f"m{n}")
-
-        item.with_outcome.append(record)
+            assert item.with_outcome is not None
+            item.with_outcome.append(record)
+        else:
+            assert item.with_outcome_sync is not None
+            item.with_outcome_sync.append(
+                lambda connection: store.add_mapping_sync(connection, **mapping))
         if n in fail_once:
             fail_once.discard(n)
             raise TemporaryError("down", retry_after=0.05)

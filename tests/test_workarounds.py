@@ -34,7 +34,7 @@ from sqlalchemy import text
 from sqlalchemy.dialects.sqlite import aiosqlite as sqlalchemy_aiosqlite
 
 from bridge.db import sqlite_driver
-from bridge.db.engine import create_engine
+from bridge.db.engine import Database, create_engine
 from bridge.email import aiosmtpd_data
 
 # (class, method) -> (fingerprint of the method's source, where we copied or override it).
@@ -248,6 +248,60 @@ async def test_a_writer_waits_for_another_process_in_the_thread_not_the_loop(
     finally:
         other.close()
         await engine.dispose()
+
+
+async def test_a_writing_transaction_makes_no_trip_to_the_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the write lock free, a writing transaction of the database (an ORM session on the
+    connection it keeps for writing) runs its BEGIN IMMEDIATE, its statements (one row,
+    several rows, a read) and its commit in the event loop, without a single hand-over to
+    aiosqlite's thread or to the event loop's greenlet. The BEGIN takes the write lock all
+    the same, and an error of a statement run so comes out as SQLAlchemy's, as before."""
+    path = tmp_path / "bridge.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    monkeypatch.setattr(sqlite_driver, "_commits_since_checkpoint", 0)  # no checkpoint due
+    trips: list[Any] = []
+    to_thread = aiosqlite.Connection._execute
+    awaited = sqlite_driver.await_
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(fn)
+        return await to_thread(self, fn, *args, **kwargs)
+
+    def counted_await(awaitable: Any) -> Any:
+        trips.append(awaitable)
+        return awaited(awaitable)
+
+    other = sqlite3.connect(path, timeout=0)
+    try:
+        async with db.transaction() as session:
+            await session.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"))
+        monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+        monkeypatch.setattr(sqlite_driver, "await_", counted_await)
+        async with db.transaction() as session:
+            await session.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": "a"})
+            await session.execute(text("INSERT INTO t (v) VALUES (:v)"),
+                                  [{"v": "b"}, {"v": "c"}])
+            assert (await session.execute(text("SELECT count(*) FROM t"))).scalar() == 3
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")  # the loop's BEGIN holds the write lock
+        assert trips == []
+        with pytest.raises(sqlalchemy.exc.IntegrityError):
+            async with db.transaction() as session:
+                await session.execute(text("INSERT INTO t (id, v) VALUES (1, 'again')"))
+        # (Only the rollback went to the thread, as it always does.)
+        assert [getattr(fn, "__qualname__", None) for fn in trips] == ["Connection.rollback"]
+        trips.clear()
+        assert [row[0] for row in other.execute("SELECT v FROM t ORDER BY id")] == \
+            ["a", "b", "c"]
+        # Reads through a plain (async) connection still hand over as they must: SQLAlchemy
+        # insists on it (AwaitRequired otherwise).
+        async with db.reading() as connection:
+            assert (await connection.execute(text("SELECT count(*) FROM t"))).scalar() == 3
+        assert trips
+    finally:
+        other.close()
+        await db.close()
 
 
 async def test_commits_in_the_loop_checkpoint_the_wal_in_the_thread(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import sqlalchemy.exc
+from prometheus_client import Counter, Histogram
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -69,6 +71,16 @@ FAN_OUT_RECORD_WAIT_SECONDS = 0.02
 # heartbeat's expiry instead (seconds) with its process ID as the holder: the heartbeat
 # renews the claims of a live process, so only a dead one's run out (bridge/core/heartbeat.py).
 LEASE_SECONDS = 300.0
+
+
+@functools.cache
+def _delivered_metrics(network: str) -> tuple[Counter, Histogram, Histogram]:
+    """A network's delivered-events counter and handling and latency histograms: looked up
+    once (``labels()`` costs several microseconds a call, three per delivery), on first use
+    as before (a network that delivers nothing shows no series)."""
+    return (metrics.EVENTS.labels(network=network, direction="out"),
+            metrics.HANDLING_SECONDS.labels(network=network, direction="out"),
+            metrics.END_TO_END_SECONDS.labels(network=network, direction="out"))
 
 
 @dataclass(slots=True)
@@ -228,6 +240,7 @@ class OutboxWorker:
         give_up: tuple[str, str | None] | None = None
         next_item: Delivery | None = None
         item.with_outcome = []
+        item.with_outcome_sync = []
         try:
             result = await self.deliver(item)
         except TemporaryError as exc:
@@ -261,14 +274,10 @@ class OutboxWorker:
                 await self._give_up(item, *give_up)
             else:
                 next_item = await self._finish(item, result)
-                metrics.EVENTS.labels(network=item.network, direction="out").inc()
-                metrics.HANDLING_SECONDS.labels(network=item.network, direction="out").observe(
-                    time.perf_counter() - started
-                )
-                metrics.END_TO_END_SECONDS.labels(network=item.network,
-                                                  direction="out").observe(
-                    max(0.0, time.time() - item.created_at)
-                )
+                delivered, handling, end_to_end = _delivered_metrics(item.network)
+                delivered.inc()
+                handling.observe(time.perf_counter() - started)
+                end_to_end.observe(max(0.0, time.time() - item.created_at))
         finally:
             if next_item is not None and next_item.lane != item.lane:
                 # The room's next lane (see _write_finished) instead of this one's next item.
@@ -387,11 +396,15 @@ class OutboxWorker:
 
     def _record(self, session: Session,
                 batch: list[_Finished]) -> tuple[list[Delivery | None], list[Delivery]]:
-        """The outbox's own statements of a batch's record, in one greenlet: the successes,
+        """The outbox's own statements of a batch's record, in one greenlet: the deliveries'
+        own writes that come as plain functions (``with_outcome_sync``), the successes,
         each one's successor (see _claim_next), and the due items among those the
         successes' writes queued (Hub.post_parts: a Slack message's Matrix events), claimed
         right here, after the lanes' own next items."""
         connection = session.connection()
+        for done in batch:
+            for write in done.item.with_outcome_sync or ():
+                write(connection)
         queues.finish_deliveries_sync(connection, [(d.item.id, d.result) for d in batch])
         heads: list[Delivery | None] = [None] * len(batch)
         if self._closing:

@@ -12,15 +12,17 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from bridge.db.direct import DirectStatement
 from bridge.db.models import Activity, Link, Portal
-from bridge.db.queues import upsert_statement
+from bridge.db.queues import direct_upsert
 
 _ACTIVITY = cast(Table, Activity.__table__)
 
 
-def _add_statement(dialect: str) -> Any:
+def _add_statement(dialect: str) -> DirectStatement:
     """INSERT ... ON CONFLICT (the row's key) DO UPDATE SET messages = messages + new: one
-    statement, built once per dialect (it runs for every message the bridge relays)."""
+    statement, built once per dialect (it runs for every message the bridge relays, straight
+    on SQLite where that is safe)."""
     def build(insert: Callable[[Table], Any]) -> Any:
         new = insert(_ACTIVITY)
         return new.on_conflict_do_update(
@@ -28,7 +30,7 @@ def _add_statement(dialect: str) -> Any:
                             _ACTIVITY.c.person],
             set_={"messages": _ACTIVITY.c.messages + new.excluded.messages})
 
-    return upsert_statement(dialect, "activity.add", build)
+    return direct_upsert(dialect, "activity.add", build)
 
 
 def add_many_now(session: Session, counts: list[dict[str, Any]]) -> None:
@@ -36,7 +38,8 @@ def add_many_now(session: Session, counts: list[dict[str, Any]]) -> None:
     ``person``, ``messages``) on that side of the room that day, in one statement. On the
     synchronous session under an AsyncSession: for the hook that runs inside its commit
     (bridge.core.activity)."""
-    session.execute(_add_statement(session.get_bind().dialect.name), counts)
+    connection = session.connection()
+    _add_statement(connection.dialect.name).execute(connection, counts)
 
 
 @dataclass(slots=True)

@@ -76,8 +76,12 @@ def _sqlite_begin(conn: Connection) -> None:
     # reading the same free items. Reads stay deferred and never wait for a writer (WAL).
     # Reads run in autocommit (each statement sees the latest commit): no BEGIN/ROLLBACK
     # round trips, which cost more than the queries themselves through aiosqlite's thread.
-    if conn.get_execution_options().get("writer"):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # The BEGIN goes straight to the driver when it can be done at once (the usual case);
+    # as a statement only when it must wait for another process's lock or has failed (then
+    # it fails again as a statement, with SQLAlchemy's wrapped error).
+    if conn.get_execution_options().get("writer") and \
+            not conn.connection.dbapi_connection.begin_immediate_here():  # type: ignore[union-attr]
+        conn.exec_driver_sql(sqlite_driver.BEGIN_IMMEDIATE)
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -304,8 +308,19 @@ class Database:
                     (reader or not connection.in_transaction()):
                 return connection
             with contextlib.suppress(Exception):
+                if not reader:
+                    sqlite_driver.through_sessions_only(
+                        connection.sync_connection.connection.dbapi_connection,  # type: ignore[union-attr]
+                        False)
+            with contextlib.suppress(Exception):
                 await connection.close()
-        return await engine.connect()
+        connection = await engine.connect()
+        if not reader:
+            # Used only by the sessions of transaction(), never through AsyncConnection's own
+            # execute (which insists on a switch to the event loop per statement).
+            raw = await connection.get_raw_connection()
+            sqlite_driver.through_sessions_only(raw.dbapi_connection, True)
+        return connection
 
     async def upgrade(self) -> tuple[str | None, str | None]:
         return await upgrade(self.engine)

@@ -33,13 +33,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from bridge import json_codec
+from bridge.db.direct import DirectStatement
 from bridge.db.models import AppserviceTransaction, InboxItem, OutboxItem
 
 if TYPE_CHECKING:
     from bridge.db.engine import Reader
 
 
-def dialect_name(session: Reader) -> str:
+def dialect_name(session: Reader | Connection) -> str:
     if not isinstance(session, AsyncSession):
         return session.dialect.name
     bind = session.bind
@@ -69,7 +70,21 @@ def upsert_statement(dialect: str, name: Hashable,
     return statement
 
 
-def insert_ignoring_conflicts(session: AsyncSession, model: type) -> Any:
+_DIRECT_UPSERTS: dict[tuple[str, Hashable], DirectStatement] = {}
+
+
+def direct_upsert(dialect: str, name: Hashable,
+                  build: Callable[[Callable[[Table], Any]], Any]) -> DirectStatement:
+    """:func:`upsert_statement` as a :class:`DirectStatement` (built once as well): for the
+    upserts that run with every relayed message (bridge/db/direct.py)."""
+    direct = _DIRECT_UPSERTS.get((dialect, name))
+    if direct is None:
+        direct = _DIRECT_UPSERTS[(dialect, name)] = DirectStatement(
+            upsert_statement(dialect, name, build))
+    return direct
+
+
+def insert_ignoring_conflicts(session: AsyncSession | Connection, model: type) -> Any:
     """INSERT ... ON CONFLICT DO NOTHING, on the model's table (Core: no ORM bookkeeping)."""
     table = cast(Table, model.__table__)  # type: ignore[attr-defined]
     return upsert_statement(dialect_name(session), ("ignoring", model),
@@ -314,6 +329,10 @@ class Delivery:
     # success (a message mapping, say) go here, and are made in the transaction that
     # records it, instead of one transaction each. None: nobody records it, write now.
     with_outcome: list[Callable[[AsyncSession], Awaitable[None]]] | None = None
+    # The same for writes that are plain functions of the recording transaction's
+    # connection: made in the greenlet of the outbox's own statements of the record, without
+    # a greenlet (and an ORM session's execution) of their own per statement. None likewise.
+    with_outcome_sync: list[Callable[[Connection], None]] | None = None
 
 
 async def enqueue(session: AsyncSession, deliveries: Iterable[NewDelivery]) -> int:
@@ -455,6 +474,10 @@ def _claim_room_next() -> Any:
 
 
 _CLAIM_ROOM_NEXT = _claim_room_next()
+# The claims that go with a relayed message's record (the outbox worker's), run straight on
+# SQLite where that is safe (bridge/db/direct.py).
+_CLAIM_LANE_HEAD_DIRECT = DirectStatement(_CLAIM_LANE_HEAD)
+_CLAIM_QUEUED_LANE_HEAD_DIRECT = DirectStatement(_CLAIM_QUEUED_LANE_HEAD)
 _SET_CLAIMED = update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True))) \
     .values(claimed_until=bindparam("until"), claimed_by=bindparam("holder"))
 
@@ -517,7 +540,7 @@ def claim_queued_lane_heads_sync(connection: Connection, lanes: Iterable[str], l
     now = time.time()
     claimed: list[Delivery] = []
     for lane in lanes:
-        claimed += _deliveries(connection.execute(_CLAIM_QUEUED_LANE_HEAD, {
+        claimed += _deliveries(_CLAIM_QUEUED_LANE_HEAD_DIRECT.execute(connection, {
             "head_lane": lane, "now": now, "until": now + lease, "holder": holder,
             "per_room": per_room}))
     return sorted(claimed, key=lambda item: item.id)
@@ -528,7 +551,7 @@ def claim_lane_head_sync(connection: Connection, lane: str, lease: float,
     """Claim the head item of one lane if it may go out now (the worker that just finished
     the item before it goes on with the lane, without a round through the claim loop)."""
     now = time.time()
-    claimed = _deliveries(connection.execute(_CLAIM_LANE_HEAD, {
+    claimed = _deliveries(_CLAIM_LANE_HEAD_DIRECT.execute(connection, {
         "head_lane": lane, "now": now, "until": now + lease, "holder": holder}))
     return claimed[0] if claimed else None  # none: empty, waiting, or taken meanwhile
 
@@ -590,6 +613,7 @@ _RETRY = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("item_id")).values(
 _FAIL = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("item_id")).values(
     state="failed", claimed_until=0.0, claimed_by=None, last_error=bindparam("error"),
     attempts=_OUTBOX.c.attempts + 1, failed_at=bindparam("now"), failure_reported=True)
+_FINISH_DIRECT = DirectStatement(_FINISH)
 
 
 async def finish_delivery(session: AsyncSession, item_id: int, result: str | None) -> None:
@@ -601,10 +625,10 @@ def finish_deliveries_sync(connection: Connection,
     """Several successes, one statement (executemany)."""
     if len(outcomes) == 1:
         item_id, result = outcomes[0]
-        connection.execute(_FINISH, {"item_id": item_id, "result": result})
+        _FINISH_DIRECT.execute(connection, {"item_id": item_id, "result": result})
     elif outcomes:
-        connection.execute(_FINISH, [{"item_id": item_id, "result": result}
-                                     for item_id, result in outcomes])
+        _FINISH_DIRECT.execute(connection, [{"item_id": item_id, "result": result}
+                                            for item_id, result in outcomes])
 
 
 async def retry_delivery(session: AsyncSession, item_id: int, at: float, error: str) -> None:

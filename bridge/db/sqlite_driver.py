@@ -18,6 +18,13 @@ copies the WAL into the database file and syncs it, runs in the thread with ever
 CHECKPOINT_EVERY-th commit instead. Those two trips were most of what a small transaction
 cost (about 0.15 ms each of hand-over, against some 0.02 ms of SQLite's own work).
 
+The BEGIN IMMEDIATE goes straight to sqlite3 from SQLAlchemy's ``begin`` event
+(`OneTripConnection.begin_immediate_here`) instead of a statement's whole way through
+SQLAlchemy; and on the connection the database keeps for its writing transactions, used only
+through ORM sessions, the statements that run in the event loop run without a coroutine
+handed to the event loop's greenlet and back (`OneTripCursor._ran_here`). Each of those cost
+more than SQLite's own work for a small statement.
+
 Used through ``create_async_engine(url, module=dbapi(), connect_args=...)``
 (bridge.db.engine).
 """
@@ -27,6 +34,7 @@ from __future__ import annotations
 import collections
 import re
 import sqlite3
+import weakref
 from typing import Any
 
 import aiosqlite
@@ -35,6 +43,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.util import EMPTY_DICT
 from sqlalchemy.util.concurrency import await_
 
@@ -45,6 +54,7 @@ _SLOW_OR_LOCKING = re.compile(r"\s*(?:COMMIT|ROLLBACK|END|BEGIN|SAVEPOINT|RELEAS
                               r"PRAGMA|VACUUM)", re.IGNORECASE)
 _SELECT = re.compile(r"\s*SELECT\b", re.IGNORECASE)
 _BEGIN_IMMEDIATE = re.compile(r"\s*BEGIN\s+IMMEDIATE\s*$", re.IGNORECASE)
+BEGIN_IMMEDIATE = "BEGIN IMMEDIATE"
 
 # How long a statement waits for another process's lock (PRAGMA busy_timeout, set on every
 # connection by bridge.db.engine).
@@ -54,6 +64,40 @@ BUSY_TIMEOUT_MS = 10_000
 # never checkpoints in the event loop. A few pages per commit: a WAL of a few megabytes.
 CHECKPOINT_EVERY = 200
 _commits_since_checkpoint = 0
+
+
+# The connections (aiosqlite's) whose statements all come through an ORM session: the one
+# the database keeps for its writing transactions (bridge.db.engine). Inside a transaction
+# their statements that may run in the event loop run without a coroutine and a switch to
+# the event loop's greenlet and back (`OneTripCursor._ran_here`). Not other connections':
+# SQLAlchemy's AsyncConnection.execute insists that each statement switches at least once
+# (AwaitRequired).
+_THROUGH_SESSIONS_ONLY: weakref.WeakSet[aiosqlite.Connection] = weakref.WeakSet()
+
+
+def through_sessions_only(dbapi_connection: Any, only: bool) -> None:
+    """Say whether the statements of ``dbapi_connection`` (a :class:`OneTripConnection`)
+    come only through ORM sessions from now on (see _THROUGH_SESSIONS_ONLY)."""
+    connection = dbapi_connection._connection
+    if only:
+        _THROUGH_SESSIONS_ONLY.add(connection)
+    else:
+        _THROUGH_SESSIONS_ONLY.discard(connection)
+
+
+def runs_here(connection: Connection, operation: str) -> sqlite3.Connection | None:
+    """The sqlite3 connection under ``connection`` (SQLAlchemy's) if this driver would run
+    ``operation`` right here in the event loop (see `_here`: a statement of a writing
+    transaction, a read outside one) and nothing else uses it now: then the statement may
+    be handed to it directly, bypassing SQLAlchemy (bridge.db.direct). None otherwise, and
+    for any other database."""
+    if connection.dialect.name != "sqlite":
+        return None
+    adapted = connection.connection.dbapi_connection
+    if not isinstance(adapted, OneTripConnection) or adapted._execute_mutex.locked():
+        return None
+    sqlite = adapted._connection._conn
+    return sqlite if _here(sqlite, operation) else None
 
 
 def _begins_here(connection: sqlite3.Connection, operation: Any) -> bool:
@@ -178,15 +222,33 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 
     def execute(self, operation: Any, parameters: Any = None) -> Any:
         try:
-            return await_(self._execute(False, operation, parameters))
+            if not self._ran_here(False, operation, parameters):
+                await_(self._execute(False, operation, parameters))
         except Exception as error:
             self._adapt_connection._handle_exception(error)
 
     def executemany(self, operation: Any, seq_of_parameters: Any) -> Any:
         try:
-            return await_(self._execute(True, operation, seq_of_parameters))
+            if not self._ran_here(True, operation, seq_of_parameters):
+                await_(self._execute(True, operation, seq_of_parameters))
         except Exception as error:
             self._adapt_connection._handle_exception(error)
+
+    def _ran_here(self, many: bool, operation: Any, parameters: Any) -> bool:
+        """Run a statement of a transaction that may run in the event loop (`_here`) right
+        away, without handing a coroutine to the event loop's greenlet and back (`await_`),
+        which cost more than SQLite's own work for such a statement: on a connection used
+        only through sessions (see _THROUGH_SESSIONS_ONLY), while nothing else uses it
+        (else, never the case while one session holds it, `_execute` waits)."""
+        connection = self._connection
+        sqlite = connection._conn
+        if not sqlite.in_transaction or connection not in _THROUGH_SESSIONS_ONLY or \
+                self._adapt_connection._execute_mutex.locked() or not _here(sqlite, operation):
+            return False
+        self._description, rows, self._rowcount, self._lastrowid = _run(
+            sqlite, many, operation, parameters)
+        self._rows = collections.deque(rows)
+        return True
 
     async def _execute(self, many: bool, operation: Any, parameters: Any) -> None:
         connection = self._connection
@@ -213,6 +275,19 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         # connection while SQLAlchemy ends its transaction.
         connection = self._connection._connection
         return connection is None or connection.in_transaction
+
+    def begin_immediate_here(self) -> bool:
+        """BEGIN IMMEDIATE right here in the event loop (see `_begins_here`), without the
+        way of a statement through SQLAlchemy (which cost about a third of a small writing
+        transaction). False when it could not begin here (the write lock taken by another
+        process, or an error): nothing was begun, and the caller's BEGIN statement waits
+        for the lock in aiosqlite's thread, or raises the error, as any statement does."""
+        if self._execute_mutex.locked():
+            return False
+        try:
+            return _begins_here(self._connection._conn, BEGIN_IMMEDIATE)
+        except sqlite3.Error:
+            return False
 
     def rollback(self) -> None:
         if self._in_transaction():  # a read in autocommit mode has nothing to roll back

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row, bindparam, delete, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bridge.db.direct import DirectStatement
 from bridge.db.models import InboundKey, Link, MessageMapping, Portal, Puppet
 from bridge.db.queues import insert_ignoring_conflicts
 
@@ -296,11 +298,41 @@ async def add_mapping(
     part: int = 0,
     thread_root: str | None = None,
 ) -> None:
-    await session.execute(insert_ignoring_conflicts(session, MessageMapping), {
-        "room_id": room_id, "event_id": event_id, "network": network,
-        "remote_space": remote_space, "remote_id": remote_id, "part": part,
-        "thread_root": thread_root, "created_at": time.time(),
-    })
+    await session.execute(insert_ignoring_conflicts(session, MessageMapping), _mapping_row(
+        room_id, event_id, network, remote_space, remote_id, part, thread_root))
+
+
+def add_mapping_sync(
+    connection: Connection,
+    *,
+    room_id: str,
+    event_id: str,
+    network: str,
+    remote_space: str,
+    remote_id: str,
+    part: int = 0,
+    thread_root: str | None = None,
+) -> None:
+    """:func:`add_mapping` on a synchronous connection: a write that goes with a delivery's
+    success (``Delivery.with_outcome_sync``), run straight on SQLite where that is safe
+    (bridge/db/direct.py)."""
+    direct = _DIRECT_MAPPING_INSERTS.get(connection.dialect.name)
+    if direct is None:
+        direct = _DIRECT_MAPPING_INSERTS[connection.dialect.name] = DirectStatement(
+            insert_ignoring_conflicts(connection, MessageMapping))
+    direct.execute(connection, _mapping_row(room_id, event_id, network, remote_space,
+                                            remote_id, part, thread_root))
+
+
+# By dialect (insert_ignoring_conflicts builds the statement of each).
+_DIRECT_MAPPING_INSERTS: dict[str, DirectStatement] = {}
+
+
+def _mapping_row(room_id: str, event_id: str, network: str, remote_space: str, remote_id: str,
+                 part: int, thread_root: str | None) -> dict[str, Any]:
+    return {"room_id": room_id, "event_id": event_id, "network": network,
+            "remote_space": remote_space, "remote_id": remote_id, "part": part,
+            "thread_root": thread_root, "created_at": time.time()}
 
 
 _MAPPING_COLUMNS = tuple(MessageMapping.__table__.c[name] for name in (

@@ -10,13 +10,14 @@ homeserver may use an ID again for other events after it restarts).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -44,6 +45,13 @@ _IN_EVENTS = metrics.EVENTS.labels(network="matrix", direction="in")
 # ping (the appservice ping API) makes it send at once. Sent a moment after the answer, so
 # that the recoverer exists: Synapse starts it in the background once the send failed.
 NUDGE_AFTER_SECONDS = 0.3
+
+
+@functools.cache
+def _transactions(outcome: str) -> Counter:
+    """The transactions counter of one outcome, looked up once (``labels()`` costs several
+    microseconds per call: one per transaction) on first use."""
+    return metrics.TRANSACTIONS.labels(outcome=outcome)
 
 
 def _error(status: int, errcode: str, message: str) -> web.Response:
@@ -124,7 +132,7 @@ class AppserviceServer:
 
     async def transaction(self, request: web.Request) -> web.Response:
         if (refused := self._auth_error(request)) is not None:
-            metrics.TRANSACTIONS.labels(outcome="refused").inc()
+            _transactions("refused").inc()
             return refused
         txn_id = request.match_info["txn_id"]
         try:
@@ -167,7 +175,7 @@ class AppserviceServer:
                     except Exception:
                         return self._not_stored(txn_id, "record", "The bridge could not "
                                                 "record the transaction")
-                metrics.TRANSACTIONS.labels(outcome="needed_nothing").inc()
+                _transactions("needed_nothing").inc()
                 self._handled(number)
                 return web.json_response({})
         try:
@@ -185,7 +193,7 @@ class AppserviceServer:
                         log.warning("transaction ID %s was used before for other events "
                                     "(the homeserver restarted and counts anew?); handling "
                                     "its %d new event(s)", txn_id, len(new))
-                        metrics.TRANSACTIONS.labels(outcome="reused_id").inc()
+                        _transactions("reused_id").inc()
                         fresh = True
                 if fresh:
                     # Handled in the same database transaction when possible: one commit,
@@ -198,10 +206,10 @@ class AppserviceServer:
             return self._not_stored(txn_id, "store", "The bridge could not store the "
                                     "transaction")
         if not fresh:
-            metrics.TRANSACTIONS.labels(outcome="duplicate").inc()
+            _transactions("duplicate").inc()
             log.debug("transaction %s was already stored; ignoring the repeat", txn_id)
         else:
-            metrics.TRANSACTIONS.labels(outcome="stored").inc()
+            _transactions("stored").inc()
             if outcome is not None:
                 inbox.after_commit(outcome)
             await outbox.dispatch(claimed)
@@ -242,7 +250,7 @@ class AppserviceServer:
         log.warning("transaction %d arrived before %d, which this bridge has not received; "
                     "answered 503 once so that the homeserver sends the one it holds first",
                     number, number - 1)
-        metrics.TRANSACTIONS.labels(outcome="gap").inc()
+        _transactions("gap").inc()
         task = asyncio.create_task(self._nudge(number), name=f"nudge-{number}")
         self._nudges.add(task)
         task.add_done_callback(self._nudges.discard)

@@ -49,6 +49,8 @@ from bridge.matrix import long_message
 from bridge.matrix.intents import FILE_MARK, BridgeAppServiceAPI, download_attachment
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
     from bridge.core.hub import Hub
     from bridge.matrix.bot import Bot
     from bridge.matrix.crypto import BridgeCrypto
@@ -486,15 +488,15 @@ class MatrixSide:
             event_id = await self._send(d, intent, event_type, content, thread_root, kwargs)
         mapping = p.get("mapping")
         if mapping:
-            async def record(session: Any) -> None:
-                await store.add_mapping(session, room_id=d.room_id, event_id=event_id,
-                                        thread_root=thread_root, **mapping)
+            def record(connection: Connection) -> None:
+                store.add_mapping_sync(connection, room_id=d.room_id, event_id=event_id,
+                                       thread_root=thread_root, **mapping)
 
-            if d.with_outcome is not None:
-                d.with_outcome.append(record)  # recorded with the delivery's success
+            if d.with_outcome_sync is not None:
+                d.with_outcome_sync.append(record)  # recorded with the delivery's success
             else:
                 async with self.hub.db.transaction() as session:
-                    await record(session)
+                    await session.run_sync(lambda s: record(s.connection()))
         return str(event_id)
 
     async def _already_sent(self, d: Delivery, txn_id: str,

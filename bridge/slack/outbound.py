@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from mautrix.types import EventID, RoomID
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.core.errors import PermanentError, TemporaryError
@@ -38,8 +39,8 @@ RELAYED_EVENT_TYPE = "bridge_matrix_message"
 # How many of the channel's latest messages are searched for a post a process that died
 # made without recording it.
 TAKEN_OVER_LOOKBACK = 200
-# A delivery's writes that go with its success (Delivery.with_outcome), or None.
-Outcome = list[Callable[[AsyncSession], Awaitable[None]]] | None
+# A delivery's writes that go with its success (Delivery.with_outcome_sync), or None.
+Outcome = list[Callable[[Connection], None]] | None
 FILE_MSGTYPES = {"m.image", "m.file", "m.video", "m.audio"}
 
 
@@ -108,7 +109,7 @@ class MatrixToSlack:
             return await self._redact(ws, channel, str(redacts)) if redacts else None
         # Mappings of what was posted are written with the delivery's success (one
         # transaction instead of two per message).
-        outcome = delivery.with_outcome
+        outcome = delivery.with_outcome_sync
         if etype == "m.reaction":
             return await self._react(ws, channel, delivery.room_id, event, outcome)
         if etype != "m.room.message" or not isinstance(content, dict):
@@ -255,20 +256,20 @@ class MatrixToSlack:
                         remote_id: str, thread_root: str | None, part: int = 0,
                         outcome: Outcome = None) -> None:
         """Record what the Slack message stands for; with ``outcome`` (the delivery's
-        ``with_outcome``) in the transaction that records the delivery's success."""
+        ``with_outcome_sync``) in the transaction that records the delivery's success."""
         if not remote_id:
             return
 
-        async def record(session: AsyncSession) -> None:
-            await store.add_mapping(session, room_id=room_id, event_id=event_id,
-                                    network=NETWORK, remote_space=space_of(ws.team_id, channel),
-                                    remote_id=remote_id, thread_root=thread_root, part=part)
+        def record(connection: Connection) -> None:
+            store.add_mapping_sync(connection, room_id=room_id, event_id=event_id,
+                                   network=NETWORK, remote_space=space_of(ws.team_id, channel),
+                                   remote_id=remote_id, thread_root=thread_root, part=part)
 
         if outcome is not None:
             outcome.append(record)
         else:
             async with self.hub.db.transaction() as session:
-                await record(session)
+                await session.run_sync(lambda s: record(s.connection()))
 
     async def _edit(self, ws: Workspace, channel: str, room_id: str, event: dict[str, Any],
                     relates: dict[str, Any]) -> str | None:

@@ -20,11 +20,18 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from bridge.db.direct import DirectStatement
 from bridge.db.models import InboundKey, Link, MessageMapping
-from bridge.db.queues import dialect_name, insert_ignoring_conflicts, upsert_statement
+from bridge.db.queues import (
+    dialect_name,
+    direct_upsert,
+    insert_ignoring_conflicts,
+    upsert_statement,
+)
 from bridge.slack.models import SlackChannel
 
 if TYPE_CHECKING:
@@ -81,9 +88,9 @@ def note_cursor(session: AsyncSession, team_id: str, channel_id: str, ts: str) -
         pending[(team_id, channel_id)] = canonical
 
 
-def _advance_many(dialect: str) -> Any:
+def _advance_many(dialect: str) -> DirectStatement:
     """INSERT ... ON CONFLICT DO UPDATE that moves each cursor forward only (as _ADVANCE
-    does), or creates it."""
+    does), or creates it (straight on SQLite where that is safe: bridge/db/direct.py)."""
     def build(insert: Callable[[Table], Any]) -> Any:
         new = insert(_CHANNEL)
         now, then = new.excluded.last_ts, _CHANNEL.c.last_ts
@@ -93,7 +100,7 @@ def _advance_many(dialect: str) -> Any:
             where=or_(func.length(then) < func.length(now),
                       (func.length(then) == func.length(now)) & (then < now)))
 
-    return upsert_statement(dialect, "slack.advance_cursors", build)
+    return direct_upsert(dialect, "slack.advance_cursors", build)
 
 
 @event.listens_for(Session, "before_commit")
@@ -102,10 +109,10 @@ def _write_noted_cursors(session: Session) -> None:
     pending: dict[tuple[str, str], str] | None = session.info.pop(_PENDING_CURSORS, None)
     if not pending:
         return
-    bind = session.get_bind()
+    connection = session.connection()
     now = time.time()
     # In key order: two transactions touching the same rows lock them alike.
-    session.execute(_advance_many(bind.dialect.name), [
+    _advance_many(connection.dialect.name).execute(connection, [
         {"team_id": team, "channel_id": channel, "last_ts": ts, "updated_at": now}
         for (team, channel), ts in sorted(pending.items())])
 
@@ -173,11 +180,21 @@ _ARRIVAL = select(
 )
 
 
+# (Run straight on SQLite where that is safe: bridge/db/direct.py.)
+_ARRIVAL_DIRECT = DirectStatement(_ARRIVAL)
+
+
 async def arrival(session: Reader, space: str, ts: str) -> tuple[bool, int | None]:
     """For the message ``ts`` of the channel ``space`` ("T…:C…"): whether the room has it
     already (mapped either way), and the ID of the channel's link (None: not linked)."""
-    row = (await session.execute(_ARRIVAL, {"space": space, "ts": ts})).one()
-    return bool(row.mapped), row.link_id
+    link_id, mapped = await session.run_sync(_arrival, {"space": space, "ts": ts})
+    return bool(mapped), link_id
+
+
+def _arrival(reader: Session | Connection, parameters: dict[str, str]) -> tuple[Any, Any]:
+    connection = reader.connection() if isinstance(reader, Session) else reader
+    (row,) = _ARRIVAL_DIRECT.execute(connection, parameters)
+    return row[0], row[1]
 
 
 # The state of a linked channel in Slack that stops the bridge from posting there, kept in the

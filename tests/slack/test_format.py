@@ -23,6 +23,8 @@ from bridge.slack.format import (
     slack_to_matrix,
     unicode_to_slack_emoji,
 )
+from bridge.slack.format.common import escape_attr, escape_html
+from bridge.slack.format.to_slack import _slack_escape
 
 ALICE = "@alice:example.org"
 CAROL = "@carol:example.org"
@@ -822,3 +824,22 @@ def test_no_input_makes_the_formatters_backtrack() -> None:
     to_matrix("*x " * 5000)
     elapsed = time.process_time() - start
     assert elapsed < 10, f"{elapsed:.2f} s of CPU for 300 messages each way"
+
+
+# What the HTML escapes were written as: a translation table (control characters dropped).
+_CONTROL_CHARACTERS = {chr(c): None for c in (*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F)}
+_AS_TRANSLATED = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", **_CONTROL_CHARACTERS})
+_ATTR_AS_TRANSLATED = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
+                                     **_CONTROL_CHARACTERS})
+_escapable = st.text(alphabet=st.sampled_from(
+    "aäß€😀 &<>\"'\t\n\r\x00\x01\x07\x0b\x0c\x1f\x7f\x80\u200b") | st.characters(), max_size=40)
+
+
+@given(_escapable)
+def test_the_html_escapes_are_the_translation_tables(text: str) -> None:
+    """escape_html and escape_attr (replace chains, for speed) escape and drop exactly what
+    their translation tables did; so does the escaping of text for Slack."""
+    assert escape_html(text) == text.translate(_AS_TRANSLATED)
+    assert escape_attr(text) == text.translate(_ATTR_AS_TRANSLATED)
+    assert _slack_escape(text) == text.translate(str.maketrans(
+        {"&": "&amp;", "<": "&lt;", ">": "&gt;"}))

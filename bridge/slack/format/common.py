@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 MATRIX_TO = "https://matrix.to/#/"
@@ -10,19 +11,20 @@ MATRIX_TO = "https://matrix.to/#/"
 _SAFE_SCHEMES = ("https://", "http://", "mailto:", "ftp://", "tel:", "matrix:")
 # Control characters are not allowed in HTML text, and some clients' parsers
 # choke on them, so the HTML side drops them.
-_CONTROLS: dict[str, str | None] = {
-    chr(c): None for c in (*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F)
-}
-_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", **_CONTROLS})
-_ATTR_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", **_CONTROLS})
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def escape_html(text: str) -> str:
-    return text.translate(_ESCAPES)
+    """&, < and > escaped, control characters dropped. (Replaced in turn, in C: a
+    translation table is looked up character by character in Python's dict, several times
+    slower on every text run of every message.)"""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _CONTROLS.sub("", text) if _CONTROLS.search(text) else text
 
 
 def escape_attr(text: str) -> str:
-    return text.translate(_ATTR_ESCAPES)
+    """:func:`escape_html`, and " too (for an attribute's value)."""
+    return escape_html(text).replace('"', "&quot;")
 
 
 def safe_url(url: str) -> str | None:

@@ -9,7 +9,6 @@ from urllib.parse import unquote
 from bridge.slack.format.common import LIST_BULLETS, MATRIX_TO, as_str, safe_url
 from bridge.slack.format.interface import MatrixResolver
 
-_SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 _XML_INVALID_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _HTML_SPACE_RE = re.compile(r"[ \t\n\r\f]+")
 _BLOCK_TAGS = frozenset(
@@ -29,7 +28,8 @@ _NO_QUOTE = "\u200b"
 
 
 def _slack_escape(text: str) -> str:
-    return text.translate(_SLACK_ESCAPES)
+    # (Replaced in turn, in C: several times faster than a translation table.)
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _slack_url(url: str) -> str:
