@@ -77,6 +77,21 @@ async def test_the_records_statements_write_and_return_what_sqlalchemy_does(
     assert mapped == [f"$e{first.id}", f"$e{second.id}"]
 
 
+async def test_the_lane_heads_a_transaction_queued_are_claimed_with_their_times(
+        db: Database) -> None:
+    """The claim at the end of a transaction that queued (the appservice's, the Slack
+    intake's): its RETURNING has float columns, whose conversion only SQLite's direct form
+    reads from the dialect (on PostgreSQL it goes through SQLAlchemy)."""
+    async with db.transaction() as session:
+        await _enqueue(session, 2)
+    async with db.transaction() as session:
+        claimed = await session.run_sync(lambda s: queues.claim_queued_lane_heads_sync(
+            s.connection(), [LANE], 60.0, "holder"))
+    [head] = claimed
+    assert head.payload == {"n": 0, "text": "Grüße"} and head.lane == LANE
+    assert isinstance(head.created_at, float) and head.created_at <= time.time()
+
+
 async def test_an_error_is_sqlalchemys(db: Database) -> None:
     statement = DirectStatement(insert(queues._OUTBOX))
     row = NewDelivery(network="test", room_id="!r:x", kind="relay", payload={}).row(0.0)

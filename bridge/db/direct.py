@@ -69,9 +69,10 @@ class DirectStatement:
 
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
-        # By the parameters' names and whether it is run for several rows; None: this form
-        # of the statement always goes through SQLAlchemy.
-        self._compiled: dict[tuple[tuple[str, ...], bool], _Compiled | None] = {}
+        # By the dialect (a process may use SQLite and PostgreSQL, as the tests do), the
+        # parameters' names and whether it is run for several rows; None: this form of the
+        # statement always goes through SQLAlchemy.
+        self._compiled: dict[tuple[str, tuple[str, ...], bool], _Compiled | None] = {}
 
     def execute(self, connection: Connection,
                 parameters: Parameters | Sequence[Parameters]) -> list[Any]:
@@ -79,7 +80,10 @@ class DirectStatement:
         returns (RETURNING), [] when none."""
         many = not isinstance(parameters, Mapping)
         rows: Sequence[Parameters] = parameters if many else [parameters]  # type: ignore[assignment,list-item]
-        compiled = self._compile(connection.dialect, rows[0], many) if rows else None
+        # Compiled only for SQLite: the direct form asks the dialect for its result
+        # conversions without a cursor, which asyncpg's cannot answer for a float column.
+        compiled = self._compile(connection.dialect, rows[0], many) \
+            if rows and connection.dialect.name == "sqlite" else None
         sqlite = sqlite_driver.runs_here(connection, compiled.sql) if compiled else None
         if sqlite is None or compiled is None:
             result = connection.execute(self.statement, parameters)
@@ -100,7 +104,7 @@ class DirectStatement:
     def _compile(self, dialect: Dialect, first: Parameters, many: bool) -> _Compiled | None:
         # (By the names in the caller's order: each caller always builds its rows alike, and
         # sorting them on every call cost more than the lookup.)
-        key = (tuple(first), many)
+        key = (dialect.name, tuple(first), many)
         if key in self._compiled:
             return self._compiled[key]
         # As Connection.execute compiles it: the parameters' names decide an INSERT's
