@@ -50,6 +50,10 @@ _UNLIMITED: dict[str, float] = {"per_second": 100_000, "burst_count": 1_000_000}
 log = logging.getLogger("testkit.synapse")
 
 
+# wait_appservice_up pings an appservice that Synapse still counts as down after this long.
+PING_DOWN_APPSERVICE_AFTER = 2.0
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago.
 
@@ -368,9 +372,17 @@ class SynapseServer:
         deadline = time.monotonic() + timeout
         settled_since: float | None = None
         quiet_reads = 0
+        next_ping = time.monotonic() + PING_DOWN_APPSERVICE_AFTER
         while True:
             state = self.appservice_state(as_id)
             unsent = self.unsent_appservice_transactions(as_id)
+            if state == "down" and time.monotonic() >= next_ping:
+                # Synapse backs off between its retries (16 s and more after a few failed
+                # ones, e.g. while `bridge check` answered in the bridge's place); a
+                # successful ping makes it retry at once, as the bridge's own ping at start
+                # does when it comes after the failure.
+                await self.ping_appservice(as_id)
+                next_ping = time.monotonic() + PING_DOWN_APPSERVICE_AFTER
             if state != "down" and unsent == 0:
                 quiet_reads += 1
                 if quiet_reads >= 2:
@@ -389,6 +401,23 @@ class SynapseServer:
                 raise TimeoutError(f"Synapse still counts appservice {as_id} as down after "
                                    f"{timeout:.0f} s; its log:\n{self.log_tail(30)}")
             await asyncio.sleep(0.05)
+
+    async def ping_appservice(self, as_id: str) -> None:
+        """Synapse's appservice ping (``POST /_matrix/client/v1/appservice/{id}/ping``) as
+        the appservice of one of its registration files; a failed ping is only logged."""
+        token = next(data["as_token"] for data in
+                     (yaml.safe_load(path.read_text()) for path in self.registration_files)
+                     if data.get("id") == as_id)
+        url = f"{self.url}/_matrix/client/v1/appservice/{as_id}/ping"
+        try:
+            async with aiohttp.ClientSession() as session, session.post(
+                    url, json={}, headers={"Authorization": f"Bearer {token}"},
+                    timeout=aiohttp.ClientTimeout(total=10)) as response:
+                if response.status != 200:
+                    log.info("appservice ping: HTTP %d %s", response.status,
+                             await response.text())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.info("appservice ping failed: %r", exc)
 
     def appservice_report(self, as_id: str) -> str:
         """Synapse's view of the appservice, for a test's failure message: its state, the

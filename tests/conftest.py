@@ -6,6 +6,7 @@ Set BRIDGE_TEST_POSTGRES_URL to use another PostgreSQL server than 127.0.0.1:543
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -214,8 +215,15 @@ class RunningBridge:
 
         extra = build_connectors(self.config) if self.with_connectors else []
         self.bridge = Bridge(self.config, connectors=[self.connector, *extra])
-        await self.bridge.start()
-        await self.homeserver.synapse.wait_appservice_up(self.config.appservice.id)
+        try:
+            await self.bridge.start()
+            await self.homeserver.synapse.wait_appservice_up(self.config.appservice.id)
+        except BaseException:
+            # Stopped here: a bridge left running would hold the appservice port, and every
+            # later test of this worker would fail to start its own.
+            with contextlib.suppress(Exception):
+                await self.stop()
+            raise
         return self.bridge
 
     async def stop(self) -> None:
