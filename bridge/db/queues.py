@@ -86,9 +86,17 @@ def direct_upsert(dialect: str, name: Hashable,
 
 def insert_ignoring_conflicts(session: AsyncSession | Connection, model: type) -> Any:
     """INSERT ... ON CONFLICT DO NOTHING, on the model's table (Core: no ORM bookkeeping)."""
+    return upsert_statement(dialect_name(session), ("ignoring", model), _ignoring(model))
+
+
+def direct_insert_ignoring_conflicts(connection: Connection, model: type) -> DirectStatement:
+    """:func:`insert_ignoring_conflicts` as a :class:`DirectStatement` (see direct_upsert)."""
+    return direct_upsert(connection.dialect.name, ("ignoring", model), _ignoring(model))
+
+
+def _ignoring(model: type) -> Callable[[Callable[[Table], Any]], Any]:
     table = cast(Table, model.__table__)  # type: ignore[attr-defined]
-    return upsert_statement(dialect_name(session), ("ignoring", model),
-                            lambda insert: insert(table).on_conflict_do_nothing())
+    return lambda insert: insert(table).on_conflict_do_nothing()
 
 
 # --- appservice transactions and the inbox -------------------------------------------------

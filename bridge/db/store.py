@@ -11,9 +11,8 @@ from sqlalchemy import Row, bindparam, delete, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bridge.db.direct import DirectStatement
 from bridge.db.models import InboundKey, Link, MessageMapping, Portal, Puppet
-from bridge.db.queues import insert_ignoring_conflicts
+from bridge.db.queues import direct_insert_ignoring_conflicts, insert_ignoring_conflicts
 
 if TYPE_CHECKING:
     from bridge.db.engine import Reader
@@ -316,16 +315,9 @@ def add_mapping_sync(
     """:func:`add_mapping` on a synchronous connection: a write that goes with a delivery's
     success (``Delivery.with_outcome_sync``), run straight on SQLite where that is safe
     (bridge/db/direct.py)."""
-    direct = _DIRECT_MAPPING_INSERTS.get(connection.dialect.name)
-    if direct is None:
-        direct = _DIRECT_MAPPING_INSERTS[connection.dialect.name] = DirectStatement(
-            insert_ignoring_conflicts(connection, MessageMapping))
-    direct.execute(connection, _mapping_row(room_id, event_id, network, remote_space,
-                                            remote_id, part, thread_root))
-
-
-# By dialect (insert_ignoring_conflicts builds the statement of each).
-_DIRECT_MAPPING_INSERTS: dict[str, DirectStatement] = {}
+    direct_insert_ignoring_conflicts(connection, MessageMapping).execute(
+        connection, _mapping_row(room_id, event_id, network, remote_space, remote_id, part,
+                                 thread_root))
 
 
 def _mapping_row(room_id: str, event_id: str, network: str, remote_space: str, remote_id: str,
